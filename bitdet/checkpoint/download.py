@@ -1,0 +1,93 @@
+"""Fetch an official checkpoint into a local cache: complete, verified files only.
+
+The file is streamed to a temporary name in the cache folder, checked (size, optional
+SHA-256, and a caller's validator such as "npz loads"), and only then renamed into place, so
+an interrupted download never leaves a file that looks cached.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Optional
+
+from bitdet.checkpoint.atomic import atomic_write
+from bitdet.checkpoint.errors import CheckpointError
+
+__all__ = ["default_cache_dir", "download"]
+
+logger = logging.getLogger(__name__)
+_CHUNK = 1 << 20
+
+
+def default_cache_dir() -> Path:
+    """``$BITDET_CACHE``, else ``$XDG_CACHE_HOME/bitdet``, else ``~/.cache/bitdet``."""
+    if os.environ.get("BITDET_CACHE"):
+        return Path(os.environ["BITDET_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bitdet"
+
+
+def download(
+    url: str,
+    dest: os.PathLike,
+    sha256: Optional[str] = None,
+    validate: Optional[Callable[[Path], object]] = None,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
+    """Download ``url`` to ``dest`` unless ``dest`` already exists.
+
+    Args:
+        url: ``http(s)://`` or ``file://`` address.
+        dest: final path; its folder is created.
+        sha256: expected hex digest, checked before the file is moved into place.
+        validate: called with the temporary path; raise to reject the file.
+        progress: show a progress bar (tqdm) on stderr.
+        timeout: socket timeout in seconds.
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        CheckpointError: the download failed, was incomplete, or failed a check.
+    """
+    dest = Path(dest)
+    if dest.is_file():
+        return dest
+    logger.info("downloading %s -> %s", url, dest)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            digest = hashlib.sha256()
+            received = 0
+            with atomic_write(dest) as f, _progress(total, dest.name, progress) as bar:
+                while chunk := response.read(_CHUNK):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+                if total is not None and received != total:
+                    raise CheckpointError(f"incomplete download of {url}: {received} of {total} bytes")
+                if sha256 and digest.hexdigest() != sha256.lower():
+                    raise CheckpointError(
+                        f"checksum mismatch for {url}: expected sha256 {sha256}, got {digest.hexdigest()}"
+                    )
+                if validate is not None:
+                    f.flush()
+                    validate(Path(f.name))
+    except (urllib.error.URLError, OSError) as e:
+        raise CheckpointError(
+            f"could not download {url}: {e}. Without network access, download the file "
+            f"elsewhere and place it at {dest} (or pass its path as the weights)."
+        ) from e
+    return dest
+
+
+def _progress(total: Optional[int], name: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not enabled, leave=False)
+

@@ -1,0 +1,192 @@
+"""ResNet-v2 with Group Normalization and Weight Standardization, as used by Big Transfer.
+
+Kolesnikov et al., "Big Transfer (BiT): General Visual Representation Learning", ECCV 2020
+(arXiv 1912.11370). Pre-activation bottlenecks (He et al. 2016, "Identity Mappings in Deep
+Residual Networks"); every conv is weight-standardized and every norm is a 32-group GroupNorm.
+
+Module names follow the official checkpoints (``block{i}.unit{jj}.{gn,conv}{1,2,3}``,
+``downsample``) so that ``bitdet.checkpoint.npz`` maps them with a plain table.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from bitdet.models.layers import make_conv_layer, make_norm_layer
+from bitdet.numerics import GN_GROUPS, STEM_POOL_PAD, WS_EPS
+
+__all__ = ["PreActBottleneck", "ResNetV2", "FEATURE_NAMES"]
+
+# Stage feature names, Detectron2's convention: res{k} has stride 2**k.
+FEATURE_NAMES = ("stem", "res2", "res3", "res4", "res5")
+
+
+class PreActBottleneck(nn.Module):
+    """Pre-activation bottleneck: ``x + conv3(relu(gn3(conv2(relu(gn2(conv1(relu(gn1(x)))))))))``.
+
+    The projection shortcut (``downsample``) is applied to the *pre-activated* input
+    ``relu(gn1(x))``, not to ``x``. The stride sits on the 3x3 conv (``conv2``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        mid_channels: int,
+        stride: int,
+        conv_layer: Callable[..., nn.Conv2d],
+        norm_layer: Callable[[int], nn.Module],
+    ) -> None:
+        super().__init__()
+        self.gn1 = norm_layer(in_channels)
+        self.conv1 = conv_layer(in_channels, mid_channels, kernel_size=1)
+        self.gn2 = norm_layer(mid_channels)
+        self.conv2 = conv_layer(mid_channels, mid_channels, kernel_size=3, stride=stride, padding=1)
+        self.gn3 = norm_layer(mid_channels)
+        self.conv3 = conv_layer(mid_channels, out_channels, kernel_size=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample: Optional[nn.Module] = None
+        if stride != 1 or in_channels != out_channels:
+            self.downsample = conv_layer(in_channels, out_channels, kernel_size=1, stride=stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.gn1(x))
+        shortcut = x if self.downsample is None else self.downsample(out)
+        out = self.conv1(out)
+        out = self.conv2(self.relu(self.gn2(out)))
+        out = self.conv3(self.relu(self.gn3(out)))
+        return out + shortcut
+
+
+class ResNetV2(nn.Module):
+    """BiT ResNet-v2 classifier / backbone.
+
+    Args:
+        layers: units per stage, e.g. ``(3, 4, 6, 3)`` for R50.
+        width: width multiplier ``w`` (stage outputs 256w ... 2048w).
+        num_classes: size of the 1x1-conv head; 0 builds a headless backbone (the final
+            GroupNorm is kept: it belongs to the pretrained trunk).
+        stem_width: stem channels before the width multiplier.
+        norm: ``"GN"`` (BiT) or ``"BN"`` (ablation).
+        weight_std: weight-standardize every conv (BiT) or use plain convs (ablation).
+        ws_eps: weight-standardization epsilon.
+        gn_groups: GroupNorm groups.
+        zero_head: initialise the head's weight and bias to zero (BiT fine-tuning).
+        head_bias: initial value of the head bias when not zero-initialised (e.g. -10 for
+            sigmoid cross-entropy over many classes).
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[int],
+        width: int = 1,
+        num_classes: int = 1000,
+        stem_width: int = 64,
+        norm: str = "GN",
+        weight_std: bool = True,
+        ws_eps: float = WS_EPS,
+        gn_groups: int = GN_GROUPS,
+        zero_head: bool = False,
+        head_bias: float = 0.0,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        if len(layers) != 4:
+            raise ValueError(f"layers must list 4 stages, got {tuple(layers)}")
+        conv = make_conv_layer(weight_std, ws_eps)
+        norm_layer = make_norm_layer(norm, gn_groups)
+        self.num_classes = num_classes
+
+        stem_channels = stem_width * width
+        self.stem = nn.Sequential(
+            OrderedDict(
+                conv=conv(in_channels, stem_channels, kernel_size=7, stride=2, padding=3),
+                pad=nn.ConstantPad2d(STEM_POOL_PAD, 0.0),
+                pool=nn.MaxPool2d(kernel_size=3, stride=2, padding=0),
+            )
+        )
+        self.feature_info: Dict[str, Tuple[int, int]] = {"stem": (stem_channels, 4)}
+
+        in_ch = stem_channels
+        for i, num_units in enumerate(layers):
+            out_ch = 4 * stem_channels * 2**i
+            stride = 1 if i == 0 else 2
+            units = OrderedDict()
+            for j in range(num_units):
+                units[f"unit{j + 1:02d}"] = PreActBottleneck(
+                    in_ch, out_ch, out_ch // 4, stride if j == 0 else 1, conv, norm_layer
+                )
+                in_ch = out_ch
+            self.add_module(f"block{i + 1}", nn.Sequential(units))
+            self.feature_info[f"res{i + 2}"] = (out_ch, 4 * 2**i)
+        self.num_features = in_ch
+
+        # Final pre-activation norm: the last unit's output is not normalised otherwise.
+        self.norm = norm_layer(in_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Conv2d(in_ch, num_classes, kernel_size=1, bias=True) if num_classes else None
+        self.init_weights(zero_head=zero_head, head_bias=head_bias)
+
+    @property
+    def stages(self) -> Tuple[nn.Sequential, ...]:
+        return (self.block1, self.block2, self.block3, self.block4)
+
+    def init_weights(self, zero_head: bool = False, head_bias: float = 0.0) -> None:
+        """Kaiming-normal convs, unit norms, and a zero or small-normal head."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and m is not self.fc:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if self.fc is not None:
+            self.reset_head(zero=zero_head, bias=head_bias)
+
+    @torch.no_grad()
+    def reset_head(self, zero: bool = True, bias: float = 0.0) -> None:
+        """Re-initialise the classification head (zero, as BiT fine-tuning does, by default)."""
+        if self.fc is None:
+            return
+        if zero:
+            nn.init.zeros_(self.fc.weight)
+        else:
+            nn.init.normal_(self.fc.weight, std=0.01)
+        nn.init.constant_(self.fc.bias, bias)
+
+    def forward_features(
+        self, x: torch.Tensor, out_features: Iterable[str] = FEATURE_NAMES[1:]
+    ) -> Dict[str, torch.Tensor]:
+        """Raw stage outputs (pre-activation: not normalised) keyed ``stem``, ``res2``..``res5``.
+
+        Stops after the last requested stage.
+        """
+        wanted = set(out_features)
+        unknown = wanted - set(FEATURE_NAMES)
+        if unknown:
+            raise KeyError(f"unknown features {sorted(unknown)}; available: {FEATURE_NAMES}")
+        outputs: Dict[str, torch.Tensor] = {}
+        x = self.stem(x)
+        if "stem" in wanted:
+            outputs["stem"] = x
+        for name, stage in zip(FEATURE_NAMES[1:], self.stages):
+            if len(outputs) == len(wanted):
+                break
+            x = stage(x)
+            if name in wanted:
+                outputs[name] = x
+        return outputs
+
+    def forward_pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally pooled, normalised features of shape ``(N, num_features)``."""
+        x = self.forward_features(x, ("res5",))["res5"]
+        return self.relu(self.norm(x)).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)``, or pooled features when the model is headless."""
+        x = self.forward_pre_logits(x)
+        if self.fc is None:
+            return x
+        return self.fc(x[:, :, None, None]).flatten(1)
