@@ -9,7 +9,7 @@ import logging
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 
@@ -101,7 +101,8 @@ def apply_state_dict(
 
     file_head = tuple(state.get(k) for k in _HEAD)
     if getattr(model, "fc", None) is None:
-        head = "none (headless model)" + ("; the file's head was ignored" if file_head[0] is not None else "")
+        has_head = any(k in state for k in _HEAD + HEAD_KEYS)
+        head = "none (headless model)" + ("; the file's head was ignored" if has_head else "")
     elif zero_head:
         head = "zero-initialised (requested)"
     elif file_head[0] is None:
@@ -155,8 +156,3 @@ def save_checkpoint(path: PathLike, model: torch.nn.Module, **meta: Any) -> None
     with atomic_write(path) as f:
         torch.save({"model": state, "meta": meta}, f)
 
-
-def read_meta(path: PathLike) -> Optional[Dict[str, Any]]:
-    """The ``meta`` dict of a bitdet checkpoint, or None for other files."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    return obj.get("meta") if isinstance(obj, dict) else None

@@ -1,0 +1,73 @@
+import functools
+import hashlib
+import http.server
+import threading
+
+import numpy as np
+import pytest
+
+from bitdet.checkpoint import CheckpointError, download, read_npz
+from bitdet.models import pretrained_path
+
+
+@pytest.fixture
+def npz_file(tmp_path):
+    path = tmp_path / "src" / "weights.npz"
+    path.parent.mkdir()
+    np.savez(path, a=np.arange(10, dtype=np.float32))
+    return path
+
+
+@pytest.fixture
+def http_server(npz_file):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(npz_file.parent))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_file_url_download_with_hash(tmp_path, npz_file):
+    digest = hashlib.sha256(npz_file.read_bytes()).hexdigest()
+    dest = download(npz_file.as_uri(), tmp_path / "cache" / "w.npz", sha256=digest, validate=read_npz, progress=False)
+    assert dest.read_bytes() == npz_file.read_bytes()
+    npz_file.unlink()  # cached: no second download
+    assert download("file:///nonexistent", dest, progress=False) == dest
+
+
+def test_http_download_from_local_server(tmp_path, http_server, npz_file):
+    dest = download(f"{http_server}/weights.npz", tmp_path / "cache" / "w.npz", validate=read_npz, progress=False)
+    assert np.array_equal(read_npz(dest)["a"], np.arange(10))
+
+
+def test_hash_mismatch_leaves_nothing_in_cache(tmp_path, npz_file):
+    cache = tmp_path / "cache"
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        download(npz_file.as_uri(), cache / "w.npz", sha256="0" * 64, progress=False)
+    assert list(cache.iterdir()) == []
+
+
+def test_unloadable_download_leaves_nothing_in_cache(tmp_path):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"PK\x03\x04 this is not a zip")
+    cache = tmp_path / "cache"
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        download(junk.as_uri(), cache / "w.npz", validate=read_npz, progress=False)
+    assert list(cache.iterdir()) == []
+
+
+def test_unreachable_url_says_where_to_put_the_file(tmp_path, http_server):
+    with pytest.raises(CheckpointError, match="place it at"):
+        download(f"{http_server}/missing.npz", tmp_path / "w.npz", progress=False)
+
+
+def test_named_model_uses_the_cache(tmp_path, monkeypatch, npz_file):
+    monkeypatch.setenv("BITDET_CACHE", str(tmp_path / "cache"))
+    cached = tmp_path / "cache" / "BiT-M-R50x1.npz"
+    cached.parent.mkdir()
+    cached.write_bytes(npz_file.read_bytes())
+    assert pretrained_path("BiT-M-R50x1") == cached
+    with pytest.raises(KeyError, match="no official checkpoint"):
+        pretrained_path("R14-tiny")
