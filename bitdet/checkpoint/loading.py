@@ -17,7 +17,7 @@ from bitdet.checkpoint.atomic import PathLike, atomic_write
 from bitdet.checkpoint.errors import CheckpointError, CheckpointMismatchError
 from bitdet.checkpoint.npz import HEAD_KEYS, npz_to_state_dict, read_npz
 
-__all__ = ["LoadReport", "apply_state_dict", "load_weights", "read_state_dict", "save_checkpoint"]
+__all__ = ["LoadReport", "apply_state_dict", "load_weights", "read_state_dict", "save_checkpoint", "strip_prefixes"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ class LoadReport:
         return text
 
 
-def _strip_prefixes(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def strip_prefixes(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Remove a prefix that every key shares (``module.`` from DDP, Detectron2's backbone path)."""
     for prefix in _PREFIXES:
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
@@ -72,7 +73,7 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
             obj = obj[key]
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict of tensors")
-    return _strip_prefixes(dict(obj))
+    return strip_prefixes(dict(obj))
 
 
 def apply_state_dict(

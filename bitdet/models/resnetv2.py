@@ -52,8 +52,9 @@ class PreActBottleneck(nn.Module):
         if stride != 1 or in_channels != out_channels:
             self.downsample = conv_layer(in_channels, out_channels, kernel_size=1, stride=stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.gn1(x))
+    def forward(self, x: torch.Tensor, preact: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Args: x: unit input; preact: ``relu(gn1(x))`` if the caller already computed it."""
+        out = self.relu(self.gn1(x)) if preact is None else preact
         shortcut = x if self.downsample is None else self.downsample(out)
         out = self.conv1(out)
         out = self.conv2(self.relu(self.gn2(out)))

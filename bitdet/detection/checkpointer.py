@@ -1,0 +1,101 @@
+"""Detectron2 checkpointer that also reads BiT weights, and writes checkpoints atomically.
+
+``MODEL.WEIGHTS`` may be:
+
+- an official BiT ``.npz`` (``BiT-M-R101x3.npz``),
+- a BiT model name (``BiT-M-R101x3``): the file from the bitdet cache, downloaded there if
+  absent (see :func:`bitdet.models.pretrained_path`),
+- a bitdet classification / pretraining checkpoint (``.pth`` with BiT parameter names),
+- anything Detectron2 itself reads (its own ``.pth`` checkpoints, model-zoo files).
+
+BiT weights go to the BiT trunk inside the detector (``backbone.bottom_up.`` for FPN models);
+the classification head is dropped, and the log lists what was loaded and what keeps its
+initialisation (FPN, heads).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Dict
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+from bitdet.checkpoint.atomic import atomic_write
+from bitdet.checkpoint.errors import CheckpointMismatchError
+from bitdet.checkpoint.loading import strip_prefixes
+from bitdet.checkpoint.npz import npz_to_state_dict, read_npz
+from bitdet.detection.backbone import BiTBackbone
+from bitdet.models.factory import pretrained_path
+from bitdet.models.variants import PRETRAINED
+
+__all__ = ["BiTCheckpointer"]
+
+logger = logging.getLogger(__name__)
+
+
+class BiTCheckpointer(DetectionCheckpointer):
+    """:class:`DetectionCheckpointer` + BiT ``.npz`` / names / bitdet checkpoints, atomic saves."""
+
+    def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
+        if path in PRETRAINED:
+            path = str(pretrained_path(path))
+        return super().load(path, *args, **kwargs)
+
+    def _bit_prefix(self) -> str:
+        for name, module in self.model.named_modules():
+            if isinstance(module, BiTBackbone):
+                return f"{name}." if name else ""
+        raise ValueError(
+            "MODEL.WEIGHTS is a BiT backbone checkpoint, but the model has no BiT backbone; "
+            "set MODEL.BACKBONE.NAME to build_retinanet_bit_fpn_backbone or build_bit_fpn_backbone"
+        )
+
+    def _load_file(self, filename: str) -> Dict[str, Any]:
+        if filename.endswith(".npz"):
+            trunk = next(m for m in self.model.modules() if isinstance(m, BiTBackbone))
+            return self._as_detector_state(npz_to_state_dict(read_npz(filename), trunk), filename)
+        loaded = super()._load_file(filename)
+        state = strip_prefixes(loaded.get("model", {}))
+        if "stem.conv.weight" in state:  # a bitdet classification / pretraining checkpoint
+            return self._as_detector_state(state, filename)
+        return loaded
+
+    def _as_detector_state(self, state: Dict[str, torch.Tensor], filename: str) -> Dict[str, Any]:
+        prefix = self._bit_prefix()
+        own = self.model.state_dict()
+        mapped = {prefix + k: v for k, v in state.items()}
+        dropped = sorted(k[len(prefix):] for k in mapped if k not in own)
+        if dropped:
+            logger.info("BiT weights from %s not used by this detector: %s", filename, ", ".join(dropped))
+        mapped = {k: v for k, v in mapped.items() if k in own}
+        stats = ("running_mean", "running_var", "num_batches_tracked")
+        missing = [k for k in own if k.startswith(prefix) and k not in mapped and not k.endswith(stats)]
+        mismatched = [(k, own[k].shape, v.shape) for k, v in mapped.items() if own[k].shape != v.shape]
+        if missing or mismatched:
+            raise CheckpointMismatchError(filename, missing, (), mismatched)
+        loaded_trunk = sum(k.startswith(prefix) for k in mapped)
+        logger.info(
+            "BiT weights: %d tensors loaded into %s from %s; the rest of the detector keeps its initialisation",
+            loaded_trunk, prefix.rstrip(".") or "the model", filename,
+        )
+        return {"model": mapped, "__author__": "bitdet", "matching_heuristics": False}
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """As Detectron2's save, but written to a temporary file and renamed into place."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to %s", save_file)
+        with atomic_write(save_file) as f:
+            torch.save(data, f)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        with atomic_write(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
+            f.write(last_filename_basename)

@@ -1,0 +1,85 @@
+"""Config keys for BiT in Detectron2: ``add_bit_config(cfg)``.
+
+Standard Detectron2 keys keep their meaning and are not duplicated here: the FPN and
+RetinaNet head norms are ``MODEL.FPN.NORM`` and ``MODEL.RETINANET.NORM`` ("" or "GN"), the
+weights are ``MODEL.WEIGHTS`` (which also accepts a BiT ``.npz`` or a BiT model name, see
+:mod:`bitdet.detection.checkpointer`), and BiT's [-1, 1] input scaling is
+``MODEL.PIXEL_MEAN = MODEL.PIXEL_STD = [127.5] * 3`` with ``INPUT.FORMAT = "RGB"``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+from bitdet.numerics import GN_GROUPS, WS_EPS
+
+__all__ = ["add_bit_config", "get_bit_cfg", "resolve_config_file"]
+
+
+def add_bit_config(cfg: CN) -> None:
+    """Add the ``MODEL.BIT``, ``SOLVER.AMP.PRECISION`` and ``DATASETS.COCO_FORMAT`` keys."""
+    cfg.MODEL.BIT = CN()
+    # Architecture name from bitdet.list_models(): "R50x1" ... "R152x4", or a CPU
+    # variant such as "R14-tiny" (not a paper model). A "BiT-S-"/"BiT-M-" prefix is allowed.
+    cfg.MODEL.BIT.VARIANT = "R50x1"
+    # Epsilon of Weight Standardization; 1e-10 reproduces the official checkpoints.
+    cfg.MODEL.BIT.WS_EPS = WS_EPS
+    # Weight-standardize every conv (BiT). False gives plain convs, for ablations only.
+    cfg.MODEL.BIT.WEIGHT_STD = True
+    # Backbone norm: "GN" (BiT) or "BN" (ablation; frozen as FrozenBatchNorm when frozen).
+    cfg.MODEL.BIT.NORM = "GN"
+    # GroupNorm groups in the backbone.
+    cfg.MODEL.BIT.GN_GROUPS = GN_GROUPS
+    # Stage outputs the backbone returns, any of "stem", "res2" ... "res5".
+    cfg.MODEL.BIT.OUT_FEATURES = ["res3", "res4", "res5"]
+    # What the backbone returns for each stage. BiT is pre-activation: a raw stage output is
+    # an un-normalised residual sum whose scale grows with depth. "preact" returns
+    # relu(GN(x)) using the pretrained norm that the next stage applies first anyway
+    # (res5: the final pretrained GN), so the FPN sees normalised features with no new
+    # parameters. "raw" returns the residual sums.
+    cfg.MODEL.BIT.FEATURE_TAP = "preact"
+    # Freeze the first N stages, as MODEL.BACKBONE.FREEZE_AT in Detectron2: 0 trains all,
+    # 1 freezes the stem, 2 the stem and res2, ... (GN has no running statistics: frozen
+    # means no gradients). BiT fine-tunes every layer, hence 0.
+    cfg.MODEL.BIT.FREEZE_AT = 0
+
+    # Autocast dtype when SOLVER.AMP.ENABLED: "bfloat16" (no loss scaling needed on
+    # Ampere and newer) or "float16".
+    cfg.SOLVER.AMP.PRECISION = "bfloat16"
+
+    # Extra COCO-format datasets to register, each [name, json_file, image_root]; e.g.
+    # DATASETS.COCO_FORMAT "[['mine_train', 'ann/train.json', 'images/train']]".
+    cfg.DATASETS.COCO_FORMAT = []
+
+
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+
+def resolve_config_file(path: str) -> str:
+    """``path`` itself if it exists, else the file of that name (or relative path) under ``configs/``.
+
+    Raises:
+        FileNotFoundError: naming the places searched and the shipped configs.
+    """
+    if os.path.isfile(path):
+        return path
+    candidates = [CONFIGS_DIR / path, *sorted(CONFIGS_DIR.rglob(os.path.basename(path)))]
+    for candidate in candidates:
+        if candidate.is_file():
+            return str(candidate)
+    shipped = sorted(str(p.relative_to(CONFIGS_DIR)) for p in CONFIGS_DIR.rglob("*.yaml"))
+    raise FileNotFoundError(f"config {path!r} not found here or in {CONFIGS_DIR}; shipped configs: {shipped}")
+
+
+def get_bit_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
+    """Detectron2's default config + BiT keys, merged with a config file and ``KEY VALUE`` overrides."""
+    cfg = get_cfg()
+    add_bit_config(cfg)
+    if config_file:
+        cfg.merge_from_file(resolve_config_file(config_file), allow_unsafe=False)
+    cfg.merge_from_list(list(opts))
+    return cfg
