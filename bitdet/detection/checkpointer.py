@@ -63,17 +63,21 @@ class BiTCheckpointer(DetectionCheckpointer):
 
     def _as_detector_state(self, state: Dict[str, torch.Tensor], filename: str) -> Dict[str, Any]:
         prefix = self._bit_prefix()
+        trunk = self.model.get_submodule(prefix.rstrip(".")) if prefix else self.model
         own = self.model.state_dict()
         mapped = {prefix + k: v for k, v in state.items()}
-        dropped = sorted(k[len(prefix):] for k in mapped if k not in own)
-        if dropped:
-            logger.info("BiT weights from %s not used by this detector: %s", filename, ", ".join(dropped))
-        mapped = {k: v for k, v in mapped.items() if k in own}
+        # The classification head, and stages or norms this trunk does not build (see
+        # BiTBackbone), are expected extras; any other unknown key means another architecture.
+        unused = sorted(k[len(prefix):] for k in mapped if k not in own)
+        unexpected = [k for k in unused if hasattr(trunk, k.split(".")[0]) and k.split(".")[0] != "fc"]
         stats = ("running_mean", "running_var", "num_batches_tracked")
         missing = [k for k in own if k.startswith(prefix) and k not in mapped and not k.endswith(stats)]
-        mismatched = [(k, own[k].shape, v.shape) for k, v in mapped.items() if own[k].shape != v.shape]
-        if missing or mismatched:
-            raise CheckpointMismatchError(filename, missing, (), mismatched)
+        mismatched = [(k, own[k].shape, v.shape) for k, v in mapped.items() if k in own and own[k].shape != v.shape]
+        if missing or unexpected or mismatched:
+            raise CheckpointMismatchError(filename, missing, unexpected, mismatched)
+        if unused:
+            logger.info("BiT weights from %s not used by this detector: %s", filename, ", ".join(unused))
+        mapped = {k: v for k, v in mapped.items() if k in own}
         loaded_trunk = sum(k.startswith(prefix) for k in mapped)
         logger.info(
             "BiT weights: %d tensors loaded into %s from %s; the rest of the detector keeps its initialisation",

@@ -80,6 +80,13 @@ def get_bit_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
     cfg = get_cfg()
     add_bit_config(cfg)
     if config_file:
-        cfg.merge_from_file(resolve_config_file(config_file), allow_unsafe=False)
-    cfg.merge_from_list(list(opts))
+        path = resolve_config_file(config_file)
+        try:
+            cfg.merge_from_file(path, allow_unsafe=False)
+        except (AssertionError, KeyError, ValueError) as e:  # yacs reports bad keys as asserts
+            raise ValueError(f"config {path}: {e}") from e
+    try:
+        cfg.merge_from_list(list(opts))
+    except (AssertionError, KeyError, ValueError) as e:
+        raise ValueError(f"config override {list(opts)}: {e}") from e
     return cfg

@@ -1,0 +1,51 @@
+"""bitdet: Big Transfer (BiT) ResNet-v2 backbones, pretraining, transfer and Detectron2 detection.
+
+Detectron2 has no PyPI release, so it is not listed here: ``tools/install_detectron2.py``
+(run by ``make setup``) keeps an importable one or installs the pure-Python registry route.
+"""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+version = {}
+exec((ROOT / "bitdet" / "version.py").read_text(), version)
+
+setup(
+    name="bitdet",
+    version=version["__version__"],
+    description="Big Transfer (BiT) ResNet-v2 backbones for classification transfer and Detectron2 detection",
+    long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["bitdet", "bitdet.*"]),
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "numpy>=1.22",
+        "fvcore>=0.1.5",
+        "iopath>=0.1.7",
+        "pycocotools>=2.0.6",
+        # headless: the same cv2 without the GUI libraries that servers lack
+        "opencv-python-headless>=4.6",
+        "Pillow>=9.1",
+        "PyYAML>=5.4",
+        "yacs>=0.1.8",
+        "tqdm>=4.60",
+        "matplotlib>=3.5",
+        "tensorboard>=2.10",
+        "webdataset>=0.2.86",
+        # real data that installs offline: digits (scikit-learn), photos (scikit-image)
+        "scikit-learn>=1.1",
+        "scikit-image>=0.19",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "pytest-timeout>=2.1"],
+        "bench": ["timm>=0.9"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
