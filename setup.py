@@ -41,8 +41,7 @@ setup(
         "scikit-image>=0.19",
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout>=2.1"],
-        "bench": ["timm>=0.9"],
+        "dev": ["pytest>=7", "pytest-timeout>=2.1", "timm>=0.9"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

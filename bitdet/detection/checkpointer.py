@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any, Dict
 
 import torch
@@ -24,7 +25,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from bitdet.checkpoint.atomic import atomic_write
 from bitdet.checkpoint.errors import CheckpointMismatchError
 from bitdet.checkpoint.loading import strip_prefixes
-from bitdet.checkpoint.npz import npz_to_state_dict, read_npz
+from bitdet.checkpoint.npz import HEAD_KEYS, npz_to_state_dict, read_npz
 from bitdet.detection.backbone import BiTBackbone
 from bitdet.models.factory import pretrained_path
 from bitdet.models.variants import PRETRAINED
@@ -32,6 +33,24 @@ from bitdet.models.variants import PRETRAINED
 __all__ = ["BiTCheckpointer"]
 
 logger = logging.getLogger(__name__)
+
+
+_NPZ_BLOCK = re.compile(r"^resnet/block(\d+)/")
+
+
+def _unbuilt_part(trunk: BiTBackbone, key: str) -> bool:
+    """Whether ``key`` (bitdet or npz naming) belongs to a part the detector's trunk omits.
+
+    The classification head, and the stages or final norm after the last requested feature
+    (see :class:`BiTBackbone`), are expected extras in a checkpoint; any other key the
+    trunk lacks means the file is for another architecture.
+    """
+    if key in HEAD_KEYS or key.split(".")[0] == "fc":
+        return True
+    if key.startswith("resnet/group_norm/") or key.split(".")[0] == "norm":
+        return not hasattr(trunk, "norm")
+    match = _NPZ_BLOCK.match(key) or re.match(r"^block(\d+)\.", key)
+    return bool(match) and int(match.group(1)) > trunk.num_stages
 
 
 class BiTCheckpointer(DetectionCheckpointer):
@@ -66,10 +85,8 @@ class BiTCheckpointer(DetectionCheckpointer):
         trunk = self.model.get_submodule(prefix.rstrip(".")) if prefix else self.model
         own = self.model.state_dict()
         mapped = {prefix + k: v for k, v in state.items()}
-        # The classification head, and stages or norms this trunk does not build (see
-        # BiTBackbone), are expected extras; any other unknown key means another architecture.
         unused = sorted(k[len(prefix):] for k in mapped if k not in own)
-        unexpected = [k for k in unused if hasattr(trunk, k.split(".")[0]) and k.split(".")[0] != "fc"]
+        unexpected = [k for k in unused if not _unbuilt_part(trunk, k)]
         stats = ("running_mean", "running_var", "num_batches_tracked")
         missing = [k for k in own if k.startswith(prefix) and k not in mapped and not k.endswith(stats)]
         mismatched = [(k, own[k].shape, v.shape) for k, v in mapped.items() if k in own and own[k].shape != v.shape]
