@@ -16,6 +16,8 @@ Examples::
         DATASETS.COCO_FORMAT "[['mine_train','ann/train.json','img/train'],['mine_val','ann/val.json','img/val']]" \\
         DATASETS.TRAIN "('mine_train',)" DATASETS.TEST "('mine_val',)" MODEL.RETINANET.NUM_CLASSES 3
 """
+import logging
+
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
@@ -27,6 +29,9 @@ from bitdet.detection import BiTCheckpointer, BiTTrainer, get_bit_cfg, prepare_d
 def setup(args):
     """Config from file + overrides, frozen; logging and output folder set up."""
     cfg = get_bit_cfg(args.config_file, args.opts)
+    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
+        logging.getLogger("bitdet").warning("SOLVER.AMP.ENABLED needs CUDA; training in float32 on the CPU")
+        cfg.SOLVER.AMP.ENABLED = False
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="bitdet")

@@ -6,7 +6,9 @@
 - a BiT model name (``BiT-M-R101x3``): the file from the bitdet cache, downloaded there if
   absent (see :func:`bitdet.models.pretrained_path`),
 - a bitdet classification / pretraining checkpoint (``.pth`` with BiT parameter names),
-- anything Detectron2 itself reads (its own ``.pth`` checkpoints, model-zoo files).
+- anything Detectron2 itself reads (its own ``.pth`` checkpoints, model-zoo files); ``.pkl``
+  files are unpickled with numpy arrays as the only allowed objects
+  (:mod:`bitdet.checkpoint.safe_pickle`).
 
 BiT weights go to the BiT trunk inside the detector (``backbone.bottom_up.`` for FPN models);
 the classification head is dropped, and the log lists what was loaded and what keeps its
@@ -26,6 +28,7 @@ from bitdet.checkpoint.atomic import atomic_write
 from bitdet.checkpoint.errors import CheckpointMismatchError
 from bitdet.checkpoint.loading import strip_prefixes
 from bitdet.checkpoint.npz import HEAD_KEYS, npz_to_state_dict, read_npz
+from bitdet.checkpoint.safe_pickle import safe_pickle_load, unsafe_pickle_allowed
 from bitdet.detection.backbone import BiTBackbone
 from bitdet.models.factory import pretrained_path
 from bitdet.models.variants import PRETRAINED
@@ -71,6 +74,8 @@ class BiTCheckpointer(DetectionCheckpointer):
         )
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
+        if filename.endswith(".pkl") and not unsafe_pickle_allowed():
+            return self._load_pkl_safely(filename)
         if filename.endswith(".npz"):
             trunk = next(m for m in self.model.modules() if isinstance(m, BiTBackbone))
             return self._as_detector_state(npz_to_state_dict(read_npz(filename), trunk), filename)
@@ -79,6 +84,17 @@ class BiTCheckpointer(DetectionCheckpointer):
         if "stem.conv.weight" in state:  # a bitdet classification / pretraining checkpoint
             return self._as_detector_state(state, filename)
         return loaded
+
+    def _load_pkl_safely(self, filename: str) -> Dict[str, Any]:
+        """Detectron2's ``.pkl`` handling, with an unpickler that only rebuilds numpy arrays."""
+        data = safe_pickle_load(filename)
+        if not isinstance(data, dict):
+            raise CheckpointMismatchError(filename, unexpected=[f"<a {type(data).__name__}, not a dict>"])
+        if "model" in data and "__author__" in data:  # Detectron2 model-zoo format
+            return data
+        data = data.get("blobs", data)  # Caffe2 detection models keep weights under "blobs"
+        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
+        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
 
     def _as_detector_state(self, state: Dict[str, torch.Tensor], filename: str) -> Dict[str, Any]:
         prefix = self._bit_prefix()

@@ -30,6 +30,9 @@ class BiTTrainer(DefaultTrainer):
         super().__init__(cfg)
         if cfg.SOLVER.AMP.ENABLED:
             self._trainer.precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
+            if self._trainer.precision == torch.bfloat16:
+                # bf16 has float32's exponent range: loss scaling only costs time.
+                self._trainer.grad_scaler = torch.amp.GradScaler("cuda", enabled=False)
 
     def build_hooks(self):
         # DefaultTrainer built a DetectionCheckpointer just before calling this; swap it
