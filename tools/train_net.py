@@ -23,11 +23,13 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from bitdet.detection import BiTCheckpointer, BiTTrainer, get_bit_cfg, prepare_datasets
+from bitdet.detection import BiTCheckpointer, BiTTrainer, get_bit_cfg, prepare_datasets, resolve_config_file
 
 
 def setup(args):
     """Config from file + overrides, frozen; logging and output folder set up."""
+    # default_setup copies the config file into OUTPUT_DIR: give it the resolved path.
+    args.config_file = resolve_config_file(args.config_file)
     cfg = get_bit_cfg(args.config_file, args.opts)
     if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
         logging.getLogger("bitdet").warning("SOLVER.AMP.ENABLED needs CUDA; training in float32 on the CPU")

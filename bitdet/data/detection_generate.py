@@ -35,11 +35,9 @@ The same arguments give byte-identical json files (and identical pixels).
 from __future__ import annotations
 
 import functools
-import gzip
 import json
 import logging
 import os
-import struct
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -47,6 +45,7 @@ import cv2
 import numpy as np
 
 from bitdet.checkpoint.atomic import atomic_write
+from bitdet.data.fashion_mnist import DEFAULT_ROOT, FASHION_MNIST_CLASSES, FashionMNIST
 
 __all__ = [
     "BACKGROUND_PHOTOS",
@@ -55,19 +54,14 @@ __all__ = [
     "DATASET_DESCRIPTION",
     "generate_detection_dataset",
     "is_complete",
-    "load_fashion_mnist",
 ]
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
-# The Debian package dataset-fashion-mnist installs the original idx files here.
-FASHION_MNIST_DIR = Path(os.environ.get("BITDET_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)
+# The Debian package dataset-fashion-mnist installs the original idx files there.
+FASHION_MNIST_DIR = Path(os.environ.get("BITDET_FASHION_MNIST", DEFAULT_ROOT))
 # skimage.data photos that ship inside the scikit-image wheel (no download needed).
 BACKGROUND_PHOTOS = (
     "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
@@ -98,46 +92,6 @@ to COCO AP.
 
 
 # ----------------------------------------------------------------------------- sources
-
-
-def _read_idx_gz(path: Path) -> np.ndarray:
-    """An idx file (``.gz``): big-endian magic (dtype code, rank), dimensions, then data."""
-    try:
-        with gzip.open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"Fashion-MNIST file {path} not found: install the Debian package dataset-fashion-mnist "
-            "or set BITDET_FASHION_MNIST to a folder with the idx .gz files"
-        ) from None
-    zero, dtype_code, rank = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte idx file (magic {data[:4].hex()})")
-    dims = struct.unpack(f">{rank}I", data[4 : 4 + 4 * rank])
-    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * rank)
-    if array.size != int(np.prod(dims)):
-        raise ValueError(f"{path}: header says {dims} ({int(np.prod(dims))} bytes), file has {array.size}")
-    return array.reshape(dims)
-
-
-@functools.lru_cache(maxsize=2)
-def load_fashion_mnist(split: str, root: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST images and labels from the original idx files.
-
-    Args:
-        split: ``"train"`` (60,000 items) or ``"test"`` (10,000).
-        root: folder with the ``*-idx?-ubyte.gz`` files; default :data:`FASHION_MNIST_DIR`.
-
-    Returns:
-        ``(images uint8 (N, 28, 28), labels int64 (N,))``.
-    """
-    prefix = {"train": "train", "test": "t10k"}[split]
-    folder = Path(root) if root else FASHION_MNIST_DIR
-    images = _read_idx_gz(folder / f"{prefix}-images-idx3-ubyte.gz")
-    labels = _read_idx_gz(folder / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int64)
-    if len(images) != len(labels):
-        raise ValueError(f"{folder}: {len(images)} {split} images but {len(labels)} labels")
-    return images, labels
 
 
 @functools.lru_cache(maxsize=1)
@@ -296,7 +250,8 @@ def _write_image(path: Path, image: np.ndarray, image_format: str) -> None:
 
 
 def _generate_split(folder: Path, split: str, params: Dict, fashion_root: Optional[str]) -> Dict:
-    items, labels = load_fashion_mnist("train" if split == "train" else "test", fashion_root)
+    source = FashionMNIST(fashion_root or FASHION_MNIST_DIR, split="train" if split == "train" else "test")
+    items, labels = source.images, source.targets
     height, width = params["image_size"]
     image_dir = folder / split
     image_dir.mkdir(parents=True, exist_ok=True)

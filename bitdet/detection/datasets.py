@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Dict, Iterable, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
 from detectron2.utils import comm
+
+from bitdet.detection.annotations import load_coco_format
 
 __all__ = ["DEMO_DATASETS", "datasets_root", "register_coco_format", "register_demo_datasets", "prepare_datasets"]
 
@@ -37,13 +38,18 @@ def datasets_root() -> Path:
 
 
 def register_coco_format(name: str, json_file: os.PathLike, image_root: os.PathLike) -> None:
-    """Register a COCO-format dataset (json + image folder) under ``name``; idempotent."""
+    """Register a COCO-format dataset (json + image folder) under ``name``; idempotent.
+
+    Loading validates the file and filters boxes as :mod:`bitdet.detection.annotations` documents.
+    """
     if name in DatasetCatalog.list():
         meta = MetadataCatalog.get(name)
         if (meta.get("json_file"), meta.get("image_root")) == (str(json_file), str(image_root)):
             return
         raise ValueError(f"dataset {name!r} is already registered with other files ({meta.get('json_file')})")
-    register_coco_instances(name, {}, str(json_file), str(image_root))
+    json_file, image_root = str(json_file), str(image_root)
+    DatasetCatalog.register(name, lambda: load_coco_format(json_file, image_root, name))
+    MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
 
 
 def _demo_paths(root: Path, base: str, split: str) -> Tuple[Path, Path]:

@@ -10,6 +10,7 @@ from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 
 from bitdet.detection.checkpointer import BiTCheckpointer
+from bitdet.detection.hooks import PreemptionCheckpointer
 
 __all__ = ["BiTTrainer", "has_compiled_ops"]
 
@@ -23,7 +24,8 @@ class BiTTrainer(DefaultTrainer):
     """DefaultTrainer whose checkpointer reads BiT weights and writes atomically.
 
     Hooks, writers (console with ETA, ``metrics.json``, TensorBoard) and the training loop
-    are Detectron2's. With ``SOLVER.AMP.ENABLED`` autocast uses ``SOLVER.AMP.PRECISION``.
+    are Detectron2's, plus :class:`PreemptionCheckpointer` (SIGTERM: checkpoint and exit 0).
+    With ``SOLVER.AMP.ENABLED`` autocast uses ``SOLVER.AMP.PRECISION``.
     """
 
     def __init__(self, cfg) -> None:
@@ -38,7 +40,8 @@ class BiTTrainer(DefaultTrainer):
         # DefaultTrainer built a DetectionCheckpointer just before calling this; swap it
         # for ours before the PeriodicCheckpointer hook captures it.
         self.checkpointer = BiTCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        return super().build_hooks()
+        # Last, so that a SIGTERM checkpoint follows the step's evaluation and log writes.
+        return [*super().build_hooks(), PreemptionCheckpointer(self.checkpointer)]
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: str | None = None):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,15 +30,69 @@ def standardize_weight(weight: torch.Tensor, eps: float = WS_EPS) -> torch.Tenso
 
 
 class StdConv2d(nn.Conv2d):
-    """``nn.Conv2d`` whose kernel is weight-standardized on every forward (Qiao et al. 2019)."""
+    """``nn.Conv2d`` whose kernel is weight-standardized on every forward (Qiao et al. 2019).
+
+    Two opt-in fast paths leave the numerics unchanged (the same :func:`standardize_weight`
+    runs, only less often); :mod:`bitdet.models.fast` switches them on for a whole model:
+
+    * ``cache_weight``: when no gradient can flow to the kernel (``torch.no_grad``,
+      ``torch.inference_mode``, or a frozen kernel), reuse the standardized kernel, already
+      cast to the autocast dtype, until the parameter changes. A change is detected through
+      its storage pointer, version counter (bumped by every in-place update: optimizer steps,
+      ``load_state_dict``, ``copy_``), device and dtype. Writes through ``weight.data``
+      bypass the version counter: call :meth:`clear_weight_cache` after those.
+    * ``step_weight``: a standardized kernel supplied from outside for one optimizer step
+      (see :class:`bitdet.models.fast.StandardizeOncePerStep`), used instead of recomputing.
+    """
 
     def __init__(self, *args, eps: float = WS_EPS, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.eps = eps
+        self.cache_weight = False
+        self.step_weight: Optional[torch.Tensor] = None
+        self._ws_cache: Optional[Tuple[tuple, torch.Tensor]] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = standardize_weight(self.weight, self.eps)
-        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def standardized_weight(self) -> torch.Tensor:
+        """The kernel this forward uses: ``standardize_weight(self.weight, self.eps)``, or an equal
+        tensor from the step slot or the inference cache."""
+        if self.step_weight is not None:
+            return self.step_weight
+        if (
+            self.cache_weight
+            and not torch.compiler.is_compiling()  # compiled graphs fuse WS themselves; no guards on pointers
+            and not (torch.is_grad_enabled() and self.weight.requires_grad)
+        ):
+            return self._cached_weight()
+        return standardize_weight(self.weight, self.eps)
+
+    def _cached_weight(self) -> torch.Tensor:
+        weight = self.weight
+        device_type = weight.device.type
+        target = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
+        key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, target, self.eps)
+        if self._ws_cache is not None and self._ws_cache[0] == key:
+            return self._ws_cache[1]
+        # Build the cache outside inference mode so that it stays usable in ordinary no-grad
+        # code and as a constant next to inputs that require grad (frozen layers in training).
+        with torch.inference_mode(False), torch.no_grad():
+            cached = standardize_weight(weight, self.eps).to(target)
+        self._ws_cache = (key, cached)
+        return cached
+
+    def clear_weight_cache(self) -> None:
+        """Drop the cached standardized kernel (needed only after writes through ``weight.data``)."""
+        self._ws_cache = None
+
+    def __getstate__(self) -> dict:
+        # The cache and the step slot are derived tensors: never pickle or deep-copy them.
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state["_ws_cache"] = None
+        state["step_weight"] = None
+        return state
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, eps={self.eps:g}"

@@ -320,11 +320,11 @@ register_dataset(DatasetSpec("flowers102", _flowers, "train", "test", ("train", 
 # ILSVRC-2012 as extracted folders: ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG.
 register_dataset(DatasetSpec("imagenet", _image_folder, "train", "val", ("train", "val"), (375, 500)))
 register_dataset(DatasetSpec("imagefolder", _image_folder, "train", "val", ("train", "val", "test")))
-register_dataset(DatasetSpec("mnist", _mnist(tvd.MNIST), "train", "test", _ONE_SPLIT, (28, 28)))
+register_dataset(DatasetSpec("mnist", _mnist(tvd.MNIST), "train", "test", _ONE_SPLIT, (28, 28), flip=False))
 register_dataset(
     DatasetSpec("fashion_mnist", _mnist(tvd.FashionMNIST), "train", "test", _ONE_SPLIT, (28, 28),
                 default_root="/usr/share/datasets/fashion-mnist")
 )
-# Digits: a horizontal flip turns some digits into others' mirror images; keep it off.
+# Digits (here and MNIST): a mirrored digit is not a digit (or is another one); no flips.
 register_dataset(DatasetSpec("digits", _digits, "train", "test", _ONE_SPLIT, (8, 8), flip=False,
                              default_root="<sklearn>"))

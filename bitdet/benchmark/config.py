@@ -1,0 +1,114 @@
+"""Config keys of the benchmark: ``add_benchmark_config(cfg)`` (``BENCH.*``)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+# fvcore's CfgNode (the base of Detectron2's): _BASE_ inheritance, no Detectron2 VERSION key.
+from fvcore.common.config import CfgNode as CN
+
+from bitdet.detection.config import resolve_config_file
+
+__all__ = ["add_benchmark_config", "get_benchmark_cfg", "LEVERS"]
+
+# Levers a variant can combine with "+" ("eager" alone means none of them):
+#   cl: channels-last memory format for model and inputs; ws: cached standardized kernels
+#   (inference) and standardize-once-per-step (training, over BENCH.ACCUM_STEPS micro-batches);
+#   compile: torch.compile (BENCH.COMPILE_MODE); cudagraphs: torch.compile "reduce-overhead".
+LEVERS = ("cl", "ws", "compile", "cudagraphs")
+
+
+def add_benchmark_config(cfg: CN) -> None:
+    """Add the ``BENCH`` keys (and ``OUTPUT_DIR``) to ``cfg``."""
+    cfg.BENCH = CN()
+    # "auto" (CUDA when available, else CPU), "cuda" or "cpu".
+    cfg.BENCH.DEVICE = "auto"
+    # Models from bitdet.benchmark.suite.SUITE; BiT entries are compared with the peers of
+    # their group (e.g. "bit-R50x1" with "timm-resnetv2_50x1_bit" and "torchvision-resnet50").
+    cfg.BENCH.MODELS = [
+        "bit-R50x1", "timm-resnetv2_50x1_bit", "torchvision-resnet50",
+        "bit-R101x3", "timm-resnetv2_101x3_bit",
+        "retinanet-bit-R50x1-FPN", "retinanet-d2-R50-FPN",
+    ]
+    # Variants to run for every model: "eager" or levers joined by "+" from LEVERS, e.g.
+    # "cl+ws+compile". A lever that does not apply to a model (ws on a non-BiT model,
+    # cudagraphs on CPU) makes the row "skipped" with the reason.
+    cfg.BENCH.VARIANTS = ["eager", "cl", "cl+ws", "cl+compile", "cl+ws+compile", "cl+compile+cudagraphs"]
+    # Tasks: "train" (forward, backward, SGD step), "inference", "data" (decode + augment).
+    cfg.BENCH.TASKS = ["train", "inference", "data"]
+    # Autocast dtype: "bfloat16", "float16", or "float32" (no autocast).
+    cfg.BENCH.PRECISION = "bfloat16"
+    # torch.compile mode of the "compile" lever: "default" or "max-autotune-no-cudagraphs".
+    cfg.BENCH.COMPILE_MODE = "default"
+    # Classifier input side (square images) and class count of the head.
+    cfg.BENCH.CLS_IMAGE_SIZE = 224
+    cfg.BENCH.CLS_NUM_CLASSES = 1000
+    # Classifier batch; 0 uses each model's reference batch from the suite (R50x1: 128,
+    # R101x3: 32, as in issue 6's targets).
+    cfg.BENCH.CLS_BATCH_SIZE = 0
+    # Detector input (height, width); images are synthetic with random boxes.
+    cfg.BENCH.DET_IMAGE_SIZE = [800, 1216]
+    # Detector training batch and inference batch (Detectron2 reports inference per image
+    # at batch 1).
+    cfg.BENCH.DET_BATCH_SIZE = 8
+    cfg.BENCH.DET_INFER_BATCH_SIZE = 1
+    # Detector classes and ground-truth boxes per synthetic image.
+    cfg.BENCH.DET_NUM_CLASSES = 80
+    cfg.BENCH.DET_BOXES_PER_IMAGE = 8
+    # Micro-batches per optimizer step in training rows (gradient accumulation); the "ws"
+    # lever standardizes once per step across them. 1 = no accumulation.
+    cfg.BENCH.ACCUM_STEPS = 1
+    # CPU runs only: intra-op threads (0 keeps torch's default). On a shared machine more
+    # threads than free cores makes every number noise; 1 gives per-core figures.
+    cfg.BENCH.CPU_THREADS = 0
+    # Untimed iterations first (compilation and autotuning happen here), then REPEATS
+    # timed blocks of ITERS iterations; the median block is reported.
+    cfg.BENCH.WARMUP_ITERS = 10
+    cfg.BENCH.ITERS = 20
+    cfg.BENCH.REPEATS = 3
+    # Seed for weights and synthetic inputs.
+    cfg.BENCH.SEED = 0
+    # JSON results file; relative paths are under OUTPUT_DIR. Rows are written as they
+    # finish, and --resume keeps the finished rows of an earlier run with the same settings.
+    cfg.BENCH.OUTPUT = "benchmark.json"
+
+    cfg.BENCH.DATA = CN()
+    # Loaders to measure: "pretrain" (Inception crop 224 + flip + [-1, 1]) and "detection"
+    # (Detectron2 DatasetMapper with the BiT RetinaNet config's augmentations).
+    cfg.BENCH.DATA.LOADERS = ["pretrain", "detection"]
+    # Distinct JPEG images (made from scikit-image's photos) and images decoded per timing.
+    cfg.BENCH.DATA.NUM_IMAGES = 16
+    cfg.BENCH.DATA.ITERS = 64
+    # JPEG side lengths (height, width) the photos are resized to before encoding
+    # (ImageNet-like for pretraining, COCO-like for detection).
+    cfg.BENCH.DATA.PRETRAIN_IMAGE_SIZE = [375, 500]
+    cfg.BENCH.DATA.DETECTION_IMAGE_SIZE = [480, 640]
+    # Also time torchvision.io.decode_jpeg on the GPU (nvJPEG), batched, when CUDA is used.
+    cfg.BENCH.DATA.GPU_DECODE = True
+
+    # Folder for the JSON results and the log.
+    cfg.OUTPUT_DIR = "output/benchmark"
+
+
+def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
+    """Benchmark defaults merged with a config file (looked up in ``configs/`` too) and overrides."""
+    cfg = CN()
+    add_benchmark_config(cfg)
+    if config_file:
+        path = resolve_config_file(config_file)
+        try:
+            cfg.merge_from_file(path, allow_unsafe=False)
+        except (AssertionError, KeyError, ValueError) as e:
+            raise ValueError(f"benchmark config {path}: {e}") from e
+    try:
+        cfg.merge_from_list(list(opts))
+    except (AssertionError, KeyError, ValueError) as e:
+        raise ValueError(f"benchmark config override {list(opts)}: {e}") from e
+    bad = [v for v in cfg.BENCH.VARIANTS if v != "eager" and set(v.split("+")) - set(LEVERS)]
+    if bad:
+        raise ValueError(f"BENCH.VARIANTS {bad}: use 'eager' or levers from {LEVERS} joined by '+'")
+    unknown_tasks = set(cfg.BENCH.TASKS) - {"train", "inference", "data"}
+    if unknown_tasks:
+        raise ValueError(f"BENCH.TASKS {sorted(unknown_tasks)}: choose from train, inference, data")
+    if cfg.BENCH.PRECISION not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"BENCH.PRECISION {cfg.BENCH.PRECISION!r}: expected bfloat16, float16 or float32")
+    return cfg

@@ -1,0 +1,158 @@
+"""Data-path throughput: decode + augment images per second per CPU core (and GPU decode).
+
+The images are real photos (scikit-image's samples) re-encoded as JPEG at ImageNet-like
+and COCO-like sizes, so decode cost is realistic. Each loader runs in this process with one
+intra-op thread: the result is per core; a loader with N workers scales up to N times that.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+__all__ = ["make_jpegs", "measure_loader", "measure_gpu_decode"]
+
+_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "motorcycle_left", "hubble_deep_field")
+
+
+def make_jpegs(num: int, size: Tuple[int, int], quality: int = 90) -> List[bytes]:
+    """``num`` JPEG files (bytes) of ``size`` (height, width) cut from scikit-image's photos."""
+    import cv2
+    import skimage.data
+
+    photos = []
+    for name in _PHOTOS:
+        loader = getattr(skimage.data, name, None)
+        if loader is None:
+            continue
+        try:
+            img = loader()
+        except Exception:  # noqa: BLE001 - some samples need optional downloads; skip those
+            continue
+        if img.ndim == 3 and img.shape[2] == 3:
+            photos.append(img)
+    if not photos:
+        raise RuntimeError("no RGB photo found in skimage.data: cannot build benchmark JPEGs")
+    h, w = size
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(num):
+        img = photos[i % len(photos)]
+        # A random crop of varying scale, resized: different content per file.
+        scale = rng.uniform(0.6, 1.0)
+        ch, cw = int(img.shape[0] * scale), int(img.shape[1] * scale)
+        y0, x0 = rng.integers(0, img.shape[0] - ch + 1), rng.integers(0, img.shape[1] - cw + 1)
+        crop = cv2.resize(img[y0 : y0 + ch, x0 : x0 + cw], (w, h), interpolation=cv2.INTER_AREA)
+        ok, buf = cv2.imencode(".jpg", crop[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise RuntimeError("OpenCV failed to encode a JPEG")
+        out.append(buf.tobytes())
+    return out
+
+
+def _pretrain_transform():
+    """BiT's upstream preprocessing: Inception-style random crop to 224, flip, scale to [-1, 1]."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([
+        v2.RandomResizedCrop(224, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize([0.5] * 3, [0.5] * 3),  # [0, 1] -> [-1, 1]
+    ])
+
+
+def _detection_mapper(config_file: str = "Base-RetinaNet-BiT.yaml"):
+    """Detectron2's training DatasetMapper with the BiT RetinaNet config's augmentations."""
+    from detectron2.data import DatasetMapper
+
+    from bitdet.detection import get_bit_cfg
+
+    return DatasetMapper(get_bit_cfg(config_file), is_train=True)
+
+
+def measure_loader(loader: str, num_images: int, iters: int, image_size: Sequence[int]) -> Dict:
+    """Decode + augment throughput of one loader on one CPU core.
+
+    Args:
+        loader: "pretrain" (torchvision decode_jpeg + Inception crop, flip, [-1, 1]) or
+            "detection" (Detectron2 DatasetMapper: file read and PIL decode, resize shortest
+            edge, flip, box transform, to tensor).
+        num_images: distinct JPEGs, cycled.
+        iters: images processed in the timed loop.
+        image_size: (height, width) of the JPEGs.
+
+    Returns:
+        A row with ``images_per_sec_per_core``.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    jpegs = make_jpegs(num_images, tuple(image_size))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="bitdet-bench-") as tmp:
+            if loader == "pretrain":
+                transform = _pretrain_transform()
+                data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
+
+                def one(i: int) -> None:
+                    transform(decode_jpeg(data[i % len(data)], mode=ImageReadMode.RGB))
+
+                decoder = "torchvision.io.decode_jpeg (libjpeg-turbo)"
+            elif loader == "detection":
+                mapper = _detection_mapper()
+                h, w = image_size
+                dicts = []
+                for i, b in enumerate(jpegs):
+                    path = os.path.join(tmp, f"{i}.jpg")
+                    with open(path, "wb") as f:
+                        f.write(b)
+                    boxes = [[w * 0.1 * k, h * 0.1 * k, w * (0.1 * k + 0.2), h * (0.1 * k + 0.2)] for k in range(1, 5)]
+                    dicts.append({
+                        "file_name": path, "height": h, "width": w, "image_id": i,
+                        "annotations": [{"bbox": bb, "bbox_mode": 0, "category_id": k} for k, bb in enumerate(boxes)],
+                    })
+
+                def one(i: int) -> None:
+                    mapper(dict(dicts[i % len(dicts)]))
+
+                decoder = "detectron2 read_image (PIL)"
+            else:
+                raise ValueError(f"BENCH.DATA.LOADERS: unknown loader {loader!r}; expected 'pretrain' or 'detection'")
+            for i in range(min(4, iters)):  # warm-up: imports, allocator
+                one(i)
+            start = time.perf_counter()
+            for i in range(iters):
+                one(i)
+            elapsed = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "task": "data", "loader": loader, "decoder": decoder, "device": "cpu", "image_size": list(image_size),
+        "images": iters, "images_per_sec_per_core": iters / elapsed, "status": "ok", "reason": None,
+    }
+
+
+def measure_gpu_decode(num_images: int, iters: int, image_size: Sequence[int], device: str = "cuda") -> Dict:
+    """Batched nvJPEG decode (``torchvision.io.decode_jpeg(..., device="cuda")``) in images/s."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in make_jpegs(num_images, tuple(image_size))]
+    decode_jpeg(data, mode=ImageReadMode.RGB, device=device)  # warm-up: nvJPEG handles
+    torch.cuda.synchronize(device)
+    rounds = max(1, iters // len(data))
+    start = time.perf_counter()
+    for _ in range(rounds):
+        decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    return {
+        "task": "data", "loader": "gpu-decode", "decoder": "torchvision.io.decode_jpeg (nvJPEG)", "device": device,
+        "image_size": list(image_size), "images": rounds * len(data),
+        "images_per_sec": rounds * len(data) / elapsed, "status": "ok", "reason": None,
+    }

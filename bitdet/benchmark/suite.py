@@ -1,0 +1,133 @@
+"""The models a benchmark run compares: BiT (bitdet) and its peers, grouped for ratios.
+
+Peers are built without weights (nothing downloads): timm's BiT port, torchvision's BN
+ResNet-50, and Detectron2's stock RetinaNet R50-FPN from its model-zoo config.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+from torch import nn
+
+__all__ = ["ModelSpec", "SUITE", "get_spec"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One benchmarked model.
+
+    Attributes:
+        name: key in :data:`SUITE` and in the results.
+        kind: "classifier" or "detector".
+        group: models compared with each other (ratios are bitdet vs peer in a group).
+        role: "bitdet" (ours) or "peer".
+        build: ``build(num_classes, device) -> nn.Module``, randomly initialised.
+        batch_size: reference training batch for classifiers (issue 6's targets).
+        targets: issue 6 targets on one H100 at the reference sizes, keyed by
+            "train_images_per_sec", "train_sec_per_iter", "inference_ms_per_image".
+        requires: the import this model needs, to skip it cleanly when missing.
+    """
+
+    name: str
+    kind: str
+    group: str
+    role: str
+    build: Callable[[int, str], nn.Module]
+    batch_size: int = 128
+    targets: Dict[str, float] = field(default_factory=dict)
+    requires: Optional[str] = None
+
+
+def _bit(arch: str) -> Callable[[int, str], nn.Module]:
+    def build(num_classes: int, device: str) -> nn.Module:
+        from bitdet.models import create_model
+
+        return create_model(arch, num_classes=num_classes).to(device)
+
+    return build
+
+
+def _timm(name: str) -> Callable[[int, str], nn.Module]:
+    def build(num_classes: int, device: str) -> nn.Module:
+        import timm
+
+        return timm.create_model(name, pretrained=False, num_classes=num_classes).to(device)
+
+    return build
+
+
+def _torchvision(name: str) -> Callable[[int, str], nn.Module]:
+    def build(num_classes: int, device: str) -> nn.Module:
+        import torchvision
+
+        return getattr(torchvision.models, name)(weights=None, num_classes=num_classes).to(device)
+
+    return build
+
+
+def _retinanet_bit(variant: str, fpn_channels: int = 256) -> Callable[[int, str], nn.Module]:
+    def build(num_classes: int, device: str) -> nn.Module:
+        from detectron2.modeling import build_model
+
+        from bitdet.detection import get_bit_cfg
+
+        cfg = get_bit_cfg(
+            "Base-RetinaNet-BiT.yaml",
+            [
+                "MODEL.BIT.VARIANT", variant,
+                "MODEL.BIT.FREEZE_AT", 0,  # all layers trainable, as BiT fine-tunes
+                "MODEL.FPN.OUT_CHANNELS", fpn_channels,
+                "MODEL.RETINANET.NUM_CLASSES", num_classes,
+                "MODEL.DEVICE", device,
+            ],
+        )
+        return build_model(cfg)
+
+    return build
+
+
+def _retinanet_detectron2(num_classes: int, device: str) -> nn.Module:
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+
+    cfg = get_cfg()
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml"))
+    # Stock settings (frozen BN, FREEZE_AT 2), random weights: the zoo's weights are not needed
+    # for speed and cannot be downloaded here.
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
+    cfg.MODEL.DEVICE = device
+    return build_model(cfg)
+
+
+_SPECS = [
+    ModelSpec("bit-R50x1", "classifier", "R50x1", "bitdet", _bit("R50x1"), 128,
+              {"train_images_per_sec": 4300.0}),
+    ModelSpec("timm-resnetv2_50x1_bit", "classifier", "R50x1", "peer", _timm("resnetv2_50x1_bit"), 128,
+              requires="timm"),
+    ModelSpec("torchvision-resnet50", "classifier", "R50x1", "peer", _torchvision("resnet50"), 128),
+    ModelSpec("bit-R101x3", "classifier", "R101x3", "bitdet", _bit("R101x3"), 32,
+              {"train_images_per_sec": 500.0}),
+    ModelSpec("timm-resnetv2_101x3_bit", "classifier", "R101x3", "peer", _timm("resnetv2_101x3_bit"), 32,
+              requires="timm"),
+    ModelSpec("retinanet-bit-R50x1-FPN", "detector", "RetinaNet", "bitdet", _retinanet_bit("R50x1"),
+              targets={"train_sec_per_iter": 0.116, "inference_ms_per_image": 22.0}),
+    ModelSpec("retinanet-d2-R50-FPN", "detector", "RetinaNet", "peer", _retinanet_detectron2),
+    # Small CPU entries for tests and smoke runs (R14-tiny is not a paper model).
+    ModelSpec("bit-R14-tiny", "classifier", "tiny", "bitdet", _bit("R14-tiny"), 2),
+    ModelSpec("torchvision-resnet18", "classifier", "tiny", "peer", _torchvision("resnet18"), 2),
+    ModelSpec("retinanet-bit-R14-tiny-FPN", "detector", "RetinaNet-tiny", "bitdet",
+              _retinanet_bit("R14-tiny", fpn_channels=32)),
+]
+
+SUITE: Dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The suite entry ``name``; the error lists the valid names (``BENCH.MODELS``)."""
+    try:
+        return SUITE[name]
+    except KeyError:
+        raise KeyError(f"BENCH.MODELS: unknown model {name!r}; known: {', '.join(SUITE)}") from None

@@ -1,0 +1,290 @@
+"""Fine-tune a BiT model on a downstream dataset with the BiT-HyperRule, via the shared
+:class:`bitdet.engine.ClassifierTrainer`; and sweep shots x seeds into one results table.
+
+The entry points are ``tools/finetune.py`` and ``tools/vtab.py``; these functions hold the
+logic so that tests and notebooks can call them without a command line.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch.utils.data import Subset
+
+from bitdet.models import create_model, pretrained_path
+from bitdet.transfer.config import rule_from_config, tri_state
+from bitdet.transfer.datasets import (
+    build_dataset,
+    dataset_classes,
+    dataset_image_size,
+    dataset_targets,
+    get_spec,
+)
+from bitdet.transfer.fewshot import FULL, Shots, parse_shots, sample_few_shot, save_indices
+from bitdet.transfer.mixup import MixUp
+from bitdet.transfer.report import (
+    accuracy_vs_shots_plot,
+    confusion_plot,
+    results_table,
+    summarize_runs,
+    training_curve_plot,
+    write_json,
+)
+from bitdet.transfer.transforms import TransformedDataset, eval_transform, train_transform
+
+__all__ = ["evaluate_only", "finetune", "finetune_sweep", "init_label", "resolve_weights", "run_dir_name"]
+
+logger = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+
+
+def resolve_weights(cfg) -> str:
+    """``MODEL.WEIGHTS`` as a file path ("" for from scratch; "official" -> the cached BiT file)."""
+    weights = cfg.MODEL.WEIGHTS.strip()
+    if weights == "official":
+        return str(pretrained_path(cfg.MODEL.NAME))
+    if weights and not Path(weights).is_file():
+        raise FileNotFoundError(f"MODEL.WEIGHTS / --weights: no such file {weights!r}")
+    return weights
+
+
+def init_label(cfg) -> str:
+    """Short name of the initialisation for tables: ``"scratch"`` or the weights file's stem."""
+    weights = cfg.MODEL.WEIGHTS.strip()
+    if not weights:
+        return "scratch"
+    return "official" if weights == "official" else Path(weights).stem
+
+
+def run_dir_name(shots: Shots, seed: int) -> str:
+    """Sub-folder of one sweep run, e.g. ``5shot_seed0`` or ``full_seed0``."""
+    return f"{'full' if shots == FULL else f'{shots}shot'}_seed{seed}"
+
+
+def _device(cfg) -> Optional[str]:
+    device = cfg.MODEL.DEVICE.strip()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("MODEL.DEVICE is 'cuda' but CUDA is not available; use MODEL.DEVICE cpu")
+    return "cpu" if device == "cpu" else None  # None: the trainer picks cuda:<local rank> or cpu
+
+
+def _batch_split(value: int):
+    if value < 0:
+        raise ValueError(f"SOLVER.BATCH_SPLIT must be 0 (automatic) or a positive integer, got {value}")
+    return "auto" if value == 0 else int(value)
+
+
+def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: Optional[str] = None,
+             resume: bool = True) -> Dict[str, Any]:
+    """Fine-tune once (one dataset, one shots setting, one seed) and evaluate on the test split.
+
+    Args:
+        cfg: a config with :func:`~bitdet.transfer.config.add_finetune_config` keys.
+        shots: examples per class, or ``"full"`` for the whole training split.
+        seed: few-shot draw and training seed; default ``cfg.SEED``.
+        output_dir: default ``cfg.OUTPUT_DIR``.
+        resume: continue from the newest checkpoint there; a finished run (``results.json``
+            present) is returned as is.
+
+    Returns:
+        The results written to ``OUTPUT_DIR/results.json`` (on the main process; other ranks
+        get the training summary only): ``top1``, ``top5``, ``mean_per_class_acc``,
+        ``per_class_acc`` (by class name), ``confusion``, ``rule``, ``steps``, ``wall_time_s``, ...
+    """
+    from detectron2.utils import comm
+
+    from bitdet.engine import ClassifierTrainer, evaluate_classifier
+
+    t0 = time.perf_counter()
+    seed = cfg.SEED if seed is None else int(seed)
+    out = Path(output_dir or cfg.OUTPUT_DIR)
+    if resume and (out / RESULTS_FILE).is_file():
+        logger.info("%s exists: run already finished, not repeating it", out / RESULTS_FILE)
+        return json.loads((out / RESULTS_FILE).read_text())
+
+    d = cfg.DATASET
+    spec = get_spec(d.NAME)
+    train_raw = build_dataset(d.NAME, d.ROOT, d.TRAIN_SPLIT or spec.train_split, d.DOWNLOAD)
+    test_raw = build_dataset(d.NAME, d.ROOT, d.TEST_SPLIT or spec.test_split, d.DOWNLOAD)
+    classes = dataset_classes(train_raw)
+    num_classes = len(classes)
+    if shots != FULL:
+        indices = sample_few_shot(dataset_targets(train_raw), int(shots), seed, classes, num_classes)
+        if comm.is_main_process():
+            save_indices(out / "fewshot_indices.json", indices, dataset=d.NAME, split=d.TRAIN_SPLIT or spec.train_split,
+                         shots=int(shots), seed=seed)
+        train_raw = Subset(train_raw, indices.tolist())
+
+    rule = rule_from_config(cfg, len(train_raw), dataset_image_size(spec, train_raw))
+    random_crop = tri_state(d.RANDOM_CROP, spec.random_crop, "DATASET.RANDOM_CROP")
+    flip = tri_state(d.FLIP, spec.flip, "DATASET.FLIP")
+    logger.info("%s, %s shots, seed %d: %d training / %d test images, %d classes", d.NAME, shots, seed,
+                len(train_raw), len(test_raw), num_classes)
+    logger.info("%s; random crop %s, flip %s", rule, "on" if random_crop else "off", "on" if flip else "off")
+    if comm.is_main_process():
+        print(f"[finetune] {d.NAME} ({shots} shots, seed {seed}): {rule}", flush=True)
+
+    train_set = TransformedDataset(train_raw, train_transform(rule.resize, rule.crop, random_crop, flip))
+    test_set = TransformedDataset(test_raw, eval_transform(rule.crop))
+
+    weights = resolve_weights(cfg)
+    model = create_model(cfg.MODEL.NAME, num_classes=num_classes, zero_head=True)
+    load_report = None
+    if weights:
+        from bitdet.checkpoint import load_weights
+
+        # zero_head=True even when the upstream head has the same size: BiT starts every
+        # downstream task from a zero head.
+        load_report = str(load_weights(model, weights, zero_head=True))
+
+    s = cfg.SOLVER
+    trainer = ClassifierTrainer(
+        model,
+        train_set,
+        output_dir=out,
+        max_steps=rule.steps,
+        global_batch=rule.batch_size,
+        lr_at=rule.lr_at,
+        loss=s.LOSS,
+        momentum=s.MOMENTUM,
+        weight_decay=s.WEIGHT_DECAY,
+        batch_split=_batch_split(s.BATCH_SPLIT),
+        precision=s.PRECISION,
+        channels_last=s.CHANNELS_LAST,
+        compile=s.COMPILE,
+        batch_hook=MixUp(rule.mixup_alpha, num_classes) if rule.mixup_alpha > 0 else None,
+        evaluate=lambda m: evaluate_classifier(m, test_set, batch_size=cfg.TEST.BATCH_SIZE,
+                                               num_workers=cfg.DATALOADER.NUM_WORKERS, precision=s.PRECISION),
+        eval_period=cfg.TEST.EVAL_PERIOD,
+        checkpoint_period=s.CHECKPOINT_PERIOD,
+        keep_last=s.KEEP_LAST,
+        log_period=s.LOG_PERIOD,
+        seed=seed,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        device=_device(cfg),
+        meta={"model": cfg.MODEL.NAME, "dataset": d.NAME, "num_classes": num_classes, "shots": shots},
+    )
+    summary = trainer.train(resume=resume)
+    if not comm.is_main_process():
+        return summary
+
+    metrics = dict(summary.pop("eval"))
+    results = {
+        "dataset": d.NAME,
+        "model": cfg.MODEL.NAME,
+        "weights": weights,
+        "init": init_label(cfg),
+        "weights_load": load_report,
+        "shots": shots,
+        "seed": seed,
+        "num_train": len(train_raw),
+        "num_test": len(test_raw),
+        "num_classes": num_classes,
+        "classes": classes,
+        "top1": metrics.get("top1"),
+        "top5": metrics.get("top5"),
+        "mean_per_class_acc": metrics.get("mean_per_class_acc"),
+        "per_class_acc": dict(zip(classes, metrics.get("per_class_acc", []))),
+        "confusion": metrics.get("confusion"),
+        "rule": rule.to_dict(),
+        "random_crop": random_crop,
+        "flip": flip,
+        "steps": rule.steps,
+        "train": summary,
+        "checkpoint": str(trainer.checkpointer.latest()),
+        "wall_time_s": time.perf_counter() - t0,
+    }
+    if results["confusion"] is not None:
+        confusion_plot(results["confusion"], classes, out / "confusion.png",
+                       title=f"{d.NAME} ({shots} shots, {results['init']}): top-1 {results['top1']:.1f}%")
+    if (out / "metrics.json").is_file():
+        training_curve_plot(out / "metrics.json", out / "training_curve.png", title=f"{d.NAME}, {shots} shots")
+    write_json(out / RESULTS_FILE, results)
+    logger.info("%s: top-1 %.2f%%, top-5 %.2f%% -> %s", d.NAME, results["top1"], results["top5"], out / RESULTS_FILE)
+    return results
+
+
+def evaluate_only(cfg, output_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Evaluate ``MODEL.WEIGHTS`` (head included) on the test split at the HyperRule's crop size.
+
+    Returns:
+        :func:`bitdet.engine.evaluate_classifier`'s metrics plus ``crop``; also written to
+        ``OUTPUT_DIR/eval_results.json``.
+    """
+    from bitdet.checkpoint import load_weights
+    from bitdet.engine import evaluate_classifier
+
+    d = cfg.DATASET
+    spec = get_spec(d.NAME)
+    weights = resolve_weights(cfg)
+    if not weights:
+        raise ValueError("evaluation needs MODEL.WEIGHTS / --weights (a fine-tuned checkpoint)")
+    train_raw = build_dataset(d.NAME, d.ROOT, d.TRAIN_SPLIT or spec.train_split, d.DOWNLOAD)
+    test_raw = build_dataset(d.NAME, d.ROOT, d.TEST_SPLIT or spec.test_split, d.DOWNLOAD)
+    classes = dataset_classes(train_raw)
+    rule = rule_from_config(cfg, len(train_raw), dataset_image_size(spec, train_raw))
+    model = create_model(cfg.MODEL.NAME, num_classes=len(classes))
+    report = load_weights(model, weights)
+    if not report.head.startswith("loaded"):
+        raise ValueError(f"{weights}: the head was not loaded ({report.head}); evaluate a fine-tuned checkpoint")
+    device = _device(cfg) or ("cuda" if torch.cuda.is_available() else "cpu")
+    metrics = evaluate_classifier(model.to(device), TransformedDataset(test_raw, eval_transform(rule.crop)),
+                                  batch_size=cfg.TEST.BATCH_SIZE, num_workers=cfg.DATALOADER.NUM_WORKERS)
+    metrics.update(crop=rule.crop, weights=weights, dataset=d.NAME, classes=classes)
+    write_json(Path(output_dir or cfg.OUTPUT_DIR) / "eval_results.json", metrics)
+    return metrics
+
+
+def finetune_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int], weights_list: Sequence[str] = (),
+                   resume: bool = True) -> Dict[str, Any]:
+    """One :func:`finetune` run per (weights, shots, seed), then a summary over seeds.
+
+    Runs go to ``OUTPUT_DIR/[<init>/]<shots>_seed<seed>/`` (the ``<init>`` level only when
+    several initialisations are compared). Writes ``OUTPUT_DIR/results.json`` (every run and
+    mean ± std per setting), ``results.md`` (the markdown table) and ``accuracy_vs_shots.png``.
+
+    Args:
+        cfg: the fine-tuning config (not modified).
+        shots_list: e.g. ``[1, 5, 10, "full"]``.
+        seeds: few-shot draw / training seeds.
+        weights_list: initialisations to compare (weights paths, ``"official"``, or
+            ``"scratch"`` / ``""``); default: ``cfg.MODEL.WEIGHTS`` alone.
+        resume: skip finished runs and resume interrupted ones.
+
+    Returns:
+        ``{"runs": [...], "summary": [...], "table": markdown}`` (main process; ``{}`` elsewhere).
+    """
+    from detectron2.utils import comm
+
+    from bitdet.checkpoint.atomic import atomic_write
+
+    out = Path(cfg.OUTPUT_DIR)
+    inits = [("" if w.strip().lower() == "scratch" else w.strip()) for w in (weights_list or [cfg.MODEL.WEIGHTS])]
+    runs: List[Dict[str, Any]] = []
+    for weights in inits:
+        run_cfg = cfg.clone()
+        run_cfg.defrost()
+        run_cfg.MODEL.WEIGHTS = weights
+        base = out / init_label(run_cfg) if len(inits) > 1 else out
+        for shots in parse_shots(list(shots_list)):
+            for seed in seeds:
+                result = finetune(run_cfg, shots=shots, seed=int(seed), output_dir=str(base / run_dir_name(shots, seed)),
+                                  resume=resume)
+                if comm.is_main_process():
+                    runs.append({k: result[k] for k in ("dataset", "init", "shots", "seed", "top1", "top5",
+                                                        "mean_per_class_acc", "steps", "num_train", "wall_time_s")})
+    if not comm.is_main_process():
+        return {}
+    summary = summarize_runs(runs)
+    table = results_table(summary)
+    write_json(out / "results.json", {"model": cfg.MODEL.NAME, "weights": inits, "runs": runs, "summary": summary})
+    with atomic_write(out / "results.md", "w") as f:
+        f.write(table)
+    accuracy_vs_shots_plot(summary, out / "accuracy_vs_shots.png", title=f"{cfg.DATASET.NAME}: {cfg.MODEL.NAME}")
+    print(table, flush=True)
+    return {"runs": runs, "summary": summary, "table": table}

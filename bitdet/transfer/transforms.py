@@ -1,0 +1,83 @@
+"""HyperRule image transforms: square resize, random crop and flip for training; resize to the
+crop size for evaluation; RGB scaled to [-1, 1] (:mod:`bitdet.numerics`)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from bitdet.numerics import PIXEL_MEAN, PIXEL_STD
+
+__all__ = ["ToBiTTensor", "TransformedDataset", "train_transform", "eval_transform"]
+
+
+class ToBiTTensor:
+    """PIL image (any mode) -> float tensor ``(3, H, W)`` in [-1, 1], RGB."""
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        # Grayscale digits and palette PNGs become 3 equal / decoded channels, as BiT expects RGB.
+        array = np.asarray(image.convert("RGB"), dtype=np.float32)
+        return torch.from_numpy((array - PIXEL_MEAN) / PIXEL_STD).permute(2, 0, 1).contiguous()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mean={PIXEL_MEAN}, std={PIXEL_STD})"
+
+
+def train_transform(resize: int, crop: int, random_crop: bool = True, flip: bool = True) -> Callable:
+    """HyperRule training transform.
+
+    Args:
+        resize: side of the square resize (aspect ratio is not kept, as in the public code).
+        crop: side of the random crop.
+        random_crop: False resizes straight to ``crop`` (for labels that a crop would change).
+        flip: random horizontal flip (False where mirroring changes the label).
+
+    Returns:
+        A callable PIL image -> tensor ``(3, crop, crop)`` in [-1, 1].
+    """
+    steps = [T.Resize((resize, resize)), T.RandomCrop(crop)] if random_crop else [T.Resize((crop, crop))]
+    if flip:
+        steps.append(T.RandomHorizontalFlip())
+    return T.Compose(steps + [ToBiTTensor()])
+
+
+def eval_transform(crop: int) -> Callable:
+    """HyperRule evaluation transform: resize to ``crop`` x ``crop`` only (no centre crop)."""
+    return T.Compose([T.Resize((crop, crop)), ToBiTTensor()])
+
+
+class TransformedDataset(Dataset):
+    """``(transform(image), label)`` over a dataset of ``(PIL.Image, int)``; keeps ``targets``/``classes``.
+
+    A sample whose image is None (unreadable file) stays None, for ``collate_skip_none``.
+    """
+
+    def __init__(self, dataset: Dataset, transform: Callable) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        sample = self.dataset[index]
+        # An undecodable file arrives as None (bitdet.data.images); the trainer's collate skips it.
+        if sample is None or sample[0] is None:
+            return None
+        image, label = sample
+        return self.transform(image), int(label)
+
+    @property
+    def targets(self):
+        from bitdet.transfer.datasets import dataset_targets
+
+        return dataset_targets(self.dataset)
+
+    @property
+    def classes(self):
+        from bitdet.transfer.datasets import dataset_classes
+
+        return dataset_classes(self.dataset)

@@ -1,0 +1,212 @@
+"""ClassifierTrainer: exact resume, preemption, non-finite loss, skipped samples, accumulation."""
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from detectron2.engine import HookBase
+
+from bitdet import create_model
+from bitdet.checkpoint import load_weights
+from bitdet.engine import ClassifierTrainer, TrainingCheckpointer, choose_batch_split
+from tests.engine.tiny_run import tiny_sets, tiny_trainer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_identical(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs"
+
+
+def test_trains_and_writes_outputs(tmp_path):
+    trainer = tiny_trainer(str(tmp_path), steps=4)
+    final = trainer.train()
+    assert final["step"] == 4 and final["skipped_images"] == 0
+    assert (tmp_path / "metrics.json").is_file() and list(tmp_path.glob("events.out.tfevents.*"))
+    # keep_last=2 with a checkpoint every 2 steps and at the end
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_0000002.pth", "model_0000004.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000004.pth"
+    state = torch.load(tmp_path / "model_0000004.pth", weights_only=True)
+    assert state["step"] == 4 and not any(k.startswith("module.") for k in state["model"])
+    # the file is an ordinary bitdet weights file
+    fresh = create_model("R14-tiny", num_classes=10)
+    report = load_weights(fresh, tmp_path / "model_0000004.pth")
+    assert report.head.startswith("loaded")
+    assert_identical(params(fresh), params(trainer.model))
+
+
+def test_resume_in_process_is_exact(tmp_path):
+    full = tiny_trainer(str(tmp_path / "full"), steps=6)
+    full.train()
+    part = tiny_trainer(str(tmp_path / "part"), steps=3)
+    part.train()
+    resumed = tiny_trainer(str(tmp_path / "part"), steps=6)
+    assert resumed.resume() == 3
+    resumed.train(resume=True)
+    assert_identical(params(full.model), params(resumed.model))
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    """Kill -9 right after the step-4 checkpoint, resume to 6: same parameters as 6 straight."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "tests.engine.tiny_run", str(tmp_path / "killed"), "6", "--kill-after", "5",
+           "--workers", "2"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert (tmp_path / "killed" / "last_checkpoint").read_text() == "model_0000004.pth"
+    resumed = tiny_trainer(str(tmp_path / "killed"), steps=6)
+    resumed.train(resume=True)  # in this process, with no DataLoader workers
+    full = tiny_trainer(str(tmp_path / "full"), steps=6)
+    full.train()
+    assert_identical(params(full.model), params(resumed.model))
+
+
+class SendSigterm(HookBase):
+    def after_step(self):
+        if self.trainer.iter == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path, caplog):
+    trainer = tiny_trainer(str(tmp_path), steps=10, period=100)
+    trainer.register_hooks([SendSigterm()])
+    with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as exc:
+        trainer.train()
+    assert exc.value.code == 0
+    # The signal arrives during step 1's hooks; ranks agree on it in step 2's all-reduce.
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
+    assert TrainingCheckpointer.load(tmp_path / "model_0000003.pth")["step"] == 3
+    assert "exiting cleanly" in caplog.text
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+
+
+class PoisonAt(HookBase):
+    """Turns the model's first conv weights to NaN before step ``step``."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def before_step(self):
+        if self.trainer.iter == self.step:
+            with torch.no_grad():
+                self.trainer.model.stem.conv.weight.fill_(float("nan"))
+
+
+def test_non_finite_loss_names_step_and_keeps_checkpoint(tmp_path):
+    trainer = tiny_trainer(str(tmp_path), steps=10, period=2)
+    trainer.register_hooks([PoisonAt(3)])
+    with pytest.raises(FloatingPointError, match=r"at step 3 .*model_0000002\.pth"):
+        trainer.train()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
+    state = TrainingCheckpointer.load(tmp_path / "model_0000002.pth")
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+class SomeUnusable(torch.utils.data.Dataset):
+    """Every third sample is unusable (as a failed decode returns)."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        return None if i % 3 == 0 else self.base[i]
+
+
+def test_unusable_samples_are_skipped_and_counted(tmp_path):
+    train, _ = tiny_sets()
+    trainer = tiny_trainer(str(tmp_path), steps=3)
+    trainer.train_set = SomeUnusable(train)
+    final = trainer.train()
+    assert final["step"] == 3 and 0 < final["skipped_images"] < 24
+    assert torch.isfinite(torch.tensor(final["loss"]))
+
+
+def test_gradient_accumulation_matches_full_batch(tmp_path):
+    # One step: later steps amplify float rounding through ReLU / max-pool switches.
+    a = tiny_trainer(str(tmp_path / "a"), steps=1, batch_split=1)
+    a.train()
+    b = tiny_trainer(str(tmp_path / "b"), steps=1, batch_split=4)
+    b.train()
+    for k, v in params(a.model).items():
+        torch.testing.assert_close(params(b.model)[k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_bf16_channels_last_and_sigmoid_run(tmp_path):
+    trainer = tiny_trainer(str(tmp_path), steps=2, precision="bf16", channels_last=True, loss="sigmoid")
+    final = trainer.train()
+    assert torch.isfinite(torch.tensor(final["loss"]))
+
+
+def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch, caplog):
+    def broken_compile(module, **kwargs):
+        def run(*args, **kw):
+            raise RuntimeError("backend exploded")
+        return run
+
+    eager = tiny_trainer(str(tmp_path / "eager"), steps=2)
+    eager.train()
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    compiled = tiny_trainer(str(tmp_path / "compiled"), steps=2, compile=True)
+    with caplog.at_level(logging.WARNING):
+        compiled.train()
+    assert "torch.compile failed (RuntimeError: backend exploded)" in caplog.text
+    assert_identical(params(eager.model), params(compiled.model))
+
+
+def test_evaluate_hook_logs_metrics(tmp_path):
+    calls = []
+
+    def evaluate(model):
+        assert not model.training
+        calls.append(1)
+        return {"top1": 12.5, "confusion": [[1]]}
+
+    trainer = tiny_trainer(str(tmp_path), steps=4, evaluate=evaluate, eval_period=2)
+    final = trainer.train()
+    assert len(calls) == 2 and final["eval"]["top1"] == 12.5
+    assert trainer.model.training
+    text = (tmp_path / "metrics.json").read_text()
+    assert '"eval/top1": 12.5' in text and "confusion" not in text
+
+
+def test_choose_batch_split_halves_until_it_fits():
+    tried = []
+
+    def step(micro):
+        tried.append(micro)
+        if micro > 24:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    assert choose_batch_split(step, 100) == 8  # micro-batches 100, 50, 25 fail; 13 fits
+    assert tried == [100, 50, 25, 13]
+
+    def never(micro):
+        raise torch.cuda.OutOfMemoryError("simulated")
+
+    with pytest.raises(RuntimeError, match="micro-batch of 1"):
+        choose_batch_split(never, 4)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(global_batch=8, batch_split=16), "batch_split"),
+    (dict(precision="fp16"), "precision"),
+    (dict(loss="hinge"), "unknown loss"),
+    (dict(max_steps=0), "max_steps"),
+])
+def test_bad_arguments_are_named(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_trainer(str(tmp_path), **{"steps": kwargs.pop("max_steps", 2), **kwargs})
