@@ -56,8 +56,8 @@ def add_arguments(parser):
     parser.add_argument("--weights", help="upstream weights: .npz, .pth, 'official' or 'scratch'; "
                                           "a comma list compares several (MODEL.WEIGHTS)")
     parser.add_argument("--model", help="model name, e.g. BiT-M-R50x1, R14-tiny (MODEL.NAME)")
-    parser.add_argument("--shots", help="examples per class, e.g. '1,5,10,full' (FEWSHOT.SHOTS)")
-    parser.add_argument("--seeds", help="comma list of seeds, e.g. '0,1,2' (FEWSHOT.SEEDS)")
+    parser.add_argument("--shots", help="examples per class, e.g. 1,5,10,full (FEWSHOT.SHOTS)")
+    parser.add_argument("--seeds", help="comma list of seeds, e.g. 0,1,2 (FEWSHOT.SEEDS)")
     return parser
 
 
@@ -67,13 +67,14 @@ def parse_args(argv=None):
 
 def _flag_overrides(args):
     opts = []
-    for flag, key in (("dataset", "DATASET.NAME"), ("data_root", "DATASET.ROOT"), ("model", "MODEL.NAME"),
-                      ("shots", "FEWSHOT.SHOTS")):
+    for flag, key in (("dataset", "DATASET.NAME"), ("data_root", "DATASET.ROOT"), ("model", "MODEL.NAME")):
         value = getattr(args, flag)
         if value is not None:
             opts += [key, value]
     if args.download:
         opts += ["DATASET.DOWNLOAD", "True"]
+    if args.shots is not None:  # validated here so that a typo fails before any training
+        opts += ["FEWSHOT.SHOTS", str(parse_shots(args.shots))]
     if args.seeds is not None:
         opts += ["FEWSHOT.SEEDS", str([int(s) for s in args.seeds.split(",") if s.strip()])]
     weights = (args.weights or "").split(",")
@@ -102,8 +103,8 @@ def main(args):
     if args.eval_only:
         return evaluate_only(cfg)
     weights_list = [w for w in (args.weights or "").split(",")] if args.weights and "," in args.weights else []
-    if cfg.FEWSHOT.SHOTS.strip() or weights_list or len(cfg.FEWSHOT.SEEDS) > 1:
-        shots = parse_shots(cfg.FEWSHOT.SHOTS) if cfg.FEWSHOT.SHOTS.strip() else ["full"]
+    if cfg.FEWSHOT.SHOTS or weights_list or len(cfg.FEWSHOT.SEEDS) > 1:
+        shots = parse_shots(cfg.FEWSHOT.SHOTS) if cfg.FEWSHOT.SHOTS else ["full"]
         return finetune_sweep(cfg, shots, cfg.FEWSHOT.SEEDS, weights_list, resume=args.resume)
     return finetune(cfg, resume=args.resume)
 

@@ -162,7 +162,7 @@ def clean_records(records: List[Dict[str, Any]], source: str = "<records>") -> A
 def load_coco_format(
     json_file: os.PathLike,
     image_root: os.PathLike,
-    dataset_name: Optional[str] = None,
+    dataset_name: str,
     stats: Optional[AnnotationStats] = None,
 ) -> List[Dict[str, Any]]:
     """``load_coco_json`` with the validation and filtering of this module's policy.
@@ -173,7 +173,8 @@ def load_coco_format(
     Args:
         json_file: the COCO-format annotation file.
         image_root: folder the ``file_name`` entries are relative to.
-        dataset_name: registers the categories in ``MetadataCatalog`` (as ``load_coco_json``).
+        dataset_name: the categories are registered in ``MetadataCatalog`` under it and ids
+            mapped to contiguous ones (``load_coco_json`` checks ids only when given a name).
         stats: if given, filled with the counts.
 
     Returns:

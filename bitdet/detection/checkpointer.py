@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 from typing import Any, Dict
 
@@ -25,7 +26,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from bitdet.checkpoint.atomic import atomic_write
-from bitdet.checkpoint.errors import CheckpointMismatchError
+from bitdet.checkpoint.errors import CheckpointError, CheckpointMismatchError
 from bitdet.checkpoint.loading import strip_prefixes
 from bitdet.checkpoint.npz import HEAD_KEYS, npz_to_state_dict, read_npz
 from bitdet.checkpoint.safe_pickle import safe_pickle_load, unsafe_pickle_allowed
@@ -84,6 +85,17 @@ class BiTCheckpointer(DetectionCheckpointer):
         if "stem.conv.weight" in state:  # a bitdet classification / pretraining checkpoint
             return self._as_detector_state(state, filename)
         return loaded
+
+    def _torch_load(self, f: str) -> Dict[str, Any]:
+        # Explicit weights_only: torch's default (True since 2.6) can be flipped by
+        # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, and its error does not name the file.
+        try:
+            return torch.load(f, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise CheckpointError(
+                f"refusing to load {f}: it contains Python objects beyond tensors and plain containers, "
+                f"which could run code when unpickled ({str(e).splitlines()[-1]})"
+            ) from e
 
     def _load_pkl_safely(self, filename: str) -> Dict[str, Any]:
         """Detectron2's ``.pkl`` handling, with an unpickler that only rebuilds numpy arrays."""

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
@@ -85,6 +86,15 @@ def get_bit_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
             cfg.merge_from_file(path, allow_unsafe=False)
         except (AssertionError, KeyError, ValueError) as e:  # yacs reports bad keys as asserts
             raise ValueError(f"config {path}: {e}") from e
+        except FileNotFoundError as e:  # only a _BASE_ can be missing here: path exists
+            raise FileNotFoundError(f"config {path}: its _BASE_ chain names a missing file: {e.filename}") from e
+        except yaml.constructor.ConstructorError as e:
+            raise ValueError(
+                f"config {path}: refusing a YAML tag that builds Python objects (configs must be plain "
+                f"YAML; such tags can run code when loaded): {e}"
+            ) from e
+        except yaml.YAMLError as e:
+            raise ValueError(f"config {path}: not valid YAML: {e}") from e
     try:
         cfg.merge_from_list(list(opts))
     except (AssertionError, KeyError, ValueError) as e:

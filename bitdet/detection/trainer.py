@@ -6,11 +6,13 @@ import os
 import weakref
 
 import torch
+from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 
 from bitdet.detection.checkpointer import BiTCheckpointer
 from bitdet.detection.hooks import PreemptionCheckpointer
+from bitdet.detection.mapper import SkippingDatasetMapper
 
 __all__ = ["BiTTrainer", "has_compiled_ops"]
 
@@ -42,6 +44,11 @@ class BiTTrainer(DefaultTrainer):
         self.checkpointer = BiTCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         # Last, so that a SIGTERM checkpoint follows the step's evaluation and log writes.
         return [*super().build_hooks(), PreemptionCheckpointer(self.checkpointer)]
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        # Unreadable images are skipped and counted instead of ending the run.
+        return build_detection_train_loader(cfg, mapper=SkippingDatasetMapper(cfg, is_train=True))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: str | None = None):

@@ -36,8 +36,9 @@ def add_finetune_config(cfg: CN) -> None:
     cfg.DATASET.ROOT = ""
     # Let torchvision download a missing dataset (needs the network; off on clusters).
     cfg.DATASET.DOWNLOAD = False
-    # Training / evaluation split; "" uses the dataset's default (e.g. "train" / "test").
+    # Training split; "" uses the dataset's default (e.g. "train", VTAB: "train800val200").
     cfg.DATASET.TRAIN_SPLIT = ""
+    # Evaluation split; "" uses the dataset's default (e.g. "test", ImageNet: "val").
     cfg.DATASET.TEST_SPLIT = ""
     # Random crop during training: "" = the dataset's default (off where it changes the
     # label, e.g. counting), "on" or "off".
@@ -90,9 +91,9 @@ def add_finetune_config(cfg: CN) -> None:
     cfg.SOLVER.LOG_PERIOD = 20
 
     cfg.FEWSHOT = CN()
-    # Training examples per class: "" = the whole training set; else a comma list of k and
-    # "full", e.g. "1,5,10,full" (one run per entry and seed, plus a results table).
-    cfg.FEWSHOT.SHOTS = ""
+    # Training examples per class: [] = one run on the whole training set; else a list of k
+    # and "full", e.g. [1, 5, 10, "full"]: one run per entry and seed, plus a results table.
+    cfg.FEWSHOT.SHOTS = []
     # Seeds of the few-shot draws (and of the training runs); several give mean ± std.
     cfg.FEWSHOT.SEEDS = [0]
 

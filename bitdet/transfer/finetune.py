@@ -133,6 +133,8 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
     test_set = TransformedDataset(test_raw, eval_transform(rule.crop))
 
     weights = resolve_weights(cfg)
+    # Seeded so that a from-scratch run is reproducible (and a resumed one matches it).
+    torch.manual_seed(seed)
     model = create_model(cfg.MODEL.NAME, num_classes=num_classes, zero_head=True)
     load_report = None
     if weights:

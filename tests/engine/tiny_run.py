@@ -84,7 +84,7 @@ class FailOnRank(HookBase):
 def ddp_worker(out: str, steps: int, fail_rank: int = -1) -> None:
     """Entry point for ``detectron2.engine.launch``: train, then save this rank's parameters."""
     torch.set_num_threads(1)
-    trainer = tiny_trainer(out, steps, period=100, global_batch=16, lr_at=lambda s: 0.1, log_period=1)
+    trainer = tiny_trainer(out, steps, period=100, global_batch=16, lr_at=lambda s: 0.01, log_period=1)
     if fail_rank >= 0:
         trainer.register_hooks([FailOnRank(fail_rank, 2)])
     trainer.train(resume=False)

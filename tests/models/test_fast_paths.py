@@ -205,3 +205,59 @@ def test_cuda_bf16_channels_last_cached_matches_eager():
     with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
         out = model(x.to(memory_format=torch.channels_last)).float()
     torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+
+
+def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = create_model("R14-tiny", num_classes=5, zero_head=False).double()
+        ddp = DDP(model)
+        once = StandardizeOncePerStep(ddp)
+        gen = torch.Generator().manual_seed(100 + rank)
+        batches = [(torch.randn(2, 3, 32, 32, generator=gen, dtype=torch.float64), torch.tensor([rank, 2])) for _ in range(2)]
+        with once.step():
+            with ddp.no_sync():
+                (F.cross_entropy(ddp(batches[0][0]), batches[0][1]) / 2).backward()
+            (F.cross_entropy(ddp(batches[1][0]), batches[1][1]) / 2).backward()
+        # numpy: pickled by value (torch tensors would be shared memory that dies with this process)
+        queue.put((rank, {n: p.grad.numpy().copy() for n, p in model.named_parameters()}))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_standardize_once_per_step_under_ddp_matches_single_process_average():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    grads = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    # Reference: plain per-use WS, each rank's two micro-batches, averaged over ranks.
+    torch.manual_seed(0)
+    model = create_model("R14-tiny", num_classes=5, zero_head=False).double()
+    total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for rank in range(2):
+        gen = torch.Generator().manual_seed(100 + rank)
+        batches = [(torch.randn(2, 3, 32, 32, generator=gen, dtype=torch.float64), torch.tensor([rank, 2])) for _ in range(2)]
+        for name, g in _accumulated_grads(model, batches).items():
+            total[name] += g / 2
+    for rank in range(2):
+        for name in total:
+            torch.testing.assert_close(torch.from_numpy(grads[rank][name]), total[name], rtol=1e-9, atol=1e-12, msg=f"rank {rank} {name}")

@@ -27,11 +27,12 @@ from tests.reliability import detection_runs as runs
 
 pytestmark = pytest.mark.slow
 
-# ||resumed - uninterrupted|| / ||uninterrupted - checkpoint resumed from||. Measured on
-# this CPU set-up: 0.3-0.9 (different images and flips after the resume point). A resume
-# that lost state (e.g. restarted from the initialisation or dropped the optimizer
-# momentum) moves far more, as does a run resumed from the wrong iteration.
-DRIFT_TOLERANCE = 1.5
+# ||resumed - uninterrupted|| / ||uninterrupted - checkpoint resumed from||: how far the
+# resumed run ends from the uninterrupted one, relative to how far the uninterrupted run
+# moved after the resume point. Measured on this CPU set-up: 0.072 (3 runs, resumed from
+# iteration 2 of 10; other images and flips after the resume). 0.5 leaves room for later
+# resume points; losing the optimizer state or weights would exceed it.
+DRIFT_TOLERANCE = 0.5
 
 
 @pytest.fixture(scope="module")

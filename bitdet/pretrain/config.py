@@ -1,0 +1,150 @@
+"""Config keys for upstream pretraining: ``add_pretrain_config(cfg)`` and ``get_pretrain_cfg``.
+
+A standalone Detectron2 ``CfgNode`` (detection keys would mean nothing here); keys shared in
+spirit with Detectron2 keep its names (``SOLVER.IMS_PER_BATCH``, ``SOLVER.WARMUP_ITERS``,
+``DATALOADER.NUM_WORKERS``, ``TEST.EVAL_PERIOD``, ``OUTPUT_DIR``, ``SEED``). YAML files may use
+``_BASE_``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from detectron2.config import CfgNode as CN
+
+from bitdet.detection.config import resolve_config_file
+
+__all__ = ["DATASET_KINDS", "add_pretrain_config", "get_pretrain_cfg"]
+
+DATASET_KINDS = ("fashion_mnist", "imagefolder", "labelfile", "webdataset")
+
+
+def _dataset_node(kind: str, path: str, split: str) -> CN:
+    node = CN()
+    # Source format: "fashion_mnist" (idx files), "imagefolder" (root/<class>/<image>),
+    # "labelfile" (a text file of "relative/path<TAB>label[,label...]" lines, PATH is the
+    # file and images are relative to its folder), "webdataset" (tar shards, PATH a brace
+    # pattern such as "/data/shards/train-{000000..000127}.tar"), or "" for none.
+    node.KIND = kind
+    # Folder, file or shard pattern (see KIND). For fashion_mnist, the idx folder ("" =
+    # /usr/share/datasets/fashion-mnist).
+    node.PATH = path
+    # Split name for sources that hold several (fashion_mnist: "train" / "test").
+    node.SPLIT = split
+    # Use a fixed random subset of N samples (0 = all): quick runs, cheaper held-out evaluation.
+    node.MAX_SAMPLES = 0
+    return node
+
+
+def add_pretrain_config(cfg: CN) -> None:
+    """Add every pretraining key, with its default, to ``cfg`` (in place)."""
+    cfg.MODEL = CN()
+    # Architecture from bitdet.list_models(): "R50x1" ... "R152x4", or "R14-tiny" / "R26-tiny" (CPU).
+    cfg.MODEL.ARCH = "R50x1"
+    # Upstream classes: 1000 (ILSVRC-2012), 21843 (ImageNet-21k), 18291 (JFT-300M).
+    cfg.MODEL.NUM_CLASSES = 1000
+    # Initial head bias. -10 with SOLVER.LOSS "sigmoid" over many classes keeps the first
+    # steps stable (each class starts at p = 4.5e-5); 0 for softmax.
+    cfg.MODEL.HEAD_BIAS = 0.0
+    # Optional initial weights (bitdet .pth, official .npz or a BiT name such as "BiT-S-R50x1");
+    # "" = random init. Resuming from OUTPUT_DIR takes precedence.
+    cfg.MODEL.WEIGHTS = ""
+
+    cfg.DATASETS = CN()
+    # Training data (see KIND for the formats).
+    cfg.DATASETS.TRAIN = _dataset_node("imagefolder", "", "train")
+    # Held-out data for evaluation during and after training; KIND "" disables it.
+    cfg.DATASETS.TEST = _dataset_node("", "", "test")
+    # Targets are multi-hot vectors (several labels per image): use SOLVER.LOSS "sigmoid";
+    # evaluation reports precision@1 and mAP instead of top-1/top-5.
+    cfg.DATASETS.MULTILABEL = False
+
+    cfg.INPUT = CN()
+    # Training crop (Inception-style random-resized crop), pixels. BiT: 224.
+    cfg.INPUT.CROP_SIZE = 224
+    # Inception crop: the crop covers this fraction range of the image area.
+    cfg.INPUT.CROP_SCALE = (0.08, 1.0)
+    # Random horizontal flip during training.
+    cfg.INPUT.RANDOM_FLIP = True
+    # Evaluation: resize the shorter side to this, then centre-crop INPUT.CROP_SIZE.
+    cfg.INPUT.TEST_RESIZE = 256
+
+    cfg.SOLVER = CN()
+    # "softmax" cross-entropy (one label per image) or "sigmoid" cross-entropy (multi-label).
+    cfg.SOLVER.LOSS = "softmax"
+    # Global batch over all processes. BiT: 4096.
+    cfg.SOLVER.IMS_PER_BATCH = 4096
+    # Learning rate per 256 images: lr = BASE_LR_PER_256 * IMS_PER_BATCH / 256. BiT: 0.03.
+    cfg.SOLVER.BASE_LR_PER_256 = 0.03
+    # Training length in epochs over DATASETS.TRAIN (converted to steps from its size).
+    cfg.SOLVER.EPOCHS = 90.0
+    # Training length in steps; > 0 overrides SOLVER.EPOCHS (and DECAY_STEPS replace DECAY_EPOCHS).
+    cfg.SOLVER.MAX_ITER = 0
+    # Epochs at which the lr is multiplied by DECAY_FACTOR. BiT-S/M: 30, 60, 80.
+    cfg.SOLVER.DECAY_EPOCHS = (30.0, 60.0, 80.0)
+    # Steps at which the lr decays, used when SOLVER.MAX_ITER > 0.
+    cfg.SOLVER.DECAY_STEPS = ()
+    # Factor applied at each decay boundary (once the step index reaches it).
+    cfg.SOLVER.DECAY_FACTOR = 0.1
+    # Linear warm-up steps from ~0 to the base lr. BiT: 5000.
+    cfg.SOLVER.WARMUP_ITERS = 5000
+    # SGD momentum.
+    cfg.SOLVER.MOMENTUM = 0.9
+    # Weight decay on conv/linear weights (not norms, biases). BiT: 1e-4 (lower ends worse).
+    cfg.SOLVER.WEIGHT_DECAY = 1e-4
+    # Micro-batches per step (gradient accumulation) when the per-GPU batch does not fit;
+    # 0 = find the smallest power of two that fits in CUDA memory.
+    cfg.SOLVER.BATCH_SPLIT = 1
+    # "fp32" or "bf16" (autocast; loss and optimizer in fp32).
+    cfg.SOLVER.PRECISION = "fp32"
+    # channels_last memory format (faster convolutions on tensor cores).
+    cfg.SOLVER.CHANNELS_LAST = False
+    # torch.compile the model (falls back to eager, with a log line, if compilation fails).
+    cfg.SOLVER.COMPILE = False
+    # Steps between checkpoints (one is also written at the end).
+    cfg.SOLVER.CHECKPOINT_PERIOD = 5000
+    # Periodic checkpoints to keep (0 = all).
+    cfg.SOLVER.KEEP_LAST = 3
+    # Steps between console / metrics.json / TensorBoard writes.
+    cfg.SOLVER.LOG_PERIOD = 20
+
+    cfg.TEST = CN()
+    # Steps between held-out evaluations (0 = only at the end).
+    cfg.TEST.EVAL_PERIOD = 0
+    # Evaluation batch size per process.
+    cfg.TEST.IMS_PER_BATCH = 256
+
+    cfg.DATALOADER = CN()
+    # DataLoader worker processes per training process.
+    cfg.DATALOADER.NUM_WORKERS = 8
+
+    # Checkpoints, logs, metrics.json, TensorBoard events, final model and final.json.
+    cfg.OUTPUT_DIR = "./output/pretrain"
+    # Base seed of data order and augmentation (a resumed run continues the same stream).
+    cfg.SEED = 0
+
+
+def get_pretrain_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
+    """Default pretraining config merged with a YAML file (path, or name under ``configs/``) and overrides.
+
+    Raises:
+        ValueError: an unknown key or a value of the wrong type, naming the file or override.
+    """
+    cfg = CN(new_allowed=False)
+    add_pretrain_config(cfg)
+    if config_file:
+        path = resolve_config_file(config_file)
+        try:
+            cfg.merge_from_file(path, allow_unsafe=False)
+        except (AssertionError, KeyError, ValueError) as e:
+            raise ValueError(f"config {path}: {e}") from e
+    try:
+        cfg.merge_from_list(list(opts))
+    except (AssertionError, KeyError, ValueError) as e:
+        raise ValueError(f"config override {list(opts)}: {e}") from e
+    for split in ("TRAIN", "TEST"):
+        kind = cfg.DATASETS[split].KIND
+        if kind and kind not in DATASET_KINDS:
+            raise ValueError(f"DATASETS.{split}.KIND is {kind!r}; choose one of {DATASET_KINDS} (or '' for none)")
+    if cfg.SOLVER.LOSS not in ("softmax", "sigmoid"):
+        raise ValueError(f"SOLVER.LOSS must be 'softmax' or 'sigmoid', got {cfg.SOLVER.LOSS!r}")
+    return cfg

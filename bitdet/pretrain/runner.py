@@ -1,0 +1,104 @@
+"""One pretraining run from a config: data, model, schedule, trainer, exports."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from detectron2.utils import comm
+from torch.utils.data import Dataset
+
+from bitdet.checkpoint import atomic_write, load_weights, save_checkpoint, state_dict_to_npz, write_npz
+from bitdet.engine import ClassifierTrainer, evaluate_classifier
+from bitdet.models import create_model, pretrained_path
+from bitdet.models.resnetv2 import ResNetV2
+from bitdet.pretrain.data import build_dataset
+from bitdet.pretrain.schedule import StepSchedule, scaled_lr
+
+__all__ = ["build_datasets", "build_model", "build_schedule", "evaluator", "run_pretraining"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_model(cfg) -> ResNetV2:
+    """The ``MODEL.ARCH`` network with ``MODEL.NUM_CLASSES`` outputs, head bias and optional weights."""
+    model = create_model(cfg.MODEL.ARCH, num_classes=cfg.MODEL.NUM_CLASSES, head_bias=cfg.MODEL.HEAD_BIAS)
+    if cfg.MODEL.WEIGHTS:
+        weights = cfg.MODEL.WEIGHTS
+        path = pretrained_path(weights) if weights.startswith("BiT-") and not Path(weights).exists() else weights
+        load_weights(model, path)
+    return model
+
+
+def build_schedule(cfg, dataset_size: int) -> StepSchedule:
+    """Steps and lr from ``SOLVER.*``: epochs -> steps via the dataset size, unless MAX_ITER > 0."""
+    s = cfg.SOLVER
+    lr = scaled_lr(s.BASE_LR_PER_256, s.IMS_PER_BATCH)
+    if s.MAX_ITER > 0:
+        return StepSchedule(lr, s.WARMUP_ITERS, tuple(int(b) for b in s.DECAY_STEPS), s.DECAY_FACTOR, s.MAX_ITER)
+    return StepSchedule.from_epochs(lr, s.WARMUP_ITERS, s.EPOCHS, s.DECAY_EPOCHS, dataset_size, s.IMS_PER_BATCH,
+                                    s.DECAY_FACTOR)
+
+
+def evaluator(cfg, test_set: Dataset):
+    """``evaluate(model) -> metrics`` on the held-out set (top-1/top-5, or precision@1/mAP)."""
+    def evaluate(model: torch.nn.Module) -> Dict[str, Any]:
+        return evaluate_classifier(model, test_set, batch_size=cfg.TEST.IMS_PER_BATCH,
+                                   multilabel=cfg.DATASETS.MULTILABEL, num_workers=min(cfg.DATALOADER.NUM_WORKERS, 4),
+                                   precision=cfg.SOLVER.PRECISION)
+    return evaluate
+
+
+def build_datasets(cfg) -> Tuple[Dataset, Optional[Dataset]]:
+    """``(train_set, test_set)`` from ``DATASETS.TRAIN`` / ``DATASETS.TEST`` (test None when KIND is "")."""
+    train_set = build_dataset(cfg.DATASETS.TRAIN, train=True, cfg=cfg)
+    test_set = build_dataset(cfg.DATASETS.TEST, train=False, cfg=cfg) if cfg.DATASETS.TEST.KIND else None
+    return train_set, test_set
+
+
+def run_pretraining(cfg, resume: bool = True) -> Dict[str, Any]:
+    """Train per ``cfg``; the main process writes ``model_final.pth``, ``model_final.npz``, ``final.json``.
+
+    Returns:
+        The contents of ``final.json``: held-out metrics (scalars), images/s, steps, wall time.
+    """
+    wall_start = time.perf_counter()
+    train_set, test_set = build_datasets(cfg)
+    schedule = build_schedule(cfg, len(train_set))
+    logger.info("pretraining %s on %d images (%s): %s", cfg.MODEL.ARCH, len(train_set), cfg.DATASETS.TRAIN.KIND,
+                schedule.describe())
+    model = build_model(cfg)
+    split = cfg.SOLVER.BATCH_SPLIT
+    trainer = ClassifierTrainer(
+        model, train_set,
+        output_dir=cfg.OUTPUT_DIR, max_steps=schedule.total_steps, global_batch=cfg.SOLVER.IMS_PER_BATCH,
+        lr_at=schedule, loss=cfg.SOLVER.LOSS, momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        batch_split="auto" if split == 0 else split, precision=cfg.SOLVER.PRECISION,
+        channels_last=cfg.SOLVER.CHANNELS_LAST, compile=cfg.SOLVER.COMPILE,
+        evaluate=evaluator(cfg, test_set) if test_set is not None else None, eval_period=cfg.TEST.EVAL_PERIOD,
+        checkpoint_period=cfg.SOLVER.CHECKPOINT_PERIOD, keep_last=cfg.SOLVER.KEEP_LAST,
+        log_period=cfg.SOLVER.LOG_PERIOD, seed=cfg.SEED, num_workers=cfg.DATALOADER.NUM_WORKERS,
+        meta={"arch": cfg.MODEL.ARCH, "num_classes": cfg.MODEL.NUM_CLASSES},
+    )
+    result = trainer.train(resume=resume)
+    final = {k: v for k, v in result["eval"].items() if isinstance(v, (int, float))}
+    final.update(
+        arch=cfg.MODEL.ARCH, steps=result["step"], train_images=len(train_set), global_batch=cfg.SOLVER.IMS_PER_BATCH,
+        img_per_s=result["img_per_s"], train_time_s=result["train_time_s"], final_loss=result["loss"],
+        skipped_images=result["skipped_images"], wall_time_s=time.perf_counter() - wall_start,
+        processes=comm.get_world_size(),
+    )
+    if comm.is_main_process():
+        out = Path(cfg.OUTPUT_DIR)
+        model = trainer.model.cpu().float()
+        save_checkpoint(out / "model_final.pth", model, arch=cfg.MODEL.ARCH, num_classes=cfg.MODEL.NUM_CLASSES,
+                        steps=result["step"])
+        write_npz(out / "model_final.npz", state_dict_to_npz(model))
+        with atomic_write(out / "final.json", "w") as f:
+            json.dump(final, f, indent=2)
+        logger.info("final: %s", json.dumps(final))
+    comm.synchronize()
+    return final

@@ -1,0 +1,107 @@
+"""The benchmark harness end to end on CPU with tiny models (schema, positivity, ratios)."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from bitdet.benchmark import compute_ratios, format_table, get_benchmark_cfg
+from bitdet.benchmark.config import LEVERS
+from bitdet.benchmark.suite import SUITE
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location("bench_tool", ROOT / "tools" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _args(tool, tmp_path, *opts, resume=False):
+    argv = ["--config-file", "configs/benchmark/cpu_tiny.yaml"] + (["--resume"] if resume else [])
+    argv += ["OUTPUT_DIR", str(tmp_path), *opts]
+    from detectron2.engine import default_argument_parser
+
+    return default_argument_parser().parse_args(argv)
+
+
+def test_tiny_cpu_run_writes_json_table_and_ratios(tmp_path, capsys):
+    tool = _load_tool()
+    opts = [
+        "BENCH.MODELS", "['bit-R14-tiny', 'torchvision-resnet18', 'retinanet-bit-R14-tiny-FPN']",
+        "BENCH.VARIANTS", "['eager', 'ws', 'cl+cudagraphs']",
+        "BENCH.DATA.ITERS", "2", "BENCH.ITERS", "1",
+    ]
+    results = tool.main(_args(tool, tmp_path, *opts))
+    saved = json.loads((tmp_path / "benchmark.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(results["rows"]))
+    assert {"meta", "rows", "ratios", "targets"} <= saved.keys() and saved["meta"]["device"] == "cpu"
+
+    timed = [r for r in saved["rows"] if r["task"] in ("train", "inference") and r["status"] == "ok"]
+    # bit: 2 tasks x (eager, ws); resnet18: 2 tasks x eager; retinanet: 2 tasks x (eager, ws)
+    assert len(timed) == 10
+    for r in timed:
+        for key in ("sec_per_iter", "images_per_sec", "ms_per_image", "peak_mem_mb", "batch_size"):
+            assert r[key] > 0, (r["model"], key)
+        assert r["images_per_sec"] == pytest.approx(r["batch_size"] / r["sec_per_iter"])
+    skipped = {(r["model"], r["variant"]): r["reason"] for r in saved["rows"] if r["status"] == "skipped"}
+    assert "CUDA" in skipped[("bit-R14-tiny", "cl+cudagraphs")]
+    assert "bitdet" in skipped[("torchvision-resnet18", "ws")]
+
+    data = {r["loader"]: r for r in saved["rows"] if r["task"] == "data"}
+    assert set(data) == {"pretrain", "detection"} and all(r["images_per_sec_per_core"] > 0 for r in data.values())
+
+    ratios = saved["ratios"]
+    pairs = {(q["group"], q["task"]) for q in ratios["vs_peers"]}
+    assert pairs == {("tiny", "train"), ("tiny", "inference")}
+    assert all(q["ratio"] > 0 and q["peer"].startswith("torchvision-resnet18/") for q in ratios["vs_peers"])
+    assert {(q["model"], q["task"]) for q in ratios["levers"]} == {
+        (m, t) for m in ("bit-R14-tiny", "retinanet-bit-R14-tiny-FPN") for t in ("train", "inference")
+    }
+    out = capsys.readouterr().out
+    assert "vs torchvision-resnet18/eager" in out and "img/s per core" in out
+
+    # --resume keeps finished rows (same config) instead of re-measuring them
+    again = tool.main(_args(tool, tmp_path, *opts, resume=True))
+    assert [r.get("sec_per_iter") for r in again["rows"]] == [r.get("sec_per_iter") for r in saved["rows"]]
+
+
+def test_ratios_pick_fastest_bitdet_variant_and_speedups_vs_eager():
+    def row(model, role, variant, ips, task="train"):
+        return {"model": model, "group": "g", "role": role, "kind": "classifier", "task": task,
+                "variant": variant, "status": "ok", "images_per_sec": ips, "batch_size": 8,
+                "sec_per_iter": 8 / ips, "ms_per_image": 1000 / ips, "peak_mem_mb": 1.0}
+
+    rows = [row("bit", "bitdet", "eager", 100.0), row("bit", "bitdet", "cl+compile", 250.0),
+            row("timm", "peer", "eager", 50.0), row("timm", "peer", "cl+compile", 200.0),
+            {**row("bit", "bitdet", "cl", 1e9), "status": "failed"}]
+    ratios = compute_ratios(rows)
+    assert [(q["peer"], q["ratio"]) for q in ratios["vs_peers"]] == [("timm/eager", 5.0), ("timm/cl+compile", 1.25)]
+    assert all(q["bitdet"] == "bit/cl+compile" for q in ratios["vs_peers"])
+    assert ratios["levers"] == [{"model": "bit", "task": "train", "variant": "cl+compile", "speedup": 2.5}]
+    table = format_table({"meta": {}, "rows": rows, "ratios": ratios, "targets": []})
+    assert "5.00x" in table and "2.50x" in table
+
+
+def test_configs_load_and_name_known_models_and_levers():
+    for path in sorted((ROOT / "configs" / "benchmark").glob("*.yaml")):
+        cfg = get_benchmark_cfg(str(path))
+        assert set(cfg.BENCH.MODELS) <= set(SUITE), path
+        for v in cfg.BENCH.VARIANTS:
+            assert v == "eager" or set(v.split("+")) <= set(LEVERS)
+    h100 = get_benchmark_cfg("benchmark/h100.yaml")
+    assert {SUITE[m].group for m in h100.BENCH.MODELS} == {"R50x1", "R101x3", "RetinaNet"}
+    assert (SUITE["bit-R50x1"].batch_size, SUITE["bit-R101x3"].batch_size) == (128, 32)
+
+
+def test_bad_settings_are_clear_errors():
+    with pytest.raises(ValueError, match="BENCH.VARIANTS"):
+        get_benchmark_cfg(None, ["BENCH.VARIANTS", "['cl+turbo']"])
+    with pytest.raises(ValueError, match="BENCH.PRECISION"):
+        get_benchmark_cfg(None, ["BENCH.PRECISION", "int8"])
+    with pytest.raises(KeyError, match="known: bit-R50x1"):
+        from bitdet.benchmark.suite import get_spec
+
+        get_spec("bit-R51x1")

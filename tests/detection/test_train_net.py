@@ -1,0 +1,72 @@
+"""tools/train_net.py end to end: train + COCO evaluation, --eval-only, --resume (subprocesses)."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from bitdet.detection.config import CONFIGS_DIR
+
+ROOT = CONFIGS_DIR.parent
+CONFIG = "quick_schedules/retinanet_bit_instant_test.yaml"
+COPYPASTE = re.compile(r"copypaste: AP,AP50,AP75,APs,APm,APl\s*\n.*copypaste: ([-\d.nan]+),", re.M)
+
+
+def _run(tmp_path, *args, timeout=900):
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config", CONFIG, *args],
+        capture_output=True, text=True, env=env, timeout=timeout, cwd=str(tmp_path),
+    )
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-4000:]
+    return log
+
+
+def _ap(log):
+    match = COPYPASTE.search(log)
+    assert match, "no COCO 'copypaste: AP,...' line in the output:\n" + log[-3000:]
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train_net")
+    log = _run(tmp, "OUTPUT_DIR", str(tmp / "out"))
+    return tmp, log
+
+
+@pytest.mark.slow
+def test_trains_checkpoints_and_evaluates(trained):
+    tmp, log = trained
+    out = tmp / "out"
+    ap = _ap(log)
+    assert 0.0 <= ap <= 100.0  # four iterations: any finite AP; the point is the whole path runs
+    assert (out / "model_final.pth").is_file() and (out / "last_checkpoint").read_text() == "model_final.pth"
+    assert (out / "model_0000001.pth").is_file()  # CHECKPOINT_PERIOD 2 -> after iteration index 1
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert max(m["iteration"] for m in metrics if "total_loss" in m) == 3
+    assert (out / "inference" / "bitdet_demo_mini_val" / "coco_instances_results.json").is_file()
+    assert (tmp / "datasets" / "bitdet_demo_mini" / "annotations" / "instances_val.json").is_file()  # generated on use
+    assert (out / "config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_eval_only_reproduces_the_final_evaluation(trained):
+    tmp, log = trained
+    out = tmp / "out"
+    eval_log = _run(tmp, "--eval-only", "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp / "eval"))
+    assert "Starting training" not in eval_log
+    assert _ap(eval_log) == pytest.approx(_ap(log), abs=1e-3)
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_last_checkpoint(trained):
+    tmp, _ = trained
+    out = tmp / "out"
+    log = _run(tmp, "--resume", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "6", "TEST.EVAL_PERIOD", "0")
+    assert "Starting training from iteration 4" in log
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    assert max(m["iteration"] for m in metrics if "total_loss" in m) == 5

@@ -1,0 +1,53 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from bitdet import create_model
+from bitdet.checkpoint import CheckpointError
+from bitdet.engine import TrainingCheckpointer
+from bitdet.engine.checkpoint import capture_rng_state, restore_rng_state
+
+
+def test_keep_last_pointer_and_weights_only(tmp_path):
+    model = create_model("R14-tiny", num_classes=3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 16, 16)).sum().backward()
+    opt.step()
+    ckpt = TrainingCheckpointer(tmp_path, keep_last=2)
+    for step in (10, 20, 30):
+        ckpt.save(step, model, opt, meta={"name": "R14-tiny"})
+    assert [p.name for p in ckpt.list()] == ["model_0000020.pth", "model_0000030.pth"]
+    assert ckpt.latest().name == "model_0000030.pth"
+    state = TrainingCheckpointer.load(ckpt.latest())  # weights_only=True inside
+    assert state["step"] == 30 and state["meta"] == {"name": "R14-tiny"}
+    opt2 = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt2.load_state_dict(state["optimizer"])
+    assert len(opt2.state) == len(list(model.parameters()))
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary files left behind
+
+
+def test_stale_pointer_falls_back_to_newest_file(tmp_path):
+    ckpt = TrainingCheckpointer(tmp_path)
+    ckpt.save(5, torch.nn.Linear(2, 2))
+    (tmp_path / "last_checkpoint").write_text("model_0000999.pth")
+    assert ckpt.latest().name == "model_0000005.pth"
+    assert TrainingCheckpointer(tmp_path / "empty").latest() is None
+
+
+def test_corrupt_checkpoint_is_reported_by_name(tmp_path):
+    bad = tmp_path / "model_0000001.pth"
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="model_0000001.pth"):
+        TrainingCheckpointer.load(bad)
+
+
+def test_rng_state_round_trip():
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    np.random.randn()  # leaves a cached gaussian in NumPy's state
+    state = capture_rng_state()
+    expected = (random.random(), np.random.randn(), torch.rand(1))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    restore_rng_state(state)
+    assert (random.random(), np.random.randn()) == expected[:2] and torch.equal(torch.rand(1), expected[2])
