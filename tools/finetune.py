@@ -30,6 +30,10 @@ the upstream checkpoint from ``tools/pretrain.py`` on Fashion-MNIST); one table 
         --weights output/pretrain/demo_fashion_mnist/model_final.pth,scratch \\
         --shots 1,5,10,full --seeds 0,1,2 OUTPUT_DIR output/finetune/digits_transfer
 
+A table across datasets and initialisations from earlier runs (no training)::
+
+    python tools/finetune.py --collect output/finetune OUTPUT_DIR output/finetune
+
 ``--weights`` takes a BiT ``.npz``, a bitdet / Detectron2 ``.pth``, ``official`` (the named
 BiT checkpoint, downloaded into the cache) or ``scratch``; a comma list compares them.
 """
@@ -58,6 +62,8 @@ def add_arguments(parser):
     parser.add_argument("--model", help="model name, e.g. BiT-M-R50x1, R14-tiny (MODEL.NAME)")
     parser.add_argument("--shots", help="examples per class, e.g. 1,5,10,full (FEWSHOT.SHOTS)")
     parser.add_argument("--seeds", help="comma list of seeds, e.g. 0,1,2 (FEWSHOT.SEEDS)")
+    parser.add_argument("--collect", nargs="+", metavar="DIR",
+                        help="no training: tabulate every run's results.json under DIR... into OUTPUT_DIR/results_all.md")
     return parser
 
 
@@ -96,10 +102,26 @@ def setup(args):
     return cfg
 
 
+def collect(folders, out):
+    """Markdown table (and accuracy-vs-shots plot) across every finished run under ``folders``."""
+    from bitdet.checkpoint.atomic import atomic_write
+    from bitdet.transfer.report import accuracy_vs_shots_plot, collect_runs, results_table, summarize_runs
+
+    rows = summarize_runs(collect_runs(folders))
+    table = results_table(rows)
+    with atomic_write(out / "results_all.md", "w") as f:
+        f.write(table)
+    accuracy_vs_shots_plot(rows, out / "accuracy_vs_shots_all.png")
+    print(table, flush=True)
+    return rows
+
+
 def main(args):
     from bitdet.transfer.finetune import evaluate_only, finetune, finetune_sweep
 
     cfg = setup(args)
+    if args.collect:
+        return collect(args.collect, Path(cfg.OUTPUT_DIR))
     if args.eval_only:
         return evaluate_only(cfg)
     weights_list = [w for w in (args.weights or "").split(",")] if args.weights and "," in args.weights else []

@@ -4,8 +4,8 @@ Nothing here is synthetic texture: every object is a real Fashion-MNIST image (2
 Zalando product photos, 10 categories) and every background is a real photograph shipped with
 scikit-image. What *is* generated is the layout: where each item goes, how large it is, its
 tint, and which crop of which photo lies behind it. Detection on this set therefore measures
-localisation and classification of real (if small and simple) objects on real clutter, in
-minutes on a CPU; it is not a substitute for COCO and its AP is not comparable to COCO AP.
+localisation and classification of real (if small and simple) objects on real clutter, at
+CPU scale; it is not a substitute for COCO and its AP is not comparable to COCO AP.
 
 Recipe, per image (each image has its own random stream, derived from ``(seed, split, index)``):
 
@@ -84,10 +84,10 @@ scans) composited at random positions and scales (12-50 % of the image side, 1-6
 limited overlap) onto random crops of the real photographs that ship with scikit-image
 (astronaut, chelsea, coffee, rocket, ...). The images are real; the layout is generated. Items in
 the validation split come from the Fashion-MNIST test file, so no item is shared with training.
-Boxes are tight around each item's visible pixels; annotations are COCO json. Generated
-deterministically from a seed in seconds (`python tools/generate_detection_data.py`), it trains
-a RetinaNet on a CPU in minutes. Its AP is a functional check of the pipeline, not comparable
-to COCO AP.
+Boxes are tight around each item's opaque pixels; annotations are COCO json. Generated
+deterministically from a seed in seconds (`python tools/generate_detection_data.py`), it is small
+enough to train a tiny RetinaNet on a CPU. Its AP checks the detection pipeline; it is not
+comparable to COCO AP.
 """
 
 

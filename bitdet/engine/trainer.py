@@ -72,6 +72,13 @@ def choose_batch_split(
             split *= 2
 
 
+def _ignore_sigterm(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM: schedulers signal every process of a job, and a
+    worker dying first would crash the main process before it can save its checkpoint.
+    Workers still exit when the main process does (DataLoader's parent watchdog)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class _CheckpointHook(HookBase):
     """Periodic checkpoint (and one at the end); only the main process writes."""
 
@@ -304,7 +311,8 @@ class ClassifierTrainer(TrainerBase):
                                    self.world_size, start, self.max_steps)
         self.epoch_at = sampler.epoch_at
         loader = DataLoader(SeededDataset(self.train_set), batch_sampler=sampler, num_workers=self.num_workers,
-                            collate_fn=collate_skip_none, pin_memory=self.device.type == "cuda")
+                            collate_fn=collate_skip_none, pin_memory=self.device.type == "cuda",
+                            worker_init_fn=_ignore_sigterm)
         self._data_iter = iter(loader)
         logger.info("training steps %d..%d: global batch %d (%d per process, %s micro-batches), %s, %d process(es)",
                     start, self.max_steps, self.global_batch, self.local_batch, self.batch_split,

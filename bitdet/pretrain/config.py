@@ -37,6 +37,8 @@ def _dataset_node(kind: str, path: str, split: str) -> CN:
 
 def add_pretrain_config(cfg: CN) -> None:
     """Add every pretraining key, with its default, to ``cfg`` (in place)."""
+    # Detectron2's config version: its CfgNode.merge_from_file requires the current one.
+    cfg.VERSION = 2
     cfg.MODEL = CN()
     # Architecture from bitdet.list_models(): "R50x1" ... "R152x4", or "R14-tiny" / "R26-tiny" (CPU).
     cfg.MODEL.ARCH = "R50x1"

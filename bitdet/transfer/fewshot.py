@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -54,11 +55,16 @@ def resolve_weights(cfg) -> str:
 
 
 def init_label(cfg) -> str:
-    """Short name of the initialisation for tables: ``"scratch"`` or the weights file's stem."""
+    """Short name of the initialisation for tables and folders: ``"scratch"``, ``"official"``,
+    the weights file's stem, or its folder's name for generic stems (``model_final``, ``model_0001000``)."""
     weights = cfg.MODEL.WEIGHTS.strip()
     if not weights:
         return "scratch"
-    return "official" if weights == "official" else Path(weights).stem
+    if weights == "official":
+        return "official"
+    path = Path(weights)
+    generic = re.fullmatch(r"model_(final|\d+)", path.stem) is not None
+    return path.parent.name if generic and path.parent.name else path.stem
 
 
 def run_dir_name(shots: Shots, seed: int) -> str:
@@ -77,6 +83,21 @@ def _batch_split(value: int):
     if value < 0:
         raise ValueError(f"SOLVER.BATCH_SPLIT must be 0 (automatic) or a positive integer, got {value}")
     return "auto" if value == 0 else int(value)
+
+
+def _open_splits(cfg):
+    """(train, test) raw datasets; with DATASET.DOWNLOAD, only the main process downloads."""
+    from detectron2.utils import comm
+
+    d = cfg.DATASET
+    spec = get_spec(d.NAME)
+    splits = (d.TRAIN_SPLIT or spec.train_split, d.TEST_SPLIT or spec.test_split)
+    if d.DOWNLOAD and comm.get_world_size() > 1:
+        if comm.is_main_process():
+            for split in splits:
+                build_dataset(d.NAME, d.ROOT, split, download=True)
+        comm.synchronize()  # the others then find the files in place
+    return tuple(build_dataset(d.NAME, d.ROOT, split, d.DOWNLOAD and comm.is_main_process()) for split in splits)
 
 
 def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: Optional[str] = None,
@@ -109,8 +130,7 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
 
     d = cfg.DATASET
     spec = get_spec(d.NAME)
-    train_raw = build_dataset(d.NAME, d.ROOT, d.TRAIN_SPLIT or spec.train_split, d.DOWNLOAD)
-    test_raw = build_dataset(d.NAME, d.ROOT, d.TEST_SPLIT or spec.test_split, d.DOWNLOAD)
+    train_raw, test_raw = _open_splits(cfg)
     classes = dataset_classes(train_raw)
     num_classes = len(classes)
     if shots != FULL:
@@ -123,11 +143,12 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
     rule = rule_from_config(cfg, len(train_raw), dataset_image_size(spec, train_raw))
     random_crop = tri_state(d.RANDOM_CROP, spec.random_crop, "DATASET.RANDOM_CROP")
     flip = tri_state(d.FLIP, spec.flip, "DATASET.FLIP")
-    logger.info("%s, %s shots, seed %d: %d training / %d test images, %d classes", d.NAME, shots, seed,
+    setting = "all training images" if shots == FULL else f"{shots} per class"
+    logger.info("%s (%s, seed %d): %d training / %d test images, %d classes", d.NAME, setting, seed,
                 len(train_raw), len(test_raw), num_classes)
     logger.info("%s; random crop %s, flip %s", rule, "on" if random_crop else "off", "on" if flip else "off")
     if comm.is_main_process():
-        print(f"[finetune] {d.NAME} ({shots} shots, seed {seed}): {rule}", flush=True)
+        print(f"[finetune] {d.NAME} ({setting}, seed {seed}): {rule}", flush=True)
 
     train_set = TransformedDataset(train_raw, train_transform(rule.resize, rule.crop, random_crop, flip))
     test_set = TransformedDataset(test_raw, eval_transform(rule.crop))
@@ -203,9 +224,9 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
     }
     if results["confusion"] is not None:
         confusion_plot(results["confusion"], classes, out / "confusion.png",
-                       title=f"{d.NAME} ({shots} shots, {results['init']}): top-1 {results['top1']:.1f}%")
+                       title=f"{d.NAME} ({setting}, {results['init']}): top-1 {results['top1']:.1f}%")
     if (out / "metrics.json").is_file():
-        training_curve_plot(out / "metrics.json", out / "training_curve.png", title=f"{d.NAME}, {shots} shots")
+        training_curve_plot(out / "metrics.json", out / "training_curve.png", title=f"{d.NAME} ({setting})")
     write_json(out / RESULTS_FILE, results)
     logger.info("%s: top-1 %.2f%%, top-5 %.2f%% -> %s", d.NAME, results["top1"], results["top5"], out / RESULTS_FILE)
     return results
@@ -226,8 +247,7 @@ def evaluate_only(cfg, output_dir: Optional[str] = None) -> Dict[str, Any]:
     weights = resolve_weights(cfg)
     if not weights:
         raise ValueError("evaluation needs MODEL.WEIGHTS / --weights (a fine-tuned checkpoint)")
-    train_raw = build_dataset(d.NAME, d.ROOT, d.TRAIN_SPLIT or spec.train_split, d.DOWNLOAD)
-    test_raw = build_dataset(d.NAME, d.ROOT, d.TEST_SPLIT or spec.test_split, d.DOWNLOAD)
+    train_raw, test_raw = _open_splits(cfg)
     classes = dataset_classes(train_raw)
     rule = rule_from_config(cfg, len(train_raw), dataset_image_size(spec, train_raw))
     model = create_model(cfg.MODEL.NAME, num_classes=len(classes))
@@ -246,8 +266,8 @@ def finetune_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int], weigh
                    resume: bool = True) -> Dict[str, Any]:
     """One :func:`finetune` run per (weights, shots, seed), then a summary over seeds.
 
-    Runs go to ``OUTPUT_DIR/[<init>/]<shots>_seed<seed>/`` (the ``<init>`` level only when
-    several initialisations are compared). Writes ``OUTPUT_DIR/results.json`` (every run and
+    Runs go to ``OUTPUT_DIR/<init>/<shots>_seed<seed>/`` (``<init>``: :func:`init_label`), so
+    a later sweep with more initialisations, shots or seeds reuses finished runs (``resume``). Writes ``OUTPUT_DIR/results.json`` (every run and
     mean ± std per setting), ``results.md`` (the markdown table) and ``accuracy_vs_shots.png``.
 
     Args:
@@ -268,11 +288,16 @@ def finetune_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int], weigh
     out = Path(cfg.OUTPUT_DIR)
     inits = [("" if w.strip().lower() == "scratch" else w.strip()) for w in (weights_list or [cfg.MODEL.WEIGHTS])]
     runs: List[Dict[str, Any]] = []
+    labels: Dict[str, str] = {}
     for weights in inits:
         run_cfg = cfg.clone()
         run_cfg.defrost()
         run_cfg.MODEL.WEIGHTS = weights
-        base = out / init_label(run_cfg) if len(inits) > 1 else out
+        label = init_label(run_cfg)
+        if label in labels:
+            raise ValueError(f"weights {labels[label]!r} and {weights!r} share the label {label!r}; rename one file")
+        labels[label] = weights
+        base = out / label
         for shots in parse_shots(list(shots_list)):
             for seed in seeds:
                 result = finetune(run_cfg, shots=shots, seed=int(seed), output_dir=str(base / run_dir_name(shots, seed)),

@@ -2,7 +2,7 @@
 per batch, each image mixed with another of the same batch, labels mixed alike."""
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Tuple, Union
 
 import numpy as np
 import torch

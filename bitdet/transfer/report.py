@@ -10,7 +10,7 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from bitdet.transfer.fewshot import FULL, mean_std
 
 __all__ = [
     "accuracy_vs_shots_plot",
+    "collect_runs",
     "confusion_plot",
     "read_metrics",
     "results_table",
@@ -176,6 +177,25 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]], metric: str = "top1") -> L
         rows.append(dict(dataset=dataset, init=init, shots=shots, seeds=[m.get("seed") for m in members], **stats))
     rows.sort(key=lambda r: (r["dataset"], r["init"], _shots_key(r["shots"])))
     return rows
+
+
+def collect_runs(folders: Sequence[PathLike]) -> List[Dict[str, Any]]:
+    """Every single-run ``results.json`` under ``folders`` (recursively), for a table across
+    datasets, initialisations and shots: ``results_table(summarize_runs(collect_runs([...])))``.
+
+    Sweep summaries (``results.json`` with a ``runs`` list) are skipped: their runs are
+    found in their own sub-folders.
+    """
+    runs = []
+    for folder in folders:
+        for path in sorted(Path(folder).rglob("results.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"{path}: unreadable results file ({e})") from e
+            if "runs" not in record and record.get("top1") is not None:
+                runs.append(dict(record, path=str(path)))
+    return runs
 
 
 def _shots_label(shots: Any) -> str:

@@ -210,3 +210,27 @@ def test_choose_batch_split_halves_until_it_fits():
 def test_bad_arguments_are_named(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny_trainer(str(tmp_path), **{"steps": kwargs.pop("max_steps", 2), **kwargs})
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_whole_process_group_with_workers(tmp_path):
+    """As a cluster scheduler does: SIGTERM every process, DataLoader workers included."""
+    import time
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "tests.engine.tiny_run", str(tmp_path), "400", "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "last_checkpoint").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert "exiting cleanly" in out
+    step = TrainingCheckpointer.load(TrainingCheckpointer(tmp_path).latest())["step"]
+    assert 2 <= step < 400

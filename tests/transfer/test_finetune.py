@@ -11,7 +11,7 @@ import torch
 from bitdet import create_model
 from bitdet.checkpoint import save_checkpoint
 from bitdet.transfer.config import get_finetune_cfg
-from bitdet.transfer.finetune import finetune
+from bitdet.transfer.finetune import evaluate_only, finetune
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTANT = "finetune/quick_schedules/finetune_instant_test.yaml"
@@ -66,6 +66,9 @@ def test_resume_continues_exactly(tmp_path):
     mtime = (interrupted / "results.json").stat().st_mtime_ns
     assert run(interrupted, resume=True)["top1"] == full["top1"]
     assert (interrupted / "results.json").stat().st_mtime_ns == mtime
+    # --eval-only on the final checkpoint (head loaded, not zeroed) gives the same numbers.
+    cfg = get_finetune_cfg(INSTANT, ["MODEL.WEIGHTS", str(interrupted / "model_0000004.pth")])
+    assert evaluate_only(cfg, output_dir=str(tmp_path / "eval"))["top1"] == full["top1"]
 
 
 @pytest.mark.slow

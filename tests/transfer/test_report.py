@@ -64,3 +64,14 @@ def test_plots_and_json(tmp_path):
 
     write_json(tmp_path / "r.json", {"top1": np.float32(0.5), "idx": np.arange(2)})
     assert json.loads((tmp_path / "r.json").read_text()) == {"top1": 0.5, "idx": [0, 1]}
+
+
+def test_collect_runs_skips_sweep_summaries(tmp_path):
+    from bitdet.transfer.report import collect_runs
+
+    for i, run in enumerate(RUNS):
+        write_json(tmp_path / run["init"] / f"run{i}" / "results.json", run)
+    write_json(tmp_path / "results.json", {"runs": RUNS, "summary": []})
+    runs = collect_runs([tmp_path])
+    assert len(runs) == len(RUNS)
+    assert results_table(summarize_runs(runs)) == results_table(summarize_runs(RUNS))
