@@ -18,17 +18,23 @@ Examples::
     # few-shot: 1/5/10/25 examples per class, three seeds -> mean ± std
     python tools/finetune.py --config-file finetune/cifar100.yaml --data-root ~/data \\
         --weights BiT-M-R50x1.npz --shots 1,5,10,25 --seeds 0,1,2
-    # evaluate a fine-tuned checkpoint
+    # evaluate a fine-tuned checkpoint (results.json names the final one: model_<steps>.pth)
     python tools/finetune.py --config-file finetune/cifar10.yaml --data-root ~/data \\
-        --eval-only --weights output/finetune/cifar10/model_final.pth
+        --eval-only --weights output/finetune/cifar10/model_0010000.pth
 
-Upstream vs from scratch on sklearn's digits at 1/5/10 shots and full data (CPU, R14-tiny;
-the upstream checkpoint from ``tools/pretrain.py`` on Fashion-MNIST); one table in
-``output/finetune/digits_transfer/results.md``::
+Upstream vs from scratch on sklearn's digits at 1/5/10 shots and full data (CPU, R14-tiny at
+32 px, 100 steps of 32 per run); the upstream checkpoint comes from the Fashion-MNIST demo
+pretraining. One table in ``output/finetune/digits_transfer/results.md`` (the upstream rows are
+labelled ``demo_fashion_mnist``, the checkpoint's folder), plus ``accuracy_vs_shots.png``;
+``--resume`` skips finished runs, so an interrupted sweep continues where it stopped::
 
-    python tools/finetune.py --config-file finetune/demo_digits.yaml \\
+    python tools/pretrain.py --config-file configs/pretrain/demo_fashion_mnist.yaml
+    OMP_NUM_THREADS=1 python tools/finetune.py --config-file finetune/demo_digits.yaml --resume \\
         --weights output/pretrain/demo_fashion_mnist/model_final.pth,scratch \\
         --shots 1,5,10,full --seeds 0,1,2 OUTPUT_DIR output/finetune/digits_transfer
+
+(``OMP_NUM_THREADS=1`` only where the 2 CPU cores are shared with other jobs: there, more
+threads than free cores make a tiny model slower.)
 
 A table across datasets and initialisations from earlier runs (no training)::
 

@@ -265,7 +265,7 @@ class ClassifierTrainer(TrainerBase):
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int) -> Optional[Path]:
-        """Write the checkpoint after ``step`` completed steps (main process; others wait)."""
+        """Write the checkpoint after ``step`` completed steps (only the main process writes)."""
         path = None
         if step != self._last_saved_step and comm.is_main_process():
             path = self.checkpointer.save(step, self.model, self.optimizer, meta=self.meta)

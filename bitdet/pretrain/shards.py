@@ -41,7 +41,9 @@ def expand_shards(pattern: str) -> List[str]:
         paths.extend(braceexpand.braceexpand(part.strip()))
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} of {len(paths)} shards of {pattern!r} not found, e.g. {missing[0]}")
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise FileNotFoundError(f"{len(missing)} of {len(paths)} shards of {pattern!r} not found: "
+                                f"{', '.join(missing[:5])}{more}")
     return paths
 
 

@@ -326,5 +326,6 @@ register_dataset(
                 default_root="/usr/share/datasets/fashion-mnist")
 )
 # Digits (here and MNIST): a mirrored digit is not a digit (or is another one); no flips.
+# The data ships inside scikit-learn, so the root is only a marker and is ignored.
 register_dataset(DatasetSpec("digits", _digits, "train", "test", _ONE_SPLIT, (8, 8), flip=False,
                              default_root="<sklearn>"))
