@@ -9,13 +9,13 @@ Examples::
 
     # the full issue-6 table on one GPU (bf16, 224 px; R50x1 batch 128, R101x3 batch 32;
     # RetinaNet batch 8 at 800x1216)
-    python tools/benchmark.py --config-file benchmarks/h100.yaml
+    python tools/benchmark.py --config-file benchmark/h100.yaml
     # continue an interrupted run, keeping its finished rows
-    python tools/benchmark.py --config-file benchmarks/h100.yaml --resume
+    python tools/benchmark.py --config-file benchmark/h100.yaml --resume
     # what the levers buy on this CPU at a moderate size
-    python tools/benchmark.py --config-file benchmarks/cpu_levers.yaml
+    python tools/benchmark.py --config-file benchmark/cpu_levers.yaml
     # a quick CPU smoke run with tiny models
-    python tools/benchmark.py --config-file benchmarks/cpu_tiny.yaml BENCH.ITERS 2
+    python tools/benchmark.py --config-file benchmark/cpu_tiny.yaml BENCH.ITERS 2
 """
 import logging
 

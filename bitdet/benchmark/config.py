@@ -11,7 +11,7 @@ from pathlib import Path
 __all__ = ["add_benchmark_config", "get_benchmark_cfg", "LEVERS", "PRESETS_DIR"]
 
 # Benchmark presets live outside configs/ (which holds Detectron2 model configs only).
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs" / "benchmark"
 
 # Levers a variant can combine with "+" ("eager" alone means none of them):
 #   cl: channels-last memory format for model and inputs; ws: cached standardized kernels
@@ -93,7 +93,7 @@ def add_benchmark_config(cfg: CN) -> None:
 
 
 def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
-    """Benchmark defaults merged with a config file (a path, or a preset name in ``benchmarks/``) and overrides."""
+    """Benchmark defaults merged with a config file (a path, or a preset name in ``configs/benchmark/``) and overrides."""
     cfg = CN()
     add_benchmark_config(cfg)
     if config_file:

@@ -11,7 +11,7 @@ stored in a checkpoint.
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch

@@ -20,7 +20,7 @@ def _load_tool():
 
 
 def _args(tool, tmp_path, *opts, resume=False):
-    argv = ["--config-file", "benchmarks/cpu_tiny.yaml"] + (["--resume"] if resume else [])
+    argv = ["--config-file", "benchmark/cpu_tiny.yaml"] + (["--resume"] if resume else [])
     argv += ["OUTPUT_DIR", str(tmp_path), *opts]
     from detectron2.engine import default_argument_parser
 
@@ -86,7 +86,7 @@ def test_ratios_pick_fastest_bitdet_variant_and_speedups_vs_eager():
 
 
 def test_configs_load_and_name_known_models_and_levers():
-    for path in sorted((ROOT / "benchmarks").glob("*.yaml")):
+    for path in sorted((ROOT / "configs" / "benchmark").glob("*.yaml")):
         cfg = get_benchmark_cfg(str(path))
         assert set(cfg.BENCH.MODELS) <= set(SUITE), path
         for v in cfg.BENCH.VARIANTS:

@@ -12,7 +12,7 @@ from detectron2.engine import HookBase
 
 from bitdet import create_model
 from bitdet.checkpoint import load_weights
-from bitdet.engine import ClassifierTrainer, TrainingCheckpointer, choose_batch_split
+from bitdet.engine import TrainingCheckpointer, choose_batch_split
 from tests.engine.tiny_run import tiny_sets, tiny_trainer
 
 REPO = Path(__file__).resolve().parents[2]

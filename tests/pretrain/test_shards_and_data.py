@@ -1,6 +1,5 @@
 """Shard writer/reader round trip, ImageFolder / label file sources, corrupt files."""
 import io
-import json
 import tarfile
 
 import numpy as np
