@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     pretrained = out / "pretrain" / "model_final.pth"
     config, extra = cfg["pretrain"]
     stage("pretrain", pretrained, [*_tool("pretrain.py"), "--config-file", config, *extra,
-                                   "MODEL.ARCH", DEMO_MODEL, "OUTPUT_DIR", str(out / "pretrain")])
+                                   "MODEL.NAME", DEMO_MODEL, "OUTPUT_DIR", str(out / "pretrain")])
 
     config, extra = cfg["transfer"]
     stage("transfer", out / "transfer" / "results.md",

@@ -51,5 +51,9 @@ if [[ ! -d "$FMNIST" ]]; then
     fi
 fi
 
+# Real COCO-format annotation fixtures (labelme / sahi sdists) for the data-path tests.
+"$PY" -c "from bitdet.data.fixtures import fetch_fixtures; fetch_fixtures()" \
+    || say "WARNING: could not fetch the COCO fixtures; their tests will be skipped"
+
 "$PY" -c "import bitdet, detectron2, torch, torchvision, pycocotools, cv2, fvcore; print('[setup] ok: torch', torch.__version__, '| torchvision', torchvision.__version__, '| detectron2', detectron2.__version__)"
 echo "$inputs_hash" > "$STAMP"

@@ -41,7 +41,7 @@ def add_pretrain_config(cfg: CN) -> None:
     cfg.VERSION = 2
     cfg.MODEL = CN()
     # Architecture from bitdet.list_models(): "R50x1" ... "R152x4", or "R14-tiny" / "R26-tiny" (CPU).
-    cfg.MODEL.ARCH = "R50x1"
+    cfg.MODEL.NAME = "R50x1"
     # Upstream classes: 1000 (ILSVRC-2012), 21843 (ImageNet-21k), 18291 (JFT-300M).
     cfg.MODEL.NUM_CLASSES = 1000
     # Initial head bias. -10 with SOLVER.LOSS "sigmoid" over many classes keeps the first

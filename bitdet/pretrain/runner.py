@@ -24,8 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 def build_model(cfg) -> ResNetV2:
-    """The ``MODEL.ARCH`` network with ``MODEL.NUM_CLASSES`` outputs, head bias and optional weights."""
-    model = create_model(cfg.MODEL.ARCH, num_classes=cfg.MODEL.NUM_CLASSES, head_bias=cfg.MODEL.HEAD_BIAS)
+    """The ``MODEL.NAME`` network with ``MODEL.NUM_CLASSES`` outputs, head bias and optional weights."""
+    model = create_model(cfg.MODEL.NAME, num_classes=cfg.MODEL.NUM_CLASSES, head_bias=cfg.MODEL.HEAD_BIAS)
     if cfg.MODEL.WEIGHTS:
         weights = cfg.MODEL.WEIGHTS
         path = pretrained_path(weights) if weights.startswith("BiT-") and not Path(weights).exists() else weights
@@ -68,7 +68,7 @@ def run_pretraining(cfg, resume: bool = True) -> Dict[str, Any]:
     wall_start = time.perf_counter()
     train_set, test_set = build_datasets(cfg)
     schedule = build_schedule(cfg, len(train_set))
-    logger.info("pretraining %s on %d images (%s): %s", cfg.MODEL.ARCH, len(train_set), cfg.DATASETS.TRAIN.KIND,
+    logger.info("pretraining %s on %d images (%s): %s", cfg.MODEL.NAME, len(train_set), cfg.DATASETS.TRAIN.KIND,
                 schedule.describe())
     model = build_model(cfg)
     split = cfg.SOLVER.BATCH_SPLIT
@@ -81,12 +81,12 @@ def run_pretraining(cfg, resume: bool = True) -> Dict[str, Any]:
         evaluate=evaluator(cfg, test_set) if test_set is not None else None, eval_period=cfg.TEST.EVAL_PERIOD,
         checkpoint_period=cfg.SOLVER.CHECKPOINT_PERIOD, keep_last=cfg.SOLVER.KEEP_LAST,
         log_period=cfg.SOLVER.LOG_PERIOD, seed=cfg.SEED, num_workers=cfg.DATALOADER.NUM_WORKERS,
-        meta={"arch": cfg.MODEL.ARCH, "num_classes": cfg.MODEL.NUM_CLASSES},
+        meta={"arch": cfg.MODEL.NAME, "num_classes": cfg.MODEL.NUM_CLASSES},
     )
     result = trainer.train(resume=resume)
     final = {k: v for k, v in result["eval"].items() if isinstance(v, (int, float))}
     final.update(
-        arch=cfg.MODEL.ARCH, steps=result["step"], train_images=len(train_set), global_batch=cfg.SOLVER.IMS_PER_BATCH,
+        arch=cfg.MODEL.NAME, steps=result["step"], train_images=len(train_set), global_batch=cfg.SOLVER.IMS_PER_BATCH,
         img_per_s=result["img_per_s"], train_time_s=result["train_time_s"], final_loss=result["loss"],
         skipped_images=result["skipped_images"], wall_time_s=time.perf_counter() - wall_start,
         processes=comm.get_world_size(),
@@ -94,7 +94,7 @@ def run_pretraining(cfg, resume: bool = True) -> Dict[str, Any]:
     if comm.is_main_process():
         out = Path(cfg.OUTPUT_DIR)
         model = trainer.model.cpu().float()
-        save_checkpoint(out / "model_final.pth", model, arch=cfg.MODEL.ARCH, num_classes=cfg.MODEL.NUM_CLASSES,
+        save_checkpoint(out / "model_final.pth", model, arch=cfg.MODEL.NAME, num_classes=cfg.MODEL.NUM_CLASSES,
                         steps=result["step"])
         write_npz(out / "model_final.npz", state_dict_to_npz(model))
         with atomic_write(out / "final.json", "w") as f:

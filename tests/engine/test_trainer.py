@@ -234,3 +234,19 @@ def test_sigterm_to_the_whole_process_group_with_workers(tmp_path):
     assert "exiting cleanly" in out
     step = TrainingCheckpointer.load(TrainingCheckpointer(tmp_path).latest())["step"]
     assert 2 <= step < 400
+
+
+def test_batch_hook_gets_a_generator_seeded_by_step(tmp_path):
+    """MixUp-style hooks see the same randomness per step in a fresh and in a resumed run."""
+    def recorder(log):
+        def hook(images, targets, generator):
+            log.append(torch.rand(1, generator=generator).item())
+            soft = torch.nn.functional.one_hot(targets, 10).float()  # soft targets reach the loss
+            return images, soft
+        return hook
+
+    full, resumed = [], []
+    tiny_trainer(str(tmp_path / "a"), steps=4, batch_hook=recorder(full)).train()
+    tiny_trainer(str(tmp_path / "b"), steps=2, batch_hook=recorder(resumed)).train()
+    tiny_trainer(str(tmp_path / "b"), steps=4, batch_hook=recorder(resumed)).train(resume=True)
+    assert full == resumed and len(set(full)) == 4

@@ -12,7 +12,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "pretrain").
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_loads(path):
     cfg = get_pretrain_cfg(str(path))
-    resolve(cfg.MODEL.ARCH)  # a known architecture
+    resolve(cfg.MODEL.NAME)  # a known architecture
     if cfg.SOLVER.LOSS == "sigmoid":
         assert cfg.DATASETS.MULTILABEL and cfg.MODEL.HEAD_BIAS == -10.0
 
@@ -30,7 +30,7 @@ def test_recipes(name, epochs, decays, classes, loss):
     s = cfg.SOLVER
     assert (s.IMS_PER_BATCH, s.BASE_LR_PER_256, s.WARMUP_ITERS, s.WEIGHT_DECAY, s.MOMENTUM) == (4096, 0.03, 5000, 1e-4, 0.9)
     assert (s.EPOCHS, tuple(s.DECAY_EPOCHS), cfg.MODEL.NUM_CLASSES, s.LOSS) == (epochs, decays, classes, loss)
-    assert cfg.INPUT.CROP_SIZE == 224 and cfg.MODEL.ARCH == name.split("_")[2][:-5]
+    assert cfg.INPUT.CROP_SIZE == 224 and cfg.MODEL.NAME == name.split("_")[2][:-5]
 
 
 def test_overrides_and_errors():
