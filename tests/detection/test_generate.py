@@ -140,6 +140,7 @@ def test_detectron2_loads_the_generated_set(generated):
     assert {a["category_id"] for d in dicts for a in d["annotations"]} <= set(range(10))  # contiguous
 
 
+@pytest.mark.slow
 def test_command_line(tmp_path):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "ds"), PYTHONPATH=str(ROOT))
     out = subprocess.run(
