@@ -53,7 +53,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch  # 
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from bitdet.detection.config import resolve_config_file  # noqa: E402
+from bitdet.config import resolve_config_file  # noqa: E402
 from bitdet.transfer.config import get_finetune_cfg  # noqa: E402
 from bitdet.transfer.fewshot import parse_shots  # noqa: E402
 

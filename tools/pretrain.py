@@ -25,7 +25,7 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from bitdet.detection.config import resolve_config_file
+from bitdet.config import resolve_config_file
 from bitdet.pretrain import build_datasets, build_model, evaluator, get_pretrain_cfg, run_pretraining
 
 

@@ -6,12 +6,12 @@ from typing import Optional, Sequence
 # fvcore's CfgNode (the base of Detectron2's): _BASE_ inheritance, no Detectron2 VERSION key.
 from fvcore.common.config import CfgNode as CN
 
-from pathlib import Path
+from bitdet.config import CONFIGS_DIR, merge_config
 
 __all__ = ["add_benchmark_config", "get_benchmark_cfg", "LEVERS", "PRESETS_DIR"]
 
-# Benchmark presets live outside configs/ (which holds Detectron2 model configs only).
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs" / "benchmark"
+# Benchmark presets: a bare --config-file name is looked up here.
+PRESETS_DIR = CONFIGS_DIR / "benchmark"
 
 # Levers a variant can combine with "+" ("eager" alone means none of them):
 #   cl: channels-last memory format for model and inputs; ws: cached standardized kernels
@@ -93,22 +93,10 @@ def add_benchmark_config(cfg: CN) -> None:
 
 
 def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
-    """Benchmark defaults merged with a config file (a path, or a preset name in ``configs/benchmark/``) and overrides."""
+    """Benchmark defaults merged with a config file (a path, or a preset in ``configs/benchmark/``) and overrides."""
     cfg = CN()
     add_benchmark_config(cfg)
-    if config_file:
-        path = config_file if Path(config_file).is_file() else str(PRESETS_DIR / Path(config_file).name)
-        if not Path(path).is_file():
-            presets = sorted(p.name for p in PRESETS_DIR.glob("*.yaml"))
-            raise FileNotFoundError(f"benchmark config {config_file!r} not found here or in {PRESETS_DIR}; presets: {presets}")
-        try:
-            cfg.merge_from_file(path, allow_unsafe=False)
-        except (AssertionError, KeyError, ValueError) as e:
-            raise ValueError(f"benchmark config {path}: {e}") from e
-    try:
-        cfg.merge_from_list(list(opts))
-    except (AssertionError, KeyError, ValueError) as e:
-        raise ValueError(f"benchmark config override {list(opts)}: {e}") from e
+    merge_config(cfg, config_file, opts, configs_dir=PRESETS_DIR)
     bad = [v for v in cfg.BENCH.VARIANTS if v != "eager" and set(v.split("+")) - set(LEVERS)]
     if bad:
         raise ValueError(f"BENCH.VARIANTS {bad}: use 'eager' or levers from {LEVERS} joined by '+'")

@@ -8,17 +8,15 @@ weights are ``MODEL.WEIGHTS`` (which also accepts a BiT ``.npz`` or a BiT model 
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Sequence
 
-import yaml
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from bitdet.config import CONFIGS_DIR, merge_config, resolve_config_file
 from bitdet.numerics import GN_GROUPS, WS_EPS
 
-__all__ = ["add_bit_config", "get_bit_cfg", "resolve_config_file"]
+__all__ = ["CONFIGS_DIR", "add_bit_config", "get_bit_cfg", "resolve_config_file"]
 
 
 def add_bit_config(cfg: CN) -> None:
@@ -57,46 +55,8 @@ def add_bit_config(cfg: CN) -> None:
     cfg.DATASETS.COCO_FORMAT = []
 
 
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
-
-
-def resolve_config_file(path: str) -> str:
-    """``path`` itself if it exists, else the file of that name (or relative path) under ``configs/``.
-
-    Raises:
-        FileNotFoundError: naming the places searched and the shipped configs.
-    """
-    if os.path.isfile(path):
-        return path
-    candidates = [CONFIGS_DIR / path, *sorted(CONFIGS_DIR.rglob(os.path.basename(path)))]
-    for candidate in candidates:
-        if candidate.is_file():
-            return str(candidate)
-    shipped = sorted(str(p.relative_to(CONFIGS_DIR)) for p in CONFIGS_DIR.rglob("*.yaml"))
-    raise FileNotFoundError(f"config {path!r} not found here or in {CONFIGS_DIR}; shipped configs: {shipped}")
-
-
 def get_bit_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
     """Detectron2's default config + BiT keys, merged with a config file and ``KEY VALUE`` overrides."""
     cfg = get_cfg()
     add_bit_config(cfg)
-    if config_file:
-        path = resolve_config_file(config_file)
-        try:
-            cfg.merge_from_file(path, allow_unsafe=False)
-        except (AssertionError, KeyError, ValueError) as e:  # yacs reports bad keys as asserts
-            raise ValueError(f"config {path}: {e}") from e
-        except FileNotFoundError as e:  # only a _BASE_ can be missing here: path exists
-            raise FileNotFoundError(f"config {path}: its _BASE_ chain names a missing file: {e.filename}") from e
-        except yaml.constructor.ConstructorError as e:
-            raise ValueError(
-                f"config {path}: refusing a YAML tag that builds Python objects (configs must be plain "
-                f"YAML; such tags can run code when loaded): {e}"
-            ) from e
-        except yaml.YAMLError as e:
-            raise ValueError(f"config {path}: not valid YAML: {e}") from e
-    try:
-        cfg.merge_from_list(list(opts))
-    except (AssertionError, KeyError, ValueError) as e:
-        raise ValueError(f"config override {list(opts)}: {e}") from e
-    return cfg
+    return merge_config(cfg, config_file, opts)

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from detectron2.config import CfgNode as CN
 
-from bitdet.detection.config import resolve_config_file
+from bitdet.config import merge_config
 
 __all__ = ["DATASET_KINDS", "add_pretrain_config", "get_pretrain_cfg"]
 
@@ -133,16 +133,7 @@ def get_pretrain_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -
     """
     cfg = CN(new_allowed=False)
     add_pretrain_config(cfg)
-    if config_file:
-        path = resolve_config_file(config_file)
-        try:
-            cfg.merge_from_file(path, allow_unsafe=False)
-        except (AssertionError, KeyError, ValueError) as e:
-            raise ValueError(f"config {path}: {e}") from e
-    try:
-        cfg.merge_from_list(list(opts))
-    except (AssertionError, KeyError, ValueError) as e:
-        raise ValueError(f"config override {list(opts)}: {e}") from e
+    merge_config(cfg, config_file, opts)
     for split in ("TRAIN", "TEST"):
         kind = cfg.DATASETS[split].KIND
         if kind and kind not in DATASET_KINDS:

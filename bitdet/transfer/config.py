@@ -11,6 +11,7 @@ from typing import Sequence, Tuple
 
 from detectron2.config import CfgNode as CN
 
+from bitdet.config import merge_config
 from bitdet.hyperrule import Rule, get_rule
 
 __all__ = ["add_finetune_config", "get_finetune_cfg", "rule_from_config", "tri_state"]
@@ -125,18 +126,7 @@ def get_finetune_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
     """
     cfg = CN()
     add_finetune_config(cfg)
-    if config_file:
-        from bitdet.detection.config import resolve_config_file
-
-        path = resolve_config_file(config_file)
-        try:
-            cfg.merge_from_file(path, allow_unsafe=False)
-        except (AssertionError, KeyError, ValueError) as e:  # yacs reports bad keys as asserts
-            raise ValueError(f"config {path}: {e}") from e
-    try:
-        cfg.merge_from_list(list(opts))
-    except (AssertionError, KeyError, ValueError) as e:
-        raise ValueError(f"config override {list(opts)}: {e}") from e
+    merge_config(cfg, config_file, opts)
     return cfg
 
 

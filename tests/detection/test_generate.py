@@ -11,7 +11,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from bitdet.data.detection_generate import FASHION_MNIST_CLASSES, generate_detection_dataset, is_complete
 from bitdet.detection import register_coco_format
-from bitdet.detection.config import CONFIGS_DIR
+from bitdet.config import CONFIGS_DIR
 
 ROOT = CONFIGS_DIR.parent
 SPEC = dict(num_train=6, num_val=3, image_size=(64, 80), seed=3)

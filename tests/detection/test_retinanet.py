@@ -9,7 +9,7 @@ from detectron2.utils.events import EventStorage
 
 from bitdet.checkpoint import CheckpointMismatchError
 from bitdet.detection import BiTCheckpointer, get_bit_cfg
-from bitdet.detection.config import CONFIGS_DIR
+from bitdet.config import CONFIGS_DIR
 from tests.official_npz import write_official_npz
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bitdet.detection.config import CONFIGS_DIR
+from bitdet.config import CONFIGS_DIR
 
 ROOT = CONFIGS_DIR.parent
 CONFIG = "quick_schedules/retinanet_bit_instant_test.yaml"

@@ -11,7 +11,7 @@ from detectron2.modeling import build_model
 
 from bitdet.data.detection_generate import generate_detection_dataset
 from bitdet.detection import BiTCheckpointer, get_bit_cfg
-from bitdet.detection.config import CONFIGS_DIR
+from bitdet.config import CONFIGS_DIR
 
 ROOT = CONFIGS_DIR.parent
 CONFIG = "quick_schedules/retinanet_bit_instant_test.yaml"

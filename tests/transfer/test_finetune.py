@@ -17,16 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 INSTANT = "finetune/quick_schedules/finetune_instant_test.yaml"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tests share 2 CPU cores with other jobs; with more threads than free cores,
-    # OpenMP's spinning makes a tiny model several times slower, not faster.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_finetune_beats_chance_on_digits(tmp_path, capsys):
     cfg = get_finetune_cfg("finetune/demo_digits.yaml", [
