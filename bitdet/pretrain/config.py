@@ -12,6 +12,7 @@ from typing import Sequence
 from detectron2.config import CfgNode as CN
 
 from bitdet.config import merge_config
+from bitdet.engine.config import add_engine_solver_config
 
 __all__ = ["DATASET_KINDS", "add_pretrain_config", "get_pretrain_cfg"]
 
@@ -93,21 +94,7 @@ def add_pretrain_config(cfg: CN) -> None:
     cfg.SOLVER.MOMENTUM = 0.9
     # Weight decay on conv/linear weights (not norms, biases). BiT: 1e-4 (lower ends worse).
     cfg.SOLVER.WEIGHT_DECAY = 1e-4
-    # Micro-batches per step (gradient accumulation) when the per-GPU batch does not fit;
-    # 0 = find the smallest power of two that fits in CUDA memory.
-    cfg.SOLVER.BATCH_SPLIT = 1
-    # "fp32" or "bf16" (autocast; loss and optimizer in fp32).
-    cfg.SOLVER.PRECISION = "fp32"
-    # channels_last memory format (faster convolutions on tensor cores).
-    cfg.SOLVER.CHANNELS_LAST = False
-    # torch.compile the model (falls back to eager, with a log line, if compilation fails).
-    cfg.SOLVER.COMPILE = False
-    # Steps between checkpoints (one is also written at the end).
-    cfg.SOLVER.CHECKPOINT_PERIOD = 5000
-    # Periodic checkpoints to keep (0 = all).
-    cfg.SOLVER.KEEP_LAST = 3
-    # Steps between console / metrics.json / TensorBoard writes.
-    cfg.SOLVER.LOG_PERIOD = 20
+    add_engine_solver_config(cfg, batch_split=1, checkpoint_period=5000, keep_last=3)
 
     cfg.TEST = CN()
     # Steps between held-out evaluations (0 = only at the end).

@@ -12,6 +12,7 @@ from typing import Sequence, Tuple
 from detectron2.config import CfgNode as CN
 
 from bitdet.config import merge_config
+from bitdet.engine.config import add_engine_solver_config
 from bitdet.hyperrule import Rule, get_rule
 
 __all__ = ["add_finetune_config", "get_finetune_cfg", "rule_from_config", "tri_state"]
@@ -75,21 +76,7 @@ def add_finetune_config(cfg: CN) -> None:
     cfg.SOLVER.WEIGHT_DECAY = 0.0
     # "softmax" (single-label) or "sigmoid" (multi-label) cross-entropy.
     cfg.SOLVER.LOSS = "softmax"
-    # Micro-batches per step (gradient accumulation); 0 = automatic (the smallest split
-    # that fits in GPU memory; 1 on CPU).
-    cfg.SOLVER.BATCH_SPLIT = 0
-    # "fp32" or "bf16" (autocast; bf16 needs no loss scaling).
-    cfg.SOLVER.PRECISION = "fp32"
-    # NHWC memory format (faster on tensor cores).
-    cfg.SOLVER.CHANNELS_LAST = False
-    # torch.compile the model (falls back to eager mode on a compile error).
-    cfg.SOLVER.COMPILE = False
-    # Steps between resumable checkpoints (one is always written at the end).
-    cfg.SOLVER.CHECKPOINT_PERIOD = 100
-    # Periodic checkpoints to keep (0: all).
-    cfg.SOLVER.KEEP_LAST = 2
-    # Steps between log lines (with ETA) and metrics.json records.
-    cfg.SOLVER.LOG_PERIOD = 20
+    add_engine_solver_config(cfg, batch_split=0, checkpoint_period=100, keep_last=2)
 
     cfg.FEWSHOT = CN()
     # Training examples per class: [] = one run on the whole training set; else a list of k
