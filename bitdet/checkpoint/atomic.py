@@ -5,12 +5,16 @@ A crash or a full disk mid-write leaves the previous file at ``path`` untouched.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import IO, Iterator, Union
 
 PathLike = Union[str, os.PathLike]
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -30,3 +34,28 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temporaries(folder: PathLike, older_than_s: float = 3600.0) -> int:
+    """Delete temporaries that :func:`atomic_write` left behind when its process was killed.
+
+    Only files named like its temporaries (``.<name>.<random>.tmp``) that have not been
+    written to for ``older_than_s`` seconds are removed, so a write in progress is never
+    touched.
+
+    Returns:
+        How many files were removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    now = time.time()
+    for path in folder.glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if now - path.stat().st_mtime > older_than_s:
+                path.unlink()
+                removed += 1
+    if removed:
+        logger.info("removed %d stale temporary file(s) of interrupted checkpoint writes in %s", removed, folder)
+    return removed

@@ -25,7 +25,7 @@ from typing import Any, Dict
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from bitdet.checkpoint.atomic import atomic_write
+from bitdet.checkpoint.atomic import atomic_write, remove_stale_temporaries
 from bitdet.checkpoint.errors import CheckpointError, CheckpointMismatchError
 from bitdet.checkpoint.loading import strip_prefixes
 from bitdet.checkpoint.npz import HEAD_KEYS, npz_to_state_dict, read_npz
@@ -59,6 +59,11 @@ def _unbuilt_part(trunk: BiTBackbone, key: str) -> bool:
 
 class BiTCheckpointer(DetectionCheckpointer):
     """:class:`DetectionCheckpointer` + BiT ``.npz`` / names / bitdet checkpoints, atomic saves."""
+
+    def __init__(self, model, save_dir: str = "", **kwargs) -> None:
+        super().__init__(model, save_dir, **kwargs)
+        if self.save_dir and self.save_to_disk:
+            remove_stale_temporaries(self.save_dir)
 
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
         if path in PRETRAINED:

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
-from bitdet.checkpoint.atomic import PathLike, atomic_write
+from bitdet.checkpoint.atomic import PathLike, atomic_write, remove_stale_temporaries
 from bitdet.checkpoint.errors import CheckpointError
 
 __all__ = ["TrainingCheckpointer", "capture_rng_state", "restore_rng_state"]
@@ -68,6 +68,7 @@ class TrainingCheckpointer:
     def __init__(self, output_dir: PathLike, keep_last: int = 3) -> None:
         self.output_dir = Path(output_dir)
         self.keep_last = keep_last
+        remove_stale_temporaries(self.output_dir)
 
     def path_for(self, step: int) -> Path:
         return self.output_dir / f"model_{step:07d}.pth"

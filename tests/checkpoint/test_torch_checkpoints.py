@@ -60,3 +60,20 @@ def test_bn_running_stats_are_optional_and_reported(tmp_path):
     write_official_npz(path, num_classes=5)
     report = load_weights(create_model("R14-tiny", num_classes=5, norm="BN"), path)
     assert any(k.endswith("running_mean") for k in report.not_in_file)
+
+
+def test_stale_temporaries_of_killed_writes_are_removed_fresh_ones_kept(tmp_path):
+    import os
+    import time
+
+    from bitdet.checkpoint.atomic import remove_stale_temporaries
+
+    stale, fresh = tmp_path / ".model_0000100.pth.abc123.tmp", tmp_path / ".model_0000200.pth.def456.tmp"
+    keep = tmp_path / "model_0000100.pth"
+    for path in (stale, fresh, keep):
+        path.write_bytes(b"x")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    os.utime(keep, (old, old))
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not stale.exists() and fresh.exists() and keep.exists()
