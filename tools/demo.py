@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     val_images = _validation_images(get_bit_cfg(config).DATASETS.TEST[0], env, count=3)
     drawn = out / "detections"
     stage("visualize", drawn, [*_tool("visualize.py"), "--config", config, "--input", *map(str, val_images),
-                               "--output", str(drawn), "--confidence-threshold", "0.3",
+                               "--output", str(drawn), "--confidence-threshold", "0.2",
                                "MODEL.BIT.VARIANT", DEMO_MODEL,
                                "MODEL.WEIGHTS", str(out / "detection" / "pretrained" / "model_final.pth")])
 
