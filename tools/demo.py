@@ -11,8 +11,8 @@
 
 Examples::
 
-    python tools/demo.py                 # about 20 minutes on 2 CPU cores (make demo)
-    python tools/demo.py --smoke         # every stage at toy size, about 2 minutes (the CI test)
+    python tools/demo.py                 # about 15 minutes on 2 CPU cores (make demo)
+    python tools/demo.py --smoke         # every stage at toy size, a few minutes (the CI test)
     python tools/demo.py --force         # rerun stages whose outputs exist
 
 Each stage is one of the documented tools with a config from ``configs/``; the same configs
