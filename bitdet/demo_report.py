@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Sequence
 
 from bitdet.checkpoint.atomic import PathLike, atomic_write
 from bitdet.transfer.report import read_metrics, training_curve_plot

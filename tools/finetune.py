@@ -43,19 +43,15 @@ A table across datasets and initialisations from earlier runs (no training)::
 ``--weights`` takes a BiT ``.npz``, a bitdet / Detectron2 ``.pth``, ``official`` (the named
 BiT checkpoint, downloaded into the cache) or ``scratch``; a comma list compares them.
 """
-import logging
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/tool_setup.py, also when imported
 
-from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.logger import setup_logger  # noqa: E402
-
-from bitdet.config import resolve_config_file  # noqa: E402
 from bitdet.transfer.config import get_finetune_cfg  # noqa: E402
 from bitdet.transfer.fewshot import parse_shots  # noqa: E402
+from tool_setup import argument_parser, launch_main, setup_cfg  # noqa: E402
 
 
 def add_arguments(parser):
@@ -74,7 +70,7 @@ def add_arguments(parser):
 
 
 def parse_args(argv=None):
-    return add_arguments(default_argument_parser()).parse_args(argv)
+    return add_arguments(argument_parser()).parse_args(argv)
 
 
 def _flag_overrides(args):
@@ -97,15 +93,7 @@ def _flag_overrides(args):
 
 def setup(args):
     """Config from file + flags + trailing KEY VALUE overrides, frozen; logging and OUTPUT_DIR set up."""
-    if args.config_file:  # a bare name such as finetune/cifar10.yaml is looked up in configs/
-        args.config_file = resolve_config_file(args.config_file)
-    cfg = get_finetune_cfg(args.config_file, _flag_overrides(args) + list(args.opts))
-    cfg.freeze()
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="bitdet")
-    # Detectron2's logger setup leaves the root at WARNING; our modules log under "bitdet".
-    logging.getLogger("bitdet").setLevel(logging.INFO)
-    return cfg
+    return setup_cfg(args, get_finetune_cfg, _flag_overrides(args))
 
 
 def collect(folders, out):
@@ -138,12 +126,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_main(main, parse_args())

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import os
 import subprocess
 import sys
 import tempfile

@@ -20,23 +20,19 @@ checkpoint and exits 0; re-running the command resumes (pass --no-resume to star
 """
 import json
 import sys
+from pathlib import Path
 
-from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
-from bitdet.config import resolve_config_file
-from bitdet.pretrain import build_datasets, build_model, evaluator, get_pretrain_cfg, run_pretraining
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/tool_setup.py, also when imported
+
+from bitdet.pretrain import build_datasets, build_model, evaluator, get_pretrain_cfg, run_pretraining  # noqa: E402
+from tool_setup import argument_parser, launch_main, setup_cfg  # noqa: E402
 
 
 def setup(args):
     """Config from file + overrides, frozen; logging and output folder set up."""
-    args.config_file = resolve_config_file(args.config_file)
-    cfg = get_pretrain_cfg(args.config_file, args.opts)
-    cfg.freeze()
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="bitdet")
-    return cfg
+    return setup_cfg(args, get_pretrain_cfg)
 
 
 def main(args):
@@ -55,9 +51,7 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = default_argument_parser()
-    parser.add_argument("--config", dest="config_file", metavar="FILE",
-                        help="same as --config-file; a bare name is looked up in configs/")
+    parser = argument_parser()
     parser.add_argument("--no-resume", action="store_true",
                         help="ignore checkpoints in OUTPUT_DIR and train from step 0")
     return parser.parse_args(argv)
@@ -67,5 +61,4 @@ if __name__ == "__main__":
     args = parse_args()
     if not args.config_file:
         sys.exit("pretrain.py: pass --config-file FILE (e.g. configs/pretrain/demo_fashion_mnist.yaml)")
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch_main(main, args)

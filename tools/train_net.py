@@ -17,27 +17,28 @@ Examples::
         DATASETS.TRAIN "('mine_train',)" DATASETS.TEST "('mine_val',)" MODEL.RETINANET.NUM_CLASSES 3
 """
 import logging
+import sys
+from pathlib import Path
 
-from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
-from detectron2.utils import comm
-from detectron2.utils.logger import setup_logger
 
-from bitdet.detection import BiTCheckpointer, BiTTrainer, get_bit_cfg, prepare_datasets, resolve_config_file
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/tool_setup.py, also when imported
+
+from bitdet.detection import BiTCheckpointer, BiTTrainer, get_bit_cfg, prepare_datasets  # noqa: E402
+from tool_setup import argument_parser, launch_main, setup_cfg  # noqa: E402
+
+
+def _load_cfg(config_file, opts):
+    cfg = get_bit_cfg(config_file, opts)
+    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
+        logging.getLogger("bitdet").warning("SOLVER.AMP.ENABLED needs CUDA; training in float32 on the CPU")
+        cfg.SOLVER.AMP.ENABLED = False
+    return cfg
 
 
 def setup(args):
     """Config from file + overrides, frozen; logging and output folder set up."""
-    # default_setup copies the config file into OUTPUT_DIR: give it the resolved path.
-    args.config_file = resolve_config_file(args.config_file)
-    cfg = get_bit_cfg(args.config_file, args.opts)
-    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
-        logging.getLogger("bitdet").warning("SOLVER.AMP.ENABLED needs CUDA; training in float32 on the CPU")
-        cfg.SOLVER.AMP.ENABLED = False
-    cfg.freeze()
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="bitdet")
-    return cfg
+    return setup_cfg(args, _load_cfg)
 
 
 def main(args):
@@ -55,23 +56,11 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = default_argument_parser()
-    parser.add_argument(
-        "--config", dest="config_file", metavar="FILE",
-        help="same as --config-file; a bare name is looked up in configs/",
-    )
-    return parser.parse_args(argv)
+    return argument_parser().parse_args(argv)
 
 
 if __name__ == "__main__":
     args = parse_args()
     if not args.config_file:
         raise SystemExit("train_net.py: pass --config FILE (e.g. --config retinanet_bit_m.yaml)")
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_main(main, args)

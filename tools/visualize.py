@@ -18,7 +18,7 @@ Outputs have the input image's size and the input's file name with a ``.png`` su
 from __future__ import annotations
 
 import logging
-import os
+import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
@@ -28,7 +28,6 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
-from detectron2.engine import default_argument_parser, launch
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -36,6 +35,9 @@ from detectron2.utils.visualizer import Visualizer
 
 from bitdet.checkpoint.atomic import atomic_write
 from bitdet.detection import BiTCheckpointer, get_bit_cfg, prepare_datasets, resolve_config_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/tool_setup.py, also when imported
+from tool_setup import argument_parser, launch_main  # noqa: E402
 
 logger = logging.getLogger("bitdet.visualize")
 
@@ -174,8 +176,7 @@ def main(args) -> List[Path]:
 
 
 def parse_args(argv=None):
-    parser = default_argument_parser()
-    parser.add_argument("--config", dest="config_file", metavar="FILE", help="same as --config-file; bare names are looked up in configs/")
+    parser = argument_parser()
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", nargs="+", metavar="PATH", help="image files and/or folders to run the model on")
     source.add_argument("--dataset", metavar="NAME", help="draw the ground truth of this registered dataset")
@@ -192,12 +193,4 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_main(main, parse_args())

@@ -21,14 +21,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling tools/finetune.py
 
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 
 from finetune import setup  # noqa: E402  (tools/finetune.py: same config, flags, logging)
+from tool_setup import argument_parser, launch_main  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = default_argument_parser()
+    parser = argument_parser()
     parser.add_argument("--data-root", help="VTAB root (DATASET.ROOT)")
     parser.add_argument("--weights", help="upstream weights: .npz, .pth, 'official' or 'scratch' (MODEL.WEIGHTS)")
     parser.add_argument("--model", help="model name (MODEL.NAME)")
@@ -73,6 +73,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch_main(main, parse_args())
