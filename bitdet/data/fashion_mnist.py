@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from bitdet.numerics import PIXEL_MEAN, PIXEL_STD
+
 __all__ = ["DEFAULT_ROOT", "FASHION_MNIST_CLASSES", "FashionMNIST", "read_idx"]
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -113,14 +115,14 @@ class FashionMNIST(Dataset):
         if self.transform is not None:
             x = self.transform(img)
         else:
-            x = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+            x = torch.from_numpy((np.asarray(img, dtype=np.float32) - PIXEL_MEAN) / PIXEL_STD).permute(2, 0, 1)
         return x, int(self.targets[index])
 
     def subset_per_class(self, n: int, seed: int = 0) -> "FashionMNIST":
         """A copy holding ``n`` random examples of each class (few-shot / quick tests)."""
         rng = np.random.default_rng(seed)
-        keep = np.concatenate([rng.permutation(np.flatnonzero(self.targets == c))[:n] for c in range(10)])
+        keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(self.targets == c))[:n] for c in range(10)]))
         out = FashionMNIST.__new__(FashionMNIST)
         out.__dict__.update(self.__dict__)
-        out.images, out.targets = self.images[np.sort(keep)], self.targets[np.sort(keep)]
+        out.images, out.targets = self.images[keep], self.targets[keep]
         return out

@@ -20,15 +20,20 @@ from torch.utils.data import Dataset, Sampler
 __all__ = ["SeededDataset", "StepBatchSampler", "collate_skip_none", "sample_seed", "step_seed"]
 
 
+def _seed63(*entropy: int) -> int:
+    """A well-mixed non-negative 63-bit seed from ``entropy``."""
+    return int(np.random.SeedSequence(list(entropy)).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A well-mixed 63-bit seed for the augmentation of sample ``index`` in ``epoch``."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+    return _seed63(seed, epoch, index)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     """Seed of the per-step batch-level randomness (e.g. MixUp) on ``rank``."""
     # The tag 1 keeps these streams apart from the per-sample ones of sample_seed.
-    return int(np.random.SeedSequence([seed, 1, step, rank]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+    return _seed63(seed, 1, step, rank)
 
 
 class StepBatchSampler(Sampler[List[Tuple[int, int]]]):

@@ -450,7 +450,7 @@ class ClassifierTrainer(TrainerBase):
 
         self.optimizer.zero_grad(set_to_none=True)
         try:
-            loss = self._step_with_compile_fallback(images, targets, scale=0.0 if empty else 1.0)
+            loss = self._step_with_compile_fallback(images, targets, empty)
         except torch.cuda.OutOfMemoryError as e:
             raise RuntimeError(f"CUDA out of memory at step {step} with micro-batches of "
                                f"{math.ceil(len(images) / int(self.batch_split))}: raise batch_split "
@@ -482,8 +482,8 @@ class ClassifierTrainer(TrainerBase):
                                  epoch=self.epoch_at(step + 1), skipped_images=self._skipped_total,
                                  smoothing_hint=False)  # raw values in metrics.json / TensorBoard; the console smooths
 
-    def _step_with_compile_fallback(self, images: torch.Tensor, targets: torch.Tensor, scale: float) -> float:
-        if scale == 0.0:  # a zero-weight step that still reaches DDP's reducer
+    def _step_with_compile_fallback(self, images: torch.Tensor, targets: torch.Tensor, empty: bool) -> float:
+        if empty:  # a zero-weight step that still reaches DDP's reducer
             with self._autocast():
                 out = self._module(images)
             (self.loss_fn(out, targets) * 0.0).backward()

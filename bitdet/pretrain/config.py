@@ -13,6 +13,7 @@ from detectron2.config import CfgNode as CN
 
 from bitdet.config import merge_config
 from bitdet.engine.config import add_engine_solver_config
+from bitdet.engine.losses import LOSSES
 
 __all__ = ["DATASET_KINDS", "add_pretrain_config", "get_pretrain_cfg"]
 
@@ -125,6 +126,6 @@ def get_pretrain_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -
         kind = cfg.DATASETS[split].KIND
         if kind and kind not in DATASET_KINDS:
             raise ValueError(f"DATASETS.{split}.KIND is {kind!r}; choose one of {DATASET_KINDS} (or '' for none)")
-    if cfg.SOLVER.LOSS not in ("softmax", "sigmoid"):
-        raise ValueError(f"SOLVER.LOSS must be 'softmax' or 'sigmoid', got {cfg.SOLVER.LOSS!r}")
+    if cfg.SOLVER.LOSS not in LOSSES:
+        raise ValueError(f"SOLVER.LOSS must be one of {sorted(LOSSES)}, got {cfg.SOLVER.LOSS!r}")
     return cfg

@@ -11,12 +11,13 @@ import torch
 from detectron2.utils import comm
 from torch.utils.data import Dataset
 
-from bitdet.checkpoint import atomic_write, load_weights, save_checkpoint, state_dict_to_npz, write_npz
+from bitdet.checkpoint import load_weights, save_checkpoint, state_dict_to_npz, write_npz
 from bitdet.engine import ClassifierTrainer, evaluate_classifier
 from bitdet.models import create_model, pretrained_path
 from bitdet.models.resnetv2 import ResNetV2
 from bitdet.pretrain.data import build_dataset
 from bitdet.pretrain.schedule import StepSchedule, scaled_lr
+from bitdet.transfer.report import write_json
 
 __all__ = ["build_datasets", "build_model", "build_schedule", "evaluator", "run_pretraining"]
 
@@ -97,8 +98,7 @@ def run_pretraining(cfg, resume: bool = True) -> Dict[str, Any]:
         save_checkpoint(out / "model_final.pth", model, arch=cfg.MODEL.NAME, num_classes=cfg.MODEL.NUM_CLASSES,
                         steps=result["step"])
         write_npz(out / "model_final.npz", state_dict_to_npz(model))
-        with atomic_write(out / "final.json", "w") as f:
-            json.dump(final, f, indent=2)
+        write_json(out / "final.json", final)
         logger.info("final: %s", json.dumps(final))
     comm.synchronize()
     return final
