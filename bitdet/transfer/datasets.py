@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
 
 __all__ = [
@@ -117,8 +117,6 @@ def dataset_targets(dataset: Dataset) -> np.ndarray:
 
     Falls back to iterating the dataset (decoding every image) only for unknown types.
     """
-    from torch.utils.data import Subset
-
     if isinstance(dataset, Subset):
         return dataset_targets(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
     for attr in ("targets", "_labels", "labels"):
@@ -133,8 +131,6 @@ def dataset_targets(dataset: Dataset) -> np.ndarray:
 
 def dataset_classes(dataset: Dataset) -> List[str]:
     """Class names (``classes`` attribute), else ``"0" .. str(max label)``."""
-    from torch.utils.data import Subset
-
     base = dataset
     while isinstance(base, Subset) or (not hasattr(base, "classes") and hasattr(base, "dataset")):
         base = base.dataset

@@ -37,10 +37,8 @@ class MixUp:
         """The mixing coefficient and the partner permutation for a batch."""
         if isinstance(generator, np.random.Generator):
             rng = generator
-        elif isinstance(generator, torch.Generator):
+        else:  # a torch.Generator, or None for torch's global RNG
             rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
-        else:
-            rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
         lam = float(rng.beta(self.alpha, self.alpha))
         return lam, torch.from_numpy(rng.permutation(batch_size))
 

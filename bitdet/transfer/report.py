@@ -30,11 +30,7 @@ __all__ = [
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if hasattr(value, "tolist"):  # torch tensors
+    if hasattr(value, "tolist"):  # NumPy scalars and arrays, torch tensors
         return value.tolist()
     if isinstance(value, Path):
         return str(value)

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from bitdet.numerics import PIXEL_MEAN, PIXEL_STD
+from bitdet.transfer.datasets import dataset_classes, dataset_targets
 
 __all__ = ["ToBiTTensor", "TransformedDataset", "train_transform", "eval_transform"]
 
@@ -72,12 +73,8 @@ class TransformedDataset(Dataset):
 
     @property
     def targets(self):
-        from bitdet.transfer.datasets import dataset_targets
-
         return dataset_targets(self.dataset)
 
     @property
     def classes(self):
-        from bitdet.transfer.datasets import dataset_classes
-
         return dataset_classes(self.dataset)

@@ -166,9 +166,11 @@ def load_split(root: Path, task: str, split: str, strict: bool = False) -> VTABT
         raise ValueError(f"VTAB split must be one of {SPLITS}, got {split!r}")
     spec, source = VTAB_TASKS[task], find_task(Path(root), task)
 
+    csv_rows = _read_csv(source) if source.is_file() else None  # parsed once for every split
+
     def read(name: str) -> List[Tuple[Path, int]]:
-        if source.is_file():
-            return _read_csv(source).get(name, [])
+        if csv_rows is not None:
+            return csv_rows.get(name, [])
         return _read_folder(source, name) if (source / name).is_dir() else []
 
     items = read(split)
@@ -243,5 +245,5 @@ def run_vtab(
         "tasks": results,
         "mean": mean_std(list(scores.values()))["mean"],
         "groups": {g: sum(v) / len(v) for g, v in groups.items()},
-        "complete": len(scores) == 19,
+        "complete": len(scores) == len(VTAB_TASKS),
     }
