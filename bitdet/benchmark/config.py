@@ -8,7 +8,7 @@ from fvcore.common.config import CfgNode as CN
 
 from bitdet.config import CONFIGS_DIR, merge_config
 
-__all__ = ["add_benchmark_config", "get_benchmark_cfg", "LEVERS", "PRESETS_DIR"]
+__all__ = ["add_benchmark_config", "get_benchmark_cfg", "variant_levers", "LEVERS", "PRESETS_DIR"]
 
 # Benchmark presets: a bare --config-file name is looked up here.
 PRESETS_DIR = CONFIGS_DIR / "benchmark"
@@ -18,6 +18,11 @@ PRESETS_DIR = CONFIGS_DIR / "benchmark"
 #   (inference) and standardize-once-per-step (training, over BENCH.ACCUM_STEPS micro-batches);
 #   compile: torch.compile (BENCH.COMPILE_MODE); cudagraphs: torch.compile "reduce-overhead".
 LEVERS = ("cl", "ws", "compile", "cudagraphs")
+
+
+def variant_levers(variant: str) -> list:
+    """The levers of a ``BENCH.VARIANTS`` entry: ``[]`` for "eager", else its "+"-joined parts."""
+    return [] if variant == "eager" else variant.split("+")
 
 
 def add_benchmark_config(cfg: CN) -> None:
@@ -97,7 +102,7 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
     cfg = CN()
     add_benchmark_config(cfg)
     merge_config(cfg, config_file, opts, configs_dir=PRESETS_DIR)
-    bad = [v for v in cfg.BENCH.VARIANTS if v != "eager" and set(v.split("+")) - set(LEVERS)]
+    bad = [v for v in cfg.BENCH.VARIANTS if set(variant_levers(v)) - set(LEVERS)]
     if bad:
         raise ValueError(f"BENCH.VARIANTS {bad}: use 'eager' or levers from {LEVERS} joined by '+'")
     unknown_tasks = set(cfg.BENCH.TASKS) - {"train", "inference", "data"}

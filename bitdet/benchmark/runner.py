@@ -7,15 +7,16 @@ import logging
 import os
 import platform
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
+from bitdet.benchmark.config import variant_levers
 from bitdet.benchmark.data import measure_gpu_decode, measure_loader
 from bitdet.benchmark.report import compute_ratios
 from bitdet.benchmark.suite import get_spec
 from bitdet.benchmark.timing import RunSettings, applicable, measure
-from bitdet.checkpoint.atomic import atomic_write
+from bitdet.transfer.report import write_json
 
 __all__ = ["run_benchmark", "resolve_device", "output_path"]
 
@@ -121,8 +122,7 @@ def run_benchmark(cfg, resume: bool = False, log=print) -> Dict:
     def save() -> None:
         results["ratios"] = compute_ratios(results["rows"])
         results["targets"] = _targets(cfg, results["rows"], device)
-        with atomic_write(path, "w") as f:
-            json.dump(results, f, indent=1)
+        write_json(path, results)
 
     def add(row: Dict) -> None:
         results["rows"].append(row)
@@ -143,7 +143,7 @@ def run_benchmark(cfg, resume: bool = False, log=print) -> Dict:
                     add(done[_row_key(base)])
                     continue
                 reason = f"needs the '{spec.requires}' package" if missing else applicable(
-                    spec, [] if variant == "eager" else variant.split("+"), device)
+                    spec, variant_levers(variant), device)
                 if reason:
                     add({**base, "status": "skipped", "reason": reason})
                     continue

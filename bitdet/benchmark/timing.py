@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bitdet.benchmark.config import variant_levers
 from bitdet.benchmark.suite import ModelSpec
 from bitdet.models.fast import StandardizeOncePerStep, cache_standardized_weights, compile_model, is_compiled, std_convs
 
@@ -129,7 +130,7 @@ def measure(spec: ModelSpec, task: str, variant: str, s: RunSettings) -> Dict:
         ``peak_mem_mb`` (CUDA: max allocated; CPU: the process's max RSS so far) and
         ``status`` "ok" (or "failed" with ``reason`` if compilation fell back to eager).
     """
-    levers = [] if variant == "eager" else variant.split("+")
+    levers = variant_levers(variant)
     device = s.device
     cuda = device.startswith("cuda")
     if not cuda and s.cpu_threads > 0:

@@ -88,8 +88,7 @@ class StdConv2d(nn.Conv2d):
 
     def __getstate__(self) -> dict:
         # The cache and the step slot are derived tensors: never pickle or deep-copy them.
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        state = dict(state)
+        state = dict(super().__getstate__())
         state["_ws_cache"] = None
         state["step_weight"] = None
         return state
