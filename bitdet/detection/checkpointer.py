@@ -20,7 +20,7 @@ import logging
 import os
 import pickle
 import re
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 
 _NPZ_BLOCK = re.compile(r"^resnet/block(\d+)/")
+_TORCH_BLOCK = re.compile(r"^block(\d+)\.")
 
 
 def _unbuilt_part(trunk: BiTBackbone, key: str) -> bool:
@@ -53,7 +54,7 @@ def _unbuilt_part(trunk: BiTBackbone, key: str) -> bool:
         return True
     if key.startswith("resnet/group_norm/") or key.split(".")[0] == "norm":
         return not hasattr(trunk, "norm")
-    match = _NPZ_BLOCK.match(key) or re.match(r"^block(\d+)\.", key)
+    match = _NPZ_BLOCK.match(key) or _TORCH_BLOCK.match(key)
     return bool(match) and int(match.group(1)) > trunk.num_stages
 
 
@@ -70,10 +71,11 @@ class BiTCheckpointer(DetectionCheckpointer):
             path = str(pretrained_path(path))
         return super().load(path, *args, **kwargs)
 
-    def _bit_prefix(self) -> str:
+    def _bit_trunk(self) -> Tuple[str, BiTBackbone]:
+        """The detector's BiT trunk and the prefix of its parameter names."""
         for name, module in self.model.named_modules():
             if isinstance(module, BiTBackbone):
-                return f"{name}." if name else ""
+                return (f"{name}." if name else ""), module
         raise ValueError(
             "MODEL.WEIGHTS is a BiT backbone checkpoint, but the model has no BiT backbone; "
             "set MODEL.BACKBONE.NAME to build_retinanet_bit_fpn_backbone or build_bit_fpn_backbone"
@@ -83,8 +85,7 @@ class BiTCheckpointer(DetectionCheckpointer):
         if filename.endswith(".pkl") and not unsafe_pickle_allowed():
             return self._load_pkl_safely(filename)
         if filename.endswith(".npz"):
-            trunk = next(m for m in self.model.modules() if isinstance(m, BiTBackbone))
-            return self._as_detector_state(npz_to_state_dict(read_npz(filename), trunk), filename)
+            return self._as_detector_state(npz_to_state_dict(read_npz(filename), self._bit_trunk()[1]), filename)
         loaded = super()._load_file(filename)
         state = strip_prefixes(loaded.get("model", {}))
         if "stem.conv.weight" in state:  # a bitdet classification / pretraining checkpoint
@@ -114,8 +115,7 @@ class BiTCheckpointer(DetectionCheckpointer):
         return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
 
     def _as_detector_state(self, state: Dict[str, torch.Tensor], filename: str) -> Dict[str, Any]:
-        prefix = self._bit_prefix()
-        trunk = self.model.get_submodule(prefix.rstrip(".")) if prefix else self.model
+        prefix, trunk = self._bit_trunk()
         own = self.model.state_dict()
         mapped = {prefix + k: v for k, v in state.items()}
         unused = sorted(k[len(prefix):] for k in mapped if k not in own)
