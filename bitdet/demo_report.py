@@ -10,7 +10,7 @@ import platform
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
-from bitdet.checkpoint.atomic import PathLike, atomic_write
+from bitdet.checkpoint.atomic import PathLike, atomic_write, write_json
 from bitdet.transfer.report import read_metrics, training_curve_plot
 
 __all__ = ["detection_results", "loss_curves_plot", "write_report"]
@@ -157,6 +157,5 @@ def write_report(root: PathLike, timings: Mapping[str, float], settings: Mapping
         f.write("\n".join(lines))
     summary = {"pretrain": pre, "transfer": transfer.get("summary", []), "detection": det,
                "timings": dict(timings), "settings": dict(settings)}
-    with atomic_write(root / "summary.json", "w") as f:
-        json.dump(summary, f, indent=2, default=str)
+    write_json(root / "summary.json", summary)
     return report

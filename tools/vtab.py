@@ -43,7 +43,7 @@ def parse_args(argv=None):
 def main(args):
     from bitdet.checkpoint.atomic import atomic_write
     from bitdet.transfer.finetune import finetune
-    from bitdet.transfer.report import write_json
+    from bitdet.checkpoint.atomic import write_json
     from bitdet.transfer.vtab import VTAB_TASKS, run_vtab
 
     cfg = setup(args)

@@ -5,12 +5,13 @@ A crash or a full disk mid-write leaves the previous file at ``path`` untouched.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Iterator, Union
+from typing import IO, Any, Iterator, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -59,3 +60,18 @@ def remove_stale_temporaries(folder: PathLike, older_than_s: float = 3600.0) -> 
     if removed:
         logger.info("removed %d stale temporary file(s) of interrupted checkpoint writes in %s", removed, folder)
     return removed
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # NumPy scalars and arrays, torch tensors
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_json(path: PathLike, payload: Any) -> None:
+    """Write ``payload`` as indented JSON, atomically (NumPy / torch values converted)."""
+    text = json.dumps(payload, indent=2, default=_json_default, allow_nan=True)
+    with atomic_write(path, "w") as f:
+        f.write(text + "\n")

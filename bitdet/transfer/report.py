@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 
-from bitdet.checkpoint.atomic import PathLike, atomic_write
+from bitdet.checkpoint.atomic import PathLike, atomic_write, write_json
 from bitdet.transfer.fewshot import FULL, mean_std
 
 __all__ = [
@@ -27,21 +27,6 @@ __all__ = [
     "training_curve_plot",
     "write_json",
 ]
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):  # NumPy scalars and arrays, torch tensors
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
-def write_json(path: PathLike, payload: Any) -> None:
-    """Write ``payload`` as indented JSON, atomically (NumPy / torch values converted)."""
-    text = json.dumps(payload, indent=2, default=_json_default, allow_nan=True)
-    with atomic_write(path, "w") as f:
-        f.write(text + "\n")
 
 
 def read_metrics(path: PathLike) -> List[Dict[str, Any]]:
