@@ -20,6 +20,14 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["bitdet", "bitdet.*"]),
+    # bitdet/configs links to the repository's configs/: the wheel carries the files themselves
+    package_data={"bitdet": ["configs/*.yaml", "configs/**/*.yaml"]},
+    entry_points={"console_scripts": [f"bitdet-{name}=bitdet.tools.{module}:cli" for name, module in (
+        ("train", "train_net"), ("pretrain", "pretrain"), ("finetune", "finetune"), ("vtab", "vtab"),
+        ("benchmark", "benchmark"), ("visualize", "visualize"), ("demo", "demo"),
+        ("convert", "convert_weights"), ("write-shards", "write_shards"),
+        ("generate-detection-data", "generate_detection_data"),
+    )]},
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",

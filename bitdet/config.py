@@ -16,7 +16,8 @@ from detectron2.config import CfgNode
 
 __all__ = ["CONFIGS_DIR", "merge_config", "resolve_config_file"]
 
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+# Shipped configs: package data (in a checkout, bitdet/configs links to the top-level configs/).
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def resolve_config_file(path: str, configs_dir: Path = CONFIGS_DIR) -> str:

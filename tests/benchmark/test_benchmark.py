@@ -1,5 +1,5 @@
 """The benchmark harness end to end on CPU with tiny models (schema, positivity, ratios)."""
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
@@ -13,10 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("bench_tool", ROOT / "tools" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("bitdet.tools.benchmark")
 
 
 def _args(tool, tmp_path, *opts, resume=False):

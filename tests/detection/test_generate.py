@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,9 +12,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from bitdet.data.detection_generate import FASHION_MNIST_CLASSES, generate_detection_dataset, is_complete
 from bitdet.detection import register_coco_format
-from bitdet.config import CONFIGS_DIR
 
-ROOT = CONFIGS_DIR.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = dict(num_train=6, num_val=3, image_size=(64, 80), seed=3)
 
 

@@ -4,12 +4,11 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from bitdet.config import CONFIGS_DIR
-
-ROOT = CONFIGS_DIR.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "quick_schedules/retinanet_bit_instant_test.yaml"
 # An untrained RetinaNet scores about its prior (0.01), below the default 0.05 test threshold;
 # with no detections COCOEvaluator reports NaN, so keep every detection.

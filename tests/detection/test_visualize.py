@@ -1,8 +1,9 @@
 """tools/visualize.py: predictions of a (here untrained) detector and dataset ground truth as PNGs."""
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,17 +12,13 @@ from detectron2.modeling import build_model
 
 from bitdet.data.detection_generate import generate_detection_dataset
 from bitdet.detection import BiTCheckpointer, get_bit_cfg
-from bitdet.config import CONFIGS_DIR
 
-ROOT = CONFIGS_DIR.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "quick_schedules/retinanet_bit_instant_test.yaml"
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("bitdet_visualize_tool", ROOT / "tools" / "visualize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("bitdet.tools.visualize")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Fine-tune a BiT model on a classification dataset with the BiT-HyperRule.
+
+The rule (resolution, steps, warm-up, decays, MixUp, lr 0.003, batch 512) is chosen from the
+training-set size and image size and printed; any ``HYPERRULE.*`` key overrides it. Results
+(top-1, top-5, per-class accuracy, confusion, the rule, steps, wall time) go to
+``OUTPUT_DIR/results.json`` with PNG plots; a shots sweep adds ``results.md`` and
+``accuracy_vs_shots.png`` across all runs.
+
+Examples::
+
+    # BiT-M-R50x1 on CIFAR-10 (official python pickle files in ~/data), paper HyperRule
+    python tools/finetune.py --config-file finetune/cifar10.yaml --data-root ~/data \\
+        --weights BiT-M-R50x1.npz OUTPUT_DIR output/finetune/cifar10
+    # 8 GPUs, resumable; the 512 batch is kept by gradient accumulation when memory is short
+    python tools/finetune.py --config-file finetune/cifar10.yaml --data-root ~/data \\
+        --weights BiT-M-R50x1.npz --num-gpus 8 --resume
+    # few-shot: 1/5/10/25 examples per class, three seeds -> mean ± std
+    python tools/finetune.py --config-file finetune/cifar100.yaml --data-root ~/data \\
+        --weights BiT-M-R50x1.npz --shots 1,5,10,25 --seeds 0,1,2
+    # evaluate a fine-tuned checkpoint (results.json names the final one: model_<steps>.pth)
+    python tools/finetune.py --config-file finetune/cifar10.yaml --data-root ~/data \\
+        --eval-only --weights output/finetune/cifar10/model_0010000.pth
+
+Upstream vs from scratch on sklearn's digits at 1/5/10 shots and full data (CPU, R14-tiny at
+32 px, 100 steps of 32 per run); the upstream checkpoint comes from the Fashion-MNIST demo
+pretraining. One table in ``output/finetune/digits_transfer/results.md`` (the upstream rows are
+labelled ``demo_fashion_mnist``, the checkpoint's folder), plus ``accuracy_vs_shots.png``;
+``--resume`` skips finished runs, so an interrupted sweep continues where it stopped::
+
+    python tools/pretrain.py --config-file configs/pretrain/demo_fashion_mnist.yaml
+    OMP_NUM_THREADS=1 python tools/finetune.py --config-file finetune/demo_digits.yaml --resume \\
+        --weights output/pretrain/demo_fashion_mnist/model_final.pth,scratch \\
+        --shots 1,5,10,full --seeds 0,1,2 OUTPUT_DIR output/finetune/digits_transfer
+
+(``OMP_NUM_THREADS=1`` only where the 2 CPU cores are shared with other jobs: there, more
+threads than free cores make a tiny model slower.)
+
+A table across datasets and initialisations from earlier runs (no training)::
+
+    python tools/finetune.py --collect output/finetune OUTPUT_DIR output/finetune
+
+``--weights`` takes a BiT ``.npz``, a bitdet / Detectron2 ``.pth``, ``official`` (the named
+BiT checkpoint, downloaded into the cache) or ``scratch``; a comma list compares them.
+"""
+from pathlib import Path
+
+
+from bitdet.transfer.config import get_finetune_cfg
+from bitdet.transfer.fewshot import parse_shots
+from bitdet.tools.cli import argument_parser, launch_main, setup_cfg
+
+
+def add_arguments(parser):
+    """The fine-tuning flags on top of Detectron2's standard ones."""
+    parser.add_argument("--dataset", help="dataset name (DATASET.NAME), e.g. cifar10, digits, vtab/dtd")
+    parser.add_argument("--data-root", help="data folder in the dataset's official layout (DATASET.ROOT)")
+    parser.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
+    parser.add_argument("--weights", help="upstream weights: .npz, .pth, 'official' or 'scratch'; "
+                                          "a comma list compares several (MODEL.WEIGHTS)")
+    parser.add_argument("--model", help="model name, e.g. BiT-M-R50x1, R14-tiny (MODEL.NAME)")
+    parser.add_argument("--shots", help="examples per class, e.g. 1,5,10,full (FEWSHOT.SHOTS)")
+    parser.add_argument("--seeds", help="comma list of seeds, e.g. 0,1,2 (FEWSHOT.SEEDS)")
+    parser.add_argument("--collect", nargs="+", metavar="DIR",
+                        help="no training: tabulate every run's results.json under DIR... into OUTPUT_DIR/results_all.md")
+    return parser
+
+
+def parse_args(argv=None):
+    return add_arguments(argument_parser()).parse_args(argv)
+
+
+def _flag_overrides(args):
+    opts = []
+    for flag, key in (("dataset", "DATASET.NAME"), ("data_root", "DATASET.ROOT"), ("model", "MODEL.NAME")):
+        value = getattr(args, flag)
+        if value is not None:
+            opts += [key, value]
+    if args.download:
+        opts += ["DATASET.DOWNLOAD", "True"]
+    if args.shots is not None:  # validated here so that a typo fails before any training
+        opts += ["FEWSHOT.SHOTS", str(parse_shots(args.shots))]
+    if args.seeds is not None:
+        opts += ["FEWSHOT.SEEDS", str([int(s) for s in args.seeds.split(",") if s.strip()])]
+    weights = (args.weights or "").split(",")
+    if args.weights is not None and len(weights) == 1:
+        opts += ["MODEL.WEIGHTS", "" if weights[0].strip().lower() == "scratch" else weights[0].strip()]
+    return opts
+
+
+def setup(args):
+    """Config from file + flags + trailing KEY VALUE overrides, frozen; logging and OUTPUT_DIR set up."""
+    return setup_cfg(args, get_finetune_cfg, _flag_overrides(args))
+
+
+def collect(folders, out):
+    """Markdown table (and accuracy-vs-shots plot) across every finished run under ``folders``."""
+    from bitdet.checkpoint.atomic import atomic_write
+    from bitdet.transfer.report import accuracy_vs_shots_plot, collect_runs, results_table, summarize_runs
+
+    rows = summarize_runs(collect_runs(folders))
+    table = results_table(rows)
+    with atomic_write(out / "results_all.md", "w") as f:
+        f.write(table)
+    accuracy_vs_shots_plot(rows, out / "accuracy_vs_shots_all.png")
+    print(table, flush=True)
+    return rows
+
+
+def main(args):
+    from bitdet.transfer.finetune import evaluate_only, finetune, finetune_sweep
+
+    cfg = setup(args)
+    if args.collect:
+        return collect(args.collect, Path(cfg.OUTPUT_DIR))
+    if args.eval_only:
+        return evaluate_only(cfg)
+    weights_list = [w for w in (args.weights or "").split(",")] if args.weights and "," in args.weights else []
+    if cfg.FEWSHOT.SHOTS or weights_list or len(cfg.FEWSHOT.SEEDS) > 1:
+        shots = parse_shots(cfg.FEWSHOT.SHOTS) if cfg.FEWSHOT.SHOTS else ["full"]
+        return finetune_sweep(cfg, shots, cfg.FEWSHOT.SEEDS, weights_list, resume=args.resume)
+    return finetune(cfg, resume=args.resume)
+
+
+def cli(argv=None):
+    """Console-script entry point."""
+    launch_main(main, parse_args(argv))
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""Upstream BiT pretraining (BiT-S / BiT-M / BiT-L style recipes) of a ResNet-v2 classifier.
+
+Examples::
+
+    # CPU demo: R14-tiny on Fashion-MNIST, a few minutes on 2 cores
+    python tools/pretrain.py --config-file configs/pretrain/demo_fashion_mnist.yaml
+    # BiT-S R50x1 on ILSVRC-2012 (ImageFolder), 8 GPUs; the same command resumes
+    python tools/pretrain.py --config-file configs/pretrain/bit_s_R50x1.yaml --num-gpus 8 \\
+        DATASETS.TRAIN.PATH /data/imagenet/train DATASETS.TEST.PATH /data/imagenet/val
+    # two machines of 8 GPUs
+    python tools/pretrain.py --config-file configs/pretrain/bit_m_R101x3.yaml --num-gpus 8 \\
+        --num-machines 2 --machine-rank 0 --dist-url tcp://HOST:PORT
+    # evaluate a trained model on DATASETS.TEST
+    python tools/pretrain.py --config-file ... --eval-only MODEL.WEIGHTS output/pretrain/model_final.pth
+
+Writes to OUTPUT_DIR: model_*.pth checkpoints, metrics.json, TensorBoard events, and at the end
+model_final.pth (bitdet), model_final.npz (official BiT layout) and final.json. SIGTERM saves a
+checkpoint and exits 0; re-running the command resumes (pass --no-resume to start over).
+"""
+import json
+import sys
+
+from detectron2.utils import comm
+
+
+from bitdet.pretrain import build_datasets, build_model, evaluator, get_pretrain_cfg, run_pretraining
+from bitdet.tools.cli import argument_parser, launch_main, setup_cfg
+
+
+def setup(args):
+    """Config from file + overrides, frozen; logging and output folder set up."""
+    return setup_cfg(args, get_pretrain_cfg)
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        _, test_set = build_datasets(cfg)
+        if test_set is None:
+            raise SystemExit("--eval-only needs DATASETS.TEST.KIND and DATASETS.TEST.PATH")
+        results = evaluator(cfg, test_set)(build_model(cfg).eval()) if comm.is_main_process() else {}
+        if comm.is_main_process():
+            print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2))
+        return results
+    # --resume is Detectron2's flag; pretraining resumes by default (preemption-safe), so
+    # only --no-resume changes anything.
+    return run_pretraining(cfg, resume=not args.no_resume)
+
+
+def parse_args(argv=None):
+    parser = argument_parser()
+    parser.add_argument("--no-resume", action="store_true",
+                        help="ignore checkpoints in OUTPUT_DIR and train from step 0")
+    return parser.parse_args(argv)
+
+
+def cli(argv=None):
+    """Console-script entry point."""
+    args = parse_args(argv)
+    if not args.config_file:
+        sys.exit("pretrain.py: pass --config-file FILE (e.g. configs/pretrain/demo_fashion_mnist.yaml)")
+    launch_main(main, args)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,68 @@
+#!/usr/bin/env python
+"""Train or evaluate a Detectron2 detector with a BiT backbone (RetinaNet on COCO-2017 by default).
+
+Examples::
+
+    # the paper's setting (BiT-M-R101x3), 8 GPUs
+    python tools/train_net.py --config retinanet_bit_m.yaml --num-gpus 8
+    # two machines
+    python tools/train_net.py --config retinanet_bit_m.yaml --num-gpus 8 --num-machines 2 \\
+        --machine-rank 0 --dist-url tcp://HOST:PORT
+    # resume the last checkpoint of OUTPUT_DIR / evaluate a trained model
+    python tools/train_net.py --config retinanet_bit_m.yaml --resume
+    python tools/train_net.py --config retinanet_bit_m.yaml --eval-only MODEL.WEIGHTS path/model_final.pth
+    # any COCO-format dataset
+    python tools/train_net.py --config retinanet_bit_m_R50x1.yaml \\
+        DATASETS.COCO_FORMAT "[['mine_train','ann/train.json','img/train'],['mine_val','ann/val.json','img/val']]" \\
+        DATASETS.TRAIN "('mine_train',)" DATASETS.TEST "('mine_val',)" MODEL.RETINANET.NUM_CLASSES 3
+"""
+import logging
+
+from detectron2.evaluation import verify_results
+
+
+from bitdet.detection import BiTCheckpointer, BiTTrainer, get_bit_cfg, prepare_datasets
+from bitdet.tools.cli import argument_parser, launch_main, setup_cfg
+
+
+def _load_cfg(config_file, opts):
+    cfg = get_bit_cfg(config_file, opts)
+    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
+        logging.getLogger("bitdet").warning("SOLVER.AMP.ENABLED needs CUDA; training in float32 on the CPU")
+        cfg.SOLVER.AMP.ENABLED = False
+    return cfg
+
+
+def setup(args):
+    """Config from file + overrides, frozen; logging and output folder set up."""
+    return setup_cfg(args, _load_cfg)
+
+
+def main(args):
+    cfg = setup(args)
+    prepare_datasets(cfg, cfg.DATASETS.TEST if args.eval_only else None)
+    if args.eval_only:
+        model = BiTTrainer.build_model(cfg)
+        BiTCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = BiTTrainer.test(cfg, model)
+        verify_results(cfg, results)
+        return results
+    trainer = BiTTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def parse_args(argv=None):
+    return argument_parser().parse_args(argv)
+
+
+def cli(argv=None):
+    """Console-script entry point."""
+    args = parse_args(argv)
+    if not args.config_file:
+        raise SystemExit("train_net.py: pass --config FILE (e.g. --config retinanet_bit_m.yaml)")
+    launch_main(main, args)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""VTAB-1k with the BiT-HyperRule: fine-tune on each task's train800val200 split (1,000
+examples: 500 steps), evaluate on its test split; report every task and the mean.
+
+Data: per task a CSV ``ROOT/<task>.csv`` (image,label,split) or folders
+``ROOT/<task>/<split>/<label>/`` (see :mod:`bitdet.transfer.vtab`).
+
+Examples::
+
+    python tools/vtab.py --config-file finetune/vtab.yaml --data-root ~/vtab --weights BiT-M-R50x1.npz
+    # a subset of tasks, model selection on train800 -> val200, 8 GPUs
+    python tools/vtab.py --config-file finetune/vtab.yaml --data-root ~/vtab --tasks dtd,svhn \\
+        --num-gpus 8 DATASET.TRAIN_SPLIT train800 DATASET.TEST_SPLIT val200
+
+Writes ``OUTPUT_DIR/<task>/results.json`` per task, ``OUTPUT_DIR/vtab_results.json`` and
+``OUTPUT_DIR/vtab_results.md``. With ``--resume`` finished tasks are skipped.
+"""
+from pathlib import Path
+
+
+from detectron2.utils import comm
+
+from bitdet.tools.finetune import setup  # same config, flags and logging as fine-tuning
+from bitdet.tools.cli import argument_parser, launch_main
+
+
+def parse_args(argv=None):
+    parser = argument_parser()
+    parser.add_argument("--data-root", help="VTAB root (DATASET.ROOT)")
+    parser.add_argument("--weights", help="upstream weights: .npz, .pth, 'official' or 'scratch' (MODEL.WEIGHTS)")
+    parser.add_argument("--model", help="model name (MODEL.NAME)")
+    parser.add_argument("--tasks", help="comma list of tasks (default: all 19)")
+    args = parser.parse_args(argv)
+    # setup() of tools/finetune.py reads these flags too.
+    args.dataset = args.shots = args.seeds = None
+    args.download = False
+    return args
+
+
+def main(args):
+    from bitdet.checkpoint.atomic import atomic_write
+    from bitdet.transfer.finetune import finetune
+    from bitdet.checkpoint.atomic import write_json
+    from bitdet.transfer.vtab import VTAB_TASKS, run_vtab
+
+    cfg = setup(args)
+    out = Path(cfg.OUTPUT_DIR)
+
+    def run_task(task):
+        task_cfg = cfg.clone()
+        task_cfg.defrost()
+        task_cfg.DATASET.NAME = f"vtab/{task}"
+        return finetune(task_cfg, output_dir=str(out / task), resume=args.resume)
+
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(VTAB_TASKS)
+    summary = run_vtab(run_task, tasks)
+    if comm.is_main_process():
+        compact = {t: ({"top1": r["top1"], "top5": r["top5"]} if "top1" in r else r) for t, r in summary["tasks"].items()}
+        write_json(out / "vtab_results.json", dict(summary, tasks=compact))
+        lines = ["| task | group | top-1 (%) |", "|---|---|---|"]
+        for task, r in compact.items():
+            lines.append(f"| {task} | {VTAB_TASKS[task].group} | {r['top1']:.1f} |" if "top1" in r
+                         else f"| {task} | {VTAB_TASKS[task].group} | failed: {r['error']} |")
+        lines += [f"| **mean** ({len([r for r in compact.values() if 'top1' in r])} tasks) | | "
+                  f"**{summary['mean']:.1f}** |"]
+        with atomic_write(out / "vtab_results.md", "w") as f:
+            f.write("\n".join(lines) + "\n")
+        print("\n".join(lines), flush=True)
+    return summary
+
+
+def cli(argv=None):
+    """Console-script entry point."""
+    launch_main(main, parse_args(argv))
+
+
+if __name__ == "__main__":
+    cli()

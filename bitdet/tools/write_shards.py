@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""Write WebDataset tar shards from an ImageFolder or a label file (original image bytes).
+
+Examples::
+
+    # ImageFolder root/<class>/<image> -> out/train-000000.tar, ... (1000 images per shard)
+    python tools/write_shards.py --image-folder /data/imagenet/train --output "out/train-%06d.tar"
+    # label file of "relative/path<TAB>label[,label...]" lines (multi-label allowed)
+    python tools/write_shards.py --label-file /data/jft/labels.tsv --output "out/jft-%06d.tar" --max-count 5000
+
+Read them back with DATASETS.TRAIN.KIND webdataset and PATH "out/train-{000000..000127}.tar".
+Samples are shuffled into shards with --seed, so each shard holds a mix of classes.
+"""
+import argparse
+import json
+import logging
+import random
+import sys
+from pathlib import Path
+
+from bitdet.pretrain import ImageFolderDataset, read_label_file, write_shards
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image-folder", help="root/<class name>/<image> (classes sorted by name)")
+    src.add_argument("--label-file", help="lines 'relative/path<TAB>label[,label...]'")
+    parser.add_argument("--output", required=True, help="shard pattern with a %% field, e.g. out/train-%%06d.tar")
+    parser.add_argument("--max-count", type=int, default=1000, help="samples per shard")
+    parser.add_argument("--max-size", type=float, default=1e9, help="bytes per shard")
+    parser.add_argument("--seed", type=int, default=0, help="shuffle seed (-1: keep the source order)")
+    return parser.parse_args(argv)
+
+
+def main(args) -> list:
+    if args.image_folder:
+        folder = ImageFolderDataset(args.image_folder)
+        samples = list(folder.samples)
+        classes = folder.classes
+    else:
+        samples = [(p, labels if len(labels) > 1 else labels[0]) for p, labels in read_label_file(args.label_file)]
+        classes = None
+    if "%" not in args.output:
+        sys.exit(f"--output {args.output!r} needs a % field such as %06d for the shard number")
+    if args.seed >= 0:
+        random.Random(args.seed).shuffle(samples)
+    shards = write_shards(samples, args.output, max_count=args.max_count, max_size=args.max_size)
+    if classes is not None:  # keep the class names next to the shards
+        (Path(args.output).parent / "classes.json").write_text(json.dumps(classes))
+    logging.getLogger("bitdet").info("wrote %d samples into %d shards", len(samples), len(shards))
+    print(f"wrote {len(samples)} samples into {len(shards)} shards: {shards[0]} ... {shards[-1]}")
+    return shards
+
+
+def cli(argv=None):
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.INFO)
+    main(parse_args(argv))
+
+
+if __name__ == "__main__":
+    cli()
