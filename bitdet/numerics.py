@@ -1,6 +1,6 @@
 """BiT's numerical conventions, pinned in one place.
 
-Every module that needs one of these imports it from here, and ``tests/test_numerics.py``
+Every module that needs one of these imports it from here, and ``tests/models/test_resnetv2.py``
 locks them, so a change is a deliberate, visible decision.
 """
 

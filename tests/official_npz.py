@@ -1,7 +1,7 @@
 """An independent writer of the official BiT npz layout and a reference forward pass.
 
-Written from the format description in BIT_FACTS, without using bitdet's mapping code, so
-that loading tests compare bitdet against a second implementation.
+Written from the layout of the authors' released files (google-research/big_transfer), without
+using bitdet's mapping code, so that loading tests compare bitdet against a second implementation.
 """
 import numpy as np
 import torch

@@ -1,4 +1,5 @@
-"""The BiT-HyperRule table, boundaries included, checked against BIT_FACTS written out by hand."""
+"""The BiT-HyperRule table, boundaries included, written out by hand from the paper (section 3.3)
+and the authors' code (bit_hyperrule.py)."""
 import ast
 import pathlib
 

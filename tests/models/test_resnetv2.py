@@ -7,7 +7,7 @@ import bitdet
 from bitdet.models import ARCHITECTURES, FEATURE_NAMES, StdConv2d, create_model, resolve, standardize_weight
 from bitdet import numerics
 
-# Backbone parameter counts (no head) from the paper / BIT_FACTS, in millions.
+# Backbone parameter counts (no head), as the paper and the released models give them, in millions.
 PAPER_PARAMS_M = {"R50x1": 23.5, "R101x1": 42.5, "R50x3": 211.2, "R152x2": 232.2, "R101x3": 381.8, "R152x4": 928.3}
 
 

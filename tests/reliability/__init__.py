@@ -1,4 +1,4 @@
-"""Reliability suite (issue 8): where each case of the issue is tested.
+"""Reliability suite: where each fault and bad input that bitdet promises to survive is tested.
 
 Faults
 - SIGKILL at a random point of detection training, then resume: nothing lost, checkpoints
