@@ -29,8 +29,8 @@ setup(
         ("generate-detection-data", "generate_detection_data"),
     )]},
     install_requires=[
-        "torch>=2.1",
-        "torchvision>=0.16",
+        "torch>=2.4",  # torch.get_autocast_dtype, torch.is_autocast_enabled(device_type)
+        "torchvision>=0.19",  # the torchvision release paired with torch 2.4
         "numpy>=1.22",
         "fvcore>=0.1.5",
         "iopath>=0.1.7",
