@@ -76,7 +76,7 @@ def _retinanet_bit(variant: str, fpn_channels: int = 256) -> Callable[[int, str]
             "Base-RetinaNet-BiT.yaml",
             [
                 "MODEL.BIT.VARIANT", variant,
-                "MODEL.BIT.FREEZE_AT", 0,  # all layers trainable, as BiT fine-tunes
+                "MODEL.BACKBONE.FREEZE_AT", 0,  # all layers trainable, as BiT fine-tunes
                 "MODEL.FPN.OUT_CHANNELS", fpn_channels,
                 "MODEL.RETINANET.NUM_CLASSES", num_classes,
                 "MODEL.DEVICE", device,
