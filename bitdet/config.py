@@ -7,6 +7,9 @@ or override to fix.
 
 A ``_BASE_`` is looked for relative to the file that names it (Detectron2's rule), then by
 name under the shipped configs, so a shipped config copied elsewhere and edited still runs.
+
+Devices follow one rule everywhere (:func:`check_device`): a config that asks for CUDA on a
+machine without it stops with one line naming the key to add, instead of torch's driver error.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from typing import Sequence, Tuple
 import yaml
 from detectron2.config import CfgNode
 
-__all__ = ["CONFIGS_DIR", "load_yaml_chain", "merge_config", "resolve_config_file"]
+__all__ = ["CONFIGS_DIR", "DeviceError", "check_device", "load_yaml_chain", "merge_config", "resolve_config_file"]
 
 # Shipped configs: package data (in a checkout, bitdet/configs links to the top-level configs/).
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -126,7 +129,10 @@ def merge_config(cfg: CfgNode, config_file: str | None = None, opts: Sequence[st
         except FileNotFoundError as e:
             raise FileNotFoundError(f"config {path}: its _BASE_ chain names a missing file: {e}") from e
         # The merged chain goes through the config class's own merge_from_file (Detectron2
-        # upgrades old config versions there), from a file without _BASE_.
+        # upgrades old config versions there), from a file without _BASE_. bitdet's configs
+        # without a VERSION are of the current one (else Detectron2 guesses, naming the copy).
+        if "VERSION" in cfg and "VERSION" not in merged:
+            merged["VERSION"] = cfg.VERSION
         with tempfile.TemporaryDirectory(prefix="bitdet_cfg_") as tmp:
             flat = Path(tmp) / Path(path).name
             flat.write_text(yaml.safe_dump(merged, sort_keys=False))
@@ -139,6 +145,32 @@ def merge_config(cfg: CfgNode, config_file: str | None = None, opts: Sequence[st
     except (AssertionError, KeyError, ValueError) as e:
         raise ValueError(f"config override {list(opts)}: {_message(e)}") from e
     return cfg
+
+
+class DeviceError(RuntimeError):
+    """A config names a device this machine does not have."""
+
+
+def check_device(device: str, key: str = "MODEL.DEVICE") -> None:
+    """Refuse a CUDA device this machine lacks, naming the config key to change.
+
+    Args:
+        device: the config's value: "cpu", "cuda", "cuda:N", or "" / "auto" (CUDA when present).
+        key: the config key it came from, for the message.
+
+    Raises:
+        DeviceError: "no CUDA device: add MODEL.DEVICE cpu", or a ``cuda:N`` beyond the count.
+    """
+    import torch
+
+    device = str(device).strip()
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise DeviceError(f"no CUDA device: add {key} cpu (the config says {key} {device!r})")
+    index = device.partition(":")[2]
+    if index.isdigit() and int(index) >= torch.cuda.device_count():
+        raise DeviceError(f"{key} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def _message(error: Exception) -> str:

@@ -13,6 +13,7 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
+from bitdet.config import check_device
 from bitdet.models.resnetv2 import FEATURE_NAMES, ResNetV2
 from bitdet.models.variants import resolve
 
@@ -143,7 +144,12 @@ def _frozen(module: torch.nn.Module) -> torch.nn.Module:
 
 @BACKBONE_REGISTRY.register()
 def build_bit_backbone(cfg, input_shape: ShapeSpec) -> BiTBackbone:
-    """The BiT trunk alone, configured by ``MODEL.BIT`` (see :func:`add_bit_config`)."""
+    """The BiT trunk alone, configured by ``MODEL.BIT`` (see :func:`add_bit_config`).
+
+    Every BiT detector is built through here, so a ``MODEL.DEVICE`` this machine lacks stops
+    with one line naming the key (not torch's driver error when the model is moved).
+    """
+    check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE")
     bit = cfg.MODEL.BIT
     return BiTBackbone(
         bit.VARIANT,
