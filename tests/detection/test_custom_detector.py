@@ -1,4 +1,5 @@
 """The README's Python API: a stock Faster R-CNN config with the plain BiT-FPN backbone (P2-P6)."""
+import pytest
 import torch
 from detectron2 import model_zoo
 from detectron2.config import get_cfg
@@ -6,6 +7,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from bitdet.config import DeviceError
 from bitdet.detection import add_bit_config
 
 
@@ -51,3 +53,11 @@ def test_zoo_freeze_at_keeps_detectron2_meaning():
     trunk = build_model(cfg).backbone.bottom_up
     assert not any(p.requires_grad for p in [*trunk.stem.parameters(), *trunk.block1.parameters()])
     assert all(p.requires_grad for p in trunk.block3.parameters())
+
+
+def test_cuda_config_on_a_cpu_machine_names_the_key(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = _faster_rcnn_bit_cfg()
+    cfg.MODEL.DEVICE = "cuda"  # the zoo's and bitdet's detection configs say cuda
+    with pytest.raises(DeviceError, match=r"^no CUDA device: add MODEL.DEVICE cpu"):
+        build_model(cfg)
