@@ -7,7 +7,7 @@ torchvision, resized as the config says.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Union
 
 from PIL import Image
 from torch import nn

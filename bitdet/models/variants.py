@@ -96,6 +96,8 @@ def list_models(pattern: Union[str, Sequence[str], None] = None, pretrained: boo
     Returns:
         Matching names: ``BiT-S-R50x1`` ... ``BiT-M-R152x4``, then ``R50x1`` ... ``R26-tiny``.
     """
+    if isinstance(pattern, bool):  # list_models(True) meant pretrained-only before patterns existed
+        raise TypeError("list_models: the first argument is a name pattern; pass pretrained=True by keyword")
     names = list(PRETRAINED) + ([] if pretrained else list(ARCHITECTURES))
     if pattern is None:
         return names

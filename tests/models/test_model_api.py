@@ -19,6 +19,8 @@ def test_list_models_patterns_and_pretrained():
     assert bitdet.list_models(["*tiny", "R152x4"]) == ["R152x4", "R14-tiny", "R26-tiny"]
     assert bitdet.list_models("*tiny", pretrained=True) == []
     assert len(bitdet.list_models()) == 38 and len(bitdet.list_models(pretrained=True)) == 24
+    with pytest.raises(TypeError, match="pretrained=True by keyword"):
+        bitdet.list_models(True)
 
 
 def test_forward_features_takes_a_name_or_a_list():
