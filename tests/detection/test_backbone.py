@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 from detectron2.layers import ShapeSpec
@@ -95,7 +97,9 @@ def test_frozen_stage_feature_gets_no_gradient():
     assert backbone.block2.unit01.gn1.weight.grad is None and backbone.block2.unit01.conv1.weight.grad is not None
 
 
-def test_backbone_freeze_at_key_freezes_stem_and_res2(caplog):
+def test_backbone_freeze_at_key_freezes_stem_and_res2(caplog, monkeypatch):
+    # A tool run in this process may have set up the "bitdet" logger without propagation.
+    monkeypatch.setattr(logging.getLogger("bitdet"), "propagate", True)
     cfg = _cfg(VARIANT="R50x1")
     cfg.MODEL.BACKBONE.FREEZE_AT = 2
     with torch.device("meta"), caplog.at_level("INFO", logger="bitdet"):
