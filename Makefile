@@ -11,8 +11,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# The benchmark preset: the full table where CUDA is present, else what the levers buy on this
+# CPU (R50x1 and peers at 128 px, one thread). Override with BENCH_CONFIG=benchmark/cpu_tiny.yaml.
+BENCH_CONFIG ?= $(shell $(PY) -c "import torch; print('benchmark/h100.yaml' if torch.cuda.is_available() else 'benchmark/cpu_levers.yaml')")
+
 bench: setup
-	$(PY) tools/benchmark.py
+	$(PY) tools/benchmark.py --config-file $(BENCH_CONFIG)
 
 clean:
 	rm -rf output .pytest_cache

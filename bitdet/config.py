@@ -4,20 +4,37 @@ Detection, pretraining, fine-tuning and benchmark configs each define their keys
 ``add_*_config(cfg)`` function; this module finds a config file (a path, or a name under
 ``configs/``) and merges it and ``KEY VALUE`` overrides, so that every failure names the file
 or override to fix.
+
+A ``_BASE_`` is looked for relative to the file that names it (Detectron2's rule), then by
+name under the shipped configs, so a shipped config copied elsewhere and edited still runs.
+
+Devices follow one rule everywhere (:func:`check_device`): a config that asks for CUDA on a
+machine without it stops with one line naming the key to add, instead of torch's driver error.
 """
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import yaml
 from detectron2.config import CfgNode
 
-__all__ = ["CONFIGS_DIR", "merge_config", "resolve_config_file"]
+__all__ = ["CONFIGS_DIR", "DeviceError", "check_device", "load_yaml_chain", "merge_config", "resolve_config_file"]
 
 # Shipped configs: package data (in a checkout, bitdet/configs links to the top-level configs/).
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+
+BASE_KEY = "_BASE_"
+
+
+def _shipped(path: str, configs_dir: Path) -> Path | None:
+    """The file ``path`` names under ``configs_dir`` (as a relative path, else by file name)."""
+    for candidate in (configs_dir / path, *sorted(configs_dir.rglob(os.path.basename(path)))):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def resolve_config_file(path: str, configs_dir: Path = CONFIGS_DIR) -> str:
@@ -28,42 +45,134 @@ def resolve_config_file(path: str, configs_dir: Path = CONFIGS_DIR) -> str:
     """
     if os.path.isfile(path):
         return path
-    candidates = [configs_dir / path, *sorted(configs_dir.rglob(os.path.basename(path)))]
-    for candidate in candidates:
-        if candidate.is_file():
-            return str(candidate)
+    found = _shipped(path, configs_dir)
+    if found is not None:
+        return str(found)
     shipped = sorted(str(p.relative_to(configs_dir)) for p in configs_dir.rglob("*.yaml"))
     raise FileNotFoundError(f"config {path!r} not found here or in {configs_dir}; shipped configs: {shipped}")
+
+
+def _resolve_base(base: str, referrer: Path, configs_dir: Path) -> Path:
+    """The file a ``_BASE_`` in ``referrer`` names: relative to it, else shipped under that name."""
+    expanded = Path(os.path.expanduser(base))
+    local = expanded if expanded.is_absolute() else referrer.parent / expanded
+    if local.is_file():
+        return local
+    for folder in dict.fromkeys((configs_dir, CONFIGS_DIR)):  # a benchmark preset folder, then all
+        found = _shipped(base.removeprefix("configs/"), folder)
+        if found is not None:
+            return found
+    error = FileNotFoundError(f"_BASE_ {base!r} is neither {local} nor a shipped config in {CONFIGS_DIR}")
+    error.filename = base
+    raise error
+
+
+def _merge_dicts(child: dict, base: dict, file: Path) -> None:
+    """Merge ``child`` into ``base`` in place; the child's values win, sections merge key by key."""
+    for key, value in child.items():
+        if isinstance(value, dict) and key in base:
+            if not isinstance(base[key], dict):
+                raise ValueError(f"config {file}: {key} is a section here but a value in its _BASE_")
+            _merge_dicts(value, base[key], file)
+        else:
+            base[key] = value
+
+
+def load_yaml_chain(path: os.PathLike, configs_dir: Path = CONFIGS_DIR, _seen: Tuple[Path, ...] = ()) -> dict:
+    """A config file's keys with its ``_BASE_`` chain merged in (bases resolved as the module says).
+
+    Plain YAML only (``yaml.safe_load``): tags that build Python objects are refused.
+
+    Raises:
+        FileNotFoundError: a ``_BASE_`` names a file that exists nowhere.
+        ValueError: invalid YAML, a file that is not a mapping, or a ``_BASE_`` cycle.
+    """
+    path = Path(path)
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.constructor.ConstructorError as e:
+        raise ValueError(
+            f"config {path}: refusing a YAML tag that builds Python objects (configs must be plain "
+            f"YAML; such tags can run code when loaded): {e}"
+        ) from e
+    except yaml.YAMLError as e:
+        raise ValueError(f"config {path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"config {path}: expected KEY: value mappings, found a {type(data).__name__}")
+    base = data.pop(BASE_KEY, None)
+    if base is None:
+        return data
+    base_path = _resolve_base(str(base), path, configs_dir).resolve()
+    if base_path in _seen or base_path == path.resolve():
+        raise ValueError(f"config {path}: _BASE_ chain loops back to {base_path}")
+    merged = load_yaml_chain(base_path, configs_dir, (*_seen, path.resolve()))
+    _merge_dicts(data, merged, path)
+    return merged
 
 
 def merge_config(cfg: CfgNode, config_file: str | None = None, opts: Sequence[str] = (),
                  configs_dir: Path = CONFIGS_DIR) -> CfgNode:
     """Merge a config file (``_BASE_`` chains allowed) and ``KEY VALUE`` overrides into ``cfg``.
 
-    YAML tags that build Python objects are refused (``allow_unsafe=False``): they can run code.
+    YAML tags that build Python objects are refused: they can run code.
 
     Raises:
-        ValueError: an unknown key, a value of the wrong type, or invalid YAML, naming the file
-            or the override.
+        ValueError: an unknown or renamed key, a value of the wrong type, or invalid YAML,
+            naming the file or the override.
         FileNotFoundError: the file, or a ``_BASE_`` it names, does not exist.
     """
     if config_file:
         path = resolve_config_file(config_file, configs_dir)
         try:
-            cfg.merge_from_file(path, allow_unsafe=False)
-        except (AssertionError, KeyError, ValueError) as e:  # yacs reports bad keys as asserts
-            raise ValueError(f"config {path}: {e}") from e
-        except FileNotFoundError as e:  # only a _BASE_ can be missing here: path exists
-            raise FileNotFoundError(f"config {path}: its _BASE_ chain names a missing file: {e.filename}") from e
-        except yaml.constructor.ConstructorError as e:
-            raise ValueError(
-                f"config {path}: refusing a YAML tag that builds Python objects (configs must be plain "
-                f"YAML; such tags can run code when loaded): {e}"
-            ) from e
-        except yaml.YAMLError as e:
-            raise ValueError(f"config {path}: not valid YAML: {e}") from e
+            merged = load_yaml_chain(path, configs_dir)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"config {path}: its _BASE_ chain names a missing file: {e}") from e
+        # The merged chain goes through the config class's own merge_from_file (Detectron2
+        # upgrades old config versions there), from a file without _BASE_. bitdet's configs
+        # without a VERSION are of the current one (else Detectron2 guesses, naming the copy).
+        if "VERSION" in cfg and "VERSION" not in merged:
+            merged["VERSION"] = cfg.VERSION
+        with tempfile.TemporaryDirectory(prefix="bitdet_cfg_") as tmp:
+            flat = Path(tmp) / Path(path).name
+            flat.write_text(yaml.safe_dump(merged, sort_keys=False))
+            try:
+                cfg.merge_from_file(str(flat), allow_unsafe=False)
+            except (AssertionError, KeyError, ValueError) as e:  # yacs reports bad keys as asserts
+                raise ValueError(f"config {path}: {_message(e)}") from e
     try:
         cfg.merge_from_list(list(opts))
     except (AssertionError, KeyError, ValueError) as e:
-        raise ValueError(f"config override {list(opts)}: {e}") from e
+        raise ValueError(f"config override {list(opts)}: {_message(e)}") from e
     return cfg
+
+
+class DeviceError(RuntimeError):
+    """A config names a device this machine does not have."""
+
+
+def check_device(device: str, key: str = "MODEL.DEVICE") -> None:
+    """Refuse a CUDA device this machine lacks, naming the config key to change.
+
+    Args:
+        device: the config's value: "cpu", "cuda", "cuda:N", or "" / "auto" (CUDA when present).
+        key: the config key it came from, for the message.
+
+    Raises:
+        DeviceError: "no CUDA device: add MODEL.DEVICE cpu", or a ``cuda:N`` beyond the count.
+    """
+    import torch
+
+    device = str(device).strip()
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise DeviceError(f"no CUDA device: add {key} cpu (the config says {key} {device!r})")
+    index = device.partition(":")[2]
+    if index.isdigit() and int(index) >= torch.cuda.device_count():
+        raise DeviceError(f"{key} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
+def _message(error: Exception) -> str:
+    """An exception's text without the quotes ``str(KeyError)`` adds."""
+    return str(error.args[0]) if len(error.args) == 1 else str(error)

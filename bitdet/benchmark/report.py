@@ -72,7 +72,7 @@ def format_table(results: Dict) -> str:
         for q in ratios["levers"]:
             lines.append(f"  {q['model']:<28} {q['task']:<9} {q['variant']:<24} {q['speedup']:6.2f}x")
     if results.get("targets"):
-        lines += ["", "issue 6 targets (H100, bf16, reference sizes)"]
+        lines += ["", "GPU targets (H100, bf16, reference sizes)"]
         for t in results["targets"]:
             met = {True: "met", False: "NOT met", None: "n/a here"}[t["met"]]
             lines.append(f"  {t['model']:<28} {t['metric']:<24} target {t['target']:<8g} measured {t['measured']:<10.4g} {met}")

@@ -17,12 +17,13 @@ from bitdet.benchmark.report import compute_ratios
 from bitdet.benchmark.suite import get_spec
 from bitdet.benchmark.timing import RunSettings, applicable, measure
 from bitdet.checkpoint.atomic import write_json
+from bitdet.config import check_device
 
 __all__ = ["run_benchmark", "resolve_device", "output_path"]
 
 logger = logging.getLogger(__name__)
 
-# Issue 6's reference sizes: targets are judged only on CUDA at these settings.
+# The reference sizes of the GPU targets: targets are judged only on CUDA at these settings.
 _REFERENCE = {"CLS_IMAGE_SIZE": 224, "DET_IMAGE_SIZE": [800, 1216], "DET_BATCH_SIZE": 8, "DET_INFER_BATCH_SIZE": 1}
 
 
@@ -30,8 +31,7 @@ def resolve_device(name: str) -> str:
     """``BENCH.DEVICE`` -> a torch device string; "cuda" without a GPU is an error."""
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"BENCH.DEVICE {name!r} but torch.cuda.is_available() is False; use 'cpu' or 'auto'")
+    check_device(name, "BENCH.DEVICE")
     if name != "cpu" and not name.startswith("cuda"):
         raise ValueError(f"BENCH.DEVICE {name!r}: expected 'auto', 'cpu' or 'cuda[:N]'")
     return name
@@ -100,7 +100,7 @@ def run_benchmark(cfg, resume: bool = False, log=print) -> Dict:
     Args:
         cfg: a config from :func:`bitdet.benchmark.get_benchmark_cfg`.
         resume: keep finished rows of an existing results file with the same config.
-        log: called with a one-line message per row.
+        log: called with a one-line message as each row starts and ends.
 
     Returns:
         ``{"meta", "rows", "ratios", "targets"}`` (also written to ``output_path(cfg)``).
@@ -147,6 +147,8 @@ def run_benchmark(cfg, resume: bool = False, log=print) -> Dict:
                 if reason:
                     add({**base, "status": "skipped", "reason": reason})
                     continue
+                log(f"{name} {task} {variant}: measuring ({settings.warmup_iters} warm-up + "
+                    f"{settings.repeats} x {settings.iters} iterations) ...")
                 try:
                     add(measure(spec, task, variant, settings))
                 except Exception as e:  # noqa: BLE001 - one failing row must not lose the run
@@ -161,6 +163,7 @@ def run_benchmark(cfg, resume: bool = False, log=print) -> Dict:
         for loader in d.LOADERS:
             if loader not in sizes:
                 raise ValueError(f"BENCH.DATA.LOADERS: unknown loader {loader!r}; expected one of {sorted(sizes)}")
+            log(f"{loader} data loader: decoding {d.ITERS} images ...")
             add(measure_loader(loader, d.NUM_IMAGES, d.ITERS, sizes[loader]))
         if d.GPU_DECODE and device.startswith("cuda"):
             try:

@@ -23,8 +23,8 @@ class ModelSpec:
         group: models compared with each other (ratios are bitdet vs peer in a group).
         role: "bitdet" (ours) or "peer".
         build: ``build(num_classes, device) -> nn.Module``, randomly initialised.
-        batch_size: reference training batch for classifiers (issue 6's targets).
-        targets: issue 6 targets on one H100 at the reference sizes, keyed by
+        batch_size: reference training batch for classifiers (the sizes of the GPU targets).
+        targets: throughput targets on one H100 at the reference sizes, keyed by
             "train_images_per_sec", "train_sec_per_iter", "inference_ms_per_image".
         requires: the import this model needs, to skip it cleanly when missing.
     """
@@ -76,7 +76,7 @@ def _retinanet_bit(variant: str, fpn_channels: int = 256) -> Callable[[int, str]
             "Base-RetinaNet-BiT.yaml",
             [
                 "MODEL.BIT.VARIANT", variant,
-                "MODEL.BIT.FREEZE_AT", 0,  # all layers trainable, as BiT fine-tunes
+                "MODEL.BACKBONE.FREEZE_AT", 0,  # all layers trainable, as BiT fine-tunes
                 "MODEL.FPN.OUT_CHANNELS", fpn_channels,
                 "MODEL.RETINANET.NUM_CLASSES", num_classes,
                 "MODEL.DEVICE", device,

@@ -5,6 +5,7 @@ classification checkpoint maps onto ``backbone.bottom_up.<name>`` unchanged.
 """
 from __future__ import annotations
 
+import logging
 from typing import Dict, Sequence
 
 import torch
@@ -12,12 +13,15 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
+from bitdet.config import check_device
 from bitdet.models.resnetv2 import FEATURE_NAMES, ResNetV2
 from bitdet.models.variants import resolve
 
 __all__ = ["BiTBackbone", "build_bit_backbone", "build_bit_fpn_backbone", "build_retinanet_bit_fpn_backbone"]
 
 FEATURE_TAPS = ("preact", "raw")
+
+logger = logging.getLogger(__name__)
 
 
 class BiTBackbone(Backbone):
@@ -29,7 +33,8 @@ class BiTBackbone(Backbone):
         feature_tap: ``"preact"`` returns ``relu(GN(x))`` of each stage output using the
             pretrained norm that comes next in the network (the next stage's first ``gn1``;
             for ``res5`` the final GN); ``"raw"`` returns the un-normalised residual sums.
-        freeze_at: freeze the stem (1) and the following stages (2 = stem + res2, ...).
+        freeze_at: freeze the stem (1) and the following stages (2 = stem + res2, ...), as
+            Detectron2's ``MODEL.BACKBONE.FREEZE_AT``; see :meth:`freeze`.
         **model_kwargs: :class:`ResNetV2` options (``norm``, ``weight_std``, ``ws_eps``,
             ``gn_groups``, ``in_channels``).
     """
@@ -76,14 +81,34 @@ class BiTBackbone(Backbone):
     def freeze(self, freeze_at: int = 0) -> "BiTBackbone":
         """Freeze the stem (``freeze_at >= 1``) and stages ``res2``.. up to ``freeze_at``.
 
-        Frozen parameters get ``requires_grad = False``; BatchNorm (ablation) becomes
-        :class:`FrozenBatchNorm2d`. GroupNorm has no running statistics to freeze.
+        Detectron2's ``MODEL.BACKBONE.FREEZE_AT``: 0 trains everything, 1 freezes the stem, 2
+        the stem and res2, ... 5 the whole trunk. Frozen parameters get ``requires_grad =
+        False``; BatchNorm (ablation) becomes :class:`FrozenBatchNorm2d`; GroupNorm has no
+        running statistics to freeze. With the ``"preact"`` tap a frozen stage's feature is
+        ``relu(norm(x))`` through the next stage's ``gn1`` (res5: the final ``norm``): that
+        norm is frozen too, so a frozen stage's feature is fixed. Logs what is trainable.
+
+        Raises:
+            ValueError: ``freeze_at`` outside 0..5.
         """
-        modules = [self.stem, *self.stages][:freeze_at]
-        for module in modules:
-            for p in module.parameters():
-                p.requires_grad_(False)
-            FrozenBatchNorm2d.convert_frozen_batchnorm(module)
+        if not 0 <= freeze_at <= len(FEATURE_NAMES):
+            raise ValueError(
+                f"MODEL.BACKBONE.FREEZE_AT {freeze_at}: expected 0 (train all) to {len(FEATURE_NAMES)} "
+                f"(freeze {', '.join(FEATURE_NAMES)})"
+            )
+        for module in [self.stem, *self.stages][:freeze_at]:
+            _frozen(module)
+        if self.feature_tap == "preact":  # the tap norms of stem, res2, ..., res5
+            for i in range(freeze_at):
+                if i < len(self.stages):
+                    self.stages[i][0].gn1 = _frozen(self.stages[i][0].gn1)
+                else:
+                    self.norm = _frozen(self.norm)
+        total = sum(p.numel() for p in self.parameters())
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        frozen = ", ".join(FEATURE_NAMES[:freeze_at]) or "nothing"
+        logger.info("BiT backbone: MODEL.BACKBONE.FREEZE_AT %d freezes %s; %s of %s parameters trainable",
+                    freeze_at, frozen, f"{trainable:,}", f"{total:,}")
         return self
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -110,15 +135,27 @@ class BiTBackbone(Backbone):
         }
 
 
+def _frozen(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with no trainable parameters and BatchNorm made frozen (a new module if it is one)."""
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return FrozenBatchNorm2d.convert_frozen_batchnorm(module)
+
+
 @BACKBONE_REGISTRY.register()
 def build_bit_backbone(cfg, input_shape: ShapeSpec) -> BiTBackbone:
-    """The BiT trunk alone, configured by ``MODEL.BIT`` (see :func:`add_bit_config`)."""
+    """The BiT trunk alone, configured by ``MODEL.BIT`` (see :func:`add_bit_config`).
+
+    Every BiT detector is built through here, so a ``MODEL.DEVICE`` this machine lacks stops
+    with one line naming the key (not torch's driver error when the model is moved).
+    """
+    check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE")
     bit = cfg.MODEL.BIT
     return BiTBackbone(
         bit.VARIANT,
         out_features=bit.OUT_FEATURES,
         feature_tap=bit.FEATURE_TAP,
-        freeze_at=bit.FREEZE_AT,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         norm=bit.NORM,
         weight_std=bit.WEIGHT_STD,
         ws_eps=bit.WS_EPS,

@@ -69,6 +69,11 @@ class BiTCheckpointer(DetectionCheckpointer):
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
         if path in PRETRAINED:
             path = str(pretrained_path(path))
+        if path and "://" not in path and not os.path.isfile(path):  # fvcore would only assert
+            raise FileNotFoundError(
+                f"MODEL.WEIGHTS {path!r}: no such file (expected a BiT .npz, a bitdet or Detectron2 "
+                "checkpoint, or a name from bitdet.list_models(pretrained=True))"
+            )
         return super().load(path, *args, **kwargs)
 
     def _bit_trunk(self) -> Tuple[str, BiTBackbone]:

@@ -1,6 +1,7 @@
 """Config keys for BiT in Detectron2: ``add_bit_config(cfg)``.
 
-Standard Detectron2 keys keep their meaning and are not duplicated here: the FPN and
+Standard Detectron2 keys keep their meaning and are not duplicated here: freezing is
+``MODEL.BACKBONE.FREEZE_AT`` (Detectron2's default 2; BiT configs set 0), the FPN and
 RetinaNet head norms are ``MODEL.FPN.NORM`` and ``MODEL.RETINANET.NORM`` ("" or "GN"), the
 weights are ``MODEL.WEIGHTS`` (which also accepts a BiT ``.npz`` or a BiT model name, see
 :mod:`bitdet.detection.checkpointer`), and BiT's [-1, 1] input scaling is
@@ -20,7 +21,11 @@ __all__ = ["CONFIGS_DIR", "add_bit_config", "get_bit_cfg", "resolve_config_file"
 
 
 def add_bit_config(cfg: CN) -> None:
-    """Add the ``MODEL.BIT``, ``SOLVER.AMP.PRECISION`` and ``DATASETS.COCO_FORMAT`` keys."""
+    """Add the ``MODEL.BIT``, ``SOLVER.AMP.PRECISION`` and ``DATASETS.COCO_FORMAT`` keys.
+
+    Freezing is Detectron2's own ``MODEL.BACKBONE.FREEZE_AT``; ``MODEL.BIT.FREEZE_AT`` is
+    registered as renamed to it, so a config that sets it is refused with the new name.
+    """
     cfg.MODEL.BIT = CN()
     # Architecture name from bitdet.list_models(): "R50x1" ... "R152x4", or a CPU
     # variant such as "R14-tiny" (not a paper model). A "BiT-S-"/"BiT-M-" prefix is allowed.
@@ -41,10 +46,10 @@ def add_bit_config(cfg: CN) -> None:
     # (res5: the final pretrained GN), so the FPN sees normalised features with no new
     # parameters. "raw" returns the residual sums.
     cfg.MODEL.BIT.FEATURE_TAP = "preact"
-    # Freeze the first N stages, as MODEL.BACKBONE.FREEZE_AT in Detectron2: 0 trains all,
-    # 1 freezes the stem, 2 the stem and res2, ... (GN has no running statistics: frozen
-    # means no gradients). BiT fine-tunes every layer, hence 0.
-    cfg.MODEL.BIT.FREEZE_AT = 0
+    # Freezing is Detectron2's MODEL.BACKBONE.FREEZE_AT (0 trains all, 1 freezes the stem,
+    # 2 the stem and res2, ... 5 the whole trunk); BiT configs set 0, as BiT fine-tunes every
+    # layer. A config still naming the old key fails with a message naming the new one.
+    cfg.register_renamed_key("MODEL.BIT.FREEZE_AT", "MODEL.BACKBONE.FREEZE_AT")
 
     # Autocast dtype when SOLVER.AMP.ENABLED: "bfloat16" (no loss scaling needed on
     # Ampere and newer) or "float16".

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import weakref
 
@@ -9,10 +10,12 @@ import torch
 from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
+from detectron2.modeling import build_model
 
 from bitdet.detection.checkpointer import BiTCheckpointer
 from bitdet.detection.hooks import PreemptionCheckpointer
 from bitdet.detection.mapper import SkippingDatasetMapper
+from bitdet.log import FILE_LOGGER
 
 __all__ = ["BiTTrainer", "has_compiled_ops"]
 
@@ -44,6 +47,13 @@ class BiTTrainer(DefaultTrainer):
         self.checkpointer = BiTCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         # Last, so that a SIGTERM checkpoint follows the step's evaluation and log writes.
         return [*super().build_hooks(), PreemptionCheckpointer(self.checkpointer)]
+
+    @classmethod
+    def build_model(cls, cfg):
+        """Detectron2's ``build_model``; the model's printout goes to the log file, not the console."""
+        model = build_model(cfg)
+        logging.getLogger(FILE_LOGGER).info("Model:\n%s", model)
+        return model
 
     @classmethod
     def build_train_loader(cls, cfg):

@@ -4,13 +4,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 from bitdet.checkpoint.download import default_cache_dir, download
 from bitdet.checkpoint.loading import load_weights
 from bitdet.checkpoint.npz import read_npz
-from bitdet.models.resnetv2 import ResNetV2
-from bitdet.models.variants import resolve
+from bitdet.models.resnetv2 import ResNetV2, ResNetV2Features
+from bitdet.models.variants import get_pretrained_cfg, resolve
 
 __all__ = ["create_model", "pretrained_path"]
 
@@ -36,9 +36,16 @@ def create_model(
     num_classes: Optional[int] = None,
     pretrained: Union[None, bool, str, os.PathLike] = None,
     zero_head: Optional[bool] = None,
+    features_only: bool = False,
+    out_indices: Sequence[int] = (0, 1, 2, 3, 4),
     **kwargs,
-) -> ResNetV2:
-    """Build a BiT ResNet-v2 by name.
+) -> Union[ResNetV2, ResNetV2Features]:
+    """Build a BiT ResNet-v2 by name, as timm's ``create_model``.
+
+    The model takes RGB ``(N, 3, H, W)`` scaled to [-1, 1] (``x / 127.5 - 1`` on 0..255
+    pixels); ``model.pretrained_cfg`` says so (mean = std = 0.5, input size, interpolation) and
+    :func:`bitdet.models.resolve_data_config` + :func:`bitdet.models.create_transform` turn it
+    into preprocessing.
 
     Args:
         name: ``"BiT-M-R101x3"``, ``"BiT-S-R50x1"``, a bare architecture ``"R50x1"``, or a
@@ -49,12 +56,17 @@ def create_model(
             or its public URL), or a path to an official ``.npz`` or a PyTorch checkpoint.
         zero_head: zero-initialise the head (BiT fine-tuning). Default: True when the head is
             new (``num_classes`` differs from the checkpoint's), which loading does anyway.
+        features_only: return a :class:`ResNetV2Features` (a list of feature maps, with
+            ``feature_info.channels()`` / ``.reduction()``) instead of the classifier.
+        out_indices: with ``features_only``, positions in ``("stem", "res2", ..., "res5")``.
         **kwargs: passed to :class:`ResNetV2` (``norm``, ``weight_std``, ``ws_eps``, ...).
 
     Returns:
         The model, in training mode.
     """
     arch_name, arch, pre = resolve(name)
+    if features_only:
+        num_classes = 0  # headless: loading ignores a file's head
     if num_classes is None:
         num_classes = pre.num_classes if pre else 1000
     model = ResNetV2(
@@ -66,8 +78,9 @@ def create_model(
         **kwargs,
     )
     model.name = name
+    model.pretrained_cfg = get_pretrained_cfg(name).to_dict()
     if pretrained is True:
         pretrained = pretrained_path(name)
     if pretrained:
         load_weights(model, pretrained, zero_head=bool(zero_head))
-    return model
+    return ResNetV2Features(model, out_indices) if features_only else model

@@ -10,7 +10,7 @@ Module names follow the official checkpoints (``block{i}.unit{jj}.{gn,conv}{1,2,
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -18,7 +18,7 @@ from torch import nn
 from bitdet.models.layers import make_conv_layer, make_norm_layer
 from bitdet.numerics import GN_GROUPS, STEM_POOL_PAD, WS_EPS
 
-__all__ = ["PreActBottleneck", "ResNetV2", "FEATURE_NAMES"]
+__all__ = ["FEATURE_NAMES", "FeatureInfo", "PreActBottleneck", "ResNetV2", "ResNetV2Features"]
 
 # Stage feature names, Detectron2's convention: res{k} has stride 2**k.
 FEATURE_NAMES = ("stem", "res2", "res3", "res4", "res5")
@@ -64,6 +64,10 @@ class PreActBottleneck(nn.Module):
 
 class ResNetV2(nn.Module):
     """BiT ResNet-v2 classifier / backbone.
+
+    Input: RGB images ``(N, 3, H, W)`` scaled to [-1, 1] (``x / 127.5 - 1`` on 0..255 pixels,
+    or ``Normalize(mean=0.5, std=0.5)`` on [0, 1] tensors; see ``model.pretrained_cfg`` and
+    :func:`bitdet.models.create_transform`). Any H, W from 32 up works.
 
     Args:
         layers: units per stage, e.g. ``(3, 4, 6, 3)`` for R50.
@@ -158,16 +162,24 @@ class ResNetV2(nn.Module):
         nn.init.constant_(self.fc.bias, bias)
 
     def forward_features(
-        self, x: torch.Tensor, out_features: Iterable[str] = FEATURE_NAMES[1:]
-    ) -> Dict[str, torch.Tensor]:
-        """Raw stage outputs (pre-activation: not normalised) keyed ``stem``, ``res2``..``res5``.
+        self, x: torch.Tensor, out_features: Union[str, Iterable[str]] = FEATURE_NAMES[1:]
+    ) -> Union[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Raw stage outputs (pre-activation: not normalised), ``stem`` and ``res2``..``res5``.
 
-        Stops after the last requested stage.
+        Args:
+            x: RGB ``(N, 3, H, W)`` in [-1, 1] (``x / 127.5 - 1`` on 0..255 pixels).
+            out_features: one name (``"res4"``) or several (``("res2", "res5")``); computing
+                stops after the last requested stage.
+
+        Returns:
+            The tensor for one name; a dict ``{name: tensor}`` for several. ``res{k}`` has
+            stride ``2**k``, the stem stride 4.
         """
-        wanted = set(out_features)
+        single = isinstance(out_features, str)
+        wanted = {out_features} if single else set(out_features)
         unknown = wanted - set(FEATURE_NAMES)
-        if unknown:
-            raise KeyError(f"unknown features {sorted(unknown)}; available: {FEATURE_NAMES}")
+        if unknown or not wanted:
+            raise KeyError(f"unknown features {sorted(unknown) or 'none requested'}; available: {FEATURE_NAMES}")
         outputs: Dict[str, torch.Tensor] = {}
         x = self.stem(x)
         if "stem" in wanted:
@@ -178,16 +190,84 @@ class ResNetV2(nn.Module):
             x = stage(x)
             if name in wanted:
                 outputs[name] = x
-        return outputs
+        return outputs[out_features] if single else outputs
 
     def forward_pre_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Globally pooled, normalised features of shape ``(N, num_features)``."""
-        x = self.forward_features(x, ("res5",))["res5"]
+        """Globally pooled, normalised features ``(N, num_features)`` of RGB input in [-1, 1]."""
+        x = self.forward_features(x, "res5")
         return self.relu(self.norm(x)).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, num_classes)``, or pooled features when the model is headless."""
+        """Logits ``(N, num_classes)``, or pooled features when the model is headless.
+
+        Args:
+            x: RGB ``(N, 3, H, W)`` scaled to [-1, 1] (``x / 127.5 - 1`` on 0..255 pixels).
+        """
         x = self.forward_pre_logits(x)
         if self.fc is None:
             return x
         return self.fc(x[:, :, None, None]).flatten(1)
+
+
+class FeatureInfo(list):
+    """timm's ``feature_info``: one dict per returned feature, ``num_chs``, ``reduction``, ``module``.
+
+    ``channels()`` / ``reduction()`` / ``module_name()`` list one field; given an index, one value.
+    """
+
+    def _field(self, key: str, idx: Optional[int]):
+        return [f[key] for f in self] if idx is None else self[idx][key]
+
+    def channels(self, idx: Optional[int] = None):
+        return self._field("num_chs", idx)
+
+    def reduction(self, idx: Optional[int] = None):
+        return self._field("reduction", idx)
+
+    def module_name(self, idx: Optional[int] = None):
+        return self._field("module", idx)
+
+
+class ResNetV2Features(nn.Module):
+    """A BiT trunk returning a list of feature maps: ``create_model(..., features_only=True)``.
+
+    Keeps the trunk's module names (``stem``, ``block1``...), so a checkpoint of the full model
+    loads with ``strict=False``; stages after the last requested one, the final norm and the
+    head are dropped. Features are the raw stage outputs of :meth:`ResNetV2.forward_features`.
+
+    Args:
+        model: the :class:`ResNetV2` to take the trunk from (weights already loaded).
+        out_indices: positions in ``FEATURE_NAMES`` (0 = stem, 1..4 = res2..res5).
+
+    Input: RGB ``(N, 3, H, W)`` scaled to [-1, 1] (``x / 127.5 - 1`` on 0..255 pixels).
+    """
+
+    def __init__(self, model: ResNetV2, out_indices: Sequence[int] = (0, 1, 2, 3, 4)) -> None:
+        super().__init__()
+        out_indices = tuple(out_indices)
+        bad = [i for i in out_indices if not 0 <= i < len(FEATURE_NAMES)]
+        if bad or not out_indices or len(set(out_indices)) != len(out_indices):
+            raise ValueError(f"out_indices {out_indices}: distinct positions in 0..{len(FEATURE_NAMES) - 1} "
+                             f"of {FEATURE_NAMES}")
+        self.out_features = [FEATURE_NAMES[i] for i in out_indices]
+        self.stem = model.stem
+        for i in range(1, max(out_indices) + 1):
+            self.add_module(f"block{i}", getattr(model, f"block{i}"))
+        self.feature_info = FeatureInfo(
+            {"num_chs": model.feature_info[n][0], "reduction": model.feature_info[n][1], "module": n}
+            for n in self.out_features
+        )
+        self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Feature maps in ``out_indices`` order."""
+        outputs = {}
+        x = self.stem(x)
+        outputs["stem"] = x
+        for i, name in enumerate(FEATURE_NAMES[1:], start=1):
+            block = getattr(self, f"block{i}", None)
+            if block is None:
+                break
+            x = block(x)
+            outputs[name] = x
+        return [outputs[n] for n in self.out_features]

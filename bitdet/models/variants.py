@@ -6,11 +6,15 @@ ImageNet-21k, 21843 classes). BiT-L was never released.
 """
 from __future__ import annotations
 
+import fnmatch
 import re
-from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional, Sequence, Tuple, Union
 
-__all__ = ["Architecture", "Pretrained", "ARCHITECTURES", "PRETRAINED", "resolve", "list_models"]
+__all__ = [
+    "ARCHITECTURES", "PRETRAINED", "Architecture", "Pretrained", "PretrainedCfg", "get_pretrained_cfg",
+    "list_models", "resolve",
+]
 
 
 @dataclass(frozen=True)
@@ -81,9 +85,61 @@ def resolve(name: str) -> Tuple[str, Architecture, Optional[Pretrained]]:
     raise KeyError(f"unknown model {name!r}{hint}; known models: {', '.join(list_models())}")
 
 
-def list_models(pretrained_only: bool = False) -> list:
-    """All model names, official checkpoints first."""
-    names = list(PRETRAINED)
-    if not pretrained_only:
-        names += list(ARCHITECTURES)
-    return names
+def list_models(pattern: Union[str, Sequence[str], None] = None, pretrained: bool = False) -> list:
+    """Model names, official checkpoints first; timm's ``list_models``.
+
+    Args:
+        pattern: shell-style pattern(s) (``fnmatch``, case-insensitive), e.g. ``"*R50*"`` or
+            ``["BiT-M-*", "*tiny"]``; None lists every name.
+        pretrained: only names with an official checkpoint (``BiT-S-*``, ``BiT-M-*``).
+
+    Returns:
+        Matching names: ``BiT-S-R50x1`` ... ``BiT-M-R152x4``, then ``R50x1`` ... ``R26-tiny``.
+    """
+    if isinstance(pattern, bool):  # list_models(True) meant pretrained-only before patterns existed
+        raise TypeError("list_models: the first argument is a name pattern; pass pretrained=True by keyword")
+    names = list(PRETRAINED) + ([] if pretrained else list(ARCHITECTURES))
+    if pattern is None:
+        return names
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    return [n for n in names if any(fnmatch.fnmatchcase(n.lower(), p.lower()) for p in patterns)]
+
+
+@dataclass(frozen=True)
+class PretrainedCfg:
+    """How a model expects its input: timm's ``pretrained_cfg`` for a BiT model.
+
+    Every BiT model takes RGB scaled to [-1, 1]: ``mean = std = 0.5`` on [0, 1] tensors, i.e.
+    ``x / 127.5 - 1`` on 0..255 pixels (the authors' ``big_transfer`` input pipeline). Upstream
+    training used 224 px Inception crops; the BiT-HyperRule evaluates by resizing straight to
+    the input size, without a centre crop (``crop_pct`` 1.0, ``crop_mode`` "squash").
+
+    Attributes:
+        input_size: ``(channels, height, width)``.
+        mean, std: per-channel normalisation of [0, 1] tensors.
+        interpolation: resize interpolation (torchvision's name).
+        crop_pct: evaluation resize side = ``input side / crop_pct``, then a centre crop;
+            1.0 with "squash" resizes to the input size directly (aspect ratio not kept).
+        crop_mode: "squash" (resize to the input size) or "center" (shorter side, then crop).
+        num_classes: head size of the official checkpoint (1000 for an architecture name).
+        first_conv, classifier: module names of the stem conv and the head.
+    """
+
+    input_size: Tuple[int, int, int] = (3, 224, 224)
+    mean: Tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: Tuple[float, float, float] = (0.5, 0.5, 0.5)
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+    crop_mode: str = "squash"
+    num_classes: int = 1000
+    first_conv: str = "stem.conv"
+    classifier: str = "fc"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def get_pretrained_cfg(name: str) -> PretrainedCfg:
+    """The input configuration of model ``name`` (any name :func:`list_models` gives)."""
+    _, _, pre = resolve(name)
+    return PretrainedCfg(num_classes=pre.num_classes if pre else 1000)

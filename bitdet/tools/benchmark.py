@@ -2,54 +2,49 @@
 """Benchmark BiT against its peers: train-step and inference throughput, peak memory, data path.
 
 Writes a JSON file (``OUTPUT_DIR/BENCH.OUTPUT``) and prints a table with ratios against each
-peer and what each lever buys. One GPU is measured (per-GPU throughput); the harness does
-not use more.
+peer and what each lever buys; each row is announced as it starts and printed as it ends. One
+device is measured (per-GPU throughput); the harness does not launch several processes.
 
 Examples::
 
-    # the full issue-6 table on one GPU (bf16, 224 px; R50x1 batch 128, R101x3 batch 32;
+    # the full table on one GPU (bf16, 224 px; R50x1 batch 128, R101x3 batch 32;
     # RetinaNet batch 8 at 800x1216)
     python tools/benchmark.py --config-file benchmark/h100.yaml
     # continue an interrupted run, keeping its finished rows
     python tools/benchmark.py --config-file benchmark/h100.yaml --resume
-    # what the levers buy on this CPU at a moderate size
+    # what the levers buy on this CPU at a moderate size (what `make bench` runs on a CPU)
     python tools/benchmark.py --config-file benchmark/cpu_levers.yaml
     # a quick CPU smoke run with tiny models
     python tools/benchmark.py --config-file benchmark/cpu_tiny.yaml BENCH.ITERS 2
 """
-import logging
-
-from detectron2.engine import default_argument_parser, launch
-from detectron2.utils.logger import setup_logger
-
 from bitdet.benchmark import format_table, get_benchmark_cfg, run_benchmark
 from bitdet.benchmark.runner import output_path
+from bitdet.tools.cli import argument_parser, setup_cfg, user_errors
 
 
 def setup(args):
-    """Config from file + ``KEY VALUE`` overrides, frozen; logging set up."""
-    cfg = get_benchmark_cfg(args.config_file or None, args.opts)
-    cfg.freeze()
-    setup_logger(cfg.OUTPUT_DIR, name="bitdet")
-    logging.getLogger("bitdet").setLevel(logging.INFO)
-    return cfg
+    """Config from file + ``KEY VALUE`` overrides, device checked, frozen; logging set up."""
+    return setup_cfg(args, get_benchmark_cfg)
 
 
 def main(args):
-    if args.num_gpus > 1 or args.num_machines > 1:
-        raise SystemExit("benchmark.py measures one GPU: run it with --num-gpus 1 (the default)")
     cfg = setup(args)
-    results = run_benchmark(cfg, resume=args.resume)
+    results = run_benchmark(cfg, resume=args.resume, log=lambda line: print(line, flush=True))
     print(format_table(results))
     print(f"\nresults: {output_path(cfg)}")
     return results
 
 
+def parse_args(argv=None):
+    return argument_parser(__doc__, eval_only=False, launcher=False,
+                           resume_help="keep the finished rows of an earlier run with the same settings").parse_args(argv)
+
+
 def cli(argv=None):
     """Console-script entry point."""
-    args = default_argument_parser().parse_args(argv)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    args = parse_args(argv)
+    with user_errors("benchmark"):
+        main(args)
 
 
 if __name__ == "__main__":

@@ -1,35 +1,137 @@
-"""What every bitdet entry point in tools/ shares: Detectron2's argument parser with a
-``--config`` alias, config set-up (file + ``KEY VALUE`` overrides, frozen, logged), and launch."""
-import logging
-from typing import Callable, Sequence
+"""What every bitdet entry point in tools/ shares: one argument-parser shape (Detectron2's flags,
+``--config`` as an alias of ``--config-file``, only the flags a tool uses), config set-up (file +
+``KEY VALUE`` overrides, device checked, frozen; details to the log file), user errors as one
+line with exit status 2, and launch."""
+from __future__ import annotations
 
-from detectron2.engine import default_argument_parser, default_setup, launch
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from typing import Callable, Iterator, Optional, Sequence
+
+from detectron2.engine import default_argument_parser, launch
 from detectron2.utils import comm
+from detectron2.utils.collect_env import collect_env_info
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from bitdet.config import resolve_config_file
+from bitdet.checkpoint.errors import CheckpointError
+from bitdet.config import DeviceError, check_device, resolve_config_file
+from bitdet.log import FILE_LOGGER
+
+__all__ = ["FILE_LOGGER", "USER_ERRORS", "argument_parser", "launch_main", "setup_cfg", "setup_output", "user_errors"]
+
+# Errors a user fixes by changing a file, a path, a key or the device: one line, exit 2.
+# bitdet raises these with a message naming the file, key or value to change.
+USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, KeyError, ValueError, CheckpointError,
+               DeviceError)
 
 
-def argument_parser():
-    """Detectron2's ``default_argument_parser`` plus ``--config`` (same as ``--config-file``)."""
-    parser = default_argument_parser()
-    parser.add_argument("--config", dest="config_file", metavar="FILE",
-                        help="same as --config-file; a bare name is looked up in configs/")
+def argument_parser(description: Optional[str] = None, *, eval_only: bool = True, resume: bool = True,
+                    launcher: bool = True, resume_help: Optional[str] = None) -> argparse.ArgumentParser:
+    """Detectron2's ``default_argument_parser`` flags that a tool uses, plus ``--config``.
+
+    ``--config-file`` (alias ``--config``) is required: no tool runs a default config silently.
+
+    Args:
+        description: the tool's help text (its module docstring).
+        eval_only, resume: add ``--eval-only`` / ``--resume``.
+        launcher: add ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``.
+        resume_help: what ``--resume`` means for this tool.
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", "--config", dest="config_file", metavar="FILE", required=True,
+                        help="config file: a path, or a name under the shipped configs/ (e.g. retinanet_bit_m.yaml)")
+    if resume:
+        parser.add_argument("--resume", action="store_true",
+                            help=resume_help or "continue from the last checkpoint in OUTPUT_DIR")
+    if eval_only:
+        parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS only, no training")
+    if launcher:
+        d2 = default_argument_parser()  # the same defaults as Detectron2 (its per-user port)
+        parser.add_argument("--num-gpus", type=int, default=1, help="processes (GPUs) per machine")
+        parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
+        parser.add_argument("--machine-rank", type=int, default=0, help="rank of this machine (unique per machine)")
+        parser.add_argument("--dist-url", default=d2.get_default("dist_url"),
+                            help="torch.distributed init URL, e.g. tcp://HOST:PORT of machine 0")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
+                        help="config overrides, e.g. SOLVER.BASE_LR 0.001 MODEL.DEVICE cpu")
     return parser
 
 
 def setup_cfg(args, load_cfg: Callable, extra_opts: Sequence[str] = ()):
-    """``load_cfg(config_file, opts)`` with the flags' and trailing overrides, frozen; output folder
-    and logging set up by Detectron2's ``default_setup``."""
-    if args.config_file:  # default_setup copies the file into OUTPUT_DIR: give it the resolved path
-        args.config_file = resolve_config_file(args.config_file)
+    """``load_cfg(config_file, opts)`` with the flags' and trailing overrides, device checked,
+    frozen; output folder, logging and seeding set up by :func:`setup_output`."""
+    args.config_file = resolve_config_file(args.config_file)
     cfg = load_cfg(args.config_file, [*extra_opts, *args.opts])
+    for section, key in (("MODEL", "DEVICE"), ("BENCH", "DEVICE")):
+        if section in cfg and key in cfg[section]:
+            check_device(cfg[section][key], f"{section}.{key}")
     cfg.freeze()
-    default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="bitdet")
-    # Detectron2's logger setup leaves the root at WARNING; bitdet's modules log under "bitdet".
-    logging.getLogger("bitdet").setLevel(logging.INFO)
+    setup_output(cfg, args)
     return cfg
+
+
+def setup_output(cfg, args) -> None:
+    """Detectron2's ``default_setup``, with the console kept short and plain.
+
+    Creates ``OUTPUT_DIR``, logs ``detectron2``, ``fvcore`` and ``bitdet`` to the console (rank
+    0; colours only on a terminal) and to ``OUTPUT_DIR/log.txt``; writes the environment, the
+    command line and the full config to the log file only (and ``OUTPUT_DIR/config.yaml``);
+    seeds every RNG from ``SEED`` (< 0: a random seed); sets cuDNN benchmarking from
+    ``CUDNN_BENCHMARK`` unless evaluating.
+    """
+    output_dir = cfg.OUTPUT_DIR or None
+    rank = comm.get_rank()
+    if output_dir and comm.is_main_process():
+        os.makedirs(output_dir, exist_ok=True)
+    color = sys.stdout.isatty()
+    for name in ("fvcore", "detectron2", "bitdet"):
+        setup_logger(output_dir, distributed_rank=rank, color=color, name=name)
+    # Detectron2's logger set-up leaves the root at WARNING; bitdet's modules log under "bitdet".
+    logging.getLogger("bitdet").setLevel(logging.INFO)
+    details = setup_logger(output_dir, distributed_rank=rank, name=FILE_LOGGER, configure_stdout=False)
+    details.info("rank %d of %d; command line: %s", rank, comm.get_world_size(), " ".join(sys.argv))
+    details.info("arguments: %s", args)
+    details.info("environment:\n%s", collect_env_info())
+    if output_dir and comm.is_main_process():
+        path = os.path.join(output_dir, "config.yaml")
+        with open(path, "w") as f:
+            f.write(cfg.dump())
+        details.info("config %s merged with overrides %s:\n%s", args.config_file, list(args.opts), cfg.dump())
+    if output_dir:
+        logging.getLogger("bitdet").info("config %s -> %s (environment and full config: %s)", args.config_file,
+                                         output_dir, os.path.join(output_dir, "log.txt"))
+    seed = cfg.get("SEED", -1)
+    seed_all_rng(None if seed < 0 else seed + rank)
+    if not getattr(args, "eval_only", False):
+        import torch
+
+        torch.backends.cudnn.benchmark = bool(cfg.get("CUDNN_BENCHMARK", False))
+
+
+@contextlib.contextmanager
+def user_errors(tool: str) -> Iterator[None]:
+    """Turn a user error (:data:`USER_ERRORS`) into one line ``<tool>: error: <message>`` and exit 2.
+
+    The traceback goes to the log file when logging is set up. ``BITDET_TRACEBACK=1`` re-raises
+    instead, for debugging.
+    """
+    try:
+        yield
+    except USER_ERRORS as e:
+        if os.environ.get("BITDET_TRACEBACK") == "1":
+            raise
+        details = logging.getLogger(FILE_LOGGER)
+        if details.handlers:
+            details.error("%s failed", tool, exc_info=True)
+        message = str(e.args[0]) if len(e.args) == 1 and not isinstance(e, OSError) else str(e)
+        if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
+            message = f"{message}: {e.filename}"
+        print(f"{tool}: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 def launch_main(main: Callable, args) -> None:

@@ -17,14 +17,14 @@ import logging
 import sys
 from pathlib import Path
 
-
 from bitdet.checkpoint.convert import DETECTRON2_PREFIX, FORMATS, convert
+from bitdet.tools.cli import user_errors
 
 _SUFFIX_FORMAT = {".npz": "npz", ".pth": "torch", ".pt": "torch"}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", help="an official BiT .npz or a PyTorch checkpoint")
     parser.add_argument("dst", help="output file (written atomically)")
     parser.add_argument("--to", choices=FORMATS, help="output format (default: from dst's suffix)")
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     fmt = args.to or _SUFFIX_FORMAT.get(Path(args.dst).suffix)
     if fmt is None:
-        raise SystemExit(f"convert_weights.py: cannot tell the format of {args.dst}; pass --to {{{','.join(FORMATS)}}}")
+        raise ValueError(f"cannot tell the format of {args.dst} from its suffix; pass --to {{{','.join(FORMATS)}}}")
     arch = convert(args.src, args.dst, fmt, prefix=args.prefix)
     print(f"{args.src} -> {args.dst} ({fmt}): units {list(arch.layers)}, stem {arch.stem_channels} channels, "
           f"head {arch.num_classes or 'none'}")
@@ -47,7 +47,8 @@ def main(argv=None) -> int:
 
 def cli(argv=None):
     """Console-script entry point."""
-    sys.exit(main(argv))
+    with user_errors("convert_weights"):
+        sys.exit(main(argv))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ threads than free cores make a tiny model slower.)
 
 A table across datasets and initialisations from earlier runs (no training)::
 
-    python tools/finetune.py --collect output/finetune OUTPUT_DIR output/finetune
+    python tools/finetune.py --config-file finetune/cifar10.yaml --collect output/finetune \\
+        OUTPUT_DIR output/finetune
 
 ``--weights`` takes a BiT ``.npz``, a bitdet / Detectron2 ``.pth``, ``official`` (the named
 BiT checkpoint, downloaded into the cache) or ``scratch``; a comma list compares them.
@@ -48,7 +49,7 @@ from pathlib import Path
 
 from bitdet.transfer.config import get_finetune_cfg
 from bitdet.transfer.fewshot import parse_shots
-from bitdet.tools.cli import argument_parser, launch_main, setup_cfg
+from bitdet.tools.cli import argument_parser, launch_main, setup_cfg, user_errors
 
 
 def add_arguments(parser):
@@ -67,7 +68,7 @@ def add_arguments(parser):
 
 
 def parse_args(argv=None):
-    return add_arguments(argument_parser()).parse_args(argv)
+    return add_arguments(argument_parser(__doc__)).parse_args(argv)
 
 
 def _flag_overrides(args):
@@ -124,7 +125,9 @@ def main(args):
 
 def cli(argv=None):
     """Console-script entry point."""
-    launch_main(main, parse_args(argv))
+    args = parse_args(argv)
+    with user_errors("finetune"):
+        launch_main(main, args)
 
 
 if __name__ == "__main__":

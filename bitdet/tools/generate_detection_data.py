@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from bitdet.data.detection_generate import DATASET_DESCRIPTION, generate_detection_dataset
+from bitdet.tools.cli import user_errors
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -73,7 +74,7 @@ def main(args: argparse.Namespace) -> List[dict]:
 
         unknown = [n for n in args.demo if n not in DEMO_DATASETS]
         if unknown:
-            raise SystemExit(f"unknown demo set(s) {unknown}; available: {sorted(DEMO_DATASETS)}")
+            raise KeyError(f"unknown demo set(s) {unknown}; available: {sorted(DEMO_DATASETS)}")
         jobs = [(datasets_root() / name, DEMO_DATASETS[name]) for name in args.demo]
     else:
         spec = dict(num_train=args.num_train, num_val=args.num_val, image_size=tuple(args.image_size), seed=args.seed)
@@ -90,7 +91,9 @@ def main(args: argparse.Namespace) -> List[dict]:
 def cli(argv=None):
     """Console-script entry point."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    main(parse_args(argv))
+    args = parse_args(argv)
+    with user_errors("generate_detection_data"):
+        main(args)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,11 @@ model_final.pth (bitdet), model_final.npz (official BiT layout) and final.json. 
 checkpoint and exits 0; re-running the command resumes (pass --no-resume to start over).
 """
 import json
-import sys
 
 from detectron2.utils import comm
 
-
 from bitdet.pretrain import build_datasets, build_model, evaluator, get_pretrain_cfg, run_pretraining
-from bitdet.tools.cli import argument_parser, launch_main, setup_cfg
+from bitdet.tools.cli import argument_parser, launch_main, setup_cfg, user_errors
 
 
 def setup(args):
@@ -38,18 +36,17 @@ def main(args):
     if args.eval_only:
         _, test_set = build_datasets(cfg)
         if test_set is None:
-            raise SystemExit("--eval-only needs DATASETS.TEST.KIND and DATASETS.TEST.PATH")
+            raise ValueError("--eval-only needs DATASETS.TEST.KIND and DATASETS.TEST.PATH in the config")
         results = evaluator(cfg, test_set)(build_model(cfg).eval()) if comm.is_main_process() else {}
         if comm.is_main_process():
             print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2))
         return results
-    # --resume is Detectron2's flag; pretraining resumes by default (preemption-safe), so
-    # only --no-resume changes anything.
+    # Pretraining resumes by default (preemption-safe): no --resume flag, --no-resume starts over.
     return run_pretraining(cfg, resume=not args.no_resume)
 
 
 def parse_args(argv=None):
-    parser = argument_parser()
+    parser = argument_parser(__doc__, resume=False)
     parser.add_argument("--no-resume", action="store_true",
                         help="ignore checkpoints in OUTPUT_DIR and train from step 0")
     return parser.parse_args(argv)
@@ -58,9 +55,8 @@ def parse_args(argv=None):
 def cli(argv=None):
     """Console-script entry point."""
     args = parse_args(argv)
-    if not args.config_file:
-        sys.exit("pretrain.py: pass --config-file FILE (e.g. configs/pretrain/demo_fashion_mnist.yaml)")
-    launch_main(main, args)
+    with user_errors("pretrain"):
+        launch_main(main, args)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from detectron2.evaluation import verify_results
 
 
 from bitdet.detection import BiTCheckpointer, BiTTrainer, get_bit_cfg, prepare_datasets
-from bitdet.tools.cli import argument_parser, launch_main, setup_cfg
+from bitdet.tools.cli import argument_parser, launch_main, setup_cfg, user_errors
 
 
 def _load_cfg(config_file, opts):
@@ -53,15 +53,14 @@ def main(args):
 
 
 def parse_args(argv=None):
-    return argument_parser().parse_args(argv)
+    return argument_parser(__doc__).parse_args(argv)
 
 
 def cli(argv=None):
     """Console-script entry point."""
     args = parse_args(argv)
-    if not args.config_file:
-        raise SystemExit("train_net.py: pass --config FILE (e.g. --config retinanet_bit_m.yaml)")
-    launch_main(main, args)
+    with user_errors("train_net"):
+        launch_main(main, args)
 
 
 if __name__ == "__main__":

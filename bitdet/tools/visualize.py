@@ -13,11 +13,14 @@ Examples::
 
 Class names come from ``--metadata-from`` (default: the config's first ``DATASETS.TEST``).
 Outputs have the input image's size and the input's file name with a ``.png`` suffix. With
-``--num-gpus N`` each process draws every N-th image.
+``--num-gpus N`` each process draws every N-th image. Unreadable images are skipped, named in
+the log and counted at the end. Configs that say ``MODEL.DEVICE cuda`` need
+``MODEL.DEVICE cpu`` on a machine without CUDA.
 """
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
@@ -26,16 +29,16 @@ import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import transforms as T
-from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
 from bitdet.checkpoint.atomic import atomic_write
+from bitdet.config import check_device
+from bitdet.data.images import DecodeStats, load_image
 from bitdet.detection import BiTCheckpointer, get_bit_cfg, prepare_datasets, resolve_config_file
-
-from bitdet.tools.cli import argument_parser, launch_main
+from bitdet.tools.cli import argument_parser, launch_main, user_errors
 
 logger = logging.getLogger("bitdet.visualize")
 
@@ -49,8 +52,10 @@ def setup(args):
     # threshold holds for any meta-architecture.
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence_threshold
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold
+    check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE")
     cfg.freeze()
-    setup_logger(name="bitdet", distributed_rank=comm.get_rank())
+    setup_logger(name="bitdet", distributed_rank=comm.get_rank(), color=sys.stdout.isatty())
+    logging.getLogger("bitdet").setLevel(logging.INFO)
     return cfg
 
 
@@ -128,20 +133,39 @@ class Predictor:
         return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"].to("cpu")
 
 
+def _read_rgb(path: str, stats: DecodeStats) -> Optional[np.ndarray]:
+    """An upright 8-bit RGB array, or None for an unreadable file (logged and counted in ``stats``)."""
+    image = load_image(path, stats=stats)
+    return None if image is None else np.asarray(image)
+
+
+def _report_skipped(stats: DecodeStats, drawn: int, output: Path) -> None:
+    if stats.skipped:
+        logger.warning("drew %d images into %s; skipped %d unreadable (%s)", drawn, output, stats.skipped,
+                       ", ".join(f"{k}: {v}" for k, v in sorted(stats.reasons.items())))
+
+
 def draw_predictions(cfg, files: List[Path], output: Path, threshold: float, metadata) -> List[Path]:
-    """Run the model on ``files`` and write one PNG each into ``output``; returns the PNG paths."""
+    """Run the model on ``files`` and write one PNG each into ``output``; returns the PNG paths.
+
+    Unreadable files are skipped, logged and counted; the rest are drawn.
+    """
     predictor = Predictor(cfg)
     used: Dict[str, int] = {}
     names = [_output_name(str(f), used) for f in files]
     written = []
+    stats = DecodeStats()
     for path, name in list(zip(files, names))[comm.get_rank() :: comm.get_world_size()]:
-        rgb = read_image(str(path), format="RGB")
+        rgb = _read_rgb(str(path), stats)
+        if rgb is None:
+            continue
         instances = predictor(rgb)
         instances = instances[instances.scores >= threshold]
         vis = Visualizer(rgb, metadata).draw_instance_predictions(instances)
         _write_png(output / name, vis.get_image())
         logger.info("%s: %d detections >= %.2f -> %s", path, len(instances), threshold, output / name)
         written.append(output / name)
+    _report_skipped(stats, len(written), output)
     return written
 
 
@@ -152,12 +176,16 @@ def draw_ground_truth(name: str, output: Path, max_images: Optional[int]) -> Lis
     used: Dict[str, int] = {}
     names = [_output_name(d["file_name"], used) for d in dicts]
     written = []
+    stats = DecodeStats()
     for record, out_name in list(zip(dicts, names))[comm.get_rank() :: comm.get_world_size()]:
-        rgb = read_image(record["file_name"], format="RGB")
+        rgb = _read_rgb(record["file_name"], stats)
+        if rgb is None:
+            continue
         vis = Visualizer(rgb, metadata).draw_dataset_dict(record)
         _write_png(output / out_name, vis.get_image())
         written.append(output / out_name)
     logger.info("%s: drew %d images into %s", name, len(written), output)
+    _report_skipped(stats, len(written), output)
     return written
 
 
@@ -174,7 +202,7 @@ def main(args) -> List[Path]:
 
 
 def parse_args(argv=None):
-    parser = argument_parser()
+    parser = argument_parser(__doc__, eval_only=False, resume=False)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", nargs="+", metavar="PATH", help="image files and/or folders to run the model on")
     source.add_argument("--dataset", metavar="NAME", help="draw the ground truth of this registered dataset")
@@ -183,8 +211,6 @@ def parse_args(argv=None):
     parser.add_argument("--metadata-from", metavar="NAME", help="dataset whose class names label boxes")
     parser.add_argument("--max-images", type=int, default=None, help="--dataset: draw at most this many")
     args = parser.parse_args(argv)
-    if not args.config_file:
-        parser.error("pass --config FILE")
     if not (args.input or args.dataset):
         parser.error("pass --input PATH [PATH ...] or --dataset NAME")
     return args
@@ -192,7 +218,9 @@ def parse_args(argv=None):
 
 def cli(argv=None):
     """Console-script entry point."""
-    launch_main(main, parse_args(argv))
+    args = parse_args(argv)
+    with user_errors("visualize"):
+        launch_main(main, args)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ from pathlib import Path
 
 from detectron2.utils import comm
 
+from bitdet.tools.cli import argument_parser, launch_main, user_errors
 from bitdet.tools.finetune import setup  # same config, flags and logging as fine-tuning
-from bitdet.tools.cli import argument_parser, launch_main
 
 
 def parse_args(argv=None):
-    parser = argument_parser()
+    parser = argument_parser(__doc__, eval_only=False, resume_help="skip finished tasks and runs")
     parser.add_argument("--data-root", help="VTAB root (DATASET.ROOT)")
     parser.add_argument("--weights", help="upstream weights: .npz, .pth, 'official' or 'scratch' (MODEL.WEIGHTS)")
     parser.add_argument("--model", help="model name (MODEL.NAME)")
@@ -41,10 +41,12 @@ def main(args):
     from bitdet.checkpoint.atomic import atomic_write
     from bitdet.transfer.finetune import finetune
     from bitdet.checkpoint.atomic import write_json
-    from bitdet.transfer.vtab import VTAB_TASKS, run_vtab
+    from bitdet.transfer.vtab import VTAB_TASKS, check_tasks, run_vtab
 
     cfg = setup(args)
     out = Path(cfg.OUTPUT_DIR)
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(VTAB_TASKS)
+    check_tasks(cfg.DATASET.ROOT, tasks)  # every missing folder in one message, before any training
 
     def run_task(task):
         task_cfg = cfg.clone()
@@ -52,7 +54,6 @@ def main(args):
         task_cfg.DATASET.NAME = f"vtab/{task}"
         return finetune(task_cfg, output_dir=str(out / task), resume=args.resume)
 
-    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(VTAB_TASKS)
     summary = run_vtab(run_task, tasks)
     if comm.is_main_process():
         compact = {t: ({"top1": r["top1"], "top5": r["top5"]} if "top1" in r else r) for t, r in summary["tasks"].items()}
@@ -71,7 +72,9 @@ def main(args):
 
 def cli(argv=None):
     """Console-script entry point."""
-    launch_main(main, parse_args(argv))
+    args = parse_args(argv)
+    with user_errors("vtab"):
+        launch_main(main, args)
 
 
 if __name__ == "__main__":

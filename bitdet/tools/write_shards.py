@@ -15,10 +15,10 @@ import argparse
 import json
 import logging
 import random
-import sys
 from pathlib import Path
 
 from bitdet.pretrain import ImageFolderDataset, read_label_file, write_shards
+from bitdet.tools.cli import user_errors
 
 
 def parse_args(argv=None):
@@ -42,7 +42,7 @@ def main(args) -> list:
         samples = [(p, labels if len(labels) > 1 else labels[0]) for p, labels in read_label_file(args.label_file)]
         classes = None
     if "%" not in args.output:
-        sys.exit(f"--output {args.output!r} needs a % field such as %06d for the shard number")
+        raise ValueError(f"--output {args.output!r} needs a % field such as %06d for the shard number")
     if args.seed >= 0:
         random.Random(args.seed).shuffle(samples)
     shards = write_shards(samples, args.output, max_count=args.max_count, max_size=args.max_size)
@@ -56,7 +56,9 @@ def main(args) -> list:
 def cli(argv=None):
     """Console-script entry point."""
     logging.basicConfig(level=logging.INFO)
-    main(parse_args(argv))
+    args = parse_args(argv)
+    with user_errors("write_shards"):
+        main(args)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch.utils.data import Subset
 
+from bitdet.config import check_device
 from bitdet.models import create_model, pretrained_path
 from bitdet.transfer.config import rule_from_config, tri_state
 from bitdet.transfer.datasets import (
@@ -74,8 +75,7 @@ def run_dir_name(shots: Shots, seed: int) -> str:
 
 def _device(cfg) -> Optional[str]:
     device = cfg.MODEL.DEVICE.strip()
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("MODEL.DEVICE is 'cuda' but CUDA is not available; use MODEL.DEVICE cpu")
+    check_device(device, "MODEL.DEVICE")
     return "cpu" if device == "cpu" else None  # None: the trainer picks cuda:<local rank> or cpu
 
 

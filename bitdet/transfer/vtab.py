@@ -20,7 +20,7 @@ import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -29,7 +29,7 @@ from bitdet.data.images import load_image
 from bitdet.transfer.datasets import DatasetSpec, register_dataset
 from bitdet.transfer.fewshot import mean_std
 
-__all__ = ["SPLITS", "VTAB_TASKS", "VTABTask", "VTABTaskDataset", "find_task", "run_vtab"]
+__all__ = ["SPLITS", "VTAB_TASKS", "VTABTask", "VTABTaskDataset", "check_tasks", "find_task", "run_vtab"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,38 @@ def find_task(root: Path, task: str) -> Path:
             return path
     raise FileNotFoundError(f"VTAB task {task!r}: none of {', '.join(map(str, candidates))} "
                             f"(a CSV with image,label,split or folders {'/'.join(SPLITS)}) exists")
+
+
+def check_tasks(root: Union[str, Path], tasks: Sequence[str]) -> Dict[str, Path]:
+    """Find every task's data before any training; all problems in one message.
+
+    Returns:
+        ``{task: CSV file or folder}``.
+
+    Raises:
+        KeyError: unknown task names.
+        FileNotFoundError: the root is not a folder, or tasks have no data (all named at once).
+    """
+    unknown = [t for t in tasks if t not in VTAB_TASKS]
+    if unknown:
+        raise KeyError(f"unknown VTAB tasks {unknown}; tasks: {', '.join(VTAB_TASKS)}")
+    if not str(root).strip():
+        raise FileNotFoundError("VTAB data root not set: pass --data-root (DATASET.ROOT)")
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"VTAB data root {root} is not a folder: check --data-root (DATASET.ROOT)")
+    found, missing = {}, []
+    for task in tasks:
+        try:
+            found[task] = find_task(root, task)
+        except FileNotFoundError:
+            missing.append(task)
+    if missing:
+        raise FileNotFoundError(
+            f"VTAB data root {root}: {len(missing)} of {len(tasks)} tasks have no data: {', '.join(missing)} "
+            f"(each needs ROOT/<task>.csv, ROOT/<task>/<task>.csv or ROOT/<task>/<{'|'.join(SPLITS)}>/)"
+        )
+    return found
 
 
 def _read_csv(path: Path) -> Dict[str, List[Tuple[Path, int]]]:

@@ -19,9 +19,7 @@ def _load_tool():
 def _args(tool, tmp_path, *opts, resume=False):
     argv = ["--config-file", "benchmark/cpu_tiny.yaml"] + (["--resume"] if resume else [])
     argv += ["OUTPUT_DIR", str(tmp_path), *opts]
-    from detectron2.engine import default_argument_parser
-
-    return default_argument_parser().parse_args(argv)
+    return tool.parse_args(argv)
 
 
 def test_tiny_cpu_run_writes_json_table_and_ratios(tmp_path, capsys):

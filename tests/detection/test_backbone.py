@@ -1,3 +1,5 @@
+import logging
+
 import pytest
 import torch
 from detectron2.layers import ShapeSpec
@@ -69,11 +71,69 @@ def test_fpn_features_not_provided_is_a_clear_error():
         build_backbone(cfg, ShapeSpec(channels=3))
 
 
-@pytest.mark.parametrize("freeze_at,frozen", [(0, []), (1, ["stem"]), (3, ["stem", "block1", "block2"])])
-def test_freeze_at_has_detectron2_meaning(freeze_at, frozen):
-    backbone = BiTBackbone("R14-tiny", freeze_at=freeze_at)
+@pytest.mark.parametrize(
+    "freeze_at, frozen",
+    [(0, []), (1, ["stem", "block1.unit01.gn1"]),
+     (3, ["stem", "block1", "block2", "block3.unit01.gn1"]),
+     (5, ["stem", "block1", "block2", "block3", "block4", "norm"])],
+)
+def test_freeze_at_has_detectron2_meaning_and_freezes_the_tap_norm(freeze_at, frozen):
+    backbone = BiTBackbone("R14-tiny", out_features=("res2", "res3", "res4", "res5"), freeze_at=freeze_at)
     for name, p in backbone.named_parameters():
-        assert p.requires_grad == (name.split(".")[0] not in frozen), name
+        assert p.requires_grad == (not any(name.startswith(f + ".") for f in frozen)), name
+
+
+def test_raw_tap_freezes_stages_only():
+    backbone = BiTBackbone("R14-tiny", out_features=("res2", "res3"), feature_tap="raw", freeze_at=2)
+    assert backbone.block2.unit01.gn1.weight.requires_grad
+    assert not backbone.block1.unit01.conv3.weight.requires_grad
+
+
+def test_frozen_stage_feature_gets_no_gradient():
+    backbone = BiTBackbone("R14-tiny", out_features=("res2", "res3", "res4", "res5"), freeze_at=2)
+    feats = backbone(torch.randn(1, 3, 64, 64))
+    assert not feats["res2"].requires_grad  # stem, res2 and res2's tap norm are all frozen
+    feats["res3"].sum().backward()
+    assert backbone.block2.unit01.gn1.weight.grad is None and backbone.block2.unit01.conv1.weight.grad is not None
+
+
+def test_backbone_freeze_at_key_freezes_stem_and_res2(caplog, monkeypatch):
+    # A tool run in this process may have set up the "bitdet" logger without propagation.
+    monkeypatch.setattr(logging.getLogger("bitdet"), "propagate", True)
+    cfg = _cfg(VARIANT="R50x1")
+    cfg.MODEL.BACKBONE.FREEZE_AT = 2
+    with torch.device("meta"), caplog.at_level("INFO", logger="bitdet"):
+        trunk = build_backbone(cfg, ShapeSpec(channels=3)).bottom_up
+        reference = create_model("R50x1", num_classes=0)
+    count = lambda params: sum(p.numel() for p in params)  # noqa: E731
+    frozen = count(reference.stem.parameters()) + count(reference.block1.parameters()) + \
+        count(reference.block2.unit01.gn1.parameters())
+    total = count(trunk.parameters())
+    assert total == 23_500_352  # the R50x1 trunk (paper: 23.5M)
+    assert count(p for p in trunk.parameters() if p.requires_grad) == total - frozen
+    assert f"{total - frozen:,} of 23,500,352 parameters trainable" in caplog.text
+    assert "FREEZE_AT 2 freezes stem, res2" in caplog.text
+
+
+def test_bit_configs_train_every_layer():
+    assert get_bit_cfg("Base-RetinaNet-BiT.yaml").MODEL.BACKBONE.FREEZE_AT == 0
+
+
+@pytest.mark.parametrize("freeze_at", [-1, 6])
+def test_freeze_at_out_of_range_is_an_error(freeze_at):
+    cfg = _cfg(VARIANT="R14-tiny")
+    cfg.MODEL.BACKBONE.FREEZE_AT = freeze_at
+    with pytest.raises(ValueError, match=f"MODEL.BACKBONE.FREEZE_AT {freeze_at}: expected 0"):
+        build_backbone(cfg, ShapeSpec(channels=3))
+
+
+def test_old_freeze_key_names_its_replacement(tmp_path):
+    with pytest.raises(ValueError, match="MODEL.BIT.FREEZE_AT was renamed to MODEL.BACKBONE.FREEZE_AT"):
+        get_bit_cfg("Base-RetinaNet-BiT.yaml", ["MODEL.BIT.FREEZE_AT", "2"])
+    path = tmp_path / "old.yaml"
+    path.write_text('_BASE_: "Base-RetinaNet-BiT.yaml"\nMODEL:\n  BIT:\n    FREEZE_AT: 2\n')
+    with pytest.raises(ValueError, match=f"config {path}: .*renamed to MODEL.BACKBONE.FREEZE_AT"):
+        get_bit_cfg(str(path))
 
 
 def test_frozen_batchnorm_ablation():
@@ -81,4 +141,5 @@ def test_frozen_batchnorm_ablation():
 
     backbone = BiTBackbone("R14-tiny", freeze_at=2, norm="BN")
     assert isinstance(backbone.block1.unit01.gn1, FrozenBatchNorm2d)
-    assert isinstance(backbone.block2.unit01.gn1, torch.nn.BatchNorm2d)
+    assert isinstance(backbone.block2.unit01.gn1, FrozenBatchNorm2d)  # res2's tap norm
+    assert isinstance(backbone.block2.unit01.gn2, torch.nn.BatchNorm2d)

@@ -1,4 +1,5 @@
 """The README's Python API: a stock Faster R-CNN config with the plain BiT-FPN backbone (P2-P6)."""
+import pytest
 import torch
 from detectron2 import model_zoo
 from detectron2.config import get_cfg
@@ -6,6 +7,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from bitdet.config import DeviceError
 from bitdet.detection import add_bit_config
 
 
@@ -14,6 +16,7 @@ def _faster_rcnn_bit_cfg():
     add_bit_config(cfg)
     cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
     cfg.MODEL.BACKBONE.NAME = "build_bit_fpn_backbone"
+    cfg.MODEL.BACKBONE.FREEZE_AT = 0  # BiT fine-tunes every layer; the zoo config's 2 freezes stem + res2
     cfg.MODEL.BIT.VARIANT = "R14-tiny"
     cfg.MODEL.BIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.PIXEL_MEAN = cfg.MODEL.PIXEL_STD = [127.5] * 3
@@ -42,3 +45,19 @@ def test_faster_rcnn_with_bit_fpn_trains_and_infers():
     with torch.no_grad():
         out = model([{"image": batch[0]["image"], "height": 256, "width": 256}])
     assert out[0]["instances"].image_size == (256, 256)
+
+
+def test_zoo_freeze_at_keeps_detectron2_meaning():
+    cfg = _faster_rcnn_bit_cfg()
+    cfg.MODEL.BACKBONE.FREEZE_AT = 2
+    trunk = build_model(cfg).backbone.bottom_up
+    assert not any(p.requires_grad for p in [*trunk.stem.parameters(), *trunk.block1.parameters()])
+    assert all(p.requires_grad for p in trunk.block3.parameters())
+
+
+def test_cuda_config_on_a_cpu_machine_names_the_key(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = _faster_rcnn_bit_cfg()
+    cfg.MODEL.DEVICE = "cuda"  # the zoo's and bitdet's detection configs say cuda
+    with pytest.raises(DeviceError, match=r"^no CUDA device: add MODEL.DEVICE cpu"):
+        build_model(cfg)

@@ -36,10 +36,12 @@ def test_predictions_on_a_folder_and_a_file(data, tmp_path):
     root, paths = data
     extra = tmp_path / "photo.jpg"  # a file of another size, given by name
     cv2.imwrite(str(extra), np.full((70, 90, 3), 127, np.uint8))
+    broken = tmp_path / "broken.jpg"  # unreadable: skipped and counted, the rest still drawn
+    broken.write_bytes(b"not an image")
     env = dict(os.environ, DETECTRON2_DATASETS=str(root / "datasets"), PYTHONPATH=str(ROOT))
     out = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "visualize.py"), "--config", CONFIG,
-         "--input", str(paths["val_images"]), str(extra), "--output", str(tmp_path / "vis"),
+         "--input", str(paths["val_images"]), str(broken), str(extra), "--output", str(tmp_path / "vis"),
          "--confidence-threshold", "0.0", "--metadata-from", "",
          "MODEL.WEIGHTS", str(root / "untrained.pth"), "TEST.DETECTIONS_PER_IMAGE", "3"],
         capture_output=True, text=True, env=env, timeout=300,
@@ -54,6 +56,7 @@ def test_predictions_on_a_folder_and_a_file(data, tmp_path):
         assert not np.array_equal(drawn, original)  # threshold 0: three boxes drawn on each
     assert cv2.imread(str(tmp_path / "vis" / "photo.png")).shape == (70, 90, 3)
     assert "3 detections >= 0.00" in out.stderr + out.stdout
+    assert "drew 4 images" in out.stdout and "skipped 1 unreadable (not_an_image: 1)" in out.stdout
 
 
 def test_ground_truth_of_a_registered_dataset(data, tmp_path):

@@ -140,4 +140,4 @@ def test_unknown_names_and_options_are_clear_errors():
 
 def test_tiny_variants_are_marked_not_paper_models():
     assert {n for n, a in ARCHITECTURES.items() if not a.paper_model} == {"R14-tiny", "R26-tiny"}
-    assert not any("tiny" in n for n in bitdet.list_models(pretrained_only=True))
+    assert not any("tiny" in n for n in bitdet.list_models(pretrained=True))

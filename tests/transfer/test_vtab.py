@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from bitdet.transfer.datasets import build_dataset, dataset_targets, get_spec
-from bitdet.transfer.vtab import VTAB_TASKS, load_split, run_vtab
+from bitdet.transfer.vtab import VTAB_TASKS, check_tasks, load_split, run_vtab
 
 
 def _png(path, value):
@@ -73,3 +73,18 @@ def test_runner_reports_each_task_mean_and_failures():
     assert "no dmlab" in summary["tasks"]["dmlab"]["error"] and summary["complete"] is False
     with pytest.raises(KeyError, match="unknown VTAB"):
         run_vtab(run, ["imagenet"])
+
+
+def test_check_tasks_reports_every_missing_task_at_once(tmp_path):
+    _png(tmp_path / "svhn" / "test" / "0" / "a.png", 10)
+    (tmp_path / "dtd.csv").write_text("image,label,split\n")
+    found = check_tasks(str(tmp_path), ["svhn", "dtd"])
+    assert found == {"svhn": tmp_path / "svhn", "dtd": tmp_path / "dtd.csv"}
+    with pytest.raises(FileNotFoundError, match=r"2 of 4 tasks have no data: eurosat, dmlab \(each needs"):
+        check_tasks(str(tmp_path), ["svhn", "eurosat", "dtd", "dmlab"])
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        check_tasks(str(tmp_path / "absent"), ["svhn"])
+    with pytest.raises(FileNotFoundError, match="not set: pass --data-root"):
+        check_tasks("", ["svhn"])
+    with pytest.raises(KeyError, match="unknown VTAB tasks"):
+        check_tasks(str(tmp_path), ["svhm"])
