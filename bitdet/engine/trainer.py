@@ -317,6 +317,9 @@ class ClassifierTrainer(TrainerBase):
         logger.info("training steps %d..%d: global batch %d (%d per process, %s micro-batches), %s, %d process(es)",
                     start, self.max_steps, self.global_batch, self.local_batch, self.batch_split,
                     self.precision, self.world_size)
+        if start < self.max_steps:  # each rank logs (log.txt.rank<r>) which samples it reads
+            logger.info("data share of rank %d of %d: step %d reads samples %s", self.rank, self.world_size, start,
+                        [index for index, _ in sampler.batch(start)])
         t_start = time.perf_counter()
         preempted = False
         with self._sigterm_handler(), EventStorage(start) as self.storage:

@@ -17,27 +17,27 @@ Examples::
     # a quick CPU smoke run with tiny models
     python tools/benchmark.py --config-file benchmark/cpu_tiny.yaml BENCH.ITERS 2
 """
-import logging
-
-from detectron2.engine import default_argument_parser, launch
-from detectron2.utils.logger import setup_logger
+from detectron2.engine import default_argument_parser
+from detectron2.utils import comm
 
 from bitdet.benchmark import format_table, get_benchmark_cfg, run_benchmark
 from bitdet.benchmark.runner import output_path
+from bitdet.tools.cli import launch_main, lock_output_dir, setup_logging
 
 
 def setup(args):
-    """Config from file + ``KEY VALUE`` overrides, frozen; logging set up."""
+    """Config from file + ``KEY VALUE`` overrides, frozen; output folder locked, logging set up."""
     cfg = get_benchmark_cfg(args.config_file or None, args.opts)
     cfg.freeze()
-    setup_logger(cfg.OUTPUT_DIR, name="bitdet")
-    logging.getLogger("bitdet").setLevel(logging.INFO)
+    lock_output_dir(cfg.OUTPUT_DIR)
+    setup_logging(cfg.OUTPUT_DIR)
     return cfg
 
 
 def main(args):
-    if args.num_gpus > 1 or args.num_machines > 1:
-        raise SystemExit("benchmark.py measures one GPU: run it with --num-gpus 1 (the default)")
+    if comm.get_world_size() > 1:
+        raise SystemExit(f"benchmark.py measures one GPU but was started as {comm.get_world_size()} processes: "
+                         "run it as one process (--num-gpus 1, no torchrun or srun tasks)")
     cfg = setup(args)
     results = run_benchmark(cfg, resume=args.resume)
     print(format_table(results))
@@ -48,8 +48,9 @@ def main(args):
 def cli(argv=None):
     """Console-script entry point."""
     args = default_argument_parser().parse_args(argv)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    if args.num_gpus > 1 or args.num_machines > 1:
+        raise SystemExit("benchmark.py measures one GPU: run it with --num-gpus 1 (the default)")
+    launch_main(main, args)
 
 
 if __name__ == "__main__":
