@@ -2,10 +2,12 @@
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -133,3 +135,15 @@ def test_remote_holder_is_stale_only_without_refresh(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     OutputDirLock(tmp_path).acquire().release()
+
+
+def test_readme_cluster_section_shows_the_script_the_tests_run():
+    root = Path(__file__).resolve().parents[2]
+    section = (root / "README.md").read_text().split("## On a cluster\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"`tools/slurm.sbatch`, the script.*?```bash\n(.*?)```", section, re.S).group(1)
+    script = [line for line in (root / "tools" / "slurm.sbatch").read_text().splitlines()
+              if line and (line.startswith("#SBATCH") or not line.startswith("#"))]
+    assert block.strip().splitlines() == script
+    # the launch forms the cluster tests use
+    assert "torchrun --standalone --nproc_per_node 8 -m bitdet.tools.pretrain" in section
+    assert "sbatch --nodes 4 tools/slurm.sbatch pretrain" in section
