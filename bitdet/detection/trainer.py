@@ -53,6 +53,9 @@ class _LogFirstBatch:
     def __init__(self, loader) -> None:
         self.loader = loader
 
+    def __getattr__(self, name: str):  # the wrapped loader's attributes (sampler, dataset, ...)
+        return getattr(self.__dict__["loader"], name)
+
     def __iter__(self):
         for i, batch in enumerate(self.loader):
             if i == 0:
