@@ -4,8 +4,9 @@ Three launchers are recognised, in this order:
 
 * ``torchrun`` (or any launcher that sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
   ``MASTER_ADDR``, ``MASTER_PORT``): the group forms through ``env://``.
-* SLURM with one task per GPU (``srun`` sets ``SLURM_PROCID``, ``SLURM_NTASKS``,
-  ``SLURM_LOCALID``, ``SLURM_NODEID``, ``SLURM_JOB_NODELIST``): the first host of the node
+* SLURM with one task per GPU (``srun`` sets ``SLURM_STEP_ID``, ``SLURM_PROCID``,
+  ``SLURM_NTASKS``, ``SLURM_LOCALID``, ``SLURM_NODEID``, ``SLURM_JOB_NODELIST``; the batch
+  script itself, without ``SLURM_STEP_ID``, is a plain process): the first host of the node
   list is the rendezvous (``MASTER_ADDR`` / ``MASTER_PORT`` override it; the default port is
   derived from ``SLURM_JOB_ID`` so that every task agrees on it).
 * ``--num-gpus N --num-machines M`` (Detectron2's ``launch``: N processes spawned per machine).
@@ -20,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import socket
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable, Mapping, Optional
@@ -112,8 +112,8 @@ def detect_launcher(environ: Optional[Mapping[str, str]] = None) -> Optional[Lau
         environ: the environment to read (default ``os.environ``).
 
     Returns:
-        A :class:`LaunchInfo` for torchrun (``WORLD_SIZE`` set) or for SLURM with more than one
-        task (``SLURM_NTASKS`` > 1); None otherwise (a plain process, or a one-task SLURM job
+        A :class:`LaunchInfo` for torchrun (``WORLD_SIZE`` set) or for an srun task of more than
+        one (``SLURM_STEP_ID`` set, ``SLURM_NTASKS`` > 1); None otherwise (a plain process, or a one-task SLURM job
         that spawns its processes with ``--num-gpus``).
 
     Raises:
@@ -130,6 +130,11 @@ def detect_launcher(environ: Optional[Mapping[str, str]] = None) -> Optional[Lau
         if world > 1 and not addr:
             raise SystemExit("torchrun launch: the environment variable MASTER_ADDR is not set")
         info = LaunchInfo("torchrun", rank, world, local_rank, local_world, addr, port)
+    elif "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1 and "SLURM_STEP_ID" not in env:
+        # The batch script or an salloc shell of a multi-task allocation, not an srun task.
+        logger.warning("SLURM_NTASKS=%s but this process is no srun task (SLURM_STEP_ID unset): running as a plain "
+                       "process; start one task per GPU through srun (tools/slurm.sbatch)", env["SLURM_NTASKS"])
+        return None
     elif "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1:
         world = _int_var(env, "SLURM_NTASKS", "SLURM")
         rank = _int_var(env, "SLURM_PROCID", "SLURM")
@@ -201,7 +206,7 @@ def _init_from_env(info: LaunchInfo) -> None:
                                 world_size=info.world_size, timeout=timeout)
         comm.create_local_process_group(info.local_world_size)
         comm.synchronize()
-    except (RuntimeError, ValueError, OSError, socket.error) as e:
+    except (RuntimeError, ValueError, OSError) as e:  # DistNetworkError, DistStoreError, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SystemExit(
             f"{info.launcher} launch: rank {info.rank} could not join the process group of {info.world_size} "

@@ -19,7 +19,7 @@ from bitdet.engine.output_lock import LOCK_NAME, OutputDirLock, OutputDirLocked
 
 TORCHRUN = dict(RANK="3", WORLD_SIZE="4", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2", MASTER_ADDR="node7",
                 MASTER_PORT="29500", TORCHELASTIC_RUN_ID="x")
-SLURM = dict(SLURM_PROCID="5", SLURM_NTASKS="8", SLURM_LOCALID="1", SLURM_NODEID="1", SLURM_JOB_ID="123456",
+SLURM = dict(SLURM_STEP_ID="0", SLURM_PROCID="5", SLURM_NTASKS="8", SLURM_LOCALID="1", SLURM_NODEID="1", SLURM_JOB_ID="123456",
              SLURM_JOB_NODELIST="gpu[007-008]", SLURM_TASKS_PER_NODE="4(x2)", SLURM_NNODES="2")
 
 
@@ -41,6 +41,9 @@ def test_torchrun_wins_over_slurm_and_one_slurm_task_is_no_launcher():
     # a one-task allocation: the tool spawns its processes itself (--num-gpus)
     assert detect_launcher(dict(SLURM, SLURM_NTASKS="1", SLURM_PROCID="0", SLURM_LOCALID="0")) is None
     assert detect_launcher({"PATH": "/bin"}) is None
+    # the batch script of a multi-task job (no srun step): a plain process, with a warning
+    batch = {k: v for k, v in SLURM.items() if k != "SLURM_STEP_ID"}
+    assert detect_launcher(dict(batch, SLURM_PROCID="0", SLURM_LOCALID="0", SLURM_NODEID="0")) is None
 
 
 @pytest.mark.parametrize("nodelist, first", [
