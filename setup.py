@@ -44,6 +44,8 @@ setup(
         "matplotlib>=3.5",
         "tensorboard>=2.10",
         "webdataset>=0.2.86",
+        # one download or generation per machine while the other processes wait
+        "filelock>=3.0",
         # real data that installs offline: digits (scikit-learn), photos (scikit-image)
         "scikit-learn>=1.1",
         "scikit-image>=0.19",

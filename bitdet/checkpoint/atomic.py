@@ -1,6 +1,8 @@
 """Atomic file writes: write to a temporary file in the target folder, fsync, then rename.
 
-A crash or a full disk mid-write leaves the previous file at ``path`` untouched.
+A crash or a full disk mid-write leaves the previous file at ``path`` untouched. The file is
+created with mode 0666 minus the process umask, as ``open()`` would (0644 under umask 022),
+so that teammates and containers on shared storage can read checkpoints and results.
 """
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import contextlib
 import json
 import logging
 import os
-import tempfile
+import secrets
 import time
 from pathlib import Path
 from typing import IO, Any, Iterator, Union
@@ -23,8 +25,7 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file next to ``path``; on success it replaces ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _create_temporary(path)
     try:
         with open(tmp, mode) as f:  # opened by name so that f.name is the temporary path
             yield f
@@ -35,6 +36,22 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _create_temporary(path: Path) -> str:
+    """Create ``.<name>.<random>.tmp`` beside ``path`` exclusively, mode 0666 & ~umask.
+
+    ``tempfile.mkstemp`` would create it 0600 whatever the umask; ``os.open`` lets the kernel
+    apply the umask like ``open()`` does.
+    """
+    for _ in range(100):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a unique temporary file beside {path}")
 
 
 def remove_stale_temporaries(folder: PathLike, older_than_s: float = 3600.0) -> int:

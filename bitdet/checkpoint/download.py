@@ -3,6 +3,12 @@
 The file is streamed to a temporary name in the cache folder, checked (size, optional
 SHA-256, and a caller's validator such as "npz loads"), and only then renamed into place, so
 an interrupted download never leaves a file that looks cached.
+
+Many processes asking for the same file (the ranks of a job) take a file lock beside it: the
+first downloads while the others wait, then all find it cached. That is one download per
+machine with a machine-local cache, and one per cluster when the cache is on shared storage.
+``$BITDET_WEIGHTS_URL`` replaces the base address of the official checkpoints (a mirror, or
+a ``file://`` folder on an air-gapped cluster); the file names stay the same.
 """
 from __future__ import annotations
 
@@ -14,10 +20,12 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Optional
 
+from filelock import FileLock
+
 from bitdet.checkpoint.atomic import atomic_write
 from bitdet.checkpoint.errors import CheckpointError
 
-__all__ = ["default_cache_dir", "download"]
+__all__ = ["default_cache_dir", "download", "mirrored"]
 
 logger = logging.getLogger(__name__)
 _CHUNK = 1 << 20
@@ -30,6 +38,12 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bitdet"
 
 
+def mirrored(url: str) -> str:
+    """``url``, or the same file name under ``$BITDET_WEIGHTS_URL`` when that is set."""
+    base = os.environ.get("BITDET_WEIGHTS_URL", "").strip()
+    return f"{base.rstrip('/')}/{url.rsplit('/', 1)[-1]}" if base else url
+
+
 def download(
     url: str,
     dest: os.PathLike,
@@ -38,7 +52,7 @@ def download(
     progress: bool = True,
     timeout: float = 60.0,
 ) -> Path:
-    """Download ``url`` to ``dest`` unless ``dest`` already exists.
+    """Download ``url`` to ``dest`` unless ``dest`` already exists (one process at a time).
 
     Args:
         url: ``http(s)://`` or ``file://`` address.
@@ -57,6 +71,17 @@ def download(
     dest = Path(dest)
     if dest.is_file():
         return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(dest.with_name(f".{dest.name}.lock")):  # the lock file stays: removing it would race
+        if dest.is_file():  # another process fetched it while this one waited
+            logger.info("%s was downloaded by another process", dest)
+            return dest
+        _fetch(url, dest, sha256, validate, progress, timeout)
+    return dest
+
+
+def _fetch(url: str, dest: Path, sha256: Optional[str], validate: Optional[Callable[[Path], object]],
+           progress: bool, timeout: float) -> None:
     logger.info("downloading %s -> %s", url, dest)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -81,9 +106,9 @@ def download(
     except (urllib.error.URLError, OSError) as e:
         raise CheckpointError(
             f"could not download {url}: {e}. Without network access, download the file "
-            f"elsewhere and place it at {dest} (or pass its path as the weights)."
+            f"elsewhere and place it at {dest} (or pass its path as the weights, or set BITDET_WEIGHTS_URL "
+            "to a mirror)."
         ) from e
-    return dest
 
 
 def _progress(total: Optional[int], name: str, enabled: bool):

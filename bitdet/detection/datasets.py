@@ -18,6 +18,7 @@ from typing import Dict, Iterable, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils import comm
+from filelock import FileLock
 
 from bitdet.detection.annotations import load_coco_format
 
@@ -73,8 +74,10 @@ def _ensure_demo_generated(name: str) -> None:
 
     json_file = Path(MetadataCatalog.get(name).json_file)
     folder = json_file.parent.parent
-    logger.info("generating the %s dataset in %s (if absent)", base, folder)
-    generate_detection_dataset(folder, **DEMO_DATASETS[base])
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{folder}.lock"):
+        logger.info("generating the %s dataset in %s (if absent)", base, folder)
+        generate_detection_dataset(folder, **DEMO_DATASETS[base])
 
 
 def prepare_datasets(cfg, names: Iterable[str] | None = None) -> None:
@@ -94,7 +97,7 @@ def prepare_datasets(cfg, names: Iterable[str] | None = None) -> None:
                 f"dataset {name!r} is not registered. Use a Detectron2 built-in (e.g. coco_2017_train), "
                 "a bitdet_demo_* set, or add [name, json_file, image_root] to DATASETS.COCO_FORMAT"
             )
-    if comm.is_main_process():
+    if comm.get_local_rank() == 0:  # once per machine; the lock serialises machines sharing a folder
         for name in names:
             _ensure_demo_generated(name)
     comm.synchronize()

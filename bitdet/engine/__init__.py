@@ -1,7 +1,8 @@
 """Classification training engine shared by upstream pretraining and BiT fine-tuning.
 
 Built on Detectron2's engine (``TrainerBase`` + hooks, ``EventStorage``, console/JSON/TensorBoard
-writers) and launched with ``detectron2.engine.launch`` for DDP (NCCL on GPUs, gloo on CPU).
+writers); the tools join one DDP group (NCCL on GPUs, gloo on CPU) through
+:mod:`bitdet.engine.launch`, whether ``torchrun``, SLURM or ``--num-gpus`` started them.
 
 Example::
 

@@ -23,7 +23,7 @@ from detectron2.engine import HookBase, TrainerBase, hooks
 from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, EventStorage, JSONWriter, TensorboardXWriter
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from bitdet.engine.checkpoint import TrainingCheckpointer, restore_rng_state
 from bitdet.engine.data import SeededDataset, StepBatchSampler, collate_skip_none, step_seed
@@ -198,7 +198,14 @@ class ClassifierTrainer(TrainerBase):
                              f"(the per-process batch), got {batch_split!r}")
         if precision not in _PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
-        if len(train_set) == 0:  # type: ignore[arg-type]
+        # A streamed training set (an IterableDataset with ``for_rank``, e.g. bitdet's
+        # StreamingShards) gives each rank its own endless, resumable stream instead.
+        self.streaming = isinstance(train_set, IterableDataset)
+        if self.streaming and not hasattr(train_set, "for_rank"):
+            raise TypeError(f"{type(train_set).__name__} is an IterableDataset without for_rank(rank, world_size, "
+                            "local_batch, start_step, seed) (returning a stream with describe_share(num_workers)): "
+                            "the trainer cannot split or resume it")
+        if not self.streaming and len(train_set) == 0:  # type: ignore[arg-type]
             raise ValueError("the training set is empty")
         self.loss_fn = build_loss(loss)
 
@@ -307,16 +314,26 @@ class ClassifierTrainer(TrainerBase):
         self.start_iter = self.iter = start
         if self.batch_split == "auto":
             self.batch_split = self._auto_batch_split()
-        sampler = StepBatchSampler(len(self.train_set), self.global_batch, self.seed, self.rank,
-                                   self.world_size, start, self.max_steps)
-        self.epoch_at = sampler.epoch_at
-        loader = DataLoader(SeededDataset(self.train_set), batch_sampler=sampler, num_workers=self.num_workers,
-                            collate_fn=collate_skip_none, pin_memory=self.device.type == "cuda",
-                            worker_init_fn=_ignore_sigterm)
+        loader_options = dict(num_workers=self.num_workers, collate_fn=collate_skip_none,
+                              pin_memory=self.device.type == "cuda", worker_init_fn=_ignore_sigterm)
+        if self.streaming:
+            stream = self.train_set.for_rank(self.rank, self.world_size, self.local_batch, start, self.seed)
+            loader = DataLoader(stream, batch_size=self.local_batch, **loader_options)
+            size = getattr(self.train_set, "num_samples", None)
+            self.epoch_at = lambda step: step * self.global_batch / size if size else float("nan")
+            share = stream.describe_share(self.num_workers)
+        else:
+            sampler = StepBatchSampler(len(self.train_set), self.global_batch, self.seed, self.rank,
+                                       self.world_size, start, self.max_steps)
+            self.epoch_at = sampler.epoch_at
+            loader = DataLoader(SeededDataset(self.train_set), batch_sampler=sampler, **loader_options)
+            share = f"step {start} reads samples {[index for index, _ in sampler.batch(start)] if start < self.max_steps else []}"
         self._data_iter = iter(loader)
         logger.info("training steps %d..%d: global batch %d (%d per process, %s micro-batches), %s, %d process(es)",
                     start, self.max_steps, self.global_batch, self.local_batch, self.batch_split,
                     self.precision, self.world_size)
+        # each rank logs (log.txt.rank<r>) which data it reads
+        logger.info("data share of rank %d of %d: %s", self.rank, self.world_size, share)
         t_start = time.perf_counter()
         preempted = False
         with self._sigterm_handler(), EventStorage(start) as self.storage:
@@ -383,7 +400,8 @@ class ClassifierTrainer(TrainerBase):
         if self.device.type != "cuda":
             logger.info("batch_split='auto': 1 on %s (no memory probe off CUDA)", self.device)
             return 1
-        x0, y0 = SeededDataset(self.train_set)[(0, 0)]
+        x0, y0 = (next(s for s in self.train_set if s is not None) if self.streaming
+                  else SeededDataset(self.train_set)[(0, 0)])
         y = torch.as_tensor(y0)
 
         def probe(micro: int) -> None:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from bitdet.checkpoint.download import default_cache_dir, download
+from bitdet.checkpoint.download import default_cache_dir, download, mirrored
 from bitdet.checkpoint.loading import load_weights
 from bitdet.checkpoint.npz import read_npz
 from bitdet.models.resnetv2 import ResNetV2, ResNetV2Features
@@ -23,12 +23,14 @@ def pretrained_path(name: str, cache_dir: Optional[os.PathLike] = None, progress
     Args:
         name: e.g. ``"BiT-M-R50x1"``.
         cache_dir: defaults to :func:`bitdet.checkpoint.download.default_cache_dir`.
+
+    ``$BITDET_WEIGHTS_URL`` serves the file from a mirror; concurrent callers download once.
     """
     _, _, pre = resolve(name)
     if pre is None:
         raise KeyError(f"{name!r} has no official checkpoint; pass a weights file path instead")
     dest = Path(cache_dir or default_cache_dir()) / f"{name}.npz"
-    return download(pre.url, dest, sha256=pre.sha256, validate=read_npz, progress=progress)
+    return download(mirrored(pre.url), dest, sha256=pre.sha256, validate=read_npz, progress=progress)
 
 
 def create_model(

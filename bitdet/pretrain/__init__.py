@@ -14,7 +14,7 @@ from bitdet.pretrain.data import (
 )
 from bitdet.pretrain.runner import build_datasets, build_model, build_schedule, evaluator, run_pretraining
 from bitdet.pretrain.schedule import StepSchedule, epochs_to_steps, scaled_lr
-from bitdet.pretrain.shards import ShardDataset, expand_shards, write_shards
+from bitdet.pretrain.shards import ShardDataset, StreamingShards, expand_shards, write_shards
 
 __all__ = [
     "DATASET_KINDS",
@@ -22,6 +22,7 @@ __all__ = [
     "LabelFileDataset",
     "ShardDataset",
     "StepSchedule",
+    "StreamingShards",
     "add_pretrain_config",
     "build_dataset",
     "build_datasets",

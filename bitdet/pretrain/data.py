@@ -17,7 +17,7 @@ from bitdet.data.fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
 from bitdet.data.fashion_mnist import FashionMNIST
 from bitdet.data.images import load_image
 from bitdet.numerics import PIXEL_MEAN, PIXEL_STD
-from bitdet.pretrain.shards import IMAGE_EXTENSIONS, ShardDataset
+from bitdet.pretrain.shards import IMAGE_EXTENSIONS, ShardDataset, StreamingShards, is_stream
 
 __all__ = ["ImageFolderDataset", "LabelFileDataset", "build_dataset", "eval_transform", "read_label_file", "train_transform"]
 
@@ -135,7 +135,8 @@ def build_dataset(spec, *, train: bool, cfg) -> Dataset:
         cfg: the full config (INPUT.*, MODEL.NUM_CLASSES, DATASETS.MULTILABEL).
 
     Returns:
-        A map-style dataset of ``(image, target)`` (or ``None`` for unusable images).
+        A map-style dataset of ``(image, target)`` (or ``None`` for unusable images); for
+        ``webdataset`` shards given as ``pipe:`` / URL patterns, a :class:`StreamingShards`.
     """
     size = cfg.INPUT.CROP_SIZE
     transform = (train_transform(size, cfg.INPUT.CROP_SCALE, cfg.INPUT.RANDOM_FLIP) if train
@@ -152,6 +153,12 @@ def build_dataset(spec, *, train: bool, cfg) -> Dataset:
             raise ValueError(f"{path} has {len(dataset.classes)} classes but MODEL.NUM_CLASSES is {num_classes}")
     elif kind == "labelfile":
         dataset = LabelFileDataset(path, num_classes, multilabel, transform)
+    elif kind == "webdataset" and is_stream(path):
+        if spec.MAX_SAMPLES and train:
+            raise ValueError(f"MAX_SAMPLES cannot subset the streamed training shards {path!r}: set it to 0 and "
+                             "list fewer shards")
+        # held-out: the first MAX_SAMPLES samples in shard order (a stream has no random subset)
+        return StreamingShards(path, num_classes, multilabel, transform, max_samples=spec.MAX_SAMPLES or None)
     elif kind == "webdataset":
         dataset = ShardDataset(path, num_classes, multilabel, transform)
     else:

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 from detectron2.utils import comm
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from bitdet.checkpoint import load_weights, save_checkpoint, state_dict_to_npz, write_npz
 from bitdet.engine import ClassifierTrainer, evaluate_classifier
@@ -68,9 +68,13 @@ def run_pretraining(cfg, resume: bool = True) -> Dict[str, Any]:
     """
     wall_start = time.perf_counter()
     train_set, test_set = build_datasets(cfg)
-    schedule = build_schedule(cfg, len(train_set))
-    logger.info("pretraining %s on %d images (%s): %s", cfg.MODEL.NAME, len(train_set), cfg.DATASETS.TRAIN.KIND,
-                schedule.describe())
+    size = len(train_set) if not isinstance(train_set, IterableDataset) else None
+    if size is None and cfg.SOLVER.MAX_ITER <= 0:
+        raise ValueError(f"the streamed shards {cfg.DATASETS.TRAIN.PATH!r} have no known size to turn "
+                         "SOLVER.EPOCHS into steps: set SOLVER.MAX_ITER")
+    schedule = build_schedule(cfg, size or 0)
+    logger.info("pretraining %s on %s images (%s): %s", cfg.MODEL.NAME, size if size is not None else "streamed",
+                cfg.DATASETS.TRAIN.KIND, schedule.describe())
     model = build_model(cfg)
     split = cfg.SOLVER.BATCH_SPLIT
     trainer = ClassifierTrainer(
@@ -87,7 +91,7 @@ def run_pretraining(cfg, resume: bool = True) -> Dict[str, Any]:
     result = trainer.train(resume=resume)
     final = {k: v for k, v in result["eval"].items() if isinstance(v, (int, float))}
     final.update(
-        arch=cfg.MODEL.NAME, steps=result["step"], train_images=len(train_set), global_batch=cfg.SOLVER.IMS_PER_BATCH,
+        arch=cfg.MODEL.NAME, steps=result["step"], train_images=size, global_batch=cfg.SOLVER.IMS_PER_BATCH,
         img_per_s=result["img_per_s"], train_time_s=result["train_time_s"], final_loss=result["loss"],
         skipped_images=result["skipped_images"], wall_time_s=time.perf_counter() - wall_start,
         processes=comm.get_world_size(),

@@ -17,17 +17,23 @@ Examples::
     # a quick CPU smoke run with tiny models
     python tools/benchmark.py --config-file benchmark/cpu_tiny.yaml BENCH.ITERS 2
 """
+from detectron2.utils import comm
+
 from bitdet.benchmark import format_table, get_benchmark_cfg, run_benchmark
 from bitdet.benchmark.runner import output_path
-from bitdet.tools.cli import argument_parser, setup_cfg, user_errors
+from bitdet.tools.cli import argument_parser, launch_main, setup_cfg, user_errors
 
 
 def setup(args):
-    """Config from file + ``KEY VALUE`` overrides, device checked, frozen; logging set up."""
+    """Config from file + ``KEY VALUE`` overrides, device checked, frozen; output folder locked,
+    logging set up."""
     return setup_cfg(args, get_benchmark_cfg)
 
 
 def main(args):
+    if comm.get_world_size() > 1:
+        raise SystemExit(f"benchmark.py measures one device but was started as {comm.get_world_size()} processes: "
+                         "run it as one process (no torchrun or srun tasks)")
     cfg = setup(args)
     results = run_benchmark(cfg, resume=args.resume, log=lambda line: print(line, flush=True))
     print(format_table(results))
@@ -36,15 +42,17 @@ def main(args):
 
 
 def parse_args(argv=None):
-    return argument_parser(__doc__, eval_only=False, launcher=False,
-                           resume_help="keep the finished rows of an earlier run with the same settings").parse_args(argv)
+    parser = argument_parser(__doc__, eval_only=False, launcher=False,
+                             resume_help="keep the finished rows of an earlier run with the same settings")
+    parser.set_defaults(num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto")  # one process
+    return parser.parse_args(argv)
 
 
 def cli(argv=None):
     """Console-script entry point."""
     args = parse_args(argv)
     with user_errors("benchmark"):
-        main(args)
+        launch_main(main, args)  # one process; under torchrun or srun, main refuses a larger world
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """What every bitdet entry point in tools/ shares: one argument-parser shape (Detectron2's flags,
 ``--config`` as an alias of ``--config-file``, only the flags a tool uses), config set-up (file +
 ``KEY VALUE`` overrides, device checked, frozen; details to the log file), user errors as one
-line with exit status 2, and launch."""
+line with exit status 2, the output folder locked, and the launch (torchrun, SLURM or ``--num-gpus``:
+:mod:`bitdet.engine.launch`)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,7 @@ import os
 import sys
 from typing import Callable, Iterator, Optional, Sequence
 
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
 from detectron2.utils.env import seed_all_rng
@@ -19,9 +20,12 @@ from detectron2.utils.logger import setup_logger
 
 from bitdet.checkpoint.errors import CheckpointError
 from bitdet.config import DeviceError, check_device, resolve_config_file
+from bitdet.engine.launch import launch_main, launch_summary
+from bitdet.engine.output_lock import OutputDirLocked, acquire_output_lock
 from bitdet.log import FILE_LOGGER
 
-__all__ = ["FILE_LOGGER", "USER_ERRORS", "argument_parser", "launch_main", "setup_cfg", "setup_output", "user_errors"]
+__all__ = ["FILE_LOGGER", "USER_ERRORS", "argument_parser", "launch_main", "lock_output_dir", "setup_cfg",
+           "setup_output", "user_errors"]
 
 # Errors a user fixes by changing a file, a path, a key or the device: one line, exit 2.
 # bitdet raises these with a message naming the file, key or value to change.
@@ -70,8 +74,23 @@ def setup_cfg(args, load_cfg: Callable, extra_opts: Sequence[str] = ()):
         if section in cfg and key in cfg[section]:
             check_device(cfg[section][key], f"{section}.{key}")
     cfg.freeze()
+    lock_output_dir(cfg.OUTPUT_DIR)
     setup_output(cfg, args)
     return cfg
+
+
+def lock_output_dir(output_dir: str) -> None:
+    """The main process locks ``output_dir``; every process stops if another run holds it."""
+    error = None
+    if comm.is_main_process() and output_dir:
+        try:
+            acquire_output_lock(output_dir)
+        except OutputDirLocked as e:
+            error = str(e)
+    if comm.get_world_size() > 1:
+        error = comm.all_gather(error)[0]
+    if error:
+        raise SystemExit(error)
 
 
 def setup_output(cfg, args) -> None:
@@ -92,6 +111,7 @@ def setup_output(cfg, args) -> None:
         setup_logger(output_dir, distributed_rank=rank, color=color, name=name)
     # Detectron2's logger set-up leaves the root at WARNING; bitdet's modules log under "bitdet".
     logging.getLogger("bitdet").setLevel(logging.INFO)
+    logging.getLogger("bitdet").info(launch_summary())  # launcher, rank, world size, backend
     details = setup_logger(output_dir, distributed_rank=rank, name=FILE_LOGGER, configure_stdout=False)
     details.info("rank %d of %d; command line: %s", rank, comm.get_world_size(), " ".join(sys.argv))
     details.info("arguments: %s", args)
@@ -132,9 +152,3 @@ def user_errors(tool: str) -> Iterator[None]:
             message = f"{message}: {e.filename}"
         print(f"{tool}: error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
-
-
-def launch_main(main: Callable, args) -> None:
-    """Run ``main(args)`` on ``--num-gpus`` processes per machine (one process: in this one)."""
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))

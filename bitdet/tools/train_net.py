@@ -8,6 +8,10 @@ Examples::
     # two machines
     python tools/train_net.py --config retinanet_bit_m.yaml --num-gpus 8 --num-machines 2 \\
         --machine-rank 0 --dist-url tcp://HOST:PORT
+    # torchrun / SLURM (one task per GPU) / CPU processes (gloo)
+    torchrun --standalone --nproc_per_node 8 -m bitdet.tools.train_net --config retinanet_bit_m.yaml
+    sbatch --nodes 2 tools/slurm.sbatch train_net --config retinanet_bit_m.yaml
+    python tools/train_net.py --config quick_schedules/retinanet_bit_instant_test.yaml --num-gpus 2 MODEL.DEVICE cpu
     # resume the last checkpoint of OUTPUT_DIR / evaluate a trained model
     python tools/train_net.py --config retinanet_bit_m.yaml --resume
     python tools/train_net.py --config retinanet_bit_m.yaml --eval-only MODEL.WEIGHTS path/model_final.pth

@@ -1,14 +1,21 @@
 #!/usr/bin/env python
 """Write WebDataset tar shards from an ImageFolder or a label file (original image bytes).
 
+Beside each shard goes an index, ``<shard>.idx`` (sample offsets and labels), so that
+training from local shards starts without re-reading every shard's tar headers.
+
 Examples::
 
-    # ImageFolder root/<class>/<image> -> out/train-000000.tar, ... (1000 images per shard)
+    # ImageFolder root/<class>/<image> -> out/train-000000.tar (+ .idx), ... (1000 images per shard)
     python tools/write_shards.py --image-folder /data/imagenet/train --output "out/train-%06d.tar"
     # label file of "relative/path<TAB>label[,label...]" lines (multi-label allowed)
     python tools/write_shards.py --label-file /data/jft/labels.tsv --output "out/jft-%06d.tar" --max-count 5000
+    # index shards written by other tools
+    python tools/write_shards.py --index "out/train-{000000..000127}.tar"
 
-Read them back with DATASETS.TRAIN.KIND webdataset and PATH "out/train-{000000..000127}.tar".
+Read them back with DATASETS.TRAIN.KIND webdataset and PATH "out/train-{000000..000127}.tar"
+(random access), or stream them: PATH "pipe:cat out/train-{000000..000127}.tar", a URL pattern,
+or "pipe:aws s3 cp s3://bucket/train-{000000..000127}.tar -".
 Samples are shuffled into shards with --seed, so each shard holds a mix of classes.
 """
 import argparse
@@ -17,7 +24,8 @@ import logging
 import random
 from pathlib import Path
 
-from bitdet.pretrain import ImageFolderDataset, read_label_file, write_shards
+from bitdet.pretrain import ImageFolderDataset, expand_shards, read_label_file, write_shards
+from bitdet.pretrain.shards import write_index
 from bitdet.tools.cli import user_errors
 
 
@@ -26,7 +34,8 @@ def parse_args(argv=None):
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--image-folder", help="root/<class name>/<image> (classes sorted by name)")
     src.add_argument("--label-file", help="lines 'relative/path<TAB>label[,label...]'")
-    parser.add_argument("--output", required=True, help="shard pattern with a %% field, e.g. out/train-%%06d.tar")
+    src.add_argument("--index", metavar="PATTERN", help="only write the .idx index of existing shards")
+    parser.add_argument("--output", help="shard pattern with a %% field, e.g. out/train-%%06d.tar")
     parser.add_argument("--max-count", type=int, default=1000, help="samples per shard")
     parser.add_argument("--max-size", type=float, default=1e9, help="bytes per shard")
     parser.add_argument("--seed", type=int, default=0, help="shuffle seed (-1: keep the source order)")
@@ -34,6 +43,14 @@ def parse_args(argv=None):
 
 
 def main(args) -> list:
+    if args.index:
+        shards = expand_shards(args.index)
+        for shard in shards:
+            write_index(shard)
+        print(f"indexed {len(shards)} shards: {shards[0]} ... {shards[-1]}")
+        return shards
+    if not args.output:
+        raise ValueError("pass --output PATTERN (e.g. out/train-%06d.tar)")
     if args.image_folder:
         folder = ImageFolderDataset(args.image_folder)
         samples = list(folder.samples)

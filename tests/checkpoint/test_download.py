@@ -1,12 +1,16 @@
 import functools
 import hashlib
 import http.server
+import multiprocessing
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
 
 from bitdet.checkpoint import CheckpointError, download, read_npz
+from bitdet.checkpoint.download import mirrored
 from bitdet.models import pretrained_path
 
 
@@ -46,7 +50,7 @@ def test_hash_mismatch_leaves_nothing_in_cache(tmp_path, npz_file):
     cache = tmp_path / "cache"
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         download(npz_file.as_uri(), cache / "w.npz", sha256="0" * 64, progress=False)
-    assert list(cache.iterdir()) == []
+    assert [p.name for p in cache.iterdir()] == [".w.npz.lock"]  # only the lock of the concurrent callers
 
 
 def test_unloadable_download_leaves_nothing_in_cache(tmp_path):
@@ -55,7 +59,7 @@ def test_unloadable_download_leaves_nothing_in_cache(tmp_path):
     cache = tmp_path / "cache"
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         download(junk.as_uri(), cache / "w.npz", validate=read_npz, progress=False)
-    assert list(cache.iterdir()) == []
+    assert [p.name for p in cache.iterdir()] == [".w.npz.lock"]  # only the lock of the concurrent callers
 
 
 def test_unreachable_url_says_where_to_put_the_file(tmp_path, http_server):
@@ -71,3 +75,64 @@ def test_named_model_uses_the_cache(tmp_path, monkeypatch, npz_file):
     assert pretrained_path("BiT-M-R50x1") == cached
     with pytest.raises(KeyError, match="no official checkpoint"):
         pretrained_path("R14-tiny")
+
+
+class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder slowly (so that the ranks' requests would overlap) and counts GETs."""
+
+    def do_GET(self):
+        with self.server.lock:
+            self.server.requests.append(self.path)
+        time.sleep(0.3)
+        super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def mirror(tmp_path):
+    folder = tmp_path / "mirror"
+    folder.mkdir()
+    np.savez(folder / "BiT-M-R50x1.npz", a=np.arange(10, dtype=np.float32))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_CountingHandler, directory=str(folder)))
+    server.requests, server.lock = [], threading.Lock()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+def _rank(cache, barrier, results):
+    os.environ["BITDET_CACHE"] = cache
+    barrier.wait()  # all ranks ask at the same moment
+    path = pretrained_path("BiT-M-R50x1", progress=False)
+    results.put((cache, str(path), read_npz(path)["a"].sum()))
+
+
+def test_one_download_per_node_from_a_mirror(tmp_path, monkeypatch, mirror):
+    monkeypatch.setenv("BITDET_WEIGHTS_URL", f"http://127.0.0.1:{mirror.server_address[1]}/")
+    # two machines with two ranks each; each machine has its own (node-local) cache
+    caches = [str(tmp_path / "node0"), str(tmp_path / "node0"), str(tmp_path / "node1"), str(tmp_path / "node1")]
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(len(caches)), ctx.Queue()
+    procs = [ctx.Process(target=_rank, args=(c, barrier, results)) for c in caches]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    seen = sorted(results.get(timeout=5) for _ in caches)
+    assert mirror.requests == ["/BiT-M-R50x1.npz"] * 2  # one request per node
+    assert all(path == f"{cache}/BiT-M-R50x1.npz" and total == 45 for cache, path, total in seen)
+    # cached: never fetched again, even from a fresh process
+    proc = ctx.Process(target=_rank, args=(caches[0], ctx.Barrier(1), results))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0 and len(mirror.requests) == 2
+
+
+def test_mirror_url_keeps_the_file_name(monkeypatch):
+    official = "https://example.org/bit_models/BiT-S-R50x1.npz"
+    assert mirrored(official) == official
+    monkeypatch.setenv("BITDET_WEIGHTS_URL", "file:///shared/weights/")
+    assert mirrored(official) == "file:///shared/weights/BiT-S-R50x1.npz"

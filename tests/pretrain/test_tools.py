@@ -52,7 +52,8 @@ def test_write_shards_then_pretrain_multilabel(tmp_path):
     (tmp_path / "labels.tsv").write_text("\n".join(labels))
     run_tool("tools/write_shards.py", "--label-file", str(tmp_path / "labels.tsv"),
              "--output", str(tmp_path / "shards" / "train-%06d.tar"), "--max-count", "6")
-    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["train-000000.tar", "train-000001.tar"]
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
+        "train-000000.tar", "train-000000.tar.idx", "train-000001.tar", "train-000001.tar.idx"]
     pattern = str(tmp_path / "shards" / "train-{000000..000001}.tar")
     run_tool("tools/pretrain.py", "--config-file",
              "configs/pretrain/quick_schedules/pretrain_webdataset_multilabel_instant_test.yaml",
