@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Optional, Union
 
 from bitdet.checkpoint.download import default_cache_dir, download
-from bitdet.checkpoint.loading import load_weights
+from bitdet.checkpoint.hub import is_hub_id
+from bitdet.checkpoint.loading import load_weights, read_weights
 from bitdet.checkpoint.npz import read_npz
 from bitdet.models.resnetv2 import ResNetV2
 from bitdet.models.variants import resolve
@@ -41,12 +42,17 @@ def create_model(
     """Build a BiT ResNet-v2 by name.
 
     Args:
-        name: ``"BiT-M-R101x3"``, ``"BiT-S-R50x1"``, a bare architecture ``"R50x1"``, or a
-            small CPU variant such as ``"R14-tiny"`` (see :func:`bitdet.list_models`).
+        name: ``"BiT-M-R101x3"``, ``"BiT-S-R50x1"``, a bare architecture ``"R50x1"``, a
+            small CPU variant such as ``"R14-tiny"`` (see :func:`bitdet.list_models`), or a
+            hub id (``"hf-hub:timm/resnetv2_50x1_bit.goog_in21k"``): the architecture, head
+            size and weight-standardization epsilon then come from its weights, which are
+            loaded unless ``pretrained=False``.
         num_classes: head size; 0 gives a headless backbone. Defaults to the upstream class
-            count of a BiT-S/M name (1000 / 21843), else 1000.
+            count of a BiT-S/M name (1000 / 21843), the head of a hub id's file, else 1000.
         pretrained: None (random init), True (the named official checkpoint, from the cache
-            or its public URL), or a path to an official ``.npz`` or a PyTorch checkpoint.
+            or its public URL), or weights in any format bitdet reads: a path (official
+            ``.npz``, bitdet, Detectron2, timm, bit_pytorch or transformers file), an
+            ``hf-hub:`` id, or an official name (see :func:`bitdet.checkpoint.load_weights`).
         zero_head: zero-initialise the head (BiT fine-tuning). Default: True when the head is
             new (``num_classes`` differs from the checkpoint's), which loading does anyway.
         **kwargs: passed to :class:`ResNetV2` (``norm``, ``weight_std``, ``ws_eps``, ...).
@@ -54,6 +60,8 @@ def create_model(
     Returns:
         The model, in training mode.
     """
+    if is_hub_id(name):
+        return _create_from_hub(name, num_classes, pretrained, zero_head, **kwargs)
     arch_name, arch, pre = resolve(name)
     if num_classes is None:
         num_classes = pre.num_classes if pre else 1000
@@ -70,4 +78,24 @@ def create_model(
         pretrained = pretrained_path(name)
     if pretrained:
         load_weights(model, pretrained, zero_head=bool(zero_head))
+    return model
+
+
+def _create_from_hub(name: str, num_classes: Optional[int], pretrained, zero_head: Optional[bool], **kwargs) -> ResNetV2:
+    """``create_model`` for an ``hf-hub:`` id: the network is the one its weights file describes."""
+    if pretrained not in (None, True, False):
+        raise ValueError(f"create_model({name!r}): the hub id names the weights; pass pretrained=None/True/False, "
+                         f"not {pretrained!r}")
+    weights = read_weights(name)
+    arch = weights.arch
+    if arch is None or len(arch.layers) != 4:
+        raise ValueError(f"{name} ({weights.format}) does not hold a complete BiT ResNet-v2")
+    if weights.ws_eps is not None:
+        kwargs.setdefault("ws_eps", weights.ws_eps)
+    model = ResNetV2(arch.layers, width=1, stem_width=arch.stem_channels,
+                     num_classes=arch.num_classes if num_classes is None else num_classes,
+                     zero_head=bool(zero_head), **kwargs)
+    model.name = name
+    if pretrained is not False:
+        load_weights(model, weights, zero_head=bool(zero_head))
     return model

@@ -21,6 +21,7 @@ import logging
 from detectron2.evaluation import verify_results
 
 
+from bitdet.checkpoint import CheckpointError
 from bitdet.detection import BiTCheckpointer, BiTTrainer, get_bit_cfg, prepare_datasets
 from bitdet.tools.cli import argument_parser, launch_main, setup_cfg
 
@@ -61,7 +62,10 @@ def cli(argv=None):
     args = parse_args(argv)
     if not args.config_file:
         raise SystemExit("train_net.py: pass --config FILE (e.g. --config retinanet_bit_m.yaml)")
-    launch_main(main, args)
+    try:
+        launch_main(main, args)
+    except CheckpointError as e:  # unusable MODEL.WEIGHTS: the loader's message, no traceback
+        raise SystemExit(f"train_net: MODEL.WEIGHTS: {e}") from e
 
 
 if __name__ == "__main__":
