@@ -303,7 +303,7 @@ def check_trunk(
     model_arch: Optional[FileArchitecture],
     ignorable: Callable[[str], bool] = lambda name: False,
     variant_option: Optional[str] = None,
-    allow_other: bool = False,
+    allow_other: Optional[bool] = None,
 ) -> List[str]:
     """Check that the file holds every trunk tensor of a model, each with the model's shape.
 
@@ -314,7 +314,8 @@ def check_trunk(
         ignorable: file tensors the model lacks on purpose (stages a detector does not build).
         variant_option: the setting that picks the architecture (``MODEL.BIT.VARIANT``), for
             the message; None: "build the model as ...".
-        allow_other: keys outside the BiT prefix may exist (a detector's FPN and head).
+        allow_other: keys outside the BiT prefix may exist (a detector's FPN and head);
+            default: when the file is a Detectron2 checkpoint.
 
     Returns:
         The file's tensors the model does not use (head, unbuilt stages).
@@ -324,6 +325,8 @@ def check_trunk(
             tensors the model cannot hold; nothing has been changed.
     """
     state = weights.state
+    if allow_other is None:
+        allow_other = weights.detectron2
     required = [k for k in own if not k.endswith(_STATS)]
     missing = sorted(k for k in required if k not in state)
     mismatched = [(k, own[k], state[k].shape) for k in own if k in state and tuple(own[k]) != tuple(state[k].shape)]
@@ -391,6 +394,9 @@ def apply_weights(
     own_state = model.state_dict()
     trunk = {k: v.shape for k, v in own_state.items() if k not in _HEAD}
     check_trunk(weights, trunk, architecture_of(own_state), variant_option=variant_option)
+    if weights.other:
+        logger.info("%s: %d tensors outside the BiT trunk (%s) not used", weights.source, len(weights.other),
+                    _examples(weights.other))
     state = weights.state
     body = {k: v for k, v in state.items() if k in trunk}
 
