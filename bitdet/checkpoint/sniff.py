@@ -65,9 +65,9 @@ def _describe_other(head: bytes) -> str:
     for magic, what in _OTHER_MAGIC:
         if head.startswith(magic):
             return what
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
+    text = head.decode("utf-8", errors="ignore")  # a read may end inside a multi-byte character
+    printable = sum(c.isprintable() or c in "\r\n\t" for c in text)
+    if len(text) < 0.9 * len(head) or printable < 0.95 * len(text):
         return f"of an unknown kind (first bytes {head[:8].hex(' ')})"
     stripped = text.lstrip().lower()
     if stripped.startswith(("<!doctype html", "<html", "<?xml")):
