@@ -258,6 +258,12 @@ def read_weights(source: WeightsSource) -> WeightsFile:
     path, hub_config = resolve_source(source)
     container = sniff_container(path)
     arrays, wrapper = _read_container(path, container)
+    return _as_weights(str(source), path, container, arrays, wrapper, hub_config)
+
+
+def _as_weights(source: str, path: Path, container: str, arrays: Dict[str, Any], wrapper: Dict[str, Any],
+                hub_config: Optional[Dict[str, Any]] = None) -> WeightsFile:
+    """Detect the layout of ``arrays`` and rename them to bitdet's names."""
     found = detect_layout(arrays)
     if found is None:
         raise CheckpointError(
@@ -282,7 +288,7 @@ def read_weights(source: WeightsSource) -> WeightsFile:
     if layout.name == "bitdet" and meta.get("ws_eps") is not None:
         ws_eps = float(meta["ws_eps"])
     detectron2 = "backbone" in prefix or "__author__" in wrapper
-    return WeightsFile(str(source), path, container, layout, prefix, state, file_keys, sorted(unmapped),
+    return WeightsFile(source, path, container, layout, prefix, state, file_keys, sorted(unmapped),
                        sorted(other), architecture_of(state), ws_eps, meta, detectron2, arrays, wrapper)
 
 
@@ -432,18 +438,7 @@ def apply_state_dict(
     zero_head: bool = False,
 ) -> LoadReport:
     """:func:`apply_weights` for an in-memory state dict in any supported layout."""
-    found = detect_layout(state)
-    if found is None:
-        raise CheckpointError(f"{path}: no BiT key layout recognised (keys: {_examples(sorted(state))})")
-    layout, prefix = found
-    names = layout_keys(state, layout, prefix)
-    mapped = {n: layout.to_bitdet_tensor(n, state[k]) for k, n in names.items() if n is not None}
-    weights = WeightsFile(
-        str(path), Path(str(path)), "torch", layout, prefix, mapped, {n: k for k, n in names.items() if n},
-        sorted(k for k, n in names.items() if n is None and k.startswith(prefix)),
-        sorted(k for k, n in names.items() if n is None and not k.startswith(prefix)),
-        architecture_of(mapped), layout.ws_eps,
-    )
+    weights = _as_weights(str(path), Path(str(path)), "torch", dict(state), {})
     return apply_weights(model, weights, zero_head=zero_head)
 
 
