@@ -42,6 +42,7 @@ __all__ = [
     "resolve_source",
     "save_checkpoint",
     "set_ws_eps",
+    "ws_eps_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -461,16 +462,21 @@ def load_weights(
     return apply_weights(model, weights, zero_head=zero_head, variant_option=variant_option)
 
 
+def ws_eps_of(model: torch.nn.Module) -> Optional[float]:
+    """The weight-standardization epsilon of ``model``'s convs (None without any), for checkpoint metadata."""
+    from bitdet.models.layers import StdConv2d
+
+    return next((float(m.eps) for m in model.modules() if isinstance(m, StdConv2d)), None)
+
+
 def save_checkpoint(path: PathLike, model: torch.nn.Module, **meta: Any) -> None:
     """Save ``{"model": state_dict, "meta": meta}`` atomically (loadable with weights_only).
 
     ``meta["ws_eps"]`` records the model's weight-standardization epsilon, which loading restores.
     """
-    from bitdet.models.layers import StdConv2d
-
-    eps = next((m.eps for m in model.modules() if isinstance(m, StdConv2d)), None)
+    eps = ws_eps_of(model)
     if eps is not None:
-        meta.setdefault("ws_eps", float(eps))
+        meta.setdefault("ws_eps", eps)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     with atomic_write(path) as f:
         torch.save({"model": state, "meta": meta}, f)

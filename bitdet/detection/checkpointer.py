@@ -31,10 +31,9 @@ from detectron2.checkpoint import DetectionCheckpointer
 from bitdet.checkpoint.architecture import FileArchitecture, architecture_of
 from bitdet.checkpoint.atomic import atomic_write, remove_stale_temporaries
 from bitdet.checkpoint.errors import CheckpointError
-from bitdet.checkpoint.loading import check_trunk, read_weights, resolve_source, set_ws_eps
+from bitdet.checkpoint.loading import check_trunk, read_weights, resolve_source, set_ws_eps, ws_eps_of
 from bitdet.checkpoint.safe_pickle import safe_pickle_load, unsafe_pickle_allowed
 from bitdet.detection.backbone import BiTBackbone
-from bitdet.models.layers import StdConv2d
 
 __all__ = ["BiTCheckpointer"]
 
@@ -167,9 +166,9 @@ class BiTCheckpointer(DetectionCheckpointer):
             return
         data = {"model": self.model.state_dict()}
         found = self._bit_trunk()
-        eps = next((m.eps for m in found[1].modules() if isinstance(m, StdConv2d)), None) if found else None
+        eps = ws_eps_of(found[1]) if found else None
         if eps is not None:  # restored on load (timm-sourced trunks compute with 1e-8)
-            data["meta"] = {"ws_eps": float(eps)}
+            data["meta"] = {"ws_eps": eps}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)
