@@ -137,7 +137,7 @@ def resolve_source(source: WeightsSource) -> Tuple[Path, Optional[Dict[str, Any]
     if is_hub_id(text):
         found = hub_weights(text)
         return found.path, found.config
-    path = Path(source)
+    path = Path(source).expanduser()
     if path.is_file():
         return path, None
     from bitdet.models.variants import PRETRAINED
