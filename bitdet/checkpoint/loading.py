@@ -42,6 +42,7 @@ __all__ = [
     "resolve_source",
     "save_checkpoint",
     "set_ws_eps",
+    "torch_load_safely",
     "ws_eps_of",
 ]
 
@@ -156,7 +157,9 @@ def resolve_source(source: WeightsSource) -> Tuple[Path, Optional[Dict[str, Any]
     )
 
 
-def _torch_load(path: Path) -> Any:
+def torch_load_safely(path: PathLike) -> Any:
+    """``torch.load`` with ``weights_only=True`` stated explicitly (an environment variable can flip
+    torch's default) and errors that name the file."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -194,7 +197,7 @@ def _read_container(path: Path, container: str) -> Tuple[Dict[str, Any], Dict[st
         if isinstance(obj, dict) and isinstance(obj.get("blobs"), dict):  # Caffe2 detection models
             obj = {k: v for k, v in obj["blobs"].items() if not k.endswith("_momentum")}
     else:
-        obj = _torch_load(path)
+        obj = torch_load_safely(path)
     wrapper: Dict[str, Any] = {}
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
 from typing import Any, Dict, Optional, Tuple
 
@@ -31,7 +30,14 @@ from detectron2.checkpoint import DetectionCheckpointer
 from bitdet.checkpoint.architecture import FileArchitecture, architecture_of
 from bitdet.checkpoint.atomic import atomic_write, remove_stale_temporaries
 from bitdet.checkpoint.errors import CheckpointError
-from bitdet.checkpoint.loading import check_trunk, read_weights, resolve_source, set_ws_eps, ws_eps_of
+from bitdet.checkpoint.loading import (
+    check_trunk,
+    read_weights,
+    resolve_source,
+    set_ws_eps,
+    torch_load_safely,
+    ws_eps_of,
+)
 from bitdet.checkpoint.safe_pickle import safe_pickle_load, unsafe_pickle_allowed
 from bitdet.detection.backbone import BiTBackbone
 
@@ -139,15 +145,7 @@ class BiTCheckpointer(DetectionCheckpointer):
         return {"model": mapped, "__author__": "bitdet", "matching_heuristics": False}
 
     def _torch_load(self, f: str) -> Dict[str, Any]:
-        # Explicit weights_only: torch's default (True since 2.6) can be flipped by
-        # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, and its error does not name the file.
-        try:
-            return torch.load(f, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(
-                f"refusing to load {f}: it contains Python objects beyond tensors and plain containers, "
-                f"which could run code when unpickled ({str(e).splitlines()[-1]})"
-            ) from e
+        return torch_load_safely(f)
 
     def _load_pkl_safely(self, filename: str) -> Dict[str, Any]:
         """Detectron2's ``.pkl`` handling, with an unpickler that only rebuilds numpy arrays."""
