@@ -46,12 +46,16 @@ setup(
         "webdataset>=0.2.86",
         # one download or generation per machine while the other processes wait
         "filelock>=3.0",
+        # weights from where users have them: safetensors files, hf-hub: ids (the hub client's cache)
+        "safetensors>=0.4",
+        "huggingface_hub>=0.24",
         # real data that installs offline: digits (scikit-learn), photos (scikit-image)
         "scikit-learn>=1.1",
         "scikit-image>=0.19",
     ],
     extras_require={
-        "dev": ["pytest>=7", "pytest-timeout>=2.1", "timm>=0.9"],
+        # timm and transformers: the weights-format tests build their models as sources
+        "dev": ["pytest>=7", "pytest-timeout>=2.1", "timm>=0.9", "transformers>=4.30"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -1,111 +1,105 @@
-"""Convert BiT weights between the official ``.npz``, bitdet's PyTorch checkpoint and Detectron2.
+"""Convert BiT weights between formats: any format bitdet reads -> npz, bitdet, Detectron2, timm, bit_pytorch.
 
 The architecture is read from the file itself (units per stage, stem width, head size), so a
-conversion needs no model name. All outputs are written atomically.
+conversion needs no model name. Every tensor is checked on the way (the same loader as
+``create_model``), renamed, and written atomically; values are copied, never recomputed, so
+converting back gives the original tensors.
 """
 from __future__ import annotations
 
-import re
-from collections import defaultdict
-from dataclasses import dataclass
+import logging
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Dict
 
 import torch
 
+from bitdet.checkpoint.architecture import FileArchitecture
 from bitdet.checkpoint.atomic import PathLike, atomic_write
 from bitdet.checkpoint.errors import CheckpointError
-from bitdet.checkpoint.loading import apply_state_dict, read_state_dict, save_checkpoint
-from bitdet.checkpoint.npz import npz_to_state_dict, read_npz, state_dict_to_npz, write_npz
+from bitdet.checkpoint.layouts import LAYOUTS
+from bitdet.checkpoint.loading import apply_weights, read_weights, save_checkpoint
+from bitdet.checkpoint.npz import state_dict_to_npz, write_npz
+from bitdet.numerics import WS_EPS
 
-__all__ = ["FORMATS", "FileArchitecture", "convert", "infer_architecture"]
+__all__ = ["FORMATS", "DETECTRON2_PREFIX", "FileArchitecture", "convert", "export_state_dict", "infer_architecture"]
 
-# Output formats: the official npz layout, a bitdet checkpoint, a Detectron2 checkpoint.
-FORMATS = ("npz", "torch", "detectron2")
+logger = logging.getLogger(__name__)
+
+# Output formats: the official npz layout, a bitdet checkpoint, a Detectron2 checkpoint, a timm
+# resnetv2_*_bit state dict, the authors' bit_pytorch state dict.
+FORMATS = ("npz", "torch", "detectron2", "timm", "bit_pytorch")
 # Where the BiT trunk sits inside bitdet's Detectron2 FPN detectors.
 DETECTRON2_PREFIX = "backbone.bottom_up."
 
-_NPZ_UNIT = re.compile(r"^resnet/block(\d)/unit(\d+)/")
-_TORCH_UNIT = re.compile(r"^block(\d)\.unit(\d+)\.")
 
-
-@dataclass(frozen=True)
-class FileArchitecture:
-    """The ResNet-v2 shape a weights file describes."""
-
-    layers: Tuple[int, int, int, int]
-    stem_channels: int
-    num_classes: int
-
-    def build(self):
-        """A randomly initialised :class:`bitdet.models.ResNetV2` of this shape."""
-        from bitdet.models.resnetv2 import ResNetV2
-
-        return ResNetV2(self.layers, width=1, stem_width=self.stem_channels, num_classes=self.num_classes)
-
-
-def _read_any(path: Path) -> Dict[str, Any]:
-    """Arrays keyed as in the file: npz keys (numpy) for ``.npz``, parameter names otherwise."""
-    return read_npz(path) if path.suffix == ".npz" else read_state_dict(path)
-
-
-def _architecture(state: Dict[str, Any], npz: bool, path: Path) -> FileArchitecture:
-    unit_re, stem_key = (_NPZ_UNIT, "resnet/root_block/standardized_conv2d/kernel") if npz else (
-        _TORCH_UNIT, "stem.conv.weight")
-    head_key = "resnet/head/conv2d/bias" if npz else "fc.bias"
-    units = defaultdict(set)
-    for key in state:
-        match = unit_re.match(key)
-        if match:
-            units[int(match.group(1))].add(int(match.group(2)))
-    if stem_key not in state or sorted(units) != [1, 2, 3, 4]:
-        raise CheckpointError(
-            f"{path} is not a BiT ResNet-v2 checkpoint: expected {stem_key!r} and units in 4 blocks, "
-            f"found blocks {sorted(units)}"
-        )
-    stem = state[stem_key].shape[-1] if npz else state[stem_key].shape[0]
-    head = state.get(head_key)
-    return FileArchitecture(
-        layers=tuple(len(units[i]) for i in (1, 2, 3, 4)),
-        stem_channels=int(stem),
-        num_classes=int(head.shape[0]) if head is not None else 0,
-    )
-
-
-def infer_architecture(path: PathLike) -> FileArchitecture:
-    """Read units per stage, stem width and head size from an npz or PyTorch BiT checkpoint.
+def infer_architecture(source: PathLike) -> FileArchitecture:
+    """Units per stage, stem width and head size of a weights file of any supported format.
 
     Raises:
-        CheckpointError: the file does not describe a BiT ResNet-v2 (names the missing part).
+        CheckpointError: the file does not describe a BiT ResNet-v2 (names what it holds).
     """
-    path = Path(path)
-    return _architecture(_read_any(path), path.suffix == ".npz", path)
+    weights = read_weights(source)
+    if weights.arch is None or len(weights.arch.layers) != 4:
+        raise CheckpointError(
+            f"{source} is not a complete BiT ResNet-v2 checkpoint ({weights.format}): expected a stem conv and "
+            f"units in 4 stages, found stages {list(weights.arch.layers) if weights.arch else []}"
+        )
+    return weights.arch
+
+
+def export_state_dict(model: torch.nn.Module, layout: str) -> Dict[str, torch.Tensor]:
+    """``model``'s parameters renamed to a layout of :data:`bitdet.checkpoint.layouts.LAYOUTS`."""
+    target = LAYOUTS[layout]
+    return {target.from_bitdet_key(name): target.from_bitdet_tensor(name, value)
+            for name, value in model.state_dict().items()}
+
+
+def _save_tensors(dst: Path, tensors: Dict[str, torch.Tensor]) -> None:
+    with atomic_write(dst) as f:
+        if dst.suffix == ".safetensors":
+            from safetensors.torch import save
+
+            f.write(save({k: v.contiguous() for k, v in tensors.items()}))
+        else:
+            torch.save(tensors, f)
 
 
 def convert(src: PathLike, dst: PathLike, fmt: str, prefix: str = DETECTRON2_PREFIX) -> FileArchitecture:
-    """Convert ``src`` (npz or PyTorch) to ``dst`` in format ``fmt`` (one of :data:`FORMATS`).
+    """Convert ``src`` (any format bitdet reads, or an ``hf-hub:`` id) to ``dst`` in format ``fmt``.
 
     ``detectron2`` writes ``{"model": {prefix + name: tensor}, "__author__": "bitdet"}``
     without the classification head: Detectron2's stock ``DetectionCheckpointer`` loads it
-    into a detector whose backbone is registered by :mod:`bitdet.detection`.
+    into a detector whose backbone is registered by :mod:`bitdet.detection`. ``timm`` writes
+    timm's key names (a ``.safetensors`` file when ``dst`` ends so, else ``torch.save``);
+    ``bit_pytorch`` the authors' names, loadable with ``ResNetV2.load_state_dict``.
 
     Returns:
         The architecture found in ``src``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: expected one of {FORMATS}")
-    src = Path(src)
-    npz = src.suffix == ".npz"
-    state = _read_any(src)  # read once: for the architecture, then for the weights
-    arch = _architecture(state, npz, src)
-    model = arch.build()
-    apply_state_dict(model, npz_to_state_dict(state, model) if npz else state, src)
+    src_text, dst = str(src), Path(dst)
+    weights = read_weights(src)
+    arch = infer_architecture(weights.source) if weights.arch is None else weights.arch
+    if len(arch.layers) != 4:
+        raise CheckpointError(f"{src_text} ({weights.format}) holds stages {list(arch.layers)}, not 4: not convertible")
+    source_eps = weights.ws_eps or WS_EPS
+    model = arch.build(ws_eps=source_eps)
+    apply_weights(model, weights)
+    target_eps = LAYOUTS[fmt].ws_eps or WS_EPS if fmt in LAYOUTS else None
+    if target_eps is not None and target_eps != source_eps:
+        logger.warning("%s was made with weight-standardization eps %g, %s code uses %g: its logits will differ "
+                       "by about 1e-5 relative", src_text, source_eps, fmt, target_eps)
     if fmt == "npz":
         write_npz(dst, state_dict_to_npz(model))
     elif fmt == "torch":
-        save_checkpoint(dst, model, source=str(src), layers=list(arch.layers), stem_channels=arch.stem_channels)
-    else:
+        save_checkpoint(dst, model, source=src_text, source_format=weights.format, layers=list(arch.layers),
+                        stem_channels=arch.stem_channels)
+    elif fmt == "detectron2":
         state = {prefix + k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
         with atomic_write(dst) as f:
-            torch.save({"model": state, "__author__": "bitdet", "matching_heuristics": False}, f)
+            torch.save({"model": state, "__author__": "bitdet", "matching_heuristics": False,
+                        "meta": {"ws_eps": source_eps, "source": src_text}}, f)
+    else:
+        _save_tensors(dst, export_state_dict(model, fmt))
     return arch

@@ -22,31 +22,17 @@ import torch
 
 from bitdet.checkpoint.atomic import PathLike, atomic_write
 from bitdet.checkpoint.errors import CheckpointError
+from bitdet.checkpoint.layouts import LAYOUTS
 
 __all__ = ["npz_key_map", "read_npz", "write_npz", "npz_to_state_dict", "state_dict_to_npz"]
 
-HEAD_KEYS = ("resnet/head/conv2d/kernel", "resnet/head/conv2d/bias")
 _NUMBERED_CONV = re.compile(r"/standardized_conv2d_\d+/")
 
 
 def npz_key_map(model: torch.nn.Module) -> Dict[str, str]:
     """Map each of ``model``'s parameter names to its key in the official npz layout."""
-    conv = "standardized_conv2d/kernel"
-    keys = {"stem.conv.weight": f"resnet/root_block/{conv}"}
-    for i, stage in enumerate(model.stages, start=1):
-        for unit_name, unit in stage.named_children():
-            module, scope = f"block{i}.{unit_name}.", f"resnet/block{i}/{unit_name}/"
-            for k, letter in zip("123", "abc"):
-                keys[f"{module}conv{k}.weight"] = f"{scope}{letter}/{conv}"
-                keys[f"{module}gn{k}.weight"] = f"{scope}{letter}/group_norm/gamma"
-                keys[f"{module}gn{k}.bias"] = f"{scope}{letter}/group_norm/beta"
-            if unit.downsample is not None:
-                keys[f"{module}downsample.weight"] = f"{scope}a/proj/{conv}"
-    keys["norm.weight"] = "resnet/group_norm/gamma"
-    keys["norm.bias"] = "resnet/group_norm/beta"
-    if model.fc is not None:
-        keys["fc.weight"], keys["fc.bias"] = HEAD_KEYS
-    return keys
+    npz = LAYOUTS["npz"]
+    return {name: npz.from_bitdet_key(name) for name, _ in model.named_parameters()}
 
 
 def read_npz(path: PathLike) -> Dict[str, np.ndarray]:
@@ -87,29 +73,21 @@ def write_npz(path: PathLike, arrays: Dict[str, np.ndarray]) -> None:
         np.savez(f, **arrays)
 
 
-def _to_torch(array: np.ndarray) -> torch.Tensor:
-    if array.ndim == 4:  # HWIO -> OIHW
-        array = array.transpose(3, 2, 0, 1)
-    elif array.ndim > 1 and array.size == max(array.shape):  # e.g. (1, 1, 1, C) norm params
-        array = array.reshape(-1)
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+def npz_to_state_dict(arrays: Dict[str, np.ndarray], model: torch.nn.Module = None) -> Dict[str, torch.Tensor]:
+    """Rename and transpose npz arrays into bitdet's state-dict naming.
 
-
-def npz_to_state_dict(arrays: Dict[str, np.ndarray], model: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """Rename and transpose npz arrays into ``model``'s state-dict naming.
-
-    Arrays whose key the model does not use keep their npz key, so that callers can report
-    them as unexpected.
+    Arrays whose key is not part of the layout keep their npz key, so that callers can report
+    them as unexpected. ``model`` is not needed (kept for callers that pass it).
     """
-    names = {key: name for name, key in npz_key_map(model).items()}
-    return {names.get(key, key): _to_torch(value) for key, value in arrays.items()}
+    npz = LAYOUTS["npz"]
+    out = {}
+    for key, value in arrays.items():
+        name = npz.to_bitdet_key(key)
+        out[name or key] = npz.to_bitdet_tensor(name or key, value)
+    return out
 
 
 def state_dict_to_npz(model: torch.nn.Module) -> Dict[str, np.ndarray]:
     """``model``'s parameters in the official npz layout (float32, HWIO kernels)."""
-    params = dict(model.named_parameters())
-    arrays = {}
-    for name, key in npz_key_map(model).items():
-        value = params[name].detach().to("cpu", torch.float32).numpy()
-        arrays[key] = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value
-    return arrays
+    npz = LAYOUTS["npz"]
+    return {npz.from_bitdet_key(name): npz.from_bitdet_tensor(name, value) for name, value in model.named_parameters()}

@@ -1,150 +1,172 @@
-"""Detectron2 checkpointer that also reads BiT weights, and writes checkpoints atomically.
+"""Detectron2 checkpointer that reads BiT weights of every format, and writes checkpoints atomically.
 
-``MODEL.WEIGHTS`` may be:
+``MODEL.WEIGHTS`` may be anything :func:`bitdet.checkpoint.read_weights` reads:
 
-- an official BiT ``.npz`` (``BiT-M-R101x3.npz``),
-- a BiT model name (``BiT-M-R101x3``): the file from the bitdet cache, downloaded there if
-  absent (see :func:`bitdet.models.pretrained_path`),
-- a bitdet classification / pretraining checkpoint (``.pth`` with BiT parameter names),
-- anything Detectron2 itself reads (its own ``.pth`` checkpoints, model-zoo files); ``.pkl``
-  files are unpickled with numpy arrays as the only allowed objects
-  (:mod:`bitdet.checkpoint.safe_pickle`).
+- an official BiT ``.npz``, or its name (``BiT-M-R101x3``: from the bitdet cache, downloaded
+  there if absent),
+- a bitdet classification / pretraining checkpoint, a timm ``resnetv2_*_bit`` state dict
+  (``.pth``, ``.bin``, ``.safetensors``), the authors' ``bit_pytorch`` checkpoint, a
+  transformers ``BitForImageClassification`` file, an ``hf-hub:`` id,
+- a Detectron2 checkpoint of a bitdet detector (resuming, evaluating, fine-tuning),
 
-BiT weights go to the BiT trunk inside the detector (``backbone.bottom_up.`` for FPN models);
-the classification head is dropped, and the log lists what was loaded and what keeps its
-initialisation (FPN, heads).
+and, for a model without a BiT backbone, anything Detectron2 itself reads (``.pkl`` files are
+unpickled with numpy arrays as the only allowed objects, :mod:`bitdet.checkpoint.safe_pickle`).
+
+For a BiT detector every tensor of the trunk must come from the file: a file of another
+layout or architecture is an error that names both (the FPN and heads may keep their
+initialisation; the log says so). BiT weights go to the trunk (``backbone.bottom_up.``); the
+classification head is dropped.
 """
 from __future__ import annotations
 
 import logging
 import os
-import pickle
 import re
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from bitdet.checkpoint.architecture import FileArchitecture, architecture_of
 from bitdet.checkpoint.atomic import atomic_write, remove_stale_temporaries
-from bitdet.checkpoint.errors import CheckpointError, CheckpointMismatchError
-from bitdet.checkpoint.loading import strip_prefixes
-from bitdet.checkpoint.npz import HEAD_KEYS, npz_to_state_dict, read_npz
+from bitdet.checkpoint.errors import CheckpointError
+from bitdet.checkpoint.loading import (
+    check_trunk,
+    read_weights,
+    resolve_source,
+    set_ws_eps,
+    torch_load_safely,
+    ws_eps_of,
+)
 from bitdet.checkpoint.safe_pickle import safe_pickle_load, unsafe_pickle_allowed
 from bitdet.detection.backbone import BiTBackbone
-from bitdet.models.factory import pretrained_path
-from bitdet.models.variants import PRETRAINED
 
 __all__ = ["BiTCheckpointer"]
 
 logger = logging.getLogger(__name__)
 
+_BLOCK = re.compile(r"^block(\d+)\.")
+_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
-_NPZ_BLOCK = re.compile(r"^resnet/block(\d+)/")
-_TORCH_BLOCK = re.compile(r"^block(\d+)\.")
 
-
-def _unbuilt_part(trunk: BiTBackbone, key: str) -> bool:
-    """Whether ``key`` (bitdet or npz naming) belongs to a part the detector's trunk omits.
+def _unbuilt_part(trunk: BiTBackbone, name: str) -> bool:
+    """Whether bitdet parameter ``name`` belongs to a part the detector's trunk omits.
 
     The classification head, and the stages or final norm after the last requested feature
-    (see :class:`BiTBackbone`), are expected extras in a checkpoint; any other key the
-    trunk lacks means the file is for another architecture.
+    (see :class:`BiTBackbone`), are expected extras in a checkpoint.
     """
-    if key in HEAD_KEYS or key.split(".")[0] == "fc":
+    first = name.split(".")[0]
+    if first == "fc":
         return True
-    if key.startswith("resnet/group_norm/") or key.split(".")[0] == "norm":
+    if first == "norm":
         return not hasattr(trunk, "norm")
-    match = _NPZ_BLOCK.match(key) or _TORCH_BLOCK.match(key)
+    match = _BLOCK.match(name)
     return bool(match) and int(match.group(1)) > trunk.num_stages
 
 
+def _trunk_architecture(trunk_state: Dict[str, torch.Tensor]) -> Optional[FileArchitecture]:
+    """The trunk's architecture, named after the one full architecture its built stages begin."""
+    from dataclasses import replace
+
+    from bitdet.models.variants import ARCHITECTURES
+
+    arch = architecture_of(trunk_state)
+    if arch is None or arch.name is not None:
+        return arch
+    n = len(arch.layers)
+    names = [name for name, a in ARCHITECTURES.items()
+             if tuple(a.layers[:n]) == arch.layers and a.stem_width * a.width == arch.stem_channels]
+    return replace(arch, name=names[0]) if len(names) == 1 else arch
+
+
 class BiTCheckpointer(DetectionCheckpointer):
-    """:class:`DetectionCheckpointer` + BiT ``.npz`` / names / bitdet checkpoints, atomic saves."""
+    """:class:`DetectionCheckpointer` + BiT weights of every format for the trunk, atomic saves."""
 
     def __init__(self, model, save_dir: str = "", **kwargs) -> None:
         super().__init__(model, save_dir, **kwargs)
+        self._sources: Dict[str, str] = {}
         if self.save_dir and self.save_to_disk:
             remove_stale_temporaries(self.save_dir)
 
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
-        if path in PRETRAINED:
-            path = str(pretrained_path(path))
-        if path and "://" not in path and not os.path.isfile(path):  # fvcore would only assert
-            raise FileNotFoundError(
-                f"MODEL.WEIGHTS {path!r}: no such file (expected a BiT .npz, a bitdet or Detectron2 "
-                "checkpoint, or a name from bitdet.list_models(pretrained=True))"
-            )
+        """Load ``path`` (a file, an official BiT name, an ``hf-hub:`` id, or a URL Detectron2 reads).
+
+        Raises:
+            WeightsNotFoundError: nothing exists at ``path`` (instead of Detectron2's bare assert).
+            CheckpointError: the file is unusable or does not fit the BiT trunk; names the format.
+        """
+        if path and "://" not in path:
+            local, _ = resolve_source(path)
+            self._sources[str(local)] = path
+            path = str(local)
         return super().load(path, *args, **kwargs)
 
-    def _bit_trunk(self) -> Tuple[str, BiTBackbone]:
-        """The detector's BiT trunk and the prefix of its parameter names."""
+    def _bit_trunk(self) -> Optional[Tuple[str, BiTBackbone]]:
+        """The detector's BiT trunk and the prefix of its parameter names (None without one)."""
         for name, module in self.model.named_modules():
             if isinstance(module, BiTBackbone):
                 return (f"{name}." if name else ""), module
-        raise ValueError(
-            "MODEL.WEIGHTS is a BiT backbone checkpoint, but the model has no BiT backbone; "
-            "set MODEL.BACKBONE.NAME to build_retinanet_bit_fpn_backbone or build_bit_fpn_backbone"
-        )
+        return None
 
     def _load_file(self, filename: str) -> Dict[str, Any]:
-        if filename.endswith(".pkl") and not unsafe_pickle_allowed():
-            return self._load_pkl_safely(filename)
-        if filename.endswith(".npz"):
-            return self._as_detector_state(npz_to_state_dict(read_npz(filename), self._bit_trunk()[1]), filename)
-        loaded = super()._load_file(filename)
-        state = strip_prefixes(loaded.get("model", {}))
-        if "stem.conv.weight" in state:  # a bitdet classification / pretraining checkpoint
-            return self._as_detector_state(state, filename)
-        return loaded
+        found = self._bit_trunk()
+        if found is None:  # not a BiT detector: Detectron2's own formats
+            if filename.endswith(".pkl") and not unsafe_pickle_allowed():
+                return self._load_pkl_safely(filename)
+            return super()._load_file(filename)
+        prefix, trunk = found
+        source = self._sources.get(filename, filename)
+        weights = read_weights(filename if source == filename else source)
+        weights.source = source
+        own = self.model.state_dict()
+        trunk_state = {k[len(prefix):]: v for k, v in own.items() if k.startswith(prefix)}
+        shapes = {k: v.shape for k, v in trunk_state.items()}
+        unused = check_trunk(weights, shapes, _trunk_architecture(trunk_state),
+                             ignorable=lambda name: _unbuilt_part(trunk, name),
+                             variant_option="MODEL.BIT.VARIANT", allow_other=weights.detectron2)
+        set_ws_eps(trunk, weights.ws_eps, source, weights.layout.name)
+        loaded = sum(1 for k in shapes if not k.endswith(_STATS))
+        if weights.detectron2 and weights.prefix == prefix:
+            # A checkpoint of a detector like this one: Detectron2 loads all of it (FPN, heads,
+            # optimizer and iteration when resuming); its trunk was checked above.
+            checkpoint = {"model": weights.arrays, **weights.extras}
+            checkpoint.setdefault("__author__", "bitdet")
+            checkpoint.setdefault("matching_heuristics", False)
+            logger.info("%s (%s): all %d trunk tensors present", source, weights.format, loaded)
+            return checkpoint
+        if unused:
+            logger.info("BiT weights from %s not used by this detector: %s", source,
+                        ", ".join(weights.file_keys[k] for k in unused))
+        mapped = {prefix + k: v for k, v in weights.state.items() if k in shapes}
+        logger.info(
+            "BiT weights (%s): %d of %d trunk tensors loaded into %s from %s; the rest of the detector keeps "
+            "its initialisation", weights.format, loaded, loaded, prefix.rstrip(".") or "the model", source,
+        )
+        return {"model": mapped, "__author__": "bitdet", "matching_heuristics": False}
 
     def _torch_load(self, f: str) -> Dict[str, Any]:
-        # Explicit weights_only: torch's default (True since 2.6) can be flipped by
-        # TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD, and its error does not name the file.
-        try:
-            return torch.load(f, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise CheckpointError(
-                f"refusing to load {f}: it contains Python objects beyond tensors and plain containers, "
-                f"which could run code when unpickled ({str(e).splitlines()[-1]})"
-            ) from e
+        return torch_load_safely(f)
 
     def _load_pkl_safely(self, filename: str) -> Dict[str, Any]:
         """Detectron2's ``.pkl`` handling, with an unpickler that only rebuilds numpy arrays."""
         data = safe_pickle_load(filename)
         if not isinstance(data, dict):
-            raise CheckpointMismatchError(filename, unexpected=[f"<a {type(data).__name__}, not a dict>"])
+            raise CheckpointError(f"{filename} holds a {type(data).__name__}, not a dict of arrays")
         if "model" in data and "__author__" in data:  # Detectron2 model-zoo format
             return data
         data = data.get("blobs", data)  # Caffe2 detection models keep weights under "blobs"
         data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
         return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
 
-    def _as_detector_state(self, state: Dict[str, torch.Tensor], filename: str) -> Dict[str, Any]:
-        prefix, trunk = self._bit_trunk()
-        own = self.model.state_dict()
-        mapped = {prefix + k: v for k, v in state.items()}
-        unused = sorted(k[len(prefix):] for k in mapped if k not in own)
-        unexpected = [k for k in unused if not _unbuilt_part(trunk, k)]
-        stats = ("running_mean", "running_var", "num_batches_tracked")
-        missing = [k for k in own if k.startswith(prefix) and k not in mapped and not k.endswith(stats)]
-        mismatched = [(k, own[k].shape, v.shape) for k, v in mapped.items() if k in own and own[k].shape != v.shape]
-        if missing or unexpected or mismatched:
-            raise CheckpointMismatchError(filename, missing, unexpected, mismatched)
-        if unused:
-            logger.info("BiT weights from %s not used by this detector: %s", filename, ", ".join(unused))
-        mapped = {k: v for k, v in mapped.items() if k in own}
-        loaded_trunk = sum(k.startswith(prefix) for k in mapped)
-        logger.info(
-            "BiT weights: %d tensors loaded into %s from %s; the rest of the detector keeps its initialisation",
-            loaded_trunk, prefix.rstrip(".") or "the model", filename,
-        )
-        return {"model": mapped, "__author__": "bitdet", "matching_heuristics": False}
-
     def save(self, name: str, **kwargs: Any) -> None:
         """As Detectron2's save, but written to a temporary file and renamed into place."""
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}
+        found = self._bit_trunk()
+        eps = ws_eps_of(found[1]) if found else None
+        if eps is not None:  # restored on load (timm-sourced trunks compute with 1e-8)
+            data["meta"] = {"ws_eps": eps}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(kwargs)

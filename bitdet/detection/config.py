@@ -3,7 +3,8 @@
 Standard Detectron2 keys keep their meaning and are not duplicated here: freezing is
 ``MODEL.BACKBONE.FREEZE_AT`` (Detectron2's default 2; BiT configs set 0), the FPN and
 RetinaNet head norms are ``MODEL.FPN.NORM`` and ``MODEL.RETINANET.NORM`` ("" or "GN"), the
-weights are ``MODEL.WEIGHTS`` (which also accepts a BiT ``.npz`` or a BiT model name, see
+weights are ``MODEL.WEIGHTS`` (which also accepts BiT weights of every format bitdet reads: an
+official ``.npz`` or name, timm, bit_pytorch, transformers files, ``hf-hub:`` ids; see
 :mod:`bitdet.detection.checkpointer`), and BiT's [-1, 1] input scaling is
 ``MODEL.PIXEL_MEAN = MODEL.PIXEL_STD = [127.5] * 3`` with ``INPUT.FORMAT = "RGB"``.
 """
@@ -30,7 +31,8 @@ def add_bit_config(cfg: CN) -> None:
     # Architecture name from bitdet.list_models(): "R50x1" ... "R152x4", or a CPU
     # variant such as "R14-tiny" (not a paper model). A "BiT-S-"/"BiT-M-" prefix is allowed.
     cfg.MODEL.BIT.VARIANT = "R50x1"
-    # Epsilon of Weight Standardization; 1e-10 reproduces the official checkpoints.
+    # Epsilon of Weight Standardization; 1e-10 reproduces the official checkpoints. Loading
+    # timm or transformers weights (which compute with 1e-8) sets theirs on the model, and says so.
     cfg.MODEL.BIT.WS_EPS = WS_EPS
     # Weight-standardize every conv (BiT). False gives plain convs, for ablations only.
     cfg.MODEL.BIT.WEIGHT_STD = True

@@ -7,10 +7,12 @@ COCO-2017 is registered by Detectron2 itself (``coco_2017_train`` / ``coco_2017_
     coco/{train,val}2017/*.jpg
 
 The generated demo sets (``bitdet_demo_*``: Fashion-MNIST items on real photos, see
-:mod:`bitdet.data.detection_generate`) are written on first use.
+:mod:`bitdet.data.detection_generate`) are registered when :mod:`bitdet.detection` is
+imported and written on first use.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -58,12 +60,36 @@ def _demo_paths(root: Path, base: str, split: str) -> Tuple[Path, Path]:
     return folder / "annotations" / f"instances_{split}.json", folder / split
 
 
+def _load_demo(base: str, name: str, json_file: str, image_root: str):
+    """A demo split's records, generating the set on first use (idempotent)."""
+    from bitdet.data.detection_generate import generate_detection_dataset
+
+    folder = Path(json_file).parent.parent
+    if not Path(json_file).is_file():
+        logger.info("generating the %s dataset in %s", base, folder)
+    generate_detection_dataset(folder, **DEMO_DATASETS[base])
+    return load_coco_format(json_file, image_root, name)
+
+
 def register_demo_datasets(root: os.PathLike | None = None) -> None:
-    """Register ``bitdet_demo{,_mini}_{train,val}`` under ``root`` (default :func:`datasets_root`)."""
+    """Register ``bitdet_demo{,_mini}_{train,val}`` under ``root`` (default :func:`datasets_root`).
+
+    Runs when :mod:`bitdet.detection` is imported, so Detectron2's stock ``DatasetCatalog`` and
+    ``DefaultTrainer`` find them; the images are generated on first use. Calling it again with
+    another root (or after ``$DETECTRON2_DATASETS`` changed) moves the registration there.
+    """
     root = Path(root) if root else datasets_root()
     for base in DEMO_DATASETS:
         for split in ("train", "val"):
-            register_coco_format(f"{base}_{split}", *_demo_paths(root, base, split))
+            name = f"{base}_{split}"
+            json_file, image_root = (str(p) for p in _demo_paths(root, base, split))
+            if name in DatasetCatalog.list():
+                if MetadataCatalog.get(name).get("json_file") == json_file:
+                    continue
+                DatasetCatalog.remove(name)  # ours: re-registered under the new root
+                MetadataCatalog.remove(name)
+            DatasetCatalog.register(name, functools.partial(_load_demo, base, name, json_file, image_root))
+            MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
 
 
 def _ensure_demo_generated(name: str) -> None:

@@ -19,6 +19,7 @@ import torch
 
 from bitdet.checkpoint.atomic import PathLike, atomic_write, remove_stale_temporaries
 from bitdet.checkpoint.errors import CheckpointError
+from bitdet.checkpoint.loading import ws_eps_of
 
 __all__ = ["TrainingCheckpointer", "capture_rng_state", "restore_rng_state"]
 
@@ -92,6 +93,9 @@ class TrainingCheckpointer:
             "rng": capture_rng_state(),
             "meta": dict(meta or {}),
         }
+        eps = ws_eps_of(model)
+        if eps is not None:  # loading restores it (weights from timm compute with 1e-8)
+            state["meta"].setdefault("ws_eps", eps)
         if optimizer is not None:
             state["optimizer"] = optimizer.state_dict()
         path = self.path_for(step)

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from bitdet.checkpoint.download import default_cache_dir, download, mirrored
-from bitdet.checkpoint.loading import load_weights
+from bitdet.checkpoint.hub import is_hub_id
+from bitdet.checkpoint.loading import load_weights, read_weights
 from bitdet.checkpoint.npz import read_npz
 from bitdet.models.resnetv2 import ResNetV2, ResNetV2Features
 from bitdet.models.variants import get_pretrained_cfg, resolve
@@ -50,12 +51,17 @@ def create_model(
     into preprocessing.
 
     Args:
-        name: ``"BiT-M-R101x3"``, ``"BiT-S-R50x1"``, a bare architecture ``"R50x1"``, or a
-            small CPU variant such as ``"R14-tiny"`` (see :func:`bitdet.list_models`).
+        name: ``"BiT-M-R101x3"``, ``"BiT-S-R50x1"``, a bare architecture ``"R50x1"``, a
+            small CPU variant such as ``"R14-tiny"`` (see :func:`bitdet.list_models`), or a
+            hub id (``"hf-hub:timm/resnetv2_50x1_bit.goog_in21k"``): the architecture, head
+            size and weight-standardization epsilon then come from its weights, which are
+            loaded unless ``pretrained=False``.
         num_classes: head size; 0 gives a headless backbone. Defaults to the upstream class
-            count of a BiT-S/M name (1000 / 21843), else 1000.
+            count of a BiT-S/M name (1000 / 21843), the head of a hub id's file, else 1000.
         pretrained: None (random init), True (the named official checkpoint, from the cache
-            or its public URL), or a path to an official ``.npz`` or a PyTorch checkpoint.
+            or its public URL), or weights in any format bitdet reads: a path (official
+            ``.npz``, bitdet, Detectron2, timm, bit_pytorch or transformers file), an
+            ``hf-hub:`` id, or an official name (see :func:`bitdet.checkpoint.load_weights`).
         zero_head: zero-initialise the head (BiT fine-tuning). Default: True when the head is
             new (``num_classes`` differs from the checkpoint's), which loading does anyway.
         features_only: return a :class:`ResNetV2Features` (a list of feature maps, with
@@ -66,6 +72,9 @@ def create_model(
     Returns:
         The model, in training mode.
     """
+    if is_hub_id(name):
+        model = _create_from_hub(name, 0 if features_only else num_classes, pretrained, zero_head, **kwargs)
+        return ResNetV2Features(model, out_indices) if features_only else model
     arch_name, arch, pre = resolve(name)
     if features_only:
         num_classes = 0  # headless: loading ignores a file's head
@@ -86,3 +95,23 @@ def create_model(
     if pretrained:
         load_weights(model, pretrained, zero_head=bool(zero_head))
     return ResNetV2Features(model, out_indices) if features_only else model
+
+
+def _create_from_hub(name: str, num_classes: Optional[int], pretrained, zero_head: Optional[bool], **kwargs) -> ResNetV2:
+    """``create_model`` for an ``hf-hub:`` id: the network is the one its weights file describes."""
+    if pretrained not in (None, True, False):
+        raise ValueError(f"create_model({name!r}): the hub id names the weights; pass pretrained=None/True/False, "
+                         f"not {pretrained!r}")
+    weights = read_weights(name)
+    arch = weights.arch
+    if arch is None or len(arch.layers) != 4:
+        raise ValueError(f"{name} ({weights.format}) does not hold a complete BiT ResNet-v2")
+    if weights.ws_eps is not None:
+        kwargs.setdefault("ws_eps", weights.ws_eps)
+    model = ResNetV2(arch.layers, width=1, stem_width=arch.stem_channels,
+                     num_classes=arch.num_classes if num_classes is None else num_classes,
+                     zero_head=bool(zero_head), **kwargs)
+    model.name = name
+    if pretrained is not False:
+        load_weights(model, weights, zero_head=bool(zero_head))
+    return model

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from bitdet.checkpoint import load_weights, save_checkpoint, state_dict_to_npz, write_npz
 from bitdet.engine import ClassifierTrainer, evaluate_classifier
-from bitdet.models import create_model, pretrained_path
+from bitdet.models import create_model
 from bitdet.models.resnetv2 import ResNetV2
 from bitdet.pretrain.data import build_dataset
 from bitdet.pretrain.schedule import StepSchedule, scaled_lr
@@ -27,10 +27,8 @@ logger = logging.getLogger(__name__)
 def build_model(cfg) -> ResNetV2:
     """The ``MODEL.NAME`` network with ``MODEL.NUM_CLASSES`` outputs, head bias and optional weights."""
     model = create_model(cfg.MODEL.NAME, num_classes=cfg.MODEL.NUM_CLASSES, head_bias=cfg.MODEL.HEAD_BIAS)
-    if cfg.MODEL.WEIGHTS:
-        weights = cfg.MODEL.WEIGHTS
-        path = pretrained_path(weights) if weights.startswith("BiT-") and not Path(weights).exists() else weights
-        load_weights(model, path)
+    if cfg.MODEL.WEIGHTS:  # any format, an hf-hub: id or an official name (BiT-M-R50x1)
+        load_weights(model, cfg.MODEL.WEIGHTS, variant_option="MODEL.NAME")
     return model
 
 

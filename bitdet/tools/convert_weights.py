@@ -1,14 +1,24 @@
 #!/usr/bin/env python
-"""Convert BiT weights: official ``.npz`` <-> bitdet PyTorch checkpoint -> Detectron2 checkpoint.
+"""Convert BiT weights between formats: official ``.npz``, bitdet, Detectron2, timm, the authors' bit_pytorch.
+
+The input may be any format bitdet reads (the format is sniffed from the content): an
+official ``.npz``, a bitdet / Detectron2 checkpoint, a timm ``resnetv2_*_bit`` state dict
+(``.pth``, ``.bin``, ``.safetensors``), the authors' ``bit_pytorch`` checkpoint, a transformers
+``BitForImageClassification`` file, or an ``hf-hub:`` id.
 
 Examples::
 
     # official npz -> PyTorch (loads with torch.load(weights_only=True) and bitdet.create_model)
-    python tools/convert_weights.py BiT-M-R50x1.npz BiT-M-R50x1.pth --to torch
-    # a model pretrained with tools/pretrain.py -> the official layout, to share it
-    python tools/convert_weights.py output/pretrain/model_final.pth model.npz --to npz
+    bitdet-convert BiT-M-R50x1.npz BiT-M-R50x1.pth --to torch
+    # a model pretrained with bitdet-pretrain -> the official layout, to share it
+    bitdet-convert output/pretrain/model_final.pth model.npz --to npz
     # -> a file Detectron2's stock DetectionCheckpointer loads (MODEL.WEIGHTS)
-    python tools/convert_weights.py BiT-M-R101x3.npz bit_m_r101x3_d2.pth --to detectron2
+    bitdet-convert BiT-M-R101x3.npz bit_m_r101x3_d2.pth --to detectron2
+    # weights trained here -> timm: timm.create_model("resnetv2_50x1_bit", pretrained=True,
+    #     pretrained_cfg_overlay=dict(file="resnetv2_50x1_bit.safetensors"), num_classes=...)
+    bitdet-convert model_final.pth resnetv2_50x1_bit.safetensors --to timm
+    # a hub checkpoint -> the official npz layout
+    bitdet-convert hf-hub:timm/resnetv2_50x1_bit.goog_in21k BiT-M-R50x1-timm.npz
 
 The architecture (units per stage, stem width, head size) is read from the file.
 """
@@ -25,7 +35,7 @@ _SUFFIX_FORMAT = {".npz": "npz", ".pth": "torch", ".pt": "torch"}
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", help="an official BiT .npz or a PyTorch checkpoint")
+    parser.add_argument("src", help="weights in any format bitdet reads, or an hf-hub: id")
     parser.add_argument("dst", help="output file (written atomically)")
     parser.add_argument("--to", choices=FORMATS, help="output format (default: from dst's suffix)")
     parser.add_argument("--prefix", default=DETECTRON2_PREFIX,

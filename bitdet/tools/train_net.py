@@ -25,6 +25,7 @@ import logging
 from detectron2.evaluation import verify_results
 
 
+from bitdet.checkpoint import CheckpointError
 from bitdet.detection import BiTCheckpointer, BiTTrainer, get_bit_cfg, prepare_datasets
 from bitdet.tools.cli import argument_parser, launch_main, setup_cfg, user_errors
 

@@ -46,12 +46,15 @@ RESULTS_FILE = "results.json"
 
 
 def resolve_weights(cfg) -> str:
-    """``MODEL.WEIGHTS`` as a file path ("" for from scratch; "official" -> the cached BiT file)."""
+    """``MODEL.WEIGHTS`` as a weights source ("" for from scratch; "official" -> the cached BiT file;
+    a path, ``hf-hub:`` id or official name is checked to exist)."""
     weights = cfg.MODEL.WEIGHTS.strip()
     if weights == "official":
         return str(pretrained_path(cfg.MODEL.NAME))
     if weights and not Path(weights).is_file():
-        raise FileNotFoundError(f"MODEL.WEIGHTS / --weights: no such file {weights!r}")
+        from bitdet.checkpoint.loading import resolve_source
+
+        resolve_source(weights)  # an hf-hub: id or official name; else names the accepted forms
     return weights
 
 
@@ -163,7 +166,7 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
 
         # zero_head=True even when the upstream head has the same size: BiT starts every
         # downstream task from a zero head.
-        load_report = str(load_weights(model, weights, zero_head=True))
+        load_report = str(load_weights(model, weights, zero_head=True, variant_option="MODEL.NAME"))
 
     s = cfg.SOLVER
     trainer = ClassifierTrainer(
@@ -251,7 +254,7 @@ def evaluate_only(cfg, output_dir: Optional[str] = None) -> Dict[str, Any]:
     classes = dataset_classes(train_raw)
     rule = rule_from_config(cfg, len(train_raw), dataset_image_size(spec, train_raw))
     model = create_model(cfg.MODEL.NAME, num_classes=len(classes))
-    report = load_weights(model, weights)
+    report = load_weights(model, weights, variant_option="MODEL.NAME")
     if not report.head.startswith("loaded"):
         raise ValueError(f"{weights}: the head was not loaded ({report.head}); evaluate a fine-tuned checkpoint")
     device = _device(cfg) or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -62,7 +62,7 @@ def test_detectron2_file_loads_with_the_stock_checkpointer(tmp_path):
 
 def test_not_a_bit_file_is_named(tmp_path):
     torch.save({"model": {"conv.weight": torch.zeros(1)}}, tmp_path / "other.pth")
-    with pytest.raises(CheckpointError, match="other.pth is not a BiT ResNet-v2 checkpoint"):
+    with pytest.raises(CheckpointError, match="other.pth: no BiT key layout recognised .*keys: conv.weight"):
         infer_architecture(tmp_path / "other.pth")
     with pytest.raises(ValueError, match="unknown format"):
         convert(tmp_path / "other.pth", tmp_path / "x", "onnx")

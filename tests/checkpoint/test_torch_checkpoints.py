@@ -11,7 +11,7 @@ def test_save_and_load_round_trip(tmp_path):
     model = create_model("R14-tiny", num_classes=4, zero_head=False)
     path = tmp_path / "ckpt.pth"
     save_checkpoint(path, model, arch="R14-tiny", step=3)
-    assert torch.load(path, weights_only=True)["meta"] == {"arch": "R14-tiny", "step": 3}
+    assert torch.load(path, weights_only=True)["meta"] == {"arch": "R14-tiny", "step": 3, "ws_eps": 1e-10}
     other = create_model("R14-tiny", num_classes=4)
     report = load_weights(other, path)
     assert report.head == "loaded (4 classes)"

@@ -21,7 +21,7 @@ def test_keep_last_pointer_and_weights_only(tmp_path):
     assert [p.name for p in ckpt.list()] == ["model_0000020.pth", "model_0000030.pth"]
     assert ckpt.latest().name == "model_0000030.pth"
     state = TrainingCheckpointer.load(ckpt.latest())  # weights_only=True inside
-    assert state["step"] == 30 and state["meta"] == {"name": "R14-tiny"}
+    assert state["step"] == 30 and state["meta"] == {"name": "R14-tiny", "ws_eps": 1e-10}  # eps: restored on load
     opt2 = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     opt2.load_state_dict(state["optimizer"])
     assert len(opt2.state) == len(list(model.parameters()))
