@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -39,6 +41,13 @@ from bitdet.export.formats import require_onnx
 from bitdet.export.verify import DEFAULT_ATOL, DEFAULT_RTOL
 
 logger = logging.getLogger("bitdet.export")
+
+
+def _version(package: str) -> Optional[str]:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def build_classifier_target(args):
@@ -108,8 +117,9 @@ def main(args) -> int:
     if args.benchmark:
         from bitdet.benchmark.export import export_throughput, format_throughput
 
-        rows = export_throughput(target, files, threads=args.threads, iters=args.iters)
+        rows = export_throughput(target, files, threads=args.threads, iters=args.iters, repeats=args.repeats)
         report["benchmark"] = rows
+        report["machine"] = {"cpu_count": os.cpu_count(), "torch": torch.__version__, "onnxruntime": _version("onnxruntime")}
         shape = "x".join(map(str, rows[0]["input_shape"]))
         print(f"\nCPU inference, input {shape}, {args.threads} thread(s), torch {torch.__version__}\n"
               f"{format_throughput(rows)}")
@@ -146,7 +156,9 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
                         help=f"--verify: tolerance relative to an output's largest value (default {DEFAULT_RTOL:g})")
     parser.add_argument("--benchmark", action="store_true", help="time eager vs the exported files on the traced input")
-    parser.add_argument("--iters", type=int, default=5, help="--benchmark: calls per timed block (3 blocks, median)")
+    parser.add_argument("--iters", type=int, default=5, help="--benchmark: calls per timed block (default 5)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="--benchmark: rounds of one block per variant, interleaved; the median is reported (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and ONNX Runtime (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed for any randomly initialised weights")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
@@ -163,8 +175,8 @@ def parse_args(argv: Optional[List[str]] = None):
         parser.error("--part backbone needs --config-file")
     if args.config_file and (args.weights or args.num_classes is not None):
         parser.error("with --config-file, set MODEL.WEIGHTS / MODEL.RETINANET.NUM_CLASSES as KEY VALUE overrides")
-    if args.batch_size < 1 or args.threads < 1 or args.iters < 1:
-        parser.error("--batch-size, --threads and --iters must be positive")
+    if min(args.batch_size, args.threads, args.iters, args.repeats) < 1:
+        parser.error("--batch-size, --threads, --iters and --repeats must be positive")
     return args
 
 
