@@ -108,3 +108,26 @@ def test_detector_export_refuses_other_meta_architectures():
     cfg = get_bit_cfg(CONFIG, ["MODEL.DEVICE", "cpu"])
     with pytest.raises(ValueError, match="--part backbone"):
         detector_target(nn.Module(), cfg, sample_photos())
+
+
+def test_bit_fpn_backbone_of_faster_rcnn_exports(tmp_path):
+    """--part backbone works for any meta-architecture: here a stock Faster R-CNN config (P2-P6)."""
+    from detectron2 import model_zoo
+    from detectron2.config import get_cfg
+
+    from bitdet.detection import add_bit_config
+
+    cfg = get_cfg()
+    add_bit_config(cfg)
+    cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+    cfg.MODEL.BACKBONE.NAME = "build_bit_fpn_backbone"
+    cfg.MODEL.BIT.VARIANT = "R14-tiny"
+    cfg.MODEL.BIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.PIXEL_MEAN = cfg.MODEL.PIXEL_STD = [127.5] * 3
+    cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS, cfg.MODEL.FPN.OUT_CHANNELS = "cpu", "", 32
+    model = build_model(cfg).eval()
+    target = backbone_target(model, cfg, sample_photos(), batch_size=1, image_size=96)
+    assert target.output_names == ["p2", "p3", "p4", "p5", "p6"]
+    path = export(target, "onnx", tmp_path)
+    assert runtime_conv_weights(onnx.load(str(path))) == []
+    assert max(_max_diffs(target, load_runner(path, "onnx")).values()) <= TOL
