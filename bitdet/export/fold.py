@@ -70,11 +70,11 @@ def _onnx_conv_weights(model_proto) -> List[str]:
 
 def _torchscript_conv_weights(module: torch.jit.ScriptModule) -> List[str]:
     found = []
-    for node in module.inlined_graph.nodes():
-        if node.kind() in ("aten::_convolution", "aten::conv2d", "aten::conv1d", "aten::conv3d"):
-            source = list(node.inputs())[1].node()
-            if source.kind() not in ("prim::GetAttr", "prim::Constant"):
-                found.append(f"{node.kind()} at {node.sourceRange().strip() or '?'} (weight from {source.kind()})")
+    convs = [n for n in module.inlined_graph.nodes() if n.kind() in ("aten::_convolution", "aten::conv2d")]
+    for index, node in enumerate(convs):
+        source = list(node.inputs())[1].node()
+        if source.kind() not in ("prim::GetAttr", "prim::Constant"):
+            found.append(f"convolution {index} (weight from {source.kind()})")
     return found
 
 

@@ -30,7 +30,7 @@ from bitdet.checkpoint.atomic import atomic_write
 from bitdet.export.fold import runtime_conv_weights
 from bitdet.export.targets import ExportTarget
 
-__all__ = ["DEFAULT_OPSET", "FILE_NAMES", "FORMATS", "export", "load_runner", "outputs_as_numpy", "require_onnx"]
+__all__ = ["DEFAULT_OPSET", "FILE_NAMES", "FORMATS", "export", "check_onnx_size", "load_runner", "outputs_as_numpy", "require_onnx"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +83,24 @@ def require_onnx(runtime: bool = False) -> None:
         raise ImportError(f"ONNX export needs {' and '.join(missing)}: pip install 'bitdet[export]'")
 
 
+# protobuf, which stores an ONNX model, cannot serialise a message of 2 GiB or more.
+_ONNX_MAX_BYTES = 2**31 - 2**26
+
+
+def check_onnx_size(target: ExportTarget) -> None:
+    """Raise a ``ValueError`` if the weights alone exceed what one ONNX file can hold."""
+    size = sum(t.numel() * t.element_size() for t in target.module.state_dict().values())
+    if size > _ONNX_MAX_BYTES:
+        raise ValueError(
+            f"the {target.kind}'s weights take {size / 2**30:.1f} GiB; an ONNX file holds under 2 GiB "
+            "(protobuf's limit): export --format torchscript instead"
+        )
+
+
 def export_onnx(target: ExportTarget, path: Path, opset: int = DEFAULT_OPSET):
     """Export ``target.module`` to ONNX with dynamic axes and save it atomically at ``path``."""
     require_onnx()
+    check_onnx_size(target)
     import onnx
 
     buffer = io.BytesIO()

@@ -14,7 +14,7 @@ every anchor near its prior, 0.01, so most detections tie; the note counts them)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import numpy as np
 

@@ -37,7 +37,7 @@ from bitdet.export import (
     DEFAULT_OPSET, FORMATS, backbone_target, classifier_target, detector_target, export, load_runner, sample_photos,
     verify,
 )
-from bitdet.export.formats import require_onnx
+from bitdet.export.formats import check_onnx_size, require_onnx
 from bitdet.export.verify import DEFAULT_ATOL, DEFAULT_RTOL
 
 logger = logging.getLogger("bitdet.export")
@@ -91,6 +91,8 @@ def main(args) -> int:
         if "onnx" in args.format:
             require_onnx(runtime=args.verify or args.benchmark)
         target = build_classifier_target(args) if args.model else build_detector_target(args)
+        if "onnx" in args.format:
+            check_onnx_size(target)
     except (FileNotFoundError, ImportError, KeyError, ValueError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError's str() adds quotes
         print(f"export_model: error: {message}", file=sys.stderr)

@@ -131,3 +131,14 @@ def test_bit_fpn_backbone_of_faster_rcnn_exports(tmp_path):
     path = export(target, "onnx", tmp_path)
     assert runtime_conv_weights(onnx.load(str(path))) == []
     assert max(_max_diffs(target, load_runner(path, "onnx")).values()) <= TOL
+
+
+def test_onnx_refuses_weights_beyond_protobufs_2_gib(classifier):
+    from dataclasses import replace
+
+    from bitdet.export.formats import check_onnx_size
+
+    check_onnx_size(classifier)  # R14-tiny: a few MB
+    huge = replace(classifier, module=nn.Linear(40000, 20000, device="meta"))  # 3.0 GiB, never allocated
+    with pytest.raises(ValueError, match=r"3\.0 GiB.*--format torchscript"):
+        check_onnx_size(huge)
