@@ -7,14 +7,14 @@ plus classifiers. Examples::
 
     # a classifier by name, with its weights; verified against eager on real photos
     python tools/export_model.py --model BiT-M-R50x1 --weights BiT-M-R50x1.npz \\
-        --format torchscript onnx --output export/r50x1 --verify
+        --format torchscript onnx --output output/export/r50x1 --verify
     # a RetinaNet from its config (MODEL.WEIGHTS as for training), verified, then timed
     python tools/export_model.py --config-file quick_schedules/retinanet_bit_instant_test.yaml \\
-        --format onnx --output export/retinanet --verify --benchmark \\
+        --format onnx --output output/export/retinanet --verify --benchmark \\
         MODEL.WEIGHTS output/quick_schedules/retinanet_bit_instant_test/model_final.pth
     # only the BiT + FPN backbone of any meta-architecture
     python tools/export_model.py --config-file retinanet_bit_m_R50x1.yaml --part backbone \\
-        --format onnx --output export/fpn MODEL.WEIGHTS BiT-M-R50x1.npz
+        --format onnx --output output/export/fpn MODEL.WEIGHTS BiT-M-R50x1.npz
 
 Writes ``model.ts`` / ``model.onnx`` and ``export_report.json`` (comparisons, timings) into
 ``--output``. Exit status: 0 on success, 1 when ``--verify`` finds an output beyond
@@ -26,6 +26,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -187,6 +188,10 @@ def cli(argv: Optional[List[str]] = None) -> None:
     from detectron2.utils.logger import setup_logger
 
     args = parse_args(argv)
+    # Detectron2 scripts a few helpers at import and calls meshgrid the old way: torch 2.14
+    # warns about both on every run; they say nothing about the export.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*is deprecated", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=r"torch\.meshgrid", category=UserWarning)
     setup_logger(name="bitdet")
     logging.getLogger("bitdet").setLevel(logging.INFO)
     sys.exit(main(args))
