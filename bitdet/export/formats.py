@@ -128,6 +128,9 @@ def export(target: ExportTarget, fmt: str, folder: Union[str, Path], opset: int 
         raise ValueError(f"unknown export format {fmt!r}: expected one of {FORMATS}")
     path = Path(folder) / FILE_NAMES[fmt]
     path.parent.mkdir(parents=True, exist_ok=True)
+    # Inference graphs: torch.onnx.export restores the mode the module had, and a wrapper
+    # such as TracingAdapter starts in training mode, which would put the detector in it.
+    target.module.eval()
     if fmt == "torchscript":
         export_torchscript(target, path)
     else:

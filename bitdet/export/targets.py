@@ -158,7 +158,7 @@ def detector_target(model: nn.Module, cfg, photos: Sequence[np.ndarray]) -> Expo
     model = model.eval()
     samples = [(_test_resize(cfg, p),) for p in photos]
     folded = fold_weight_standardization(model)
-    adapter = TracingAdapter(folded, [{"image": samples[0][0]}])
+    adapter = TracingAdapter(folded, [{"image": samples[0][0]}]).eval()
     adapter(*samples[0])  # records the output schema
     fields = adapter.outputs_schema.schemas[0].schemas[0].keys  # Instances fields, sorted
     return ExportTarget(
@@ -199,7 +199,7 @@ def backbone_target(
         for b, s in ((batch_size, side), (batch_size + 1, side + step))
     ]
     folded = fold_weight_standardization(backbone)
-    adapter = TracingAdapter(folded, samples[0])
+    adapter = TracingAdapter(folded, samples[0]).eval()
     names = sorted(backbone.output_shape())  # the adapter flattens the feature dict in sorted order
     return ExportTarget(
         kind="backbone",

@@ -102,6 +102,10 @@ def test_fpn_backbone_matches_eager_in_onnx_runtime(retinanet, tmp_path):
     assert runtime_conv_weights(onnx.load(str(path))) == []
     diffs = _max_diffs(target, load_runner(path, "onnx"))
     assert max(diffs.values()) <= TOL
+    target.module.train()  # a caller's wrapper left in training mode still exports for inference
+    path = export(target, "torchscript", tmp_path)
+    assert not any(m.training for m in target.module.modules())
+    assert max(_max_diffs(target, load_runner(path, "torchscript")).values()) == 0
 
 
 def test_detector_export_refuses_other_meta_architectures():
