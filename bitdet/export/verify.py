@@ -14,7 +14,7 @@ every anchor near its prior, 0.01, so most detections tie; the note counts them)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -37,6 +37,7 @@ class Comparison:
     max_abs_diff: float
     ok: bool
     note: str = ""
+    matched: Optional[int] = None  # detections: how many were compared
 
     def __str__(self) -> str:
         status = "ok" if self.ok else "FAIL"
@@ -120,13 +121,14 @@ def compare_outputs(
         note = f"{len(out_idx)} of {counts[1]} detections matched"
         if matching.at_cutoff:
             note += f"; {matching.at_cutoff} unmatched tie with the lowest kept score"
+    matched = len(exported[2]) if detections else None
     results = []
     for name, ref, out in zip(names, reference, exported):
         if ref.shape != out.shape:
             results.append(Comparison(sample, name, out.shape, float("inf"), False, f"eager shape {ref.shape}"))
             continue
         diff = float(np.abs(out.astype(np.float64) - ref.astype(np.float64)).max()) if ref.size else 0.0
-        results.append(Comparison(sample, name, out.shape, diff, _close(ref, out, atol, rtol), note))
+        results.append(Comparison(sample, name, out.shape, diff, _close(ref, out, atol, rtol), note, matched))
     return results
 
 

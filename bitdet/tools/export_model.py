@@ -114,6 +114,12 @@ def main(args) -> int:
                 logger.info("%s sample %d: %s%s", fmt, sample, ", ".join(f"{c.name} {c.max_abs_diff:.3g}" for c in rows),
                             f" ({'; '.join(notes)})" if notes else "")
             failed += [f"{fmt} {c}" for c in comparisons if not c.ok]
+            if target.detections and not any(c.matched for c in comparisons):
+                logger.warning(
+                    "%s: no sample has a detection above the score threshold (an untrained head?), so no box was "
+                    "compared: pass --sample-image files showing objects, or lower MODEL.RETINANET.SCORE_THRESH_TEST",
+                    fmt,
+                )
             worst = max(c.max_abs_diff for c in comparisons)
             logger.info("%s: %d outputs on %d samples, max abs diff %.3g: %s", fmt, len(comparisons),
                         len(target.samples), worst, "FAIL" if any(not c.ok for c in comparisons) else "ok")

@@ -58,3 +58,11 @@ def test_ties_at_the_lowest_kept_score_are_excused_only_there():
     above = [r.copy() for r in ref]
     above[0][0] += 10.0  # the best detection differs: not a tie
     assert not _ok(compare_outputs(ref, above, NAMES, detections=True))
+
+
+def test_counts_the_detections_compared():
+    ref = _detections()
+    assert compare_outputs(ref, ref, NAMES, detections=True)[0].matched == 6
+    empty = [ref[0][:0], ref[1][:0], ref[2][:0], ref[3]]
+    results = compare_outputs(empty, empty, NAMES, detections=True)
+    assert _ok(results) and results[0].matched == 0  # passes, but the tool warns that nothing was compared
