@@ -156,7 +156,8 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="--config-file: the whole RetinaNet, or the BiT + FPN backbone of any meta-architecture")
     parser.add_argument("--image-size", type=int, default=None,
                         help="side of the traced input (--model: default 224; backbone: INPUT.MIN_SIZE_TEST)")
-    parser.add_argument("--batch-size", type=int, default=2, help="batch of the traced input (not for detectors)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="batch of the traced input (--model, --part backbone; default 2)")
     parser.add_argument("--sample-image", nargs="+", default=(), metavar="PATH",
                         help="images to trace and verify on (default: photographs bundled with scikit-image)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
@@ -184,6 +185,10 @@ def parse_args(argv: Optional[List[str]] = None):
         parser.error("--part backbone needs --config-file")
     if args.config_file and (args.weights or args.num_classes is not None):
         parser.error("with --config-file, set MODEL.WEIGHTS / MODEL.RETINANET.NUM_CLASSES as KEY VALUE overrides")
+    if args.config_file and args.part == "model" and (args.batch_size or args.image_size):
+        parser.error("a whole detector takes one image per call at its test size: --batch-size and --image-size "
+                     "apply to --model and --part backbone")
+    args.batch_size = 2 if args.batch_size is None else args.batch_size
     if min(args.batch_size, args.threads, args.iters, args.repeats) < 1:
         parser.error("--batch-size, --threads, --iters and --repeats must be positive")
     return args

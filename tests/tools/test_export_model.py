@@ -43,9 +43,10 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, capsys):
     missing = tmp_path / "missing.npz"
     assert main(parse_args([*TINY, "--weights", str(missing), "--format", "onnx", "--output", str(tmp_path)])) == 2
     assert str(missing) in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:
-        parse_args([*TINY, "--format", "onnx", "--output", str(tmp_path), "MODEL.WEIGHTS", "x.pth"])
-    assert exit_info.value.code == 2
+    for argv in ([*TINY, "MODEL.WEIGHTS", "x.pth"], ["--config", "x.yaml", "--batch-size", "4"]):
+        with pytest.raises(SystemExit) as exit_info:  # flags that the chosen export does not use
+            parse_args([*argv[:-2], "--format", "onnx", "--output", str(tmp_path), *argv[-2:]])
+        assert exit_info.value.code == 2
 
 
 @pytest.mark.parametrize("part", ["model", "backbone"])
