@@ -15,7 +15,7 @@ from typing import List, Union
 import torch
 from torch import nn
 
-from bitdet.models.layers import StdConv2d, standardize_weight
+from bitdet.models.layers import StdConv2d
 
 __all__ = ["fold_weight_standardization", "runtime_conv_weights"]
 
@@ -27,7 +27,8 @@ def _plain_conv(conv: StdConv2d) -> nn.Conv2d:
         device=conv.weight.device, dtype=conv.weight.dtype,
     )
     with torch.no_grad():
-        plain.weight.copy_(standardize_weight(conv.weight, conv.eps))
+        # the very kernel the layer's forward uses (standardize_weight(W, eps))
+        plain.weight.copy_(conv.standardized_weight())
         if conv.bias is not None:
             plain.bias.copy_(conv.bias)
     plain.weight.requires_grad_(False)
