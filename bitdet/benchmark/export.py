@@ -4,7 +4,8 @@ Every variant runs the same sample batch of an :class:`bitdet.export.ExportTarge
 same thread count: eager as built (weights standardized on every forward), eager with
 bitdet's inference fast path (:func:`bitdet.models.fast.optimize_for_inference`: cached
 standardized kernels, and channels-last for classifiers), and each exported file loaded
-the way a deployment would load it.
+the way a deployment would load it. Variants run in interleaved rounds and both wall time
+and process CPU time are reported, so that figures from a shared machine stay comparable.
 """
 from __future__ import annotations
 
