@@ -26,7 +26,7 @@ setup(
         ("train", "train_net"), ("pretrain", "pretrain"), ("finetune", "finetune"), ("vtab", "vtab"),
         ("benchmark", "benchmark"), ("visualize", "visualize"), ("demo", "demo"),
         ("convert", "convert_weights"), ("write-shards", "write_shards"),
-        ("generate-detection-data", "generate_detection_data"),
+        ("generate-detection-data", "generate_detection_data"), ("export", "export_model"),
     )]},
     install_requires=[
         "torch>=2.4",  # torch.get_autocast_dtype, torch.is_autocast_enabled(device_type)
@@ -54,8 +54,12 @@ setup(
         "scikit-image>=0.19",
     ],
     extras_require={
-        # timm and transformers: the weights-format tests build their models as sources
-        "dev": ["pytest>=7", "pytest-timeout>=2.1", "timm>=0.9", "transformers>=4.30"],
+        # tools/export_model.py: ONNX files (onnx), checked and timed in ONNX Runtime on the CPU
+        "export": ["onnx>=1.15", "onnxruntime>=1.17"],
+        # timm and transformers: the weights-format tests build their models as sources; onnx and
+        # onnxruntime: the export tests
+        "dev": ["pytest>=7", "pytest-timeout>=2.1", "timm>=0.9", "transformers>=4.30", "onnx>=1.15",
+                "onnxruntime>=1.17"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -1,0 +1,70 @@
+"""tools/export_model.py end to end: exit statuses, files, report, --verify and --benchmark."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bitdet.tools.export_model import main, parse_args
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning")
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--model", "R14-tiny", "--num-classes", "10", "--image-size", "64"]
+
+
+def test_classifier_both_formats_verified_and_timed(tmp_path):
+    args = parse_args([*TINY, "--format", "torchscript", "onnx", "--output", str(tmp_path), "--verify",
+                       "--benchmark", "--iters", "1"])
+    assert main(args) == 0
+    assert (tmp_path / "model.ts").is_file() and (tmp_path / "model.onnx").is_file()
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    for fmt in ("torchscript", "onnx"):
+        comparisons = report["verify"]["comparisons"][fmt]
+        assert len(comparisons) == 2 and all(c["ok"] for c in comparisons)  # two samples, both shapes
+    variants = [row["variant"] for row in report["benchmark"]]
+    assert variants == ["eager", "eager, fast path", "TorchScript", "ONNX Runtime"]
+    assert all(row["images_per_sec"] > 0 for row in report["benchmark"])
+
+
+def test_verification_beyond_tolerance_exits_1(tmp_path, capsys):
+    # ONNX Runtime's float32 round-off differs from torch's: with zero tolerance --verify must fail
+    args = parse_args([*TINY, "--format", "onnx", "--output", str(tmp_path), "--verify", "--atol", "0", "--rtol", "0"])
+    assert main(args) == 1
+    assert "verification failed" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2_with_one_line(tmp_path, capsys):
+    assert main(parse_args(["--model", "R99x9", "--format", "onnx", "--output", str(tmp_path)])) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("export_model: error: unknown model 'R99x9'") and "\n" not in err
+    missing = tmp_path / "missing.npz"
+    assert main(parse_args([*TINY, "--weights", str(missing), "--format", "onnx", "--output", str(tmp_path)])) == 2
+    assert str(missing) in capsys.readouterr().err
+    for argv in ([*TINY, "MODEL.WEIGHTS", "x.pth"], ["--config", "x.yaml", "--batch-size", "4"]):
+        with pytest.raises(SystemExit) as exit_info:  # flags that the chosen export does not use
+            parse_args([*argv[:-2], "--format", "onnx", "--output", str(tmp_path), *argv[-2:]])
+        assert exit_info.value.code == 2
+
+
+@pytest.mark.parametrize("part", ["model", "backbone"])
+def test_instant_retinanet_and_its_backbone_to_onnx(part, tmp_path):
+    config = str(ROOT / "configs/quick_schedules/retinanet_bit_instant_test.yaml")
+    args = parse_args(["--config-file", config, "--part", part, "--format", "onnx", "--output", str(tmp_path),
+                       "--verify", "MODEL.DEVICE", "cpu"])
+    assert main(args) == 0
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    assert report["kind"] == ("detector" if part == "model" else "backbone")
+    assert all(c["ok"] for c in report["verify"]["comparisons"]["onnx"])
+
+
+def test_the_wrapper_and_its_help():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, str(ROOT / "tools/export_model.py"), "--help"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for flag in ("--format", "--verify", "--benchmark", "--part", "--config-file"):
+        assert flag in out.stdout
+    assert "--num-gpus" not in out.stdout and "--resume" not in out.stdout  # only this tool's flags
