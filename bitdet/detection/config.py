@@ -20,7 +20,7 @@ __all__ = ["CONFIGS_DIR", "add_bit_config", "get_bit_cfg", "resolve_config_file"
 
 
 def add_bit_config(cfg: CN) -> None:
-    """Add the ``MODEL.BIT``, ``SOLVER.AMP.PRECISION`` and ``DATASETS.COCO_FORMAT`` keys."""
+    """Add the ``MODEL.BIT``, ``SOLVER.AMP.PRECISION``, ``SOLVER.DETERMINISTIC`` and ``DATASETS.COCO_FORMAT`` keys."""
     cfg.MODEL.BIT = CN()
     # Architecture name from bitdet.list_models(): "R50x1" ... "R152x4", or a CPU
     # variant such as "R14-tiny" (not a paper model). A "BiT-S-"/"BiT-M-" prefix is allowed.
@@ -49,6 +49,9 @@ def add_bit_config(cfg: CN) -> None:
     # Autocast dtype when SOLVER.AMP.ENABLED: "bfloat16" (no loss scaling needed on
     # Ampere and newer) or "float16".
     cfg.SOLVER.AMP.PRECISION = "bfloat16"
+    # PyTorch's deterministic algorithms (cuDNN included) so that GPU runs repeat bit for bit
+    # (slower; needs CUDNN_BENCHMARK False). CPU runs repeat without it.
+    cfg.SOLVER.DETERMINISTIC = False
 
     # Extra COCO-format datasets to register, each [name, json_file, image_root]; e.g.
     # DATASETS.COCO_FORMAT "[['mine_train', 'ann/train.json', 'images/train']]".
