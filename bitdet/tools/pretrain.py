@@ -16,7 +16,8 @@ Examples::
 
 Writes to OUTPUT_DIR: model_*.pth checkpoints, metrics.json, TensorBoard events, and at the end
 model_final.pth (bitdet), model_final.npz (official BiT layout) and final.json. SIGTERM saves a
-checkpoint and exits 0; re-running the command resumes (pass --no-resume to start over).
+checkpoint and exits 0; re-running the command resumes, and re-running a finished run reports
+its final.json unchanged (pass --force to start over).
 """
 import json
 import sys
@@ -44,14 +45,14 @@ def main(args):
             print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2))
         return results
     # --resume is Detectron2's flag; pretraining resumes by default (preemption-safe), so
-    # only --no-resume changes anything.
-    return run_pretraining(cfg, resume=not args.no_resume)
+    # only --force changes anything.
+    return run_pretraining(cfg, force=args.force)
 
 
 def parse_args(argv=None):
     parser = argument_parser()
-    parser.add_argument("--no-resume", action="store_true",
-                        help="ignore checkpoints in OUTPUT_DIR and train from step 0")
+    parser.add_argument("--force", "--no-resume", dest="force", action="store_true",
+                        help="start over: delete OUTPUT_DIR's checkpoints and final files, train from step 0")
     return parser.parse_args(argv)
 
 
