@@ -26,14 +26,14 @@ KILL_POINT = Path(__file__).with_name("kill_point.py")
 def command(output_dir: Path, resume: bool = False, extra: Sequence[str] = (), num_gpus: int = 1,
             kill_at: Optional[str] = None) -> List[str]:
     """The train_net command line for a tiny run writing to ``output_dir``."""
-    script = str(KILL_POINT) if kill_at else "tools/train_net.py"
+    script = [str(KILL_POINT), "train_net"] if kill_at else ["tools/train_net.py"]
     flags = ["--config", CONFIG, "--num-gpus", str(num_gpus), *(["--resume"] if resume else [])]
     opts = [
         "OUTPUT_DIR", str(output_dir), "SEED", "7", "SOLVER.MAX_ITER", str(MAX_ITER),
         "SOLVER.CHECKPOINT_PERIOD", str(CHECKPOINT_PERIOD), "DATASETS.TEST", "()",
         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", *extra,
     ]
-    return [sys.executable, script, *flags, *opts]
+    return [sys.executable, *script, *flags, *opts]
 
 
 def environment(datasets: Path, kill_at: Optional[str] = None) -> Dict[str, str]:
