@@ -71,3 +71,33 @@ def test_named_model_uses_the_cache(tmp_path, monkeypatch, npz_file):
     assert pretrained_path("BiT-M-R50x1") == cached
     with pytest.raises(KeyError, match="no official checkpoint"):
         pretrained_path("R14-tiny")
+
+
+def _official_layout_npz(path, arch, num_classes):
+    from bitdet import create_model
+    from bitdet.checkpoint import state_dict_to_npz, write_npz
+
+    write_npz(path, state_dict_to_npz(create_model(arch, num_classes=num_classes)))
+    return path
+
+
+def test_official_download_is_checked_against_the_architecture(tmp_path, monkeypatch):
+    """With no published sha256, a wrong or truncated-by-content file must still not enter the cache."""
+    from bitdet.models import variants
+    from bitdet.checkpoint import CheckpointMismatchError
+
+    right = _official_layout_npz(tmp_path / "right.npz", "R14-tiny", 21843)
+    wrong = _official_layout_npz(tmp_path / "wrong.npz", "R26-tiny", 21843)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("BITDET_CACHE", str(cache))
+    entry = variants.Pretrained("R14-tiny", 21843, wrong.as_uri())
+    monkeypatch.setitem(variants.PRETRAINED, "BiT-M-R14-tiny", entry)
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys .*resnet/block1/unit02"):
+        pretrained_path("BiT-M-R14-tiny", progress=False)
+    assert list(cache.iterdir()) == []
+    monkeypatch.setitem(variants.PRETRAINED, "BiT-M-R14-tiny", variants.Pretrained("R14-tiny", 1000, right.as_uri()))
+    with pytest.raises(CheckpointMismatchError, match=r"head/conv2d/kernel: expected .*1000.* found .*21843"):
+        pretrained_path("BiT-M-R14-tiny", progress=False)
+    monkeypatch.setitem(variants.PRETRAINED, "BiT-M-R14-tiny", variants.Pretrained("R14-tiny", 21843, right.as_uri()))
+    assert pretrained_path("BiT-M-R14-tiny", progress=False).read_bytes() == right.read_bytes()
+
