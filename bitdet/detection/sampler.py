@@ -26,7 +26,6 @@ import logging
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import HookBase
 from detectron2.utils import comm
