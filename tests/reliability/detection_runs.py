@@ -8,6 +8,7 @@ job at a chosen point (see there).
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -28,12 +29,21 @@ def command(output_dir: Path, resume: bool = False, extra: Sequence[str] = (), n
     """The train_net command line for a tiny run writing to ``output_dir``."""
     script = [str(KILL_POINT), "train_net"] if kill_at else ["tools/train_net.py"]
     flags = ["--config", CONFIG, "--num-gpus", str(num_gpus), *(["--resume"] if resume else [])]
+    if num_gpus > 1:  # Detectron2's default port is per user: other runs of this user may hold it
+        flags += ["--dist-url", f"tcp://127.0.0.1:{free_port()}"]
     opts = [
         "OUTPUT_DIR", str(output_dir), "SEED", "7", "SOLVER.MAX_ITER", str(MAX_ITER),
         "SOLVER.CHECKPOINT_PERIOD", str(CHECKPOINT_PERIOD), "DATASETS.TEST", "()",
         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", *extra,
     ]
     return [sys.executable, *script, *flags, *opts]
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def environment(datasets: Path, kill_at: Optional[str] = None) -> Dict[str, str]:
