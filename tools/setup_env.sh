@@ -51,9 +51,15 @@ if [[ ! -d "$FMNIST" ]]; then
     fi
 fi
 
-# Real COCO-format annotation fixtures (labelme / sahi sdists) for the data-path tests.
-"$PY" -c "from bitdet.data.fixtures import fetch_fixtures; fetch_fixtures()" \
-    || say "WARNING: could not fetch the COCO fixtures; their tests will be skipped"
+# Real COCO-format annotation fixtures (labelme / sahi sdists) for the data-path tests. Only
+# "cannot be fetched" (status 2) is a warning; a wrong sha256 or a missing file fails the set-up.
+fixtures_status=0
+"$PY" -m bitdet.data.fixtures || fixtures_status=$?
+if [[ $fixtures_status == 2 ]]; then
+    say "WARNING: could not fetch the COCO fixtures; their tests will be skipped with that reason"
+elif [[ $fixtures_status != 0 ]]; then
+    say "ERROR: the COCO fixtures failed their integrity check (see above)"; exit 1
+fi
 
 "$PY" -c "import bitdet, detectron2, torch, torchvision, pycocotools, cv2, fvcore; print('[setup] ok: torch', torch.__version__, '| torchvision', torchvision.__version__, '| detectron2', detectron2.__version__)"
 echo "$inputs_hash" > "$STAMP"

@@ -1,8 +1,11 @@
-"""Fetch an official checkpoint into a local cache: complete, verified files only.
+"""Fetch an official checkpoint into a local cache: only files that pass the checks.
 
-The file is streamed to a temporary name in the cache folder, checked (size, optional
-SHA-256, and a caller's validator such as "npz loads"), and only then renamed into place, so
-an interrupted download never leaves a file that looks cached.
+The file is streamed to a temporary name in the cache folder, checked, and only then
+renamed into place, so an interrupted download never leaves a file that looks cached. The
+checks: the byte count equals the server's ``Content-Length`` (when sent), the SHA-256
+equals the expected one (when the caller has one: the official BiT files have none
+recorded), and the caller's validator accepts the file (for official weights: every array
+reads and the parameter names and shapes match the architecture).
 
 Many processes asking for the same file (the ranks of a job) take a file lock beside it: the
 first downloads while the others wait, then all find it cached. That is one download per

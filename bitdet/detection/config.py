@@ -22,7 +22,8 @@ __all__ = ["CONFIGS_DIR", "add_bit_config", "get_bit_cfg", "resolve_config_file"
 
 
 def add_bit_config(cfg: CN) -> None:
-    """Add the ``MODEL.BIT``, ``SOLVER.AMP.PRECISION`` and ``DATASETS.COCO_FORMAT`` keys.
+    """Add the ``MODEL.BIT``, ``SOLVER.AMP.PRECISION``, ``SOLVER.DETERMINISTIC`` and
+    ``DATASETS.COCO_FORMAT`` keys.
 
     Freezing is Detectron2's own ``MODEL.BACKBONE.FREEZE_AT``; ``MODEL.BIT.FREEZE_AT`` is
     registered as renamed to it, so a config that sets it is refused with the new name.
@@ -56,6 +57,9 @@ def add_bit_config(cfg: CN) -> None:
     # Autocast dtype when SOLVER.AMP.ENABLED: "bfloat16" (no loss scaling needed on
     # Ampere and newer) or "float16".
     cfg.SOLVER.AMP.PRECISION = "bfloat16"
+    # PyTorch's deterministic algorithms (cuDNN included) so that GPU runs repeat bit for bit
+    # (slower; needs CUDNN_BENCHMARK False). CPU runs repeat without it.
+    cfg.SOLVER.DETERMINISTIC = False
 
     # Extra COCO-format datasets to register, each [name, json_file, image_root]; e.g.
     # DATASETS.COCO_FORMAT "[['mine_train', 'ann/train.json', 'images/train']]".

@@ -1,4 +1,5 @@
-"""Training hooks for Detectron2 runs on shared clusters: checkpoint-and-exit on SIGTERM.
+"""Training hooks for Detectron2 runs on shared clusters: checkpoint-and-exit on SIGTERM, and
+the model state a checkpoint must carry beyond parameters (RetinaNet's loss normalizer).
 
 Schedulers (SLURM, Kubernetes, spot instances) send SIGTERM some seconds before they kill a
 job. :class:`PreemptionCheckpointer` turns that signal into "finish the current iteration,
@@ -17,7 +18,7 @@ import torch.distributed as dist
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-__all__ = ["PreemptionCheckpointer", "TrainingPreempted"]
+__all__ = ["LossNormalizerState", "PreemptionCheckpointer", "TrainingPreempted"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,3 +108,47 @@ class PreemptionCheckpointer(HookBase):
             path or name, iteration,
         )
         raise TrainingPreempted(iteration, path)
+
+
+class LossNormalizerState(HookBase):
+    """Checkpoints RetinaNet's ``loss_normalizer`` of every rank and restores it on resume.
+
+    Detectron2's dense detectors divide their losses by a moving average of the foreground
+    anchor count (``loss_normalizer``, one per rank). It is a plain attribute, not a
+    buffer, so Detectron2's checkpoint omits it and a resumed run restarts it at 100: the
+    losses, hence the weights, drift from an uninterrupted run. Only the main process writes
+    checkpoints, so with several processes every rank's value is gathered after each step
+    (one small all-gather). Register this hook before the checkpointers.
+    """
+
+    NAME = "loss_normalizer"
+
+    def __init__(self) -> None:
+        self._values: Optional[list] = None
+
+    def _detector(self) -> Any:
+        model = self.trainer.model
+        return getattr(model, "module", model)  # DDP wraps the detector
+
+    def after_step(self) -> None:
+        value = getattr(self._detector(), self.NAME, None)
+        if value is None:
+            return
+        self._values = comm.all_gather(float(value)) if comm.get_world_size() > 1 else [float(value)]
+
+    def state_dict(self) -> dict:
+        return {"per_rank": list(self._values)} if self._values else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        values = state.get("per_rank")
+        if not values:
+            return
+        rank, world = comm.get_rank(), comm.get_world_size()
+        if len(values) != world:
+            logger.warning("checkpoint has the loss normalizer of %d processes, this run has %d: every rank "
+                           "continues from their mean", len(values), world)
+            value = sum(values) / len(values)
+        else:
+            value = values[rank]
+        setattr(self._detector(), self.NAME, value)
+        self._values = None

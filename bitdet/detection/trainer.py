@@ -7,8 +7,6 @@ import logging
 import os
 import weakref
 
-import torch
-from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, create_ddp_model
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
@@ -16,8 +14,11 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 
 from bitdet.detection.checkpointer import BiTCheckpointer
-from bitdet.detection.hooks import PreemptionCheckpointer
+from bitdet.detection.determinism import configure_determinism, repeatable_execution
+from bitdet.detection.hooks import LossNormalizerState, PreemptionCheckpointer
 from bitdet.detection.mapper import SkippingDatasetMapper
+from bitdet.detection.precision import AutocastTrainer, autocast_dtype
+from bitdet.detection.sampler import DataStreamState, build_resumable_train_loader
 from bitdet.log import FILE_LOGGER
 
 __all__ = ["BiTTrainer", "has_compiled_ops"]
@@ -70,25 +71,34 @@ class BiTTrainer(DefaultTrainer):
     """DefaultTrainer whose checkpointer reads BiT weights and writes atomically.
 
     Hooks, writers (console with ETA, ``metrics.json``, TensorBoard) and the training loop
-    are Detectron2's, plus :class:`PreemptionCheckpointer` (SIGTERM: checkpoint and exit 0).
-    With ``SOLVER.AMP.ENABLED`` autocast uses ``SOLVER.AMP.PRECISION``.
+    are Detectron2's, plus :class:`PreemptionCheckpointer` (SIGTERM: checkpoint and exit 0)
+    and :class:`DataStreamState` (the data stream's position, for an exact ``--resume``).
+    With ``SOLVER.AMP.ENABLED`` the step autocasts to ``SOLVER.AMP.PRECISION`` on
+    ``MODEL.DEVICE``, CPU included (:class:`AutocastTrainer`).
     """
 
     def __init__(self, cfg) -> None:
+        configure_determinism(cfg)
         with _cpu_capable_ddp():
             super().__init__(cfg)
         if cfg.SOLVER.AMP.ENABLED:
-            self._trainer.precision = getattr(torch, cfg.SOLVER.AMP.PRECISION)
-            if self._trainer.precision == torch.bfloat16:
-                # bf16 has float32's exponent range: loss scaling only costs time.
-                self._trainer.grad_scaler = torch.amp.GradScaler("cuda", enabled=False)
+            # DefaultTrainer picks CUDA-only AMPTrainer; the step is replaced as a whole,
+            # built from DefaultTrainer's public model / data_loader / optimizer.
+            self._trainer = AutocastTrainer(self.model, self.data_loader, self.optimizer,
+                                            autocast_dtype(cfg.SOLVER.AMP.PRECISION), cfg.MODEL.DEVICE)
 
     def build_hooks(self):
         # DefaultTrainer built a DetectionCheckpointer just before calling this; swap it
         # for ours before the PeriodicCheckpointer hook captures it.
         self.checkpointer = BiTCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         # Last, so that a SIGTERM checkpoint follows the step's evaluation and log writes.
-        return [*super().build_hooks(), PreemptionCheckpointer(self.checkpointer)]
+        # LossNormalizerState first: checkpoints taken after a step must see that step's value.
+        return [LossNormalizerState(), *super().build_hooks(), DataStreamState(),
+                PreemptionCheckpointer(self.checkpointer)]
+
+    def train(self):
+        with repeatable_execution():  # a resumed run computes as the uninterrupted one
+            return super().train()
 
     @classmethod
     def build_model(cls, cfg):
@@ -99,8 +109,9 @@ class BiTTrainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        # Unreadable images are skipped and counted instead of ending the run.
-        return _LogFirstBatch(build_detection_train_loader(cfg, mapper=SkippingDatasetMapper(cfg, is_train=True)))
+        # Unreadable images are replaced and counted instead of ending the run; the stream
+        # resumes exactly (bitdet.detection.sampler).
+        return _LogFirstBatch(build_resumable_train_loader(cfg, SkippingDatasetMapper(cfg, is_train=True)))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: str | None = None):

@@ -26,7 +26,7 @@ state dict under ``"model"`` (readable by :func:`bitdet.checkpoint.load_weights`
 and augmentation are functions of ``(seed, step)`` (:mod:`bitdet.engine.data`), so a resumed
 run reproduces an uninterrupted one exactly. Accuracies are percentages.
 """
-from bitdet.engine.checkpoint import TrainingCheckpointer
+from bitdet.engine.checkpoint import TrainingCheckpointer, clear_run
 from bitdet.engine.data import SeededDataset, StepBatchSampler, collate_skip_none
 from bitdet.engine.evaluation import classification_metrics, evaluate_classifier, multilabel_metrics, predict
 from bitdet.engine.losses import build_loss, sigmoid_cross_entropy, softmax_cross_entropy
@@ -40,6 +40,7 @@ __all__ = [
     "build_loss",
     "choose_batch_split",
     "classification_metrics",
+    "clear_run",
     "collate_skip_none",
     "evaluate_classifier",
     "multilabel_metrics",

@@ -12,7 +12,7 @@ import logging
 import random
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from bitdet.checkpoint.atomic import PathLike, atomic_write, remove_stale_tempor
 from bitdet.checkpoint.errors import CheckpointError
 from bitdet.checkpoint.loading import ws_eps_of
 
-__all__ = ["TrainingCheckpointer", "capture_rng_state", "restore_rng_state"]
+__all__ = ["TrainingCheckpointer", "capture_rng_state", "clear_run", "restore_rng_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,23 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+def clear_run(output_dir: PathLike, results: Sequence[str] = ()) -> List[Path]:
+    """Delete a run's checkpoints, ``last_checkpoint`` and its ``results`` files (``--force``).
+
+    Logs, metrics and anything else in the folder stay. Returns the deleted paths.
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return []
+    doomed = [p for p in folder.iterdir() if _PATTERN.match(p.name)]
+    doomed += [folder / name for name in (LAST_CHECKPOINT, *results) if (folder / name).is_file()]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    if doomed:
+        logger.info("starting over in %s: deleted %s", folder, ", ".join(sorted(p.name for p in doomed)))
+    return doomed
 
 
 class TrainingCheckpointer:

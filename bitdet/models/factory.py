@@ -6,20 +6,50 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+import torch
+
 from bitdet.checkpoint.download import default_cache_dir, download, mirrored
+from bitdet.checkpoint.errors import CheckpointMismatchError
 from bitdet.checkpoint.hub import is_hub_id
 from bitdet.checkpoint.loading import load_weights, read_weights
-from bitdet.checkpoint.npz import read_npz
+from bitdet.checkpoint.npz import npz_key_map, read_npz
 from bitdet.models.resnetv2 import ResNetV2, ResNetV2Features
 from bitdet.models.variants import get_pretrained_cfg, resolve
 
-__all__ = ["create_model", "pretrained_path"]
+__all__ = ["check_npz_architecture", "create_model", "pretrained_path"]
 
 logger = logging.getLogger(__name__)
 
 
+def check_npz_architecture(path: os.PathLike, name: str) -> None:
+    """Check that an official-layout npz holds exactly the parameters of model ``name``.
+
+    Every array must be readable and every parameter of the architecture (head of the
+    upstream class count included) present with its shape; nothing else may be there.
+
+    Raises:
+        CheckpointMismatchError: naming the missing, unexpected and misshapen keys.
+    """
+    arch_name, _, pre = resolve(name)
+    arrays = read_npz(path)
+    with torch.device("meta"):  # shapes only: no memory for the weights
+        model = create_model(arch_name, num_classes=pre.num_classes if pre else 1000)
+    params = dict(model.named_parameters())
+    expected = {key: tuple(params[param].shape) for param, key in npz_key_map(model).items()}
+    found = {key: (a.shape[3], a.shape[2], a.shape[0], a.shape[1]) if a.ndim == 4 else tuple(a.shape)
+             for key, a in arrays.items()}  # HWIO kernels -> OIHW
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = [(k, expected[k], found[k]) for k in sorted(set(expected) & set(found)) if expected[k] != found[k]]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(path, missing, unexpected, mismatched)
+
+
 def pretrained_path(name: str, cache_dir: Optional[os.PathLike] = None, progress: bool = True) -> Path:
     """Local path of a named official checkpoint, downloading it into the cache if absent.
+
+    A download enters the cache only when it is complete (its ``Content-Length``), matches
+    the recorded sha256 when there is one, and :func:`check_npz_architecture` accepts it.
 
     Args:
         name: e.g. ``"BiT-M-R50x1"``.
@@ -31,7 +61,8 @@ def pretrained_path(name: str, cache_dir: Optional[os.PathLike] = None, progress
     if pre is None:
         raise KeyError(f"{name!r} has no official checkpoint; pass a weights file path instead")
     dest = Path(cache_dir or default_cache_dir()) / f"{name}.npz"
-    return download(mirrored(pre.url), dest, sha256=pre.sha256, validate=read_npz, progress=progress)
+    return download(mirrored(pre.url), dest, sha256=pre.sha256, validate=lambda p: check_npz_architecture(p, name),
+                    progress=progress)
 
 
 def create_model(

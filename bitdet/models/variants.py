@@ -36,7 +36,14 @@ class Architecture:
 
 @dataclass(frozen=True)
 class Pretrained:
-    """An official checkpoint: its architecture, upstream class count and public URL."""
+    """An official checkpoint: its architecture, upstream class count and public URL.
+
+    ``sha256`` is None for every official file: the authors publish no digests or sizes, and
+    the files could not be fetched where this table was written to record them. A download
+    is verified instead by its transfer length (``Content-Length``), by reading every array,
+    and by matching every parameter name and shape of the architecture, head included
+    (:func:`bitdet.models.factory.check_npz_architecture`). Set ``sha256`` to pin a file.
+    """
 
     arch: str
     num_classes: int

@@ -12,8 +12,8 @@ from detectron2.utils import comm
 from torch.utils.data import Dataset, IterableDataset
 
 from bitdet.checkpoint import load_weights, save_checkpoint, state_dict_to_npz, write_npz
-from bitdet.engine import ClassifierTrainer, evaluate_classifier
-from bitdet.models import create_model
+from bitdet.engine import ClassifierTrainer, clear_run, evaluate_classifier
+from bitdet.models import create_model, pretrained_path
 from bitdet.models.resnetv2 import ResNetV2
 from bitdet.pretrain.data import build_dataset
 from bitdet.pretrain.schedule import StepSchedule, scaled_lr
@@ -58,13 +58,31 @@ def build_datasets(cfg) -> Tuple[Dataset, Optional[Dataset]]:
     return train_set, test_set
 
 
-def run_pretraining(cfg, resume: bool = True) -> Dict[str, Any]:
+FINAL_FILES = ("final.json", "model_final.pth", "model_final.npz")
+
+
+def run_pretraining(cfg, resume: bool = True, force: bool = False) -> Dict[str, Any]:
     """Train per ``cfg``; the main process writes ``model_final.pth``, ``model_final.npz``, ``final.json``.
+
+    Args:
+        cfg: the pretraining config.
+        resume: continue from the newest checkpoint in ``OUTPUT_DIR``. A finished run
+            (``final.json`` present) is not repeated: its stored results are returned as is.
+        force: start over: delete the checkpoints and final files first.
 
     Returns:
         The contents of ``final.json``: held-out metrics (scalars), images/s, steps, wall time.
     """
     wall_start = time.perf_counter()
+    out = Path(cfg.OUTPUT_DIR)
+    if force:
+        if comm.is_main_process():
+            clear_run(out, FINAL_FILES)
+        comm.synchronize()
+        resume = False
+    elif (out / "final.json").is_file():
+        logger.info("%s exists: the run has finished; reporting its results (--force starts over)", out / "final.json")
+        return json.loads((out / "final.json").read_text())
     train_set, test_set = build_datasets(cfg)
     size = len(train_set) if not isinstance(train_set, IterableDataset) else None
     if size is None and cfg.SOLVER.MAX_ITER <= 0:
@@ -95,7 +113,6 @@ def run_pretraining(cfg, resume: bool = True) -> Dict[str, Any]:
         processes=comm.get_world_size(),
     )
     if comm.is_main_process():
-        out = Path(cfg.OUTPUT_DIR)
         model = trainer.model.cpu().float()
         save_checkpoint(out / "model_final.pth", model, arch=cfg.MODEL.NAME, num_classes=cfg.MODEL.NUM_CLASSES,
                         steps=result["step"])

@@ -26,7 +26,9 @@ Upstream vs from scratch on sklearn's digits at 1/5/10 shots and full data (CPU,
 32 px, 100 steps of 32 per run); the upstream checkpoint comes from the Fashion-MNIST demo
 pretraining. One table in ``output/finetune/digits_transfer/results.md`` (the upstream rows are
 labelled ``demo_fashion_mnist``, the checkpoint's folder), plus ``accuracy_vs_shots.png``;
-``--resume`` skips finished runs, so an interrupted sweep continues where it stopped::
+finished runs are reported, not repeated, and ``--resume`` continues an interrupted one, so a
+stopped sweep continues where it stopped (``--force`` starts every run over). Every shots count
+and seed is checked against the data before the first run::
 
     python tools/pretrain.py --config-file configs/pretrain/demo_fashion_mnist.yaml
     OMP_NUM_THREADS=1 python tools/finetune.py --config-file finetune/demo_digits.yaml --resume \\
@@ -62,6 +64,9 @@ def add_arguments(parser):
     parser.add_argument("--model", help="model name, e.g. BiT-M-R50x1, R14-tiny (MODEL.NAME)")
     parser.add_argument("--shots", help="examples per class, e.g. 1,5,10,full (FEWSHOT.SHOTS)")
     parser.add_argument("--seeds", help="comma list of seeds, e.g. 0,1,2 (FEWSHOT.SEEDS)")
+    parser.add_argument("--force", action="store_true",
+                        help="start over: delete the run's checkpoints and results.json (a finished run is "
+                             "otherwise reported, not repeated)")
     parser.add_argument("--collect", nargs="+", metavar="DIR",
                         help="no training: tabulate every run's results.json under DIR... into OUTPUT_DIR/results_all.md")
     return parser
@@ -119,8 +124,8 @@ def main(args):
     weights_list = [w for w in (args.weights or "").split(",")] if args.weights and "," in args.weights else []
     if cfg.FEWSHOT.SHOTS or weights_list or len(cfg.FEWSHOT.SEEDS) > 1:
         shots = parse_shots(cfg.FEWSHOT.SHOTS) if cfg.FEWSHOT.SHOTS else ["full"]
-        return finetune_sweep(cfg, shots, cfg.FEWSHOT.SEEDS, weights_list, resume=args.resume)
-    return finetune(cfg, resume=args.resume)
+        return finetune_sweep(cfg, shots, cfg.FEWSHOT.SEEDS, weights_list, resume=args.resume, force=args.force)
+    return finetune(cfg, resume=args.resume, force=args.force)
 
 
 def cli(argv=None):

@@ -19,7 +19,8 @@ Examples::
 
 Writes to OUTPUT_DIR: model_*.pth checkpoints, metrics.json, TensorBoard events, and at the end
 model_final.pth (bitdet), model_final.npz (official BiT layout) and final.json. SIGTERM saves a
-checkpoint and exits 0; re-running the command resumes (pass --no-resume to start over).
+checkpoint and exits 0; re-running the command resumes, and re-running a finished run reports
+its final.json unchanged (pass --force to start over).
 """
 import json
 
@@ -44,14 +45,14 @@ def main(args):
         if comm.is_main_process():
             print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2))
         return results
-    # Pretraining resumes by default (preemption-safe): no --resume flag, --no-resume starts over.
-    return run_pretraining(cfg, resume=not args.no_resume)
+    # Pretraining resumes by default (preemption-safe): no --resume flag; --force starts over.
+    return run_pretraining(cfg, force=args.force)
 
 
 def parse_args(argv=None):
     parser = argument_parser(__doc__, resume=False)
-    parser.add_argument("--no-resume", action="store_true",
-                        help="ignore checkpoints in OUTPUT_DIR and train from step 0")
+    parser.add_argument("--force", "--no-resume", dest="force", action="store_true",
+                        help="start over: delete OUTPUT_DIR's checkpoints and final files, train from step 0")
     return parser.parse_args(argv)
 
 

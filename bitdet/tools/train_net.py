@@ -20,8 +20,6 @@ Examples::
         DATASETS.COCO_FORMAT "[['mine_train','ann/train.json','img/train'],['mine_val','ann/val.json','img/val']]" \\
         DATASETS.TRAIN "('mine_train',)" DATASETS.TEST "('mine_val',)" MODEL.RETINANET.NUM_CLASSES 3
 """
-import logging
-
 from detectron2.evaluation import verify_results
 
 
@@ -30,17 +28,13 @@ from bitdet.detection import BiTCheckpointer, BiTTrainer, get_bit_cfg, prepare_d
 from bitdet.tools.cli import argument_parser, launch_main, setup_cfg, user_errors
 
 
-def _load_cfg(config_file, opts):
-    cfg = get_bit_cfg(config_file, opts)
-    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
-        logging.getLogger("bitdet").warning("SOLVER.AMP.ENABLED needs CUDA; training in float32 on the CPU")
-        cfg.SOLVER.AMP.ENABLED = False
-    return cfg
-
-
 def setup(args):
-    """Config from file + overrides, frozen; logging and output folder set up."""
-    return setup_cfg(args, _load_cfg)
+    """Config from file + overrides, frozen; logging and output folder set up.
+
+    ``SOLVER.AMP.ENABLED`` autocasts on ``MODEL.DEVICE``, the CPU included (bf16 there);
+    pass ``SOLVER.AMP.ENABLED False`` for float32.
+    """
+    return setup_cfg(args, get_bit_cfg)
 
 
 def main(args):

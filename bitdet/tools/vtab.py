@@ -13,7 +13,8 @@ Examples::
         --num-gpus 8 DATASET.TRAIN_SPLIT train800 DATASET.TEST_SPLIT val200
 
 Writes ``OUTPUT_DIR/<task>/results.json`` per task, ``OUTPUT_DIR/vtab_results.json`` and
-``OUTPUT_DIR/vtab_results.md``. With ``--resume`` finished tasks are skipped.
+``OUTPUT_DIR/vtab_results.md``. Finished tasks are reported, not repeated; ``--resume``
+continues an interrupted one; ``--force`` starts every task over.
 """
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def parse_args(argv=None):
     parser.add_argument("--weights", help="upstream weights: .npz, .pth, 'official' or 'scratch' (MODEL.WEIGHTS)")
     parser.add_argument("--model", help="model name (MODEL.NAME)")
     parser.add_argument("--tasks", help="comma list of tasks (default: all 19)")
+    parser.add_argument("--force", action="store_true", help="start every task over (delete its checkpoints and results)")
     args = parser.parse_args(argv)
     # setup() of tools/finetune.py reads these flags too.
     args.dataset = args.shots = args.seeds = None
@@ -52,7 +54,7 @@ def main(args):
         task_cfg = cfg.clone()
         task_cfg.defrost()
         task_cfg.DATASET.NAME = f"vtab/{task}"
-        return finetune(task_cfg, output_dir=str(out / task), resume=args.resume)
+        return finetune(task_cfg, output_dir=str(out / task), resume=args.resume, force=args.force)
 
     summary = run_vtab(run_task, tasks)
     if comm.is_main_process():

@@ -38,7 +38,8 @@ from bitdet.transfer.report import (
 )
 from bitdet.transfer.transforms import TransformedDataset, eval_transform, train_transform
 
-__all__ = ["evaluate_only", "finetune", "finetune_sweep", "init_label", "resolve_weights", "run_dir_name"]
+__all__ = ["evaluate_only", "finetune", "finetune_sweep", "init_label", "resolve_weights", "run_dir_name",
+           "validate_sweep"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def _open_splits(cfg):
 
 
 def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: Optional[str] = None,
-             resume: bool = True) -> Dict[str, Any]:
+             resume: bool = True, force: bool = False) -> Dict[str, Any]:
     """Fine-tune once (one dataset, one shots setting, one seed) and evaluate on the test split.
 
     Args:
@@ -112,8 +113,9 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
         shots: examples per class, or ``"full"`` for the whole training split.
         seed: few-shot draw and training seed; default ``cfg.SEED``.
         output_dir: default ``cfg.OUTPUT_DIR``.
-        resume: continue from the newest checkpoint there; a finished run (``results.json``
-            present) is returned as is.
+        resume: continue from the newest checkpoint there (else train from step 0).
+        force: start over: delete the checkpoints and ``results.json`` first. Without it a
+            finished run (``results.json`` present) is not repeated: its results are returned.
 
     Returns:
         The results written to ``OUTPUT_DIR/results.json`` (on the main process; other ranks
@@ -122,13 +124,18 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
     """
     from detectron2.utils import comm
 
-    from bitdet.engine import ClassifierTrainer, evaluate_classifier
+    from bitdet.engine import ClassifierTrainer, clear_run, evaluate_classifier
 
     t0 = time.perf_counter()
     seed = cfg.SEED if seed is None else int(seed)
     out = Path(output_dir or cfg.OUTPUT_DIR)
-    if resume and (out / RESULTS_FILE).is_file():
-        logger.info("%s exists: run already finished, not repeating it", out / RESULTS_FILE)
+    if force:
+        if comm.is_main_process():
+            clear_run(out, (RESULTS_FILE,))
+        comm.synchronize()
+        resume = False
+    elif (out / RESULTS_FILE).is_file():
+        logger.info("%s exists: the run has finished; reporting its results (--force starts over)", out / RESULTS_FILE)
         return json.loads((out / RESULTS_FILE).read_text())
 
     d = cfg.DATASET
@@ -265,8 +272,38 @@ def evaluate_only(cfg, output_dir: Optional[str] = None) -> Dict[str, Any]:
     return metrics
 
 
+def validate_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int]) -> None:
+    """Check every (shots, seed) of a sweep against the training split before any run starts.
+
+    Raises:
+        ValueError: a repeated or negative seed, a repeated shots entry, or a shots count that
+            some class cannot supply (the class and its count named, as with the run itself).
+    """
+    if not seeds:
+        raise ValueError("FEWSHOT.SEEDS / --seeds: no seed given")
+    for seed in seeds:
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"FEWSHOT.SEEDS / --seeds: {seed!r} is not a non-negative integer")
+    for name, values in (("seeds", list(seeds)), ("shots", list(shots_list))):
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise ValueError(f"--{name}: {', '.join(repeated)} given more than once")
+    counts = [int(s) for s in shots_list if s != FULL]
+    if not counts:
+        return
+    train_raw, _ = _open_splits(cfg)
+    classes = dataset_classes(train_raw)
+    targets = dataset_targets(train_raw)
+    for shots in counts:
+        for seed in seeds:
+            try:
+                sample_few_shot(targets, shots, int(seed), classes, len(classes))
+            except ValueError as e:
+                raise ValueError(f"--shots {shots} (seed {seed}) on {cfg.DATASET.NAME}: {e}; no run was started") from None
+
+
 def finetune_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int], weights_list: Sequence[str] = (),
-                   resume: bool = True) -> Dict[str, Any]:
+                   resume: bool = True, force: bool = False) -> Dict[str, Any]:
     """One :func:`finetune` run per (weights, shots, seed), then a summary over seeds.
 
     Runs go to ``OUTPUT_DIR/<init>/<shots>_seed<seed>/`` (``<init>``: :func:`init_label`), so
@@ -279,7 +316,8 @@ def finetune_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int], weigh
         seeds: few-shot draw / training seeds.
         weights_list: initialisations to compare (weights paths, ``"official"``, or
             ``"scratch"`` / ``""``); default: ``cfg.MODEL.WEIGHTS`` alone.
-        resume: skip finished runs and resume interrupted ones.
+        resume: resume interrupted runs (finished ones are always reused).
+        force: start every run over.
 
     Returns:
         ``{"runs": [...], "summary": [...], "table": markdown}`` (main process; ``{}`` elsewhere).
@@ -289,6 +327,8 @@ def finetune_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int], weigh
     from bitdet.checkpoint.atomic import atomic_write
 
     out = Path(cfg.OUTPUT_DIR)
+    shots_list = parse_shots(list(shots_list))
+    validate_sweep(cfg, shots_list, list(seeds))
     inits = [("" if w.strip().lower() == "scratch" else w.strip()) for w in (weights_list or [cfg.MODEL.WEIGHTS])]
     runs: List[Dict[str, Any]] = []
     labels: Dict[str, str] = {}
@@ -301,10 +341,10 @@ def finetune_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int], weigh
             raise ValueError(f"weights {labels[label]!r} and {weights!r} share the label {label!r}; rename one file")
         labels[label] = weights
         base = out / label
-        for shots in parse_shots(list(shots_list)):
+        for shots in shots_list:
             for seed in seeds:
                 result = finetune(run_cfg, shots=shots, seed=int(seed), output_dir=str(base / run_dir_name(shots, seed)),
-                                  resume=resume)
+                                  resume=resume, force=force)
                 if comm.is_main_process():
                     runs.append({k: result[k] for k in ("dataset", "init", "shots", "seed", "top1", "top5",
                                                         "mean_per_class_acc", "steps", "num_train", "wall_time_s")})

@@ -5,6 +5,7 @@ import multiprocessing
 import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,6 +78,35 @@ def test_named_model_uses_the_cache(tmp_path, monkeypatch, npz_file):
         pretrained_path("R14-tiny")
 
 
+def _official_layout_npz(path, arch, num_classes):
+    from bitdet import create_model
+    from bitdet.checkpoint import state_dict_to_npz, write_npz
+
+    write_npz(path, state_dict_to_npz(create_model(arch, num_classes=num_classes)))
+    return path
+
+
+def test_official_download_is_checked_against_the_architecture(tmp_path, monkeypatch):
+    """With no published sha256, a wrong or truncated-by-content file must still not enter the cache."""
+    from bitdet.models import variants
+    from bitdet.checkpoint import CheckpointMismatchError
+
+    right = _official_layout_npz(tmp_path / "right.npz", "R14-tiny", 21843)
+    wrong = _official_layout_npz(tmp_path / "wrong.npz", "R26-tiny", 21843)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("BITDET_CACHE", str(cache))
+    entry = variants.Pretrained("R14-tiny", 21843, wrong.as_uri())
+    monkeypatch.setitem(variants.PRETRAINED, "BiT-M-R14-tiny", entry)
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected keys .*resnet/block1/unit02"):
+        pretrained_path("BiT-M-R14-tiny", progress=False)
+    assert list(cache.iterdir()) == []
+    monkeypatch.setitem(variants.PRETRAINED, "BiT-M-R14-tiny", variants.Pretrained("R14-tiny", 1000, right.as_uri()))
+    with pytest.raises(CheckpointMismatchError, match=r"head/conv2d/kernel: expected .*1000.* found .*21843"):
+        pretrained_path("BiT-M-R14-tiny", progress=False)
+    monkeypatch.setitem(variants.PRETRAINED, "BiT-M-R14-tiny", variants.Pretrained("R14-tiny", 21843, right.as_uri()))
+    assert pretrained_path("BiT-M-R14-tiny", progress=False).read_bytes() == right.read_bytes()
+
+
 class _CountingHandler(http.server.SimpleHTTPRequestHandler):
     """Serves a folder slowly (so that the ranks' requests would overlap) and counts GETs."""
 
@@ -94,9 +124,9 @@ class _CountingHandler(http.server.SimpleHTTPRequestHandler):
 def mirror(tmp_path):
     folder = tmp_path / "mirror"
     folder.mkdir()
-    np.savez(folder / "BiT-M-R50x1.npz", a=np.arange(10, dtype=np.float32))
+    _official_layout_npz(folder / "BiT-M-R14-tiny.npz", "R14-tiny", 21843)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_CountingHandler, directory=str(folder)))
-    server.requests, server.lock = [], threading.Lock()
+    server.requests, server.lock, server.folder = [], threading.Lock(), str(folder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
     server.shutdown()
@@ -105,11 +135,16 @@ def mirror(tmp_path):
 def _rank(cache, barrier, results):
     os.environ["BITDET_CACHE"] = cache
     barrier.wait()  # all ranks ask at the same moment
-    path = pretrained_path("BiT-M-R50x1", progress=False)
-    results.put((cache, str(path), read_npz(path)["a"].sum()))
+    path = pretrained_path("BiT-M-R14-tiny", progress=False)
+    results.put((cache, str(path), len(read_npz(path))))
 
 
 def test_one_download_per_node_from_a_mirror(tmp_path, monkeypatch, mirror):
+    from bitdet.models import variants
+
+    # a small model's official-layout file; downloads are checked against its architecture
+    official = "https://example.org/bit_models/BiT-M-R14-tiny.npz"
+    monkeypatch.setitem(variants.PRETRAINED, "BiT-M-R14-tiny", variants.Pretrained("R14-tiny", 21843, official))
     monkeypatch.setenv("BITDET_WEIGHTS_URL", f"http://127.0.0.1:{mirror.server_address[1]}/")
     # two machines with two ranks each; each machine has its own (node-local) cache
     caches = [str(tmp_path / "node0"), str(tmp_path / "node0"), str(tmp_path / "node1"), str(tmp_path / "node1")]
@@ -122,8 +157,9 @@ def test_one_download_per_node_from_a_mirror(tmp_path, monkeypatch, mirror):
         p.join(60)
         assert p.exitcode == 0
     seen = sorted(results.get(timeout=5) for _ in caches)
-    assert mirror.requests == ["/BiT-M-R50x1.npz"] * 2  # one request per node
-    assert all(path == f"{cache}/BiT-M-R50x1.npz" and total == 45 for cache, path, total in seen)
+    assert mirror.requests == ["/BiT-M-R14-tiny.npz"] * 2  # one request per node
+    expected = len(read_npz(Path(mirror.folder) / "BiT-M-R14-tiny.npz"))
+    assert all(path == f"{cache}/BiT-M-R14-tiny.npz" and count == expected for cache, path, count in seen)
     # cached: never fetched again, even from a fresh process
     proc = ctx.Process(target=_rank, args=(caches[0], ctx.Barrier(1), results))
     proc.start()

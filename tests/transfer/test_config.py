@@ -5,6 +5,7 @@ import pathlib
 import pytest
 
 import bitdet.transfer.config as config_module
+from bitdet.config import CONFIGS_DIR
 from bitdet.hyperrule import get_rule
 from bitdet.transfer.config import get_finetune_cfg, rule_from_config, tri_state
 
@@ -66,3 +67,13 @@ def test_tri_state():
     assert tri_state("", True, "K") is True and tri_state("off", True, "K") is False and tri_state("on", False, "K")
     with pytest.raises(ValueError, match="DATASET.FLIP"):
         tri_state("maybe", True, "DATASET.FLIP")
+
+
+def test_hyperrule_configs_train_in_fp32_unless_they_opt_in():
+    """The authors' fine-tuning code trains in float32; only an explicit PRECISION opts in to bf16."""
+    finetune_configs = sorted((CONFIGS_DIR / "finetune").rglob("*.yaml"))
+    assert finetune_configs
+    for path in finetune_configs:
+        cfg = get_finetune_cfg(str(path))
+        assert cfg.SOLVER.PRECISION == "fp32", path.name
+    assert get_finetune_cfg("finetune/cifar10.yaml", ["SOLVER.PRECISION", "bf16"]).SOLVER.PRECISION == "bf16"

@@ -11,7 +11,7 @@ import torch
 from bitdet import create_model
 from bitdet.checkpoint import save_checkpoint
 from bitdet.transfer.config import get_finetune_cfg
-from bitdet.transfer.finetune import evaluate_only, finetune
+from bitdet.transfer.finetune import evaluate_only, finetune, finetune_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTANT = "finetune/quick_schedules/finetune_instant_test.yaml"
@@ -35,30 +35,63 @@ def test_finetune_beats_chance_on_digits(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(tmp_path):
+def test_sigkill_then_resume_continues_exactly(tmp_path):
     def run(out, **kw):
         cfg = get_finetune_cfg(INSTANT, ["OUTPUT_DIR", str(out), "HYPERRULE.BATCH_SIZE", 4])
         return finetune(cfg, **kw)
 
     full = run(tmp_path / "a", resume=False)
     interrupted = tmp_path / "b"
-    run(interrupted, resume=False)
-    # Simulate a run killed after its step-2 checkpoint.
-    for name in ("model_0000004.pth", "results.json"):
-        (interrupted / name).unlink()
-    (interrupted / "last_checkpoint").write_text("model_0000002.pth")
+    # The real tool, SIGKILLed after step index 2: the 2-step checkpoint is on disk, step 3 is lost.
+    cmd = [sys.executable, str(ROOT / "tests" / "reliability" / "kill_point.py"), "finetune", "--config-file", INSTANT,
+           "OUTPUT_DIR", str(interrupted), "HYPERRULE.BATCH_SIZE", "4"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, start_new_session=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", BITDET_KILL_AT="step:2", PYTHONPATH=str(ROOT)))
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert sorted(p.name for p in interrupted.glob("model_*.pth")) == ["model_0000002.pth"]
+    assert (interrupted / "last_checkpoint").read_text() == "model_0000002.pth"
+    assert not (interrupted / "results.json").exists()
+
     resumed = run(interrupted, resume=True)
     assert resumed["top1"] == full["top1"]
-    a = torch.load(tmp_path / "a" / "model_0000004.pth", weights_only=True)["model"]
-    b = torch.load(interrupted / "model_0000004.pth", weights_only=True)["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    # A finished run is not repeated.
-    mtime = (interrupted / "results.json").stat().st_mtime_ns
-    assert run(interrupted, resume=True)["top1"] == full["top1"]
-    assert (interrupted / "results.json").stat().st_mtime_ns == mtime
+    a = torch.load(tmp_path / "a" / "model_0000004.pth", weights_only=True)
+    b = torch.load(interrupted / "model_0000004.pth", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert all(torch.equal(a["optimizer"]["state"][k]["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
+               for k in a["optimizer"]["state"])
     # --eval-only on the final checkpoint (head loaded, not zeroed) gives the same numbers.
     cfg = get_finetune_cfg(INSTANT, ["MODEL.WEIGHTS", str(interrupted / "model_0000004.pth")])
     assert evaluate_only(cfg, output_dir=str(tmp_path / "eval"))["top1"] == full["top1"]
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_reported_and_force_starts_over(tmp_path):
+    cfg = get_finetune_cfg(INSTANT, ["OUTPUT_DIR", str(tmp_path), "HYPERRULE.BATCH_SIZE", 4])
+    first = finetune(cfg, resume=False)
+    stored, mtime = (tmp_path / "results.json").read_text(), (tmp_path / "results.json").stat().st_mtime_ns
+    for resume in (True, False):  # with or without --resume, a finished run is not repeated
+        assert finetune(cfg, resume=resume) == json.loads(stored)
+    assert (tmp_path / "results.json").stat().st_mtime_ns == mtime
+    (tmp_path / "model_0000006.pth").write_bytes(b"left over from a longer run")
+    again = finetune(cfg, resume=True, force=True)
+    assert not (tmp_path / "model_0000006.pth").exists(), "--force must delete the old checkpoints"
+    assert (tmp_path / "results.json").stat().st_mtime_ns != mtime
+    assert again["top1"] == first["top1"] and again["train"]["step"] == 4
+
+
+def test_sweep_checks_every_shots_and_seed_before_training(tmp_path):
+    cfg = get_finetune_cfg(INSTANT, ["OUTPUT_DIR", str(tmp_path)])
+    # digits has about 135 training images per class, not 200: the sweep fails before its 1-shot runs.
+    with pytest.raises(ValueError, match=r"--shots 200 \(seed 0\) on digits: 200-shot sampling needs 200 examples "
+                                         r"of every class: .* no run was started"):
+        finetune_sweep(cfg, [1, 200], [0, 1])
+    for bad_seeds, message in (([0, 0], "--seeds: 0 given more than once"), ([-1], "-1 is not a non-negative"),
+                               ([], "no seed given")):
+        with pytest.raises(ValueError, match=message):
+            finetune_sweep(cfg, [1], bad_seeds)
+    with pytest.raises(ValueError, match="--shots: 1 given more than once"):
+        finetune_sweep(cfg, [1, 1], [0])
+    assert list(tmp_path.iterdir()) == [], "a run was started or a file written"
 
 
 @pytest.mark.slow

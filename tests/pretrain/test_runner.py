@@ -1,0 +1,64 @@
+"""run_pretraining in process: the shipped bf16 settings on the CPU, finished runs stay finished.
+
+The bf16 run uses 32 px crops: at the instant config's 16 px the last stage gets 1x1 maps, and
+on this CPU build bf16 autocast then intermittently gives NaN gradients for a 3x3 stride-2
+convolution with a 1x1 input (about half of the steps; the trainer's loss check stops the run).
+"""
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from bitdet.config import CONFIGS_DIR
+from bitdet.pretrain import get_pretrain_cfg, run_pretraining
+from bitdet.pretrain import runner
+
+INSTANT = "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml"
+SHIPPED = yaml.safe_load((CONFIGS_DIR / "pretrain" / "Base-Pretrain.yaml").read_text())["SOLVER"]
+
+
+def _cfg(out, *opts):
+    return get_pretrain_cfg(INSTANT, ["OUTPUT_DIR", str(out), *opts])
+
+
+def test_shipped_precision_settings_run_bf16_on_cpu(tmp_path, monkeypatch):
+    assert (SHIPPED["PRECISION"], SHIPPED["CHANNELS_LAST"]) == ("bf16", True)
+    seen = set()
+    build = runner.build_model
+
+    def recording_build(cfg):
+        model = build(cfg)
+        model.stem.conv.register_forward_hook(lambda mod, inp, out: seen.add(out.dtype) if mod.training else None)
+        return model
+
+    monkeypatch.setattr(runner, "build_model", recording_build)
+    final = run_pretraining(_cfg(tmp_path, "SOLVER.PRECISION", SHIPPED["PRECISION"],
+                                 "SOLVER.CHANNELS_LAST", SHIPPED["CHANNELS_LAST"],
+                                 "INPUT.CROP_SIZE", 32, "INPUT.TEST_RESIZE", 32))
+    assert seen == {torch.bfloat16}
+    assert final["steps"] == 3 and math.isfinite(final["final_loss"]) and 0 <= final["top1"] <= 100
+    state = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_a_finished_run_reports_its_results_and_force_starts_over(tmp_path):
+    torch.manual_seed(0)  # the model's initialisation (the tool seeds it through default_setup)
+    first = run_pretraining(_cfg(tmp_path))
+    stored = (tmp_path / "final.json").read_text()
+    mtime = (tmp_path / "final.json").stat().st_mtime_ns
+
+    again = run_pretraining(_cfg(tmp_path))
+    assert again == json.loads(stored) and all(
+        not (isinstance(v, float) and math.isnan(v)) for v in again.values()), again
+    assert (tmp_path / "final.json").read_text() == stored
+    assert (tmp_path / "final.json").stat().st_mtime_ns == mtime
+
+    (tmp_path / "model_0000002.pth").write_bytes(b"stale")  # --force must not resume from anything
+    torch.manual_seed(0)
+    redone = run_pretraining(_cfg(tmp_path), force=True)
+    assert (tmp_path / "final.json").stat().st_mtime_ns != mtime
+    assert redone["steps"] == 3 and math.isfinite(redone["img_per_s"]) and math.isfinite(redone["final_loss"])
+    assert redone["final_loss"] == pytest.approx(first["final_loss"], abs=0)  # same seed, from step 0
+    assert torch.load(tmp_path / "model_0000002.pth", weights_only=True)["step"] == 2
