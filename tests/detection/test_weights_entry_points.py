@@ -83,9 +83,9 @@ def test_train_net_exits_with_the_loaders_message_for_an_unknown_layout(tmp_path
          str(tmp_path / "unknown.pth"), "OUTPUT_DIR", str(tmp_path / "out")],
         capture_output=True, text=True, env=_env(tmp_path), cwd=str(tmp_path), timeout=600,
     )
-    assert out.returncode != 0
+    assert out.returncode == 2  # a user error: one line, exit status 2
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("train_net: MODEL.WEIGHTS: ") and "no BiT key layout recognised" in last, out.stderr[-2000:]
+    assert last.startswith("train_net: error: ") and "no BiT key layout recognised" in last, out.stderr[-2000:]
     assert "encoder.layer1.weight" in last and "AssertionError" not in out.stderr
 
 
