@@ -10,8 +10,8 @@ import platform
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence
 
-from bitdet.checkpoint.atomic import PathLike, atomic_write, write_json
 from bitdet.transfer.report import read_metrics, training_curve_plot
+from bitdet.utils.io import PathLike, atomic_write, write_json
 
 __all__ = ["detection_results", "loss_curves_plot", "write_report"]
 

@@ -54,7 +54,7 @@ fi
 # Real COCO-format annotation fixtures (labelme / sahi sdists) for the data-path tests. Only
 # "cannot be fetched" (status 2) is a warning; a wrong sha256 or a missing file fails the set-up.
 fixtures_status=0
-"$PY" -m bitdet.data.fixtures || fixtures_status=$?
+"$PY" -m tests.fixtures || fixtures_status=$?
 if [[ $fixtures_status == 2 ]]; then
     say "WARNING: could not fetch the COCO fixtures; their tests will be skipped with that reason"
 elif [[ $fixtures_status != 0 ]]; then

@@ -16,8 +16,8 @@ from bitdet.benchmark.data import measure_gpu_decode, measure_loader
 from bitdet.benchmark.report import compute_ratios
 from bitdet.benchmark.suite import get_spec
 from bitdet.benchmark.timing import RunSettings, applicable, measure
-from bitdet.checkpoint.atomic import write_json
 from bitdet.config import check_device
+from bitdet.utils.io import write_json
 
 __all__ = ["run_benchmark", "resolve_device", "output_path"]
 

@@ -1,8 +1,7 @@
 """BiT weights: every format users have (official npz, bitdet, Detectron2, timm, the authors'
 bit_pytorch, transformers, ``hf-hub:`` ids), one loader for all entry points, conversion."""
 from bitdet.checkpoint.architecture import FileArchitecture, architecture_of
-from bitdet.checkpoint.atomic import atomic_write
-from bitdet.checkpoint.download import default_cache_dir, download
+from bitdet.checkpoint.download import download
 from bitdet.checkpoint.errors import CheckpointError, CheckpointMismatchError, WeightsNotFoundError
 from bitdet.checkpoint.hub import is_hub_id
 from bitdet.checkpoint.layouts import LAYOUTS
@@ -30,8 +29,6 @@ __all__ = [
     "apply_state_dict",
     "apply_weights",
     "architecture_of",
-    "atomic_write",
-    "default_cache_dir",
     "download",
     "is_hub_id",
     "load_weights",

@@ -14,12 +14,12 @@ from typing import Dict
 import torch
 
 from bitdet.checkpoint.architecture import FileArchitecture
-from bitdet.checkpoint.atomic import PathLike, atomic_write
 from bitdet.checkpoint.errors import CheckpointError
 from bitdet.checkpoint.layouts import LAYOUTS
 from bitdet.checkpoint.loading import apply_weights, read_weights, save_checkpoint
 from bitdet.checkpoint.npz import state_dict_to_npz, write_npz
 from bitdet.numerics import WS_EPS
+from bitdet.utils.io import PathLike, atomic_write
 
 __all__ = ["FORMATS", "DETECTRON2_PREFIX", "FileArchitecture", "convert", "export_state_dict", "infer_architecture"]
 

@@ -25,20 +25,13 @@ from typing import Callable, Optional
 
 from filelock import FileLock
 
-from bitdet.checkpoint.atomic import atomic_write
 from bitdet.checkpoint.errors import CheckpointError
+from bitdet.utils.io import atomic_write
 
-__all__ = ["default_cache_dir", "download", "mirrored"]
+__all__ = ["download", "mirrored"]
 
 logger = logging.getLogger(__name__)
 _CHUNK = 1 << 20
-
-
-def default_cache_dir() -> Path:
-    """``$BITDET_CACHE``, else ``$XDG_CACHE_HOME/bitdet``, else ``~/.cache/bitdet``."""
-    if os.environ.get("BITDET_CACHE"):
-        return Path(os.environ["BITDET_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bitdet"
 
 
 def mirrored(url: str) -> str:

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from bitdet.checkpoint.architecture import FileArchitecture, architecture_of
-from bitdet.checkpoint.atomic import PathLike, atomic_write
 from bitdet.checkpoint.errors import CheckpointError, CheckpointMismatchError, WeightsNotFoundError
 from bitdet.checkpoint.hub import hub_weights, is_hub_id
 from bitdet.checkpoint.layouts import LAYOUTS, Layout, detect_layout, layout_keys
 from bitdet.checkpoint.sniff import CONTAINERS, sniff_container
 from bitdet.numerics import WS_EPS
+from bitdet.utils.io import PathLike, atomic_write
 
 __all__ = [
     "LoadReport",

@@ -20,9 +20,9 @@ from typing import Dict
 import numpy as np
 import torch
 
-from bitdet.checkpoint.atomic import PathLike, atomic_write
 from bitdet.checkpoint.errors import CheckpointError
 from bitdet.checkpoint.layouts import LAYOUTS
+from bitdet.utils.io import PathLike, atomic_write
 
 __all__ = ["npz_key_map", "read_npz", "write_npz", "npz_to_state_dict", "state_dict_to_npz"]
 

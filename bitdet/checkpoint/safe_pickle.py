@@ -10,8 +10,8 @@ import os
 import pickle
 from typing import Any
 
-from bitdet.checkpoint.atomic import PathLike
 from bitdet.checkpoint.errors import CheckpointError
+from bitdet.utils.io import PathLike
 
 __all__ = ["safe_pickle_load", "unsafe_pickle_allowed"]
 

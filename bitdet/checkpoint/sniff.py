@@ -13,8 +13,8 @@ import struct
 import zipfile
 from pathlib import Path
 
-from bitdet.checkpoint.atomic import PathLike
 from bitdet.checkpoint.errors import CheckpointError
+from bitdet.utils.io import PathLike
 
 __all__ = ["CONTAINERS", "sniff_container"]
 

@@ -44,8 +44,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import cv2
 import numpy as np
 
-from bitdet.checkpoint.atomic import atomic_write
 from bitdet.data.fashion_mnist import DEFAULT_ROOT, FASHION_MNIST_CLASSES, FashionMNIST
+from bitdet.utils.io import atomic_write
 
 __all__ = [
     "BACKGROUND_PHOTOS",

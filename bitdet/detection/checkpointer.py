@@ -28,7 +28,6 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from bitdet.checkpoint.architecture import FileArchitecture, architecture_of
-from bitdet.checkpoint.atomic import atomic_write, remove_stale_temporaries
 from bitdet.checkpoint.errors import CheckpointError
 from bitdet.checkpoint.loading import (
     check_trunk,
@@ -38,6 +37,7 @@ from bitdet.checkpoint.loading import (
     torch_load_safely,
     ws_eps_of,
 )
+from bitdet.utils.io import atomic_write, remove_stale_temporaries
 from bitdet.checkpoint.safe_pickle import safe_pickle_load, unsafe_pickle_allowed
 from bitdet.detection.backbone import BiTBackbone
 

@@ -17,9 +17,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from bitdet.checkpoint.atomic import PathLike, atomic_write, remove_stale_temporaries
 from bitdet.checkpoint.errors import CheckpointError
 from bitdet.checkpoint.loading import ws_eps_of
+from bitdet.utils.io import PathLike, atomic_write, remove_stale_temporaries
 
 __all__ = ["TrainingCheckpointer", "capture_rng_state", "clear_run", "restore_rng_state"]
 

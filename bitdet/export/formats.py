@@ -26,9 +26,9 @@ from typing import Callable, Iterator, List, Sequence, Union
 import numpy as np
 import torch
 
-from bitdet.checkpoint.atomic import atomic_write
 from bitdet.export.fold import runtime_conv_weights
 from bitdet.export.targets import ExportTarget
+from bitdet.utils.io import atomic_write
 
 __all__ = ["DEFAULT_OPSET", "FILE_NAMES", "FORMATS", "export", "check_onnx_size", "load_runner", "outputs_as_numpy", "require_onnx"]
 

@@ -8,13 +8,14 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from bitdet.checkpoint.download import default_cache_dir, download, mirrored
+from bitdet.checkpoint.download import download, mirrored
 from bitdet.checkpoint.errors import CheckpointMismatchError
 from bitdet.checkpoint.hub import is_hub_id
 from bitdet.checkpoint.loading import load_weights, read_weights
 from bitdet.checkpoint.npz import npz_key_map, read_npz
 from bitdet.models.resnetv2 import ResNetV2, ResNetV2Features
 from bitdet.models.variants import get_pretrained_cfg, resolve
+from bitdet.utils.io import default_cache_dir
 
 __all__ = ["check_npz_architecture", "create_model", "pretrained_path"]
 
@@ -53,7 +54,7 @@ def pretrained_path(name: str, cache_dir: Optional[os.PathLike] = None, progress
 
     Args:
         name: e.g. ``"BiT-M-R50x1"``.
-        cache_dir: defaults to :func:`bitdet.checkpoint.download.default_cache_dir`.
+        cache_dir: defaults to :func:`bitdet.utils.io.default_cache_dir`.
 
     ``$BITDET_WEIGHTS_URL`` serves the file from a mirror; concurrent callers download once.
     """

@@ -17,7 +17,7 @@ from bitdet.models import create_model, pretrained_path
 from bitdet.models.resnetv2 import ResNetV2
 from bitdet.pretrain.data import build_dataset
 from bitdet.pretrain.schedule import StepSchedule, scaled_lr
-from bitdet.checkpoint.atomic import write_json
+from bitdet.utils.io import write_json
 
 __all__ = ["build_datasets", "build_model", "build_schedule", "evaluator", "run_pretraining"]
 

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from bitdet.checkpoint.atomic import write_json
 from bitdet.data.images import decode_image
 from bitdet.engine.data import sample_seed
+from bitdet.utils.io import write_json
 
 __all__ = ["IMAGE_EXTENSIONS", "INDEX_SUFFIX", "ShardDataset", "StreamingShards", "expand_shards", "index_shard",
            "is_stream", "write_index", "write_shards"]

@@ -33,8 +33,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-from bitdet.checkpoint.atomic import write_json
 from bitdet.export import (
+from bitdet.utils.io import write_json
     DEFAULT_OPSET, FORMATS, backbone_target, classifier_target, detector_target, export, load_runner, sample_photos,
     verify,
 )

@@ -101,7 +101,7 @@ def setup(args):
 
 def collect(folders, out):
     """Markdown table (and accuracy-vs-shots plot) across every finished run under ``folders``."""
-    from bitdet.checkpoint.atomic import atomic_write
+    from bitdet.utils.io import atomic_write
     from bitdet.transfer.report import accuracy_vs_shots_plot, collect_runs, results_table, summarize_runs
 
     rows = summarize_runs(collect_runs(folders))

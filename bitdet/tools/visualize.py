@@ -34,11 +34,11 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
-from bitdet.checkpoint.atomic import atomic_write
 from bitdet.config import check_device
 from bitdet.data.images import DecodeStats, load_image
 from bitdet.detection import BiTCheckpointer, get_bit_cfg, prepare_datasets, resolve_config_file
 from bitdet.tools.cli import argument_parser, launch_main, user_errors
+from bitdet.utils.io import atomic_write
 
 logger = logging.getLogger("bitdet.visualize")
 

@@ -40,10 +40,9 @@ def parse_args(argv=None):
 
 
 def main(args):
-    from bitdet.checkpoint.atomic import atomic_write
     from bitdet.transfer.finetune import finetune
-    from bitdet.checkpoint.atomic import write_json
     from bitdet.transfer.vtab import VTAB_TASKS, check_tasks, run_vtab
+    from bitdet.utils.io import atomic_write, write_json
 
     cfg = setup(args)
     out = Path(cfg.OUTPUT_DIR)

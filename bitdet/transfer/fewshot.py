@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from bitdet.checkpoint.atomic import PathLike, atomic_write
+from bitdet.utils.io import PathLike, atomic_write
 
 __all__ = ["FULL", "Shots", "load_indices", "mean_std", "parse_shots", "sample_few_shot", "save_indices"]
 

@@ -324,7 +324,7 @@ def finetune_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int], weigh
     """
     from detectron2.utils import comm
 
-    from bitdet.checkpoint.atomic import atomic_write
+    from bitdet.utils.io import atomic_write
 
     out = Path(cfg.OUTPUT_DIR)
     shots_list = parse_shots(list(shots_list))

@@ -14,8 +14,8 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 
-from bitdet.checkpoint.atomic import PathLike, atomic_write, write_json
 from bitdet.transfer.fewshot import FULL, mean_std
+from bitdet.utils.io import PathLike, atomic_write, write_json
 
 __all__ = [
     "accuracy_vs_shots_plot",

@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from bitdet.checkpoint.atomic import atomic_write, write_json
+from bitdet.utils.io import atomic_write, write_json
 
 
 @pytest.fixture

@@ -66,7 +66,7 @@ def test_stale_temporaries_of_killed_writes_are_removed_fresh_ones_kept(tmp_path
     import os
     import time
 
-    from bitdet.checkpoint.atomic import remove_stale_temporaries
+    from bitdet.utils.io import remove_stale_temporaries
 
     stale, fresh = tmp_path / ".model_0000100.pth.abc123.tmp", tmp_path / ".model_0000200.pth.def456.tmp"
     keep = tmp_path / "model_0000100.pth"

@@ -8,7 +8,7 @@ from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from bitdet.data.fixtures import FixtureUnavailableError, fetch_fixture, normalize_coco
+from tests.fixtures import FixtureUnavailableError, fetch_fixture, normalize_coco
 from bitdet.detection import get_bit_cfg, register_coco_format
 
 

@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary file in the target folder, fsync, then rename.
+"""File helpers: the cache folder, and atomic writes (a temporary file in the target folder,
+fsync, then rename).
 
 A crash or a full disk mid-write leaves the previous file at ``path`` untouched. The file is
 created with mode 0666 minus the process umask, as ``open()`` would (0644 under umask 022),
@@ -92,3 +93,10 @@ def write_json(path: PathLike, payload: Any) -> None:
     text = json.dumps(payload, indent=2, default=_json_default, allow_nan=True)
     with atomic_write(path, "w") as f:
         f.write(text + "\n")
+
+
+def default_cache_dir() -> Path:
+    """``$BITDET_CACHE``, else ``$XDG_CACHE_HOME/bitdet``, else ``~/.cache/bitdet``."""
+    if os.environ.get("BITDET_CACHE"):
+        return Path(os.environ["BITDET_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bitdet"

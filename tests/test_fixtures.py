@@ -11,8 +11,8 @@ import tarfile
 
 import pytest
 
-from bitdet.data import fixtures
-from bitdet.data.fixtures import FixtureIntegrityError, FixtureSource, FixtureUnavailableError, fetch_fixture
+from tests import fixtures
+from tests.fixtures import FixtureIntegrityError, FixtureSource, FixtureUnavailableError, fetch_fixture
 
 COCO = {
     "images": [{"id": 1, "file_name": "a.jpg", "width": 4, "height": 4}],

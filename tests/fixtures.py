@@ -1,6 +1,6 @@
 """Real COCO-format annotation fixtures, fetched from published source distributions.
 
-Two small, real, human-made COCO files are published inside package sdists on PyPI, which
+Two small, real, human-made COCO files are published inside Python package sdists, which
 ``pip`` can fetch where the network allows (they cannot be committed here):
 
 - ``labelme_voc``: labelme 6.3.1, ``examples/instance_segmentation/data_dataset_coco``:
@@ -27,8 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from bitdet.checkpoint.atomic import atomic_write
-from bitdet.checkpoint.download import default_cache_dir
+from bitdet.utils.io import atomic_write, default_cache_dir
 
 __all__ = [
     "FIXTURES", "CocoFixture", "FixtureIntegrityError", "FixtureSource", "FixtureUnavailableError", "fetch_fixture",
@@ -251,7 +250,7 @@ def fetch_fixtures(cache_dir: Optional[os.PathLike] = None) -> Dict[str, CocoFix
 
 
 def main() -> int:
-    """``python -m bitdet.data.fixtures``: fetch all, print paths.
+    """``python -m tests.fixtures``: fetch all, print paths.
 
     Exit status 0 when fetched, 2 when a package cannot be fetched (the set-up warns), 1 on an
     integrity failure (the set-up fails).
