@@ -34,12 +34,12 @@ from typing import Dict, List, Optional
 import torch
 
 from bitdet.export import (
-from bitdet.utils.io import write_json
     DEFAULT_OPSET, FORMATS, backbone_target, classifier_target, detector_target, export, load_runner, sample_photos,
     verify,
 )
 from bitdet.export.formats import check_onnx_size, require_onnx
 from bitdet.export.verify import DEFAULT_ATOL, DEFAULT_RTOL
+from bitdet.utils.io import write_json
 
 logger = logging.getLogger("bitdet.export")
 
