@@ -8,7 +8,10 @@ from fvcore.common.config import CfgNode as CN
 
 from bitdet.config import CONFIGS_DIR, merge_config
 
-__all__ = ["add_benchmark_config", "get_benchmark_cfg", "variant_levers", "LEVERS", "PRESETS_DIR"]
+__all__ = [
+    "add_benchmark_config", "default_variant", "get_benchmark_cfg", "variant_levers", "LEVERS", "PRESETS_DIR",
+    "TARGET_METRICS",
+]
 
 # Benchmark presets: a bare --config-file name is looked up here.
 PRESETS_DIR = CONFIGS_DIR / "benchmark"
@@ -16,8 +19,12 @@ PRESETS_DIR = CONFIGS_DIR / "benchmark"
 # Levers a variant can combine with "+" ("eager" alone means none of them):
 #   cl: channels-last memory format for model and inputs; ws: cached standardized kernels
 #   (inference) and standardize-once-per-step (training, over BENCH.ACCUM_STEPS micro-batches);
-#   compile: torch.compile (BENCH.COMPILE_MODE); cudagraphs: torch.compile "reduce-overhead".
-LEVERS = ("cl", "ws", "compile", "cudagraphs")
+#   compile: torch.compile (BENCH.COMPILE_MODE); cudagraphs: torch.compile "reduce-overhead";
+#   fold: plain convs holding the standardized kernels (the folded deployment form; inference).
+LEVERS = ("cl", "ws", "compile", "cudagraphs", "fold")
+
+# Metrics a BENCH.TARGETS entry can set: "<task>_<row field>".
+TARGET_METRICS = ("train_images_per_sec", "train_sec_per_iter", "inference_images_per_sec", "inference_ms_per_image")
 
 
 def variant_levers(variant: str) -> list:
@@ -51,7 +58,7 @@ def add_benchmark_config(cfg: CN) -> None:
     cfg.BENCH.CLS_IMAGE_SIZE = 224
     cfg.BENCH.CLS_NUM_CLASSES = 1000
     # Classifier batch; 0 uses each model's reference batch from the suite (R50x1: 128,
-    # R101x3: 32, as in issue 6's targets).
+    # R101x3: 32).
     cfg.BENCH.CLS_BATCH_SIZE = 0
     # Detector input (height, width); images are synthetic with random boxes.
     cfg.BENCH.DET_IMAGE_SIZE = [800, 1216]
@@ -73,11 +80,32 @@ def add_benchmark_config(cfg: CN) -> None:
     cfg.BENCH.WARMUP_ITERS = 10
     cfg.BENCH.ITERS = 20
     cfg.BENCH.REPEATS = 3
+    # Interleave the timed blocks of every row of a task (round-robin over models and
+    # variants, REPEATS rounds) instead of timing each row in turn, so that load from other
+    # processes on a shared machine hits every row alike and the ratios stay comparable.
+    # All rows of a task are then held in memory at once; on CUDA the peak memory becomes
+    # the maximum over them.
+    cfg.BENCH.INTERLEAVE = False
     # Seed for weights and synthetic inputs.
     cfg.BENCH.SEED = 0
     # JSON results file; relative paths are under OUTPUT_DIR. Rows are written as they
     # finish, and --resume keeps the finished rows of an earlier run with the same settings.
     cfg.BENCH.OUTPUT = "benchmark.json"
+
+    # bitdet's default variant per task: the levers its trainers switch on unless a config
+    # turns them off (SOLVER.CHANNELS_LAST and SOLVER.COMPILE for training; channels-last
+    # and cached standardized kernels, TEST.CACHE_WS, for evaluation). The table names it.
+    cfg.BENCH.DEFAULT_VARIANTS = CN()
+    cfg.BENCH.DEFAULT_VARIANTS.TRAIN = "cl+compile"
+    cfg.BENCH.DEFAULT_VARIANTS.INFERENCE = "cl+ws"
+    # Absolute targets, each [model, metric, value] with metric "train_images_per_sec"
+    # (higher is better), "train_sec_per_iter" or "inference_ms_per_image" (lower is
+    # better), judged on the best variant of the model. They are set for one GPU at a
+    # preset's sizes, so they are judged on CUDA only.
+    cfg.BENCH.TARGETS = []
+    # Throughput ratio targets, each [bitdet model, variant, task, peer model, peer variant,
+    # minimum ratio]; variant "default" stands for BENCH.DEFAULT_VARIANTS of the task.
+    cfg.BENCH.RATIO_TARGETS = []
 
     cfg.BENCH.DATA = CN()
     # Loaders to measure: "pretrain" (Inception crop 224 + flip + [-1, 1]) and "detection"
@@ -110,4 +138,21 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
         raise ValueError(f"BENCH.TASKS {sorted(unknown_tasks)}: choose from train, inference, data")
     if cfg.BENCH.PRECISION not in ("bfloat16", "float16", "float32"):
         raise ValueError(f"BENCH.PRECISION {cfg.BENCH.PRECISION!r}: expected bfloat16, float16 or float32")
+    for task, variant in cfg.BENCH.DEFAULT_VARIANTS.items():
+        if set(variant_levers(variant)) - set(LEVERS):
+            raise ValueError(f"BENCH.DEFAULT_VARIANTS.{task} {variant!r}: use 'eager' or levers from {LEVERS}")
+    for target in cfg.BENCH.TARGETS:
+        if len(target) != 3 or target[1] not in TARGET_METRICS:
+            raise ValueError(f"BENCH.TARGETS entry {target!r}: expected [model, metric, value], metric in {TARGET_METRICS}")
+    for target in cfg.BENCH.RATIO_TARGETS:
+        if len(target) != 6 or target[2] not in ("train", "inference"):
+            raise ValueError(
+                f"BENCH.RATIO_TARGETS entry {target!r}: expected [model, variant, task, peer, peer variant, "
+                "minimum ratio] with task 'train' or 'inference'"
+            )
     return cfg
+
+
+def default_variant(cfg: CN, task: str) -> str:
+    """bitdet's default variant for ``task`` ("train" / "inference"), from ``BENCH.DEFAULT_VARIANTS``."""
+    return cfg.BENCH.DEFAULT_VARIANTS[task.upper()]

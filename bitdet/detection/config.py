@@ -20,7 +20,7 @@ __all__ = ["CONFIGS_DIR", "add_bit_config", "get_bit_cfg", "resolve_config_file"
 
 
 def add_bit_config(cfg: CN) -> None:
-    """Add the ``MODEL.BIT``, ``SOLVER.AMP.PRECISION`` and ``DATASETS.COCO_FORMAT`` keys."""
+    """Add the ``MODEL.BIT``, ``SOLVER.{AMP.PRECISION,CHANNELS_LAST,COMPILE}`` and ``DATASETS.COCO_FORMAT`` keys."""
     cfg.MODEL.BIT = CN()
     # Architecture name from bitdet.list_models(): "R50x1" ... "R152x4", or a CPU
     # variant such as "R14-tiny" (not a paper model). A "BiT-S-"/"BiT-M-" prefix is allowed.
@@ -45,6 +45,17 @@ def add_bit_config(cfg: CN) -> None:
     # 1 freezes the stem, 2 the stem and res2, ... (GN has no running statistics: frozen
     # means no gradients). BiT fine-tunes every layer, hence 0.
     cfg.MODEL.BIT.FREEZE_AT = 0
+
+    # Cache each standardized kernel where no gradient reaches it (evaluation, frozen
+    # stages) until the weight changes; identical results. False standardizes every forward.
+    cfg.MODEL.BIT.CACHE_WS = True
+    # channels_last memory format for the model (faster convolutions on tensor cores and
+    # on CPU); False keeps NCHW.
+    cfg.SOLVER.CHANNELS_LAST = True
+    # torch.compile the backbone and head (eager fall-back, with a log line, on failure).
+    # Off by default: detection inputs change size from batch to batch (multi-scale
+    # resize), so graphs recompile for new shapes.
+    cfg.SOLVER.COMPILE = False
 
     # Autocast dtype when SOLVER.AMP.ENABLED: "bfloat16" (no loss scaling needed on
     # Ampere and newer) or "float16".

@@ -13,6 +13,7 @@ from detectron2.evaluation import COCOEvaluator
 from bitdet.detection.checkpointer import BiTCheckpointer
 from bitdet.detection.hooks import PreemptionCheckpointer
 from bitdet.detection.mapper import SkippingDatasetMapper
+from bitdet.detection.speed import apply_speed_levers
 
 __all__ = ["BiTTrainer", "has_compiled_ops"]
 
@@ -37,6 +38,11 @@ class BiTTrainer(DefaultTrainer):
             if self._trainer.precision == torch.bfloat16:
                 # bf16 has float32's exponent range: loss scaling only costs time.
                 self._trainer.grad_scaler = torch.amp.GradScaler("cuda", enabled=False)
+
+    @classmethod
+    def build_model(cls, cfg):
+        # Channels-last, torch.compile and cached WS, each switched by its config key.
+        return apply_speed_levers(super().build_model(cfg), cfg)
 
     def build_hooks(self):
         # DefaultTrainer built a DetectionCheckpointer just before calling this; swap it
