@@ -42,12 +42,14 @@ def add_benchmark_config(cfg: CN) -> None:
     cfg.BENCH.MODELS = [
         "bit-R50x1", "timm-resnetv2_50x1_bit", "torchvision-resnet50",
         "bit-R101x3", "timm-resnetv2_101x3_bit",
-        "retinanet-bit-R50x1-FPN", "retinanet-d2-R50-FPN",
+        "retinanet-bit-R50x1-FPN", "retinanet-d2-R50-FPN", "retinanet-d2-R50-FPN-GN",
     ]
     # Variants to run for every model: "eager" or levers joined by "+" from LEVERS, e.g.
     # "cl+ws+compile". A lever that does not apply to a model (ws on a non-BiT model,
     # cudagraphs on CPU) makes the row "skipped" with the reason.
     cfg.BENCH.VARIANTS = ["eager", "cl", "cl+ws", "cl+compile", "cl+ws+compile", "cl+compile+cudagraphs"]
+    # Variants for the peers ([] = BENCH.VARIANTS), e.g. their default ("eager") only.
+    cfg.BENCH.PEER_VARIANTS = []
     # Tasks: "train" (forward, backward, SGD step), "inference", "data" (decode + augment).
     cfg.BENCH.TASKS = ["train", "inference", "data"]
     # Autocast dtype: "bfloat16", "float16", or "float32" (no autocast).
@@ -108,16 +110,26 @@ def add_benchmark_config(cfg: CN) -> None:
     cfg.BENCH.RATIO_TARGETS = []
 
     cfg.BENCH.DATA = CN()
-    # Loaders to measure: "pretrain" (Inception crop 224 + flip + [-1, 1]) and "detection"
-    # (Detectron2 DatasetMapper with the BiT RetinaNet config's augmentations).
-    cfg.BENCH.DATA.LOADERS = ["pretrain", "detection"]
+    # Loaders to measure (bitdet.benchmark.data.LOADERS): "imagefolder" and "shards"
+    # (pretraining datasets: PIL decode, Inception crop 224, flip, [-1, 1]), "hyperrule"
+    # (fine-tuning: square resize, random crop, flip), "decode_jpeg" (torchvision's tensor
+    # route, for comparison) and "detection" (Detectron2 DatasetMapper, BiT RetinaNet augs).
+    cfg.BENCH.DATA.LOADERS = ["imagefolder", "shards", "hyperrule", "decode_jpeg", "detection"]
     # Distinct JPEG images (made from scikit-image's photos) and images decoded per timing.
     cfg.BENCH.DATA.NUM_IMAGES = 16
     cfg.BENCH.DATA.ITERS = 64
     # JPEG side lengths (height, width) the photos are resized to before encoding
-    # (ImageNet-like for pretraining, COCO-like for detection).
+    # (ImageNet-like for the classification loaders, COCO-like for detection).
     cfg.BENCH.DATA.PRETRAIN_IMAGE_SIZE = [375, 500]
     cfg.BENCH.DATA.DETECTION_IMAGE_SIZE = [480, 640]
+    # Images per second one GPU consumes, per loader, each [loader, img/s]: the table states
+    # how many CPU cores at the measured per-core rate keep it fed. Defaults: one H100's
+    # R50x1 training target (4300 img/s at 224 px) for the pretraining loaders, the same
+    # GPU time at HyperRule's 384 px crop (x (224/384)^2), and RetinaNet batch 8 per 0.116 s.
+    cfg.BENCH.DATA.GPU_IMAGES_PER_SEC = [
+        ["imagefolder", 4300.0], ["shards", 4300.0], ["decode_jpeg", 4300.0], ["hyperrule", 1460.0],
+        ["detection", 69.0],
+    ]
     # Also time torchvision.io.decode_jpeg on the GPU (nvJPEG), batched, when CUDA is used.
     cfg.BENCH.DATA.GPU_DECODE = True
 
@@ -130,7 +142,7 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
     cfg = CN()
     add_benchmark_config(cfg)
     merge_config(cfg, config_file, opts, configs_dir=PRESETS_DIR)
-    bad = [v for v in cfg.BENCH.VARIANTS if set(variant_levers(v)) - set(LEVERS)]
+    bad = [v for v in cfg.BENCH.VARIANTS + cfg.BENCH.PEER_VARIANTS if set(variant_levers(v)) - set(LEVERS)]
     if bad:
         raise ValueError(f"BENCH.VARIANTS {bad}: use 'eager' or levers from {LEVERS} joined by '+'")
     unknown_tasks = set(cfg.BENCH.TASKS) - {"train", "inference", "data"}

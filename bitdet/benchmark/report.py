@@ -106,11 +106,14 @@ def format_table(results: Dict) -> str:
             lines.append(f"  {t['model']:<28} {t['metric']:<24} target {t['target']:<8g} measured {t['measured']:<10.4g} {met}")
     data = [r for r in results["rows"] if r.get("task") == "data" and r["status"] == "ok"]
     if data:
-        lines += ["", "data path"]
+        lines += ["", "data path: decode + augment"]
         for r in data:
             rate = r.get("images_per_sec_per_core")
             unit = "img/s per core" if rate is not None else "img/s"
-            lines.append(f"  {r['loader']:<12} {r['decoder']:<42} {r['image_size']} {rate or r['images_per_sec']:>9.1f} {unit}")
+            cores = (f"  -> {r['cores_per_gpu']} cores for {r['gpu_images_per_sec']:g} img/s"
+                     if r.get("cores_per_gpu") else "")
+            lines.append(f"  {r['loader']:<12} {r['decoder']:<56} {str(r['image_size']):<11} "
+                         f"{rate or r['images_per_sec']:>8.1f} {unit}{cores}")
     skipped = [r for r in results["rows"] if r["status"] == "skipped"]
     if skipped:
         lines += ["", f"skipped: {len(skipped)} rows (see JSON 'reason')"]

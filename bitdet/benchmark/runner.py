@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import os
 import platform
 import statistics
@@ -13,7 +14,7 @@ from typing import Dict, List
 import torch
 
 from bitdet.benchmark.config import default_variant, variant_levers
-from bitdet.benchmark.data import measure_gpu_decode, measure_loader
+from bitdet.benchmark.data import LOADERS, measure_gpu_decode, measure_loader
 from bitdet.benchmark.report import compute_ratios
 from bitdet.benchmark.suite import get_spec
 from bitdet.benchmark.timing import RunSettings, applicable, finish, measure, prepare, release, time_block
@@ -183,7 +184,8 @@ def run_benchmark(cfg, resume: bool = False, log=print) -> Dict:
         for name, task in batch:
             spec = get_spec(name)
             missing = spec.requires and importlib.util.find_spec(spec.requires) is None
-            for variant in cfg.BENCH.VARIANTS:
+            variants = cfg.BENCH.VARIANTS if spec.role == "bitdet" else cfg.BENCH.PEER_VARIANTS or cfg.BENCH.VARIANTS
+            for variant in variants:
                 base = {"model": name, "group": spec.group, "role": spec.role, "kind": spec.kind,
                         "task": task, "variant": variant, "device": device}
                 ordered.append(base)
@@ -214,11 +216,16 @@ def run_benchmark(cfg, resume: bool = False, log=print) -> Dict:
 
     if "data" in cfg.BENCH.TASKS:
         d = cfg.BENCH.DATA
-        sizes = {"pretrain": d.PRETRAIN_IMAGE_SIZE, "detection": d.DETECTION_IMAGE_SIZE}
+        consumed = {name: float(rate) for name, rate in d.GPU_IMAGES_PER_SEC}
         for loader in d.LOADERS:
-            if loader not in sizes:
-                raise ValueError(f"BENCH.DATA.LOADERS: unknown loader {loader!r}; expected one of {sorted(sizes)}")
-            add(measure_loader(loader, d.NUM_IMAGES, d.ITERS, sizes[loader]))
+            if loader not in LOADERS:
+                raise ValueError(f"BENCH.DATA.LOADERS: unknown loader {loader!r}; expected one of {LOADERS}")
+            size = d.DETECTION_IMAGE_SIZE if loader == "detection" else d.PRETRAIN_IMAGE_SIZE
+            row = measure_loader(loader, d.NUM_IMAGES, d.ITERS, size)
+            if loader in consumed:
+                row["gpu_images_per_sec"] = consumed[loader]
+                row["cores_per_gpu"] = math.ceil(consumed[loader] / row["images_per_sec_per_core"])
+            add(row)
         if d.GPU_DECODE and device.startswith("cuda"):
             try:
                 add(measure_gpu_decode(d.NUM_IMAGES, d.ITERS, d.DETECTION_IMAGE_SIZE, device))
