@@ -14,6 +14,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from bitdet.benchmark.timing import CLOCKS
+
 __all__ = ["LOADERS", "make_jpegs", "measure_loader", "measure_gpu_decode"]
 
 LOADERS = ("imagefolder", "shards", "hyperrule", "decode_jpeg", "detection")
@@ -136,7 +138,7 @@ def _detection_mapper(config_file: str = "Base-RetinaNet-BiT.yaml"):
     return DatasetMapper(get_bit_cfg(config_file), is_train=True)
 
 
-def measure_loader(loader: str, num_images: int, iters: int, image_size: Sequence[int]) -> Dict:
+def measure_loader(loader: str, num_images: int, iters: int, image_size: Sequence[int], clock: str = "wall") -> Dict:
     """Decode + augment throughput of one loader on one CPU core.
 
     Args:
@@ -147,6 +149,7 @@ def measure_loader(loader: str, num_images: int, iters: int, image_size: Sequenc
         num_images: distinct JPEGs, cycled.
         iters: images processed in the timed loop.
         image_size: (height, width) of the JPEGs.
+        clock: "wall" or "cpu" (process CPU time), as ``BENCH.CLOCK``.
 
     Returns:
         A row with ``images_per_sec_per_core``.
@@ -159,10 +162,11 @@ def measure_loader(loader: str, num_images: int, iters: int, image_size: Sequenc
             one, decoder = _build_loader(loader, jpegs, image_size, tmp)
             for i in range(min(4, iters)):  # warm-up: imports, allocator
                 one(i)
-            start = time.perf_counter()
+            now = CLOCKS[clock]
+            start = now()
             for i in range(iters):
                 one(i)
-            elapsed = time.perf_counter() - start
+            elapsed = now() - start
     finally:
         torch.set_num_threads(threads)
     return {

@@ -59,7 +59,9 @@ def _ratio(key: tuple, ours: Dict, peer: Dict) -> Dict:
 
 def format_table(results: Dict) -> str:
     """Human-readable tables: rows, ratios vs peers, lever speed-ups, targets, data path."""
-    lines = [f"device: {results['meta'].get('device_name')}  precision: {results['meta'].get('precision')}"]
+    meta = results["meta"]
+    lines = [f"device: {meta.get('device_name')}  precision: {meta.get('precision')}  threads: {meta.get('cpu_threads')}"
+             f"  clock: {meta.get('clock', 'wall')}  interleaved: {meta.get('interleaved', False)}"]
     defaults = results.get("defaults") or {}
     if defaults:
         lines.append("bitdet default: " + ", ".join(f"{task} = {v}" for task, v in defaults.items())

@@ -47,7 +47,7 @@ def _settings(cfg, device: str) -> RunSettings:
         cls_num_classes=b.CLS_NUM_CLASSES, cls_batch_size=b.CLS_BATCH_SIZE, det_image_size=tuple(b.DET_IMAGE_SIZE),
         det_batch_size=b.DET_BATCH_SIZE, det_infer_batch_size=b.DET_INFER_BATCH_SIZE,
         det_num_classes=b.DET_NUM_CLASSES, det_boxes_per_image=b.DET_BOXES_PER_IMAGE, accum_steps=b.ACCUM_STEPS,
-        cpu_threads=b.CPU_THREADS,
+        cpu_threads=b.CPU_THREADS, clock=b.CLOCK,
         warmup_iters=b.WARMUP_ITERS, iters=b.ITERS, repeats=b.REPEATS, seed=b.SEED,
     )
 
@@ -59,6 +59,8 @@ def _meta(cfg, device: str) -> Dict:
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "precision": cfg.BENCH.PRECISION,
+        "clock": cfg.BENCH.CLOCK,
+        "interleaved": cfg.BENCH.INTERLEAVE,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "config": json.loads(json.dumps(cfg, default=lambda o: dict(o))),
     }
@@ -119,7 +121,7 @@ def _measure_interleaved(jobs: List[tuple], s: RunSettings, log) -> Dict[tuple, 
         shift = round_ % max(1, len(prepared))
         for job, p, blocks in prepared[shift:] + prepared[:shift]:
             with p.storage():
-                blocks.append(time_block(p.step, s.device, s.iters))
+                blocks.append(time_block(p.step, s.device, s.iters, s.clock))
     compiled = False
     for job, p, blocks in prepared:
         out[job] = finish(p, statistics.median(blocks), s, "_interleaved" if s.device.startswith("cuda") else "")
@@ -146,7 +148,11 @@ def run_benchmark(cfg, resume: bool = False, log=print) -> Dict:
         ``output_path(cfg)``).
     """
     device = resolve_device(cfg.BENCH.DEVICE)
+    if cfg.BENCH.CLOCK == "cpu" and device != "cpu":
+        raise ValueError(f"BENCH.CLOCK 'cpu' (process CPU time) cannot time device {device!r}; use 'wall'")
     settings = _settings(cfg, device)
+    if device == "cpu" and settings.cpu_threads > 0:
+        torch.set_num_threads(settings.cpu_threads)
     path = output_path(cfg)
     defaults = {task: default_variant(cfg, task) for task in ("train", "inference")}
     results = {"meta": _meta(cfg, device), "rows": [], "ratios": {}, "targets": [], "ratio_targets": [],
@@ -221,7 +227,7 @@ def run_benchmark(cfg, resume: bool = False, log=print) -> Dict:
             if loader not in LOADERS:
                 raise ValueError(f"BENCH.DATA.LOADERS: unknown loader {loader!r}; expected one of {LOADERS}")
             size = d.DETECTION_IMAGE_SIZE if loader == "detection" else d.PRETRAIN_IMAGE_SIZE
-            row = measure_loader(loader, d.NUM_IMAGES, d.ITERS, size)
+            row = measure_loader(loader, d.NUM_IMAGES, d.ITERS, size, cfg.BENCH.CLOCK)
             if loader in consumed:
                 row["gpu_images_per_sec"] = consumed[loader]
                 row["cores_per_gpu"] = math.ceil(consumed[loader] / row["images_per_sec_per_core"])

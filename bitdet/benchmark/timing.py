@@ -24,7 +24,7 @@ from bitdet.benchmark.suite import ModelSpec
 from bitdet.models.fast import StandardizeOncePerStep, cache_standardized_weights, compile_model, is_compiled, std_convs
 from bitdet.models.layers import StdConv2d, standardize_weight
 
-__all__ = ["Prepared", "RunSettings", "applicable", "finish", "measure", "prepare", "time_block", "time_blocks"]
+__all__ = ["CLOCKS", "Prepared", "RunSettings", "applicable", "finish", "measure", "prepare", "time_block", "time_blocks"]
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -46,6 +46,7 @@ class RunSettings:
     det_boxes_per_image: int
     accum_steps: int
     cpu_threads: int
+    clock: str
     warmup_iters: int
     iters: int
     repeats: int
@@ -72,7 +73,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_blocks(step: Callable[[], None], device: str, warmup: int, iters: int, repeats: int) -> float:
+def time_blocks(
+    step: Callable[[], None], device: str, warmup: int, iters: int, repeats: int, clock: str = "wall"
+) -> float:
     """Median seconds per call of ``step`` over ``repeats`` timed blocks of ``iters`` calls.
 
     Blocks (not single calls) are timed so that host-side timing does not serialise the
@@ -81,16 +84,21 @@ def time_blocks(step: Callable[[], None], device: str, warmup: int, iters: int, 
     for _ in range(warmup):
         step()
     _sync(device)
-    return statistics.median(time_block(step, device, iters) for _ in range(repeats))
+    return statistics.median(time_block(step, device, iters, clock) for _ in range(repeats))
 
 
-def time_block(step: Callable[[], None], device: str, iters: int) -> float:
+# BENCH.CLOCK: wall-clock time, or this process's CPU time (CPU runs on a shared machine).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_block(step: Callable[[], None], device: str, iters: int, clock: str = "wall") -> float:
     """Seconds per call of ``step`` over one block of ``iters`` calls (device synchronised at the end)."""
-    start = time.perf_counter()
+    now = CLOCKS[clock]
+    start = now()
     for _ in range(iters):
         step()
     _sync(device)
-    return (time.perf_counter() - start) / iters
+    return (now() - start) / iters
 
 
 def _autocast(device: str, precision: str):
@@ -255,7 +263,7 @@ def finish(p: Prepared, sec: float, s: RunSettings, peak_kind_suffix: str = "") 
         "model": p.spec.name, "group": p.spec.group, "role": p.spec.role, "kind": p.spec.kind, "task": p.task,
         "variant": p.variant, "levers": p.levers, "device": device, "precision": s.precision,
         "batch_size": p.images_per_step, "accum_steps": s.accum_steps if train else 1, "image_size": list(p.size),
-        "iters": s.iters, "repeats": s.repeats,
+        "iters": s.iters, "repeats": s.repeats, "clock": s.clock,
         "sec_per_iter": sec, "images_per_sec": p.images_per_step / sec, "ms_per_image": 1000 * sec / p.images_per_step,
         "peak_mem_mb": peak_mb, "peak_mem_kind": peak_kind + peak_kind_suffix,
         "ws_convs": len(std_convs(p.model)),
@@ -287,7 +295,7 @@ def measure(spec: ModelSpec, task: str, variant: str, s: RunSettings) -> Dict:
         torch.cuda.reset_peak_memory_stats(s.device)
     p = prepare(spec, task, variant, s)
     with p.storage():
-        sec = time_blocks(p.step, s.device, s.warmup_iters, s.iters, s.repeats)
+        sec = time_blocks(p.step, s.device, s.warmup_iters, s.iters, s.repeats, s.clock)
     row = finish(p, sec, s)
     compiled = bool(p.compiled)
     del p

@@ -38,7 +38,7 @@ def predict(
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_skip_none)
+                        collate_fn=collate_skip_none, pin_memory=device.type == "cuda")
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
     memory_format = _memory_format(model)

@@ -59,7 +59,8 @@ class PreActBottleneck(nn.Module):
         out = self.conv1(out)
         out = self.conv2(self.relu(self.gn2(out)))
         out = self.conv3(self.relu(self.gn3(out)))
-        return out + shortcut
+        # In place: conv3's output is a fresh tensor that its backward does not need.
+        return out.add_(shortcut)
 
 
 class ResNetV2(nn.Module):

@@ -113,6 +113,8 @@ def test_bad_settings_are_clear_errors():
         get_benchmark_cfg(None, ["BENCH.VARIANTS", "['cl+turbo']"])
     with pytest.raises(ValueError, match="BENCH.PRECISION"):
         get_benchmark_cfg(None, ["BENCH.PRECISION", "int8"])
+    with pytest.raises(ValueError, match="BENCH.CLOCK"):
+        get_benchmark_cfg(None, ["BENCH.CLOCK", "tsc"])
     with pytest.raises(ValueError, match="BENCH.TARGETS entry"):
         get_benchmark_cfg(None, ["BENCH.TARGETS", "[['bit-R50x1', 'train_img_per_sec', 1.0]]"])
     with pytest.raises(ValueError, match="BENCH.RATIO_TARGETS entry"):
@@ -125,7 +127,7 @@ def test_bad_settings_are_clear_errors():
 
 def test_interleaved_rows_keep_order_and_fold_matches_eager(tmp_path):
     tool = _load_tool()
-    opts = ["BENCH.INTERLEAVE", "True", "BENCH.MODELS", "['bit-R14-tiny', 'torchvision-resnet18']",
+    opts = ["BENCH.INTERLEAVE", "True", "BENCH.CLOCK", "cpu", "BENCH.MODELS", "['bit-R14-tiny', 'torchvision-resnet18']",
             "BENCH.VARIANTS", "['eager', 'fold']", "BENCH.TASKS", "['inference']", "BENCH.REPEATS", "2"]
     rows = tool.main(_args(tool, tmp_path, *opts))["rows"]
     assert [(r["model"], r["variant"], r["status"]) for r in rows] == [
@@ -133,6 +135,7 @@ def test_interleaved_rows_keep_order_and_fold_matches_eager(tmp_path):
         ("torchvision-resnet18", "eager", "ok"), ("torchvision-resnet18", "fold", "skipped"),
     ]
     assert rows[1]["ws_convs"] == 0 and rows[0]["ws_convs"] > 0  # folded: no weight standardization left
+    assert rows[0]["clock"] == "cpu" and rows[0]["sec_per_iter"] > 0
 
 
 def test_fold_gives_the_eager_outputs():
