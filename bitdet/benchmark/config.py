@@ -98,9 +98,10 @@ def add_benchmark_config(cfg: CN) -> None:
     # finish, and --resume keeps the finished rows of an earlier run with the same settings.
     cfg.BENCH.OUTPUT = "benchmark.json"
 
-    # bitdet's default variant per task: the levers its trainers switch on unless a config
-    # turns them off (SOLVER.CHANNELS_LAST and SOLVER.COMPILE for training; channels-last
-    # and cached standardized kernels, TEST.CACHE_WS, for evaluation). The table names it.
+    # bitdet's default variant per task on this run's device: the levers its trainers switch
+    # on unless a config says otherwise (SOLVER.CHANNELS_LAST and SOLVER.COMPILE: on for
+    # CUDA, off on CPU; cached standardized kernels in evaluation, TEST.CACHE_WS). These
+    # are the CUDA defaults; CPU presets set "eager" and "ws". The table names them.
     cfg.BENCH.DEFAULT_VARIANTS = CN()
     cfg.BENCH.DEFAULT_VARIANTS.TRAIN = "cl+compile"
     cfg.BENCH.DEFAULT_VARIANTS.INFERENCE = "cl+ws"

@@ -155,18 +155,23 @@ def test_fold_gives_the_eager_outputs():
     assert all(type(m) is torch.nn.Conv2d for m in model.modules() if isinstance(m, torch.nn.Conv2d))
 
 
-def test_default_variants_are_the_trainers_defaults():
+@pytest.mark.parametrize("device,preset", [("cpu", "cpu_levers.yaml"), ("cpu", "cpu_tiny.yaml"), ("cuda", "h100.yaml")])
+def test_default_variants_are_the_trainers_defaults(device, preset):
     from bitdet.detection import get_bit_cfg
+    from bitdet.models.fast import lever_default
     from bitdet.pretrain.config import get_pretrain_cfg
     from bitdet.transfer.config import get_finetune_cfg
 
-    bench = get_benchmark_cfg("cpu_levers.yaml").BENCH.DEFAULT_VARIANTS
+    def variant(*levers):
+        return "+".join(name for name, on in levers if on) or "eager"
+
+    bench = get_benchmark_cfg(preset).BENCH.DEFAULT_VARIANTS
     for cfg in (get_pretrain_cfg(None), get_finetune_cfg(None)):
-        train = ["cl"] * cfg.SOLVER.CHANNELS_LAST + ["compile"] * cfg.SOLVER.COMPILE
-        assert "+".join(train) == bench.TRAIN
-        assert "+".join(["cl"] * cfg.SOLVER.CHANNELS_LAST + ["ws"] * cfg.TEST.CACHE_WS) == bench.INFERENCE
+        cl = lever_default(cfg.SOLVER.CHANNELS_LAST, device)
+        assert variant(("cl", cl), ("compile", lever_default(cfg.SOLVER.COMPILE, device))) == bench.TRAIN
+        assert variant(("cl", cl), ("ws", cfg.TEST.CACHE_WS)) == bench.INFERENCE
     det = get_bit_cfg()
-    assert "+".join(["cl"] * det.SOLVER.CHANNELS_LAST + ["ws"] * det.MODEL.BIT.CACHE_WS) == bench.INFERENCE
+    assert variant(("cl", lever_default(det.SOLVER.CHANNELS_LAST, device)), ("ws", det.MODEL.BIT.CACHE_WS)) == bench.INFERENCE
 
 
 def test_detectron2_group_norm_peer_trains_every_layer():
