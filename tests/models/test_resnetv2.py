@@ -82,6 +82,20 @@ def test_ws_eps_matters_for_near_constant_kernels():
     assert not torch.allclose(standardize_weight(w, 1e-10), standardize_weight(w, 1e-8))
 
 
+def test_stem_pool_is_exact_and_keeps_the_memory_format():
+    from bitdet.models.resnetv2 import StemMaxPool2d
+
+    pool = StemMaxPool2d(kernel_size=3, stride=2)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 8, 11, 11).contiguous(memory_format=memory_format).requires_grad_()
+        ref = x.detach().clone().requires_grad_()
+        out, expected = pool(x), F.max_pool2d(ref, 3, 2)
+        assert torch.equal(out, expected) and out.is_contiguous(memory_format=memory_format)
+        g = torch.randn_like(out)
+        out.backward(g), expected.backward(g)
+        assert torch.equal(x.grad, ref.grad)
+
+
 def test_stem_pads_with_zeros_before_pooling():
     model = create_model("R14-tiny", num_classes=0)
     x = -torch.rand(1, 32, 8, 8) - 1  # stem conv output can be all negative
