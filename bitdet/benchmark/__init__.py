@@ -1,6 +1,6 @@
 """Benchmark harness: BiT vs peers, train/inference throughput, memory, data path.
 
-``tools/benchmark.py`` is the entry point; this package holds the pieces it composes:
+``python -m bitdet.tools.benchmark`` is the entry point; this package holds the pieces it composes:
 ``config`` (keys), ``suite`` (models and peers), ``timing`` (train/inference steps),
 ``data`` (decode + augment throughput) and ``report`` (JSON, ratios, table).
 """

@@ -8,7 +8,10 @@ from fvcore.common.config import CfgNode as CN
 
 from bitdet.config import CONFIGS_DIR, merge_config
 
-__all__ = ["add_benchmark_config", "get_benchmark_cfg", "variant_levers", "LEVERS", "PRESETS_DIR"]
+__all__ = [
+    "add_benchmark_config", "default_variant", "get_benchmark_cfg", "variant_levers", "LEVERS", "PRESETS_DIR",
+    "TARGET_METRICS",
+]
 
 # Benchmark presets: a bare --config-file name is looked up here.
 PRESETS_DIR = CONFIGS_DIR / "benchmark"
@@ -16,8 +19,12 @@ PRESETS_DIR = CONFIGS_DIR / "benchmark"
 # Levers a variant can combine with "+" ("eager" alone means none of them):
 #   cl: channels-last memory format for model and inputs; ws: cached standardized kernels
 #   (inference) and standardize-once-per-step (training, over BENCH.ACCUM_STEPS micro-batches);
-#   compile: torch.compile (BENCH.COMPILE_MODE); cudagraphs: torch.compile "reduce-overhead".
-LEVERS = ("cl", "ws", "compile", "cudagraphs")
+#   compile: torch.compile (BENCH.COMPILE_MODE); cudagraphs: torch.compile "reduce-overhead";
+#   fold: plain convs holding the standardized kernels (the folded deployment form; inference).
+LEVERS = ("cl", "ws", "compile", "cudagraphs", "fold")
+
+# Metrics a BENCH.TARGETS entry can set: "<task>_<row field>".
+TARGET_METRICS = ("train_images_per_sec", "train_sec_per_iter", "inference_images_per_sec", "inference_ms_per_image")
 
 
 def variant_levers(variant: str) -> list:
@@ -35,12 +42,14 @@ def add_benchmark_config(cfg: CN) -> None:
     cfg.BENCH.MODELS = [
         "bit-R50x1", "timm-resnetv2_50x1_bit", "torchvision-resnet50",
         "bit-R101x3", "timm-resnetv2_101x3_bit",
-        "retinanet-bit-R50x1-FPN", "retinanet-d2-R50-FPN",
+        "retinanet-bit-R50x1-FPN", "retinanet-d2-R50-FPN", "retinanet-d2-R50-FPN-GN",
     ]
     # Variants to run for every model: "eager" or levers joined by "+" from LEVERS, e.g.
     # "cl+ws+compile". A lever that does not apply to a model (ws on a non-BiT model,
     # cudagraphs on CPU) makes the row "skipped" with the reason.
     cfg.BENCH.VARIANTS = ["eager", "cl", "cl+ws", "cl+compile", "cl+ws+compile", "cl+compile+cudagraphs"]
+    # Variants for the peers ([] = BENCH.VARIANTS), e.g. their default ("eager") only.
+    cfg.BENCH.PEER_VARIANTS = []
     # Tasks: "train" (forward, backward, SGD step), "inference", "data" (decode + augment).
     cfg.BENCH.TASKS = ["train", "inference", "data"]
     # Autocast dtype: "bfloat16", "float16", or "float32" (no autocast).
@@ -51,7 +60,7 @@ def add_benchmark_config(cfg: CN) -> None:
     cfg.BENCH.CLS_IMAGE_SIZE = 224
     cfg.BENCH.CLS_NUM_CLASSES = 1000
     # Classifier batch; 0 uses each model's reference batch from the suite (R50x1: 128,
-    # R101x3: 32, the sizes of the GPU targets).
+    # R101x3: 32).
     cfg.BENCH.CLS_BATCH_SIZE = 0
     # Detector input (height, width); images are synthetic with random boxes.
     cfg.BENCH.DET_IMAGE_SIZE = [800, 1216]
@@ -68,28 +77,64 @@ def add_benchmark_config(cfg: CN) -> None:
     # CPU runs only: intra-op threads (0 keeps torch's default). On a shared machine more
     # threads than free cores makes every number noise; 1 gives per-core figures.
     cfg.BENCH.CPU_THREADS = 0
+    # "wall" (wall-clock time) or "cpu" (this process's CPU time; CPU device only). With one
+    # intra-op thread on a machine shared with other jobs, CPU time counts the work done
+    # and not the time spent waiting for a core.
+    cfg.BENCH.CLOCK = "wall"
     # Untimed iterations first (compilation and autotuning happen here), then REPEATS
     # timed blocks of ITERS iterations; the median block is reported.
     cfg.BENCH.WARMUP_ITERS = 10
     cfg.BENCH.ITERS = 20
     cfg.BENCH.REPEATS = 3
+    # Interleave the timed blocks of every row of a task (round-robin over models and
+    # variants, REPEATS rounds) instead of timing each row in turn, so that load from other
+    # processes on a shared machine hits every row alike and the ratios stay comparable.
+    # All rows of a task are then held in memory at once; on CUDA the peak memory becomes
+    # the maximum over them.
+    cfg.BENCH.INTERLEAVE = False
     # Seed for weights and synthetic inputs.
     cfg.BENCH.SEED = 0
     # JSON results file; relative paths are under OUTPUT_DIR. Rows are written as they
     # finish, and --resume keeps the finished rows of an earlier run with the same settings.
     cfg.BENCH.OUTPUT = "benchmark.json"
 
+    # bitdet's default variant per task on this run's device: the levers its trainers switch
+    # on unless a config says otherwise (SOLVER.CHANNELS_LAST and SOLVER.COMPILE: on for
+    # CUDA, off on CPU; cached standardized kernels in evaluation, TEST.CACHE_WS). These
+    # are the CUDA defaults; CPU presets set "eager" and "ws". The table names them.
+    cfg.BENCH.DEFAULT_VARIANTS = CN()
+    cfg.BENCH.DEFAULT_VARIANTS.TRAIN = "cl+compile"
+    cfg.BENCH.DEFAULT_VARIANTS.INFERENCE = "cl+ws"
+    # Absolute targets, each [model, metric, value] with metric "train_images_per_sec"
+    # (higher is better), "train_sec_per_iter" or "inference_ms_per_image" (lower is
+    # better), judged on the best variant of the model. They are set for one GPU at a
+    # preset's sizes, so they are judged on CUDA only.
+    cfg.BENCH.TARGETS = []
+    # Throughput ratio targets, each [bitdet model, variant, task, peer model, peer variant,
+    # minimum ratio]; variant "default" stands for BENCH.DEFAULT_VARIANTS of the task.
+    cfg.BENCH.RATIO_TARGETS = []
+
     cfg.BENCH.DATA = CN()
-    # Loaders to measure: "pretrain" (Inception crop 224 + flip + [-1, 1]) and "detection"
-    # (Detectron2 DatasetMapper with the BiT RetinaNet config's augmentations).
-    cfg.BENCH.DATA.LOADERS = ["pretrain", "detection"]
+    # Loaders to measure (bitdet.benchmark.data.LOADERS): "imagefolder" and "shards"
+    # (pretraining datasets: PIL decode, Inception crop 224, flip, [-1, 1]), "hyperrule"
+    # (fine-tuning: square resize, random crop, flip), "decode_jpeg" (torchvision's tensor
+    # route, for comparison) and "detection" (Detectron2 DatasetMapper, BiT RetinaNet augs).
+    cfg.BENCH.DATA.LOADERS = ["imagefolder", "shards", "hyperrule", "decode_jpeg", "detection"]
     # Distinct JPEG images (made from scikit-image's photos) and images decoded per timing.
     cfg.BENCH.DATA.NUM_IMAGES = 16
     cfg.BENCH.DATA.ITERS = 64
     # JPEG side lengths (height, width) the photos are resized to before encoding
-    # (ImageNet-like for pretraining, COCO-like for detection).
+    # (ImageNet-like for the classification loaders, COCO-like for detection).
     cfg.BENCH.DATA.PRETRAIN_IMAGE_SIZE = [375, 500]
     cfg.BENCH.DATA.DETECTION_IMAGE_SIZE = [480, 640]
+    # Images per second one GPU consumes, per loader, each [loader, img/s]: the table states
+    # how many CPU cores at the measured per-core rate keep it fed. Defaults: one H100's
+    # R50x1 training target (4300 img/s at 224 px) for the pretraining loaders, the same
+    # GPU time at HyperRule's 384 px crop (x (224/384)^2), and RetinaNet batch 8 per 0.116 s.
+    cfg.BENCH.DATA.GPU_IMAGES_PER_SEC = [
+        ["imagefolder", 4300.0], ["shards", 4300.0], ["decode_jpeg", 4300.0], ["hyperrule", 1460.0],
+        ["detection", 69.0],
+    ]
     # Also time torchvision.io.decode_jpeg on the GPU (nvJPEG), batched, when CUDA is used.
     cfg.BENCH.DATA.GPU_DECODE = True
 
@@ -102,12 +147,31 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
     cfg = CN()
     add_benchmark_config(cfg)
     merge_config(cfg, config_file, opts, configs_dir=PRESETS_DIR)
-    bad = [v for v in cfg.BENCH.VARIANTS if set(variant_levers(v)) - set(LEVERS)]
+    bad = [v for v in cfg.BENCH.VARIANTS + cfg.BENCH.PEER_VARIANTS if set(variant_levers(v)) - set(LEVERS)]
     if bad:
         raise ValueError(f"BENCH.VARIANTS {bad}: use 'eager' or levers from {LEVERS} joined by '+'")
+    if cfg.BENCH.CLOCK not in ("wall", "cpu"):
+        raise ValueError(f"BENCH.CLOCK {cfg.BENCH.CLOCK!r}: expected 'wall' or 'cpu'")
     unknown_tasks = set(cfg.BENCH.TASKS) - {"train", "inference", "data"}
     if unknown_tasks:
         raise ValueError(f"BENCH.TASKS {sorted(unknown_tasks)}: choose from train, inference, data")
     if cfg.BENCH.PRECISION not in ("bfloat16", "float16", "float32"):
         raise ValueError(f"BENCH.PRECISION {cfg.BENCH.PRECISION!r}: expected bfloat16, float16 or float32")
+    for task, variant in cfg.BENCH.DEFAULT_VARIANTS.items():
+        if set(variant_levers(variant)) - set(LEVERS):
+            raise ValueError(f"BENCH.DEFAULT_VARIANTS.{task} {variant!r}: use 'eager' or levers from {LEVERS}")
+    for target in cfg.BENCH.TARGETS:
+        if len(target) != 3 or target[1] not in TARGET_METRICS:
+            raise ValueError(f"BENCH.TARGETS entry {target!r}: expected [model, metric, value], metric in {TARGET_METRICS}")
+    for target in cfg.BENCH.RATIO_TARGETS:
+        if len(target) != 6 or target[2] not in ("train", "inference"):
+            raise ValueError(
+                f"BENCH.RATIO_TARGETS entry {target!r}: expected [model, variant, task, peer, peer variant, "
+                "minimum ratio] with task 'train' or 'inference'"
+            )
     return cfg
+
+
+def default_variant(cfg: CN, task: str) -> str:
+    """bitdet's default variant for ``task`` ("train" / "inference"), from ``BENCH.DEFAULT_VARIANTS``."""
+    return cfg.BENCH.DEFAULT_VARIANTS[task.upper()]

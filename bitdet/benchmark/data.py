@@ -9,12 +9,16 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["make_jpegs", "measure_loader", "measure_gpu_decode"]
+from bitdet.benchmark.timing import CLOCKS
+
+__all__ = ["LOADERS", "make_jpegs", "measure_loader", "measure_gpu_decode"]
+
+LOADERS = ("imagefolder", "shards", "hyperrule", "decode_jpeg", "detection")
 
 _PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "motorcycle_left", "hubble_deep_field")
 
@@ -54,8 +58,8 @@ def make_jpegs(num: int, size: Tuple[int, int], quality: int = 90) -> List[bytes
     return out
 
 
-def _pretrain_transform():
-    """BiT's upstream preprocessing: Inception-style random crop to 224, flip, scale to [-1, 1]."""
+def _decode_jpeg_transform():
+    """Inception-style random crop to 224, flip, [-1, 1] on uint8 tensors (torchvision v2)."""
     from torchvision.transforms import v2
 
     return v2.Compose([
@@ -64,6 +68,65 @@ def _pretrain_transform():
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize([0.5] * 3, [0.5] * 3),  # [0, 1] -> [-1, 1]
     ])
+
+
+def _write_files(jpegs: Sequence[bytes], root: str) -> List[str]:
+    """The JPEGs as ``root/<class>/<i>.jpg`` (two classes, an image folder)."""
+    paths = []
+    for i, data in enumerate(jpegs):
+        folder = os.path.join(root, f"class{i % 2}")
+        os.makedirs(folder, exist_ok=True)
+        paths.append(os.path.join(folder, f"{i:05d}.jpg"))
+        with open(paths[-1], "wb") as f:
+            f.write(data)
+    return paths
+
+
+def _build_loader(loader: str, jpegs: Sequence[bytes], image_size: Sequence[int], tmp: str) -> Tuple[Callable, str]:
+    """``(one(i), description)``: ``one`` decodes and augments image ``i`` (cycled) as ``loader`` does."""
+    if loader == "imagefolder":
+        from bitdet.pretrain.data import ImageFolderDataset, train_transform
+
+        _write_files(jpegs, tmp)
+        ds = ImageFolderDataset(tmp, train_transform(224))
+        return (lambda i: ds[i % len(ds)]), "ImageFolderDataset: PIL decode, Inception crop 224, flip"
+    if loader == "shards":
+        from bitdet.pretrain.data import train_transform
+        from bitdet.pretrain.shards import ShardDataset, write_shards
+
+        paths = _write_files(jpegs, tmp)
+        shards = write_shards([(p, i % 2) for i, p in enumerate(paths)], os.path.join(tmp, "shard-%06d.tar"))
+        ds = ShardDataset(",".join(shards), transform=train_transform(224))
+        return (lambda i: ds[i % len(ds)]), "ShardDataset (tar): PIL decode, Inception crop 224, flip"
+    if loader == "hyperrule":
+        from bitdet.data.images import load_image
+        from bitdet.hyperrule import get_resolution
+        from bitdet.transfer.transforms import train_transform
+
+        paths = _write_files(jpegs, tmp)
+        resize, crop = get_resolution(tuple(image_size))
+        transform = train_transform(resize, crop)
+        return (lambda i: transform(load_image(paths[i % len(paths)]))), (
+            f"HyperRule: PIL decode, resize {resize}, crop {crop}, flip")
+    if loader == "decode_jpeg":
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        transform = _decode_jpeg_transform()
+        data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
+        return (lambda i: transform(decode_jpeg(data[i % len(data)], mode=ImageReadMode.RGB))), (
+            "torchvision decode_jpeg, v2 Inception crop 224 on uint8")
+    if loader == "detection":
+        mapper = _detection_mapper()
+        h, w = image_size
+        dicts = []
+        for i, path in enumerate(_write_files(jpegs, tmp)):
+            boxes = [[w * 0.1 * k, h * 0.1 * k, w * (0.1 * k + 0.2), h * (0.1 * k + 0.2)] for k in range(1, 5)]
+            dicts.append({
+                "file_name": path, "height": h, "width": w, "image_id": i,
+                "annotations": [{"bbox": bb, "bbox_mode": 0, "category_id": k} for k, bb in enumerate(boxes)],
+            })
+        return (lambda i: mapper(dict(dicts[i % len(dicts)]))), "Detectron2 DatasetMapper (PIL), BiT RetinaNet augs"
+    raise ValueError(f"BENCH.DATA.LOADERS: unknown loader {loader!r}; expected one of {LOADERS}")
 
 
 def _detection_mapper(config_file: str = "Base-RetinaNet-BiT.yaml"):
@@ -75,61 +138,35 @@ def _detection_mapper(config_file: str = "Base-RetinaNet-BiT.yaml"):
     return DatasetMapper(get_bit_cfg(config_file), is_train=True)
 
 
-def measure_loader(loader: str, num_images: int, iters: int, image_size: Sequence[int]) -> Dict:
+def measure_loader(loader: str, num_images: int, iters: int, image_size: Sequence[int], clock: str = "wall") -> Dict:
     """Decode + augment throughput of one loader on one CPU core.
 
     Args:
-        loader: "pretrain" (torchvision decode_jpeg + Inception crop, flip, [-1, 1]) or
-            "detection" (Detectron2 DatasetMapper: file read and PIL decode, resize shortest
-            edge, flip, box transform, to tensor).
+        loader: one of :data:`LOADERS`: "imagefolder" and "shards" (bitdet's pretraining
+            datasets with the Inception-crop transform), "hyperrule" (fine-tuning transform
+            for the images' size), "decode_jpeg" (torchvision's tensor route, for
+            comparison), "detection" (Detectron2's DatasetMapper with the BiT config).
         num_images: distinct JPEGs, cycled.
         iters: images processed in the timed loop.
         image_size: (height, width) of the JPEGs.
+        clock: "wall" or "cpu" (process CPU time), as ``BENCH.CLOCK``.
 
     Returns:
         A row with ``images_per_sec_per_core``.
     """
-    from torchvision.io import ImageReadMode, decode_jpeg
-
     jpegs = make_jpegs(num_images, tuple(image_size))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with tempfile.TemporaryDirectory(prefix="bitdet-bench-") as tmp:
-            if loader == "pretrain":
-                transform = _pretrain_transform()
-                data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
-
-                def one(i: int) -> None:
-                    transform(decode_jpeg(data[i % len(data)], mode=ImageReadMode.RGB))
-
-                decoder = "torchvision.io.decode_jpeg (libjpeg-turbo)"
-            elif loader == "detection":
-                mapper = _detection_mapper()
-                h, w = image_size
-                dicts = []
-                for i, b in enumerate(jpegs):
-                    path = os.path.join(tmp, f"{i}.jpg")
-                    with open(path, "wb") as f:
-                        f.write(b)
-                    boxes = [[w * 0.1 * k, h * 0.1 * k, w * (0.1 * k + 0.2), h * (0.1 * k + 0.2)] for k in range(1, 5)]
-                    dicts.append({
-                        "file_name": path, "height": h, "width": w, "image_id": i,
-                        "annotations": [{"bbox": bb, "bbox_mode": 0, "category_id": k} for k, bb in enumerate(boxes)],
-                    })
-
-                def one(i: int) -> None:
-                    mapper(dict(dicts[i % len(dicts)]))
-
-                decoder = "detectron2 read_image (PIL)"
-            else:
-                raise ValueError(f"BENCH.DATA.LOADERS: unknown loader {loader!r}; expected 'pretrain' or 'detection'")
+            one, decoder = _build_loader(loader, jpegs, image_size, tmp)
             for i in range(min(4, iters)):  # warm-up: imports, allocator
                 one(i)
-            start = time.perf_counter()
+            now = CLOCKS[clock]
+            start = now()
             for i in range(iters):
                 one(i)
-            elapsed = time.perf_counter() - start
+            elapsed = now() - start
     finally:
         torch.set_num_threads(threads)
     return {

@@ -1,7 +1,7 @@
 """Ratios (bitdet vs peers, each lever vs eager) and the printed table."""
 from __future__ import annotations
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 __all__ = ["compute_ratios", "format_table"]
 
@@ -10,28 +10,33 @@ def _ok(rows: List[Dict]) -> List[Dict]:
     return [r for r in rows if r.get("status") == "ok" and r.get("task") in ("train", "inference")]
 
 
-def compute_ratios(rows: List[Dict]) -> Dict[str, List[Dict]]:
+def compute_ratios(rows: List[Dict], defaults: Optional[Dict[str, str]] = None) -> Dict[str, List[Dict]]:
     """Throughput ratios from result rows.
 
+    Args:
+        rows: result rows.
+        defaults: bitdet's default variant per task (``{"train": ..., "inference": ...}``).
+
     Returns:
-        ``vs_peers``: for each (group, task), bitdet's fastest variant against every peer
-        row (``ratio`` > 1: bitdet is faster). ``levers``: each bitdet variant against the
-        same model's "eager" row (``speedup``).
+        ``default_vs_peers``: for each (group, task), bitdet's default variant against every
+        peer's "eager" row, the peers' defaults (``ratio`` > 1: bitdet is faster).
+        ``vs_peers``: bitdet's fastest variant against every peer row. ``levers``: each
+        bitdet variant against the same model's "eager" row (``speedup``).
     """
     ok = _ok(rows)
-    vs_peers, levers = [], []
+    defaults = defaults or {}
+    default_vs_peers, vs_peers, levers = [], [], []
     for key in sorted({(r["group"], r["task"]) for r in ok}):
         same = [r for r in ok if (r["group"], r["task"]) == key]
         ours = [r for r in same if r["role"] == "bitdet"]
         if not ours:
             continue
+        peers = [r for r in same if r["role"] == "peer"]
         best = max(ours, key=lambda r: r["images_per_sec"])
-        for peer in (r for r in same if r["role"] == "peer"):
-            vs_peers.append({
-                "group": key[0], "task": key[1],
-                "bitdet": f"{best['model']}/{best['variant']}", "peer": f"{peer['model']}/{peer['variant']}",
-                "ratio": best["images_per_sec"] / peer["images_per_sec"],
-            })
+        for peer in peers:
+            vs_peers.append(_ratio(key, best, peer))
+        for default in (r for r in ours if r["variant"] == defaults.get(key[1])):
+            default_vs_peers += [_ratio(key, default, peer) for peer in peers if peer["variant"] == "eager"]
     for r in ok:
         if r["role"] != "bitdet" or r["variant"] == "eager":
             continue
@@ -41,12 +46,26 @@ def compute_ratios(rows: List[Dict]) -> Dict[str, List[Dict]]:
                 "model": r["model"], "task": r["task"], "variant": r["variant"],
                 "speedup": r["images_per_sec"] / base[0]["images_per_sec"],
             })
-    return {"vs_peers": vs_peers, "levers": levers}
+    return {"default_vs_peers": default_vs_peers, "vs_peers": vs_peers, "levers": levers}
+
+
+def _ratio(key: tuple, ours: Dict, peer: Dict) -> Dict:
+    return {
+        "group": key[0], "task": key[1],
+        "bitdet": f"{ours['model']}/{ours['variant']}", "peer": f"{peer['model']}/{peer['variant']}",
+        "ratio": ours["images_per_sec"] / peer["images_per_sec"],
+    }
 
 
 def format_table(results: Dict) -> str:
-    """Human-readable tables: rows, ratios vs peers, lever speed-ups, data path."""
-    lines = [f"device: {results['meta'].get('device_name')}  precision: {results['meta'].get('precision')}"]
+    """Human-readable tables: rows, ratios vs peers, lever speed-ups, targets, data path."""
+    meta = results["meta"]
+    lines = [f"device: {meta.get('device_name')}  precision: {meta.get('precision')}  threads: {meta.get('cpu_threads')}"
+             f"  clock: {meta.get('clock', 'wall')}  interleaved: {meta.get('interleaved', False)}"]
+    defaults = results.get("defaults") or {}
+    if defaults:
+        lines.append("bitdet default: " + ", ".join(f"{task} = {v}" for task, v in defaults.items())
+                     + "  (marked * below)")
     header = f"{'model':<28} {'task':<9} {'variant':<24} {'batch':>5} {'img/s':>10} {'s/iter':>9} {'ms/img':>8} {'peak MB':>9}  status"
     lines += ["", header, "-" * len(header)]
     for r in results["rows"]:
@@ -57,12 +76,17 @@ def format_table(results: Dict) -> str:
         if r["status"] != "ok" and "images_per_sec" not in r:
             lines.append(f"{r['model']:<28} {r['task']:<9} {r['variant']:<24} {'':>5} {'':>10} {'':>9} {'':>8} {'':>9}  {r['status']}: {r['reason']}")
             continue
+        marked = r["variant"] + (" *" if r.get("role") == "bitdet" and defaults.get(r["task"]) == r["variant"] else "")
         lines.append(
-            f"{r['model']:<28} {r['task']:<9} {r['variant']:<24} {r['batch_size']:>5} {r['images_per_sec']:>10.1f} "
+            f"{r['model']:<28} {r['task']:<9} {marked:<24} {r['batch_size']:>5} {r['images_per_sec']:>10.1f} "
             f"{r['sec_per_iter']:>9.4f} {r['ms_per_image']:>8.2f} {r['peak_mem_mb']:>9.0f}  {r['status']}"
             + (f": {r['reason']}" if r.get("reason") else "")
         )
     ratios = results.get("ratios", {})
+    if ratios.get("default_vs_peers"):
+        lines += ["", "bitdet default vs peers' eager (their default): img/s ratio (>1 = bitdet faster)"]
+        for q in ratios["default_vs_peers"]:
+            lines.append(f"  {q['group']:<14} {q['task']:<9} {q['bitdet']:<40} vs {q['peer']:<44} {q['ratio']:6.2f}x")
     if ratios.get("vs_peers"):
         lines += ["", "bitdet (fastest variant) vs peers: img/s ratio (>1 = bitdet faster)"]
         for q in ratios["vs_peers"]:
@@ -71,18 +95,27 @@ def format_table(results: Dict) -> str:
         lines += ["", "what each lever buys (vs the same model's eager row)"]
         for q in ratios["levers"]:
             lines.append(f"  {q['model']:<28} {q['task']:<9} {q['variant']:<24} {q['speedup']:6.2f}x")
+    if results.get("ratio_targets"):
+        lines += ["", "ratio targets (BENCH.RATIO_TARGETS)"]
+        for t in results["ratio_targets"]:
+            met = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+            ratio = "" if t["ratio"] is None else f"{t['ratio']:.2f}x"
+            lines.append(f"  {t['task']:<9} {t['bitdet']:<32} vs {t['peer']:<36} >= {t['target']:<5g} {ratio:>7}  {met}")
     if results.get("targets"):
-        lines += ["", "GPU targets (H100, bf16, reference sizes)"]
+        lines += ["", "targets (BENCH.TARGETS; judged on CUDA)"]
         for t in results["targets"]:
             met = {True: "met", False: "NOT met", None: "n/a here"}[t["met"]]
             lines.append(f"  {t['model']:<28} {t['metric']:<24} target {t['target']:<8g} measured {t['measured']:<10.4g} {met}")
     data = [r for r in results["rows"] if r.get("task") == "data" and r["status"] == "ok"]
     if data:
-        lines += ["", "data path"]
+        lines += ["", "data path: decode + augment"]
         for r in data:
             rate = r.get("images_per_sec_per_core")
             unit = "img/s per core" if rate is not None else "img/s"
-            lines.append(f"  {r['loader']:<12} {r['decoder']:<42} {r['image_size']} {rate or r['images_per_sec']:>9.1f} {unit}")
+            cores = (f"  -> {r['cores_per_gpu']} cores for {r['gpu_images_per_sec']:g} img/s"
+                     if r.get("cores_per_gpu") else "")
+            lines.append(f"  {r['loader']:<12} {r['decoder']:<56} {str(r['image_size']):<11} "
+                         f"{rate or r['images_per_sec']:>8.1f} {unit}{cores}")
     skipped = [r for r in results["rows"] if r["status"] == "skipped"]
     if skipped:
         lines += ["", f"skipped: {len(skipped)} rows (see JSON 'reason')"]

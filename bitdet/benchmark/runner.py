@@ -4,28 +4,26 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import os
 import platform
+import statistics
 import time
 from typing import Dict, List
 
 import torch
 
-from bitdet.benchmark.config import variant_levers
-from bitdet.benchmark.data import measure_gpu_decode, measure_loader
+from bitdet.benchmark.config import default_variant, variant_levers
+from bitdet.benchmark.data import LOADERS, measure_gpu_decode, measure_loader
 from bitdet.benchmark.report import compute_ratios
 from bitdet.benchmark.suite import get_spec
-from bitdet.benchmark.timing import RunSettings, applicable, measure
+from bitdet.benchmark.timing import RunSettings, applicable, finish, measure, prepare, release, time_block
 from bitdet.config import check_device
 from bitdet.utils.io import write_json
 
 __all__ = ["run_benchmark", "resolve_device", "output_path"]
 
 logger = logging.getLogger(__name__)
-
-# The reference sizes of the GPU targets: targets are judged only on CUDA at these settings.
-_REFERENCE = {"CLS_IMAGE_SIZE": 224, "DET_IMAGE_SIZE": [800, 1216], "DET_BATCH_SIZE": 8, "DET_INFER_BATCH_SIZE": 1}
-
 
 def resolve_device(name: str) -> str:
     """``BENCH.DEVICE`` -> a torch device string; "cuda" without a GPU is an error."""
@@ -49,7 +47,7 @@ def _settings(cfg, device: str) -> RunSettings:
         cls_num_classes=b.CLS_NUM_CLASSES, cls_batch_size=b.CLS_BATCH_SIZE, det_image_size=tuple(b.DET_IMAGE_SIZE),
         det_batch_size=b.DET_BATCH_SIZE, det_infer_batch_size=b.DET_INFER_BATCH_SIZE,
         det_num_classes=b.DET_NUM_CLASSES, det_boxes_per_image=b.DET_BOXES_PER_IMAGE, accum_steps=b.ACCUM_STEPS,
-        cpu_threads=b.CPU_THREADS,
+        cpu_threads=b.CPU_THREADS, clock=b.CLOCK,
         warmup_iters=b.WARMUP_ITERS, iters=b.ITERS, repeats=b.REPEATS, seed=b.SEED,
     )
 
@@ -61,32 +59,75 @@ def _meta(cfg, device: str) -> Dict:
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "precision": cfg.BENCH.PRECISION,
+        "clock": cfg.BENCH.CLOCK,
+        "interleaved": cfg.BENCH.INTERLEAVE,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "config": json.loads(json.dumps(cfg, default=lambda o: dict(o))),
     }
 
 
 def _targets(cfg, rows: List[Dict], device: str) -> List[Dict]:
-    b = cfg.BENCH
-    reference = (
-        device.startswith("cuda") and b.PRECISION == "bfloat16" and b.CLS_BATCH_SIZE == 0 and b.ACCUM_STEPS == 1
-        and all(list(b[k]) == v if isinstance(v, list) else b[k] == v for k, v in _REFERENCE.items())
-    )
+    """``BENCH.TARGETS`` judged on each model's best variant (on CUDA only: they are GPU targets)."""
     out = []
-    for name in dict.fromkeys(r["model"] for r in rows if r.get("model")):
-        spec = get_spec(name)
-        for metric, target in spec.targets.items():
-            task, _, field = metric.partition("_")
-            candidates = [r for r in rows if r.get("model") == name and r["task"] == task and r["status"] == "ok"]
-            if not candidates:
-                continue
-            lower_is_better = field != "images_per_sec"
-            best = (min if lower_is_better else max)(candidates, key=lambda r: r[field])
-            met = None
-            if reference:
-                met = best[field] <= target if lower_is_better else best[field] >= target
-            out.append({"model": name, "metric": metric, "variant": best["variant"], "target": target,
-                        "measured": best[field], "met": met})
+    for name, metric, target in cfg.BENCH.TARGETS:
+        task, _, field = metric.partition("_")
+        candidates = [r for r in rows if r.get("model") == name and r["task"] == task and r["status"] == "ok"]
+        if not candidates:
+            continue
+        lower_is_better = field != "images_per_sec"
+        best = (min if lower_is_better else max)(candidates, key=lambda r: r[field])
+        met = None
+        if device.startswith("cuda"):
+            met = best[field] <= target if lower_is_better else best[field] >= target
+        out.append({"model": name, "metric": metric, "variant": best["variant"], "target": target,
+                    "measured": best[field], "met": met})
+    return out
+
+
+def _ratio_targets(cfg, rows: List[Dict]) -> List[Dict]:
+    """``BENCH.RATIO_TARGETS`` judged on the rows of this run."""
+    ok = {(r["model"], r["task"], r["variant"]): r for r in rows if r.get("status") == "ok" and "images_per_sec" in r}
+    out = []
+    for model, variant, task, peer, peer_variant, minimum in cfg.BENCH.RATIO_TARGETS:
+        variant = default_variant(cfg, task) if variant == "default" else variant
+        ours, theirs = ok.get((model, task, variant)), ok.get((peer, task, peer_variant))
+        ratio = ours["images_per_sec"] / theirs["images_per_sec"] if ours and theirs else None
+        out.append({"task": task, "bitdet": f"{model}/{variant}", "peer": f"{peer}/{peer_variant}",
+                    "target": minimum, "ratio": ratio, "met": None if ratio is None else ratio >= minimum})
+    return out
+
+
+def _measure_interleaved(jobs: List[tuple], s: RunSettings, log) -> Dict[tuple, Dict]:
+    """Time ``jobs`` ((spec, task, variant) each) with their blocks interleaved round-robin.
+
+    Every job is built and warmed up first; then each of ``s.repeats`` rounds times one
+    block of every job, starting at a different job each round. Returns rows by job.
+    """
+    out: Dict[tuple, Dict] = {}
+    prepared = []
+    for job in jobs:
+        spec, task, variant = job
+        try:
+            p = prepare(spec, task, variant, s)
+            with p.storage():
+                for _ in range(s.warmup_iters):
+                    p.step()
+            prepared.append((job, p, []))
+        except Exception as e:  # noqa: BLE001 - one failing row must not lose the run
+            logger.exception("benchmark row %s failed", (spec.name, task, variant))
+            out[job] = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
+    log(f"interleaving {len(prepared)} rows: {s.repeats} rounds of {s.iters} iterations each")
+    for round_ in range(s.repeats):
+        shift = round_ % max(1, len(prepared))
+        for job, p, blocks in prepared[shift:] + prepared[:shift]:
+            with p.storage():
+                blocks.append(time_block(p.step, s.device, s.iters, s.clock))
+    compiled = False
+    for job, p, blocks in prepared:
+        out[job] = finish(p, statistics.median(blocks), s, "_interleaved" if s.device.startswith("cuda") else "")
+        compiled = compiled or bool(p.compiled)
+    del prepared
+    release(s.device, compiled)
     return out
 
 
@@ -103,12 +144,19 @@ def run_benchmark(cfg, resume: bool = False, log=print) -> Dict:
         log: called with a one-line message as each row starts and ends.
 
     Returns:
-        ``{"meta", "rows", "ratios", "targets"}`` (also written to ``output_path(cfg)``).
+        ``{"meta", "rows", "ratios", "targets", "ratio_targets", "defaults"}`` (also written to
+        ``output_path(cfg)``).
     """
     device = resolve_device(cfg.BENCH.DEVICE)
+    if cfg.BENCH.CLOCK == "cpu" and device != "cpu":
+        raise ValueError(f"BENCH.CLOCK 'cpu' (process CPU time) cannot time device {device!r}; use 'wall'")
     settings = _settings(cfg, device)
+    if device == "cpu" and settings.cpu_threads > 0:
+        torch.set_num_threads(settings.cpu_threads)
     path = output_path(cfg)
-    results = {"meta": _meta(cfg, device), "rows": [], "ratios": {}, "targets": []}
+    defaults = {task: default_variant(cfg, task) for task in ("train", "inference")}
+    results = {"meta": _meta(cfg, device), "rows": [], "ratios": {}, "targets": [], "ratio_targets": [],
+               "defaults": defaults}
     done: Dict[tuple, Dict] = {}
     if resume and os.path.isfile(path):
         with open(path) as f:
@@ -120,8 +168,9 @@ def run_benchmark(cfg, resume: bool = False, log=print) -> Dict:
             log(f"not resuming: {path} was written with a different config")
 
     def save() -> None:
-        results["ratios"] = compute_ratios(results["rows"])
+        results["ratios"] = compute_ratios(results["rows"], defaults)
         results["targets"] = _targets(cfg, results["rows"], device)
+        results["ratio_targets"] = _ratio_targets(cfg, results["rows"])
         write_json(path, results)
 
     def add(row: Dict) -> None:
@@ -132,39 +181,57 @@ def run_benchmark(cfg, resume: bool = False, log=print) -> Dict:
         elif row["status"] != "ok":
             log(f"{_row_key(row)}: {row['status']}: {row['reason']}")
 
-    for name in cfg.BENCH.MODELS:
-        spec = get_spec(name)
-        missing = spec.requires and importlib.util.find_spec(spec.requires) is None
-        for task in [t for t in cfg.BENCH.TASKS if t != "data"]:
-            for variant in cfg.BENCH.VARIANTS:
+    tasks = [t for t in cfg.BENCH.TASKS if t != "data"]
+    # Interleaved runs time a whole task at once; sequential runs one row at a time.
+    batches = [[(n, t) for n in cfg.BENCH.MODELS] for t in tasks] if cfg.BENCH.INTERLEAVE else [
+        [(n, t)] for n in cfg.BENCH.MODELS for t in tasks]
+    for batch in batches:
+        ordered, jobs = [], []
+        for name, task in batch:
+            spec = get_spec(name)
+            missing = spec.requires and importlib.util.find_spec(spec.requires) is None
+            variants = cfg.BENCH.VARIANTS if spec.role == "bitdet" else cfg.BENCH.PEER_VARIANTS or cfg.BENCH.VARIANTS
+            for variant in variants:
                 base = {"model": name, "group": spec.group, "role": spec.role, "kind": spec.kind,
                         "task": task, "variant": variant, "device": device}
+                ordered.append(base)
                 if _row_key(base) in done:
-                    add(done[_row_key(base)])
                     continue
                 reason = f"needs the '{spec.requires}' package" if missing else applicable(
-                    spec, variant_levers(variant), device)
+                    spec, variant_levers(variant), device, task)
                 if reason:
-                    add({**base, "status": "skipped", "reason": reason})
-                    continue
-                log(f"{name} {task} {variant}: measuring ({settings.warmup_iters} warm-up + "
-                    f"{settings.repeats} x {settings.iters} iterations) ...")
+                    done[_row_key(base)] = {**base, "status": "skipped", "reason": reason}
+                else:
+                    jobs.append((spec, task, variant))
+        if cfg.BENCH.INTERLEAVE and jobs:
+            measured = _measure_interleaved(jobs, settings, log)
+        else:
+            measured = {}
+            for job in jobs:
                 try:
-                    add(measure(spec, task, variant, settings))
+                    measured[job] = measure(*job, settings)
                 except Exception as e:  # noqa: BLE001 - one failing row must not lose the run
-                    logger.exception("benchmark row %s failed", _row_key(base))
-                    add({**base, "status": "failed", "reason": f"{type(e).__name__}: {e}"})
+                    logger.exception("benchmark row %s failed", (job[0].name, job[1], job[2]))
+                    measured[job] = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
                     if device.startswith("cuda"):
                         torch.cuda.empty_cache()
+        by_key = {(spec.name, task, variant): row for (spec, task, variant), row in measured.items()}
+        for base in ordered:
+            key = _row_key(base)
+            add(done[key] if key in done else {**base, **by_key[key]})
 
     if "data" in cfg.BENCH.TASKS:
         d = cfg.BENCH.DATA
-        sizes = {"pretrain": d.PRETRAIN_IMAGE_SIZE, "detection": d.DETECTION_IMAGE_SIZE}
+        consumed = {name: float(rate) for name, rate in d.GPU_IMAGES_PER_SEC}
         for loader in d.LOADERS:
-            if loader not in sizes:
-                raise ValueError(f"BENCH.DATA.LOADERS: unknown loader {loader!r}; expected one of {sorted(sizes)}")
-            log(f"{loader} data loader: decoding {d.ITERS} images ...")
-            add(measure_loader(loader, d.NUM_IMAGES, d.ITERS, sizes[loader]))
+            if loader not in LOADERS:
+                raise ValueError(f"BENCH.DATA.LOADERS: unknown loader {loader!r}; expected one of {LOADERS}")
+            size = d.DETECTION_IMAGE_SIZE if loader == "detection" else d.PRETRAIN_IMAGE_SIZE
+            row = measure_loader(loader, d.NUM_IMAGES, d.ITERS, size, cfg.BENCH.CLOCK)
+            if loader in consumed:
+                row["gpu_images_per_sec"] = consumed[loader]
+                row["cores_per_gpu"] = math.ceil(consumed[loader] / row["images_per_sec_per_core"])
+            add(row)
         if d.GPU_DECODE and device.startswith("cuda"):
             try:
                 add(measure_gpu_decode(d.NUM_IMAGES, d.ITERS, d.DETECTION_IMAGE_SIZE, device))

@@ -1,11 +1,13 @@
 """The models a benchmark run compares: BiT (bitdet) and its peers, grouped for ratios.
 
 Peers are built without weights (nothing downloads): timm's BiT port, torchvision's BN
-ResNet-50, and Detectron2's stock RetinaNet R50-FPN from its model-zoo config.
+ResNet-50, and Detectron2's RetinaNet R50-FPN twice: stock (the model-zoo config: frozen
+BatchNorm, FREEZE_AT 2) and like for like with bitdet's detector (GroupNorm, every layer
+trainable).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
 from torch import nn
@@ -23,9 +25,7 @@ class ModelSpec:
         group: models compared with each other (ratios are bitdet vs peer in a group).
         role: "bitdet" (ours) or "peer".
         build: ``build(num_classes, device) -> nn.Module``, randomly initialised.
-        batch_size: reference training batch for classifiers (the sizes of the GPU targets).
-        targets: throughput targets on one H100 at the reference sizes, keyed by
-            "train_images_per_sec", "train_sec_per_iter", "inference_ms_per_image".
+        batch_size: reference training batch for classifiers (``BENCH.CLS_BATCH_SIZE`` 0).
         requires: the import this model needs, to skip it cleanly when missing.
     """
 
@@ -35,7 +35,6 @@ class ModelSpec:
     role: str
     build: Callable[[int, str], nn.Module]
     batch_size: int = 128
-    targets: Dict[str, float] = field(default_factory=dict)
     requires: Optional[str] = None
 
 
@@ -87,34 +86,42 @@ def _retinanet_bit(variant: str, fpn_channels: int = 256) -> Callable[[int, str]
     return build
 
 
-def _retinanet_detectron2(num_classes: int, device: str) -> nn.Module:
-    from detectron2 import model_zoo
-    from detectron2.config import get_cfg
-    from detectron2.modeling import build_model
+def _retinanet_detectron2(group_norm: bool) -> Callable[[int, str], nn.Module]:
+    """Detectron2's model-zoo RetinaNet R50-FPN: stock, or with GN and every layer trainable."""
 
-    cfg = get_cfg()
-    cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml"))
-    # Stock settings (frozen BN, FREEZE_AT 2), random weights: the zoo's weights are not needed
-    # for speed and cannot be downloaded here.
-    cfg.MODEL.WEIGHTS = ""
-    cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
-    cfg.MODEL.DEVICE = device
-    return build_model(cfg)
+    def build(num_classes: int, device: str) -> nn.Module:
+        from detectron2 import model_zoo
+        from detectron2.config import get_cfg
+        from detectron2.modeling import build_model
+
+        cfg = get_cfg()
+        cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/retinanet_R_50_FPN_1x.yaml"))
+        # Random weights: the zoo's weights are not needed for speed and are not downloaded.
+        cfg.MODEL.WEIGHTS = ""
+        cfg.MODEL.RETINANET.NUM_CLASSES = num_classes
+        cfg.MODEL.DEVICE = device
+        if group_norm:
+            # Like bitdet's detector: 32-group GN in the backbone, stride on the 3x3 conv,
+            # nothing frozen; FPN and head keep bitdet's base config (no norm).
+            cfg.MODEL.RESNETS.NORM = "GN"
+            cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False
+            cfg.MODEL.BACKBONE.FREEZE_AT = 0
+        return build_model(cfg)
+
+    return build
 
 
 _SPECS = [
-    ModelSpec("bit-R50x1", "classifier", "R50x1", "bitdet", _bit("R50x1"), 128,
-              {"train_images_per_sec": 4300.0}),
+    ModelSpec("bit-R50x1", "classifier", "R50x1", "bitdet", _bit("R50x1"), 128),
     ModelSpec("timm-resnetv2_50x1_bit", "classifier", "R50x1", "peer", _timm("resnetv2_50x1_bit"), 128,
               requires="timm"),
     ModelSpec("torchvision-resnet50", "classifier", "R50x1", "peer", _torchvision("resnet50"), 128),
-    ModelSpec("bit-R101x3", "classifier", "R101x3", "bitdet", _bit("R101x3"), 32,
-              {"train_images_per_sec": 500.0}),
+    ModelSpec("bit-R101x3", "classifier", "R101x3", "bitdet", _bit("R101x3"), 32),
     ModelSpec("timm-resnetv2_101x3_bit", "classifier", "R101x3", "peer", _timm("resnetv2_101x3_bit"), 32,
               requires="timm"),
-    ModelSpec("retinanet-bit-R50x1-FPN", "detector", "RetinaNet", "bitdet", _retinanet_bit("R50x1"),
-              targets={"train_sec_per_iter": 0.116, "inference_ms_per_image": 22.0}),
-    ModelSpec("retinanet-d2-R50-FPN", "detector", "RetinaNet", "peer", _retinanet_detectron2),
+    ModelSpec("retinanet-bit-R50x1-FPN", "detector", "RetinaNet", "bitdet", _retinanet_bit("R50x1")),
+    ModelSpec("retinanet-d2-R50-FPN", "detector", "RetinaNet", "peer", _retinanet_detectron2(group_norm=False)),
+    ModelSpec("retinanet-d2-R50-FPN-GN", "detector", "RetinaNet", "peer", _retinanet_detectron2(group_norm=True)),
     # Small CPU entries for tests and smoke runs (R14-tiny is not a paper model).
     ModelSpec("bit-R14-tiny", "classifier", "tiny", "bitdet", _bit("R14-tiny"), 2),
     ModelSpec("torchvision-resnet18", "classifier", "tiny", "peer", _torchvision("resnet18"), 2),

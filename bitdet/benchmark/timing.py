@@ -7,12 +7,13 @@ measure the model, not the data path (``bitdet.benchmark.data`` measures that).
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import resource
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -21,8 +22,9 @@ from torch import nn
 from bitdet.benchmark.config import variant_levers
 from bitdet.benchmark.suite import ModelSpec
 from bitdet.models.fast import StandardizeOncePerStep, cache_standardized_weights, compile_model, is_compiled, std_convs
+from bitdet.models.layers import StdConv2d, standardize_weight
 
-__all__ = ["RunSettings", "applicable", "measure", "time_blocks"]
+__all__ = ["CLOCKS", "Prepared", "RunSettings", "applicable", "finish", "measure", "prepare", "time_block", "time_blocks"]
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -44,13 +46,14 @@ class RunSettings:
     det_boxes_per_image: int
     accum_steps: int
     cpu_threads: int
+    clock: str
     warmup_iters: int
     iters: int
     repeats: int
     seed: int
 
 
-def applicable(spec: ModelSpec, levers: Sequence[str], device: str) -> Optional[str]:
+def applicable(spec: ModelSpec, levers: Sequence[str], device: str, task: str = "inference") -> Optional[str]:
     """None if the variant can run, else the reason it is skipped."""
     if "cudagraphs" in levers and not device.startswith("cuda"):
         return "cudagraphs need CUDA"
@@ -58,6 +61,10 @@ def applicable(spec: ModelSpec, levers: Sequence[str], device: str) -> Optional[
         return "ws is bitdet's weight-standardization lever"
     if "ws" in levers and ("compile" in levers or "cudagraphs" in levers):
         return "compiled graphs standardize inside the graph; ws applies to eager"
+    if "fold" in levers and (spec.role != "bitdet" or task != "inference"):
+        return "fold (plain convs holding standardized kernels) is a bitdet inference lever"
+    if "fold" in levers and "ws" in levers:
+        return "fold already removes weight standardization; ws has nothing to cache"
     return None
 
 
@@ -66,7 +73,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_blocks(step: Callable[[], None], device: str, warmup: int, iters: int, repeats: int) -> float:
+def time_blocks(
+    step: Callable[[], None], device: str, warmup: int, iters: int, repeats: int, clock: str = "wall"
+) -> float:
     """Median seconds per call of ``step`` over ``repeats`` timed blocks of ``iters`` calls.
 
     Blocks (not single calls) are timed so that host-side timing does not serialise the
@@ -75,20 +84,48 @@ def time_blocks(step: Callable[[], None], device: str, warmup: int, iters: int, 
     for _ in range(warmup):
         step()
     _sync(device)
-    blocks: List[float] = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(iters):
-            step()
-        _sync(device)
-        blocks.append((time.perf_counter() - start) / iters)
-    return statistics.median(blocks)
+    return statistics.median(time_block(step, device, iters, clock) for _ in range(repeats))
+
+
+# BENCH.CLOCK: wall-clock time, or this process's CPU time (CPU runs on a shared machine).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def time_block(step: Callable[[], None], device: str, iters: int, clock: str = "wall") -> float:
+    """Seconds per call of ``step`` over one block of ``iters`` calls (device synchronised at the end)."""
+    now = CLOCKS[clock]
+    start = now()
+    for _ in range(iters):
+        step()
+    _sync(device)
+    return (now() - start) / iters
 
 
 def _autocast(device: str, precision: str):
     if precision == "float32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.split(":")[0], dtype=_DTYPES[precision])
+
+
+def _fold_weight_standardization(model: nn.Module) -> None:
+    """Replace every :class:`StdConv2d` with a plain ``nn.Conv2d`` holding its standardized kernel.
+
+    The deployment form of a BiT model (identical outputs, no WS at run time); the
+    benchmark's "fold" lever, for inference only.
+    """
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, StdConv2d):
+                continue
+            conv = nn.Conv2d(
+                child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                child.dilation, child.groups, bias=child.bias is not None, device=child.weight.device,
+            )
+            with torch.no_grad():
+                conv.weight.copy_(standardize_weight(child.weight, child.eps))
+                if child.bias is not None:
+                    conv.bias.copy_(child.bias)
+            setattr(parent, name, conv)
 
 
 def _detector_inputs(n: int, s: RunSettings, train: bool, device: str) -> List[Dict]:
@@ -122,31 +159,38 @@ def _apply_compile(model: nn.Module, spec: ModelSpec, levers: Sequence[str], s: 
     return targets
 
 
-def measure(spec: ModelSpec, task: str, variant: str, s: RunSettings) -> Dict:
-    """Build ``spec``, apply the variant's levers, time ``task`` ("train" / "inference").
+@dataclass
+class Prepared:
+    """One (model, task, variant) ready to time: its ``step`` and what its row reports."""
 
-    Returns:
-        A result row: batch, sizes, ``sec_per_iter``, ``images_per_sec``, ``ms_per_image``,
-        ``peak_mem_mb`` (CUDA: max allocated; CPU: the process's max RSS so far) and
-        ``status`` "ok" (or "failed" with ``reason`` if compilation fell back to eager).
-    """
+    spec: ModelSpec
+    task: str
+    variant: str
+    levers: List[str]
+    model: nn.Module
+    step: Callable[[], None]
+    images_per_step: int
+    size: Tuple[int, ...]
+    compiled: List[nn.Module]
+    storage: Callable[[], ContextManager]  # a fresh context around every timed block
+
+
+def prepare(spec: ModelSpec, task: str, variant: str, s: RunSettings) -> Prepared:
+    """Build ``spec`` and apply the variant's levers; the returned ``step`` runs one iteration of ``task``."""
     levers = variant_levers(variant)
     device = s.device
-    cuda = device.startswith("cuda")
-    if not cuda and s.cpu_threads > 0:
+    if not device.startswith("cuda") and s.cpu_threads > 0:
         torch.set_num_threads(s.cpu_threads)
     torch.manual_seed(s.seed)
-    if cuda:
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
     num_classes = s.cls_num_classes if spec.kind == "classifier" else s.det_num_classes
     model = spec.build(num_classes, device)
+    train = task == "train"
+    model.train(train)
+    if "fold" in levers:
+        _fold_weight_standardization(model)
     channels_last = "cl" in levers
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    train = task == "train"
-    model.train(train)
     compiled = _apply_compile(model, spec, levers, s)
     ws = "ws" in levers
 
@@ -198,32 +242,62 @@ def measure(spec: ModelSpec, task: str, variant: str, s: RunSettings) -> Dict:
 
         images_per_step = infer_batch
 
-    storage = contextlib.nullcontext()
+    storage: Callable[[], ContextManager] = contextlib.nullcontext
     if spec.kind == "detector":  # Detectron2 models log training statistics to an EventStorage
         from detectron2.utils.events import EventStorage
 
-        storage = EventStorage(0)
-    with storage:
-        sec = time_blocks(step, device, s.warmup_iters, s.iters, s.repeats)
-    if cuda:
+        storage = functools.partial(EventStorage, 0)
+    return Prepared(spec, task, variant, levers, model, step, images_per_step, size, compiled, storage)
+
+
+def finish(p: Prepared, sec: float, s: RunSettings, peak_kind_suffix: str = "") -> Dict:
+    """The result row of a prepared run timed at ``sec`` seconds per iteration."""
+    device = s.device
+    if device.startswith("cuda"):
         peak_mb, peak_kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     else:  # Linux reports KiB: a process-wide high-water mark, not per row
         peak_mb, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_process_max_rss"
-    fell_back = [type(m).__name__ for m in compiled if not is_compiled(m)]
-    row = {
-        "model": spec.name, "group": spec.group, "role": spec.role, "kind": spec.kind, "task": task,
-        "variant": variant, "levers": levers, "device": device, "precision": s.precision,
-        "batch_size": images_per_step, "accum_steps": s.accum_steps if train else 1, "image_size": list(size),
-        "iters": s.iters, "repeats": s.repeats,
-        "sec_per_iter": sec, "images_per_sec": images_per_step / sec, "ms_per_image": 1000 * sec / images_per_step,
-        "peak_mem_mb": peak_mb, "peak_mem_kind": peak_kind,
-        "ws_convs": len(std_convs(model)),
+    fell_back = [type(m).__name__ for m in p.compiled if not is_compiled(m)]
+    train = p.task == "train"
+    return {
+        "model": p.spec.name, "group": p.spec.group, "role": p.spec.role, "kind": p.spec.kind, "task": p.task,
+        "variant": p.variant, "levers": p.levers, "device": device, "precision": s.precision,
+        "batch_size": p.images_per_step, "accum_steps": s.accum_steps if train else 1, "image_size": list(p.size),
+        "iters": s.iters, "repeats": s.repeats, "clock": s.clock,
+        "sec_per_iter": sec, "images_per_sec": p.images_per_step / sec, "ms_per_image": 1000 * sec / p.images_per_step,
+        "peak_mem_mb": peak_mb, "peak_mem_kind": peak_kind + peak_kind_suffix,
+        "ws_convs": len(std_convs(p.model)),
         "status": "failed" if fell_back else "ok",
         "reason": f"torch.compile fell back to eager for {fell_back}" if fell_back else None,
     }
-    del model, step
+
+
+def release(device: str, compiled: bool) -> None:
+    """Free what finished rows held: compiled graphs (and CUDA graph pools), cached memory."""
+    gc.collect()
     if compiled:
-        torch._dynamo.reset()  # free compiled graphs (and CUDA graph pools) between rows
-    if cuda:
+        torch._dynamo.reset()
+    if device.startswith("cuda"):
         torch.cuda.empty_cache()
+
+
+def measure(spec: ModelSpec, task: str, variant: str, s: RunSettings) -> Dict:
+    """Build ``spec``, apply the variant's levers, time ``task`` ("train" / "inference") on its own.
+
+    Returns:
+        A result row: batch, sizes, ``sec_per_iter``, ``images_per_sec``, ``ms_per_image``,
+        ``peak_mem_mb`` (CUDA: max allocated; CPU: the process's max RSS so far) and
+        ``status`` "ok" (or "failed" with ``reason`` if compilation fell back to eager).
+    """
+    if s.device.startswith("cuda"):
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(s.device)
+    p = prepare(spec, task, variant, s)
+    with p.storage():
+        sec = time_blocks(p.step, s.device, s.warmup_iters, s.iters, s.repeats, s.clock)
+    row = finish(p, sec, s)
+    compiled = bool(p.compiled)
+    del p
+    release(s.device, compiled)
     return row

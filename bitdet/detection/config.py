@@ -22,8 +22,8 @@ __all__ = ["CONFIGS_DIR", "add_bit_config", "get_bit_cfg", "resolve_config_file"
 
 
 def add_bit_config(cfg: CN) -> None:
-    """Add the ``MODEL.BIT``, ``SOLVER.AMP.PRECISION``, ``SOLVER.DETERMINISTIC`` and
-    ``DATASETS.COCO_FORMAT`` keys.
+    """Add the ``MODEL.BIT``, ``SOLVER.{AMP.PRECISION,CHANNELS_LAST,COMPILE,DETERMINISTIC}``
+    and ``DATASETS.COCO_FORMAT`` keys.
 
     Freezing is Detectron2's own ``MODEL.BACKBONE.FREEZE_AT``; ``MODEL.BIT.FREEZE_AT`` is
     registered as renamed to it, so a config that sets it is refused with the new name.
@@ -53,6 +53,17 @@ def add_bit_config(cfg: CN) -> None:
     # 2 the stem and res2, ... 5 the whole trunk); BiT configs set 0, as BiT fine-tunes every
     # layer. A config still naming the old key fails with a message naming the new one.
     cfg.register_renamed_key("MODEL.BIT.FREEZE_AT", "MODEL.BACKBONE.FREEZE_AT")
+
+    # Cache each standardized kernel where no gradient reaches it (evaluation, frozen
+    # stages) until the weight changes; identical results. False standardizes every forward.
+    cfg.MODEL.BIT.CACHE_WS = True
+    # channels_last memory format for the model: True, False, or None = on when
+    # MODEL.DEVICE is CUDA (tensor cores), off on CPU where it does not pay.
+    cfg.SOLVER.CHANNELS_LAST = None
+    # torch.compile the backbone and head (eager fall-back, with a log line, on failure).
+    # Off by default: detection inputs change size from batch to batch (multi-scale
+    # resize), so graphs recompile for new shapes.
+    cfg.SOLVER.COMPILE = False
 
     # Autocast dtype when SOLVER.AMP.ENABLED: "bfloat16" (no loss scaling needed on
     # Ampere and newer) or "float16".

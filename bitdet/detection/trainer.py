@@ -19,6 +19,7 @@ from bitdet.detection.hooks import LossNormalizerState, PreemptionCheckpointer
 from bitdet.detection.mapper import SkippingDatasetMapper
 from bitdet.detection.precision import AutocastTrainer, autocast_dtype
 from bitdet.detection.sampler import DataStreamState, build_resumable_train_loader
+from bitdet.detection.speed import apply_speed_levers
 from bitdet.log import FILE_LOGGER
 
 __all__ = ["BiTTrainer", "has_compiled_ops"]
@@ -102,10 +103,11 @@ class BiTTrainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        """Detectron2's ``build_model``; the model's printout goes to the log file, not the console."""
+        """Detectron2's ``build_model`` with the speed levers (channels-last, torch.compile, cached
+        WS; each switched by its config key); the printout goes to the log file, not the console."""
         model = build_model(cfg)
         logging.getLogger(FILE_LOGGER).info("Model:\n%s", model)
-        return model
+        return apply_speed_levers(model, cfg)
 
     @classmethod
     def build_train_loader(cls, cfg):

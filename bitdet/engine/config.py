@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_engine_solver_config"]
+__all__ = ["add_engine_solver_config", "add_engine_test_config"]
 
 
 def add_engine_solver_config(cfg: CN, batch_split: int, checkpoint_period: int, keep_last: int) -> None:
@@ -18,13 +18,23 @@ def add_engine_solver_config(cfg: CN, batch_split: int, checkpoint_period: int, 
     cfg.SOLVER.BATCH_SPLIT = batch_split
     # "fp32" or "bf16" (autocast; loss and optimizer in fp32, no loss scaling needed).
     cfg.SOLVER.PRECISION = "fp32"
-    # channels_last memory format (faster convolutions on tensor cores).
-    cfg.SOLVER.CHANNELS_LAST = False
-    # torch.compile the model (falls back to eager, with a log line, if compilation fails).
-    cfg.SOLVER.COMPILE = False
+    # channels_last memory format for model and inputs: True, False, or None = on for CUDA
+    # (tensor cores), off on CPU where it does not pay (bitdet.models.fast.lever_default).
+    cfg.SOLVER.CHANNELS_LAST = None
+    # torch.compile the model, falling back to eager (with a log line) if compilation fails:
+    # True, False, or None = on for CUDA, off on CPU where it does not pay. Compiling takes a
+    # minute or more, so short runs (tests, demos) set False.
+    cfg.SOLVER.COMPILE = None
     # Steps between resumable checkpoints (one is also written at the end).
     cfg.SOLVER.CHECKPOINT_PERIOD = checkpoint_period
     # Periodic checkpoints to keep (0 = all).
     cfg.SOLVER.KEEP_LAST = keep_last
     # Steps between console (with ETA) / metrics.json / TensorBoard writes.
     cfg.SOLVER.LOG_PERIOD = 20
+
+
+def add_engine_test_config(cfg: CN) -> None:
+    """Add the ``TEST`` keys that :func:`bitdet.engine.evaluate_classifier` reads."""
+    # Evaluation standardizes each weight-standardized kernel once per pass instead of once
+    # per batch (identical results); False recomputes it every batch.
+    cfg.TEST.CACHE_WS = True

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bitdet.engine.data import collate_skip_none
+from bitdet.models.fast import standardized_weight_cache
 
 __all__ = ["classification_metrics", "evaluate_classifier", "multilabel_metrics", "predict"]
 
@@ -22,8 +23,13 @@ def predict(
     num_workers: int = 0,
     device: Optional[Union[str, torch.device]] = None,
     precision: str = "fp32",
+    cache_ws: bool = True,
 ) -> Dict[str, object]:
     """Logits and targets for a whole dataset (unusable samples skipped and counted).
+
+    Inputs take the model's memory format (channels-last when its kernels are); with
+    ``cache_ws`` each weight-standardized kernel is standardized once for the whole pass
+    instead of once per batch (same results, see :class:`bitdet.models.StdConv2d`).
 
     Returns:
         ``{"logits": (N, C) float32, "targets": (N,) or (N, C), "skipped": int}``.
@@ -32,24 +38,35 @@ def predict(
     was_training = model.training
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_skip_none)
+                        collate_fn=collate_skip_none, pin_memory=device.type == "cuda")
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
+    memory_format = _memory_format(model)
     logits, targets, skipped = [], [], 0
     try:
-        for images, target, n_skip in loader:
-            skipped += n_skip
-            if images.numel() == 0:
-                continue
-            with autocast:
-                out = model(images.to(device, non_blocking=True))
-            logits.append(out.float().cpu())
-            targets.append(target)
+        with standardized_weight_cache(model) if cache_ws else contextlib.nullcontext():
+            for images, target, n_skip in loader:
+                skipped += n_skip
+                if images.numel() == 0:
+                    continue
+                with autocast:
+                    out = model(images.to(device, non_blocking=True).contiguous(memory_format=memory_format))
+                logits.append(out.float().cpu())
+                targets.append(target)
     finally:
         model.train(was_training)
     if not logits:
         raise ValueError(f"no usable samples in the evaluation set ({skipped} skipped)")
     return {"logits": torch.cat(logits), "targets": torch.cat(targets), "skipped": skipped}
+
+
+def _memory_format(model: torch.nn.Module) -> torch.memory_format:
+    """Channels-last when the model's first conv kernel is (e.g. after ``model.to(memory_format=...)``)."""
+    for p in model.parameters():
+        if p.dim() == 4:
+            channels_last = p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            return torch.channels_last if channels_last else torch.contiguous_format
+    return torch.contiguous_format
 
 
 def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> Dict[str, object]:
@@ -114,6 +131,7 @@ def evaluate_classifier(
     num_workers: int = 0,
     device: Optional[Union[str, torch.device]] = None,
     precision: str = "fp32",
+    cache_ws: bool = True,
 ) -> Dict[str, object]:
     """Evaluate ``model`` on ``dataset`` of ``(image, target)`` pairs.
 
@@ -123,12 +141,13 @@ def evaluate_classifier(
         batch_size, num_workers: DataLoader settings.
         device: default: the model's device.
         precision: ``"fp32"`` or ``"bf16"`` (autocast).
+        cache_ws: standardize each kernel once for the whole pass (see :func:`predict`).
 
     Returns:
         :func:`classification_metrics` or :func:`multilabel_metrics`, plus ``skipped`` (unusable
         images).
     """
-    out = predict(model, dataset, batch_size, num_workers, device, precision)
+    out = predict(model, dataset, batch_size, num_workers, device, precision, cache_ws)
     metrics = (multilabel_metrics if multilabel else classification_metrics)(out["logits"], out["targets"])
     metrics["skipped"] = out["skipped"]
     return metrics

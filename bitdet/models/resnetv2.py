@@ -18,10 +18,24 @@ from torch import nn
 from bitdet.models.layers import make_conv_layer, make_norm_layer
 from bitdet.numerics import GN_GROUPS, STEM_POOL_PAD, WS_EPS
 
-__all__ = ["FEATURE_NAMES", "FeatureInfo", "PreActBottleneck", "ResNetV2", "ResNetV2Features"]
+__all__ = ["FEATURE_NAMES", "FeatureInfo", "PreActBottleneck", "ResNetV2", "ResNetV2Features", "StemMaxPool2d"]
 
 # Stage feature names, Detectron2's convention: res{k} has stride 2**k.
 FEATURE_NAMES = ("stem", "res2", "res3", "res4", "res5")
+
+
+class StemMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` that pools an NCHW CPU tensor through a channels-last copy.
+
+    PyTorch's channels-last CPU max-pool kernel is several times faster than its NCHW one
+    (measured 16 -> 4 ms for R50x1's stem at batch 8, 128 px, one core, copies included);
+    the maximum is exact, so the output is identical and stays NCHW.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous() and x.shape[1] > 1:
+            return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+        return super().forward(x)
 
 
 class PreActBottleneck(nn.Module):
@@ -59,7 +73,8 @@ class PreActBottleneck(nn.Module):
         out = self.conv1(out)
         out = self.conv2(self.relu(self.gn2(out)))
         out = self.conv3(self.relu(self.gn3(out)))
-        return out + shortcut
+        # In place: conv3's output is a fresh tensor that its backward does not need.
+        return out.add_(shortcut)
 
 
 class ResNetV2(nn.Module):
@@ -110,7 +125,7 @@ class ResNetV2(nn.Module):
             OrderedDict(
                 conv=conv(in_channels, stem_channels, kernel_size=7, stride=2, padding=3),
                 pad=nn.ConstantPad2d(STEM_POOL_PAD, 0.0),
-                pool=nn.MaxPool2d(kernel_size=3, stride=2, padding=0),
+                pool=StemMaxPool2d(kernel_size=3, stride=2, padding=0),
             )
         )
         self.feature_info: Dict[str, Tuple[int, int]] = {"stem": (stem_channels, 4)}

@@ -12,7 +12,7 @@ from typing import Sequence
 from detectron2.config import CfgNode as CN
 
 from bitdet.config import merge_config
-from bitdet.engine.config import add_engine_solver_config
+from bitdet.engine.config import add_engine_solver_config, add_engine_test_config
 from bitdet.engine.losses import LOSSES
 
 __all__ = ["DATASET_KINDS", "add_pretrain_config", "get_pretrain_cfg"]
@@ -102,6 +102,7 @@ def add_pretrain_config(cfg: CN) -> None:
     cfg.TEST.EVAL_PERIOD = 0
     # Evaluation batch size per process.
     cfg.TEST.IMS_PER_BATCH = 256
+    add_engine_test_config(cfg)
 
     cfg.DATALOADER = CN()
     # DataLoader worker processes per training process.

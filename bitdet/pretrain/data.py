@@ -15,16 +15,10 @@ from torchvision.transforms import v2 as T
 
 from bitdet.data.fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
 from bitdet.data.fashion_mnist import FashionMNIST
-from bitdet.data.images import load_image
-from bitdet.numerics import PIXEL_MEAN, PIXEL_STD
+from bitdet.data.images import ToBiTTensor, load_image
 from bitdet.pretrain.shards import IMAGE_EXTENSIONS, ShardDataset, StreamingShards, is_stream
 
 __all__ = ["ImageFolderDataset", "LabelFileDataset", "build_dataset", "eval_transform", "read_label_file", "train_transform"]
-
-
-def _to_bit_range() -> List[Callable]:
-    # uint8 [0, 255] -> float [-1, 1]: BiT's input scaling (bitdet.numerics).
-    return [T.PILToTensor(), T.ToDtype(torch.float32), T.Normalize([PIXEL_MEAN] * 3, [PIXEL_STD] * 3)]
 
 
 def train_transform(size: int, scale: Tuple[float, float] = (0.08, 1.0), flip: bool = True) -> Callable:
@@ -32,12 +26,12 @@ def train_transform(size: int, scale: Tuple[float, float] = (0.08, 1.0), flip: b
     ops: List[Callable] = [T.RandomResizedCrop(size, scale=tuple(scale), antialias=True)]
     if flip:
         ops.append(T.RandomHorizontalFlip())
-    return T.Compose(ops + _to_bit_range())
+    return T.Compose(ops + [ToBiTTensor()])  # uint8 [0, 255] -> float [-1, 1], BiT's input scaling
 
 
 def eval_transform(resize: int, crop: int) -> Callable:
     """Resize the shorter side to ``resize``, centre-crop ``crop``, [-1, 1]."""
-    return T.Compose([T.Resize(resize, antialias=True), T.CenterCrop(crop)] + _to_bit_range())
+    return T.Compose([T.Resize(resize, antialias=True), T.CenterCrop(crop), ToBiTTensor()])
 
 
 class _FileDataset(Dataset):

@@ -47,7 +47,7 @@ def evaluator(cfg, test_set: Dataset):
     def evaluate(model: torch.nn.Module) -> Dict[str, Any]:
         return evaluate_classifier(model, test_set, batch_size=cfg.TEST.IMS_PER_BATCH,
                                    multilabel=cfg.DATASETS.MULTILABEL, num_workers=min(cfg.DATALOADER.NUM_WORKERS, 4),
-                                   precision=cfg.SOLVER.PRECISION)
+                                   precision=cfg.SOLVER.PRECISION, cache_ws=cfg.TEST.CACHE_WS)
     return evaluate
 
 

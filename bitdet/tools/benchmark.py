@@ -7,15 +7,16 @@ device is measured (per-GPU throughput); the harness does not launch several pro
 
 Examples::
 
-    # the full table on one GPU (bf16, 224 px; R50x1 batch 128, R101x3 batch 32;
-    # RetinaNet batch 8 at 800x1216)
-    python tools/benchmark.py --config-file benchmark/h100.yaml
+    # the full table on one GPU, with the H100 targets (bf16, 224 px; R50x1 batch 128,
+    # R101x3 batch 32; RetinaNet batch 8 at 800x1216)
+    python -m bitdet.tools.benchmark --config-file benchmark/h100.yaml
     # continue an interrupted run, keeping its finished rows
-    python tools/benchmark.py --config-file benchmark/h100.yaml --resume
-    # what the levers buy on this CPU at a moderate size (what `make bench` runs on a CPU)
-    python tools/benchmark.py --config-file benchmark/cpu_levers.yaml
+    python -m bitdet.tools.benchmark --config-file benchmark/h100.yaml --resume
+    # bitdet's defaults and levers vs the peers on one CPU core (interleaved), with targets;
+    # what `make bench` runs on a CPU
+    python -m bitdet.tools.benchmark --config-file benchmark/cpu_levers.yaml
     # a quick CPU smoke run with tiny models
-    python tools/benchmark.py --config-file benchmark/cpu_tiny.yaml BENCH.ITERS 2
+    python -m bitdet.tools.benchmark --config-file benchmark/cpu_tiny.yaml BENCH.ITERS 2
 """
 from detectron2.utils import comm
 

@@ -12,7 +12,7 @@ from typing import Sequence, Tuple
 from detectron2.config import CfgNode as CN
 
 from bitdet.config import merge_config
-from bitdet.engine.config import add_engine_solver_config
+from bitdet.engine.config import add_engine_solver_config, add_engine_test_config
 from bitdet.hyperrule import Rule, get_rule
 
 __all__ = ["add_finetune_config", "get_finetune_cfg", "rule_from_config", "tri_state"]
@@ -94,6 +94,7 @@ def add_finetune_config(cfg: CN) -> None:
     cfg.TEST.BATCH_SIZE = 256
     # Steps between evaluations on the test split during training (0: only at the end).
     cfg.TEST.EVAL_PERIOD = 0
+    add_engine_test_config(cfg)
 
     # Results, checkpoints, metrics.json, plots.
     cfg.OUTPUT_DIR = "output/finetune"

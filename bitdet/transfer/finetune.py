@@ -18,6 +18,7 @@ from torch.utils.data import Subset
 
 from bitdet.config import check_device
 from bitdet.models import create_model, pretrained_path
+from bitdet.models.fast import lever_default
 from bitdet.transfer.config import rule_from_config, tri_state
 from bitdet.transfer.datasets import (
     build_dataset,
@@ -192,7 +193,8 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
         compile=s.COMPILE,
         batch_hook=MixUp(rule.mixup_alpha, num_classes) if rule.mixup_alpha > 0 else None,
         evaluate=lambda m: evaluate_classifier(m, test_set, batch_size=cfg.TEST.BATCH_SIZE,
-                                               num_workers=cfg.DATALOADER.NUM_WORKERS, precision=s.PRECISION),
+                                               num_workers=cfg.DATALOADER.NUM_WORKERS, precision=s.PRECISION,
+                                               cache_ws=cfg.TEST.CACHE_WS),
         eval_period=cfg.TEST.EVAL_PERIOD,
         checkpoint_period=s.CHECKPOINT_PERIOD,
         keep_last=s.KEEP_LAST,
@@ -265,8 +267,11 @@ def evaluate_only(cfg, output_dir: Optional[str] = None) -> Dict[str, Any]:
     if not report.head.startswith("loaded"):
         raise ValueError(f"{weights}: the head was not loaded ({report.head}); evaluate a fine-tuned checkpoint")
     device = _device(cfg) or ("cuda" if torch.cuda.is_available() else "cpu")
-    metrics = evaluate_classifier(model.to(device), TransformedDataset(test_raw, eval_transform(rule.crop)),
-                                  batch_size=cfg.TEST.BATCH_SIZE, num_workers=cfg.DATALOADER.NUM_WORKERS)
+    memory_format = torch.channels_last if lever_default(cfg.SOLVER.CHANNELS_LAST, device) else torch.contiguous_format
+    metrics = evaluate_classifier(model.to(device, memory_format=memory_format),
+                                  TransformedDataset(test_raw, eval_transform(rule.crop)),
+                                  batch_size=cfg.TEST.BATCH_SIZE, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                                  cache_ws=cfg.TEST.CACHE_WS)
     metrics.update(crop=rule.crop, weights=weights, dataset=d.NAME, classes=classes)
     write_json(Path(output_dir or cfg.OUTPUT_DIR) / "eval_results.json", metrics)
     return metrics

@@ -4,28 +4,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
-import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from bitdet.numerics import PIXEL_MEAN, PIXEL_STD
+from bitdet.data.images import ToBiTTensor
 from bitdet.transfer.datasets import dataset_classes, dataset_targets
 
 __all__ = ["ToBiTTensor", "TransformedDataset", "train_transform", "eval_transform"]
-
-
-class ToBiTTensor:
-    """PIL image (any mode) -> float tensor ``(3, H, W)`` in [-1, 1], RGB."""
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        # Grayscale digits and palette PNGs become 3 equal / decoded channels, as BiT expects RGB.
-        array = np.asarray(image.convert("RGB"), dtype=np.float32)
-        return torch.from_numpy((array - PIXEL_MEAN) / PIXEL_STD).permute(2, 0, 1).contiguous()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(mean={PIXEL_MEAN}, std={PIXEL_STD})"
 
 
 def train_transform(resize: int, crop: int, random_crop: bool = True, flip: bool = True) -> Callable:

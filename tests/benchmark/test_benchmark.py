@@ -1,6 +1,7 @@
 """The benchmark harness end to end on CPU with tiny models (schema, positivity, ratios)."""
 import importlib
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,9 @@ def test_tiny_cpu_run_writes_json_table_and_ratios(tmp_path, capsys):
     opts = [
         "BENCH.MODELS", "['bit-R14-tiny', 'torchvision-resnet18', 'retinanet-bit-R14-tiny-FPN']",
         "BENCH.VARIANTS", "['eager', 'ws', 'cl+cudagraphs']",
+        "BENCH.DEFAULT_VARIANTS.TRAIN", "eager", "BENCH.DEFAULT_VARIANTS.INFERENCE", "ws",
+        "BENCH.RATIO_TARGETS", "[['bit-R14-tiny', 'default', 'inference', 'torchvision-resnet18', 'eager', 0.001],"
+        " ['bit-R14-tiny', 'cl', 'train', 'torchvision-resnet18', 'eager', 1.0]]",
         "BENCH.DATA.ITERS", "2", "BENCH.ITERS", "1",
     ]
     results = tool.main(_args(tool, tmp_path, *opts))
@@ -46,7 +50,10 @@ def test_tiny_cpu_run_writes_json_table_and_ratios(tmp_path, capsys):
     assert "bitdet" in skipped[("torchvision-resnet18", "ws")]
 
     data = {r["loader"]: r for r in saved["rows"] if r["task"] == "data"}
-    assert set(data) == {"pretrain", "detection"} and all(r["images_per_sec_per_core"] > 0 for r in data.values())
+    assert set(data) == {"imagefolder", "shards", "hyperrule", "decode_jpeg", "detection"}
+    for r in data.values():
+        assert r["images_per_sec_per_core"] > 0
+        assert r["cores_per_gpu"] == math.ceil(r["gpu_images_per_sec"] / r["images_per_sec_per_core"])
 
     ratios = saved["ratios"]
     pairs = {(q["group"], q["task"]) for q in ratios["vs_peers"]}
@@ -55,8 +62,16 @@ def test_tiny_cpu_run_writes_json_table_and_ratios(tmp_path, capsys):
     assert {(q["model"], q["task"]) for q in ratios["levers"]} == {
         (m, t) for m in ("bit-R14-tiny", "retinanet-bit-R14-tiny-FPN") for t in ("train", "inference")
     }
+    defaults = [(q["task"], q["bitdet"]) for q in ratios["default_vs_peers"]]
+    assert defaults == [("inference", "bit-R14-tiny/ws"), ("train", "bit-R14-tiny/eager")]
+    inference_ratio = [q["ratio"] for q in ratios["vs_peers"] if q["task"] == "inference"][0]
+    first, unmeasured = saved["ratio_targets"]
+    assert first["bitdet"] == "bit-R14-tiny/ws" and first["met"] is True and first["ratio"] > 0
+    assert unmeasured["ratio"] is None and unmeasured["met"] is None  # no "cl" row in this run
+    assert inference_ratio > 0
     out = capsys.readouterr().out
-    assert "vs torchvision-resnet18/eager" in out and "img/s per core" in out
+    assert "bitdet default: train = eager, inference = ws" in out and "ws *" in out
+    assert "vs torchvision-resnet18/eager" in out and "img/s per core" in out and "cores for" in out
 
     # --resume keeps finished rows (same config) instead of re-measuring them
     again = tool.main(_args(tool, tmp_path, *opts, resume=True))
@@ -96,7 +111,72 @@ def test_bad_settings_are_clear_errors():
         get_benchmark_cfg(None, ["BENCH.VARIANTS", "['cl+turbo']"])
     with pytest.raises(ValueError, match="BENCH.PRECISION"):
         get_benchmark_cfg(None, ["BENCH.PRECISION", "int8"])
+    with pytest.raises(ValueError, match="BENCH.CLOCK"):
+        get_benchmark_cfg(None, ["BENCH.CLOCK", "tsc"])
+    with pytest.raises(ValueError, match="BENCH.TARGETS entry"):
+        get_benchmark_cfg(None, ["BENCH.TARGETS", "[['bit-R50x1', 'train_img_per_sec', 1.0]]"])
+    with pytest.raises(ValueError, match="BENCH.RATIO_TARGETS entry"):
+        get_benchmark_cfg(None, ["BENCH.RATIO_TARGETS", "[['bit-R50x1', 'default', 'eval', 'x', 'eager', 1.0]]"])
     with pytest.raises(KeyError, match="known: bit-R50x1"):
         from bitdet.benchmark.suite import get_spec
 
         get_spec("bit-R51x1")
+
+
+def test_interleaved_rows_keep_order_and_fold_matches_eager(tmp_path):
+    tool = _load_tool()
+    opts = ["BENCH.INTERLEAVE", "True", "BENCH.CLOCK", "cpu", "BENCH.MODELS", "['bit-R14-tiny', 'torchvision-resnet18']",
+            "BENCH.VARIANTS", "['eager', 'fold']", "BENCH.TASKS", "['inference']", "BENCH.REPEATS", "2"]
+    rows = tool.main(_args(tool, tmp_path, *opts))["rows"]
+    assert [(r["model"], r["variant"], r["status"]) for r in rows] == [
+        ("bit-R14-tiny", "eager", "ok"), ("bit-R14-tiny", "fold", "ok"),
+        ("torchvision-resnet18", "eager", "ok"), ("torchvision-resnet18", "fold", "skipped"),
+    ]
+    assert rows[1]["ws_convs"] == 0 and rows[0]["ws_convs"] > 0  # folded: no weight standardization left
+    assert rows[0]["clock"] == "cpu" and rows[0]["sec_per_iter"] > 0
+
+
+def test_fold_gives_the_eager_outputs():
+    import torch
+
+    from bitdet.benchmark.timing import _fold_weight_standardization
+    from bitdet.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("R14-tiny", num_classes=5).eval()
+    model.fc.bias.data.normal_()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        _fold_weight_standardization(model)
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert all(type(m) is torch.nn.Conv2d for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+@pytest.mark.parametrize("device,preset", [("cpu", "cpu_levers.yaml"), ("cpu", "cpu_tiny.yaml"), ("cuda", "h100.yaml")])
+def test_default_variants_are_the_trainers_defaults(device, preset):
+    from bitdet.detection import get_bit_cfg
+    from bitdet.models.fast import lever_default
+    from bitdet.pretrain.config import get_pretrain_cfg
+    from bitdet.transfer.config import get_finetune_cfg
+
+    def variant(*levers):
+        return "+".join(name for name, on in levers if on) or "eager"
+
+    bench = get_benchmark_cfg(preset).BENCH.DEFAULT_VARIANTS
+    for cfg in (get_pretrain_cfg(None), get_finetune_cfg(None)):
+        cl = lever_default(cfg.SOLVER.CHANNELS_LAST, device)
+        assert variant(("cl", cl), ("compile", lever_default(cfg.SOLVER.COMPILE, device))) == bench.TRAIN
+        assert variant(("cl", cl), ("ws", cfg.TEST.CACHE_WS)) == bench.INFERENCE
+    det = get_bit_cfg()
+    assert variant(("cl", lever_default(det.SOLVER.CHANNELS_LAST, device)), ("ws", det.MODEL.BIT.CACHE_WS)) == bench.INFERENCE
+
+
+def test_detectron2_group_norm_peer_trains_every_layer():
+    from torch import nn
+
+    stock = SUITE["retinanet-d2-R50-FPN"].build(3, "cpu")
+    gn = SUITE["retinanet-d2-R50-FPN-GN"].build(3, "cpu")
+    assert all(p.requires_grad for p in gn.parameters())
+    assert any(isinstance(m, nn.GroupNorm) for m in gn.backbone.bottom_up.modules())
+    assert not all(p.requires_grad for p in stock.parameters())  # stem and res2 frozen (FREEZE_AT 2)

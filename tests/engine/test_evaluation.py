@@ -59,3 +59,26 @@ def test_evaluate_classifier_end_to_end_restores_mode():
     m = evaluate_classifier(model, Fixed(), batch_size=3)
     assert m["top1"] == 100.0 and m["skipped"] == 1 and m["num_samples"] == 9
     assert model.training
+
+
+def test_channels_last_and_cached_ws_evaluation_match_plain():
+    from bitdet.models import create_model
+    from bitdet.models.fast import std_convs
+
+    class Images(torch.utils.data.Dataset):
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            return torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(i)), i % 3
+
+    torch.manual_seed(0)
+    model = create_model("R14-tiny", num_classes=3)
+    torch.nn.init.normal_(model.fc.weight, std=0.1)
+    from bitdet.engine import predict
+
+    plain = predict(model, Images(), batch_size=2, cache_ws=False)["logits"]
+    model.to(memory_format=torch.channels_last)
+    fast = predict(model, Images(), batch_size=2, cache_ws=True)["logits"]
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
+    assert not any(c.cache_weight or c._ws_cache is not None for c in std_convs(model))  # state restored

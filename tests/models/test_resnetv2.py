@@ -58,10 +58,42 @@ def test_weight_standardization_matches_formula():
     torch.testing.assert_close(conv(x), F.conv2d(x, expected, padding=1))
 
 
+def _ws_formula(w):
+    var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, unbiased=False)
+    return (w - mean) / torch.sqrt(var + 1e-10)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_fused_weight_standardization_matches_formula_forward_and_backward(memory_format):
+    w = (torch.randn(6, 5, 3, 3, dtype=torch.float64) * 2 - 1).contiguous(memory_format=memory_format)
+    a, b = w.clone().requires_grad_(), w.clone().requires_grad_()
+    out = standardize_weight(a)
+    assert out.is_contiguous(memory_format=memory_format)  # no layout change (no copy for the conv)
+    torch.testing.assert_close(out, _ws_formula(b))
+    g = torch.randn(6, 5, 3, 3, dtype=torch.float64)
+    out.backward(g)
+    _ws_formula(b).backward(g)
+    torch.testing.assert_close(a.grad, b.grad)
+
+
 def test_ws_eps_matters_for_near_constant_kernels():
     w = torch.full((1, 1, 1, 2), 1.0)
     w[0, 0, 0, 1] += 1e-5  # variance 2.5e-11: comparable to eps 1e-10
     assert not torch.allclose(standardize_weight(w, 1e-10), standardize_weight(w, 1e-8))
+
+
+def test_stem_pool_is_exact_and_keeps_the_memory_format():
+    from bitdet.models.resnetv2 import StemMaxPool2d
+
+    pool = StemMaxPool2d(kernel_size=3, stride=2)
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(2, 8, 11, 11).contiguous(memory_format=memory_format).requires_grad_()
+        ref = x.detach().clone().requires_grad_()
+        out, expected = pool(x), F.max_pool2d(ref, 3, 2)
+        assert torch.equal(out, expected) and out.is_contiguous(memory_format=memory_format)
+        g = torch.randn_like(out)
+        out.backward(g), expected.backward(g)
+        assert torch.equal(x.grad, ref.grad)
 
 
 def test_stem_pads_with_zeros_before_pooling():
