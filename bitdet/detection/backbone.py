@@ -62,12 +62,11 @@ class BiTBackbone(Backbone):
             )
         trunk = ResNetV2(arch.layers, arch.width, num_classes=0, stem_width=arch.stem_width, **model_kwargs)
         self.stem = trunk.stem
-        self.num_stages = last  # stages after the last requested feature are not built
+        self.num_stages = last  # the trunk is built whole; stages after the last requested feature are dropped
         for i in range(1, last + 1):
             self.add_module(f"block{i}", getattr(trunk, f"block{i}"))
         if feature_tap == "preact":
             self.norm = trunk.norm
-        self.fc = None  # headless, for the checkpoint key mapping
         self.feature_tap = feature_tap
         self._out_features = list(out_features)
         self._out_feature_channels = {f: trunk.feature_info[f][0] for f in out_features}
