@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 from fvcore.common.config import CfgNode as CN
 
 from bitdet.config import CONFIGS_DIR, merge_config
+from bitdet.utils.precision import precision_dtype
 
 __all__ = [
     "add_benchmark_config", "default_variant", "get_benchmark_cfg", "variant_levers", "LEVERS", "PRESETS_DIR",
@@ -52,8 +53,8 @@ def add_benchmark_config(cfg: CN) -> None:
     cfg.BENCH.PEER_VARIANTS = []
     # Tasks: "train" (forward, backward, SGD step), "inference", "data" (decode + augment).
     cfg.BENCH.TASKS = ["train", "inference", "data"]
-    # Autocast dtype: "bfloat16", "float16", or "float32" (no autocast).
-    cfg.BENCH.PRECISION = "bfloat16"
+    # Autocast precision: "bf16", "fp16", or "fp32" (no autocast).
+    cfg.BENCH.PRECISION = "bf16"
     # torch.compile mode of the "compile" lever: "default" or "max-autotune-no-cudagraphs".
     cfg.BENCH.COMPILE_MODE = "default"
     # Classifier input side (square images) and class count of the head.
@@ -155,8 +156,7 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
     unknown_tasks = set(cfg.BENCH.TASKS) - {"train", "inference", "data"}
     if unknown_tasks:
         raise ValueError(f"BENCH.TASKS {sorted(unknown_tasks)}: choose from train, inference, data")
-    if cfg.BENCH.PRECISION not in ("bfloat16", "float16", "float32"):
-        raise ValueError(f"BENCH.PRECISION {cfg.BENCH.PRECISION!r}: expected bfloat16, float16 or float32")
+    precision_dtype(cfg.BENCH.PRECISION, "BENCH.PRECISION")
     for task, variant in cfg.BENCH.DEFAULT_VARIANTS.items():
         if set(variant_levers(variant)) - set(LEVERS):
             raise ValueError(f"BENCH.DEFAULT_VARIANTS.{task} {variant!r}: use 'eager' or levers from {LEVERS}")

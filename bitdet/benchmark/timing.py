@@ -23,10 +23,10 @@ from bitdet.benchmark.config import variant_levers
 from bitdet.benchmark.suite import ModelSpec
 from bitdet.models.fast import StandardizeOncePerStep, cache_standardized_weights, compile_model, is_compiled, std_convs
 from bitdet.models.layers import StdConv2d, standardize_weight
+from bitdet.utils.precision import PRECISIONS
 
 __all__ = ["CLOCKS", "Prepared", "RunSettings", "applicable", "finish", "measure", "prepare", "time_block", "time_blocks"]
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,9 @@ def time_block(step: Callable[[], None], device: str, iters: int, clock: str = "
 
 
 def _autocast(device: str, precision: str):
-    if precision == "float32":
+    if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.split(":")[0], dtype=_DTYPES[precision])
+    return torch.autocast(device_type=device.split(":")[0], dtype=PRECISIONS[precision])
 
 
 def _fold_weight_standardization(model: nn.Module) -> None:

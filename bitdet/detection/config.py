@@ -65,9 +65,9 @@ def add_bit_config(cfg: CN) -> None:
     # resize), so graphs recompile for new shapes.
     cfg.SOLVER.COMPILE = False
 
-    # Autocast dtype when SOLVER.AMP.ENABLED: "bfloat16" (no loss scaling needed on
-    # Ampere and newer) or "float16".
-    cfg.SOLVER.AMP.PRECISION = "bfloat16"
+    # Autocast precision when SOLVER.AMP.ENABLED: "bf16" (no loss scaling needed on
+    # Ampere and newer) or "fp16" (with loss scaling).
+    cfg.SOLVER.AMP.PRECISION = "bf16"
     # PyTorch's deterministic algorithms (cuDNN included) so that GPU runs repeat bit for bit
     # (slower; needs CUDNN_BENCHMARK False). CPU runs repeat without it.
     cfg.SOLVER.DETERMINISTIC = False

@@ -13,16 +13,14 @@ import time
 import torch
 from detectron2.engine import AMPTrainer
 
-__all__ = ["AutocastTrainer", "autocast_dtype"]
+from bitdet.utils.precision import precision_dtype
 
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+__all__ = ["AutocastTrainer", "autocast_dtype"]
 
 
 def autocast_dtype(precision: str) -> torch.dtype:
-    """The dtype named by ``SOLVER.AMP.PRECISION`` ("bfloat16" or "float16")."""
-    if precision not in _DTYPES:
-        raise ValueError(f"SOLVER.AMP.PRECISION must be one of {sorted(_DTYPES)}, got {precision!r}")
-    return _DTYPES[precision]
+    """The dtype named by ``SOLVER.AMP.PRECISION`` ("bf16" or "fp16")."""
+    return precision_dtype(precision, "SOLVER.AMP.PRECISION", allowed=("bf16", "fp16"))
 
 
 class AutocastTrainer(AMPTrainer):

@@ -29,6 +29,7 @@ from bitdet.engine.checkpoint import TrainingCheckpointer, restore_rng_state
 from bitdet.engine.data import SeededDataset, StepBatchSampler, collate_skip_none, step_seed
 from bitdet.engine.losses import build_loss
 from bitdet.models.fast import lever_default
+from bitdet.utils.precision import precision_dtype
 
 __all__ = ["ClassifierTrainer", "choose_batch_split"]
 
@@ -197,8 +198,7 @@ class ClassifierTrainer(TrainerBase):
         if batch_split != "auto" and (not isinstance(batch_split, int) or not 1 <= batch_split <= self.local_batch):
             raise ValueError(f"batch_split must be 'auto' or an int in [1, {self.local_batch}] "
                              f"(the per-process batch), got {batch_split!r}")
-        if precision not in _PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(_PRECISIONS)}, got {precision!r}")
+        precision_dtype(precision, "precision", allowed=tuple(_PRECISIONS))  # SOLVER.PRECISION in configs
         # A streamed training set (an IterableDataset with ``for_rank``, e.g. bitdet's
         # StreamingShards) gives each rank its own endless, resumable stream instead.
         self.streaming = isinstance(train_set, IterableDataset)

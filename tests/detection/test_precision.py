@@ -42,7 +42,7 @@ def datasets(tmp_path_factory):
 
 
 def test_shipped_configs_enable_bf16_amp():
-    assert SHIPPED_AMP == {"ENABLED": True, "PRECISION": "bfloat16"}
+    assert SHIPPED_AMP == {"ENABLED": True, "PRECISION": "bf16"}
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path, datasets):
@@ -78,5 +78,8 @@ def test_fp32_when_amp_is_off(tmp_path, datasets):
 
 
 def test_unknown_precision_is_named():
-    with pytest.raises(ValueError, match="SOLVER.AMP.PRECISION must be one of .* got 'bf16'"):
-        autocast_dtype("bf16")
+    with pytest.raises(ValueError, match=r"SOLVER.AMP.PRECISION 'bfloat16': expected one of \['bf16', 'fp16'\] "
+                                         r"\('bfloat16' is written 'bf16'\)"):
+        autocast_dtype("bfloat16")
+    with pytest.raises(ValueError, match=r"SOLVER.AMP.PRECISION 'fp32': expected one of \['bf16', 'fp16'\]$"):
+        autocast_dtype("fp32")
