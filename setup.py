@@ -47,6 +47,8 @@ setup(
         # real data that installs offline: digits (scikit-learn), photos (scikit-image)
         "scikit-learn>=1.1",
         "scikit-image>=0.19",
+        # t-intervals of the demo's comparisons (bitdet.stats)
+        "scipy>=1.7",
     ],
     extras_require={
         "dev": ["pytest>=7", "pytest-timeout>=2.1", "timm>=0.9"],
