@@ -91,9 +91,8 @@ def build_tasks(out: Path, mode: str, seed: int) -> List[Task]:
     config, extra = spec["pretrain"]
     pre_opts = [*extra, "MODEL.NAME", DEMO_MODEL, "SEED", str(seed), "OUTPUT_DIR", str(out / "upstream")]
     pre_cfg = get_pretrain_cfg(config, pre_opts)
-    steps = pre_cfg.SOLVER.MAX_ITER or build_schedule(pre_cfg, 60000).total_steps
-    if pre_cfg.DATASETS.TRAIN.MAX_SAMPLES:
-        steps = build_schedule(pre_cfg, pre_cfg.DATASETS.TRAIN.MAX_SAMPLES).total_steps
+    # Fashion-MNIST's training split has 60,000 items (or MAX_SAMPLES of them).
+    steps = build_schedule(pre_cfg, pre_cfg.DATASETS.TRAIN.MAX_SAMPLES or 60000).total_steps
     pretrained = out / "upstream" / "model_final.pth"
     tasks.append(Task("pretrain", [*_tool("pretrain"), "--config-file", config, *pre_opts], pretrained,
                       Progress(steps)))
