@@ -113,6 +113,7 @@ class Task:
     cpu_s: float = 0.0
     _proc: Optional[subprocess.Popen] = field(default=None, repr=False)
     _reader: Optional[threading.Thread] = field(default=None, repr=False)
+    _log: Optional[TextIO] = field(default=None, repr=False)
     _start: float = 0.0
 
 
@@ -201,7 +202,7 @@ def run_tasks(tasks: Sequence[Task], log_dir: Path, env: Dict[str, str], jobs: i
                                               env=dict(env, OMP_NUM_THREADS=str(threads)))
                 task._reader = threading.Thread(target=_pump, args=(task._proc.stdout, log, task.progress), daemon=True)
                 task._reader.start()
-                task._log = log  # type: ignore[attr-defined]
+                task._log = log
                 running.append(task)
             time.sleep(1.0)
             for task in list(running):
@@ -209,7 +210,7 @@ def run_tasks(tasks: Sequence[Task], log_dir: Path, env: Dict[str, str], jobs: i
                 if pid == 0:
                     continue
                 _finish(task, status, rusage)
-                task._log.close()  # type: ignore[attr-defined]
+                task._log.close()
                 running.remove(task)
                 if task._proc.returncode != 0:
                     log = log_dir / f"{task.name}.log"
@@ -222,8 +223,9 @@ def run_tasks(tasks: Sequence[Task], log_dir: Path, env: Dict[str, str], jobs: i
             if running:
                 console.status("[demo] " + " | ".join(f"{t.name}: {t.progress.line()}" for t in running))
     finally:
-        for task in running:
+        for task in running:  # only after a failure or an interrupt
             if task._proc.poll() is None:
                 task._proc.terminate()
                 task._proc.wait()
+            task._log.close()
     return finished

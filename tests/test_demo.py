@@ -1,5 +1,6 @@
 """The demo: verdicts computed from the numbers (synthetic runs), progress parsing, and
 ``python -m bitdet.tools.demo`` at smoke size (every stage runs, the report's figures come from the run)."""
+import io
 import json
 import math
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bitdet.demo_progress import Progress
+from bitdet.demo_progress import Progress, StageFailed, Task, run_tasks
 from bitdet.demo_report import box_precision, detection_results, transfer_comparisons, write_report
 from bitdet.stats import compare
 
@@ -156,6 +157,32 @@ def test_progress_reads_the_tools_console_lines():
     d.feed("[d2.evaluation.testing]: copypaste: AP,AP50,AP75,APs,APm,APl\n")
     d.feed("[d2.evaluation.testing]: copypaste: 21.5312,40.1,20.0,10.0,25.0,30.0\n")
     assert d.line() == "iter 1200/1500 eta 0:01:02 loss 0.812 AP 21.5312"
+
+
+def _py_task(name, code, done, needs=()):
+    return Task(name, [sys.executable, "-c", code], done, Progress(5), needs=needs)
+
+
+def test_run_tasks_logs_orders_reuses_and_names_a_failure(tmp_path):
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    write = "print(' eta: 0:00:01  iter: 4  loss: 0.5'); open({!r}, 'w').write({!r})"
+    tasks = [_py_task("second", write.format(str(second), "2") + f"; assert open({str(first)!r}).read() == '1'", second,
+                      needs=("first",)),
+             _py_task("first", write.format(str(first), "1"), first)]
+    out = io.StringIO()
+    ran = run_tasks(tasks, tmp_path, dict(os.environ), jobs=2, out=out)
+    assert [t.name for t in ran] == ["first", "second"]  # "second" waited for "first"
+    assert "iter: 4" in (tmp_path / "second.log").read_text()
+    assert "[demo] second: done in" in out.getvalue() and "iter 5/5 eta 0:00:01 loss 0.5" in out.getvalue()
+    assert all(t.cpu_s >= 0 and t.wall_s > 0 for t in ran)
+
+    again = io.StringIO()
+    assert run_tasks(tasks, tmp_path, dict(os.environ), jobs=2, out=again) == []
+    assert again.getvalue().count("reusing") == 2
+
+    bad = _py_task("broken", "print('something went wrong'); raise SystemExit(3)", tmp_path / "never")
+    with pytest.raises(StageFailed, match=r"(?s)stage 'broken' failed \(exit 3\).*something went wrong"):
+        run_tasks([bad], tmp_path, dict(os.environ), jobs=1, out=io.StringIO())
 
 
 # ----------------------------------------------------------------------------- smoke run
