@@ -113,8 +113,9 @@ def _synthetic_demo(root: Path, det_ap, top1) -> None:
                                                      for i in range(5)))
     for init, values in top1.items():
         for seed, value in enumerate(values):
-            _write(root / f"transfer/{init}/{init}/1shot_seed{seed}/results.json",
-                   json.dumps({"dataset": "digits", "init": init, "shots": 1, "seed": seed, "top1": value}))
+            label = "my_checkpoint" if init == "upstream" else init  # the folder, not the label, decides
+            _write(root / f"transfer/{init}/{label}/1shot_seed{seed}/results.json",
+                   json.dumps({"dataset": "digits", "init": label, "shots": 1, "seed": seed, "top1": value}))
     for init, values in det_ap.items():
         for seed, ap in enumerate(values):
             lines = [{"iteration": i, "total_loss": 1.0 - i / 10} for i in range(3)]
@@ -204,7 +205,7 @@ def test_demo_pipeline_smoke(tmp_path):
     assert {p.name for p in (out / "transfer/scratch/scratch").iterdir()} == {
         "1shot_seed3", "1shot_seed4", "full_seed3", "full_seed4"}
     drawn = sorted(p.name for p in (out / "detections").glob("*.png"))
-    assert len(drawn) == 3 and drawn == sorted(p.name for p in (out / "ground_truth").glob("*.png"))
+    assert len(drawn) == 4 and drawn == sorted(p.name for p in (out / "ground_truth").glob("*.png"))
 
     # the report's figures and verdicts are the ones computed from the result files
     report = (out / "report.md").read_text()

@@ -134,7 +134,7 @@ def draw_tasks(out: Path, mode: str, env: Dict[str, str], detection_dirs: Dict[s
     results = {init: [(detection_results(d)["AP"], d) for d in dirs] for init, dirs in detection_dirs.items()}
     best_init = max(results, key=lambda i: sum(ap for ap, _ in results[i]) / len(results[i]))
     best_dir = max(results[best_init], key=lambda r: r[0])[1]
-    images = _validation_images(dataset, env, count=3)
+    images = _validation_images(dataset, env, count=4)
     chosen = draw_threshold(best_dir / "inference" / dataset / "coco_instances_results.json",
                             MetadataCatalog.get(dataset).json_file)
     write_json(out / "detections_source.json", dict(chosen, init=best_init, run=best_dir.name))
