@@ -73,13 +73,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"base seed of every stage (default {DEFAULT_SEED}); other seeds check that the gains hold")
     parser.add_argument("--smoke", action="store_true", help="toy sizes: checks every stage in a few minutes")
     parser.add_argument("--force", action="store_true", help="rerun stages whose outputs exist")
+    parser.add_argument("--detection-seeds", type=int, default=0,
+                        help="detection runs per initialisation (default 2; 3 narrows the interval a lot: "
+                             "a t-interval from 2 runs has 1 degree of freedom)")
     parser.add_argument("--jobs", type=int, default=0,
                         help="stages run side by side (default: min(2, cores)); each gets cores / jobs threads")
     return parser.parse_args(argv)
 
 
-def build_tasks(out: Path, mode: str, seed: int) -> List[Task]:
-    """Every stage of the demo, in order, with its command, finished-marker and progress model."""
+def build_tasks(out: Path, mode: str, seed: int, detection_seeds: int = 0) -> List[Task]:
+    """Every stage of the demo, in order, with its command, finished-marker and progress model
+    (``detection_seeds``: runs per initialisation, 0 = the mode's default)."""
     from bitdet.detection.config import get_bit_cfg
     from bitdet.pretrain import get_pretrain_cfg
     from bitdet.pretrain.runner import build_schedule
@@ -109,6 +113,7 @@ def build_tasks(out: Path, mode: str, seed: int) -> List[Task]:
                           needs=("pretrain",)))
 
     config, extra, n_seeds = spec["detection"]
+    n_seeds = detection_seeds or n_seeds
     max_iter = get_bit_cfg(config).SOLVER.MAX_ITER
     for k in range(n_seeds):
         for init, weights in zip(INITS, (str(pretrained), "")):
@@ -172,7 +177,9 @@ def main(argv=None) -> int:
         write_json(timings_file, timings)
 
     try:
-        tasks = build_tasks(out, mode, args.seed)
+        if args.detection_seeds < 0:
+            raise SystemExit(f"--detection-seeds {args.detection_seeds}: expected a positive count")
+        tasks = build_tasks(out, mode, args.seed, args.detection_seeds)
         record(run_tasks(tasks, logs, env, jobs))
         dirs = {init: [t.done.parent for t in tasks if t.name.startswith(f"detection_{init}_")] for init in INITS}
         record(run_tasks(draw_tasks(out, mode, env, dirs), logs, env, jobs))
