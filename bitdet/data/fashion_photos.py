@@ -3,10 +3,9 @@
 Each sample is one Fashion-MNIST item drawn the way :mod:`bitdet.data.detection_generate`
 draws a detection object (random side within a range of the canvas, aspect jitter, random
 position; with some probability tinted and pasted on a crop of a real scikit-image photo,
-else grey on black), labelled with the item's class. BiT's point is that the upstream
-distribution should cover what transfer meets (paper, Sec. 4.1 and Sec. 5): pretraining on
-items at one scale on black leaves a detector's backbone unprepared for small, large,
-coloured and cluttered objects.
+else grey on black), labelled with the item's class. A tiny model pretrained only on items
+centred on black leaves a detector's backbone unprepared for small, large, coloured and
+cluttered objects; this source lets the demo's upstream data cover what its detection sees.
 """
 from __future__ import annotations
 
