@@ -52,6 +52,8 @@ setup(
         # real data that installs offline: digits (scikit-learn), photos (scikit-image)
         "scikit-learn>=1.1",
         "scikit-image>=0.19",
+        # t-intervals of the demo's comparisons (bitdet.stats)
+        "scipy>=1.7",
     ],
     extras_require={
         # tools/export_model.py: ONNX files (onnx), checked and timed in ONNX Runtime on the CPU

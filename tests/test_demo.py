@@ -1,5 +1,8 @@
-"""tools/demo.py at smoke size: every stage runs and the report's figures come from the run."""
+"""The demo: verdicts computed from the numbers (synthetic runs), progress parsing, and
+``python -m bitdet.tools.demo`` at smoke size (every stage runs, the report's figures come from the run)."""
+import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -7,42 +10,220 @@ from pathlib import Path
 
 import pytest
 
-from bitdet.demo_report import detection_results
+from bitdet.demo_progress import Progress, StageFailed, Task, run_tasks
+from bitdet.demo_report import box_precision, detection_results, transfer_comparisons, write_report
+from bitdet.stats import compare
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Two-sided 95 % Student t quantiles (textbook tables), an independent reference for the intervals.
+T975 = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305}
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def test_paired_interval_matches_the_textbook_formula():
+    up, scratch = [60.0, 58.0, 65.0], [50.0, 51.0, 52.0]
+    diffs = [10.0, 7.0, 13.0]
+    mean = sum(diffs) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / 2)
+    c = compare(up, scratch, "points", paired=True)
+    half = T975[2] * sd / math.sqrt(3)
+    assert c.diff == pytest.approx(10.0)
+    assert c.ci == pytest.approx((mean - half, mean + half), rel=1e-6)
+    assert c.method == "paired t" and c.significant and c.beyond_spread
+    assert c.verdict().startswith("pretraining helps: +10.0 points (95 % CI +2.5 to +17.5, paired t, n=3)")
+
+
+def test_welch_interval_matches_the_textbook_formula():
+    up, scratch = [20.0, 22.0], [12.0, 13.0]
+    va, vb = 2.0 / 2, 0.5 / 2  # sample variances 2.0 and 0.5, over n = 2
+    df = (va + vb) ** 2 / (va ** 2 + vb ** 2)
+    c = compare(up, scratch, "AP", paired=False)
+    assert c.method == "Welch t" and c.diff == pytest.approx(8.5)
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, df) * math.sqrt(va + vb)
+    assert c.ci == pytest.approx((8.5 - half, 8.5 + half))
+    assert 1 < df < 2 and half > T975[2] * math.sqrt(va + vb)  # fewer than 2 degrees of freedom: wider
+
+
+def test_verdict_says_scratch_wins_when_it_does():
+    c = compare([10.0, 11.0, 10.5], [15.0, 15.5, 16.0], "AP", paired=False)
+    assert c.ci[1] < 0 and not c.beyond_spread
+    assert c.verdict().startswith("pretraining hurts (scratch wins): -5.0 AP")
+    assert "helps" not in c.verdict()
+
+
+def test_verdict_claims_nothing_inside_the_noise_or_from_one_run():
+    noisy = compare([55.0, 48.0, 60.0], [50.0, 52.0, 47.0], "points", paired=True)
+    assert noisy.ci[0] < 0 < noisy.ci[1] and not noisy.significant
+    assert noisy.verdict().startswith("no significant difference: +4.7 points")
+    single = compare([9.0], [3.0], "AP", paired=False)
+    assert single.ci is None and not single.significant
+    assert "helps" not in single.verdict() and "no interval" in single.verdict()
+
+
+def test_compare_rejects_bad_input():
+    with pytest.raises(ValueError, match="equal counts"):
+        compare([1.0, 2.0], [1.0], "AP", paired=True)
+    with pytest.raises(ValueError, match="non-finite"):
+        compare([1.0, float("nan")], [1.0, 2.0], "AP", paired=False)
+    with pytest.raises(ValueError, match="at least one value"):
+        compare([], [1.0], "AP", paired=False)
+
+
+def test_transfer_runs_are_paired_by_seed():
+    runs = [dict(init=i, shots=1, seed=s, top1=v) for i, vals in (("upstream", (60, 61, 59)), ("scratch", (50, 52, 49)))
+            for s, v in zip((2, 0, 1), vals)]
+    (shots, c), = transfer_comparisons(runs, "upstream")
+    assert shots == 1 and c.treated["values"] == [61, 59, 60] and c.control["values"] == [52, 49, 50]
+    with pytest.raises(ValueError, match="do not pair up"):
+        transfer_comparisons(runs[:5], "upstream")
+
+
+def test_box_precision_counts_right_class_and_overlap_once():
+    gt = {"annotations": [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10]},
+                          {"image_id": 1, "category_id": 2, "bbox": [20, 20, 10, 10]}]}
+    preds = [
+        {"image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10], "score": 0.9},   # right
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 10], "score": 0.8},   # duplicate of a matched box
+        {"image_id": 1, "category_id": 1, "bbox": [20, 20, 10, 10], "score": 0.7},  # wrong class
+        {"image_id": 1, "category_id": 2, "bbox": [20, 20, 10, 10], "score": 0.2},  # right, below 0.5
+    ]
+    assert box_precision(preds, gt, 0.5) == {"threshold": 0.5, "drawn": 3, "right": 1,
+                                            "precision": pytest.approx(1 / 3), "recall": 0.5}
+    assert box_precision(preds, gt, 0.1)["right"] == 2
+    assert box_precision(preds, gt, 0.95)["precision"] == 0.0
+
+
+# ----------------------------------------------------------------------------- report from synthetic runs
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _synthetic_demo(root: Path, det_ap, top1) -> None:
+    """The files the stages write, with chosen numbers: det_ap[init] per seed, top1[init] per seed."""
+    _write(root / "upstream/final.json", json.dumps({"top1": 88.4, "top5": 99.7, "steps": 10, "img_per_s": 500.0}))
+    _write(root / "upstream/metrics.json", "\n".join(json.dumps({"iteration": i, "loss": 2.0 - i / 10, "lr": 0.1})
+                                                     for i in range(5)))
+    for init, values in top1.items():
+        for seed, value in enumerate(values):
+            label = "my_checkpoint" if init == "upstream" else init  # the folder, not the label, decides
+            _write(root / f"transfer/{init}/{label}/1shot_seed{seed}/results.json",
+                   json.dumps({"dataset": "digits", "init": label, "shots": 1, "seed": seed, "top1": value}))
+    for init, values in det_ap.items():
+        for seed, ap in enumerate(values):
+            lines = [{"iteration": i, "total_loss": 1.0 - i / 10} for i in range(3)]
+            lines.append({"iteration": 2, **{f"bbox/{k}": ap for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}})
+            _write(root / f"detection/{init}_seed{seed}/metrics.json", "\n".join(map(json.dumps, lines)))
+    _write(root / "detections_source.json", json.dumps({"init": "scratch", "run": "scratch_seed0", "threshold": 0.5,
+                                                        "precision": 0.8, "recall": 0.5, "drawn": 10, "right": 8}))
+
+
+def test_report_verdicts_follow_the_numbers(tmp_path):
+    timings = {"pretrain": {"wall_s": 10.0, "cpu_s": 9.0}}
+    scratch_wins = tmp_path / "a"
+    _synthetic_demo(scratch_wins, {"upstream": [4.0, 4.5], "scratch": [9.0, 9.5]},
+                    {"upstream": [40.0, 41.0, 42.0], "scratch": [50.0, 52.0, 51.0]})
+    report, verdicts = write_report(scratch_wins, timings, {"mode": "test", "seed": 0})
+    text = report.read_text()
+    assert verdicts[0].startswith("detection: pretraining hurts (scratch wins): -5.0 AP")
+    assert verdicts[1].startswith("digits 1-shot: pretraining hurts (scratch wins): -10.0 points top-1")
+    assert "pretraining helps" not in text and all(v in text for v in verdicts)
+    assert "| upstream | 4.2 ± 0.4 |" in text and "| 1-shot | 41.0 ± 1.0 | 51.0 ± 1.0 | -10.0 |" in text
+    summary = json.loads((scratch_wins / "summary.json").read_text())
+    assert summary["detection_comparison"]["significant"] and summary["detection_comparison"]["diff"] < 0
+
+    upstream_wins = tmp_path / "b"
+    _synthetic_demo(upstream_wins, {"upstream": [15.0, 16.0], "scratch": [9.0, 9.4]},
+                    {"upstream": [60.0, 58.0, 65.0], "scratch": [50.0, 51.0, 52.0]})
+    _, verdicts = write_report(upstream_wins, timings, {"mode": "test", "seed": 0})
+    assert verdicts[0].startswith("detection: pretraining helps: +6.3 AP") and "ratio 1.68" in verdicts[0]
+    assert verdicts[1].startswith("digits 1-shot: pretraining helps: +10.0 points top-1")
+
+
+def test_progress_reads_the_tools_console_lines():
+    p = Progress(100, runs=4)
+    p.feed("[finetune] digits (5 per class, seed 1): rule ...\n")
+    p.feed("[11/29 15:22:37 d2.utils.events]:  eta: 0:07:10  iter: 39  loss: 2.135    time: 0.3897  lr: 0.03\n")
+    p.feed("[11/29 15:23:00 bitdet.transfer.finetune]: digits: top-1 61.25%, top-5 90.00% -> x\n")
+    assert p.line() == "run 1/4 (5 per class, seed 1) iter 40/100 eta 0:07:10 loss 2.13 top-1 61.2 %"
+    d = Progress(1500)
+    d.feed(" eta: 0:01:02  iter: 1199  total_loss: 0.8125  loss_cls: 0.4\n")
+    d.feed("[d2.evaluation.testing]: copypaste: AP,AP50,AP75,APs,APm,APl\n")
+    d.feed("[d2.evaluation.testing]: copypaste: 21.5312,40.1,20.0,10.0,25.0,30.0\n")
+    assert d.line() == "iter 1200/1500 eta 0:01:02 loss 0.812 AP 21.5312"
+
+
+def _py_task(name, code, done, needs=()):
+    return Task(name, [sys.executable, "-c", code], done, Progress(5), needs=needs)
+
+
+def test_run_tasks_logs_orders_reuses_and_names_a_failure(tmp_path):
+    first, second = tmp_path / "first.txt", tmp_path / "second.txt"
+    write = "print(' eta: 0:00:01  iter: 4  loss: 0.5'); open({!r}, 'w').write({!r})"
+    tasks = [_py_task("second", write.format(str(second), "2") + f"; assert open({str(first)!r}).read() == '1'", second,
+                      needs=("first",)),
+             _py_task("first", write.format(str(first), "1"), first)]
+    out = io.StringIO()
+    ran = run_tasks(tasks, tmp_path, dict(os.environ), jobs=2, out=out)
+    assert [t.name for t in ran] == ["first", "second"]  # "second" waited for "first"
+    assert "iter: 4" in (tmp_path / "second.log").read_text()
+    assert "[demo] second: done in" in out.getvalue() and "iter 5/5 eta 0:00:01 loss 0.5" in out.getvalue()
+    assert all(t.cpu_s >= 0 and t.wall_s > 0 for t in ran)
+
+    again = io.StringIO()
+    assert run_tasks(tasks, tmp_path, dict(os.environ), jobs=2, out=again) == []
+    assert again.getvalue().count("reusing") == 2
+
+    bad = _py_task("broken", "print('something went wrong'); raise SystemExit(3)", tmp_path / "never")
+    with pytest.raises(StageFailed, match=r"(?s)stage 'broken' failed \(exit 3\).*something went wrong"):
+        run_tasks([bad], tmp_path, dict(os.environ), jobs=1, out=io.StringIO())
+
+
+# ----------------------------------------------------------------------------- smoke run
 
 
 @pytest.mark.slow
 def test_demo_pipeline_smoke(tmp_path):
     out = tmp_path / "demo"
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
-    proc = subprocess.run([sys.executable, str(ROOT / "tools/demo.py"), "--smoke", "--output", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    cmd = [sys.executable, "-m", "bitdet.tools.demo", "--smoke", "--seed", "3", "--output", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
-    # each stage produced its outputs
-    for path in ("pretrain/model_final.pth", "pretrain/model_final.npz", "pretrain/final.json",
-                 "transfer/results.json", "transfer/accuracy_vs_shots.png",
-                 "detection/pretrained/model_final.pth", "detection/scratch/model_final.pth",
-                 "plots/pretrain_curve.png", "plots/detection_loss.png", "report.md", "summary.json"):
+    # each stage produced its outputs, with the requested seeds
+    for path in ("upstream/model_final.pth", "upstream/final.json", "detection/upstream_seed3/model_final.pth",
+                 "detection/scratch_seed4/model_final.pth", "plots/pretrain_curve.png", "plots/detection_loss.png",
+                 "plots/accuracy_vs_shots.png", "report.md", "summary.json", "timings.json"):
         assert (out / path).is_file(), path
-    drawn = sorted((out / "detections").glob("*.png"))
-    assert len(drawn) == 3
+    assert {p.name for p in (out / "transfer/scratch/scratch").iterdir()} == {
+        "1shot_seed3", "1shot_seed4", "full_seed3", "full_seed4"}
+    drawn = sorted(p.name for p in (out / "detections").glob("*.png"))
+    assert len(drawn) == 4 and drawn == sorted(p.name for p in (out / "ground_truth").glob("*.png"))
 
-    # the report's figures are the ones in the result files
+    # the report's figures and verdicts are the ones computed from the result files
     report = (out / "report.md").read_text()
-    final = json.loads((out / "pretrain/final.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+    final = json.loads((out / "upstream/final.json").read_text())
     assert f"| {final['top1']:.1f} | {final['top5']:.1f} |" in report
-    assert (out / "transfer/results.md").read_text().strip() in report
-    inits = {row["init"] for row in json.loads((out / "transfer/results.json").read_text())["summary"]}
-    assert len(inits) == 2  # upstream checkpoint vs scratch
-    for init in ("pretrained", "scratch"):
-        det = detection_results(out / "detection" / init)
-        assert f"| {init} | {det['AP']:.1f} | {det['AP50']:.1f} |" in report
-    for name in drawn:
-        assert f"detections/{name.name}" in report
+    for init in ("upstream", "scratch"):
+        for seed in (3, 4):
+            det = detection_results(out / f"detection/{init}_seed{seed}")
+            assert f"| {init}_seed{seed} | {det['AP']:.1f} | {det['AP50']:.1f} |" in report
+    assert len(summary["verdicts"]) == 3  # detection, 1-shot, full
+    for verdict in summary["verdicts"]:
+        assert f"- {verdict}" in report and f"[demo] {verdict}" in proc.stdout
+    det_cmp = summary["detection_comparison"]
+    assert ("helps" in det_cmp["verdict"]) == (det_cmp["ci"] is not None and det_cmp["ci"][0] > 0)
+    assert proc.stdout.rstrip().endswith(f"[demo] report: {out / 'report.md'}")
+    assert "iter 4/4" in proc.stdout  # the live progress line reached the end of a detection run
 
     # a second run reuses every finished stage
-    again = subprocess.run([sys.executable, str(ROOT / "tools/demo.py"), "--smoke", "--output", str(out)],
-                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and again.stdout.count("reusing") == 5, again.stdout
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("reusing") == 9, again.stdout

@@ -54,6 +54,7 @@ __all__ = [
     "DATASET_DESCRIPTION",
     "generate_detection_dataset",
     "is_complete",
+    "item_on_canvas",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ _MAX_IOU = 0.25
 _MAX_COVER = 0.4
 _PLACEMENT_TRIES = 30
 _ALPHA_LOW, _ALPHA_SPAN = 8.0, 48.0  # intensity -> alpha ramp (see module docstring)
+_UPSTREAM_CROP_RANGE = (0.05, 0.3)  # item_on_canvas: photo crop side / photo short side (of 256 px)
 
 DATASET_DESCRIPTION = """\
 **bitdet demo detection set.** Real Fashion-MNIST items (10 clothing classes, 28x28 product
@@ -110,14 +112,27 @@ def _background_photos() -> Tuple[np.ndarray, ...]:
 # ----------------------------------------------------------------------------- one image
 
 
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    photos = _background_photos()
+@functools.lru_cache(maxsize=4)
+def _small_photos(short_side: int) -> Tuple[np.ndarray, ...]:
+    """The background photos downscaled to at most ``short_side`` (cheap small crops)."""
+    out = []
+    for photo in _background_photos():
+        scale = short_side / min(photo.shape[:2])
+        size = (max(1, round(photo.shape[1] * scale)), max(1, round(photo.shape[0] * scale)))
+        out.append(cv2.resize(photo, size, interpolation=cv2.INTER_AREA) if scale < 1 else photo)
+    return tuple(out)
+
+
+def _background(rng: np.random.Generator, height: int, width: int,
+                photos: Optional[Sequence[np.ndarray]] = None,
+                crop_range: Tuple[float, float] = (0.3, 1.0)) -> np.ndarray:
+    photos = photos or _background_photos()
     photo = photos[rng.integers(len(photos))]
     ph, pw = photo.shape[:2]
-    # The largest crop with the target aspect ratio, scaled by 30-100 %.
+    # The largest crop with the target aspect ratio, scaled by crop_range (30-100 %).
     aspect = width / height
     full_h = min(ph, pw / aspect)
-    crop_h = max(8, int(full_h * rng.uniform(0.3, 1.0)))
+    crop_h = max(8, int(full_h * rng.uniform(*crop_range)))
     crop_w = max(8, min(pw, int(round(crop_h * aspect))))
     y0 = rng.integers(0, ph - crop_h + 1)
     x0 = rng.integers(0, pw - crop_w + 1)
@@ -128,8 +143,10 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     return np.ascontiguousarray(crop)
 
 
-def _item_layer(item: np.ndarray, rng: np.random.Generator, side: int) -> Tuple[np.ndarray, np.ndarray]:
-    """A resized, tinted item (float RGB) and its alpha, cropped tight to ``alpha >= 0.5``."""
+def _item_layer(item: np.ndarray, rng: np.random.Generator, side: int,
+                tint: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+    """A resized item (float RGB, tinted unless ``tint`` is False) and its alpha, cropped tight
+    to ``alpha >= 0.5``."""
     jitter = np.exp(rng.uniform(np.log(0.8), np.log(1.25)))
     h = max(6, int(round(side * np.sqrt(jitter))))
     w = max(6, int(round(side / np.sqrt(jitter))))
@@ -141,9 +158,9 @@ def _item_layer(item: np.ndarray, rng: np.random.Generator, side: int) -> Tuple[
     alpha = alpha[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     intensity = intensity[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     # A bright random tint keeps the item's texture (its intensity) and separates it from grey photos.
-    tint = rng.uniform(0.35, 1.0, size=3).astype(np.float32)
-    tint /= tint.max()
-    rgb = (intensity / 255.0)[:, :, None] * tint[None, None, :] * 255.0
+    colour = rng.uniform(0.35, 1.0, size=3).astype(np.float32) if tint else np.ones(3, np.float32)
+    colour /= colour.max()
+    rgb = (intensity / 255.0)[:, :, None] * colour[None, None, :] * 255.0
     return rgb, alpha
 
 
@@ -188,6 +205,41 @@ def _compose(
         boxes.append(box)
         objects.append((int(labels[index]), [float(x0), float(y0), float(aw), float(ah)]))
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), objects
+
+
+def item_on_canvas(
+    item: np.ndarray, rng: np.random.Generator, size: int, scale_range: Tuple[float, float], photo: bool
+) -> np.ndarray:
+    """One item as a classification sample drawn like a detection object (uint8 ``size``x``size``x3).
+
+    The item is resized to a side of ``scale_range`` x ``size`` (with the detection set's aspect
+    jitter) and placed at a random position; with ``photo`` it is tinted and pasted on a random
+    photo crop exactly as in :func:`generate_detection_dataset`, else it stays grey on black
+    (the plain Fashion-MNIST look). Upstream pretraining on these samples sees the scales,
+    colours and clutter that the detector meets downstream.
+    """
+    low, high = scale_range
+    if not 0 < low <= high <= 1:
+        raise ValueError(f"scale_range {tuple(scale_range)}: expected 0 < low <= high <= 1 (item side / canvas side)")
+    if photo:
+        # A detection image is ~8x the canvas (items of 12-50 % of 256 px vs 40-100 % of the
+        # canvas): crop the photo ~8x finer than the detection set does, so the clutter
+        # around an item has the same scale relative to the item.
+        canvas = _background(rng, size, size, _small_photos(256), _UPSTREAM_CROP_RANGE).astype(np.float32)
+    else:
+        canvas = np.zeros((size, size, 3), np.float32)
+    rgb, alpha = _item_layer(item, rng, max(6, int(round(size * rng.uniform(low, high)))), tint=photo)
+    ah, aw = alpha.shape
+    if ah == 0:  # an empty scan: the canvas alone (the label still names the item's class)
+        return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    if ah > size or aw > size:  # aspect jitter can overshoot the canvas by a pixel or two
+        y1, x1 = (ah - min(ah, size)) // 2, (aw - min(aw, size)) // 2
+        rgb, alpha = rgb[y1 : y1 + size, x1 : x1 + size], alpha[y1 : y1 + size, x1 : x1 + size]
+        ah, aw = alpha.shape
+    y0, x0 = int(rng.integers(0, size - ah + 1)), int(rng.integers(0, size - aw + 1))
+    region = canvas[y0 : y0 + ah, x0 : x0 + aw]
+    region[:] = alpha[:, :, None] * rgb + (1.0 - alpha[:, :, None]) * region
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------- writing

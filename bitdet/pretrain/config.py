@@ -17,17 +17,19 @@ from bitdet.engine.losses import LOSSES
 
 __all__ = ["DATASET_KINDS", "add_pretrain_config", "get_pretrain_cfg"]
 
-DATASET_KINDS = ("fashion_mnist", "imagefolder", "labelfile", "webdataset")
+DATASET_KINDS = ("fashion_mnist", "fashion_mnist_photos", "imagefolder", "labelfile", "webdataset")
 
 
 def _dataset_node(kind: str, path: str, split: str) -> CN:
     node = CN()
-    # Source format: "fashion_mnist" (idx files), "imagefolder" (root/<class>/<image>),
+    # Source format: "fashion_mnist" (idx files), "fashion_mnist_photos" (the same items drawn
+    # like the demo detection set's objects: random scale and position, tinted on photo crops;
+    # see INPUT.ITEM_SCALE, INPUT.PHOTO_PROB), "imagefolder" (root/<class>/<image>),
     # "labelfile" (a text file of "relative/path<TAB>label[,label...]" lines, PATH is the
     # file and images are relative to its folder), "webdataset" (tar shards, PATH a brace
     # pattern such as "/data/shards/train-{000000..000127}.tar"), or "" for none.
     node.KIND = kind
-    # Folder, file or shard pattern (see KIND). For fashion_mnist, the idx folder ("" =
+    # Folder, file or shard pattern (see KIND). For fashion_mnist(_photos), the idx folder ("" =
     # /usr/share/datasets/fashion-mnist).
     node.PATH = path
     # Split name for sources that hold several (fashion_mnist: "train" / "test").
@@ -71,6 +73,12 @@ def add_pretrain_config(cfg: CN) -> None:
     cfg.INPUT.RANDOM_FLIP = True
     # Evaluation: resize the shorter side to this, then centre-crop INPUT.CROP_SIZE.
     cfg.INPUT.TEST_RESIZE = 256
+    # KIND "fashion_mnist_photos": the item's side as a fraction of the INPUT.CROP_SIZE canvas
+    # (replaces the Inception crop for that source).
+    cfg.INPUT.ITEM_SCALE = (0.4, 1.0)
+    # KIND "fashion_mnist_photos": probability that an item is tinted and pasted on a photo
+    # crop (else grey on black, the plain Fashion-MNIST look).
+    cfg.INPUT.PHOTO_PROB = 0.75
 
     cfg.SOLVER = CN()
     # "softmax" cross-entropy (one label per image) or "sigmoid" cross-entropy (multi-label).

@@ -15,6 +15,7 @@ from torchvision.transforms import v2 as T
 
 from bitdet.data.fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
 from bitdet.data.fashion_mnist import FashionMNIST
+from bitdet.data.fashion_photos import FashionMNISTOnPhotos
 from bitdet.data.images import ToBiTTensor, load_image
 from bitdet.pretrain.shards import IMAGE_EXTENSIONS, ShardDataset, StreamingShards, is_stream
 
@@ -137,10 +138,16 @@ def build_dataset(spec, *, train: bool, cfg) -> Dataset:
                  else eval_transform(cfg.INPUT.TEST_RESIZE, size))
     kind, path = spec.KIND, spec.PATH
     num_classes, multilabel = cfg.MODEL.NUM_CLASSES, cfg.DATASETS.MULTILABEL
-    if kind == "fashion_mnist":
+    if kind in ("fashion_mnist", "fashion_mnist_photos"):
         if num_classes != 10 or multilabel:
             raise ValueError("Fashion-MNIST has 10 classes, one per image: set MODEL.NUM_CLASSES 10, DATASETS.MULTILABEL False")
-        dataset: Dataset = FashionMNIST(path or FASHION_MNIST_ROOT, spec.SPLIT, transform)
+        if kind == "fashion_mnist":
+            dataset: Dataset = FashionMNIST(path or FASHION_MNIST_ROOT, spec.SPLIT, transform)
+        else:  # the canvas is drawn at CROP_SIZE: no resize or crop, only the flip and [-1, 1]
+            ops = [T.RandomHorizontalFlip()] if train and cfg.INPUT.RANDOM_FLIP else []
+            dataset = FashionMNISTOnPhotos(path or FASHION_MNIST_ROOT, spec.SPLIT, size, cfg.INPUT.ITEM_SCALE,
+                                           cfg.INPUT.PHOTO_PROB, T.Compose(ops + _to_bit_range()),
+                                           seed=None if train else cfg.SEED)
     elif kind == "imagefolder":
         dataset = ImageFolderDataset(path, transform, num_classes, multilabel)
         if len(dataset.classes) > num_classes:

@@ -1,22 +1,29 @@
 #!/usr/bin/env python
 """The BiT story on real data, on a CPU: pretrain -> classify -> detect, then a report.
 
-1. upstream pretraining of a small BiT model on Fashion-MNIST (``tools/pretrain.py``);
+1. upstream pretraining of a small BiT model on Fashion-MNIST items drawn like the detection
+   set's objects (several scales, tinted on photo crops; ``tools/pretrain.py``);
 2. BiT-HyperRule transfer to scikit-learn's digits at 1/5/10 shots and full data, from that
-   checkpoint and from scratch (``tools/finetune.py``);
+   checkpoint and from scratch, three seeds each (``tools/finetune.py``);
 3. RetinaNet with the pretrained BiT backbone on the generated detection dataset (Fashion-MNIST
-   items on scikit-image photos), against the same detector from scratch, COCO AP
-   (``tools/train_net.py``), and detections drawn on validation images (``tools/visualize.py``);
-4. ``OUTPUT/report.md`` with the tables and plots, every figure read from the run's files.
+   items on scikit-image photos) against the same detector from scratch, three seeds each, COCO
+   AP (``tools/train_net.py``); detections of the better detector drawn on validation images
+   (``tools/visualize.py``);
+4. ``OUTPUT/report.md``: mean ± std per initialisation, a 95 % t-interval of each gain and a
+   verdict computed from it, plots; every figure is read from the run's files.
 
 Examples::
 
-    python tools/demo.py                 # about 15 minutes on 2 CPU cores (make demo)
-    python tools/demo.py --smoke         # every stage at toy size, a few minutes (the CI test)
-    python tools/demo.py --force         # rerun stages whose outputs exist
+    python -m bitdet.tools.demo                       # make demo: 2 CPU cores, see the README
+    python -m bitdet.tools.demo --seed 1 --output output/demo_seed1   # another seed
+    python -m bitdet.tools.demo --smoke               # every stage at toy size (the CI test)
+    python -m bitdet.tools.demo --force               # rerun stages whose outputs exist
 
 Each stage is one of the documented tools with a config from ``configs/``; the same configs
-scale up by override (see the README). Finished stages are reused unless ``--force``.
+scale up by override (see the README). Finished stages are reused unless ``--force``. Up to
+``--jobs`` stages run side by side (default: 2, or 1 on a 1-core machine), each with its
+share of the cores as threads; a live line shows each running stage's iteration, ETA and metric, and
+the full output goes to ``OUTPUT/logs/<stage>.log``.
 """
 from __future__ import annotations
 
@@ -24,62 +31,134 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+from bitdet.demo_progress import Progress, StageFailed, Task, run_tasks
+from bitdet.utils.io import write_json
+
 # The demo model: a small BiT-style ResNet-v2 (GN + WS, pre-activation), not a paper model.
 DEMO_MODEL = "R14-tiny"
+# The default base seed: pretraining uses it, transfer and detection seeds S, S+1, S+2.
+DEFAULT_SEED = 0
+# The two initialisations compared at every downstream stage.
+INITS = ("upstream", "scratch")
 
-# (config, extra arguments) per stage and mode. Smoke mode runs the instant-test configs.
-CONFIGS = {
+# Per mode: configs and run counts. Smoke mode runs the instant-test configs.
+MODES = {
     "full": {
         "pretrain": ("pretrain/demo_fashion_mnist.yaml", []),
-        "transfer": ("finetune/demo_digits.yaml", ["--shots", "1,5,10,full", "--seeds", "0,1"]),
-        "detection": ("demo/retinanet_bit_tiny_demo.yaml", []),
+        "transfer": ("finetune/demo_digits.yaml", "1,5,10,full", 3),
+        # Three runs per side: a t-interval from two has about one degree of freedom.
+        "detection": ("demo/retinanet_bit_tiny_demo.yaml", [], 3),
     },
     "smoke": {
-        "pretrain": ("pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml", []),
-        "transfer": ("finetune/quick_schedules/finetune_instant_test.yaml", ["--shots", "1,full", "--seeds", "0"]),
-        "detection": ("quick_schedules/retinanet_bit_instant_test.yaml", []),
+        "pretrain": ("pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
+                     ["DATASETS.TRAIN.KIND", "fashion_mnist_photos"]),
+        "transfer": ("finetune/quick_schedules/finetune_instant_test.yaml", "1,full", 2),
+        "detection": ("quick_schedules/retinanet_bit_instant_test.yaml", [], 2),
     },
 }
 
 
-def run_stage(name: str, cmd: Sequence[str], log_dir: Path, env: Dict[str, str]) -> float:
-    """Run one stage, its output to ``log_dir/<name>.log``; return its wall time.
-
-    Raises:
-        SystemExit: the stage failed; the message names it and shows the end of its log.
-    """
-    log = log_dir / f"{name}.log"
-    print(f"[demo] {name}: {' '.join(cmd[1:])}", flush=True)
-    start = time.monotonic()
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-    seconds = time.monotonic() - start
-    if proc.returncode != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise SystemExit(f"[demo] stage {name!r} failed (exit {proc.returncode}); end of {log}:\n{tail}")
-    print(f"[demo] {name}: done in {seconds:.0f} s (log: {log})", flush=True)
-    return seconds
-
-
 def _tool(name: str) -> List[str]:
-    return [sys.executable, "-m", f"bitdet.tools.{name.removesuffix('.py')}"]
+    return [sys.executable, "-m", f"bitdet.tools.{name}"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default="output/demo", help="demo folder (default output/demo)")
-    parser.add_argument("--smoke", action="store_true", help="toy sizes: checks every stage in about 2 minutes")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help=f"base seed of every stage (default {DEFAULT_SEED}); other seeds check that the gains hold")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes: checks every stage in a few minutes")
     parser.add_argument("--force", action="store_true", help="rerun stages whose outputs exist")
+    parser.add_argument("--detection-seeds", type=int, default=0,
+                        help="detection runs per initialisation (default 3; 2 saves about 12 CPU-minutes "
+                             "but leaves a t-interval with about 1 degree of freedom)")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="stages run side by side (default: min(2, cores)); each gets cores / jobs threads")
     return parser.parse_args(argv)
 
 
+def build_tasks(out: Path, mode: str, seed: int, detection_seeds: int = 0) -> List[Task]:
+    """Every stage of the demo, in order, with its command, finished-marker and progress model
+    (``detection_seeds``: runs per initialisation, 0 = the mode's default)."""
+    from bitdet.detection.config import get_bit_cfg
+    from bitdet.pretrain import get_pretrain_cfg
+    from bitdet.pretrain.runner import build_schedule
+    from bitdet.transfer.config import get_finetune_cfg
+
+    spec = MODES[mode]
+    tasks: List[Task] = []
+
+    config, extra = spec["pretrain"]
+    pre_opts = [*extra, "MODEL.NAME", DEMO_MODEL, "SEED", str(seed), "OUTPUT_DIR", str(out / "upstream")]
+    pre_cfg = get_pretrain_cfg(config, pre_opts)
+    # Fashion-MNIST's training split has 60,000 items (or MAX_SAMPLES of them).
+    steps = build_schedule(pre_cfg, pre_cfg.DATASETS.TRAIN.MAX_SAMPLES or 60000).total_steps
+    pretrained = out / "upstream" / "model_final.pth"
+    tasks.append(Task("pretrain", [*_tool("pretrain"), "--config-file", config, *pre_opts], pretrained,
+                      Progress(steps)))
+
+    config, shots, n_seeds = spec["transfer"]
+    seeds = ",".join(str(seed + k) for k in range(n_seeds))
+    steps = get_finetune_cfg(config).HYPERRULE.STEPS
+    for init, weights in zip(INITS, (str(pretrained), "scratch")):
+        folder = out / "transfer" / init
+        tasks.append(Task(f"transfer_{init}",
+                          [*_tool("finetune"), "--config-file", config, "--weights", weights, "--shots", shots,
+                           "--seeds", seeds, "MODEL.NAME", DEMO_MODEL, "OUTPUT_DIR", str(folder)],
+                          folder / "results.json", Progress(steps, runs=len(shots.split(",")) * n_seeds),
+                          needs=("pretrain",)))
+
+    config, extra, n_seeds = spec["detection"]
+    n_seeds = detection_seeds or n_seeds
+    max_iter = get_bit_cfg(config).SOLVER.MAX_ITER
+    for k in range(n_seeds):
+        for init, weights in zip(INITS, (str(pretrained), "")):
+            folder = out / "detection" / f"{init}_seed{seed + k}"
+            tasks.append(Task(f"detection_{init}_seed{seed + k}",
+                              [*_tool("train_net"), "--config", config, *extra, "MODEL.BIT.VARIANT", DEMO_MODEL,
+                               "MODEL.WEIGHTS", weights, "TEST.EVAL_PERIOD", str(max_iter), "SEED", str(seed + k),
+                               "OUTPUT_DIR", str(folder)],
+                              folder / "model_final.pth", Progress(max_iter), needs=("pretrain",)))
+    return tasks
+
+
+def draw_tasks(out: Path, mode: str, env: Dict[str, str], detection_dirs: Dict[str, Sequence[Path]]) -> List[Task]:
+    """Draw validation detections of the better initialisation's best run (by mean AP, then AP),
+    at the lowest score threshold whose boxes are mostly right, and the same images' ground truth."""
+    from detectron2.data import MetadataCatalog
+
+    from bitdet.demo_report import detection_results, draw_threshold
+    from bitdet.detection.config import get_bit_cfg
+
+    config = MODES[mode]["detection"][0]
+    dataset = get_bit_cfg(config).DATASETS.TEST[0]
+    results = {init: [(detection_results(d)["AP"], d) for d in dirs] for init, dirs in detection_dirs.items()}
+    best_init = max(results, key=lambda i: sum(ap for ap, _ in results[i]) / len(results[i]))
+    best_dir = max(results[best_init], key=lambda r: r[0])[1]
+    images = _validation_images(dataset, env, count=4)
+    chosen = draw_threshold(best_dir / "inference" / dataset / "coco_instances_results.json",
+                            MetadataCatalog.get(dataset).json_file)
+    write_json(out / "detections_source.json", dict(chosen, init=best_init, run=best_dir.name))
+    return [
+        Task("visualize",
+             [*_tool("visualize"), "--config", config, "--input", *map(str, images), "--output", str(out / "detections"),
+              "--confidence-threshold", str(chosen["threshold"]), "MODEL.BIT.VARIANT", DEMO_MODEL,
+              "MODEL.WEIGHTS", str(best_dir / "model_final.pth")],
+             out / "detections", Progress(0)),
+        Task("ground_truth",
+             [*_tool("visualize"), "--config", config, "--dataset", dataset, "--max-images", str(len(images)),
+              "--output", str(out / "ground_truth")],
+             out / "ground_truth", Progress(0)),
+    ]
+
+
 def main(argv=None) -> int:
+    start = time.monotonic()
     args = parse_args(argv)
     mode = "smoke" if args.smoke else "full"
     out = Path(args.output).resolve()
@@ -89,51 +168,37 @@ def main(argv=None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("DETECTRON2_DATASETS", str(Path("datasets").resolve()))  # Detectron2's default root
-    cfg = CONFIGS[mode]
+    jobs = args.jobs or min(2, os.cpu_count() or 1)
     timings_file = out / "timings.json"
-    timings: Dict[str, float] = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    timings: Dict[str, Dict[str, float]] = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
 
-    def stage(name: str, done: Path, cmd: Sequence[str]) -> None:
-        if done.exists():
-            print(f"[demo] {name}: reusing {done} (--force reruns)", flush=True)
-            return
-        timings[name] = run_stage(name, cmd, logs, env)
-        timings_file.write_text(json.dumps(timings, indent=2))
+    def record(ran: Sequence[Task]) -> None:
+        for task in ran:
+            timings[task.name] = {"wall_s": task.wall_s, "cpu_s": task.cpu_s}
+        write_json(timings_file, timings)
 
-    pretrained = out / "pretrain" / "model_final.pth"
-    config, extra = cfg["pretrain"]
-    stage("pretrain", pretrained, [*_tool("pretrain.py"), "--config-file", config, *extra,
-                                   "MODEL.NAME", DEMO_MODEL, "OUTPUT_DIR", str(out / "pretrain")])
-
-    config, extra = cfg["transfer"]
-    stage("transfer", out / "transfer" / "results.md",
-          [*_tool("finetune.py"), "--config-file", config, "--weights", f"{pretrained},scratch", *extra,
-           "MODEL.NAME", DEMO_MODEL, "OUTPUT_DIR", str(out / "transfer")])
-
-    config, extra = cfg["detection"]
-    from bitdet.detection.config import get_bit_cfg
-
-    max_iter = get_bit_cfg(config).SOLVER.MAX_ITER
-    for init, weights in (("pretrained", str(pretrained)), ("scratch", "")):
-        stage(f"detection_{init}", out / "detection" / init / "model_final.pth",
-              [*_tool("train_net.py"), "--config", config, *extra, "MODEL.BIT.VARIANT", DEMO_MODEL,
-               "MODEL.WEIGHTS", weights, "TEST.EVAL_PERIOD", str(max_iter), "SEED", "0",
-               "OUTPUT_DIR", str(out / "detection" / init)])
-
-    val_images = _validation_images(get_bit_cfg(config).DATASETS.TEST[0], env, count=3)
-    drawn = out / "detections"
-    stage("visualize", drawn, [*_tool("visualize.py"), "--config", config, "--input", *map(str, val_images),
-                               "--output", str(drawn), "--confidence-threshold", "0.2",
-                               "MODEL.BIT.VARIANT", DEMO_MODEL,
-                               "MODEL.WEIGHTS", str(out / "detection" / "pretrained" / "model_final.pth")])
+    try:
+        if args.detection_seeds < 0:
+            raise SystemExit(f"--detection-seeds {args.detection_seeds}: expected a positive count")
+        tasks = build_tasks(out, mode, args.seed, args.detection_seeds)
+        record(run_tasks(tasks, logs, env, jobs))
+        dirs = {init: [t.done.parent for t in tasks if t.name.startswith(f"detection_{init}_")] for init in INITS}
+        record(run_tasks(draw_tasks(out, mode, env, dirs), logs, env, jobs))
+    except StageFailed as e:
+        raise SystemExit(str(e)) from None
 
     import torch
 
     from bitdet.demo_report import write_report
 
-    settings = {"mode": mode, "model": DEMO_MODEL, "cpus": os.cpu_count(), "torch": torch.__version__}
-    report = write_report(out, timings, settings, detection_images=sorted(drawn.glob("*.png")))
-    print(f"[demo] report: {report} (total {sum(timings.values()) / 60:.1f} min)")
+    settings = {"mode": mode, "model": DEMO_MODEL, "seed": args.seed, "cpus": os.cpu_count(), "jobs": jobs,
+                "torch": torch.__version__, "wall_s": time.monotonic() - start}
+    report, verdicts = write_report(out, timings, settings)
+    print(f"[demo] wall time {settings['wall_s'] / 60:.1f} min; CPU time of the stages "
+          f"{sum(t['cpu_s'] for t in timings.values()) / 60:.1f} min")
+    for line in verdicts:
+        print(f"[demo] {line}")
+    print(f"[demo] report: {report}", flush=True)
     return 0
 
 

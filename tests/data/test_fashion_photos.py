@@ -1,0 +1,58 @@
+"""Fashion-MNIST items drawn like detection objects, as an upstream pretraining source."""
+import numpy as np
+import pytest
+import torch
+
+from bitdet.data.detection_generate import item_on_canvas
+from bitdet.data.fashion_mnist import FashionMNIST
+from bitdet.data.fashion_photos import FashionMNISTOnPhotos
+from bitdet.engine.data import SeededDataset
+from bitdet.pretrain import get_pretrain_cfg
+from bitdet.pretrain.data import build_dataset
+
+
+@pytest.fixture(scope="module")
+def items():
+    return FashionMNIST(split="test", indices=range(50))
+
+
+def _extent(canvas):
+    ys, xs = np.nonzero(canvas.max(axis=2) > 0)
+    return ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+
+
+def test_plain_canvas_is_the_grey_item_on_black_at_the_drawn_scale(items):
+    trouser = items.images[int(np.flatnonzero(items.targets == 1)[0])]
+    small = [_extent(item_on_canvas(trouser, np.random.default_rng(s), 64, (0.25, 0.3), False)) for s in range(5)]
+    large = [_extent(item_on_canvas(trouser, np.random.default_rng(s), 64, (0.9, 1.0), False)) for s in range(5)]
+    assert max(max(e) for e in small) <= 64 * 0.3 * 1.2 + 2 < min(max(e) for e in large)
+    canvas = item_on_canvas(trouser, np.random.default_rng(0), 64, (0.25, 0.3), False)
+    assert canvas.dtype == np.uint8 and canvas.shape == (64, 64, 3)
+    assert np.array_equal(canvas[..., 0], canvas[..., 1]) and np.array_equal(canvas[..., 0], canvas[..., 2])
+    assert (canvas.max(axis=2) == 0).mean() > 0.5  # mostly black around a small item
+
+
+def test_photo_canvas_is_tinted_clutter(items):
+    canvas = item_on_canvas(items.images[0], np.random.default_rng(1), 32, (0.4, 1.0), True)
+    assert (canvas.max(axis=2) == 0).mean() < 0.5  # a photo behind the item, not black
+    assert not np.array_equal(canvas[..., 0], canvas[..., 1])
+
+
+def test_scale_range_is_checked(items):
+    with pytest.raises(ValueError, match="scale_range"):
+        item_on_canvas(items.images[0], np.random.default_rng(0), 32, (0.5, 1.5), True)
+    with pytest.raises(ValueError, match="photo_prob"):
+        FashionMNISTOnPhotos(split="test", photo_prob=1.5)
+
+
+def test_training_samples_follow_the_trainer_seed_and_eval_samples_are_fixed():
+    cfg = get_pretrain_cfg("pretrain/demo_fashion_mnist.yaml", [
+        "DATASETS.TRAIN.KIND", "fashion_mnist_photos", "DATASETS.TRAIN.SPLIT", "test",
+        "DATASETS.TEST.KIND", "fashion_mnist_photos", "INPUT.CROP_SIZE", "24"])
+    train = SeededDataset(build_dataset(cfg.DATASETS.TRAIN, train=True, cfg=cfg))
+    (a, label), (b, _), (c, _) = train[(7, 11)], train[(7, 11)], train[(7, 12)]
+    assert a.shape == (3, 24, 24) and -1 <= a.min() and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert label == int(FashionMNIST(split="test").targets[7])
+    test = build_dataset(cfg.DATASETS.TEST, train=False, cfg=cfg)
+    assert torch.equal(test[3][0], test[3][0])
