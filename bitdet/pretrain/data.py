@@ -146,7 +146,7 @@ def build_dataset(spec, *, train: bool, cfg) -> Dataset:
         else:  # the canvas is drawn at CROP_SIZE: no resize or crop, only the flip and [-1, 1]
             ops = [T.RandomHorizontalFlip()] if train and cfg.INPUT.RANDOM_FLIP else []
             dataset = FashionMNISTOnPhotos(path or FASHION_MNIST_ROOT, spec.SPLIT, size, cfg.INPUT.ITEM_SCALE,
-                                           cfg.INPUT.PHOTO_PROB, T.Compose(ops + _to_bit_range()),
+                                           cfg.INPUT.PHOTO_PROB, T.Compose(ops + [ToBiTTensor()]),
                                            seed=None if train else cfg.SEED)
     elif kind == "imagefolder":
         dataset = ImageFolderDataset(path, transform, num_classes, multilabel)
