@@ -52,7 +52,7 @@ setup(
         # real data that installs offline: digits (scikit-learn), photos (scikit-image)
         "scikit-learn>=1.1",
         "scikit-image>=0.19",
-        # t-intervals of the demo's comparisons (bitdet.stats)
+        # t-intervals of the demo's comparisons (bitdet.demo.stats)
         "scipy>=1.7",
     ],
     extras_require={

@@ -1,6 +1,7 @@
 """_BASE_ resolution: relative to the file, then by name under the shipped configs."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -62,3 +63,14 @@ def test_unsafe_tag_in_a_base_is_refused(tmp_path):
     (tmp_path / "leaf.yaml").write_text('_BASE_: "evil.yaml"\n')
     with pytest.raises(ValueError, match="evil.yaml: refusing a YAML tag"):
         get_bit_cfg(str(tmp_path / "leaf.yaml"))
+
+
+def test_every_shipped_config_writes_under_output_by_its_own_name():
+    """One output root: ``configs/<path>.yaml`` writes to ``output/<path>`` (Base-* files set none)."""
+    wrong = {}
+    for path in sorted(CONFIGS_DIR.rglob("*.yaml")):
+        match = re.search(r'^OUTPUT_DIR: "([^"]*)"', path.read_text(), re.M)
+        expected = None if path.name.startswith("Base-") else f"output/{path.relative_to(CONFIGS_DIR).with_suffix('')}"
+        if (match and match.group(1)) != expected:
+            wrong[str(path.relative_to(CONFIGS_DIR))] = match and match.group(1)
+    assert not wrong, f"OUTPUT_DIR not output/<config path>: {wrong}"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bitdet.demo_progress import Progress, StageFailed, Task, run_tasks
-from bitdet.demo_report import box_precision, detection_results, transfer_comparisons, write_report
-from bitdet.stats import compare
+from bitdet.demo.progress import Progress, StageFailed, Task, run_tasks
+from bitdet.demo.report import box_precision, detection_results, transfer_comparisons, write_report
+from bitdet.demo.stats import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -83,14 +83,12 @@ def format_table(results: Dict) -> str:
             + (f": {r['reason']}" if r.get("reason") else "")
         )
     ratios = results.get("ratios", {})
-    if ratios.get("default_vs_peers"):
-        lines += ["", "bitdet default vs peers' eager (their default): img/s ratio (>1 = bitdet faster)"]
-        for q in ratios["default_vs_peers"]:
-            lines.append(f"  {q['group']:<14} {q['task']:<9} {q['bitdet']:<40} vs {q['peer']:<44} {q['ratio']:6.2f}x")
-    if ratios.get("vs_peers"):
-        lines += ["", "bitdet (fastest variant) vs peers: img/s ratio (>1 = bitdet faster)"]
-        for q in ratios["vs_peers"]:
-            lines.append(f"  {q['group']:<14} {q['task']:<9} {q['bitdet']:<40} vs {q['peer']:<44} {q['ratio']:6.2f}x")
+    for key, title in (("default_vs_peers", "bitdet default vs peers' eager (their default)"),
+                       ("vs_peers", "bitdet (fastest variant) vs peers")):
+        if ratios.get(key):
+            lines += ["", f"{title}: img/s ratio (>1 = bitdet faster)"]
+            for q in ratios[key]:
+                lines.append(f"  {q['group']:<14} {q['task']:<9} {q['bitdet']:<40} vs {q['peer']:<44} {q['ratio']:6.2f}x")
     if ratios.get("levers"):
         lines += ["", "what each lever buys (vs the same model's eager row)"]
         for q in ratios["levers"]:

@@ -117,7 +117,7 @@ def add_pretrain_config(cfg: CN) -> None:
     cfg.DATALOADER.NUM_WORKERS = 8
 
     # Checkpoints, logs, metrics.json, TensorBoard events, final model and final.json.
-    cfg.OUTPUT_DIR = "./output/pretrain"
+    cfg.OUTPUT_DIR = "output/pretrain"
     # Base seed of data order and augmentation (a resumed run continues the same stream).
     cfg.SEED = 0
 

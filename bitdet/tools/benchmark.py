@@ -22,7 +22,7 @@ from detectron2.utils import comm
 
 from bitdet.benchmark import format_table, get_benchmark_cfg, run_benchmark
 from bitdet.benchmark.runner import output_path
-from bitdet.tools.cli import argument_parser, launch_main, setup_cfg, user_errors
+from bitdet.tools.cli import argument_parser, run_launched, setup_cfg
 
 
 def setup(args):
@@ -51,9 +51,7 @@ def parse_args(argv=None):
 
 def cli(argv=None):
     """Console-script entry point."""
-    args = parse_args(argv)
-    with user_errors("benchmark"):
-        launch_main(main, args)  # one process; under torchrun or srun, main refuses a larger world
+    run_launched("benchmark", main, parse_args(argv))
 
 
 if __name__ == "__main__":

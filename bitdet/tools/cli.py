@@ -25,7 +25,7 @@ from bitdet.engine.output_lock import OutputDirLocked, acquire_output_lock
 from bitdet.log import FILE_LOGGER
 
 __all__ = ["FILE_LOGGER", "USER_ERRORS", "argument_parser", "launch_main", "lock_output_dir", "setup_cfg",
-           "setup_output", "user_errors"]
+           "run_launched", "setup_output", "user_errors"]
 
 # Errors a user fixes by changing a file, a path, a key or the device: one line, exit 2.
 # bitdet raises these with a message naming the file, key or value to change.
@@ -152,3 +152,10 @@ def user_errors(tool: str) -> Iterator[None]:
             message = f"{message}: {e.filename}"
         print(f"{tool}: error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def run_launched(tool: str, main: Callable, args) -> None:
+    """``main(args)`` in this job's process group (:func:`launch_main`); a user error ends it with
+    one line and exit status 2 (:func:`user_errors`)."""
+    with user_errors(tool):
+        launch_main(main, args)

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from bitdet.demo_progress import Progress, StageFailed, Task, run_tasks
+from bitdet.demo.progress import Progress, StageFailed, Task, run_tasks
 from bitdet.utils.io import write_json
 
 # The demo model: a small BiT-style ResNet-v2 (GN + WS, pre-activation), not a paper model.
@@ -132,7 +132,7 @@ def draw_tasks(out: Path, mode: str, env: Dict[str, str], detection_dirs: Dict[s
     at the lowest score threshold whose boxes are mostly right, and the same images' ground truth."""
     from detectron2.data import MetadataCatalog
 
-    from bitdet.demo_report import detection_results, draw_threshold
+    from bitdet.demo.report import detection_results, draw_threshold
     from bitdet.detection.config import get_bit_cfg
 
     config = MODES[mode]["detection"][0]
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from bitdet.demo_report import write_report
+    from bitdet.demo.report import write_report
 
     settings = {"mode": mode, "model": DEMO_MODEL, "seed": args.seed, "cpus": os.cpu_count(), "jobs": jobs,
                 "torch": torch.__version__, "wall_s": time.monotonic() - start}

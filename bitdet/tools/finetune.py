@@ -51,7 +51,7 @@ from pathlib import Path
 
 from bitdet.transfer.config import get_finetune_cfg
 from bitdet.transfer.fewshot import parse_shots
-from bitdet.tools.cli import argument_parser, launch_main, setup_cfg, user_errors
+from bitdet.tools.cli import argument_parser, run_launched, setup_cfg
 
 
 def add_arguments(parser):
@@ -130,9 +130,7 @@ def main(args):
 
 def cli(argv=None):
     """Console-script entry point."""
-    args = parse_args(argv)
-    with user_errors("finetune"):
-        launch_main(main, args)
+    run_launched("finetune", main, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import json
 from detectron2.utils import comm
 
 from bitdet.pretrain import build_datasets, build_model, evaluator, get_pretrain_cfg, run_pretraining
-from bitdet.tools.cli import argument_parser, launch_main, setup_cfg, user_errors
+from bitdet.tools.cli import argument_parser, run_launched, setup_cfg
 
 
 def setup(args):
@@ -58,9 +58,7 @@ def parse_args(argv=None):
 
 def cli(argv=None):
     """Console-script entry point."""
-    args = parse_args(argv)
-    with user_errors("pretrain"):
-        launch_main(main, args)
+    run_launched("pretrain", main, parse_args(argv))
 
 
 if __name__ == "__main__":

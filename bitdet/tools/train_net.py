@@ -25,7 +25,7 @@ from detectron2.evaluation import verify_results
 
 from bitdet.checkpoint import CheckpointError
 from bitdet.detection import BiTCheckpointer, BiTTrainer, get_bit_cfg, prepare_datasets
-from bitdet.tools.cli import argument_parser, launch_main, setup_cfg, user_errors
+from bitdet.tools.cli import argument_parser, run_launched, setup_cfg
 
 
 def setup(args):
@@ -57,9 +57,7 @@ def parse_args(argv=None):
 
 def cli(argv=None):
     """Console-script entry point."""
-    args = parse_args(argv)
-    with user_errors("train_net"):
-        launch_main(main, args)
+    run_launched("train_net", main, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ Examples::
     # predictions of a trained model on files and folders (boxes, class names, scores)
     python tools/visualize.py --config demo/retinanet_bit_tiny_demo.yaml \\
         --input photo.jpg more_photos/ --output vis/ --confidence-threshold 0.4 \\
-        MODEL.WEIGHTS output/demo/retinanet_bit_tiny/model_final.pth
+        MODEL.WEIGHTS output/demo/retinanet_bit_tiny_demo/model_final.pth
     # ground truth of a registered dataset (the config supplies DATASETS.COCO_FORMAT, if any)
     python tools/visualize.py --config demo/retinanet_bit_tiny_demo.yaml \\
         --dataset bitdet_demo_val --output vis_gt/ --max-images 20
@@ -37,7 +37,7 @@ from detectron2.utils.visualizer import Visualizer
 from bitdet.config import check_device
 from bitdet.data.images import DecodeStats, load_image
 from bitdet.detection import BiTCheckpointer, get_bit_cfg, prepare_datasets, resolve_config_file
-from bitdet.tools.cli import argument_parser, launch_main, user_errors
+from bitdet.tools.cli import argument_parser, run_launched
 from bitdet.utils.io import atomic_write
 
 logger = logging.getLogger("bitdet.visualize")
@@ -218,9 +218,7 @@ def parse_args(argv=None):
 
 def cli(argv=None):
     """Console-script entry point."""
-    args = parse_args(argv)
-    with user_errors("visualize"):
-        launch_main(main, args)
+    run_launched("visualize", main, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from detectron2.utils import comm
 
-from bitdet.tools.cli import argument_parser, launch_main, user_errors
+from bitdet.tools.cli import argument_parser, run_launched
 from bitdet.tools.finetune import setup  # same config, flags and logging as fine-tuning
 
 
@@ -73,9 +73,7 @@ def main(args):
 
 def cli(argv=None):
     """Console-script entry point."""
-    args = parse_args(argv)
-    with user_errors("vtab"):
-        launch_main(main, args)
+    run_launched("vtab", main, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Every figure in the report is read from a result file of the run (listed under *Sources*),
 never typed in, so the report cannot disagree with the run it describes. Each comparison
 (upstream-pretrained vs from scratch) gives mean ± std over seeds, the gain with a 95 %
-t-interval, and a verdict computed from that interval (:mod:`bitdet.stats`).
+t-interval, and a verdict computed from that interval (:mod:`bitdet.demo.stats`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from bitdet.stats import Comparison, compare
+from bitdet.demo.stats import Comparison, compare
 from bitdet.transfer.fewshot import FULL, mean_std
 from bitdet.transfer.report import accuracy_vs_shots_plot, collect_runs, read_metrics, summarize_runs, training_curve_plot
 from bitdet.utils.io import PathLike, atomic_write, write_json
