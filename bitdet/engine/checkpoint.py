@@ -1,10 +1,12 @@
-"""Training checkpoints: ``model_{step:07d}.pth`` + ``last_checkpoint``, atomic, keep the last N.
+"""Training checkpoints: ``model_{iteration:07d}.pth`` + ``last_checkpoint``, atomic, keep the last N.
 
 A file holds ``{"model": state_dict, "optimizer": ..., "step": int, "rng": {...}, "meta": {...}}``
 made only of tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``.
 ``"model"`` uses bitdet's own parameter names (no ``module.`` prefix): the file is also a valid
 weights file for :func:`bitdet.checkpoint.load_weights`, ``create_model(pretrained=...)`` and
-Detectron2's ``BiTCheckpointer``. ``step`` counts completed optimizer steps.
+Detectron2's ``BiTCheckpointer``. ``step`` counts completed optimizer steps; the file is named as
+Detectron2 names its own: after the 0-based index of the last iteration it holds
+(``model_0000099.pth`` after 100 steps), so both trainers' folders read the same way.
 """
 from __future__ import annotations
 
@@ -89,7 +91,10 @@ class TrainingCheckpointer:
         remove_stale_temporaries(self.output_dir)
 
     def path_for(self, step: int) -> Path:
-        return self.output_dir / f"model_{step:07d}.pth"
+        """The file of the state after ``step`` (>= 1) completed steps: ``model_{step - 1:07d}.pth``."""
+        if step < 1:
+            raise ValueError(f"a checkpoint holds at least one completed step, got step {step}")
+        return self.output_dir / f"model_{step - 1:07d}.pth"
 
     def save(self, step: int, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
              meta: Optional[Dict[str, Any]] = None) -> Path:

@@ -4,8 +4,10 @@ Kolesnikov et al., "Big Transfer (BiT): General Visual Representation Learning",
 (arXiv 1912.11370). Pre-activation bottlenecks (He et al. 2016, "Identity Mappings in Deep
 Residual Networks"); every conv is weight-standardized and every norm is a 32-group GroupNorm.
 
-Module names follow the official checkpoints (``block{i}.unit{jj}.{gn,conv}{1,2,3}``,
-``downsample``) so that ``bitdet.checkpoint.npz`` maps them with a plain table.
+Stage names: parameters keep the official checkpoints' names (``block{i}.unit{jj}.{gn,conv}{1,2,3}``,
+``downsample``), so that ``bitdet.checkpoint`` maps the authors' files with a plain table;
+features use Detectron2's names (``FEATURE_NAMES``): the output of ``block{i}`` is ``res{i+1}``.
+Both are external formats; this is the one place that relates them.
 """
 from __future__ import annotations
 
@@ -27,9 +29,8 @@ FEATURE_NAMES = ("stem", "res2", "res3", "res4", "res5")
 class StemMaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` that pools an NCHW CPU tensor through a channels-last copy.
 
-    PyTorch's channels-last CPU max-pool kernel is several times faster than its NCHW one
-    (measured 16 -> 4 ms for R50x1's stem at batch 8, 128 px, one core, copies included);
-    the maximum is exact, so the output is identical and stays NCHW.
+    PyTorch's channels-last CPU max-pool kernel is several times faster than its NCHW one,
+    copies included; the maximum is exact, so the output is identical and stays NCHW.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -180,23 +180,31 @@ def _read_index(shard: str) -> Optional[List[IndexEntry]]:
     return [tuple(entry) for entry in index["samples"]]  # type: ignore[misc]
 
 
-def parse_target(text: str, num_classes: int, multilabel: bool, where: str) -> Union[int, torch.Tensor]:
-    """A sample's ``.cls`` / ``.labels`` text as a class index or a multi-hot vector."""
-    labels = [int(v) for v in text.replace(" ", ",").split(",") if v]
-    if not multilabel:
-        if len(labels) != 1:
-            raise ValueError(f"{where}: sample has labels {labels}; "
-                             "set DATASETS.MULTILABEL True for several labels per image")
-        return labels[0]
-    vec = torch.zeros(num_classes)
-    bad = [v for v in labels if not 0 <= v < num_classes]
-    if bad:
-        raise ValueError(f"labels {bad} outside [0, {num_classes}) in {where}")
-    vec[labels] = 1.0
-    return vec
+class _LabelledSamples:
+    """Label settings and the image transform, shared by both shard readers."""
+
+    def __init__(self, num_classes: int, multilabel: bool, transform: Optional[Callable]) -> None:
+        if multilabel and num_classes <= 0:
+            raise ValueError("multi-label shards need num_classes > 0 (MODEL.NUM_CLASSES)")
+        self.num_classes, self.multilabel, self.transform = num_classes, multilabel, transform
+
+    def parse_target(self, text: str, where: str) -> Union[int, torch.Tensor]:
+        """A sample's ``.cls`` / ``.labels`` text as a class index or a multi-hot vector."""
+        labels = [int(v) for v in text.replace(" ", ",").split(",") if v]
+        if not self.multilabel:
+            if len(labels) != 1:
+                raise ValueError(f"{where}: sample has labels {labels}; "
+                                 "set DATASETS.MULTILABEL True for several labels per image")
+            return labels[0]
+        vec = torch.zeros(self.num_classes)
+        bad = [v for v in labels if not 0 <= v < self.num_classes]
+        if bad:
+            raise ValueError(f"labels {bad} outside [0, {self.num_classes}) in {where}")
+        vec[labels] = 1.0
+        return vec
 
 
-class ShardDataset(Dataset):
+class ShardDataset(_LabelledSamples, Dataset):
     """Random access to the samples of WebDataset tar shards on a seekable file system.
 
     Args:
@@ -210,17 +218,10 @@ class ShardDataset(Dataset):
     present, else from a scan of its tar headers.
     """
 
-    def __init__(
-        self,
-        pattern: str,
-        num_classes: int = 0,
-        multilabel: bool = False,
-        transform: Optional[Callable] = None,
-    ) -> None:
-        if multilabel and num_classes <= 0:
-            raise ValueError("multi-label shards need num_classes > 0 (MODEL.NUM_CLASSES)")
+    def __init__(self, pattern: str, num_classes: int = 0, multilabel: bool = False,
+                 transform: Optional[Callable] = None) -> None:
+        super().__init__(num_classes, multilabel, transform)
         self.shards = expand_shards(pattern)
-        self.num_classes, self.multilabel, self.transform = num_classes, multilabel, transform
         # Per sample: (shard index, image offset, image size, image name, label text).
         self.index: List[Tuple[int, int, int, str, str]] = []
         scanned = 0
@@ -242,7 +243,7 @@ class ShardDataset(Dataset):
     def target(self, index: int) -> Union[int, torch.Tensor]:
         """The label(s) of sample ``index`` (no image read)."""
         entry = self.index[index]
-        return parse_target(entry[4], self.num_classes, self.multilabel, self.shards[entry[0]])
+        return self.parse_target(entry[4], self.shards[entry[0]])
 
     def __getitem__(self, index: int):
         shard, offset, size, name, _ = self.index[index]
@@ -256,7 +257,7 @@ class ShardDataset(Dataset):
         return (self.transform(img) if self.transform else img), self.target(index)
 
 
-class StreamingShards(IterableDataset):
+class StreamingShards(_LabelledSamples, IterableDataset):
     """Shards streamed through the ``webdataset`` library (``pipe:`` commands, URLs).
 
     Iterating it once reads every shard once, in order, split between DataLoader workers:
@@ -295,13 +296,11 @@ class StreamingShards(IterableDataset):
     ) -> None:
         from webdataset.shardlists import expand_urls
 
-        if multilabel and num_classes <= 0:
-            raise ValueError("multi-label shards need num_classes > 0 (MODEL.NUM_CLASSES)")
+        super().__init__(num_classes, multilabel, transform)
         self.urls = expand_urls(pattern)
         if not self.urls:
             raise ValueError(f"no shards in {pattern!r}")
         self.pattern, self.num_samples, self.max_samples = pattern, num_samples, max_samples
-        self.num_classes, self.multilabel, self.transform = num_classes, multilabel, transform
         self._share: Optional[Tuple[int, int, int, int, int]] = None  # rank, world, batch, start step, seed
 
     def for_rank(self, rank: int, world_size: int, local_batch: int, start_step: int, seed: int) -> "StreamingShards":
@@ -334,7 +333,7 @@ class StreamingShards(IterableDataset):
         if ext is None or label is None:
             logger.warning("%s lacks an image or a .cls/.labels member; skipped", where)
             return None
-        target = parse_target(bytes(label).decode().strip(), self.num_classes, self.multilabel, where)
+        target = self.parse_target(bytes(label).decode().strip(), where)
         img = decode_image(bytes(sample[ext]), source=where)
         if img is None:
             return None

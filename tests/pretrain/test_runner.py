@@ -61,4 +61,4 @@ def test_a_finished_run_reports_its_results_and_force_starts_over(tmp_path):
     assert (tmp_path / "final.json").stat().st_mtime_ns != mtime
     assert redone["steps"] == 3 and math.isfinite(redone["img_per_s"]) and math.isfinite(redone["final_loss"])
     assert redone["final_loss"] == pytest.approx(first["final_loss"], abs=0)  # same seed, from step 0
-    assert torch.load(tmp_path / "model_0000002.pth", weights_only=True)["step"] == 2
+    assert torch.load(tmp_path / "model_0000001.pth", weights_only=True)["step"] == 2

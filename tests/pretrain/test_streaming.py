@@ -120,7 +120,7 @@ def test_streamed_training_resumes_exactly_after_a_kill(shard_dir, tmp_path):
     crashed.register_hooks([_Crash(3)])
     with pytest.raises(KeyboardInterrupt):
         crashed.train(resume=False)
-    assert (tmp_path / "crashed" / "last_checkpoint").read_text() == "model_0000002.pth"
+    assert (tmp_path / "crashed" / "last_checkpoint").read_text() == "model_0000001.pth"
     resumed = _trainer(tmp_path / "crashed", stream, 6)
     resumed.train(resume=True)
     a, b = straight.model.state_dict(), resumed.model.state_dict()

@@ -30,7 +30,7 @@ def test_finetune_beats_chance_on_digits(tmp_path, capsys):
     assert set(saved["per_class_acc"]) == {str(i) for i in range(10)}
     assert saved["rule"]["steps"] == saved["steps"] == 30 and saved["num_train"] == 1347
     assert saved["flip"] is False and saved["wall_time_s"] > 0
-    for name in ("confusion.png", "training_curve.png", "metrics.json", "model_0000030.pth"):
+    for name in ("confusion.png", "training_curve.png", "metrics.json", "model_0000029.pth"):
         assert (tmp_path / name).is_file(), name
 
 
@@ -48,19 +48,19 @@ def test_sigkill_then_resume_continues_exactly(tmp_path):
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, start_new_session=True,
                           env=dict(os.environ, OMP_NUM_THREADS="1", BITDET_KILL_AT="step:2", PYTHONPATH=str(ROOT)))
     assert proc.returncode == -9, proc.stderr[-3000:]
-    assert sorted(p.name for p in interrupted.glob("model_*.pth")) == ["model_0000002.pth"]
-    assert (interrupted / "last_checkpoint").read_text() == "model_0000002.pth"
+    assert sorted(p.name for p in interrupted.glob("model_*.pth")) == ["model_0000001.pth"]
+    assert (interrupted / "last_checkpoint").read_text() == "model_0000001.pth"
     assert not (interrupted / "results.json").exists()
 
     resumed = run(interrupted, resume=True)
     assert resumed["top1"] == full["top1"]
-    a = torch.load(tmp_path / "a" / "model_0000004.pth", weights_only=True)
-    b = torch.load(interrupted / "model_0000004.pth", weights_only=True)
+    a = torch.load(tmp_path / "a" / "model_0000003.pth", weights_only=True)
+    b = torch.load(interrupted / "model_0000003.pth", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert all(torch.equal(a["optimizer"]["state"][k]["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
                for k in a["optimizer"]["state"])
     # --eval-only on the final checkpoint (head loaded, not zeroed) gives the same numbers.
-    cfg = get_finetune_cfg(INSTANT, ["MODEL.WEIGHTS", str(interrupted / "model_0000004.pth")])
+    cfg = get_finetune_cfg(INSTANT, ["MODEL.WEIGHTS", str(interrupted / "model_0000003.pth")])
     assert evaluate_only(cfg, output_dir=str(tmp_path / "eval"))["top1"] == full["top1"]
 
 
