@@ -147,6 +147,36 @@ def test_report_verdicts_follow_the_numbers(tmp_path):
     assert verdicts[1].startswith("digits 1-shot: pretraining helps: +10.0 points top-1")
 
 
+def test_study_compares_the_two_upstream_models(tmp_path):
+    root = tmp_path / "study"
+    _synthetic_demo(root, {"upstream": [15.0, 16.0, 15.5], "scratch": [9.0, 9.4, 9.2], "upstream10": [12.0, 12.5, 12.2]},
+                    {"upstream": [60.0, 58.0, 65.0], "scratch": [50.0, 51.0, 52.0], "upstream10": [61.0, 58.5, 66.0]})
+    _write(root / "upstream10/final.json", json.dumps({"top1": 80.5, "steps": 10}))
+    report, verdicts = write_report(root, {}, {"mode": "test", "seed": 0, "study": {"init": "upstream10", "fraction": 0.1}})
+    text = report.read_text()
+    # detection: 100 % beats 10 %; digits: 10 % is ahead on every seed, and the verdict says so
+    assert verdicts[-2].startswith("study, detection: more upstream data helps: +3.3 AP")
+    assert verdicts[-1].startswith("study, digits 1-shot: more upstream data hurts (10 % of the items wins): -0.8")
+    assert "| digits 1-shot | +10.0 | +10.8 | -0.8 |" in text and "| 10 % | 80.5 | 10 |" in text
+    assert "| upstream10 | 12.2 ± 0.3 |" in text
+    summary = json.loads((root / "summary.json").read_text())
+    assert summary["study"]["detection_comparison"]["diff"] == pytest.approx(15.5 - 12.233333, abs=1e-4)
+
+
+def test_study_pretrains_on_a_subset_for_the_same_steps(tmp_path):
+    from bitdet.tools.demo import build_tasks
+
+    plain = {t.name for t in build_tasks(tmp_path, "smoke", 0)}
+    tasks = {t.name: t for t in build_tasks(tmp_path, "smoke", 0, study=True)}
+    assert set(tasks) - plain == {"pretrain_upstream10", "transfer_upstream10", "detection_upstream10_seed0",
+                                  "detection_upstream10_seed1"}
+    full, small = tasks["pretrain"], tasks["pretrain_upstream10"]
+    opts = dict(zip(small.cmd[-6::2], small.cmd[-5::2]))
+    assert opts["SOLVER.MAX_ITER"] == str(full.progress.iters_per_run) and int(opts["DATASETS.TRAIN.MAX_SAMPLES"]) > 0
+    assert tasks["detection_upstream10_seed1"].needs == ("pretrain_upstream10",)
+    assert str(tmp_path / "upstream10" / "model_final.pth") in tasks["transfer_upstream10"].cmd
+
+
 def test_progress_reads_the_tools_console_lines():
     p = Progress(100, runs=4)
     p.feed("[finetune] digits (5 per class, seed 1): rule ...\n")

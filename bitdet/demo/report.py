@@ -142,12 +142,14 @@ def loss_curves_plot(curves: Mapping[str, PathLike], out_png: PathLike, key: str
     return out_png
 
 
-def transfer_comparisons(runs: Sequence[Mapping[str, Any]], upstream_label: str) -> List[Tuple[Any, Comparison]]:
-    """Per shots setting, upstream vs scratch top-1, paired by seed (a seed fixes the few-shot draw).
+def transfer_comparisons(runs: Sequence[Mapping[str, Any]], treated: str, control: str = "scratch",
+                         sides: Tuple[str, str] = ("pretraining", "scratch")) -> List[Tuple[Any, Comparison]]:
+    """Per shots setting, ``treated`` vs ``control`` top-1, paired by seed (a seed fixes the few-shot draw).
 
     Args:
         runs: single-run results (``init``, ``shots``, ``seed``, ``top1``).
-        upstream_label: the ``init`` of the upstream runs (scratch runs are ``"scratch"``).
+        treated, control: the ``init`` of each side's runs.
+        sides: how the verdicts name the two sides.
 
     Raises:
         ValueError: a shots setting lacks runs of one side or their seeds differ.
@@ -156,20 +158,22 @@ def transfer_comparisons(runs: Sequence[Mapping[str, Any]], upstream_label: str)
     shots_all = sorted({r["shots"] for r in runs}, key=lambda s: float("inf") if s == FULL else float(s))
     for shots in shots_all:
         side = {init: {r["seed"]: r["top1"] for r in runs if r["shots"] == shots and r["init"] == init}
-                for init in (upstream_label, "scratch")}
-        if not side[upstream_label] or not side["scratch"] or set(side[upstream_label]) != set(side["scratch"]):
-            raise ValueError(f"{shots}-shot transfer: upstream seeds {sorted(side[upstream_label])} and scratch "
-                             f"seeds {sorted(side['scratch'])} do not pair up")
-        seeds = sorted(side["scratch"])
-        out.append((shots, compare([side[upstream_label][s] for s in seeds], [side["scratch"][s] for s in seeds],
-                                   "points top-1", paired=True)))
+                for init in (treated, control)}
+        if not side[treated] or not side[control] or set(side[treated]) != set(side[control]):
+            raise ValueError(f"{shots}-shot transfer: {treated} seeds {sorted(side[treated])} and {control} "
+                             f"seeds {sorted(side[control])} do not pair up")
+        seeds = sorted(side[control])
+        out.append((shots, compare([side[treated][s] for s in seeds], [side[control][s] for s in seeds],
+                                   "points top-1", paired=True, sides=sides)))
     return out
 
 
-def detection_comparison(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> Comparison:
-    """Upstream vs scratch COCO AP over detection seeds, Welch's t-interval (the seed sets only
-    the data order and the new layers, so runs are treated as independent)."""
-    return compare([r["AP"] for r in results["upstream"]], [r["AP"] for r in results["scratch"]], "AP", paired=False)
+def detection_comparison(results: Mapping[str, Sequence[Mapping[str, Any]]], treated: str = "upstream",
+                         control: str = "scratch", sides: Tuple[str, str] = ("pretraining", "scratch")) -> Comparison:
+    """``treated`` vs ``control`` COCO AP over detection seeds, Welch's t-interval (the seed sets
+    only the data order and the new layers, so runs are treated as independent)."""
+    return compare([r["AP"] for r in results[treated]], [r["AP"] for r in results[control]], "AP", paired=False,
+                   sides=sides)
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -186,6 +190,49 @@ def _ci(c: Comparison) -> str:
 
 def _shots_label(shots: Any) -> str:
     return "full" if shots == FULL else f"{shots}-shot"
+
+
+def _study_section(root: Path, study: Mapping[str, Any], source, transfer_runs: Sequence[Mapping[str, Any]],
+                   gains: Mapping[Any, Comparison], det: Mapping[str, Sequence[Mapping[str, Any]]]
+                   ) -> Tuple[List[str], List[str], Dict[str, Any]]:
+    """``--study``: the upstream model on all items vs the one on ``study["fraction"]`` of them (same
+    steps), each against scratch and against each other. Returns (report lines, verdicts, summary)."""
+    init, share = study["init"], f"{study['fraction'] * 100:.0f} %"
+    sides = ("more upstream data", f"{share} of the items")
+    small_pre = _read_json(source(root / init / "final.json"))
+    full_pre = _read_json(root / "upstream" / "final.json")
+    small_gains = dict(transfer_comparisons(transfer_runs, init))
+    versus = transfer_comparisons(transfer_runs, "upstream", init, sides=sides)
+    det_small = detection_comparison(det, init)
+    det_versus = detection_comparison(det, "upstream", init, sides=sides)
+    det_full = detection_comparison(det)
+    verdicts = [f"study, detection: {det_versus.verdict()}"]
+    verdicts += [f"study, digits {_shots_label(s)}: {c.verdict()}" for s, c in versus]
+    lines = [
+        f"## 4. More upstream data transfers better (`--study`): 100 % vs {share} of the items",
+        "",
+        f"A second upstream model is trained on a fixed random {share} of the Fashion-MNIST training items",
+        "for the same number of steps (the same compute, each item seen more often), then transferred",
+        "and detected with the same recipes and seeds. Each gain is against scratch; the last columns",
+        "compare the two upstream models directly (paired t for digits, Welch for detection).",
+        "",
+        "| upstream items | held-out top-1 (%) | steps |",
+        "|---|---|---|",
+        f"| 100 % | {_fmt(full_pre.get('top1'))} | {full_pre.get('steps', '?')} |",
+        f"| {share} | {_fmt(small_pre.get('top1'))} | {small_pre.get('steps', '?')} |",
+        "",
+        f"| stage | gain, 100 % | gain, {share} | 100 % minus {share} | 95 % CI | verdict |",
+        "|---|---|---|---|---|---|",
+        *[f"| digits {_shots_label(s)} | {gains[s].diff:+.1f} | {small_gains[s].diff:+.1f} | {c.diff:+.1f} | "
+          f"{_ci(c)} | {c.verdict()} |" for s, c in versus],
+        f"| detection AP | {det_full.diff:+.1f} | {det_small.diff:+.1f} | {det_versus.diff:+.1f} | "
+        f"{_ci(det_versus)} | {det_versus.verdict()} |",
+        "",
+    ]
+    summary = {"init": init, "fraction": study["fraction"], "pretrain": small_pre,
+               "transfer_comparison": [dict(c.to_dict(), shots=s) for s, c in versus],
+               "detection_comparison": det_versus.to_dict()}
+    return lines, verdicts, summary
 
 
 def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], settings: Mapping[str, Any]
@@ -208,18 +255,20 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
         sources.append(str(path.relative_to(root)))
         return path
 
+    study = settings.get("study")
+    inits = _INITS + ((study["init"],) if study else ())
     pre = _read_json(source(root / "upstream" / "final.json"))
     # transfer/<init>/ holds one initialisation's sweep, whatever its checkpoint was called.
-    transfer_runs = [dict(run, init=init) for init in _INITS for run in collect_runs([root / "transfer" / init])]
+    transfer_runs = [dict(run, init=init) for init in inits for run in collect_runs([root / "transfer" / init])]
     if not transfer_runs:
         raise FileNotFoundError(f"no fine-tuning results under {root / 'transfer'}; did the transfer stages finish?")
-    sources.append("transfer/{upstream,scratch}/*/<shots>_seed<k>/results.json")
+    sources.append(f"transfer/{{{','.join(inits)}}}/*/<shots>_seed<k>/results.json")
     transfer_rows = summarize_runs(transfer_runs)
     transfer = transfer_comparisons(transfer_runs, "upstream")
 
-    det_dirs = {init: sorted((root / "detection").glob(f"{init}_seed*")) for init in _INITS}
+    det_dirs = {init: sorted((root / "detection").glob(f"{init}_seed*")) for init in inits}
     if not all(det_dirs.values()):
-        raise FileNotFoundError(f"{root / 'detection'} lacks upstream_seed* or scratch_seed* runs")
+        raise FileNotFoundError(f"{root / 'detection'} lacks runs of one of {', '.join(f'{i}_seed*' for i in inits)}")
     det = {init: [dict(detection_results(d), run=d.name) for d in dirs] for init, dirs in det_dirs.items()}
     for dirs in det_dirs.values():
         for d in dirs:
@@ -230,7 +279,7 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
     plots = root / "plots"
     training_curve_plot(root / "upstream" / "metrics.json", plots / "pretrain_curve.png",
                         title="upstream pretraining on Fashion-MNIST items on photos")
-    accuracy_vs_shots_plot(transfer_rows, plots / "accuracy_vs_shots.png", title="digits: upstream vs scratch")
+    accuracy_vs_shots_plot(transfer_rows, plots / "accuracy_vs_shots.png", title="digits: top-1 by training examples per class")
     loss_curves_plot({f"{init} {d.name.rsplit('_', 1)[1]}": d / "metrics.json" for init, dirs in det_dirs.items()
                       for d in dirs}, plots / "detection_loss.png", title="RetinaNet training loss")
 
@@ -238,6 +287,12 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
     ratio_text = "n/a (scratch AP 0)" if ratio is None else f"{ratio:.2f}"
     verdicts = [f"detection: {det_cmp.verdict()}; upstream/scratch AP ratio {ratio_text}"]
     verdicts += [f"digits {_shots_label(s)}: {c.verdict()}" for s, c in transfer]
+    study_lines: List[str] = []
+    study_summary: Dict[str, Any] = {}
+    if study:
+        study_lines, study_verdicts, study_summary = _study_section(
+            root, study, source, transfer_runs, dict(transfer), det)
+        verdicts += study_verdicts
 
     total_wall = settings.get("wall_s", sum(t["wall_s"] for t in timings.values()))
     total_cpu = sum(t["cpu_s"] for t in timings.values())
@@ -293,7 +348,7 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
         "| backbone init | " + " | ".join(_AP_KEYS) + " |",
         "|---|" + "---|" * len(_AP_KEYS),
         *[f"| {init} | " + " | ".join(_ms(mean_std([r.get(k, float('nan')) for r in det[init]])) for k in _AP_KEYS)
-          + " |" for init in _INITS],
+          + " |" for init in inits],
         "",
         f"Gain {det_cmp.diff:+.1f} AP (95 % CI {_ci(det_cmp)}), upstream/scratch ratio {ratio_text}: "
         f"{det_cmp.verdict()}.",
@@ -301,10 +356,11 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
         "| run | " + " | ".join(_AP_KEYS) + " | iterations | final loss |",
         "|---|" + "---|" * (len(_AP_KEYS) + 2),
         *[f"| {r['run']} | " + " | ".join(_fmt(r.get(k)) for k in _AP_KEYS)
-          + f" | {r['iterations']} | {_fmt(r['final_loss'], 3)} |" for init in _INITS for r in det[init]],
+          + f" | {r['iterations']} | {_fmt(r['final_loss'], 3)} |" for init in inits for r in det[init]],
         "",
         "![detection loss](plots/detection_loss.png)",
         "",
+        *study_lines,
         "### Drawn detections",
         "",
         f"Predictions of the better detector ({drawn['init']}, run `{drawn['run']}`) on the first validation",
@@ -337,6 +393,7 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
         "detection_comparison": dict(det_cmp.to_dict(), ratio=ratio),
         "drawn": drawn,
         "verdicts": verdicts,
+        "study": study_summary,
         "timings": dict(timings),
         "settings": dict(settings),
     }

@@ -27,6 +27,7 @@ class Comparison:
         p_value: two-sided p-value of ``diff == 0``; ``None`` without an interval.
         method: ``"paired t"`` (seeds pair the runs), ``"Welch t"``, or ``"none"``.
         confidence: e.g. 0.95.
+        sides: how the verdict names the treated and the control side.
     """
 
     metric: str
@@ -37,6 +38,7 @@ class Comparison:
     p_value: Optional[float]
     method: str
     confidence: float
+    sides: Tuple[str, str] = ("pretraining", "scratch")
 
     @property
     def significant(self) -> bool:
@@ -48,8 +50,9 @@ class Comparison:
         """The gain exceeds the larger of the two seed standard deviations (a plainer check)."""
         return self.diff > max(self.treated["std"], self.control["std"])
 
-    def verdict(self, treated: str = "pretraining", digits: int = 1) -> str:
+    def verdict(self, digits: int = 1) -> str:
         """One line computed from the numbers, e.g. ``pretraining helps: +4.2 AP (95 % CI +1.3 to +7.1)``."""
+        treated, control = self.sides
         f = f"{{:+.{digits}f}}"
         gain = f"{f.format(self.diff)} {self.metric}"
         if self.ci is None:
@@ -60,7 +63,7 @@ class Comparison:
         if self.ci[0] > 0:
             return f"{treated} helps: {gain} ({interval})"
         if self.ci[1] < 0:
-            return f"{treated} hurts (scratch wins): {gain} ({interval})"
+            return f"{treated} hurts ({control} wins): {gain} ({interval})"
         return f"no significant difference: {gain} ({interval}, includes 0)"
 
     def to_dict(self) -> Dict[str, Any]:
@@ -74,7 +77,7 @@ def _summary(values: Sequence[float]) -> Dict[str, Any]:
 
 
 def compare(treated: Sequence[float], control: Sequence[float], metric: str, paired: bool,
-            confidence: float = 0.95) -> Comparison:
+            confidence: float = 0.95, sides: Tuple[str, str] = ("pretraining", "scratch")) -> Comparison:
     """Compare two samples of a metric.
 
     Args:
@@ -84,6 +87,7 @@ def compare(treated: Sequence[float], control: Sequence[float], metric: str, pai
         paired: t-interval of the per-seed differences; else Welch's t-interval of the
             difference of means (unequal variances).
         confidence: the interval's level.
+        sides: names of the treated and the control side in the verdict.
 
     Returns:
         A :class:`Comparison`; ``ci`` is ``None`` when a side has a single run.
@@ -110,13 +114,13 @@ def compare(treated: Sequence[float], control: Sequence[float], metric: str, pai
         d = mean_std(diffs)
         diff, n = d["mean"], d["n"]
         if n < 2:
-            return Comparison(metric, t_sum, c_sum, diff, None, None, "none", confidence)
+            return Comparison(metric, t_sum, c_sum, diff, None, None, "none", confidence, sides)
         se, df = d["std"] / math.sqrt(n), n - 1
         method = "paired t"
     else:
         diff = t_sum["mean"] - c_sum["mean"]
         if t_sum["n"] < 2 or c_sum["n"] < 2:
-            return Comparison(metric, t_sum, c_sum, diff, None, None, "none", confidence)
+            return Comparison(metric, t_sum, c_sum, diff, None, None, "none", confidence, sides)
         va, vb = t_sum["std"] ** 2 / t_sum["n"], c_sum["std"] ** 2 / c_sum["n"]
         se = math.sqrt(va + vb)
         # Welch-Satterthwaite degrees of freedom (the smaller side's n - 1 when both vanish).
@@ -129,4 +133,4 @@ def compare(treated: Sequence[float], control: Sequence[float], metric: str, pai
         half = float(stats.t.ppf(1 - alpha / 2, df)) * se
         ci = (diff - half, diff + half)
         p = float(2 * stats.t.sf(abs(diff) / se, df))
-    return Comparison(metric, t_sum, c_sum, diff, ci, p, method, confidence)
+    return Comparison(metric, t_sum, c_sum, diff, ci, p, method, confidence, sides)

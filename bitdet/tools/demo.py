@@ -12,11 +12,17 @@
 4. ``OUTPUT/report.md``: mean ± std per initialisation, a 95 % t-interval of each gain and a
    verdict computed from it, plots; every figure is read from the run's files.
 
+``--study`` adds the paper's second claim, that more upstream data transfers better (section
+4.1): a second upstream model trained on a tenth of the Fashion-MNIST items for as many steps
+(the same compute), then transferred and detected like the first; the report sets the gains of
+the two side by side. It adds about 60 % to the run time.
+
 Examples::
 
     python -m bitdet.tools.demo                       # make demo: 2 CPU cores, see the README
     python -m bitdet.tools.demo --seed 1 --output output/demo_seed1   # another seed
     python -m bitdet.tools.demo --smoke               # every stage at toy size (the CI test)
+    python -m bitdet.tools.demo --study               # also: 10 % vs 100 % of the upstream data
     python -m bitdet.tools.demo --force               # rerun stages whose outputs exist
 
 Each stage is one of the documented tools with a config from ``configs/``; the same configs
@@ -34,7 +40,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 from bitdet.demo.progress import Progress, StageFailed, Task, run_tasks
 from bitdet.utils.io import write_json
@@ -45,6 +51,9 @@ DEMO_MODEL = "R14-tiny"
 DEFAULT_SEED = 0
 # The two initialisations compared at every downstream stage.
 INITS = ("upstream", "scratch")
+# --study: the upstream model trained on this share of the items (same steps), and its name.
+STUDY_FRACTION = 0.1
+STUDY_INIT = "upstream10"
 
 # Per mode: configs and run counts. Smoke mode runs the instant-test configs.
 MODES = {
@@ -74,6 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"base seed of every stage (default {DEFAULT_SEED}); other seeds check that the gains hold")
     parser.add_argument("--smoke", action="store_true", help="toy sizes: checks every stage in a few minutes")
     parser.add_argument("--force", action="store_true", help="rerun stages whose outputs exist")
+    parser.add_argument("--study", action="store_true",
+                        help=f"also pretrain on {STUDY_FRACTION:.0%} of the upstream items (same steps) and compare "
+                             "what the two upstream models transfer")
     parser.add_argument("--detection-seeds", type=int, default=0,
                         help="detection runs per initialisation (default 3; 2 saves about 12 CPU-minutes "
                              "but leaves a t-interval with about 1 degree of freedom)")
@@ -82,9 +94,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_tasks(out: Path, mode: str, seed: int, detection_seeds: int = 0) -> List[Task]:
+def inits_of(study: bool) -> Tuple[str, ...]:
+    """The initialisations compared downstream: upstream and scratch, plus the study's."""
+    return INITS + ((STUDY_INIT,) if study else ())
+
+
+def build_tasks(out: Path, mode: str, seed: int, detection_seeds: int = 0, study: bool = False) -> List[Task]:
     """Every stage of the demo, in order, with its command, finished-marker and progress model
-    (``detection_seeds``: runs per initialisation, 0 = the mode's default)."""
+    (``detection_seeds``: runs per initialisation, 0 = the mode's default; ``study``: add the
+    upstream model trained on ``STUDY_FRACTION`` of the items and its downstream runs)."""
     from bitdet.detection.config import get_bit_cfg
     from bitdet.pretrain import get_pretrain_cfg
     from bitdet.pretrain.runner import build_schedule
@@ -94,36 +112,46 @@ def build_tasks(out: Path, mode: str, seed: int, detection_seeds: int = 0) -> Li
     tasks: List[Task] = []
 
     config, extra = spec["pretrain"]
-    pre_opts = [*extra, "MODEL.NAME", DEMO_MODEL, "SEED", str(seed), "OUTPUT_DIR", str(out / "upstream")]
+    common = [*extra, "MODEL.NAME", DEMO_MODEL, "SEED", str(seed)]
+    pre_opts = [*common, "OUTPUT_DIR", str(out / "upstream")]
     pre_cfg = get_pretrain_cfg(config, pre_opts)
     # Fashion-MNIST's training split has 60,000 items (or MAX_SAMPLES of them).
-    steps = build_schedule(pre_cfg, pre_cfg.DATASETS.TRAIN.MAX_SAMPLES or 60000).total_steps
-    pretrained = out / "upstream" / "model_final.pth"
-    tasks.append(Task("pretrain", [*_tool("pretrain"), "--config-file", config, *pre_opts], pretrained,
-                      Progress(steps)))
+    items = pre_cfg.DATASETS.TRAIN.MAX_SAMPLES or 60000
+    schedule = build_schedule(pre_cfg, items)
+    weights = {"upstream": str(out / "upstream" / "model_final.pth"), "scratch": "scratch"}
+    tasks.append(Task("pretrain", [*_tool("pretrain"), "--config-file", config, *pre_opts], Path(weights["upstream"]),
+                      Progress(schedule.total_steps)))
+    if study:  # the same schedule in steps, on a fixed random subset of the items
+        opts = [*common, "OUTPUT_DIR", str(out / STUDY_INIT),
+                "DATASETS.TRAIN.MAX_SAMPLES", str(round(items * STUDY_FRACTION)),
+                "SOLVER.MAX_ITER", str(schedule.total_steps), "SOLVER.DECAY_STEPS", str(list(schedule.boundaries))]
+        weights[STUDY_INIT] = str(out / STUDY_INIT / "model_final.pth")
+        tasks.append(Task(f"pretrain_{STUDY_INIT}", [*_tool("pretrain"), "--config-file", config, *opts],
+                          Path(weights[STUDY_INIT]), Progress(schedule.total_steps)))
+    needs = {init: (f"pretrain_{init}" if init == STUDY_INIT else "pretrain",) for init in weights}
 
     config, shots, n_seeds = spec["transfer"]
     seeds = ",".join(str(seed + k) for k in range(n_seeds))
     steps = get_finetune_cfg(config).HYPERRULE.STEPS
-    for init, weights in zip(INITS, (str(pretrained), "scratch")):
+    for init in inits_of(study):
         folder = out / "transfer" / init
         tasks.append(Task(f"transfer_{init}",
-                          [*_tool("finetune"), "--config-file", config, "--weights", weights, "--shots", shots,
+                          [*_tool("finetune"), "--config-file", config, "--weights", weights[init], "--shots", shots,
                            "--seeds", seeds, "MODEL.NAME", DEMO_MODEL, "OUTPUT_DIR", str(folder)],
                           folder / "results.json", Progress(steps, runs=len(shots.split(",")) * n_seeds),
-                          needs=("pretrain",)))
+                          needs=needs[init]))
 
     config, extra, n_seeds = spec["detection"]
     n_seeds = detection_seeds or n_seeds
     max_iter = get_bit_cfg(config).SOLVER.MAX_ITER
     for k in range(n_seeds):
-        for init, weights in zip(INITS, (str(pretrained), "")):
+        for init in inits_of(study):
             folder = out / "detection" / f"{init}_seed{seed + k}"
             tasks.append(Task(f"detection_{init}_seed{seed + k}",
                               [*_tool("train_net"), "--config", config, *extra, "MODEL.BIT.VARIANT", DEMO_MODEL,
-                               "MODEL.WEIGHTS", weights, "TEST.EVAL_PERIOD", str(max_iter), "SEED", str(seed + k),
-                               "OUTPUT_DIR", str(folder)],
-                              folder / "model_final.pth", Progress(max_iter), needs=("pretrain",)))
+                               "MODEL.WEIGHTS", "" if init == "scratch" else weights[init], "TEST.EVAL_PERIOD",
+                               str(max_iter), "SEED", str(seed + k), "OUTPUT_DIR", str(folder)],
+                              folder / "model_final.pth", Progress(max_iter), needs=needs[init]))
     return tasks
 
 
@@ -180,9 +208,9 @@ def main(argv=None) -> int:
     try:
         if args.detection_seeds < 0:
             raise SystemExit(f"--detection-seeds {args.detection_seeds}: expected a positive count")
-        tasks = build_tasks(out, mode, args.seed, args.detection_seeds)
+        tasks = build_tasks(out, mode, args.seed, args.detection_seeds, args.study)
         record(run_tasks(tasks, logs, env, jobs))
-        dirs = {init: [t.done.parent for t in tasks if t.name.startswith(f"detection_{init}_")] for init in INITS}
+        dirs = {init: [t.done.parent for t in tasks if t.name.startswith(f"detection_{init}_seed")] for init in INITS}
         record(run_tasks(draw_tasks(out, mode, env, dirs), logs, env, jobs))
     except StageFailed as e:
         raise SystemExit(str(e)) from None
@@ -192,7 +220,8 @@ def main(argv=None) -> int:
     from bitdet.demo.report import write_report
 
     settings = {"mode": mode, "model": DEMO_MODEL, "seed": args.seed, "cpus": os.cpu_count(), "jobs": jobs,
-                "torch": torch.__version__, "wall_s": time.monotonic() - start}
+                "torch": torch.__version__, "wall_s": time.monotonic() - start,
+                "study": {"init": STUDY_INIT, "fraction": STUDY_FRACTION} if args.study else None}
     report, verdicts = write_report(out, timings, settings)
     print(f"[demo] wall time {settings['wall_s'] / 60:.1f} min; CPU time of the stages "
           f"{sum(t['cpu_s'] for t in timings.values()) / 60:.1f} min")
