@@ -149,10 +149,12 @@ def test_report_verdicts_follow_the_numbers(tmp_path):
 
 def test_study_compares_the_two_upstream_models(tmp_path):
     root = tmp_path / "study"
-    _synthetic_demo(root, {"upstream": [15.0, 16.0, 15.5], "scratch": [9.0, 9.4, 9.2], "upstream10": [12.0, 12.5, 12.2]},
+    _synthetic_demo(root,
+                    {"upstream": [15.0, 16.0, 15.5], "scratch": [9.0, 9.4, 9.2], "upstream10": [12.0, 12.5, 12.2]},
                     {"upstream": [60.0, 58.0, 65.0], "scratch": [50.0, 51.0, 52.0], "upstream10": [61.0, 58.5, 66.0]})
     _write(root / "upstream10/final.json", json.dumps({"top1": 80.5, "steps": 10}))
-    report, verdicts = write_report(root, {}, {"mode": "test", "seed": 0, "study": {"init": "upstream10", "fraction": 0.1}})
+    study = {"init": "upstream10", "fraction": 0.1}
+    report, verdicts = write_report(root, {}, {"mode": "test", "seed": 0, "study": study})
     text = report.read_text()
     # detection: 100 % beats 10 %; digits: 10 % is ahead on every seed, and the verdict says so
     assert verdicts[-2].startswith("study, detection: more upstream data helps: +3.3 AP")
@@ -214,6 +216,17 @@ def test_run_tasks_logs_orders_reuses_and_names_a_failure(tmp_path):
     bad = _py_task("broken", "print('something went wrong'); raise SystemExit(3)", tmp_path / "never")
     with pytest.raises(StageFailed, match=r"(?s)stage 'broken' failed \(exit 3\).*something went wrong"):
         run_tasks([bad], tmp_path, dict(os.environ), jobs=1, out=io.StringIO())
+
+
+def test_a_stage_running_alone_gets_every_core(tmp_path):
+    cores = os.cpu_count() or 1
+    record = "import os; open({!r}, 'w').write(os.environ['OMP_NUM_THREADS'])"
+    files = {name: tmp_path / f"{name}.txt" for name in ("alone", "left", "right")}
+    alone = _py_task("alone", record.format(str(files["alone"])), files["alone"])
+    pair = [_py_task(n, record.format(str(files[n])), files[n], needs=("alone",)) for n in ("left", "right")]
+    run_tasks([*pair, alone], tmp_path, dict(os.environ), jobs=2, out=io.StringIO())
+    assert files["alone"].read_text() == str(cores)
+    assert files["left"].read_text() == files["right"].read_text() == str(max(1, cores // 2))
 
 
 # ----------------------------------------------------------------------------- smoke run

@@ -279,7 +279,8 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
     plots = root / "plots"
     training_curve_plot(root / "upstream" / "metrics.json", plots / "pretrain_curve.png",
                         title="upstream pretraining on Fashion-MNIST items on photos")
-    accuracy_vs_shots_plot(transfer_rows, plots / "accuracy_vs_shots.png", title="digits: top-1 by training examples per class")
+    accuracy_vs_shots_plot(transfer_rows, plots / "accuracy_vs_shots.png",
+                           title="digits: top-1 by training examples per class")
     loss_curves_plot({f"{init} {d.name.rsplit('_', 1)[1]}": d / "metrics.json" for init, dirs in det_dirs.items()
                       for d in dirs}, plots / "detection_loss.png", title="RetinaNet training loss")
 
