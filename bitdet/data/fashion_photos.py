@@ -6,6 +6,9 @@ position; with some probability tinted and pasted on a crop of a real scikit-ima
 else grey on black), labelled with the item's class. A tiny model pretrained only on items
 centred on black leaves a detector's backbone unprepared for small, large, coloured and
 cluttered objects; this source lets the demo's upstream data cover what its detection sees.
+A share of the items (``plain_prob``) can keep the plain Fashion-MNIST look instead (the whole
+28 px frame resized to the canvas, grey on black), which is what the standard test split and
+grey-on-black transfer tasks look like.
 """
 from __future__ import annotations
 
@@ -31,7 +34,10 @@ class FashionMNISTOnPhotos(Dataset):
         split: ``"train"`` or ``"test"``.
         size: canvas side in pixels.
         scale_range: item side as a fraction of ``size``, e.g. ``(0.4, 1.0)``.
-        photo_prob: probability that a sample is tinted and pasted on a photo crop.
+        photo_prob: probability that a sample drawn like a detection object is tinted and pasted
+            on a photo crop.
+        plain_prob: probability that a sample keeps the plain Fashion-MNIST look (drawn before
+            ``photo_prob``; 0 draws every sample like a detection object).
         transform: callable on the RGB ``PIL.Image`` (e.g. flip and [-1, 1] scaling).
         seed: with ``None`` (training) the layout comes from torch's generator, which the
             trainer seeds per sample (reproducible, fresh each epoch); with an int (held-out
@@ -42,14 +48,16 @@ class FashionMNISTOnPhotos(Dataset):
 
     def __init__(self, root: Union[str, os.PathLike] = DEFAULT_ROOT, split: str = "train", size: int = 32,
                  scale_range: Tuple[float, float] = (0.4, 1.0), photo_prob: float = 0.75,
-                 transform: Optional[Callable] = None, seed: Optional[int] = None) -> None:
-        if not 0.0 <= photo_prob <= 1.0:
-            raise ValueError(f"photo_prob {photo_prob}: expected a probability in [0, 1]")
+                 transform: Optional[Callable] = None, seed: Optional[int] = None, plain_prob: float = 0.0) -> None:
+        for name, p in (("photo_prob", photo_prob), ("plain_prob", plain_prob)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} {p}: expected a probability in [0, 1]")
         if size < 8:
             raise ValueError(f"canvas size {size}: expected >= 8 pixels")
         self.items = FashionMNIST(root, split)
         self.targets = self.items.targets
         self.size, self.scale_range, self.photo_prob = int(size), tuple(scale_range), float(photo_prob)
+        self.plain_prob = float(plain_prob)
         self.transform, self.seed = transform, seed
         item_on_canvas(self.items.images[0], np.random.default_rng(0), self.size, self.scale_range, False)  # checks the range
 
@@ -63,7 +71,11 @@ class FashionMNISTOnPhotos(Dataset):
 
     def __getitem__(self, index: int) -> Tuple[object, int]:
         rng = self._rng(index)
-        photo = bool(rng.random() < self.photo_prob)
-        canvas = item_on_canvas(self.items.images[index], rng, self.size, self.scale_range, photo)
-        image = Image.fromarray(canvas, mode="RGB")
+        if rng.random() < self.plain_prob:
+            image = Image.fromarray(self.items.images[index], mode="L").resize((self.size, self.size), Image.BILINEAR)
+            image = image.convert("RGB")
+        else:
+            photo = bool(rng.random() < self.photo_prob)
+            image = Image.fromarray(item_on_canvas(self.items.images[index], rng, self.size, self.scale_range, photo),
+                                    mode="RGB")
         return (self.transform(image) if self.transform else image), int(self.targets[index])

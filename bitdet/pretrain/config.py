@@ -76,8 +76,11 @@ def add_pretrain_config(cfg: CN) -> None:
     # KIND "fashion_mnist_photos": the item's side as a fraction of the INPUT.CROP_SIZE canvas
     # (replaces the Inception crop for that source).
     cfg.INPUT.ITEM_SCALE = (0.4, 1.0)
-    # KIND "fashion_mnist_photos": probability that an item is tinted and pasted on a photo
-    # crop (else grey on black, the plain Fashion-MNIST look).
+    # KIND "fashion_mnist_photos": probability that an item keeps the plain Fashion-MNIST look
+    # (the whole frame, grey on black, as in the test split); the others are drawn at ITEM_SCALE.
+    cfg.INPUT.PLAIN_PROB = 0.0
+    # KIND "fashion_mnist_photos": probability that an item drawn at ITEM_SCALE is tinted and
+    # pasted on a photo crop (else grey on black).
     cfg.INPUT.PHOTO_PROB = 0.75
 
     cfg.SOLVER = CN()

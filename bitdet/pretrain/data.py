@@ -147,7 +147,7 @@ def build_dataset(spec, *, train: bool, cfg) -> Dataset:
             ops = [T.RandomHorizontalFlip()] if train and cfg.INPUT.RANDOM_FLIP else []
             dataset = FashionMNISTOnPhotos(path or FASHION_MNIST_ROOT, spec.SPLIT, size, cfg.INPUT.ITEM_SCALE,
                                            cfg.INPUT.PHOTO_PROB, T.Compose(ops + [ToBiTTensor()]),
-                                           seed=None if train else cfg.SEED)
+                                           seed=None if train else cfg.SEED, plain_prob=cfg.INPUT.PLAIN_PROB)
     elif kind == "imagefolder":
         dataset = ImageFolderDataset(path, transform, num_classes, multilabel)
         if len(dataset.classes) > num_classes:

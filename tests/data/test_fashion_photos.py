@@ -38,6 +38,24 @@ def test_photo_canvas_is_tinted_clutter(items):
     assert not np.array_equal(canvas[..., 0], canvas[..., 1])
 
 
+def test_plain_share_keeps_the_test_split_look():
+    """PLAIN_PROB 1: every sample is the item's whole frame, as the plain Fashion-MNIST
+    evaluation draws it; PLAIN_PROB 0: none is (items are cropped to their extent and placed)."""
+    cfg = get_pretrain_cfg("pretrain/demo_fashion_mnist.yaml", [
+        "DATASETS.TRAIN.KIND", "fashion_mnist_photos", "DATASETS.TRAIN.SPLIT", "test", "INPUT.RANDOM_FLIP", "False",
+        "INPUT.PLAIN_PROB", "1.0"])
+    plain = SeededDataset(build_dataset(cfg.DATASETS.TRAIN, train=True, cfg=cfg))
+    reference = build_dataset(cfg.DATASETS.TEST, train=False, cfg=cfg)  # KIND fashion_mnist, TEST_RESIZE 32
+    for i in range(3):
+        drawn, label = plain[(i, 5)]
+        assert label == reference[i][1] and (drawn - reference[i][0]).abs().max() < 0.1
+    cfg.merge_from_list(["INPUT.PLAIN_PROB", "0.0"])
+    drawn_like_objects = SeededDataset(build_dataset(cfg.DATASETS.TRAIN, train=True, cfg=cfg))
+    assert all((drawn_like_objects[(i, 5)][0] - reference[i][0]).abs().max() > 0.5 for i in range(3))
+    with pytest.raises(ValueError, match="plain_prob"):
+        FashionMNISTOnPhotos(split="test", plain_prob=-0.1)
+
+
 def test_scale_range_is_checked(items):
     with pytest.raises(ValueError, match="scale_range"):
         item_on_canvas(items.images[0], np.random.default_rng(0), 32, (0.5, 1.5), True)
