@@ -278,7 +278,7 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
 
     plots = root / "plots"
     training_curve_plot(root / "upstream" / "metrics.json", plots / "pretrain_curve.png",
-                        title="upstream pretraining on Fashion-MNIST items on photos")
+                        title="upstream pretraining on Fashion-MNIST")
     accuracy_vs_shots_plot(transfer_rows, plots / "accuracy_vs_shots.png",
                            title="digits: top-1 by training examples per class")
     loss_curves_plot({f"{init} {d.name.rsplit('_', 1)[1]}": d / "metrics.json" for init, dirs in det_dirs.items()
@@ -321,8 +321,9 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
         "",
         "## 1. Upstream pretraining on Fashion-MNIST",
         "",
-        "Training items are drawn like the detection set's objects (several scales and positions;",
-        "most tinted on photo crops); the test split is the standard Fashion-MNIST test set.",
+        "Half the training items keep the plain look, half are drawn like the detection set's objects",
+        "(several scales and positions, some tinted on photo crops); the test split is the standard",
+        "Fashion-MNIST test set.",
         "",
         "| held-out top-1 (%) | top-5 (%) | steps | img/s |",
         "|---|---|---|---|",

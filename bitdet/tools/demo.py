@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """The BiT story on real data, on a CPU: pretrain -> classify -> detect, then a report.
 
-1. upstream pretraining of a small BiT model on Fashion-MNIST items drawn like the detection
-   set's objects (several scales, tinted on photo crops; ``tools/pretrain.py``);
+1. upstream pretraining of a small BiT model on Fashion-MNIST, half the items in their plain
+   look, half drawn like the detection set's objects (several scales, some tinted on photo
+   crops; ``tools/pretrain.py``);
 2. BiT-HyperRule transfer to scikit-learn's digits at 1/5/10 shots and full data, from that
    checkpoint and from scratch, three seeds each (``tools/finetune.py``);
 3. RetinaNet with the pretrained BiT backbone on the generated detection dataset (Fashion-MNIST
