@@ -169,8 +169,8 @@ def run_tasks(tasks: Sequence[Task], log_dir: Path, env: Dict[str, str], jobs: i
               out: TextIO = sys.stdout) -> List[Task]:
     """Run the tasks whose ``done`` file is absent, at most ``jobs`` at a time, in order.
 
-    Each task's process gets ``OMP_NUM_THREADS`` = cores / stages running once it starts (at least
-    1): a stage that runs alone, such as the pretraining every other stage waits for, gets them all. Wall and
+    Each task's process gets ``OMP_NUM_THREADS`` = cores / jobs (at least 1): a second thread per
+    process does not pay on small CPU models whose data loader needs a core too. Wall and
     CPU seconds (user + system of the process and its workers) are recorded on each task.
 
     Returns:
@@ -187,14 +187,12 @@ def run_tasks(tasks: Sequence[Task], log_dir: Path, env: Dict[str, str], jobs: i
     names = {t.name for t in pending}
     finished: List[Task] = []
     running: List[Task] = []
-    cores = os.cpu_count() or 1
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
     try:
         while pending or running:
             done = {f.name for f in finished}
             ready = [t for t in pending if not any(n in names and n not in done for n in t.needs)]
-            starting = ready[: max(0, jobs - len(running))]
-            threads = max(1, cores // max(1, len(running) + len(starting)))
-            for task in starting:
+            for task in ready[: max(0, jobs - len(running))]:
                 pending.remove(task)
                 log = open(log_dir / f"{task.name}.log", "w")
                 console.say(f"[demo] {task.name}: started, {threads} thread(s) ({' '.join(task.cmd[2:])}); "

@@ -28,8 +28,8 @@ Examples::
 
 Each stage is one of the documented tools with a config from ``configs/``; the same configs
 scale up by override (see the README). Finished stages are reused unless ``--force``. Up to
-``--jobs`` stages run side by side (default: 2, or 1 on a 1-core machine), each with its
-share of the cores as threads; a live line shows each running stage's iteration, ETA and metric, and
+``--jobs`` stages run side by side (default: 2, or 1 on a 1-core machine; the scratch runs
+start beside the pretraining), each with its share of the cores as threads; a live line shows each running stage's iteration, ETA and metric, and
 the full output goes to ``OUTPUT/logs/<stage>.log``.
 """
 from __future__ import annotations
@@ -129,7 +129,8 @@ def build_tasks(out: Path, mode: str, seed: int, detection_seeds: int = 0, study
         weights[STUDY_INIT] = str(out / STUDY_INIT / "model_final.pth")
         tasks.append(Task(f"pretrain_{STUDY_INIT}", [*_tool("pretrain"), "--config-file", config, *opts],
                           Path(weights[STUDY_INIT]), Progress(schedule.total_steps)))
-    needs = {init: (f"pretrain_{init}" if init == STUDY_INIT else "pretrain",) for init in weights}
+    # Scratch runs need no upstream model: they start beside the pretraining.
+    needs = {"upstream": ("pretrain",), "scratch": (), STUDY_INIT: (f"pretrain_{STUDY_INIT}",)}
 
     config, shots, n_seeds = spec["transfer"]
     seeds = ",".join(str(seed + k) for k in range(n_seeds))
