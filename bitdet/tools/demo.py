@@ -16,7 +16,7 @@
 ``--study`` adds the paper's second claim, that more upstream data transfers better (section
 4.1): a second upstream model trained on a tenth of the Fashion-MNIST items for as many steps
 (the same compute), then transferred and detected like the first; the report sets the gains of
-the two side by side. It adds about 60 % to the run time.
+the two side by side. It adds one pretraining, one transfer sweep and one detection run per seed.
 
 Examples::
 
@@ -29,8 +29,9 @@ Examples::
 Each stage is one of the documented tools with a config from ``configs/``; the same configs
 scale up by override (see the README). Finished stages are reused unless ``--force``. Up to
 ``--jobs`` stages run side by side (default: 2, or 1 on a 1-core machine; the scratch runs
-start beside the pretraining), each with its share of the cores as threads; a live line shows each running stage's iteration, ETA and metric, and
-the full output goes to ``OUTPUT/logs/<stage>.log``.
+start beside the pretraining), each with its share of the cores as threads; a live line shows
+each running stage's iteration, ETA and metric, and the full output goes to
+``OUTPUT/logs/<stage>.log``.
 """
 from __future__ import annotations
 
@@ -88,8 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help=f"also pretrain on {STUDY_FRACTION:.0%} of the upstream items (same steps) and compare "
                              "what the two upstream models transfer")
     parser.add_argument("--detection-seeds", type=int, default=0,
-                        help="detection runs per initialisation (default 3; 2 saves about 12 CPU-minutes "
-                             "but leaves a t-interval with about 1 degree of freedom)")
+                        help="detection runs per initialisation (default 3; 2 saves a run per side but "
+                             "leaves a t-interval with about 1 degree of freedom)")
     parser.add_argument("--jobs", type=int, default=0,
                         help="stages run side by side (default: min(2, cores)); each gets cores / jobs threads")
     return parser.parse_args(argv)
