@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bitdet.demo.progress import Progress, StageFailed, Task, run_tasks
-from bitdet.demo.report import box_precision, detection_results, transfer_comparisons, write_report
+from bitdet.demo.report import box_precision, detection_results, draw_threshold, transfer_comparisons, write_report
 from bitdet.demo.stats import compare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +96,26 @@ def test_box_precision_counts_right_class_and_overlap_once():
                                             "precision": pytest.approx(1 / 3), "recall": 0.5}
     assert box_precision(preds, gt, 0.1)["right"] == 2
     assert box_precision(preds, gt, 0.95)["precision"] == 0.0
+
+
+def test_draw_threshold_is_the_lowest_mostly_right_and_picks_images_with_boxes(tmp_path):
+    box = [0, 0, 10, 10]
+    gt = {"images": [{"id": i} for i in (5, 1, 2, 3)],
+          "annotations": [{"image_id": i, "category_id": 1, "bbox": box} for i in (5, 1, 2, 3)]}
+    preds = [
+        {"image_id": 2, "category_id": 1, "bbox": box, "score": 0.9},    # right
+        {"image_id": 5, "category_id": 1, "bbox": box, "score": 0.62},   # right
+        {"image_id": 3, "category_id": 1, "bbox": box, "score": 0.58},   # right
+        {"image_id": 2, "category_id": 2, "bbox": box, "score": 0.52},   # wrong class
+        {"image_id": 1, "category_id": 2, "bbox": box, "score": 0.32},   # wrong class, image 1's only box
+    ]
+    (tmp_path / "preds.json").write_text(json.dumps(preds))
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    chosen = draw_threshold(tmp_path / "preds.json", tmp_path / "gt.json", images=2)
+    # 0.3 draws 3 right of 5, 0.35 the first threshold with 3 of 4 right.
+    assert chosen["threshold"] == 0.35 and (chosen["drawn"], chosen["right"]) == (4, 3)
+    # The split's order, only images with a box at that threshold (not 1), at most 2.
+    assert chosen["image_ids"] == [5, 2]
 
 
 # ----------------------------------------------------------------------------- report from synthetic runs

@@ -94,14 +94,18 @@ def box_precision(predictions: Sequence[Mapping[str, Any]], ground_truth: Mappin
             "precision": right / len(drawn) if drawn else 0.0, "recall": right / total if total else 0.0}
 
 
-def draw_threshold(predictions_file: PathLike, gt_file: PathLike) -> Dict[str, float]:
+def draw_threshold(predictions_file: PathLike, gt_file: PathLike, images: int = 4) -> Dict[str, Any]:
     """The lowest of :data:`DRAW_THRESHOLDS` at which >= 75 % of drawn boxes are right (else the
-    highest), with its :func:`box_precision` figures on the evaluated split."""
+    highest), with its :func:`box_precision` figures on the evaluated split and ``image_ids``: the
+    first ``images`` images of the split (in its order) with at least one box at that threshold."""
     predictions = _read_json_list(Path(predictions_file))
     ground_truth = _read_json(Path(gt_file))
     stats = [box_precision(predictions, ground_truth, t) for t in DRAW_THRESHOLDS]
     good = [s for s in stats if s["drawn"] and s["precision"] >= _DRAW_PRECISION]
-    return good[0] if good else stats[-1]
+    chosen: Dict[str, Any] = dict(good[0] if good else stats[-1])
+    with_boxes = {p["image_id"] for p in predictions if p["score"] >= chosen["threshold"]}
+    chosen["image_ids"] = [im["id"] for im in ground_truth["images"] if im["id"] in with_boxes][:images]
+    return chosen
 
 
 def _read_json_list(path: Path) -> List[Dict[str, Any]]:
@@ -366,8 +370,8 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
         "### Drawn detections",
         "",
         f"Predictions of the better detector ({drawn['init']}, run `{drawn['run']}`) on the first validation",
-        f"images (never seen in training), boxes with score >= {drawn['threshold']:.2f}: the lowest threshold at",
-        "which at least 3 in 4 boxes are right, if any. Over the whole",
+        f"images (never seen in training) {'with a' if drawn['drawn'] else 'and no'} box at score >= "
+        f"{drawn['threshold']:.2f}: the lowest threshold at which at least 3 in 4 boxes are right, if any. Over the whole",
         f"validation split {drawn['precision'] * 100:.0f} % of the boxes at this threshold are right (same class,",
         f"IoU >= 0.5; {drawn['right']} of {drawn['drawn']}) and they find {drawn['recall'] * 100:.0f} % of the objects.",
         "Each label gives the predicted class and its score in percent; box colours only tell boxes",

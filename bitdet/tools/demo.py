@@ -171,9 +171,12 @@ def draw_tasks(out: Path, mode: str, env: Dict[str, str], detection_dirs: Dict[s
     results = {init: [(detection_results(d)["AP"], d) for d in dirs] for init, dirs in detection_dirs.items()}
     best_init = max(results, key=lambda i: sum(ap for ap, _ in results[i]) / len(results[i]))
     best_dir = max(results[best_init], key=lambda r: r[0])[1]
-    images = _validation_images(dataset, env, count=4)
+    records = _validation_records(dataset, env)
     chosen = draw_threshold(best_dir / "inference" / dataset / "coco_instances_results.json",
                             MetadataCatalog.get(dataset).json_file)
+    if not chosen["image_ids"]:  # nothing scores above the highest threshold: draw empty predictions
+        chosen["image_ids"] = [r["image_id"] for r in records[:4]]
+    images = [Path(r["file_name"]) for r in records if r["image_id"] in chosen["image_ids"]]
     write_json(out / "detections_source.json", dict(chosen, init=best_init, run=best_dir.name))
     return [
         Task("visualize",
@@ -182,8 +185,8 @@ def draw_tasks(out: Path, mode: str, env: Dict[str, str], detection_dirs: Dict[s
               "MODEL.WEIGHTS", str(best_dir / "model_final.pth")],
              out / "detections", Progress(0)),
         Task("ground_truth",
-             [*_tool("visualize"), "--config", config, "--dataset", dataset, "--max-images", str(len(images)),
-              "--output", str(out / "ground_truth")],
+             [*_tool("visualize"), "--config", config, "--dataset", dataset,
+              "--image-ids", *map(str, chosen["image_ids"]), "--output", str(out / "ground_truth")],
              out / "ground_truth", Progress(0)),
     ]
 
@@ -234,15 +237,15 @@ def main(argv=None) -> int:
     return 0
 
 
-def _validation_images(dataset: str, env: Dict[str, str], count: int) -> List[Path]:
-    """The first ``count`` image files of a registered COCO-format dataset (demo sets: generated)."""
+def _validation_records(dataset: str, env: Dict[str, str]) -> List[Dict]:
+    """The records of a registered COCO-format dataset (demo sets: generated)."""
     os.environ["DETECTRON2_DATASETS"] = env["DETECTRON2_DATASETS"]
     from detectron2.data import DatasetCatalog
 
     from bitdet.detection.datasets import register_demo_datasets
 
     register_demo_datasets()
-    return [Path(r["file_name"]) for r in DatasetCatalog.get(dataset)[:count]]
+    return DatasetCatalog.get(dataset)
 
 
 def cli(argv=None):

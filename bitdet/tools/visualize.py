@@ -10,6 +10,9 @@ Examples::
     # ground truth of a registered dataset (the config supplies DATASETS.COCO_FORMAT, if any)
     python tools/visualize.py --config demo/retinanet_bit_tiny_demo.yaml \\
         --dataset bitdet_demo_val --output vis_gt/ --max-images 20
+    # ... or of chosen images (COCO image ids)
+    python tools/visualize.py --config demo/retinanet_bit_tiny_demo.yaml \\
+        --dataset bitdet_demo_val --output vis_gt/ --image-ids 3 17
 
 Class names come from ``--metadata-from`` (default: the config's first ``DATASETS.TEST``).
 Outputs have the input image's size and the input's file name with a ``.png`` suffix. With
@@ -22,7 +25,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -169,9 +172,17 @@ def draw_predictions(cfg, files: List[Path], output: Path, threshold: float, met
     return written
 
 
-def draw_ground_truth(name: str, output: Path, max_images: Optional[int]) -> List[Path]:
-    """Draw the ground truth of registered dataset ``name`` into ``output``; returns the PNG paths."""
-    dicts = DatasetCatalog.get(name)[:max_images]
+def draw_ground_truth(name: str, output: Path, max_images: Optional[int],
+                      image_ids: Optional[Sequence[int]] = None) -> List[Path]:
+    """Draw the ground truth of registered dataset ``name`` (only ``image_ids``, if given) into
+    ``output``; returns the PNG paths."""
+    dicts = DatasetCatalog.get(name)
+    if image_ids:
+        missing = set(image_ids) - {d["image_id"] for d in dicts}
+        if missing:
+            raise ValueError(f"{name} has no image id(s) {sorted(missing)}")
+        dicts = [d for d in dicts if d["image_id"] in set(image_ids)]
+    dicts = dicts[:max_images]
     metadata = MetadataCatalog.get(name)
     used: Dict[str, int] = {}
     names = [_output_name(d["file_name"], used) for d in dicts]
@@ -195,7 +206,7 @@ def main(args) -> List[Path]:
     output.mkdir(parents=True, exist_ok=True)
     if args.dataset:
         prepare_datasets(cfg, [args.dataset])
-        return draw_ground_truth(args.dataset, output, args.max_images)
+        return draw_ground_truth(args.dataset, output, args.max_images, args.image_ids)
     metadata_name = args.metadata_from if args.metadata_from is not None else (cfg.DATASETS.TEST or [None])[0]
     metadata = _metadata(cfg, metadata_name)
     return draw_predictions(cfg, list_images(args.input), output, args.confidence_threshold, metadata)
@@ -210,9 +221,12 @@ def parse_args(argv=None):
     parser.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score drawn (default 0.5)")
     parser.add_argument("--metadata-from", metavar="NAME", help="dataset whose class names label boxes")
     parser.add_argument("--max-images", type=int, default=None, help="--dataset: draw at most this many")
+    parser.add_argument("--image-ids", type=int, nargs="+", metavar="ID", help="--dataset: draw only these images")
     args = parser.parse_args(argv)
     if not (args.input or args.dataset):
         parser.error("pass --input PATH [PATH ...] or --dataset NAME")
+    if args.image_ids and not args.dataset:
+        parser.error("--image-ids selects images of --dataset NAME")
     return args
 
 

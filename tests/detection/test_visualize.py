@@ -1,5 +1,6 @@
 """tools/visualize.py: predictions of a (here untrained) detector and dataset ground truth as PNGs."""
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -90,3 +91,17 @@ def test_inputs_are_checked(tmp_path):
     assert [p.name for p in tool.list_images([str(tmp_path)])] == ["a.JPG", "b.png"]
     with pytest.raises(SystemExit):
         tool.parse_args(["--config", CONFIG, "--output", str(tmp_path)])  # neither --input nor --dataset
+
+
+def test_ground_truth_of_chosen_images(data, tmp_path):
+    root, paths = data
+    tool = _load_tool()
+    spec = f"[['vis_test_val_ids', '{paths['val_json']}', '{paths['val_images']}']]"
+    ids = sorted(image["id"] for image in json.loads(Path(paths["val_json"]).read_text())["images"])
+    argv = ["--config", CONFIG, "--dataset", "vis_test_val_ids", "--output", str(tmp_path / "gt"),
+            "DATASETS.COCO_FORMAT", spec]
+    written = tool.main(tool.parse_args([*argv[:4], "--image-ids", str(ids[2]), str(ids[0]), *argv[4:]]))
+    # Dataset order, only the chosen ones.
+    assert [p.name for p in written] == ["000000.png", "000002.png"]
+    with pytest.raises(ValueError, match=r"vis_test_val_ids has no image id\(s\) \[999\]"):
+        tool.main(tool.parse_args([*argv[:4], "--image-ids", "999", *argv[4:]]))
