@@ -213,9 +213,11 @@ def _study_section(root: Path, study: Mapping[str, Any], source, transfer_runs: 
     verdicts = [f"study, detection: {det_versus.verdict()}"]
     verdicts += [f"study, digits {_shots_label(s)}: {c.verdict()}" for s, c in versus]
     lines = [
-        f"## 4. More upstream data transfers better (`--study`): 100 % vs {share} of the items",
+        f"## 4. Does more upstream data transfer better? (`--study`): 100 % vs {share} of the items",
         "",
-        f"A second upstream model is trained on a fixed random {share} of the Fashion-MNIST training items",
+        "The paper finds that larger upstream data transfers better (BiT-M, ImageNet-21k, over BiT-S,",
+        "ILSVRC-2012). Here a second",
+        f"upstream model is trained on a fixed random {share} of the Fashion-MNIST training items",
         "for the same number of steps (the same compute, each item seen more often), then transferred",
         "and detected with the same recipes and seeds. Each gain is against scratch; the last columns",
         "compare the two upstream models directly (paired t for digits, Welch for detection).",
@@ -371,8 +373,9 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
         "",
         f"Predictions of the better detector ({drawn['init']}, run `{drawn['run']}`) on the first validation",
         f"images (never seen in training) {'with a' if drawn['drawn'] else 'and no'} box at score >= "
-        f"{drawn['threshold']:.2f}: the lowest threshold at which at least 3 in 4 boxes are right, if any. Over the whole",
-        f"validation split {drawn['precision'] * 100:.0f} % of the boxes at this threshold are right (same class,",
+        f"{drawn['threshold']:.2f}:",
+        "the lowest threshold at which at least 3 in 4 boxes are right, if any. Over the whole validation",
+        f"split {drawn['precision'] * 100:.0f} % of the boxes at this threshold are right (same class,",
         f"IoU >= 0.5; {drawn['right']} of {drawn['drawn']}) and they find {drawn['recall'] * 100:.0f} % of the objects.",
         "Each label gives the predicted class and its score in percent; box colours only tell boxes",
         "apart. The ground truth of the same images is on the right.",

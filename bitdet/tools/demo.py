@@ -13,10 +13,10 @@
 4. ``OUTPUT/report.md``: mean ± std per initialisation, a 95 % t-interval of each gain and a
    verdict computed from it, plots; every figure is read from the run's files.
 
-``--study`` adds the paper's second claim, that more upstream data transfers better (section
-4.1): a second upstream model trained on a tenth of the Fashion-MNIST items for as many steps
-(the same compute), then transferred and detected like the first; the report sets the gains of
-the two side by side. It adds one pretraining, one transfer sweep and one detection run per seed.
+``--study`` tests the paper's second claim, that more upstream data transfers better (BiT-M
+over BiT-S): a second upstream model trained on a tenth of the Fashion-MNIST items for as many
+steps (the same compute), then transferred and detected like the first; the report sets the
+gains of the two side by side. It adds one pretraining, one transfer sweep and one detection run per seed.
 
 Examples::
 
