@@ -116,6 +116,9 @@ def test_draw_threshold_is_the_lowest_mostly_right_and_picks_images_with_boxes(t
     assert chosen["threshold"] == 0.35 and (chosen["drawn"], chosen["right"]) == (4, 3)
     # The split's order, only images with a box at that threshold (not 1), at most 2.
     assert chosen["image_ids"] == [5, 2]
+    # No box at any threshold: the first images of the split.
+    (tmp_path / "low.json").write_text(json.dumps([dict(p, score=0.1) for p in preds]))
+    assert draw_threshold(tmp_path / "low.json", tmp_path / "gt.json", images=2)["image_ids"] == [5, 1]
 
 
 # ----------------------------------------------------------------------------- report from synthetic runs

@@ -97,14 +97,17 @@ def box_precision(predictions: Sequence[Mapping[str, Any]], ground_truth: Mappin
 def draw_threshold(predictions_file: PathLike, gt_file: PathLike, images: int = 4) -> Dict[str, Any]:
     """The lowest of :data:`DRAW_THRESHOLDS` at which >= 75 % of drawn boxes are right (else the
     highest), with its :func:`box_precision` figures on the evaluated split and ``image_ids``: the
-    first ``images`` images of the split (in its order) with at least one box at that threshold."""
+    first ``images`` images of the split (in its order) with at least one box at that threshold
+    (the first ``images`` of all when none has one)."""
     predictions = _read_json_list(Path(predictions_file))
     ground_truth = _read_json(Path(gt_file))
     stats = [box_precision(predictions, ground_truth, t) for t in DRAW_THRESHOLDS]
     good = [s for s in stats if s["drawn"] and s["precision"] >= _DRAW_PRECISION]
     chosen: Dict[str, Any] = dict(good[0] if good else stats[-1])
     with_boxes = {p["image_id"] for p in predictions if p["score"] >= chosen["threshold"]}
-    chosen["image_ids"] = [im["id"] for im in ground_truth["images"] if im["id"] in with_boxes][:images]
+    ids = [im["id"] for im in ground_truth["images"]]
+    # With no box at any threshold, the first images show that nothing is found.
+    chosen["image_ids"] = [i for i in ids if i in with_boxes][:images] or ids[:images]
     return chosen
 
 
@@ -197,8 +200,8 @@ def _shots_label(shots: Any) -> str:
 
 
 def _study_section(root: Path, study: Mapping[str, Any], source, transfer_runs: Sequence[Mapping[str, Any]],
-                   gains: Mapping[Any, Comparison], det: Mapping[str, Sequence[Mapping[str, Any]]]
-                   ) -> Tuple[List[str], List[str], Dict[str, Any]]:
+                   gains: Mapping[Any, Comparison], det: Mapping[str, Sequence[Mapping[str, Any]]],
+                   det_full: Comparison) -> Tuple[List[str], List[str], Dict[str, Any]]:
     """``--study``: the upstream model on all items vs the one on ``study["fraction"]`` of them (same
     steps), each against scratch and against each other. Returns (report lines, verdicts, summary)."""
     init, share = study["init"], f"{study['fraction'] * 100:.0f} %"
@@ -209,7 +212,6 @@ def _study_section(root: Path, study: Mapping[str, Any], source, transfer_runs: 
     versus = transfer_comparisons(transfer_runs, "upstream", init, sides=sides)
     det_small = detection_comparison(det, init)
     det_versus = detection_comparison(det, "upstream", init, sides=sides)
-    det_full = detection_comparison(det)
     verdicts = [f"study, detection: {det_versus.verdict()}"]
     verdicts += [f"study, digits {_shots_label(s)}: {c.verdict()}" for s, c in versus]
     lines = [
@@ -298,7 +300,7 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
     study_summary: Dict[str, Any] = {}
     if study:
         study_lines, study_verdicts, study_summary = _study_section(
-            root, study, source, transfer_runs, dict(transfer), det)
+            root, study, source, transfer_runs, dict(transfer), det, det_cmp)
         verdicts += study_verdicts
 
     total_wall = settings.get("wall_s", sum(t["wall_s"] for t in timings.values()))
@@ -373,8 +375,8 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
         "",
         f"Predictions of the better detector ({drawn['init']}, run `{drawn['run']}`) on the first validation",
         f"images (never seen in training) {'with a' if drawn['drawn'] else 'and no'} box at score >= "
-        f"{drawn['threshold']:.2f}:",
-        "the lowest threshold at which at least 3 in 4 boxes are right, if any. Over the whole validation",
+        f"{drawn['threshold']:.2f}: the lowest threshold at which at least 3 in 4 boxes are right, if any.",
+        "Over the whole validation",
         f"split {drawn['precision'] * 100:.0f} % of the boxes at this threshold are right (same class,",
         f"IoU >= 0.5; {drawn['right']} of {drawn['drawn']}) and they find {drawn['recall'] * 100:.0f} % of the objects.",
         "Each label gives the predicted class and its score in percent; box colours only tell boxes",

@@ -21,10 +21,11 @@ Example::
     final = trainer.train(resume=True)  # {"step", "loss", "img_per_s", ..., "eval": {...}}
 
 Conventions: ``lr_at(step)`` gives the lr of the 0-based optimizer step ``step``;
-``model_{step - 1:07d}.pth`` holds the state after ``step`` completed steps (Detectron2's naming), with a plain bitdet
-state dict under ``"model"`` (readable by :func:`bitdet.checkpoint.load_weights`). Data order
-and augmentation are functions of ``(seed, step)`` (:mod:`bitdet.engine.data`), so a resumed
-run reproduces an uninterrupted one exactly. Accuracies are percentages.
+``model_{step - 1:07d}.pth`` holds the state after ``step`` completed steps (Detectron2's
+naming), with a plain bitdet state dict under ``"model"`` (readable by
+:func:`bitdet.checkpoint.load_weights`). Data order and augmentation are functions of
+``(seed, step)`` (:mod:`bitdet.engine.data`), so a resumed run reproduces an uninterrupted one
+exactly. Accuracies are percentages.
 """
 from bitdet.engine.checkpoint import TrainingCheckpointer, clear_run
 from bitdet.engine.data import SeededDataset, StepBatchSampler, collate_skip_none

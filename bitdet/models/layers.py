@@ -27,8 +27,8 @@ def standardize_weight(weight: torch.Tensor, eps: float = WS_EPS) -> torch.Tenso
 
     The statistics are per row of the kernel seen as ``(out, in*kh*kw)``, which is exactly
     ``F.layer_norm`` without affine parameters: one fused reduction kernel forward and one
-    backward instead of separate mean, variance and arithmetic ops. A channels-last kernel is normalised through its
-    ``(out, kh*kw*in)`` memory-order view, so neither direction copies it.
+    backward instead of separate mean, variance and arithmetic ops. A channels-last kernel is
+    normalised through its ``(out, kh*kw*in)`` memory-order view, so neither direction copies it.
     """
     out = weight.shape[0]
     if weight.dim() == 4 and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):

@@ -16,7 +16,8 @@
 ``--study`` tests the paper's second claim, that more upstream data transfers better (BiT-M
 over BiT-S): a second upstream model trained on a tenth of the Fashion-MNIST items for as many
 steps (the same compute), then transferred and detected like the first; the report sets the
-gains of the two side by side. It adds one pretraining, one transfer sweep and one detection run per seed.
+gains of the two side by side. It adds one pretraining, one transfer sweep and one detection
+run per seed.
 
 Examples::
 
@@ -120,6 +121,7 @@ def build_tasks(out: Path, mode: str, seed: int, detection_seeds: int = 0, study
     # Fashion-MNIST's training split has 60,000 items (or MAX_SAMPLES of them).
     items = pre_cfg.DATASETS.TRAIN.MAX_SAMPLES or 60000
     schedule = build_schedule(pre_cfg, items)
+    # Per initialisation, what finetune's --weights and Detectron2's MODEL.WEIGHTS are given.
     weights = {"upstream": str(out / "upstream" / "model_final.pth"), "scratch": "scratch"}
     tasks.append(Task("pretrain", [*_tool("pretrain"), "--config-file", config, *pre_opts], Path(weights["upstream"]),
                       Progress(schedule.total_steps)))
@@ -145,6 +147,7 @@ def build_tasks(out: Path, mode: str, seed: int, detection_seeds: int = 0, study
                           needs=needs[init]))
 
     config, extra, n_seeds = spec["detection"]
+    detection_weights = dict(weights, scratch="")
     n_seeds = detection_seeds or n_seeds
     max_iter = get_bit_cfg(config).SOLVER.MAX_ITER
     for k in range(n_seeds):
@@ -152,7 +155,7 @@ def build_tasks(out: Path, mode: str, seed: int, detection_seeds: int = 0, study
             folder = out / "detection" / f"{init}_seed{seed + k}"
             tasks.append(Task(f"detection_{init}_seed{seed + k}",
                               [*_tool("train_net"), "--config", config, *extra, "MODEL.BIT.VARIANT", DEMO_MODEL,
-                               "MODEL.WEIGHTS", "" if init == "scratch" else weights[init], "TEST.EVAL_PERIOD",
+                               "MODEL.WEIGHTS", detection_weights[init], "TEST.EVAL_PERIOD",
                                str(max_iter), "SEED", str(seed + k), "OUTPUT_DIR", str(folder)],
                               folder / "model_final.pth", Progress(max_iter), needs=needs[init]))
     return tasks
@@ -174,8 +177,6 @@ def draw_tasks(out: Path, mode: str, env: Dict[str, str], detection_dirs: Dict[s
     records = _validation_records(dataset, env)
     chosen = draw_threshold(best_dir / "inference" / dataset / "coco_instances_results.json",
                             MetadataCatalog.get(dataset).json_file)
-    if not chosen["image_ids"]:  # nothing scores above the highest threshold: draw empty predictions
-        chosen["image_ids"] = [r["image_id"] for r in records[:4]]
     images = [Path(r["file_name"]) for r in records if r["image_id"] in chosen["image_ids"]]
     write_json(out / "detections_source.json", dict(chosen, init=best_init, run=best_dir.name))
     return [

@@ -18,7 +18,7 @@ Examples::
     # few-shot: 1/5/10/25 examples per class, three seeds -> mean ± std
     python tools/finetune.py --config-file finetune/cifar100.yaml --data-root ~/data \\
         --weights BiT-M-R50x1.npz --shots 1,5,10,25 --seeds 0,1,2
-    # evaluate a fine-tuned checkpoint (results.json names the final one: model_<steps>.pth)
+    # evaluate a fine-tuned checkpoint (results.json names the final one)
     python tools/finetune.py --config-file finetune/cifar10.yaml --data-root ~/data \\
         --eval-only --weights output/finetune/cifar10/model_0009999.pth
 

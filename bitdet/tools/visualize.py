@@ -178,10 +178,11 @@ def draw_ground_truth(name: str, output: Path, max_images: Optional[int],
     ``output``; returns the PNG paths."""
     dicts = DatasetCatalog.get(name)
     if image_ids:
-        missing = set(image_ids) - {d["image_id"] for d in dicts}
+        wanted = set(image_ids)
+        missing = wanted - {d["image_id"] for d in dicts}
         if missing:
             raise ValueError(f"{name} has no image id(s) {sorted(missing)}")
-        dicts = [d for d in dicts if d["image_id"] in set(image_ids)]
+        dicts = [d for d in dicts if d["image_id"] in wanted]
     dicts = dicts[:max_images]
     metadata = MetadataCatalog.get(name)
     used: Dict[str, int] = {}
