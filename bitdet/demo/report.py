@@ -23,6 +23,13 @@ __all__ = ["DRAW_THRESHOLDS", "box_precision", "detection_comparison", "detectio
            "loss_curves_plot", "transfer_comparisons", "write_report"]
 
 _AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# What the report says of each transfer dataset the demo can run (``DATASET.NAME``).
+_TRANSFER_TASKS = {
+    "digits": "scikit-learn's 8x8 handwritten digits, plain (grey on black)",
+    "digits_on_photos": "scikit-learn's 8x8 handwritten digits drawn like the upstream's object-like items "
+                        "(40-100 % of a 32 px canvas, 3 in 4 tinted on photo crops): new classes in a look the "
+                        "upstream model has seen",
+}
 # Score thresholds tried for the drawn detections: the lowest whose boxes are >= 75 % right
 # (a short CPU schedule leaves RetinaNet's focal-loss scores low, mostly below 0.6).
 DRAW_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
@@ -272,6 +279,7 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
         raise FileNotFoundError(f"no fine-tuning results under {root / 'transfer'}; did the transfer stages finish?")
     sources.append(f"transfer/{{{','.join(inits)}}}/*/<shots>_seed<k>/results.json")
     transfer_rows = summarize_runs(transfer_runs)
+    dataset = transfer_runs[0]["dataset"]
     transfer = transfer_comparisons(transfer_runs, "upstream")
 
     det_dirs = {init: sorted((root / "detection").glob(f"{init}_seed*")) for init in inits}
@@ -339,10 +347,11 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
         "",
         "![pretraining curve](plots/pretrain_curve.png)",
         "",
-        "## 2. BiT-HyperRule transfer to scikit-learn digits: upstream vs from scratch",
+        f"## 2. BiT-HyperRule transfer to `{dataset}`: upstream vs from scratch",
         "",
-        "Top-1 (%) on the digits test split, mean ± std over seeds (a seed fixes the few-shot draw and",
-        "the training order; the gain's interval is a paired t-interval over seeds).",
+        f"{_TRANSFER_TASKS.get(dataset, dataset)}. Top-1 (%) on its test split, mean ± std over seeds",
+        "(a seed fixes the few-shot draw and the training order; the gain's interval is a paired",
+        "t-interval over seeds).",
         "",
         "| shots | upstream | scratch | gain | 95 % CI | gain > larger std | verdict |",
         "|---|---|---|---|---|---|---|",

@@ -4,7 +4,8 @@
 1. upstream pretraining of a small BiT model on Fashion-MNIST, half the items in their plain
    look, half drawn like the detection set's objects (several scales, some tinted on photo
    crops; ``tools/pretrain.py``);
-2. BiT-HyperRule transfer to scikit-learn's digits at 1/5/10 shots and full data, from that
+2. BiT-HyperRule transfer to scikit-learn's digits drawn like those object-like items (new
+   classes, a look the upstream model has seen) at 1/5/10 shots and full data, from that
    checkpoint and from scratch, three seeds each (``tools/finetune.py``);
 3. RetinaNet with the pretrained BiT backbone on the generated detection dataset (Fashion-MNIST
    items on scikit-image photos) against the same detector from scratch, three seeds each, COCO
@@ -62,14 +63,15 @@ STUDY_INIT = "upstream10"
 MODES = {
     "full": {
         "pretrain": ("pretrain/demo_fashion_mnist.yaml", []),
-        "transfer": ("finetune/demo_digits.yaml", "1,5,10,full", 3),
+        "transfer": ("finetune/demo_digits_on_photos.yaml", [], "1,5,10,full", 3),
         # Three runs per side: a t-interval from two has about one degree of freedom.
         "detection": ("demo/retinanet_bit_tiny_demo.yaml", [], 3),
     },
     "smoke": {
         "pretrain": ("pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
                      ["DATASETS.TRAIN.KIND", "fashion_mnist_photos"]),
-        "transfer": ("finetune/quick_schedules/finetune_instant_test.yaml", "1,full", 2),
+        "transfer": ("finetune/quick_schedules/finetune_instant_test.yaml", ["DATASET.NAME", "digits_on_photos"],
+                     "1,full", 2),
         "detection": ("quick_schedules/retinanet_bit_instant_test.yaml", [], 2),
     },
 }
@@ -135,17 +137,7 @@ def build_tasks(out: Path, mode: str, seed: int, detection_seeds: int = 0, study
     # Scratch runs need no upstream model: they start beside the pretraining.
     needs = {"upstream": ("pretrain",), "scratch": (), STUDY_INIT: (f"pretrain_{STUDY_INIT}",)}
 
-    config, shots, n_seeds = spec["transfer"]
-    seeds = ",".join(str(seed + k) for k in range(n_seeds))
-    steps = get_finetune_cfg(config).HYPERRULE.STEPS
-    for init in inits_of(study):
-        folder = out / "transfer" / init
-        tasks.append(Task(f"transfer_{init}",
-                          [*_tool("finetune"), "--config-file", config, "--weights", weights[init], "--shots", shots,
-                           "--seeds", seeds, "MODEL.NAME", DEMO_MODEL, "OUTPUT_DIR", str(folder)],
-                          folder / "results.json", Progress(steps, runs=len(shots.split(",")) * n_seeds),
-                          needs=needs[init]))
-
+    # Longest first: the detection runs, then the short transfer sweeps fill the gaps.
     config, extra, n_seeds = spec["detection"]
     detection_weights = dict(weights, scratch="")
     n_seeds = detection_seeds or n_seeds
@@ -158,6 +150,17 @@ def build_tasks(out: Path, mode: str, seed: int, detection_seeds: int = 0, study
                                "MODEL.WEIGHTS", detection_weights[init], "TEST.EVAL_PERIOD",
                                str(max_iter), "SEED", str(seed + k), "OUTPUT_DIR", str(folder)],
                               folder / "model_final.pth", Progress(max_iter), needs=needs[init]))
+
+    config, extra, shots, n_seeds = spec["transfer"]
+    seeds = ",".join(str(seed + k) for k in range(n_seeds))
+    steps = get_finetune_cfg(config).HYPERRULE.STEPS
+    for init in inits_of(study):
+        folder = out / "transfer" / init
+        tasks.append(Task(f"transfer_{init}",
+                          [*_tool("finetune"), "--config-file", config, "--weights", weights[init], "--shots", shots,
+                           "--seeds", seeds, *extra, "MODEL.NAME", DEMO_MODEL, "OUTPUT_DIR", str(folder)],
+                          folder / "results.json", Progress(steps, runs=len(shots.split(",")) * n_seeds),
+                          needs=needs[init]))
     return tasks
 
 

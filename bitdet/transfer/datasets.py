@@ -12,6 +12,7 @@ check only that the files exist, naming the ones that are missing.
 """
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 from dataclasses import dataclass
@@ -308,6 +309,47 @@ def _digits(root: str, split: str, download: bool) -> Dataset:
     return SklearnDigits(split)
 
 
+class DigitsOnPhotos(SklearnDigits):
+    """scikit-learn's digits drawn the way the demo's upstream data draws its object-like items.
+
+    Each digit, upsampled to 28 px (the Fashion-MNIST item size), is placed at a side of
+    ``scale_range`` x ``size`` and a random position on a ``size`` px canvas; with probability
+    ``photo_prob`` it is tinted and pasted on a scikit-image photo crop, else it stays grey on
+    black (:func:`bitdet.data.detection_generate.item_on_canvas`). The defaults are the demo
+    upstream config's ``INPUT.ITEM_SCALE`` and ``INPUT.PHOTO_PROB``: new classes in a look the
+    upstream model has seen, BiT's setting. Image ``i`` of a split is drawn from
+    ``(draw_seed, split, i)``: a fixed dataset, not an augmentation.
+    """
+
+    def __init__(self, split: str = "train", size: int = 32, scale_range: Tuple[float, float] = (0.4, 1.0),
+                 photo_prob: float = 0.75, draw_seed: int = 0) -> None:
+        super().__init__(split)
+        self.data = _draw_digits(split, size, tuple(scale_range), float(photo_prob), draw_seed)
+
+    def __getitem__(self, index: int):
+        return Image.fromarray(self.data[index], mode="RGB"), int(self.targets[index])
+
+
+@functools.lru_cache(maxsize=4)
+def _draw_digits(split: str, size: int, scale_range: Tuple[float, float], photo_prob: float,
+                 draw_seed: int) -> np.ndarray:
+    """The drawn images of a :class:`DigitsOnPhotos` split (cached: a few-shot sweep reuses them)."""
+    from bitdet.data.detection_generate import item_on_canvas
+
+    drawn = []
+    for i, digit in enumerate(SklearnDigits(split).data):
+        item = np.asarray(Image.fromarray(digit).resize((28, 28), Image.BILINEAR))
+        rng = np.random.default_rng([draw_seed, ("train", "test").index(split), i])
+        drawn.append(item_on_canvas(item, rng, size, scale_range, bool(rng.random() < photo_prob)))
+    drawn = np.stack(drawn)
+    drawn.flags.writeable = False
+    return drawn
+
+
+def _digits_on_photos(root: str, split: str, download: bool) -> Dataset:
+    return DigitsOnPhotos(split)
+
+
 _ONE_SPLIT = ("train", "test")
 register_dataset(DatasetSpec("cifar10", _cifar(CIFAR10Files), "train", "test", _ONE_SPLIT, (32, 32)))
 register_dataset(DatasetSpec("cifar100", _cifar(CIFAR100Files), "train", "test", _ONE_SPLIT, (32, 32)))
@@ -324,4 +366,6 @@ register_dataset(
 # Digits (here and MNIST): a mirrored digit is not a digit (or is another one); no flips.
 # The data ships inside scikit-learn, so the root is only a marker and is ignored.
 register_dataset(DatasetSpec("digits", _digits, "train", "test", _ONE_SPLIT, (8, 8), flip=False,
+                             default_root="<sklearn>"))
+register_dataset(DatasetSpec("digits_on_photos", _digits_on_photos, "train", "test", _ONE_SPLIT, (32, 32), flip=False,
                              default_root="<sklearn>"))

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bitdet.transfer import datasets as transfer_datasets
 from bitdet.transfer.datasets import (
+    DigitsOnPhotos,
     SklearnDigits,
     build_dataset,
     dataset_classes,
@@ -32,7 +34,7 @@ def _jpeg(path, color, size=(40, 30)):
 def test_registry_has_the_issue_datasets():
     names = set(list_datasets())
     assert {"cifar10", "cifar100", "oxford_pets", "flowers102", "imagenet", "fashion_mnist", "mnist",
-            "digits", "imagefolder"} <= names
+            "digits", "digits_on_photos", "imagefolder"} <= names
     assert sum(n.startswith("vtab/") for n in names) == 19
     with pytest.raises(KeyError, match="registered: .*cifar10"):
         get_spec("cifar11")
@@ -151,3 +153,22 @@ def test_digits_split_is_deterministic_stratified_and_disjoint():
     image, label = train[0]
     assert image.size == (8, 8) and image.mode == "L" and np.asarray(image).max() <= 255
     assert get_spec("digits").flip is False
+
+
+def test_digits_on_photos_are_the_digits_drawn_once_like_upstream_objects():
+    plain, drawn = SklearnDigits("test"), DigitsOnPhotos("test")
+    np.testing.assert_array_equal(drawn.targets, plain.targets)
+    image, label = drawn[0]
+    assert image.size == (32, 32) and image.mode == "RGB" and label == plain[0][1]
+    images = np.stack([np.asarray(drawn[i][0]) for i in range(len(drawn))])
+    grey = np.array([np.array_equal(im[..., 0], im[..., 1]) and np.array_equal(im[..., 1], im[..., 2]) for im in images])
+    assert 0.15 < grey.mean() < 0.35  # photo_prob 0.75: about 1 in 4 stays grey on black
+    for im in images[grey][:20]:  # the digit alone on black, 40-100 % of the canvas
+        ys, xs = np.nonzero(im[..., 0] > 0)
+        assert 0.4 * 32 * 0.8 <= max(np.ptp(ys), np.ptp(xs)) + 1 <= 32 and (im[..., 0] == 0).mean() > 0.2
+    assert (images[~grey].min(axis=3) > 0).mean() > 0.8  # a photo behind the tinted ones
+    # A fixed dataset: the same drawing every time, another one for the other split and draw seed.
+    transfer_datasets._draw_digits.cache_clear()
+    np.testing.assert_array_equal(np.asarray(DigitsOnPhotos("test")[5][0]), images[5])
+    assert not np.array_equal(np.asarray(DigitsOnPhotos("test", draw_seed=1)[5][0]), images[5])
+    assert get_spec("digits_on_photos").flip is False and build_dataset("digits_on_photos", "", "train")[0][0].size == (32, 32)
