@@ -1,5 +1,6 @@
 """Readers on small files written in each official on-disk format."""
 import gzip
+import inspect
 import pickle
 import struct
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bitdet.pretrain import get_pretrain_cfg
 from bitdet.transfer import datasets as transfer_datasets
 from bitdet.transfer.datasets import (
     DigitsOnPhotos,
@@ -167,8 +169,17 @@ def test_digits_on_photos_are_the_digits_drawn_once_like_upstream_objects():
         ys, xs = np.nonzero(im[..., 0] > 0)
         assert 0.4 * 32 * 0.8 <= max(np.ptp(ys), np.ptp(xs)) + 1 <= 32 and (im[..., 0] == 0).mean() > 0.2
     assert (images[~grey].min(axis=3) > 0).mean() > 0.8  # a photo behind the tinted ones
-    # A fixed dataset: the same drawing every time, another one for the other split and draw seed.
+    # A fixed dataset: the same drawing every time, another one for another draw seed.
     transfer_datasets._draw_digits.cache_clear()
     np.testing.assert_array_equal(np.asarray(DigitsOnPhotos("test")[5][0]), images[5])
     assert not np.array_equal(np.asarray(DigitsOnPhotos("test", draw_seed=1)[5][0]), images[5])
     assert get_spec("digits_on_photos").flip is False and build_dataset("digits_on_photos", "", "train")[0][0].size == (32, 32)
+
+
+def test_digits_on_photos_follow_the_demo_upstream_look():
+    """The demo's transfer task is drawn with its upstream config's object-like item settings."""
+    upstream = get_pretrain_cfg("pretrain/demo_fashion_mnist.yaml").INPUT
+    defaults = inspect.signature(DigitsOnPhotos).parameters
+    assert defaults["size"].default == upstream.CROP_SIZE
+    assert tuple(defaults["scale_range"].default) == tuple(upstream.ITEM_SCALE)
+    assert defaults["photo_prob"].default == upstream.PHOTO_PROB
