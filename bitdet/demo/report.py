@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 
 from bitdet.demo.stats import Comparison, compare
+from bitdet.transfer.datasets import get_spec
 from bitdet.transfer.fewshot import FULL, mean_std
 from bitdet.transfer.report import accuracy_vs_shots_plot, collect_runs, read_metrics, summarize_runs, training_curve_plot
 from bitdet.utils.io import PathLike, atomic_write, write_json
@@ -23,13 +24,6 @@ __all__ = ["DRAW_THRESHOLDS", "box_precision", "detection_comparison", "detectio
            "loss_curves_plot", "transfer_comparisons", "write_report"]
 
 _AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-# What the report says of each transfer dataset the demo can run (``DATASET.NAME``).
-_TRANSFER_TASKS = {
-    "digits": "scikit-learn's 8x8 handwritten digits, plain (grey on black)",
-    "digits_on_photos": "scikit-learn's 8x8 handwritten digits drawn like the upstream's object-like items "
-                        "(40-100 % of a 32 px canvas, 3 in 4 tinted on photo crops): new classes in a look the "
-                        "upstream model has seen",
-}
 # Score thresholds tried for the drawn detections: the lowest whose boxes are >= 75 % right
 # (a short CPU schedule leaves RetinaNet's focal-loss scores low, mostly below 0.6).
 DRAW_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
@@ -349,7 +343,7 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
         "",
         f"## 2. BiT-HyperRule transfer to `{dataset}`: upstream vs from scratch",
         "",
-        f"{_TRANSFER_TASKS.get(dataset, dataset)}. Top-1 (%) on its test split, mean ± std over seeds",
+        f"{get_spec(dataset).description or dataset}. Top-1 (%) on its test split, mean ± std over seeds",
         "(a seed fixes the few-shot draw and the training order; the gain's interval is a paired",
         "t-interval over seeds).",
         "",

@@ -53,6 +53,7 @@ class DatasetSpec:
         random_crop / flip: False where the augmentation would change the label (counting,
             position, orientation).
         default_root: used when no data root is given ("" = a root is required).
+        description: one line for reports on runs of this dataset ("" = its name says enough).
     """
 
     name: str
@@ -64,6 +65,7 @@ class DatasetSpec:
     random_crop: bool = True
     flip: bool = True
     default_root: str = ""
+    description: str = ""
 
 
 DATASETS: Dict[str, DatasetSpec] = {}
@@ -366,6 +368,9 @@ register_dataset(
 # Digits (here and MNIST): a mirrored digit is not a digit (or is another one); no flips.
 # The data ships inside scikit-learn, so the root is only a marker and is ignored.
 register_dataset(DatasetSpec("digits", _digits, "train", "test", _ONE_SPLIT, (8, 8), flip=False,
-                             default_root="<sklearn>"))
+                             default_root="<sklearn>",
+                             description="scikit-learn's 8x8 handwritten digits, plain (grey on black)"))
 register_dataset(DatasetSpec("digits_on_photos", _digits_on_photos, "train", "test", _ONE_SPLIT, (32, 32), flip=False,
-                             default_root="<sklearn>"))
+                             default_root="<sklearn>",
+                             description="scikit-learn's 8x8 handwritten digits drawn like the demo upstream's "
+                                         "object-like items: new classes in a look the upstream model has seen"))
