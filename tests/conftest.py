@@ -1,3 +1,7 @@
+import shutil
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -18,3 +22,23 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# The suite's peak of temporary files (checkpoints of the training tests; a passing test's
+# directory is removed when it ends, see setup.cfg), measured on the full suite with margin.
+_TMP_SPACE_NEEDED_GB = 2.0
+
+
+def pytest_sessionstart(session):
+    """Stop at once, in one line, when the temporary files cannot fit (rather than hundreds of
+    ENOSPC errors)."""
+    root = Path(session.config.option.basetemp or tempfile.gettempdir()).resolve()
+    while not root.exists():
+        root = root.parent
+    free_gb = shutil.disk_usage(root).free / 2**30
+    if free_gb < _TMP_SPACE_NEEDED_GB:
+        pytest.exit(
+            f"the tests need about {_TMP_SPACE_NEEDED_GB:.0f} GB free for their temporary files "
+            f"under {root}; {free_gb:.1f} GB free there (free some, or pass --basetemp DIR)",
+            returncode=1,
+        )

@@ -27,6 +27,16 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
+
+# torch's CUDA build alone is ~5.6 GB: say so up front rather than fail half-installed.
+NEED_MB=7000
+if ! "$PY" -c "import torch" 2>/dev/null; then
+    free_mb=$(df -Pm "$VENV" | awk 'NR==2 {print $4}')
+    if (( free_mb < NEED_MB )); then
+        say "ERROR: installing torch into $VENV needs about $((NEED_MB / 1000)) GB free; $free_mb MB free there"
+        exit 1
+    fi
+fi
 "${PIP[@]}" install --quiet --upgrade "pip>=23" wheel
 
 say "torch and torchvision (pinned by $CONSTRAINTS)"
