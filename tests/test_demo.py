@@ -13,6 +13,7 @@ import pytest
 from bitdet.demo.progress import Progress, StageFailed, Task, run_tasks
 from bitdet.demo.report import box_precision, detection_results, draw_threshold, transfer_comparisons, write_report
 from bitdet.demo.stats import compare
+from bitdet.utils.machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -268,6 +269,7 @@ def test_demo_pipeline_smoke(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     final = json.loads((out / "upstream/final.json").read_text())
     assert f"| {final['top1']:.1f} | {final['top5']:.1f} |" in report
+    assert f"Machine: {cpu_name()}, " in report  # figures differ between CPU models: it is named
     for init in ("upstream", "scratch"):
         for seed in (3, 4):
             det = detection_results(out / f"detection/{init}_seed{seed}")

@@ -6,7 +6,6 @@ import json
 import logging
 import math
 import os
-import platform
 import statistics
 import time
 from typing import Dict, List
@@ -20,6 +19,7 @@ from bitdet.benchmark.suite import get_spec
 from bitdet.benchmark.timing import RunSettings, applicable, finish, measure, prepare, release, time_block
 from bitdet.config import check_device
 from bitdet.utils.io import write_json
+from bitdet.utils.machine import cpu_name
 
 __all__ = ["run_benchmark", "resolve_device", "output_path"]
 
@@ -55,7 +55,7 @@ def _settings(cfg, device: str) -> RunSettings:
 def _meta(cfg, device: str) -> Dict:
     return {
         "device": device,
-        "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "precision": cfg.BENCH.PRECISION,

@@ -311,7 +311,8 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
     lines = [
         "# bitdet demo: pretrain -> classify -> detect",
         "",
-        f"Machine: {platform.machine()} CPU, {settings.get('cpus', '?')} cores, torch {settings.get('torch', '?')}; "
+        f"Machine: {settings.get('cpu', platform.machine() + ' CPU')}, {settings.get('cpus', '?')} cores, "
+        f"torch {settings.get('torch', '?')}; "
         f"mode: {settings.get('mode', '?')}; base seed {settings.get('seed', '?')}; "
         f"{settings.get('jobs', '?')} stage(s) at a time.",
         f"Wall time {total_wall / 60:.1f} min; CPU time of all stages {total_cpu / 60:.1f} min "

@@ -228,9 +228,10 @@ def main(argv=None) -> int:
     import torch
 
     from bitdet.demo.report import write_report
+    from bitdet.utils.machine import cpu_name
 
-    settings = {"mode": mode, "model": DEMO_MODEL, "seed": args.seed, "cpus": os.cpu_count(), "jobs": jobs,
-                "torch": torch.__version__, "wall_s": time.monotonic() - start,
+    settings = {"mode": mode, "model": DEMO_MODEL, "seed": args.seed, "cpu": cpu_name(), "cpus": os.cpu_count(),
+                "jobs": jobs, "torch": torch.__version__, "wall_s": time.monotonic() - start,
                 "study": {"init": STUDY_INIT, "fraction": STUDY_FRACTION} if args.study else None}
     report, verdicts = write_report(out, timings, settings)
     print(f"[demo] wall time {settings['wall_s'] / 60:.1f} min; CPU time of the stages "

@@ -1,1 +1,1 @@
-"""Helpers that every part of bitdet shares: atomic file writes and the cache folder."""
+"""Helpers that every part of bitdet shares: atomic file writes, the cache folder, the CPU's name."""
