@@ -8,7 +8,6 @@ t-interval, and a verdict computed from that interval (:mod:`bitdet.demo.stats`)
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
@@ -311,7 +310,7 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
     lines = [
         "# bitdet demo: pretrain -> classify -> detect",
         "",
-        f"Machine: {settings.get('cpu', platform.machine() + ' CPU')}, {settings.get('cpus', '?')} cores, "
+        f"Machine: {settings.get('cpu', '?')}, {settings.get('cpus', '?')} cores, "
         f"torch {settings.get('torch', '?')}; "
         f"mode: {settings.get('mode', '?')}; base seed {settings.get('seed', '?')}; "
         f"{settings.get('jobs', '?')} stage(s) at a time.",
