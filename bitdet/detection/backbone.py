@@ -14,6 +14,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
 from bitdet.config import check_device
+from bitdet.detection.config import fixed_input_size
 from bitdet.models.resnetv2 import FEATURE_NAMES, ResNetV2
 from bitdet.models.variants import resolve
 
@@ -37,7 +38,12 @@ class BiTBackbone(Backbone):
             Detectron2's ``MODEL.BACKBONE.FREEZE_AT``; see :meth:`freeze`.
         **model_kwargs: :class:`ResNetV2` options (``norm``, ``weight_std``, ``ws_eps``,
             ``gn_groups``, ``in_channels``).
+
+    ``square_pad`` (set by :func:`build_bit_backbone` from ``INPUT.AUGMENTATION``; 0: none) is the
+    square side the detector pads its inputs to (Detectron2's ``padding_constraints``).
     """
+
+    square_pad = 0
 
     def __init__(
         self,
@@ -133,6 +139,10 @@ class BiTBackbone(Backbone):
             for f in self._out_features
         }
 
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        return {"square_size": self.square_pad}
+
 
 def _frozen(module: torch.nn.Module) -> torch.nn.Module:
     """``module`` with no trainable parameters and BatchNorm made frozen (a new module if it is one)."""
@@ -146,11 +156,13 @@ def build_bit_backbone(cfg, input_shape: ShapeSpec) -> BiTBackbone:
     """The BiT trunk alone, configured by ``MODEL.BIT`` (see :func:`add_bit_config`).
 
     Every BiT detector is built through here, so a ``MODEL.DEVICE`` this machine lacks stops
-    with one line naming the key (not torch's driver error when the model is moved).
+    with one line naming the key (not torch's driver error when the model is moved), and so
+    does an unknown or inconsistent ``INPUT.AUGMENTATION`` (whose "fixed_size_jitter" pads
+    inputs to a square).
     """
     check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE")
     bit = cfg.MODEL.BIT
-    return BiTBackbone(
+    backbone = BiTBackbone(
         bit.VARIANT,
         out_features=bit.OUT_FEATURES,
         feature_tap=bit.FEATURE_TAP,
@@ -161,6 +173,8 @@ def build_bit_backbone(cfg, input_shape: ShapeSpec) -> BiTBackbone:
         gn_groups=bit.GN_GROUPS,
         in_channels=input_shape.channels,
     )
+    backbone.square_pad = fixed_input_size(cfg)  # INPUT.AUGMENTATION "fixed_size_jitter": pad to a square
+    return backbone
 
 
 def _check_fpn_inputs(cfg, bottom_up: BiTBackbone) -> None:
@@ -187,6 +201,7 @@ def build_retinanet_bit_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelP6P7(bottom_up.output_shape()["res5"].channels, out_channels, "res5"),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        square_pad=bottom_up.square_pad,
     )
 
 
@@ -202,4 +217,5 @@ def build_bit_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelMaxPool(),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+        square_pad=bottom_up.square_pad,
     )

@@ -18,12 +18,15 @@ from detectron2.config import get_cfg
 from bitdet.config import CONFIGS_DIR, merge_config, resolve_config_file
 from bitdet.numerics import GN_GROUPS, WS_EPS
 
-__all__ = ["CONFIGS_DIR", "add_bit_config", "get_bit_cfg", "resolve_config_file"]
+__all__ = ["AUGMENTATIONS", "CONFIGS_DIR", "add_bit_config", "fixed_input_size", "get_bit_cfg", "resolve_config_file"]
+
+# Values of INPUT.AUGMENTATION (see add_bit_config).
+AUGMENTATIONS = ("multiscale", "fixed_size_jitter")
 
 
 def add_bit_config(cfg: CN) -> None:
-    """Add the ``MODEL.BIT``, ``SOLVER.{AMP.PRECISION,CHANNELS_LAST,COMPILE,DETERMINISTIC}``
-    and ``DATASETS.COCO_FORMAT`` keys.
+    """Add the ``MODEL.BIT``, ``SOLVER.{AMP.PRECISION,CHANNELS_LAST,COMPILE,DETERMINISTIC}``,
+    ``INPUT.{AUGMENTATION,FIXED_SIZE_JITTER}`` and ``DATASETS.COCO_FORMAT`` keys.
 
     Freezing is Detectron2's own ``MODEL.BACKBONE.FREEZE_AT``; ``MODEL.BIT.FREEZE_AT`` is
     registered as renamed to it, so a config that sets it is refused with the new name.
@@ -72,9 +75,57 @@ def add_bit_config(cfg: CN) -> None:
     # (slower; needs CUDNN_BENCHMARK False). CPU runs repeat without it.
     cfg.SOLVER.DETERMINISTIC = False
 
+    # Augmentation family of the training images, and how evaluation sizes them:
+    # "multiscale": Detectron2's ResizeShortestEdge to INPUT.MIN_SIZE_TRAIN (at most
+    #   INPUT.MAX_SIZE_TRAIN) + INPUT.RANDOM_FLIP; evaluation at INPUT.MIN/MAX_SIZE_TEST.
+    # "fixed_size_jitter": the BiT paper's detection input (supplementary E, the tensorflow/tpu
+    #   RetinaNet's resize_and_crop_image): INPUT.RANDOM_FLIP, then Detectron2's ResizeScale (the
+    #   image fits a square of INPUT.FIXED_SIZE_JITTER.SIZE times a scale drawn from SCALE_RANGE)
+    #   and FixedSizeCrop (a random SIZE x SIZE crop; boxes cropped out are dropped); the model
+    #   pads every image to SIZE x SIZE (FPN square_pad: zeros after normalisation, as the TPU
+    #   code). Evaluation resizes the long side to SIZE, so INPUT.MIN_SIZE_TEST and
+    #   MAX_SIZE_TEST must both equal SIZE; INPUT.MIN_SIZE_TRAIN / MAX_SIZE_TRAIN are not read.
+    cfg.INPUT.AUGMENTATION = "multiscale"
+    cfg.INPUT.FIXED_SIZE_JITTER = CN()
+    # Side of the square training crop and of the padded input, in pixels.
+    cfg.INPUT.FIXED_SIZE_JITTER.SIZE = 1024
+    # (min, max) of the uniform random scale applied to SIZE before fitting the image in it.
+    cfg.INPUT.FIXED_SIZE_JITTER.SCALE_RANGE = (0.8, 1.2)
+
     # Extra COCO-format datasets to register, each [name, json_file, image_root]; e.g.
     # DATASETS.COCO_FORMAT "[['mine_train', 'ann/train.json', 'images/train']]".
     cfg.DATASETS.COCO_FORMAT = []
+
+
+def fixed_input_size(cfg: CN) -> int:
+    """The square side every input is padded to: ``INPUT.FIXED_SIZE_JITTER.SIZE`` under
+    ``INPUT.AUGMENTATION "fixed_size_jitter"``, 0 (no square padding) under "multiscale".
+
+    Raises:
+        ValueError: (one line, naming the key) an unknown ``INPUT.AUGMENTATION``; under
+            "fixed_size_jitter" a non-positive size, a scale range that is not ``0 < min <= max``,
+            a test size other than ``SIZE``, or ``INPUT.CROP.ENABLED`` (FixedSizeCrop crops).
+    """
+    family = cfg.INPUT.AUGMENTATION
+    if family not in AUGMENTATIONS:
+        raise ValueError(f"INPUT.AUGMENTATION {family!r} is unknown; allowed: {', '.join(map(repr, AUGMENTATIONS))}")
+    if family == "multiscale":
+        return 0
+    size, scales = cfg.INPUT.FIXED_SIZE_JITTER.SIZE, tuple(cfg.INPUT.FIXED_SIZE_JITTER.SCALE_RANGE)
+    if not (isinstance(size, int) and size > 0):
+        raise ValueError(f"INPUT.FIXED_SIZE_JITTER.SIZE {size!r}: expected a positive number of pixels")
+    if len(scales) != 2 or not 0 < scales[0] <= scales[1]:
+        raise ValueError(f"INPUT.FIXED_SIZE_JITTER.SCALE_RANGE {scales}: expected (min, max) with 0 < min <= max")
+    test_sizes = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    if test_sizes != (size, size):
+        raise ValueError(
+            f"INPUT.AUGMENTATION 'fixed_size_jitter' evaluates with the long side at INPUT.FIXED_SIZE_JITTER.SIZE "
+            f"{size}: set INPUT.MIN_SIZE_TEST and INPUT.MAX_SIZE_TEST to {size} (they are {test_sizes[0]}, {test_sizes[1]})"
+        )
+    if cfg.INPUT.CROP.ENABLED:
+        raise ValueError("INPUT.CROP.ENABLED adds a second crop to INPUT.AUGMENTATION 'fixed_size_jitter' "
+                         "(whose FixedSizeCrop crops): set it False")
+    return size
 
 
 def get_bit_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:

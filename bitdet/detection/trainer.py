@@ -7,6 +7,7 @@ import logging
 import os
 import weakref
 
+from detectron2.data import build_detection_test_loader
 from detectron2.engine import DefaultTrainer, create_ddp_model
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
@@ -16,7 +17,7 @@ from detectron2.utils import comm
 from bitdet.detection.checkpointer import BiTCheckpointer
 from bitdet.detection.determinism import configure_determinism, repeatable_execution
 from bitdet.detection.hooks import LossNormalizerState, PreemptionCheckpointer
-from bitdet.detection.mapper import SkippingDatasetMapper
+from bitdet.detection.mapper import BiTDatasetMapper, SkippingDatasetMapper
 from bitdet.detection.precision import AutocastTrainer, autocast_dtype
 from bitdet.detection.sampler import DataStreamState, build_resumable_train_loader
 from bitdet.detection.speed import apply_speed_levers
@@ -114,6 +115,11 @@ class BiTTrainer(DefaultTrainer):
         # Unreadable images are replaced and counted instead of ending the run; the stream
         # resumes exactly (bitdet.detection.sampler).
         return _LogFirstBatch(build_resumable_train_loader(cfg, SkippingDatasetMapper(cfg, is_train=True)))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        # Sized as INPUT.AUGMENTATION says; every image is evaluated (none skipped).
+        return build_detection_test_loader(cfg, dataset_name, mapper=BiTDatasetMapper(cfg, is_train=False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: str | None = None):
