@@ -16,7 +16,7 @@ Examples::
     python tools/train_net.py --config retinanet_bit_m.yaml --resume
     python tools/train_net.py --config retinanet_bit_m.yaml --eval-only MODEL.WEIGHTS path/model_final.pth
     # any COCO-format dataset
-    python tools/train_net.py --config retinanet_bit_m_R50x1.yaml \\
+    python tools/train_net.py --config retinanet_bit_m_R50x1_1x.yaml \\
         DATASETS.COCO_FORMAT "[['mine_train','ann/train.json','img/train'],['mine_val','ann/val.json','img/val']]" \\
         DATASETS.TRAIN "('mine_train',)" DATASETS.TEST "('mine_val',)" MODEL.RETINANET.NUM_CLASSES 3
 """
