@@ -119,8 +119,9 @@ def fixed_input_size(cfg: CN) -> int:
     test_sizes = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     if test_sizes != (size, size):
         raise ValueError(
-            f"INPUT.AUGMENTATION 'fixed_size_jitter' evaluates with the long side at INPUT.FIXED_SIZE_JITTER.SIZE "
-            f"{size}: set INPUT.MIN_SIZE_TEST and INPUT.MAX_SIZE_TEST to {size} (they are {test_sizes[0]}, {test_sizes[1]})"
+            f"INPUT.AUGMENTATION 'fixed_size_jitter' evaluates with the long side at INPUT.FIXED_SIZE_JITTER.SIZE"
+            f" {size}: set INPUT.MIN_SIZE_TEST and INPUT.MAX_SIZE_TEST to {size} (they are {test_sizes[0]},"
+            f" {test_sizes[1]})"
         )
     if cfg.INPUT.CROP.ENABLED:
         raise ValueError("INPUT.CROP.ENABLED adds a second crop to INPUT.AUGMENTATION 'fixed_size_jitter' "
