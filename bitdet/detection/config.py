@@ -82,9 +82,10 @@ def add_bit_config(cfg: CN) -> None:
     #   RetinaNet's resize_and_crop_image): INPUT.RANDOM_FLIP, then Detectron2's ResizeScale (the
     #   image fits a square of INPUT.FIXED_SIZE_JITTER.SIZE times a scale drawn from SCALE_RANGE)
     #   and FixedSizeCrop (a random SIZE x SIZE crop; boxes cropped out are dropped); the model
-    #   pads every image to SIZE x SIZE (the backbone's padding_constraints: zeros after normalisation, as the TPU
-    #   code). Evaluation resizes the long side to SIZE, so INPUT.MIN_SIZE_TEST and
-    #   MAX_SIZE_TEST must both equal SIZE; INPUT.MIN_SIZE_TRAIN / MAX_SIZE_TRAIN are not read.
+    #   pads every image to SIZE x SIZE (the backbone's padding_constraints: zeros after
+    #   normalisation, as the TPU code). Evaluation resizes the long side to SIZE, so
+    #   INPUT.MIN_SIZE_TEST and MAX_SIZE_TEST must both equal SIZE; INPUT.MIN_SIZE_TRAIN /
+    #   MAX_SIZE_TRAIN are not read.
     cfg.INPUT.AUGMENTATION = "multiscale"
     cfg.INPUT.FIXED_SIZE_JITTER = CN()
     # Side of the square training crop and of the padded input, in pixels.
