@@ -78,8 +78,9 @@ class AutocastTrainer(AMPTrainer):
         scalars = one_scalar_set_per_step() if len(micro_batches) > 1 else contextlib.nullcontext()
         with scalars as micro_storage, accumulation_step(detector, micro_batches, comm.get_world_size()) as weight:
             for i, batch in enumerate(micro_batches):
+                logged = micro_storage if micro_storage is not None else contextlib.nullcontext()
                 with self._gradient_sync(last=i == len(micro_batches) - 1):
-                    with micro_storage or contextlib.nullcontext(), self._autocast():
+                    with logged, self._autocast():
                         loss_dict = self.model(batch)
                         if isinstance(loss_dict, torch.Tensor):
                             loss_dict = {"total_loss": loss_dict}
