@@ -25,7 +25,7 @@ AUGMENTATIONS = ("multiscale", "fixed_size_jitter")
 
 
 def add_bit_config(cfg: CN) -> None:
-    """Add the ``MODEL.BIT``, ``SOLVER.{AMP.PRECISION,CHANNELS_LAST,COMPILE,DETERMINISTIC}``,
+    """Add the ``MODEL.BIT``, ``SOLVER.{AMP.PRECISION,BATCH_SPLIT,CHANNELS_LAST,COMPILE,DETERMINISTIC}``,
     ``INPUT.{AUGMENTATION,FIXED_SIZE_JITTER}`` and ``DATASETS.COCO_FORMAT`` keys.
 
     Freezing is Detectron2's own ``MODEL.BACKBONE.FREEZE_AT``; ``MODEL.BIT.FREEZE_AT`` is
@@ -68,6 +68,13 @@ def add_bit_config(cfg: CN) -> None:
     # resize), so graphs recompile for new shapes.
     cfg.SOLVER.COMPILE = False
 
+    # Micro-batches per process and step (gradient accumulation), as in pretraining and
+    # fine-tuning: SOLVER.IMS_PER_BATCH stays the global batch, each process runs its share
+    # (IMS_PER_BATCH / processes) as BATCH_SPLIT micro-batches and takes one optimizer step,
+    # equal to the whole-batch step (RetinaNet only: micro-batches are padded as the share and
+    # the loss normalizer counts the whole step). IMS_PER_BATCH must divide by processes x
+    # BATCH_SPLIT. No automatic value (0): input sizes change from batch to batch.
+    cfg.SOLVER.BATCH_SPLIT = 1
     # Autocast precision when SOLVER.AMP.ENABLED: "bf16" (no loss scaling needed on
     # Ampere and newer) or "fp16" (with loss scaling).
     cfg.SOLVER.AMP.PRECISION = "bf16"

@@ -116,7 +116,9 @@ class LossNormalizerState(HookBase):
     Detectron2's dense detectors divide their losses by a moving average of the foreground
     anchor count (``loss_normalizer``, one per rank). It is a plain attribute, not a
     buffer, so Detectron2's checkpoint omits it and a resumed run restarts it at 100: the
-    losses, hence the weights, drift from an uninterrupted run. Only the main process writes
+    losses, hence the weights, drift from an uninterrupted run. With several processes or
+    micro-batches, bitdet's step updates it once per step from the whole step's count
+    (:mod:`bitdet.detection.accumulation`), so every rank holds the same value. Only the main process writes
     checkpoints, so with several processes every rank's value is gathered after each step
     (one small all-gather). Register this hook before the checkpointers.
     """

@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bitdet.engine.data import SeededDataset, sample_seed
 
-__all__ = ["DataStreamState", "ResumableBatchSampler", "SeededMapDataset", "build_resumable_train_loader"]
+__all__ = ["DataStreamState", "ResumableBatchSampler", "SeededMapDataset", "build_resumable_train_loader",
+           "micro_batch_size", "split_micro_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,31 @@ class _Mapped(Dataset):
         return self.mapper(self.dataset_dicts[index])
 
 
+def micro_batch_size(ims_per_batch: int, world_size: int, batch_split: int) -> int:
+    """Images per micro-batch: ``SOLVER.IMS_PER_BATCH`` (the global batch) shared by ``world_size``
+    processes, each running its share as ``SOLVER.BATCH_SPLIT`` micro-batches.
+
+    Raises:
+        ValueError: ``batch_split`` < 1, or the batch does not divide evenly; names the keys.
+    """
+    if batch_split < 1:
+        raise ValueError(f"SOLVER.BATCH_SPLIT must be a positive integer for detection, got {batch_split} (no "
+                         "automatic value: detection input sizes change from batch to batch)")
+    if ims_per_batch <= 0 or ims_per_batch % (world_size * batch_split):
+        raise ValueError(f"SOLVER.IMS_PER_BATCH={ims_per_batch} is not divisible by {world_size} process(es) x "
+                         f"SOLVER.BATCH_SPLIT={batch_split}")
+    return ims_per_batch // (world_size * batch_split)
+
+
+def split_micro_batches(share: List[Any], batch_split: int) -> List[List[Any]]:
+    """This process's batch ``share`` as ``batch_split`` consecutive micro-batches of equal size."""
+    if len(share) % batch_split:
+        raise ValueError(f"a batch of {len(share)} images does not split into SOLVER.BATCH_SPLIT={batch_split} "
+                         "equal micro-batches")
+    size = len(share) // batch_split
+    return [share[i:i + size] for i in range(0, len(share), size)]
+
+
 def _as_list(batch: List[Any]) -> List[Any]:
     return batch  # Detectron2 models take a list of dicts: no collation
 
@@ -157,24 +183,25 @@ def build_resumable_train_loader(cfg, mapper: Callable[[Dict[str, Any]], Any]) -
     """The training loader for ``cfg``: resumable for ``DATALOADER.SAMPLER_TRAIN`` "TrainingSampler".
 
     Other samplers (repeat-factor, subsets) get Detectron2's own loader, whose resume is
-    not exact (a warning says so).
+    not exact (a warning says so). Either yields this process's whole share of the step
+    (``SOLVER.IMS_PER_BATCH`` / processes), which the trainer runs as ``SOLVER.BATCH_SPLIT``
+    micro-batches (:func:`split_micro_batches`).
 
     Args:
         cfg: a Detectron2 config (``DATASETS.TRAIN``, ``DATALOADER.*``, ``SOLVER.IMS_PER_BATCH``,
-            ``SEED``).
+            ``SOLVER.BATCH_SPLIT``, ``SEED``).
         mapper: the per-image mapper (e.g. ``SkippingDatasetMapper(cfg, is_train=True)``).
 
     Returns:
         A ``DataLoader`` whose ``batch_sampler`` is a :class:`ResumableBatchSampler`, or
         Detectron2's loader.
     """
+    world_size = comm.get_world_size()
+    micro_batch_size(cfg.SOLVER.IMS_PER_BATCH, world_size, cfg.SOLVER.BATCH_SPLIT)  # an uneven split fails here
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         logger.warning("DATALOADER.SAMPLER_TRAIN=%s: Detectron2's loader; a resumed run will see other images "
                        "than an uninterrupted one (only TrainingSampler resumes exactly)", cfg.DATALOADER.SAMPLER_TRAIN)
         return build_detection_train_loader(cfg, mapper=mapper)
-    world_size = comm.get_world_size()
-    if cfg.SOLVER.IMS_PER_BATCH % world_size:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH={cfg.SOLVER.IMS_PER_BATCH} is not divisible by the {world_size} processes")
     dicts = get_detection_dataset_dicts(
         cfg.DATASETS.TRAIN,
         filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
@@ -194,7 +221,7 @@ class DataStreamState(HookBase):
     """Puts the data stream's position in the trainer's checkpoint and restores it on resume.
 
     The state is ``{"seed", "world_size", "batches"}``; ``batches`` is the number of
-    batches each rank has consumed (one per iteration). Resuming with another number of
+    batches each rank has consumed (one per iteration, its micro-batches included). Resuming with another number of
     processes continues each rank's stream at that batch, which is not what an
     uninterrupted run would have seen; a warning says so.
     """

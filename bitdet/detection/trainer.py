@@ -14,12 +14,13 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 
+from bitdet.detection.accumulation import check_accumulation
 from bitdet.detection.checkpointer import BiTCheckpointer
 from bitdet.detection.determinism import configure_determinism, repeatable_execution
 from bitdet.detection.hooks import LossNormalizerState, PreemptionCheckpointer
 from bitdet.detection.mapper import BiTDatasetMapper, SkippingDatasetMapper
 from bitdet.detection.precision import AutocastTrainer, autocast_dtype
-from bitdet.detection.sampler import DataStreamState, build_resumable_train_loader
+from bitdet.detection.sampler import DataStreamState, build_resumable_train_loader, micro_batch_size
 from bitdet.detection.speed import apply_speed_levers
 from bitdet.log import FILE_LOGGER
 
@@ -76,18 +77,25 @@ class BiTTrainer(DefaultTrainer):
     are Detectron2's, plus :class:`PreemptionCheckpointer` (SIGTERM: checkpoint and exit 0)
     and :class:`DataStreamState` (the data stream's position, for an exact ``--resume``).
     With ``SOLVER.AMP.ENABLED`` the step autocasts to ``SOLVER.AMP.PRECISION`` on
-    ``MODEL.DEVICE``, CPU included (:class:`AutocastTrainer`).
+    ``MODEL.DEVICE``, CPU included; with ``SOLVER.BATCH_SPLIT`` > 1 each process runs its
+    share of ``SOLVER.IMS_PER_BATCH`` as micro-batches, one optimizer step per iteration
+    (:class:`AutocastTrainer`). With several processes or micro-batches, RetinaNet's loss
+    normalizer is counted over the whole step (:mod:`bitdet.detection.accumulation`).
     """
 
     def __init__(self, cfg) -> None:
         configure_determinism(cfg)
+        batch_split, world_size = cfg.SOLVER.BATCH_SPLIT, comm.get_world_size()
+        micro_batch_size(cfg.SOLVER.IMS_PER_BATCH, world_size, batch_split)
+        check_accumulation(cfg.MODEL.META_ARCHITECTURE, batch_split)
         with _cpu_capable_ddp():
             super().__init__(cfg)
-        if cfg.SOLVER.AMP.ENABLED:
-            # DefaultTrainer picks CUDA-only AMPTrainer; the step is replaced as a whole,
-            # built from DefaultTrainer's public model / data_loader / optimizer.
-            self._trainer = AutocastTrainer(self.model, self.data_loader, self.optimizer,
-                                            autocast_dtype(cfg.SOLVER.AMP.PRECISION), cfg.MODEL.DEVICE)
+        if cfg.SOLVER.AMP.ENABLED or batch_split > 1 or world_size > 1:
+            # DefaultTrainer picks SimpleTrainer or CUDA-only AMPTrainer; the step is replaced
+            # as a whole, built from DefaultTrainer's public model / data_loader / optimizer.
+            precision = autocast_dtype(cfg.SOLVER.AMP.PRECISION) if cfg.SOLVER.AMP.ENABLED else None
+            self._trainer = AutocastTrainer(self.model, self.data_loader, self.optimizer, precision,
+                                            cfg.MODEL.DEVICE, batch_split)
 
     def build_hooks(self):
         # DefaultTrainer built a DetectionCheckpointer just before calling this; swap it
@@ -113,7 +121,8 @@ class BiTTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         # Unreadable images are replaced and counted instead of ending the run; the stream
-        # resumes exactly (bitdet.detection.sampler).
+        # resumes exactly (bitdet.detection.sampler). A batch is this process's whole share of
+        # the step; the step splits it into SOLVER.BATCH_SPLIT micro-batches.
         return _LogFirstBatch(build_resumable_train_loader(cfg, SkippingDatasetMapper(cfg, is_train=True)))
 
     @classmethod
