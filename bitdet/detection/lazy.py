@@ -32,6 +32,8 @@ __all__ = ["dataset_names", "is_lazy_config", "load_lazy_config", "lazy_test", "
 logger = logging.getLogger(__name__)
 
 SECTIONS = ("model", "dataloader.train", "dataloader.test", "optimizer", "lr_multiplier", "train")
+# The train keys the loop reads (Detectron2's common/train.py defines them all).
+TRAIN_KEYS = ("output_dir", "init_checkpoint", "max_iter", "device", "checkpointer", "eval_period", "log_period")
 _MISSING = object()
 
 
@@ -61,7 +63,7 @@ def load_lazy_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
 
     Raises:
         ValueError: an override naming a key the config lacks (outside a ``LazyCall``, where its
-            constructor checks it), or a missing section.
+            constructor checks it), or a missing section or ``train`` key.
         DeviceError: ``train.device`` asks for CUDA on a machine without it.
     """
     cfg = LazyConfig.load(path)
@@ -69,10 +71,11 @@ def load_lazy_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
         _check_override(cfg, override, path)
     cfg = LazyConfig.apply_overrides(cfg, list(overrides))
     missing = [s for s in SECTIONS if OmegaConf.select(cfg, s, default=None) is None]
+    missing += [f"train.{k}" for k in TRAIN_KEYS if "train" not in missing and k not in cfg.train]
     if missing:
         raise ValueError(f"LazyConfig {path}: missing {missing}; a detector config defines {list(SECTIONS)} "
-                         "(see Detectron2's model zoo common/*.py)")
-    check_device(cfg.train.get("device", "cuda"), "train.device")
+                         f"and train.{{{', '.join(TRAIN_KEYS)}}} (Detectron2's model zoo common/train.py)")
+    check_device(cfg.train.device, "train.device")
     return cfg
 
 

@@ -29,6 +29,17 @@ def test_shipped_fcos_config_builds_a_bit_trunk_in_an_fpn():
     assert is_lazy_config("x.py") and not is_lazy_config("x.yaml")
 
 
+def test_a_stock_detectron2_lazyconfig_loads_and_missing_train_keys_are_named(tmp_path):
+    stock = tmp_path / "stock_fcos.py"
+    stock.write_text("from detectron2 import model_zoo\n"
+                     "globals().update(model_zoo.get_config('COCO-Detection/fcos_R_50_FPN_1x.py'))\n")
+    assert load_lazy_config(str(stock), ["train.device=cpu"]).model.num_classes == 80
+    lacking = tmp_path / "lacking.py"
+    lacking.write_text(stock.read_text() + "del train['eval_period']\n")
+    with pytest.raises(ValueError, match=r"missing \['train.eval_period'\]"):
+        load_lazy_config(str(lacking), ["train.device=cpu"])
+
+
 def test_overrides_that_nothing_reads_are_refused():
     path = resolve_config_file(INSTANT)
     with pytest.raises(ValueError, match="has no key 'train.max_iters'"):
