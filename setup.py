@@ -21,7 +21,7 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["bitdet", "bitdet.*"]),
     # bitdet/configs links to the repository's configs/: the wheel carries the files themselves
-    package_data={"bitdet": ["configs/*.yaml", "configs/**/*.yaml"]},
+    package_data={"bitdet": ["configs/*.yaml", "configs/**/*.yaml", "configs/*.py", "configs/**/*.py"]},  # .py: LazyConfigs
     entry_points={"console_scripts": [f"bitdet-{name}=bitdet.tools.{module}:cli" for name, module in (
         ("train", "train_net"), ("pretrain", "pretrain"), ("finetune", "finetune"), ("vtab", "vtab"),
         ("benchmark", "benchmark"), ("visualize", "visualize"), ("demo", "demo"),

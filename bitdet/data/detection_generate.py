@@ -18,9 +18,12 @@ Recipe, per image (each image has its own random stream, derived from ``(seed, s
    jitter 0.8-1.25), tinted with a random bright colour, and alpha-composited with its own
    intensity as the mask (``alpha = clip((I - 8) / 48, 0, 1)``: dark garment regions stay
    opaque, the item's black surround becomes transparent, so the photo shows around it).
-3. Boxes are tight around the pixels with ``alpha >= 0.5`` after resizing. A placement is
-   rejected (and retried) when its box overlaps an earlier one by IoU > 0.25 or covers more
-   than 40 % of the smaller of the two boxes, so every object stays mostly visible.
+3. Boxes are tight around the pixels with ``alpha >= 0.5`` after resizing, and those pixels
+   are the instance mask. A placement is rejected (and retried) when its box overlaps an
+   earlier one by IoU > 0.25 or covers more than 40 % of the smaller of the two boxes, so
+   every object stays mostly visible. Box and mask are the whole item (amodal): where a later
+   item covers part of an earlier one, both keep the covered pixels, so each box is exactly
+   the bounding box of its mask.
 
 Output layout (Detectron2 / COCO conventions)::
 
@@ -28,9 +31,13 @@ Output layout (Detectron2 / COCO conventions)::
     <folder>/annotations/instances_train.json
     <folder>/annotations/instances_val.json
 
-Annotations carry ``bbox`` ([x, y, w, h] in pixels), ``area`` (box area: there are no
-segmentations), ``iscrowd`` 0; category ids are 1..10 with the Fashion-MNIST class names.
-The same arguments give byte-identical json files (and identical pixels).
+Annotations carry ``bbox`` ([x, y, w, h] in pixels), ``segmentation`` (the mask as COCO
+compressed RLE, exact to the pixel, holes included, which polygons cannot express: Detectron2
+reads it with ``INPUT.MASK_FORMAT "bitmask"``), ``area`` (the box area, for both tasks, so that
+COCO's small / medium / large buckets hold the same objects in bbox and segm AP), ``iscrowd`` 0;
+category ids are 1..10 with the Fashion-MNIST class names. The same arguments give
+byte-identical json files (and identical pixels); the masks draw no random numbers, so images
+and boxes are those of the recipe without masks.
 """
 from __future__ import annotations
 
@@ -39,10 +46,11 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
+import pycocotools.mask as mask_util
 
 from bitdet.data.fashion_mnist import DEFAULT_ROOT, FASHION_MNIST_CLASSES, FashionMNIST
 from bitdet.utils.io import atomic_write
@@ -70,7 +78,8 @@ BACKGROUND_PHOTOS = (
 )
 
 # Bump when the recipe changes: a dataset written by another version is regenerated.
-GENERATOR_VERSION = 1
+# 2: annotations carry the instance masks (same images and boxes as 1).
+GENERATOR_VERSION = 2
 _SPLITS = ("train", "val")
 _MAX_OBJECTS = 6
 _SCALE_RANGE = (0.12, 0.5)  # item side / shorter image side
@@ -86,7 +95,7 @@ scans) composited at random positions and scales (12-50 % of the image side, 1-6
 limited overlap) onto random crops of the real photographs that ship with scikit-image
 (astronaut, chelsea, coffee, rocket, ...). The images are real; the layout is generated. Items in
 the validation split come from the Fashion-MNIST test file, so no item is shared with training.
-Boxes are tight around each item's opaque pixels; annotations are COCO json. Generated
+Boxes are tight around each item's opaque pixels, which are its instance mask; annotations are COCO json. Generated
 deterministically from a seed in seconds (`python tools/generate_detection_data.py`), it is small
 enough to train a tiny RetinaNet on a CPU. Its AP checks the detection pipeline; it is not
 comparable to COCO AP.
@@ -176,15 +185,23 @@ def _box_overlap_ok(box: np.ndarray, boxes: List[np.ndarray]) -> bool:
     return True
 
 
+class _Placed(NamedTuple):
+    """An object of a composed image: class index, ``[x, y, w, h]`` and its mask inside the box."""
+
+    label: int
+    bbox: List[float]
+    mask: np.ndarray  # bool, (h, w): the item's pixels with alpha >= 0.5
+
+
 def _compose(
     rng: np.random.Generator, items: np.ndarray, labels: np.ndarray, height: int, width: int
-) -> Tuple[np.ndarray, List[Tuple[int, List[float]]]]:
-    """One image (uint8 HxWx3 RGB) and its objects as ``(class index, [x, y, w, h])``."""
+) -> Tuple[np.ndarray, List[_Placed]]:
+    """One image (uint8 HxWx3 RGB) and its objects."""
     canvas = _background(rng, height, width).astype(np.float32)
     short = min(height, width)
     num_objects = int(rng.integers(1, _MAX_OBJECTS + 1))
     boxes: List[np.ndarray] = []
-    objects: List[Tuple[int, List[float]]] = []
+    objects: List[_Placed] = []
     for _ in range(num_objects):
         index = int(rng.integers(len(items)))
         side = int(round(short * rng.uniform(*_SCALE_RANGE)))
@@ -203,8 +220,17 @@ def _compose(
         region = canvas[y0 : y0 + ah, x0 : x0 + aw]
         region[:] = alpha[:, :, None] * rgb + (1.0 - alpha[:, :, None]) * region
         boxes.append(box)
-        objects.append((int(labels[index]), [float(x0), float(y0), float(aw), float(ah)]))
+        objects.append(_Placed(int(labels[index]), [float(x0), float(y0), float(aw), float(ah)], alpha >= 0.5))
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), objects
+
+
+def _rle(placed: _Placed, height: int, width: int) -> Dict:
+    """The object's mask on the whole image as COCO compressed RLE (``{"size", "counts"}``)."""
+    full = np.zeros((height, width), dtype=np.uint8, order="F")
+    x0, y0, w, h = (int(v) for v in placed.bbox)
+    full[y0 : y0 + h, x0 : x0 + w] = placed.mask
+    rle = mask_util.encode(full)
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def item_on_canvas(
@@ -316,12 +342,14 @@ def _generate_split(folder: Path, split: str, params: Dict, fashion_root: Option
         _write_image(image_dir / file_name, image, params["image_format"])
         image_id = index + 1  # COCO ids start at 1 (pycocotools treats 0 as "unmatched")
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
-        for label, bbox in objects:
+        for placed in objects:
+            bbox = placed.bbox
             annotations.append({
                 "id": len(annotations) + 1,
                 "image_id": image_id,
-                "category_id": label + 1,
+                "category_id": placed.label + 1,
                 "bbox": bbox,
+                "segmentation": _rle(placed, height, width),
                 "area": bbox[2] * bbox[3],
                 "iscrowd": 0,
             })

@@ -109,12 +109,14 @@ def _ensure_demo_generated(name: str) -> None:
 def prepare_datasets(cfg, names: Iterable[str] | None = None) -> None:
     """Register the config's datasets, generate demo sets, and check every file exists.
 
+    ``cfg`` is a yacs config (its ``DATASETS``), or None with ``names`` given (a LazyConfig's).
+
     Raises:
         KeyError: a dataset name is not registered.
         FileNotFoundError: a dataset's json or image folder is missing; names the paths.
     """
     register_demo_datasets()
-    for name, json_file, image_root in cfg.DATASETS.COCO_FORMAT:
+    for name, json_file, image_root in cfg.DATASETS.COCO_FORMAT if cfg is not None else ():
         register_coco_format(name, json_file, image_root)
     names = list(names if names is not None else (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST))
     for name in names:

@@ -12,11 +12,13 @@ import os
 import sys
 from typing import Callable, Iterator, Optional, Sequence
 
+from detectron2.config import CfgNode, LazyConfig
 from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
+from omegaconf import OmegaConf
 
 from bitdet.checkpoint.errors import CheckpointError
 from bitdet.config import DeviceError, check_device, resolve_config_file
@@ -93,8 +95,18 @@ def lock_output_dir(output_dir: str) -> None:
         raise SystemExit(error)
 
 
+def _setting(cfg, yacs_key: str, lazy_key: str, default=None):
+    """A setting of a yacs config (``OUTPUT_DIR``) or of a LazyConfig (``train.output_dir``)."""
+    if isinstance(cfg, CfgNode):
+        return cfg.get(yacs_key, default)
+    return OmegaConf.select(cfg, lazy_key, default=default)
+
+
 def setup_output(cfg, args) -> None:
     """Detectron2's ``default_setup``, with the console kept short and plain.
+
+    ``cfg`` is a yacs config or a LazyConfig (whose settings are ``train.output_dir``,
+    ``train.seed``, ``train.cudnn_benchmark``, as Detectron2 reads them).
 
     Creates ``OUTPUT_DIR``, logs ``detectron2``, ``fvcore`` and ``bitdet`` to the console (rank
     0; colours only on a terminal) and to ``OUTPUT_DIR/log.txt``; writes the environment, the
@@ -102,7 +114,7 @@ def setup_output(cfg, args) -> None:
     seeds every RNG from ``SEED`` (< 0: a random seed); sets cuDNN benchmarking from
     ``CUDNN_BENCHMARK`` unless evaluating.
     """
-    output_dir = cfg.OUTPUT_DIR or None
+    output_dir = _setting(cfg, "OUTPUT_DIR", "train.output_dir") or None
     rank = comm.get_rank()
     if output_dir and comm.is_main_process():
         os.makedirs(output_dir, exist_ok=True)
@@ -118,18 +130,22 @@ def setup_output(cfg, args) -> None:
     details.info("environment:\n%s", collect_env_info())
     if output_dir and comm.is_main_process():
         path = os.path.join(output_dir, "config.yaml")
-        with open(path, "w") as f:
-            f.write(cfg.dump())
-        details.info("config %s merged with overrides %s:\n%s", args.config_file, list(args.opts), cfg.dump())
+        if isinstance(cfg, CfgNode):
+            with open(path, "w") as f:
+                f.write(cfg.dump())
+        else:
+            LazyConfig.save(cfg, path)
+        dump = cfg.dump() if isinstance(cfg, CfgNode) else LazyConfig.to_py(cfg)
+        details.info("config %s merged with overrides %s:\n%s", args.config_file, list(args.opts), dump)
     if output_dir:
         logging.getLogger("bitdet").info("config %s -> %s (environment and full config: %s)", args.config_file,
                                          output_dir, os.path.join(output_dir, "log.txt"))
-    seed = cfg.get("SEED", -1)
+    seed = _setting(cfg, "SEED", "train.seed", -1)
     seed_all_rng(None if seed < 0 else seed + rank)
     if not getattr(args, "eval_only", False):
         import torch
 
-        torch.backends.cudnn.benchmark = bool(cfg.get("CUDNN_BENCHMARK", False))
+        torch.backends.cudnn.benchmark = bool(_setting(cfg, "CUDNN_BENCHMARK", "train.cudnn_benchmark", False))
 
 
 @contextlib.contextmanager

@@ -15,6 +15,9 @@ Examples::
     # resume the last checkpoint of OUTPUT_DIR / evaluate a trained model
     python tools/train_net.py --config retinanet_bit_m.yaml --resume
     python tools/train_net.py --config retinanet_bit_m.yaml --eval-only MODEL.WEIGHTS path/model_final.pth
+    # a LazyConfig (.py, Detectron2's lazyconfig_train_net.py way), KEY=VALUE overrides
+    python tools/train_net.py --config fcos_bit_m_R50x1_FPN_1x.py --num-gpus 8 train.max_iter=1000
+    python tools/train_net.py --config fcos_bit_m_R50x1_FPN_1x.py --eval-only train.init_checkpoint=path/model_final.pth
     # any COCO-format dataset
     python tools/train_net.py --config retinanet_bit_m_R50x1_1x.yaml \\
         DATASETS.COCO_FORMAT "[['mine_train','ann/train.json','img/train'],['mine_val','ann/val.json','img/val']]" \\
@@ -24,8 +27,10 @@ from detectron2.evaluation import verify_results
 
 
 from bitdet.checkpoint import CheckpointError
+from bitdet.config import resolve_config_file
 from bitdet.detection import BiTCheckpointer, BiTTrainer, get_bit_cfg, prepare_datasets
-from bitdet.tools.cli import argument_parser, run_launched, setup_cfg
+from bitdet.detection.lazy import build_lazy_model, dataset_names, is_lazy_config, lazy_test, lazy_train, load_lazy_config
+from bitdet.tools.cli import argument_parser, lock_output_dir, run_launched, setup_cfg, setup_output
 
 
 def setup(args):
@@ -37,7 +42,30 @@ def setup(args):
     return setup_cfg(args, get_bit_cfg)
 
 
+def setup_lazy(args):
+    """A LazyConfig with ``KEY=VALUE`` overrides; logging and output folder set up as :func:`setup`."""
+    args.config_file = resolve_config_file(args.config_file)
+    cfg = load_lazy_config(args.config_file, args.opts)
+    lock_output_dir(cfg.train.output_dir)
+    setup_output(cfg, args)
+    return cfg
+
+
+def main_lazy(args):
+    """Train or evaluate a LazyConfig detector (``dataloader``, ``model``, ``optimizer``, ``train``)."""
+    cfg = setup_lazy(args)
+    prepare_datasets(None, dataset_names(cfg, ("test",) if args.eval_only else ("train", "test")))
+    if args.eval_only:
+        model = build_lazy_model(cfg)
+        BiTCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(cfg.train.init_checkpoint,
+                                                                            resume=args.resume)
+        return lazy_test(cfg, model)
+    return lazy_train(cfg, resume=args.resume)
+
+
 def main(args):
+    if is_lazy_config(args.config_file):
+        return main_lazy(args)
     cfg = setup(args)
     prepare_datasets(cfg, cfg.DATASETS.TEST if args.eval_only else None)
     if args.eval_only:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pycocotools.mask as mask_util
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
@@ -61,11 +62,41 @@ def test_boxes_are_tight_around_the_pasted_items(monkeypatch):
     for index in range(5):
         image, objects = gen._compose(np.random.default_rng(index), source.images, source.targets, 96, 128)
         assert 1 <= len(objects) <= 6
-        for label, (x, y, w, h) in objects:
+        for label, (x, y, w, h), _ in objects:
             box = image[int(y) : int(y + h), int(x) : int(x + w)].max(axis=2)
             assert box.shape == (h, w) and 0 <= label < 10
             for edge in (box[0], box[-1], box[:, 0], box[:, -1]):
                 assert edge.max() > 0
+
+
+def test_masks_are_the_opaque_item_pixels_and_fill_their_boxes(monkeypatch):
+    """One item per image on black: the mask holds the pixels the item made bright (alpha >= 0.5
+    gives intensity >= 16 in the brightest channel) and its bounding box is the object's box."""
+    from bitdet.data import detection_generate as gen
+    from bitdet.data.fashion_mnist import FashionMNIST
+
+    monkeypatch.setattr(gen, "_background", lambda rng, h, w: np.zeros((h, w, 3), np.uint8))
+    monkeypatch.setattr(gen, "_MAX_OBJECTS", 1)
+    source = FashionMNIST(gen.FASHION_MNIST_DIR, split="test", indices=range(200))
+    for index in range(5):
+        image, objects = gen._compose(np.random.default_rng(index), source.images, source.targets, 96, 128)
+        (placed,) = objects
+        full = mask_util.decode(gen._rle(placed, 96, 128)).astype(bool)
+        brightest = image.max(axis=2)
+        assert not full[brightest < 16].any()  # every mask pixel is bright
+        assert full[brightest >= 17].all()  # every clearly bright pixel is in the mask
+        ys, xs = np.nonzero(full)
+        assert [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()] == placed.bbox
+
+
+def test_annotations_carry_rle_masks_within_their_boxes(generated):
+    _, paths = generated
+    data = _load(paths["train_json"])
+    for a in data["annotations"]:
+        x, y, w, h = (int(v) for v in a["bbox"])
+        mask = mask_util.decode(a["segmentation"])
+        assert mask.shape == (64, 80) and a["segmentation"]["size"] == [64, 80]
+        assert 0 < mask.sum() < w * h and mask.sum() == mask[y : y + h, x : x + w].sum()
 
 
 def test_overlap_is_limited(generated):
