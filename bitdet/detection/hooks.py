@@ -11,6 +11,7 @@ next run continues from the iteration that was running instead of the last perio
 from __future__ import annotations
 
 import logging
+import signal
 from typing import Any, Optional, Sequence
 
 from detectron2.engine import HookBase
@@ -49,9 +50,9 @@ class PreemptionCheckpointer(HookBase):
         """Whether this process has received one of the signals."""
         return self._stop.requested
 
-    def request(self, signum: Optional[int] = None) -> None:
+    def request(self, signum: int = signal.SIGTERM) -> None:
         """Ask for a checkpoint-and-exit after the current step (what the signal does)."""
-        self._stop.request(*([] if signum is None else [signum]))
+        self._stop.request(signum)
 
     def before_train(self) -> None:
         self._stop.install()

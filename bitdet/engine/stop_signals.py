@@ -68,6 +68,9 @@ class StopSignals:
     """
 
     def __init__(self, signals: Sequence[int] = STOP_SIGNALS) -> None:
+        unsupported = [signal.Signals(s).name for s in signals if s not in STOP_SIGNALS]
+        if unsupported:
+            raise ValueError(f"signals {unsupported}: only SIGINT and SIGTERM stop training")
         self.signals = tuple(s for s in STOP_SIGNALS if s in tuple(signals))
         self._received = {s: threading.Event() for s in self.signals}
         self._previous: Dict[int, Any] = {}

@@ -121,3 +121,22 @@ def test_ctrl_c_outranks_sigterm_when_ranks_disagree_and_sets_the_status():
     with pytest.raises(TrainingStopped) as stopped:
         stop.stop(signal.SIGINT, 6, None, "step 6")
     assert stopped.value.code == 130 and stopped.value.done == 6 and stopped.value.iteration == 5
+
+
+def test_ctrl_c_outside_a_training_loop_is_one_line_and_status_130(capsys):
+    from argparse import Namespace
+
+    from bitdet.tools.cli import run_launched
+
+    def main(args):
+        raise KeyboardInterrupt  # e.g. while the model is built, or a second Ctrl-C while one saves
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_launched("pretrain", main, Namespace(num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto"))
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "pretrain: interrupted (Ctrl-C): nothing saved since the last checkpoint\n"
+
+
+def test_only_sigint_and_sigterm_stop_training():
+    with pytest.raises(ValueError, match=r"signals \['SIGUSR1'\]: only SIGINT and SIGTERM stop training"):
+        StopSignals([signal.SIGINT, signal.SIGUSR1])
