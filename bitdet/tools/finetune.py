@@ -74,7 +74,8 @@ def add_arguments(parser):
     return parser
 
 
-RESUME_HELP = "the default, kept for older command lines: a run of the same settings continues from its last checkpoint"
+RESUME_HELP = ("the default, kept for older command lines: a run of the same settings continues from its last "
+               "checkpoint")
 
 
 def parse_args(argv=None):

@@ -33,7 +33,6 @@ from detectron2.evaluation import verify_results
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
 
-from bitdet.checkpoint import CheckpointError
 from bitdet.detection import BiTCheckpointer, BiTTrainer, get_bit_cfg, prepare_datasets
 from bitdet.engine.run_folder import open_run
 from bitdet.tools.cli import argument_parser, run_launched, setup_cfg

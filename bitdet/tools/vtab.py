@@ -59,7 +59,8 @@ def main(args):
         return task_cfg
 
     if not args.force:  # a task folder of other settings stops VTAB before the first task, not midway
-        check_runs([(out / t, run_config(task_config(t), FULL, cfg.SEED, str(out / t))) for t in tasks], RESULTS_FILE)
+        check_runs([(out / t, run_config(task_config(t), FULL, cfg.SEED, str(out / t))) for t in tasks],
+                   RESULTS_FILE)
 
     def run_task(task):
         return finetune(task_config(task), output_dir=str(out / task), force=args.force)
