@@ -1,100 +1,68 @@
-"""Training hooks for Detectron2 runs on shared clusters: checkpoint-and-exit on SIGTERM, and
-the model state a checkpoint must carry beyond parameters (RetinaNet's loss normalizer).
+"""Training hooks for Detectron2 runs on shared clusters: checkpoint-and-exit on SIGTERM or
+Ctrl-C, and the model state a checkpoint must carry beyond parameters (RetinaNet's loss
+normalizer).
 
 Schedulers (SLURM, Kubernetes, spot instances) send SIGTERM some seconds before they kill a
-job. :class:`PreemptionCheckpointer` turns that signal into "finish the current iteration,
-write a checkpoint atomically, exit with status 0", so ``--resume`` continues from the
-iteration that was running instead of the last periodic checkpoint.
+job; a user presses Ctrl-C. :class:`PreemptionCheckpointer` turns either into "finish the
+current iteration, write a checkpoint atomically, exit" (status 0 after SIGTERM, 130 after
+Ctrl-C; :mod:`bitdet.engine.stop_signals`, shared with the classification trainer), so the
+next run continues from the iteration that was running instead of the last periodic checkpoint.
 """
 from __future__ import annotations
 
 import logging
 import signal
-import threading
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
-import torch
-import torch.distributed as dist
 from detectron2.engine import HookBase
 from detectron2.utils import comm
+
+from bitdet.engine.stop_signals import STOP_SIGNALS, StopSignals, TrainingStopped
 
 __all__ = ["LossNormalizerState", "PreemptionCheckpointer", "TrainingPreempted"]
 
 logger = logging.getLogger(__name__)
 
-
-class TrainingPreempted(SystemExit):
-    """Raised on every rank after the preemption checkpoint is written.
-
-    A :class:`SystemExit` (status 0), so Detectron2's training loop does not log it as a
-    failure, its ``after_train`` hooks still run, and the process ends cleanly.
-    """
-
-    def __init__(self, iteration: int, path: Optional[str]) -> None:
-        super().__init__(0)
-        self.iteration = iteration
-        self.path = path
+TrainingPreempted = TrainingStopped  # the name this module exported before Ctrl-C was handled too
 
 
 class PreemptionCheckpointer(HookBase):
-    """On SIGTERM, checkpoint after the current iteration and stop all ranks.
+    """On SIGTERM or Ctrl-C, checkpoint after the current iteration and stop all ranks.
 
-    The signal handler only sets a flag (a handler must not do I/O in the middle of an
-    arbitrary bytecode). After each step, ranks agree through one all-reduce of that flag,
-    so every rank stops at the same iteration even when the signal reaches them at
-    different times; the checkpoint goes through the trainer's checkpointer, which writes
-    only on the main process and atomically. DataLoader workers forked after
-    ``before_train`` inherit the handler, so a SIGTERM sent to the whole process group does
-    not kill them mid-batch.
+    After each step the ranks agree on the signal (:meth:`StopSignals.agreed`, one scalar
+    all-reduce per signal), so every rank stops at the same iteration even when the signal
+    reaches them at different times; the checkpoint goes through the trainer's checkpointer,
+    which writes only on the main process and atomically. DataLoader workers forked after
+    ``before_train`` inherit the handler, so a signal sent to the whole process group does not
+    kill them mid-batch.
 
     Args:
         checkpointer: the trainer's checkpointer (``save(name, iteration=...)``).
-        signals: signals that request a checkpoint and exit.
+        signals: signals that request a checkpoint and exit (default SIGINT and SIGTERM).
     """
 
-    def __init__(self, checkpointer: Any, signals: tuple = (signal.SIGTERM,)) -> None:
+    def __init__(self, checkpointer: Any, signals: Sequence[int] = STOP_SIGNALS) -> None:
         self._checkpointer = checkpointer
-        self._signals = tuple(signals)
-        self._requested = threading.Event()
-        self._previous: dict = {}
+        self._stop = StopSignals(signals)
 
     @property
     def requested(self) -> bool:
         """Whether this process has received one of the signals."""
-        return self._requested.is_set()
+        return self._stop.requested
 
-    def request(self) -> None:
+    def request(self, signum: int = signal.SIGTERM) -> None:
         """Ask for a checkpoint-and-exit after the current step (what the signal does)."""
-        self._requested.set()
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        # No logging here: the handler may interrupt a thread that holds the logging lock.
-        self._requested.set()
+        self._stop.request(signum)
 
     def before_train(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            logger.warning("training runs outside the main thread: SIGTERM will not trigger a checkpoint")
-            return
-        for sig in self._signals:
-            self._previous[sig] = signal.signal(sig, self._on_signal)
+        self._stop.install()
 
     def after_train(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _agreed(self) -> bool:
-        """The flag OR-reduced over ranks (cost: one scalar all-reduce per iteration)."""
-        flag = self._requested.is_set()
-        if comm.get_world_size() == 1:
-            return flag
-        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        t = torch.tensor([int(flag)], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        self._stop.restore()
 
     def after_step(self) -> None:
-        if not self._agreed():
+        signum = self._stop.agreed()
+        if signum is None:
             return
         iteration = self.trainer.iter
         name = f"model_{iteration:07d}"
@@ -103,11 +71,7 @@ class PreemptionCheckpointer(HookBase):
         self._checkpointer.save(name, iteration=iteration)
         comm.synchronize()  # no rank leaves (tearing down the process group) mid-write
         path = f"{self._checkpointer.save_dir}/{name}.pth" if comm.is_main_process() else None
-        logger.warning(
-            "SIGTERM received: saved %s after iteration %d; exiting with status 0 (continue with --resume)",
-            path or name, iteration,
-        )
-        raise TrainingPreempted(iteration, path)
+        self._stop.stop(signum, iteration + 1, path, f"iteration {iteration}")
 
 
 class LossNormalizerState(HookBase):

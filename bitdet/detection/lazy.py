@@ -5,12 +5,15 @@ The loop is the one of Detectron2's ``tools/lazyconfig_train_net.py`` (``model``
 with bitdet's parts: :class:`BiTCheckpointer` for ``train.init_checkpoint`` (BiT weights of every
 format), :class:`AutocastTrainer` for ``train.amp`` on any ``train.device`` (``train.amp.precision``
 "bf16" or "fp16"; Detectron2's meaning, fp16, when absent), DDP on CPU processes (gloo), and the
-SIGTERM checkpoint of :class:`PreemptionCheckpointer`. ``--resume`` continues from the last
-checkpoint; the data stream restarts (the exact stream position is a feature of the yacs trainer).
+SIGTERM checkpoint of :class:`PreemptionCheckpointer`. A run folder follows the rule of
+:mod:`bitdet.engine.run_folder` (:class:`LazyRunConfig`); a continued run restarts its data
+stream (the exact stream position is a feature of the yacs trainer), which it says in a warning.
 """
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from typing import Dict, List, Optional, Sequence
 
 from detectron2.config import LazyConfig, instantiate
@@ -27,7 +30,7 @@ from bitdet.detection.trainer import _create_ddp_model_any_device
 from bitdet.log import FILE_LOGGER
 from bitdet.utils.precision import precision_dtype
 
-__all__ = ["dataset_names", "is_lazy_config", "load_lazy_config", "lazy_test", "lazy_train"]
+__all__ = ["LazyRunConfig", "dataset_names", "is_lazy_config", "load_lazy_config", "lazy_test", "lazy_train"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,23 @@ SECTIONS = ("model", "dataloader.train", "dataloader.test", "optimizer", "lr_mul
 # The train keys the loop reads (Detectron2's common/train.py defines them all).
 TRAIN_KEYS = ("output_dir", "init_checkpoint", "max_iter", "device", "checkpointer", "eval_period", "log_period")
 _MISSING = object()
+
+
+class LazyRunConfig:
+    """A LazyConfig as the run-folder rule reads a config: ``dump()`` gives the YAML that
+    ``LazyConfig.save`` writes, without ``train.output_dir`` (a moved folder is the same run)."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+
+    def dump(self) -> str:
+        cfg = self.cfg.copy()
+        cfg.train.output_dir = None
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "config.yaml")
+            LazyConfig.save(cfg, path)
+            with open(path) as f:
+                return f.read()
 
 
 def is_lazy_config(path: str) -> bool:
@@ -152,6 +172,9 @@ def lazy_train(cfg: DictConfig, resume: bool = False) -> Optional[Dict]:
         PreemptionCheckpointer(checkpointer),
     ])
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    if resume and checkpointer.has_checkpoint():
+        logger.warning("continuing from %s; a LazyConfig run restarts its data stream, so the continued run "
+                       "sees other images than an uninterrupted one", checkpointer.get_checkpoint_file())
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
     trainer.train(start_iter, cfg.train.max_iter)
     if "evaluator" not in cfg.dataloader:

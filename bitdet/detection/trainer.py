@@ -74,8 +74,8 @@ class BiTTrainer(DefaultTrainer):
     """DefaultTrainer whose checkpointer reads BiT weights and writes atomically.
 
     Hooks, writers (console with ETA, ``metrics.json``, TensorBoard) and the training loop
-    are Detectron2's, plus :class:`PreemptionCheckpointer` (SIGTERM: checkpoint and exit 0)
-    and :class:`DataStreamState` (the data stream's position, for an exact ``--resume``).
+    are Detectron2's, plus :class:`PreemptionCheckpointer` (SIGTERM or Ctrl-C: checkpoint, exit
+    0 or 130) and :class:`DataStreamState` (the data stream's position, for an exact ``--resume``).
     With ``SOLVER.AMP.ENABLED`` the step autocasts to ``SOLVER.AMP.PRECISION`` on
     ``MODEL.DEVICE``, CPU included; with ``SOLVER.BATCH_SPLIT`` > 1 each process runs its
     share of ``SOLVER.IMS_PER_BATCH`` as micro-batches, one optimizer step per iteration

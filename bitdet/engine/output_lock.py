@@ -6,7 +6,9 @@ event files. The main process of a run creates ``OUTPUT_DIR/bitdet.lock`` exclus
 run stops with an error naming the first. A lock is stale, and is taken over with a warning,
 when its process is gone: same host and the pid no longer exists, an earlier incarnation of
 the same requeued SLURM job, or no refresh for ``BITDET_LOCK_STALE_S`` seconds (default 600;
-a holder on another host that was killed). The lock is removed when the run ends.
+a holder on another host that was killed). The lock is removed when the run ends. An
+``OUTPUT_DIR`` that is a file or cannot be written stops the run before anything else
+(:class:`OutputDirError`, a user error: one line, exit status 2 in the tools).
 """
 from __future__ import annotations
 
@@ -22,16 +24,22 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-__all__ = ["LOCK_NAME", "OutputDirLock", "OutputDirLocked", "acquire_output_lock", "release_output_locks"]
+__all__ = ["LOCK_NAME", "OutputDirError", "OutputDirLock", "OutputDirLocked", "acquire_output_lock",
+           "release_output_locks"]
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = "bitdet.lock"
 _REFRESH_S = 60.0
+_SETTLE_S = 5.0  # how long a new lock file may stay empty while its owner writes it
 _HELD: List["OutputDirLock"] = []
 
 
-class OutputDirLocked(RuntimeError):
+class OutputDirError(ValueError):
+    """``OUTPUT_DIR`` cannot hold this run: a file, not writable, or locked by another run."""
+
+
+class OutputDirLocked(OutputDirError):
     """Another live run holds the folder's lock."""
 
 
@@ -81,6 +89,26 @@ class OutputDirLock:
         except (OSError, ValueError):
             return {}  # being written, or unreadable: judged by its age alone
 
+    def _read_settled(self) -> Optional[Dict[str, object]]:
+        """:meth:`_read`, waiting while a just-created lock is still empty (its owner is writing
+        it: two runs started at the same instant), so that the error names the holder."""
+        deadline = time.monotonic() + _SETTLE_S
+        holder = self._read()
+        while holder == {} and time.monotonic() < deadline:
+            time.sleep(0.02)
+            holder = self._read()
+        return holder
+
+    def _unusable(self, error: OSError) -> OutputDirError:
+        """The one-line error for a folder that cannot hold the lock file."""
+        where = Path(error.filename) if error.filename else self.folder
+        existing = next((p for p in (where, *where.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            what = "is a file" if existing == self.folder else f"is under the file {existing}"
+            return OutputDirError(f"OUTPUT_DIR {self.folder} {what}, not a folder: set another OUTPUT_DIR")
+        return OutputDirError(f"OUTPUT_DIR {self.folder} cannot be written ({error.strerror or error}: {where}); "
+                              "set a writable OUTPUT_DIR")
+
     def _stale_reason(self, holder: Dict[str, object]) -> Optional[str]:
         """Why ``holder`` no longer runs, or None when it may still be running."""
         host, pid = holder.get("host"), holder.get("pid")
@@ -103,14 +131,18 @@ class OutputDirLock:
 
         Raises:
             OutputDirLocked: a live run holds it; the message names its host, pid and command.
+            OutputDirError: the folder is a file (or under one), or cannot be written.
         """
-        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise self._unusable(e) from None
         text = json.dumps(self.owner, indent=1)
         for _ in range(20):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             except FileExistsError:
-                holder = self._read()
+                holder = self._read_settled()
                 if holder is None:
                     continue  # released meanwhile
                 reason = self._stale_reason(holder)
@@ -129,6 +161,8 @@ class OutputDirLock:
                     os.replace(self.path, grave)
                     grave.unlink()
                 continue
+            except OSError as e:
+                raise self._unusable(e) from None
             with os.fdopen(fd, "w") as f:
                 f.write(text + "\n")
             break

@@ -3,7 +3,8 @@
 Built on ``detectron2.engine.TrainerBase`` (hooks, ``EventStorage``) with Detectron2's writers
 (console line with ETA, ``metrics.json``, TensorBoard). Adds what upstream pretraining and
 BiT fine-tuning need: DDP, gradient accumulation, bf16 autocast, channels_last, optional
-``torch.compile``, exact resume, preemption (SIGTERM) handling and a non-finite-loss stop.
+``torch.compile``, exact resume, SIGTERM / Ctrl-C handling (:mod:`bitdet.engine.stop_signals`) and a
+non-finite-loss stop.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import logging
 import math
 import os
 import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Union
@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from bitdet.engine.checkpoint import TrainingCheckpointer, restore_rng_state
 from bitdet.engine.data import SeededDataset, StepBatchSampler, collate_skip_none, step_seed
 from bitdet.engine.losses import build_loss
+from bitdet.engine.stop_signals import StopSignals
 from bitdet.models.fast import lever_default
 from bitdet.utils.precision import precision_dtype
 
@@ -74,11 +75,13 @@ def choose_batch_split(
             split *= 2
 
 
-def _ignore_sigterm(worker_id: int) -> None:
-    """DataLoader workers ignore SIGTERM: schedulers signal every process of a job, and a
-    worker dying first would crash the main process before it can save its checkpoint.
-    Workers still exit when the main process does (DataLoader's parent watchdog)."""
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM and SIGINT: schedulers signal every process of a job,
+    Ctrl-C the terminal's whole process group, and a worker dying first would crash the main
+    process before it can save its checkpoint. Workers still exit when the main process does
+    (DataLoader's parent watchdog)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _CheckpointHook(HookBase):
@@ -250,7 +253,8 @@ class ClassifierTrainer(TrainerBase):
         self.checkpointer = TrainingCheckpointer(self.output_dir, keep_last)
         self.last_eval: Dict[str, Any] = {}
         self.finished = False
-        self._stop_requested = self._stop_agreed = False
+        self.stop_signals = StopSignals()
+        self._stop_agreed: Optional[int] = None  # the signal that stops every rank after this step
         self._last_saved_step = -1
         self._skipped_total = 0
         self._image_shape: Optional[torch.Size] = None
@@ -310,14 +314,15 @@ class ClassifierTrainer(TrainerBase):
         Raises:
             FloatingPointError: non-finite loss (names the step; parameters are not updated
                 and the last checkpoint stays intact).
-            SystemExit: code 0 after SIGTERM, once a checkpoint is saved (cluster preemption).
+            TrainingStopped: after SIGTERM (status 0) or Ctrl-C (status 130), once the
+                checkpoint of the current step is saved (:mod:`bitdet.engine.stop_signals`).
         """
         start = self.resume() if resume else 0
         self.start_iter = self.iter = start
         if self.batch_split == "auto":
             self.batch_split = self._auto_batch_split()
         loader_options = dict(num_workers=self.num_workers, collate_fn=collate_skip_none,
-                              pin_memory=self.device.type == "cuda", worker_init_fn=_ignore_sigterm)
+                              pin_memory=self.device.type == "cuda", worker_init_fn=_ignore_stop_signals)
         if self.streaming:
             stream = self.train_set.for_rank(self.rank, self.world_size, self.local_batch, start, self.seed)
             loader = DataLoader(stream, batch_size=self.local_batch, **loader_options)
@@ -337,33 +342,32 @@ class ClassifierTrainer(TrainerBase):
         # each rank logs (log.txt.rank<r>) which data it reads
         logger.info("data share of rank %d of %d: %s", self.rank, self.world_size, share)
         t_start = time.perf_counter()
-        preempted = False
-        with self._sigterm_handler(), EventStorage(start) as self.storage:
-            try:
-                self.before_train()
-                for self.iter in range(start, self.max_steps):
-                    self.before_step()
-                    self.run_step()
-                    self.after_step()
-                    if self._stop_agreed:
-                        preempted = True
-                        break
-                else:
+        self._stop_agreed = None
+        self.stop_signals.install()
+        try:
+            with EventStorage(start) as self.storage:
+                try:
+                    self.before_train()
+                    for self.iter in range(start, self.max_steps):
+                        self.before_step()
+                        self.run_step()
+                        self.after_step()
+                        if self._stop_agreed is not None:
+                            path = self.save_checkpoint(self.iter + 1)
+                            if comm.is_main_process():
+                                path = path or self.checkpointer.path_for(self.iter + 1)
+                            self.stop_signals.stop(self._stop_agreed, self.iter + 1, path and str(path),
+                                                  f"step {self.iter + 1}")
                     self.iter = self.max_steps
                     self.finished = True
-                if preempted:
-                    path = self.save_checkpoint(self.iter + 1)
-                    logger.warning("SIGTERM received: checkpoint %s saved after step %d; exiting cleanly (resume "
-                                   "with the same command)", path or self.checkpointer.path_for(self.iter + 1),
-                                   self.iter + 1)
-            except Exception:
-                logger.exception("training failed at step %d", self.iter)
-                raise
-            finally:
-                self.after_train()
-                del self._data_iter
-        if preempted:
-            raise SystemExit(0)
+                except Exception:
+                    logger.exception("training failed at step %d", self.iter)
+                    raise
+                finally:
+                    self.after_train()
+                    del self._data_iter
+        finally:
+            self.stop_signals.restore()
         elapsed = time.perf_counter() - t_start
         latest = self.storage.latest()
         return {
@@ -375,23 +379,6 @@ class ClassifierTrainer(TrainerBase):
             "skipped_images": self._skipped_total,
             "eval": self.last_eval,
         }
-
-    @contextlib.contextmanager
-    def _sigterm_handler(self):
-        self._stop_requested = self._stop_agreed = False
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signals can only be handled in the main thread
-            return
-
-        def handler(signum, frame):
-            logger.warning("SIGTERM received: stopping after the current step")
-            self._stop_requested = True
-
-        previous = signal.signal(signal.SIGTERM, handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGTERM, previous)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -475,12 +462,12 @@ class ClassifierTrainer(TrainerBase):
             raise RuntimeError(f"CUDA out of memory at step {step} with micro-batches of "
                                f"{math.ceil(len(images) / int(self.batch_split))}: raise batch_split "
                                f"(now {self.batch_split}) or use batch_split='auto'") from e
-        # One all-reduce for everything the ranks must agree on: loss, skips, stop request.
-        stats = torch.tensor([0.0 if empty else loss, float(skipped), float(not empty), float(self._stop_requested)],
+        # One all-reduce for everything the ranks must agree on: loss, skips, stop signals.
+        stats = torch.tensor([0.0 if empty else loss, float(skipped), float(not empty), *self.stop_signals.pending()],
                              dtype=torch.float64, device=self.device)
         if self.world_size > 1:
             torch.distributed.all_reduce(stats)
-        loss_sum, skipped_all, contributing, stop = stats.tolist()
+        loss_sum, skipped_all, contributing, *stops = stats.tolist()
         mean_loss = loss_sum / max(contributing, 1.0)
         if not math.isfinite(mean_loss):
             last = self.checkpointer.latest()
@@ -489,7 +476,7 @@ class ClassifierTrainer(TrainerBase):
                 f"Last good checkpoint: {last or 'none yet'}. Lower the learning rate or check the data."
             )
         self.optimizer.step()
-        self._stop_agreed = stop > 0
+        self._stop_agreed = self.stop_signals.decide(stops)
         self._skipped_total += int(skipped_all)
         if skipped_all:
             logger.warning("step %d: skipped %d unusable image(s) (%d so far)", step, skipped_all, self._skipped_total)

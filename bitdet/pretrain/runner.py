@@ -12,7 +12,8 @@ from detectron2.utils import comm
 from torch.utils.data import Dataset, IterableDataset
 
 from bitdet.checkpoint import load_weights, save_checkpoint, state_dict_to_npz, write_npz
-from bitdet.engine import ClassifierTrainer, clear_run, evaluate_classifier
+from bitdet.engine import ClassifierTrainer, evaluate_classifier
+from bitdet.engine.run_folder import open_run
 from bitdet.models import create_model, pretrained_path
 from bitdet.models.resnetv2 import ResNetV2
 from bitdet.pretrain.data import build_dataset
@@ -61,13 +62,15 @@ def build_datasets(cfg) -> Tuple[Dataset, Optional[Dataset]]:
 FINAL_FILES = ("final.json", "model_final.pth", "model_final.npz")
 
 
-def run_pretraining(cfg, resume: bool = True, force: bool = False) -> Dict[str, Any]:
+def run_pretraining(cfg, force: bool = False) -> Dict[str, Any]:
     """Train per ``cfg``; the main process writes ``model_final.pth``, ``model_final.npz``, ``final.json``.
+
+    ``OUTPUT_DIR`` opens by :func:`bitdet.engine.run_folder.open_run`: a run of this config
+    continues from its newest checkpoint, a finished one (``final.json``) is reported as is, a
+    run of another config is refused.
 
     Args:
         cfg: the pretraining config.
-        resume: continue from the newest checkpoint in ``OUTPUT_DIR``. A finished run
-            (``final.json`` present) is not repeated: its stored results are returned as is.
         force: start over: delete the checkpoints and final files first.
 
     Returns:
@@ -75,14 +78,9 @@ def run_pretraining(cfg, resume: bool = True, force: bool = False) -> Dict[str, 
     """
     wall_start = time.perf_counter()
     out = Path(cfg.OUTPUT_DIR)
-    if force:
-        if comm.is_main_process():
-            clear_run(out, FINAL_FILES)
-        comm.synchronize()
-        resume = False
-    elif (out / "final.json").is_file():
-        logger.info("%s exists: the run has finished; reporting its results (--force starts over)", out / "final.json")
-        return json.loads((out / "final.json").read_text())
+    finished = open_run(out, cfg, "final.json", force=force, clear=FINAL_FILES)
+    if finished is not None:
+        return finished
     train_set, test_set = build_datasets(cfg)
     size = len(train_set) if not isinstance(train_set, IterableDataset) else None
     if size is None and cfg.SOLVER.MAX_ITER <= 0:
@@ -104,7 +102,7 @@ def run_pretraining(cfg, resume: bool = True, force: bool = False) -> Dict[str, 
         log_period=cfg.SOLVER.LOG_PERIOD, seed=cfg.SEED, num_workers=cfg.DATALOADER.NUM_WORKERS,
         meta={"arch": cfg.MODEL.NAME, "num_classes": cfg.MODEL.NUM_CLASSES},
     )
-    result = trainer.train(resume=resume)
+    result = trainer.train(resume=True)
     final = {k: v for k, v in result["eval"].items() if isinstance(v, (int, float))}
     final.update(
         arch=cfg.MODEL.NAME, steps=result["step"], train_images=size, global_batch=cfg.SOLVER.IMS_PER_BATCH,

@@ -23,7 +23,8 @@ from omegaconf import OmegaConf
 from bitdet.checkpoint.errors import CheckpointError
 from bitdet.config import DeviceError, check_device, resolve_config_file
 from bitdet.engine.launch import launch_main, launch_summary
-from bitdet.engine.output_lock import OutputDirLocked, acquire_output_lock
+from bitdet.engine.output_lock import OutputDirError, acquire_output_lock
+from bitdet.engine.run_folder import EVAL_CONFIG, RUN_CONFIG, record_config
 from bitdet.log import FILE_LOGGER
 
 __all__ = ["FILE_LOGGER", "USER_ERRORS", "argument_parser", "launch_main", "lock_output_dir", "setup_cfg",
@@ -67,9 +68,13 @@ def argument_parser(description: Optional[str] = None, *, eval_only: bool = True
     return parser
 
 
-def setup_cfg(args, load_cfg: Callable, extra_opts: Sequence[str] = ()):
+def setup_cfg(args, load_cfg: Callable, extra_opts: Sequence[str] = (), config_name: Optional[str] = RUN_CONFIG):
     """``load_cfg(config_file, opts)`` with the flags' and trailing overrides, device checked,
-    frozen; output folder, logging and seeding set up by :func:`setup_output`."""
+    frozen; output folder locked, logging and seeding set up by :func:`setup_output`.
+
+    ``config_name``: where :func:`setup_output` records the config in ``OUTPUT_DIR``; None for
+    the trainers, which record it when they open the run
+    (:func:`bitdet.engine.run_folder.open_run`)."""
     args.config_file = resolve_config_file(args.config_file)
     cfg = load_cfg(args.config_file, [*extra_opts, *args.opts])
     for section, key in (("MODEL", "DEVICE"), ("BENCH", "DEVICE")):
@@ -77,22 +82,24 @@ def setup_cfg(args, load_cfg: Callable, extra_opts: Sequence[str] = ()):
             check_device(cfg[section][key], f"{section}.{key}")
     cfg.freeze()
     lock_output_dir(cfg.OUTPUT_DIR)
-    setup_output(cfg, args)
+    setup_output(cfg, args, config_name)
     return cfg
 
 
 def lock_output_dir(output_dir: str) -> None:
-    """The main process locks ``output_dir``; every process stops if another run holds it."""
+    """The main process locks ``output_dir``; every process stops with the main process's
+    :class:`OutputDirError` (a user error) if another run holds it, or it is a file or
+    cannot be written."""
     error = None
     if comm.is_main_process() and output_dir:
         try:
             acquire_output_lock(output_dir)
-        except OutputDirLocked as e:
+        except OutputDirError as e:
             error = str(e)
     if comm.get_world_size() > 1:
         error = comm.all_gather(error)[0]
     if error:
-        raise SystemExit(error)
+        raise OutputDirError(error)
 
 
 def _setting(cfg, yacs_key: str, lazy_key: str, default=None):
@@ -102,7 +109,7 @@ def _setting(cfg, yacs_key: str, lazy_key: str, default=None):
     return OmegaConf.select(cfg, lazy_key, default=default)
 
 
-def setup_output(cfg, args) -> None:
+def setup_output(cfg, args, config_name: Optional[str] = RUN_CONFIG) -> None:
     """Detectron2's ``default_setup``, with the console kept short and plain.
 
     ``cfg`` is a yacs config or a LazyConfig (whose settings are ``train.output_dir``,
@@ -110,9 +117,10 @@ def setup_output(cfg, args) -> None:
 
     Creates ``OUTPUT_DIR``, logs ``detectron2``, ``fvcore`` and ``bitdet`` to the console (rank
     0; colours only on a terminal) and to ``OUTPUT_DIR/log.txt``; writes the environment, the
-    command line and the full config to the log file only (and ``OUTPUT_DIR/config.yaml``);
-    seeds every RNG from ``SEED`` (< 0: a random seed); sets cuDNN benchmarking from
-    ``CUDNN_BENCHMARK`` unless evaluating.
+    command line and the full config to the log file only, and the config to
+    ``OUTPUT_DIR/<config_name>`` (``config_eval.yaml`` with ``--eval-only``: never over the
+    config of the training run beside it); seeds every RNG from ``SEED`` (< 0: a random
+    seed); sets cuDNN benchmarking from ``CUDNN_BENCHMARK`` unless evaluating.
     """
     output_dir = _setting(cfg, "OUTPUT_DIR", "train.output_dir") or None
     rank = comm.get_rank()
@@ -128,13 +136,13 @@ def setup_output(cfg, args) -> None:
     details.info("rank %d of %d; command line: %s", rank, comm.get_world_size(), " ".join(sys.argv))
     details.info("arguments: %s", args)
     details.info("environment:\n%s", collect_env_info())
+    if getattr(args, "eval_only", False):
+        config_name = EVAL_CONFIG
     if output_dir and comm.is_main_process():
-        path = os.path.join(output_dir, "config.yaml")
-        if isinstance(cfg, CfgNode):
-            with open(path, "w") as f:
-                f.write(cfg.dump())
-        else:
-            LazyConfig.save(cfg, path)
+        if config_name and isinstance(cfg, CfgNode):
+            record_config(output_dir, cfg, config_name)
+        elif config_name:
+            LazyConfig.save(cfg, os.path.join(output_dir, config_name))
         dump = cfg.dump() if isinstance(cfg, CfgNode) else LazyConfig.to_py(cfg)
         details.info("config %s merged with overrides %s:\n%s", args.config_file, list(args.opts), dump)
     if output_dir:
@@ -172,6 +180,11 @@ def user_errors(tool: str) -> Iterator[None]:
 
 def run_launched(tool: str, main: Callable, args) -> None:
     """``main(args)`` in this job's process group (:func:`launch_main`); a user error ends it with
-    one line and exit status 2 (:func:`user_errors`)."""
-    with user_errors(tool):
-        launch_main(main, args)
+    one line and exit status 2 (:func:`user_errors`), a Ctrl-C that no training loop handled
+    (:mod:`bitdet.engine.stop_signals`) with one line and exit status 130."""
+    try:
+        with user_errors(tool):
+            launch_main(main, args)
+    except KeyboardInterrupt:  # outside a training loop, or a second Ctrl-C while one saves
+        print(f"{tool}: interrupted (Ctrl-C): nothing saved since the last checkpoint", file=sys.stderr, flush=True)
+        sys.exit(130)

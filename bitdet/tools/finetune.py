@@ -12,9 +12,10 @@ Examples::
     # BiT-M-R50x1 on CIFAR-10 (official python pickle files in ~/data), paper HyperRule
     python tools/finetune.py --config-file finetune/cifar10.yaml --data-root ~/data \\
         --weights BiT-M-R50x1.npz OUTPUT_DIR output/finetune/cifar10
-    # 8 GPUs, resumable; the 512 batch is kept by gradient accumulation when memory is short
+    # 8 GPUs; re-running the command continues an interrupted run; the 512 batch is kept by
+    # gradient accumulation when memory is short
     python tools/finetune.py --config-file finetune/cifar10.yaml --data-root ~/data \\
-        --weights BiT-M-R50x1.npz --num-gpus 8 --resume
+        --weights BiT-M-R50x1.npz --num-gpus 8
     # few-shot: 1/5/10/25 examples per class, three seeds -> mean ± std
     python tools/finetune.py --config-file finetune/cifar100.yaml --data-root ~/data \\
         --weights BiT-M-R50x1.npz --shots 1,5,10,25 --seeds 0,1,2
@@ -26,12 +27,13 @@ Upstream vs from scratch on sklearn's digits at 1/5/10 shots and full data (CPU,
 32 px, 100 steps of 32 per run); the upstream checkpoint comes from the Fashion-MNIST demo
 pretraining. One table in ``output/finetune/digits_transfer/results.md`` (the upstream rows are
 labelled ``demo_fashion_mnist``, the checkpoint's folder), plus ``accuracy_vs_shots.png``;
-finished runs are reported, not repeated, and ``--resume`` continues an interrupted one, so a
-stopped sweep continues where it stopped (``--force`` starts every run over). Every shots count
-and seed is checked against the data before the first run::
+finished runs are reported, not repeated, and an interrupted one continues from its last
+checkpoint, so a stopped sweep continues where it stopped; a run folder of other settings is
+refused, naming them (``--force`` starts every run over). Every shots count and seed is checked
+against the data, and every run folder against its settings, before the first run::
 
     python tools/pretrain.py --config-file configs/pretrain/demo_fashion_mnist.yaml
-    OMP_NUM_THREADS=1 python tools/finetune.py --config-file finetune/demo_digits.yaml --resume \\
+    OMP_NUM_THREADS=1 python tools/finetune.py --config-file finetune/demo_digits.yaml \\
         --weights output/pretrain/demo_fashion_mnist/model_final.pth,scratch \\
         --shots 1,5,10,full --seeds 0,1,2 OUTPUT_DIR output/finetune/digits_transfer
 
@@ -66,14 +68,18 @@ def add_arguments(parser):
     parser.add_argument("--seeds", help="comma list of seeds, e.g. 0,1,2 (FEWSHOT.SEEDS)")
     parser.add_argument("--force", action="store_true",
                         help="start over: delete the run's checkpoints and results.json (a finished run is "
-                             "otherwise reported, not repeated)")
+                             "otherwise reported, an interrupted one continued, one of other settings refused)")
     parser.add_argument("--collect", nargs="+", metavar="DIR",
                         help="no training: tabulate every run's results.json under DIR... into OUTPUT_DIR/results_all.md")
     return parser
 
 
+RESUME_HELP = ("the default, kept for older command lines: a run of the same settings continues from its last "
+               "checkpoint")
+
+
 def parse_args(argv=None):
-    return add_arguments(argument_parser(__doc__)).parse_args(argv)
+    return add_arguments(argument_parser(__doc__, resume_help=RESUME_HELP)).parse_args(argv)
 
 
 def _flag_overrides(args):
@@ -96,7 +102,8 @@ def _flag_overrides(args):
 
 def setup(args):
     """Config from file + flags + trailing KEY VALUE overrides, frozen; logging and OUTPUT_DIR set up."""
-    return setup_cfg(args, get_finetune_cfg, _flag_overrides(args))
+    # config.yaml: each run records its own (bitdet.engine.run_folder); --collect has none
+    return setup_cfg(args, get_finetune_cfg, _flag_overrides(args), config_name=None)
 
 
 def collect(folders, out):
@@ -124,8 +131,8 @@ def main(args):
     weights_list = [w for w in (args.weights or "").split(",")] if args.weights and "," in args.weights else []
     if cfg.FEWSHOT.SHOTS or weights_list or len(cfg.FEWSHOT.SEEDS) > 1:
         shots = parse_shots(cfg.FEWSHOT.SHOTS) if cfg.FEWSHOT.SHOTS else ["full"]
-        return finetune_sweep(cfg, shots, cfg.FEWSHOT.SEEDS, weights_list, resume=args.resume, force=args.force)
-    return finetune(cfg, resume=args.resume, force=args.force)
+        return finetune_sweep(cfg, shots, cfg.FEWSHOT.SEEDS, weights_list, force=args.force)
+    return finetune(cfg, force=args.force)
 
 
 def cli(argv=None):

@@ -19,8 +19,9 @@ Examples::
 
 Writes to OUTPUT_DIR: model_*.pth checkpoints, metrics.json, TensorBoard events, and at the end
 model_final.pth (bitdet), model_final.npz (official BiT layout) and final.json. SIGTERM saves a
-checkpoint and exits 0; re-running the command resumes, and re-running a finished run reports
-its final.json unchanged (pass --force to start over).
+checkpoint and exits 0, Ctrl-C saves one and exits 130; re-running the command resumes, and
+re-running a finished run reports its final.json unchanged. A folder holding a run of another
+config is refused (the differing keys are listed): --force starts over there.
 """
 import json
 
@@ -32,7 +33,7 @@ from bitdet.tools.cli import argument_parser, run_launched, setup_cfg
 
 def setup(args):
     """Config from file + overrides, frozen; logging and output folder set up."""
-    return setup_cfg(args, get_pretrain_cfg)
+    return setup_cfg(args, get_pretrain_cfg, config_name=None)  # run_pretraining records it
 
 
 def main(args):
@@ -45,7 +46,7 @@ def main(args):
         if comm.is_main_process():
             print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2))
         return results
-    # Pretraining resumes by default (preemption-safe): no --resume flag; --force starts over.
+    # Like every trainer, pretraining resumes by default (preemption-safe); --force starts over.
     return run_pretraining(cfg, force=args.force)
 
 

@@ -13,8 +13,9 @@ Examples::
         --num-gpus 8 DATASET.TRAIN_SPLIT train800 DATASET.TEST_SPLIT val200
 
 Writes ``OUTPUT_DIR/<task>/results.json`` per task, ``OUTPUT_DIR/vtab_results.json`` and
-``OUTPUT_DIR/vtab_results.md``. Finished tasks are reported, not repeated; ``--resume``
-continues an interrupted one; ``--force`` starts every task over.
+``OUTPUT_DIR/vtab_results.md``. Finished tasks are reported, not repeated; an interrupted one
+continues from its last checkpoint; a task folder of other settings is refused, naming them;
+``--force`` starts every task over.
 """
 from pathlib import Path
 
@@ -22,11 +23,11 @@ from pathlib import Path
 from detectron2.utils import comm
 
 from bitdet.tools.cli import argument_parser, run_launched
-from bitdet.tools.finetune import setup  # same config, flags and logging as fine-tuning
+from bitdet.tools.finetune import RESUME_HELP, setup  # same config, flags and logging as fine-tuning
 
 
 def parse_args(argv=None):
-    parser = argument_parser(__doc__, eval_only=False, resume_help="skip finished tasks and runs")
+    parser = argument_parser(__doc__, eval_only=False, resume_help=RESUME_HELP)
     parser.add_argument("--data-root", help="VTAB root (DATASET.ROOT)")
     parser.add_argument("--weights", help="upstream weights: .npz, .pth, 'official' or 'scratch' (MODEL.WEIGHTS)")
     parser.add_argument("--model", help="model name (MODEL.NAME)")
@@ -40,7 +41,9 @@ def parse_args(argv=None):
 
 
 def main(args):
-    from bitdet.transfer.finetune import finetune
+    from bitdet.engine.run_folder import check_runs, record_config
+    from bitdet.transfer.fewshot import FULL
+    from bitdet.transfer.finetune import RESULTS_FILE, finetune, run_config
     from bitdet.transfer.vtab import VTAB_TASKS, check_tasks, run_vtab
     from bitdet.utils.io import atomic_write, write_json
 
@@ -49,14 +52,22 @@ def main(args):
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(VTAB_TASKS)
     check_tasks(cfg.DATASET.ROOT, tasks)  # every missing folder in one message, before any training
 
-    def run_task(task):
+    def task_config(task):
         task_cfg = cfg.clone()
         task_cfg.defrost()
         task_cfg.DATASET.NAME = f"vtab/{task}"
-        return finetune(task_cfg, output_dir=str(out / task), resume=args.resume, force=args.force)
+        return task_cfg
+
+    if not args.force:  # a task folder of other settings stops VTAB before the first task, not midway
+        check_runs([(out / t, run_config(task_config(t), FULL, cfg.SEED, str(out / t))) for t in tasks],
+                   RESULTS_FILE)
+
+    def run_task(task):
+        return finetune(task_config(task), output_dir=str(out / task), force=args.force)
 
     summary = run_vtab(run_task, tasks)
     if comm.is_main_process():
+        record_config(out, cfg)  # every task folder records its own
         compact = {t: ({"top1": r["top1"], "top5": r["top5"]} if "top1" in r else r) for t, r in summary["tasks"].items()}
         write_json(out / "vtab_results.json", dict(summary, tasks=compact))
         lines = ["| task | group | top-1 (%) |", "|---|---|---|"]

@@ -6,7 +6,6 @@ logic so that tests and notebooks can call them without a command line.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -39,8 +38,8 @@ from bitdet.transfer.report import (
 )
 from bitdet.transfer.transforms import TransformedDataset, eval_transform, train_transform
 
-__all__ = ["evaluate_only", "finetune", "finetune_sweep", "init_label", "resolve_weights", "run_dir_name",
-           "validate_sweep"]
+__all__ = ["evaluate_only", "finetune", "finetune_sweep", "init_label", "resolve_weights", "run_config",
+           "run_dir_name", "validate_sweep"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,18 +104,34 @@ def _open_splits(cfg):
     return tuple(build_dataset(d.NAME, d.ROOT, split, d.DOWNLOAD and comm.is_main_process()) for split in splits)
 
 
+def run_config(cfg, shots: Shots, seed: int, output_dir: str):
+    """The config of one run of a sweep as its folder records it: ``cfg`` with ``OUTPUT_DIR``,
+    ``SEED``, ``FEWSHOT.SEEDS`` (``[seed]``) and ``FEWSHOT.SHOTS`` (``[]`` for full data) of
+    that run, so that the same run started alone or from any sweep compares equal."""
+    run_cfg = cfg.clone()
+    run_cfg.defrost()
+    run_cfg.OUTPUT_DIR = str(output_dir)
+    run_cfg.SEED = int(seed)
+    run_cfg.FEWSHOT.SEEDS = [int(seed)]
+    run_cfg.FEWSHOT.SHOTS = [] if shots == FULL else [int(shots)]
+    run_cfg.freeze()
+    return run_cfg
+
+
 def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: Optional[str] = None,
-             resume: bool = True, force: bool = False) -> Dict[str, Any]:
+             force: bool = False) -> Dict[str, Any]:
     """Fine-tune once (one dataset, one shots setting, one seed) and evaluate on the test split.
+
+    The run's folder opens by :func:`bitdet.engine.run_folder.open_run` with
+    :func:`run_config`: a run of this config continues from its newest checkpoint, a finished
+    one (``results.json``) is returned as is, a run of another config is refused.
 
     Args:
         cfg: a config with :func:`~bitdet.transfer.config.add_finetune_config` keys.
         shots: examples per class, or ``"full"`` for the whole training split.
         seed: few-shot draw and training seed; default ``cfg.SEED``.
         output_dir: default ``cfg.OUTPUT_DIR``.
-        resume: continue from the newest checkpoint there (else train from step 0).
-        force: start over: delete the checkpoints and ``results.json`` first. Without it a
-            finished run (``results.json`` present) is not repeated: its results are returned.
+        force: start over: delete the checkpoints and ``results.json`` first.
 
     Returns:
         The results written to ``OUTPUT_DIR/results.json`` (on the main process; other ranks
@@ -125,19 +140,15 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
     """
     from detectron2.utils import comm
 
-    from bitdet.engine import ClassifierTrainer, clear_run, evaluate_classifier
+    from bitdet.engine import ClassifierTrainer, evaluate_classifier
+    from bitdet.engine.run_folder import open_run
 
     t0 = time.perf_counter()
     seed = cfg.SEED if seed is None else int(seed)
     out = Path(output_dir or cfg.OUTPUT_DIR)
-    if force:
-        if comm.is_main_process():
-            clear_run(out, (RESULTS_FILE,))
-        comm.synchronize()
-        resume = False
-    elif (out / RESULTS_FILE).is_file():
-        logger.info("%s exists: the run has finished; reporting its results (--force starts over)", out / RESULTS_FILE)
-        return json.loads((out / RESULTS_FILE).read_text())
+    finished = open_run(out, run_config(cfg, shots, seed, str(out)), RESULTS_FILE, force=force)
+    if finished is not None:
+        return finished
 
     d = cfg.DATASET
     spec = get_spec(d.NAME)
@@ -204,7 +215,7 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
         device=_device(cfg),
         meta={"model": cfg.MODEL.NAME, "dataset": d.NAME, "num_classes": num_classes, "shots": shots},
     )
-    summary = trainer.train(resume=resume)
+    summary = trainer.train(resume=True)
     if not comm.is_main_process():
         return summary
 
@@ -308,12 +319,14 @@ def validate_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int]) -> No
 
 
 def finetune_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int], weights_list: Sequence[str] = (),
-                   resume: bool = True, force: bool = False) -> Dict[str, Any]:
+                   force: bool = False) -> Dict[str, Any]:
     """One :func:`finetune` run per (weights, shots, seed), then a summary over seeds.
 
     Runs go to ``OUTPUT_DIR/<init>/<shots>_seed<seed>/`` (``<init>``: :func:`init_label`), so
-    a later sweep with more initialisations, shots or seeds reuses finished runs (``resume``). Writes ``OUTPUT_DIR/results.json`` (every run and
-    mean ± std per setting), ``results.md`` (the markdown table) and ``accuracy_vs_shots.png``.
+    a later sweep with more initialisations, shots or seeds reuses finished runs and continues
+    interrupted ones; every run folder is checked against its config before the first run
+    (:func:`bitdet.engine.run_folder.check_run`). Writes ``OUTPUT_DIR/results.json`` (every run
+    and mean ± std per setting), ``results.md`` (the markdown table) and ``accuracy_vs_shots.png``.
 
     Args:
         cfg: the fine-tuning config (not modified).
@@ -321,7 +334,6 @@ def finetune_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int], weigh
         seeds: few-shot draw / training seeds.
         weights_list: initialisations to compare (weights paths, ``"official"``, or
             ``"scratch"`` / ``""``); default: ``cfg.MODEL.WEIGHTS`` alone.
-        resume: resume interrupted runs (finished ones are always reused).
         force: start every run over.
 
     Returns:
@@ -329,34 +341,38 @@ def finetune_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int], weigh
     """
     from detectron2.utils import comm
 
+    from bitdet.engine.run_folder import check_runs, record_config
     from bitdet.utils.io import atomic_write
 
     out = Path(cfg.OUTPUT_DIR)
     shots_list = parse_shots(list(shots_list))
     validate_sweep(cfg, shots_list, list(seeds))
     inits = [("" if w.strip().lower() == "scratch" else w.strip()) for w in (weights_list or [cfg.MODEL.WEIGHTS])]
-    runs: List[Dict[str, Any]] = []
+    planned = []  # (weights config, shots, seed, folder) of every run
     labels: Dict[str, str] = {}
     for weights in inits:
-        run_cfg = cfg.clone()
-        run_cfg.defrost()
-        run_cfg.MODEL.WEIGHTS = weights
-        label = init_label(run_cfg)
+        init_cfg = cfg.clone()
+        init_cfg.defrost()
+        init_cfg.MODEL.WEIGHTS = weights
+        label = init_label(init_cfg)
         if label in labels:
             raise ValueError(f"weights {labels[label]!r} and {weights!r} share the label {label!r}; rename one file")
         labels[label] = weights
-        base = out / label
-        for shots in shots_list:
-            for seed in seeds:
-                result = finetune(run_cfg, shots=shots, seed=int(seed), output_dir=str(base / run_dir_name(shots, seed)),
-                                  resume=resume, force=force)
-                if comm.is_main_process():
-                    runs.append({k: result[k] for k in ("dataset", "init", "shots", "seed", "top1", "top5",
-                                                        "mean_per_class_acc", "steps", "num_train", "wall_time_s")})
+        planned += [(init_cfg, shots, int(seed), str(out / label / run_dir_name(shots, seed)))
+                    for shots in shots_list for seed in seeds]
+    if not force:  # a folder of another config stops the sweep before its first run, not midway
+        check_runs([(folder, run_config(c, shots, seed, folder)) for c, shots, seed, folder in planned], RESULTS_FILE)
+    runs: List[Dict[str, Any]] = []
+    for init_cfg, shots, seed, folder in planned:
+        result = finetune(init_cfg, shots=shots, seed=seed, output_dir=folder, force=force)
+        if comm.is_main_process():
+            runs.append({k: result[k] for k in ("dataset", "init", "shots", "seed", "top1", "top5",
+                                                "mean_per_class_acc", "steps", "num_train", "wall_time_s")})
     if not comm.is_main_process():
         return {}
     summary = summarize_runs(runs)
     table = results_table(summary)
+    record_config(out, cfg)  # the sweep's own settings, beside its table
     write_json(out / "results.json", {"model": cfg.MODEL.NAME, "weights": inits, "runs": runs, "summary": summary})
     with atomic_write(out / "results.md", "w") as f:
         f.write(table)

@@ -1,7 +1,8 @@
-"""tools/train_net.py end to end: train + COCO evaluation, --eval-only, --resume (subprocesses)."""
+"""tools/train_net.py end to end: train + COCO evaluation, --eval-only, resume (subprocesses)."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -65,10 +66,14 @@ def test_eval_only_reproduces_the_final_evaluation(trained):
 
 
 @pytest.mark.slow
-def test_resume_continues_from_the_last_checkpoint(trained):
+def test_the_same_command_continues_from_the_last_checkpoint(trained):
     tmp, _ = trained
-    out = tmp / "out"
-    log = _run(tmp, "--resume", "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "6", "TEST.EVAL_PERIOD", "0")
-    assert "Starting training from iteration 4" in log
-    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
-    assert max(m["iteration"] for m in metrics if "total_loss" in m) == 5
+    out = tmp / "stopped"
+    shutil.copytree(tmp / "out", out)
+    for name in ("model_final.pth", "final.json"):  # as if stopped after iteration 1
+        (out / name).unlink()
+    (out / "last_checkpoint").write_text("model_0000001.pth")
+    log = _run(tmp, "OUTPUT_DIR", str(out), *KEEP_ALL)  # no --resume: a run of the same config continues
+    assert "Starting training from iteration 2" in log
+    assert json.loads((out / "final.json").read_text())["iterations"] == 4
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"

@@ -135,7 +135,7 @@ def test_missing_rendezvous_fails_non_zero(tmp_path):
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
-def test_second_run_on_a_locked_output_dir_stops_naming_the_first(tmp_path):
+def test_second_run_on_a_locked_output_dir_stops_naming_the_first(tmp_path, capsys):
     from bitdet.tools.pretrain import cli
 
     out = tmp_path / "out"
@@ -145,9 +145,12 @@ def test_second_run_on_a_locked_output_dir_stops_naming_the_first(tmp_path):
         import socket
         (out / "bitdet.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": first.pid,
                                                      "started": "12:00", "command": "pretrain.py first"}))
-        with pytest.raises(SystemExit, match=rf"OUTPUT_DIR {out} is in use by another run .*pid {first.pid}"):
+        with pytest.raises(SystemExit) as exit_info:
             cli([*PRETRAIN, "OUTPUT_DIR", str(out)])
     finally:
         first.kill()
         first.wait()
+    assert exit_info.value.code == 2
+    assert re.fullmatch(rf"pretrain: error: OUTPUT_DIR {out} is in use by another run \(host .*, pid {first.pid}, "
+                        r"started 12:00: pretrain.py first\)\. .*", capsys.readouterr().err.strip().splitlines()[-1])
     assert sorted(p.name for p in out.iterdir()) == ["bitdet.lock"]  # nothing written

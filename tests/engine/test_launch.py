@@ -6,6 +6,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,7 +16,7 @@ import torch
 
 from bitdet.engine import launch
 from bitdet.engine.launch import LaunchInfo, detect_launcher, first_slurm_host
-from bitdet.engine.output_lock import LOCK_NAME, OutputDirLock, OutputDirLocked
+from bitdet.engine.output_lock import LOCK_NAME, OutputDirError, OutputDirLock, OutputDirLocked
 
 TORCHRUN = dict(RANK="3", WORLD_SIZE="4", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2", MASTER_ADDR="node7",
                 MASTER_PORT="29500", TORCHELASTIC_RUN_ID="x")
@@ -124,6 +125,28 @@ def test_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
     assert (held["host"], held["pid"]) == (socket.gethostname(), os.getpid())
     lock.release()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_lock_being_written_is_waited_for_so_the_error_names_its_holder(tmp_path):
+    """Two runs at the same instant: the loser may find the winner's lock still empty."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    (tmp_path / LOCK_NAME).write_text("")
+    writer = threading.Timer(0.3, _holder, (tmp_path,), dict(host=socket.gethostname(), pid=sleeper.pid))
+    writer.start()
+    try:
+        with pytest.raises(OutputDirLocked, match=rf"pid {sleeper.pid}"):
+            OutputDirLock(tmp_path).acquire()
+    finally:
+        writer.join()
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_an_output_dir_under_a_file_is_a_user_error(tmp_path):
+    afile = tmp_path / "a_file"
+    afile.write_text("x")
+    with pytest.raises(OutputDirError, match=rf"OUTPUT_DIR {afile / 'run'} is under the file {afile}, not a folder"):
+        OutputDirLock(afile / "run").acquire()
 
 
 def test_remote_holder_is_stale_only_without_refresh(tmp_path, monkeypatch):

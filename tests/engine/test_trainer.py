@@ -72,23 +72,33 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     assert_identical(params(full.model), params(resumed.model))
 
 
-class SendSigterm(HookBase):
+class SendSignal(HookBase):
+    def __init__(self, signum):
+        self.signum = signum
+
     def after_step(self):
         if self.trainer.iter == 1:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
 
 
-def test_sigterm_saves_and_exits_zero(tmp_path, caplog):
+@pytest.mark.parametrize("signum, status, said", [(signal.SIGTERM, 0, "SIGTERM received"),
+                                                  (signal.SIGINT, 130, "interrupted (Ctrl-C)")])
+def test_sigterm_and_ctrl_c_save_the_step_and_exit(tmp_path, caplog, signum, status, said):
+    previous = signal.getsignal(signum)
     trainer = tiny_trainer(str(tmp_path), steps=10, period=100)
-    trainer.register_hooks([SendSigterm()])
+    trainer.register_hooks([SendSignal(signum)])
     with caplog.at_level(logging.WARNING), pytest.raises(SystemExit) as exc:
         trainer.train()
-    assert exc.value.code == 0
+    assert exc.value.code == status
     # The signal arrives during step 1's hooks; ranks agree on it in step 2's all-reduce.
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000002.pth"
     assert TrainingCheckpointer.load(tmp_path / "model_0000002.pth")["step"] == 3
-    assert "exiting cleanly" in caplog.text
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    assert f"{said}: saved {tmp_path / 'model_0000002.pth'} after step 3;" in caplog.text
+    assert signal.getsignal(signum) is previous  # handler restored
+    resumed = tiny_trainer(str(tmp_path), steps=4, period=100)
+    with caplog.at_level(logging.INFO):
+        assert resumed.train()["step"] == 4
+    assert f"resumed from {tmp_path / 'model_0000002.pth'} at step 3" in caplog.text
 
 
 class PoisonAt(HookBase):

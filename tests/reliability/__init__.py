@@ -8,7 +8,7 @@ Faults
   reliability/test_detection_faults.py::test_sigterm_saves_current_iteration_exits_zero_and_resumes
 - SIGKILL + exact resume of the classification engine (pretraining runs on it):
   engine/test_trainer.py::test_resume_after_sigkill_is_bit_identical; SIGTERM there:
-  engine/test_trainer.py::test_sigterm_saves_and_exits_zero
+  engine/test_trainer.py::test_sigterm_and_ctrl_c_save_the_step_and_exit
 - Fine-tuning resume exactness (kill simulated by deleting the later checkpoint):
   transfer/test_finetune.py::test_resume_continues_exactly
 - Checkpoint write failing midway (ENOSPC simulated) keeps the previous checkpoint:
@@ -16,6 +16,9 @@ Faults
   atomic_write, is shared by the engine)
 - A failing DDP rank ends all ranks with its error (gloo):
   engine/test_distributed.py::test_failing_rank_ends_the_job_with_its_error
+- Ctrl-C mid-run (train_net): checkpoint at that iteration, exit 130 without a traceback, the
+  same command continues; re-running on a run folder of other settings, two runs started
+  together on one OUTPUT_DIR, a file as OUTPUT_DIR: reliability/test_run_rules.py
 
 Bad inputs
 - Images (truncated, zero bytes, grayscale, CMYK, 16-bit, alpha, EXIF rotation, huge):

@@ -111,7 +111,7 @@ def test_details_go_to_the_log_file_not_the_console(tmp_path):
     log = (out / "log.txt").read_text()
     assert "environment:" in log and "PyTorch" in log  # Detectron2's collect_env_info table
     assert "SOLVER:" in log and "Traceback" in log and "missing.pth' not found" in log
-    assert (out / "config.yaml").is_file()
+    assert (out / "config_eval.yaml").is_file() and not (out / "config.yaml").exists()  # --eval-only's own name
 
 
 def test_make_bench_runs_a_cpu_preset_without_cuda():

@@ -22,7 +22,7 @@ def test_finetune_beats_chance_on_digits(tmp_path, capsys):
     cfg = get_finetune_cfg("finetune/demo_digits.yaml", [
         "HYPERRULE.RESIZE", 18, "HYPERRULE.CROP", 16, "HYPERRULE.STEPS", 30, "HYPERRULE.BATCH_SIZE", 16,
         "HYPERRULE.BASE_LR", 0.03, "SOLVER.CHECKPOINT_PERIOD", 1000, "OUTPUT_DIR", str(tmp_path)])
-    results = finetune(cfg, resume=False)
+    results = finetune(cfg)
     assert results["top1"] > 30.0, results["top1"]  # chance: 10 %
     assert "BiT-HyperRule: resize 18 -> crop 16, 30 steps" in capsys.readouterr().out
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -40,7 +40,7 @@ def test_sigkill_then_resume_continues_exactly(tmp_path):
         cfg = get_finetune_cfg(INSTANT, ["OUTPUT_DIR", str(out), "HYPERRULE.BATCH_SIZE", 4])
         return finetune(cfg, **kw)
 
-    full = run(tmp_path / "a", resume=False)
+    full = run(tmp_path / "a")
     interrupted = tmp_path / "b"
     # The real tool, SIGKILLed after step index 2: the 2-step checkpoint is on disk, step 3 is lost.
     cmd = [sys.executable, str(ROOT / "tests" / "reliability" / "kill_point.py"), "finetune", "--config-file", INSTANT,
@@ -52,7 +52,7 @@ def test_sigkill_then_resume_continues_exactly(tmp_path):
     assert (interrupted / "last_checkpoint").read_text() == "model_0000001.pth"
     assert not (interrupted / "results.json").exists()
 
-    resumed = run(interrupted, resume=True)
+    resumed = run(interrupted)  # the run's folder, same config: it continues
     assert resumed["top1"] == full["top1"]
     a = torch.load(tmp_path / "a" / "model_0000003.pth", weights_only=True)
     b = torch.load(interrupted / "model_0000003.pth", weights_only=True)
@@ -67,13 +67,12 @@ def test_sigkill_then_resume_continues_exactly(tmp_path):
 @pytest.mark.slow
 def test_a_finished_run_is_reported_and_force_starts_over(tmp_path):
     cfg = get_finetune_cfg(INSTANT, ["OUTPUT_DIR", str(tmp_path), "HYPERRULE.BATCH_SIZE", 4])
-    first = finetune(cfg, resume=False)
+    first = finetune(cfg)
     stored, mtime = (tmp_path / "results.json").read_text(), (tmp_path / "results.json").stat().st_mtime_ns
-    for resume in (True, False):  # with or without --resume, a finished run is not repeated
-        assert finetune(cfg, resume=resume) == json.loads(stored)
+    assert finetune(cfg) == json.loads(stored)  # a finished run is not repeated
     assert (tmp_path / "results.json").stat().st_mtime_ns == mtime
     (tmp_path / "model_0000006.pth").write_bytes(b"left over from a longer run")
-    again = finetune(cfg, resume=True, force=True)
+    again = finetune(cfg, force=True)
     assert not (tmp_path / "model_0000006.pth").exists(), "--force must delete the old checkpoints"
     assert (tmp_path / "results.json").stat().st_mtime_ns != mtime
     assert again["top1"] == first["top1"] and again["train"]["step"] == 4
