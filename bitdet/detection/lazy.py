@@ -11,6 +11,7 @@ stream (the exact stream position is a feature of the yacs trainer), which it sa
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
@@ -48,7 +49,7 @@ class LazyRunConfig:
         self.cfg = cfg
 
     def dump(self) -> str:
-        cfg = self.cfg.copy()
+        cfg = copy.deepcopy(self.cfg)
         cfg.train.output_dir = None
         with tempfile.TemporaryDirectory() as folder:
             path = os.path.join(folder, "config.yaml")
