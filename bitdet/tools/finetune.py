@@ -53,6 +53,9 @@ from bitdet.transfer.config import get_finetune_cfg
 from bitdet.transfer.fewshot import parse_shots
 from bitdet.tools.cli import argument_parser, run_launched, setup_cfg
 
+# KEY VALUE overrides shown in --help (keys of the fine-tuning config).
+OVERRIDES_EXAMPLE = "HYPERRULE.STEPS 500 MODEL.DEVICE cpu"
+
 
 def add_arguments(parser):
     """The fine-tuning flags on top of Detectron2's standard ones."""
@@ -73,7 +76,7 @@ def add_arguments(parser):
 
 
 def parse_args(argv=None):
-    return add_arguments(argument_parser(__doc__)).parse_args(argv)
+    return add_arguments(argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE)).parse_args(argv)
 
 
 def _flag_overrides(args):
@@ -96,7 +99,7 @@ def _flag_overrides(args):
 
 def setup(args):
     """Config from file + flags + trailing KEY VALUE overrides, frozen; logging and OUTPUT_DIR set up."""
-    return setup_cfg(args, get_finetune_cfg, _flag_overrides(args))
+    return setup_cfg(args, get_finetune_cfg, _flag_overrides(args), config_kind="finetune")
 
 
 def collect(folders, out):

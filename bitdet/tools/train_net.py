@@ -27,6 +27,9 @@ from bitdet.checkpoint import CheckpointError
 from bitdet.detection import BiTCheckpointer, BiTTrainer, get_bit_cfg, prepare_datasets
 from bitdet.tools.cli import argument_parser, run_launched, setup_cfg
 
+# KEY VALUE overrides shown in --help (keys of the detection config).
+OVERRIDES_EXAMPLE = "SOLVER.BASE_LR 0.001 MODEL.DEVICE cpu"
+
 
 def setup(args):
     """Config from file + overrides, frozen; logging and output folder set up.
@@ -34,7 +37,7 @@ def setup(args):
     ``SOLVER.AMP.ENABLED`` autocasts on ``MODEL.DEVICE``, the CPU included (bf16 there);
     pass ``SOLVER.AMP.ENABLED False`` for float32.
     """
-    return setup_cfg(args, get_bit_cfg)
+    return setup_cfg(args, get_bit_cfg, config_kind="detection")
 
 
 def main(args):
@@ -52,7 +55,7 @@ def main(args):
 
 
 def parse_args(argv=None):
-    return argument_parser(__doc__).parse_args(argv)
+    return argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE).parse_args(argv)
 
 
 def cli(argv=None):
