@@ -29,7 +29,8 @@ OVERRIDES_EXAMPLE = "HYPERRULE.BATCH_SIZE 256 MODEL.DEVICE cpu"
 
 
 def parse_args(argv=None):
-    parser = argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE, eval_only=False, resume_help="skip finished tasks and runs")
+    parser = argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE, eval_only=False,
+                             resume_help="skip finished tasks and runs")
     parser.add_argument("--data-root", help="VTAB root (DATASET.ROOT)")
     parser.add_argument("--weights", help="upstream weights: .npz, .pth, 'official' or 'scratch' (MODEL.WEIGHTS)")
     parser.add_argument("--model", help="model name (MODEL.NAME)")

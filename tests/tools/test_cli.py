@@ -144,7 +144,8 @@ def test_override_example_in_help_names_keys_of_the_tools_config(tool, capsys):
 
 @pytest.mark.parametrize("tool, argv", [
     ("train_net", ["--config", "retinanet_bit_m.yaml"]),
-    ("pretrain", ["--config", "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml", "MODEL.DEVICE", "cuda"]),
+    ("pretrain", ["--config", "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
+                  "MODEL.DEVICE", "cuda"]),
     ("finetune", ["--config", "finetune/quick_schedules/finetune_instant_test.yaml", "MODEL.DEVICE", "cuda"]),
 ])
 def test_cuda_config_on_a_cpu_machine_is_one_line(tool, argv, monkeypatch, capsys):
