@@ -13,20 +13,27 @@ machine without it stops with one line naming the key to add, instead of torch's
 """
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import yaml
 from detectron2.config import CfgNode
 
-__all__ = ["CONFIGS_DIR", "DeviceError", "check_device", "load_yaml_chain", "merge_config", "resolve_config_file"]
+__all__ = ["CONFIG_KINDS", "CONFIGS_DIR", "DeviceError", "check_device", "load_yaml_chain", "merge_config",
+           "resolve_config_file", "resolve_device", "shipped_configs"]
 
 # Shipped configs: package data (in a checkout, bitdet/configs links to the top-level configs/).
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 BASE_KEY = "_BASE_"
+
+# The kinds of config a tool reads: each has its folder under configs/; detection configs are
+# the rest (the top level, quick_schedules/, demo/).
+CONFIG_KINDS = ("detection", "pretrain", "finetune", "benchmark")
 
 
 def _shipped(path: str, configs_dir: Path) -> Path | None:
@@ -37,19 +44,43 @@ def _shipped(path: str, configs_dir: Path) -> Path | None:
     return None
 
 
-def resolve_config_file(path: str, configs_dir: Path = CONFIGS_DIR) -> str:
+def shipped_configs(kind: Optional[str] = None, configs_dir: Path = CONFIGS_DIR) -> List[str]:
+    """The shipped configs (paths relative to ``configs_dir``) of one of :data:`CONFIG_KINDS`, or all."""
+    if kind is not None and kind not in CONFIG_KINDS:
+        raise ValueError(f"config kind {kind!r}: choose one of {CONFIG_KINDS}")
+    folders = set(CONFIG_KINDS) - {"detection"}
+    names = sorted(p.relative_to(configs_dir).as_posix() for p in configs_dir.rglob("*.yaml"))
+    if kind is None:
+        return names
+    if kind == "detection":
+        return [n for n in names if n.split("/")[0] not in folders]
+    return [n for n in names if n.split("/")[0] == kind]
+
+
+def resolve_config_file(path: str, configs_dir: Path = CONFIGS_DIR, kind: Optional[str] = None) -> str:
     """``path`` itself if it exists, else the file of that name (or relative path) under ``configs/``.
 
+    Args:
+        kind: the tool's kind of config (:data:`CONFIG_KINDS`): a missing file's message names
+            the closest of those ("did you mean ...?"), else lists them.
+
     Raises:
-        FileNotFoundError: naming the places searched and the shipped configs.
+        FileNotFoundError: naming the places searched and the shipped configs of that kind.
     """
     if os.path.isfile(path):
         return path
     found = _shipped(path, configs_dir)
     if found is not None:
         return str(found)
-    shipped = sorted(str(p.relative_to(configs_dir)) for p in configs_dir.rglob("*.yaml"))
-    raise FileNotFoundError(f"config {path!r} not found here or in {configs_dir}; shipped configs: {shipped}")
+    shipped = shipped_configs(kind, configs_dir)
+    by_name = {os.path.basename(n): n for n in shipped}
+    close = difflib.get_close_matches(path.removeprefix("configs/"), shipped, n=1, cutoff=0.6) or [
+        by_name[n] for n in difflib.get_close_matches(os.path.basename(path), list(by_name), n=1, cutoff=0.6)]
+    where = f"config {path!r} not found here or in {configs_dir}"
+    if close:
+        raise FileNotFoundError(f"{where}; did you mean {close[0]}?")
+    runnable = [n for n in shipped if not os.path.basename(n).startswith("Base-")]  # bases only hold defaults
+    raise FileNotFoundError(f"{where}; shipped {kind + ' ' if kind else ''}configs: {', '.join(runnable)}")
 
 
 def _resolve_base(base: str, referrer: Path, configs_dir: Path) -> Path:
@@ -139,11 +170,11 @@ def merge_config(cfg: CfgNode, config_file: str | None = None, opts: Sequence[st
             try:
                 cfg.merge_from_file(str(flat), allow_unsafe=False)
             except (AssertionError, KeyError, ValueError) as e:  # yacs reports bad keys as asserts
-                raise ValueError(f"config {path}: {_message(e)}") from e
+                raise ValueError(f"config {path}: {_message(e, cfg)}") from e
     try:
         cfg.merge_from_list(list(opts))
     except (AssertionError, KeyError, ValueError) as e:
-        raise ValueError(f"config override {list(opts)}: {_message(e)}") from e
+        raise ValueError(f"config override {list(opts)}: {_message(e, cfg)}") from e
     return cfg
 
 
@@ -173,6 +204,46 @@ def check_device(device: str, key: str = "MODEL.DEVICE") -> None:
         raise DeviceError(f"{key} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
-def _message(error: Exception) -> str:
-    """An exception's text without the quotes ``str(KeyError)`` adds."""
-    return str(error.args[0]) if len(error.args) == 1 else str(error)
+def resolve_device(device: str, key: str = "MODEL.DEVICE") -> str:
+    """The torch device a process runs a config's device value on, checked.
+
+    "cpu" -> "cpu"; "cuda" -> ``cuda:<local rank>`` (each process on its local GPU, as
+    Detectron2 places them); "" / "auto" -> that GPU when CUDA is present, else "cpu".
+
+    Raises:
+        DeviceError: as :func:`check_device`, or a value other than "", "auto", "cpu", "cuda".
+    """
+    import torch
+    from detectron2.utils import comm
+
+    device = str(device).strip()
+    check_device(device, key)
+    if device not in ("", "auto", "cpu", "cuda"):
+        raise DeviceError(f"{key} {device!r}: use 'cpu', 'cuda' (each process takes its local GPU) or '' (CUDA "
+                          "when present)")
+    if device == "cpu" or not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{comm.get_local_rank()}"
+
+
+# yacs' messages for a key the config lacks (merge_from_list / a file's keys).
+_UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
+
+
+def _full_keys(node: CfgNode, prefix: str = "") -> List[str]:
+    keys = []
+    for name, value in node.items():
+        keys += _full_keys(value, f"{prefix}{name}.") if isinstance(value, CfgNode) else [f"{prefix}{name}"]
+    return keys
+
+
+def _message(error: Exception, cfg: Optional[CfgNode] = None) -> str:
+    """An exception's text without the quotes ``str(KeyError)`` adds; for a key ``cfg`` lacks,
+    the closest of its keys ("did you mean ...?")."""
+    message = str(error.args[0]) if len(error.args) == 1 else str(error)
+    unknown = _UNKNOWN_KEY.search(message)
+    if cfg is not None and unknown:
+        close = difflib.get_close_matches(unknown.group(1), _full_keys(cfg), n=1, cutoff=0.75)
+        if close:
+            message += f" (did you mean {close[0]}?)"
+    return message

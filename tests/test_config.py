@@ -1,4 +1,5 @@
-"""_BASE_ resolution: relative to the file, then by name under the shipped configs."""
+"""Config loading: _BASE_ resolution (relative to the file, then by name under the shipped
+configs), the closest key or config named on a typo, the instant configs' fixed seeds."""
 from __future__ import annotations
 
 import re
@@ -7,9 +8,14 @@ import shutil
 import pytest
 from detectron2.modeling import build_model
 
-from bitdet.config import CONFIGS_DIR
+from bitdet.benchmark import get_benchmark_cfg
+from bitdet.config import CONFIG_KINDS, CONFIGS_DIR, resolve_config_file, shipped_configs
 from bitdet.detection import get_bit_cfg
+from bitdet.pretrain import get_pretrain_cfg
 from bitdet.transfer.config import get_finetune_cfg
+
+LOADERS = {"detection": get_bit_cfg, "pretrain": get_pretrain_cfg, "finetune": get_finetune_cfg,
+           "benchmark": get_benchmark_cfg}
 
 INSTANT = CONFIGS_DIR / "quick_schedules" / "retinanet_bit_instant_test.yaml"
 
@@ -74,3 +80,66 @@ def test_every_shipped_config_writes_under_output_by_its_own_name():
         if (match and match.group(1)) != expected:
             wrong[str(path.relative_to(CONFIGS_DIR))] = match and match.group(1)
     assert not wrong, f"OUTPUT_DIR not output/<config path>: {wrong}"
+
+
+def test_an_unknown_override_key_names_the_closest_key():
+    with pytest.raises(ValueError) as error:
+        get_bit_cfg(str(INSTANT), ["MODEL.RETINANET.NUM_CLASSE", "3"])
+    message = str(error.value)
+    assert "\n" not in message and message.endswith(
+        "Non-existent key: MODEL.RETINANET.NUM_CLASSE (did you mean MODEL.RETINANET.NUM_CLASSES?)")
+    with pytest.raises(ValueError, match=r"HYPERRULE\.STEP \(did you mean HYPERRULE\.STEPS\?\)"):
+        get_finetune_cfg(None, ["HYPERRULE.STEP", "10"])
+    with pytest.raises(ValueError) as error:  # nothing close: no guess
+        get_bit_cfg(None, ["COMPLETELY.DIFFERENT", "1"])
+    assert "did you mean" not in str(error.value)
+
+
+def test_an_unknown_key_in_a_yaml_file_names_the_closest_key(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text('_BASE_: "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml"\n'
+                    "SOLVER:\n  BASE_LR_PER256: 0.1\n")
+    with pytest.raises(ValueError) as error:
+        get_pretrain_cfg(str(path))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"config {path}: ")
+    assert message.endswith("SOLVER.BASE_LR_PER256 (did you mean SOLVER.BASE_LR_PER_256?)")
+
+
+def test_shipped_configs_are_split_by_kind():
+    kinds = {kind: set(shipped_configs(kind)) for kind in CONFIG_KINDS}
+    everything = set(shipped_configs())
+    assert set.union(*kinds.values()) == everything and sum(map(len, kinds.values())) == len(everything)
+    assert "retinanet_bit_m.yaml" in kinds["detection"] and "demo/retinanet_bit_tiny_demo.yaml" in kinds["detection"]
+    for kind in ("pretrain", "finetune", "benchmark"):
+        assert kinds[kind] and all(name.startswith(f"{kind}/") for name in kinds[kind])
+
+
+@pytest.mark.parametrize("kind, typo, closest", [
+    ("detection", "retinanet_bit_m_R50.yaml", "retinanet_bit_m_R50x1.yaml"),
+    ("pretrain", "bit_s_r50x1.yaml", "pretrain/bit_s_R50x1.yaml"),
+    ("finetune", "cifar11.yaml", "finetune/cifar10.yaml"),
+    ("benchmark", "h100x.yaml", "benchmark/h100.yaml"),
+])
+def test_a_missing_config_names_the_closest_of_its_kind(kind, typo, closest):
+    with pytest.raises(FileNotFoundError) as error:
+        resolve_config_file(typo, kind=kind)
+    message = str(error.value)
+    assert message.endswith(f"; did you mean {closest}?") and len(message) < 200
+
+
+@pytest.mark.parametrize("kind", CONFIG_KINDS)
+def test_a_missing_config_far_from_all_lists_only_its_kind(kind):
+    with pytest.raises(FileNotFoundError) as error:
+        resolve_config_file("zzz.yaml", kind=kind)
+    listed = str(error.value).split(f"shipped {kind} configs: ")[1].split(", ")
+    assert listed == [n for n in shipped_configs(kind) if not n.split("/")[-1].startswith("Base-")] and listed
+
+
+INSTANT_CONFIGS = sorted(str(p.relative_to(CONFIGS_DIR)) for p in CONFIGS_DIR.glob("**/quick_schedules/*instant*.yaml"))
+
+
+@pytest.mark.parametrize("name", INSTANT_CONFIGS)
+def test_instant_configs_have_a_fixed_seed(name):
+    kind = name.split("/")[0] if name.split("/")[0] in LOADERS else "detection"
+    assert LOADERS[kind](name).SEED >= 0

@@ -206,7 +206,8 @@ def test_study_pretrains_on_a_subset_for_the_same_steps(tmp_path):
 
 def test_progress_reads_the_tools_console_lines():
     p = Progress(100, runs=4)
-    p.feed("[finetune] digits (5 per class, seed 1): rule ...\n")
+    p.feed("[11/29 15:22:30 bitdet.transfer.finetune]: digits (5 per class, seed 1): 50 training / 450 test images, "
+           "10 classes\n")
     p.feed("[11/29 15:22:37 d2.utils.events]:  eta: 0:07:10  iter: 39  loss: 2.135    time: 0.3897  lr: 0.03\n")
     p.feed("[11/29 15:23:00 bitdet.transfer.finetune]: digits: top-1 61.25%, top-5 90.00% -> x\n")
     assert p.line() == "run 1/4 (5 per class, seed 1) iter 40/100 eta 0:07:10 loss 2.13 top-1 61.2 %"

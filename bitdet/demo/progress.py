@@ -23,7 +23,7 @@ __all__ = ["Progress", "StageFailed", "Task", "run_tasks"]
 _ITER = re.compile(r"eta: (\S+)\s+iter: (\d+)")
 _LOSS = re.compile(r"\b(?:total_loss|loss): ([0-9.eE+-]+)")
 _TOP1 = re.compile(r"(?:evaluation after \d+ steps: .*\btop1=|: top-1 )([0-9.]+)")
-_NEW_RUN = re.compile(r"^\[finetune\] \S+ \(([^)]*)\)")
+_NEW_RUN = re.compile(r": \S+ \(([^)]*)\): \d+ training / \d+ test images")
 _AP_HEADER = re.compile(r"copypaste: AP,")
 _AP_VALUES = re.compile(r"copypaste: ([0-9.nan]+),")
 

@@ -6,6 +6,7 @@ classification checkpoint maps onto ``backbone.bottom_up.<name>`` unchanged.
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Dict, Sequence
 
 import torch
@@ -161,6 +162,10 @@ def build_bit_backbone(cfg, input_shape: ShapeSpec) -> BiTBackbone:
     inputs to a square).
     """
     check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE")
+    # Detectron2's anchor generator calls torch.meshgrid without ``indexing`` (its "ij" default,
+    # the one it relies on): torch warns about that on every run; it says nothing about the model.
+    warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release, it will be required to "
+                            r"pass the indexing argument", category=UserWarning, module=r"torch\.functional")
     bit = cfg.MODEL.BIT
     backbone = BiTBackbone(
         bit.VARIANT,

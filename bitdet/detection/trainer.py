@@ -22,7 +22,7 @@ from bitdet.detection.mapper import BiTDatasetMapper, SkippingDatasetMapper
 from bitdet.detection.precision import AutocastTrainer, autocast_dtype
 from bitdet.detection.sampler import DataStreamState, build_resumable_train_loader, micro_batch_size
 from bitdet.detection.speed import apply_speed_levers
-from bitdet.log import FILE_LOGGER
+from bitdet.log import FILE_LOGGER, LogStream
 
 __all__ = ["BiTTrainer", "has_compiled_ops"]
 
@@ -135,3 +135,14 @@ class BiTTrainer(DefaultTrainer):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         # The fast evaluator needs detectron2._C; pycocotools' evaluator gives the same AP.
         return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=has_compiled_ops())
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Detectron2's evaluation; what pycocotools prints (its progress and its own AP summary,
+        the numbers of Detectron2's table on the console) goes to the log file."""
+        stream = LogStream(logging.getLogger(FILE_LOGGER))
+        try:
+            with contextlib.redirect_stdout(stream):
+                return super().test(cfg, model, evaluators)
+        finally:
+            stream.flush()

@@ -54,6 +54,8 @@ def add_pretrain_config(cfg: CN) -> None:
     # Optional initial weights (bitdet .pth, official .npz or a BiT name such as "BiT-S-R50x1");
     # "" = random init. Resuming from OUTPUT_DIR takes precedence.
     cfg.MODEL.WEIGHTS = ""
+    # "cuda" (each process on its local GPU), "cpu", or "" for CUDA when available.
+    cfg.MODEL.DEVICE = ""
 
     cfg.DATASETS = CN()
     # Training data (see KIND for the formats).

@@ -12,6 +12,7 @@ from detectron2.utils import comm
 from torch.utils.data import Dataset, IterableDataset
 
 from bitdet.checkpoint import load_weights, save_checkpoint, state_dict_to_npz, write_npz
+from bitdet.config import resolve_device
 from bitdet.engine import ClassifierTrainer, evaluate_classifier
 from bitdet.engine.run_folder import open_run
 from bitdet.models import create_model, pretrained_path
@@ -100,6 +101,7 @@ def run_pretraining(cfg, force: bool = False) -> Dict[str, Any]:
         evaluate=evaluator(cfg, test_set) if test_set is not None else None, eval_period=cfg.TEST.EVAL_PERIOD,
         checkpoint_period=cfg.SOLVER.CHECKPOINT_PERIOD, keep_last=cfg.SOLVER.KEEP_LAST,
         log_period=cfg.SOLVER.LOG_PERIOD, seed=cfg.SEED, num_workers=cfg.DATALOADER.NUM_WORKERS,
+        device=resolve_device(cfg.MODEL.DEVICE),
         meta={"arch": cfg.MODEL.NAME, "num_classes": cfg.MODEL.NUM_CLASSES},
     )
     result = trainer.train(resume=True)

@@ -24,11 +24,14 @@ from bitdet.benchmark import format_table, get_benchmark_cfg, run_benchmark
 from bitdet.benchmark.runner import output_path
 from bitdet.tools.cli import argument_parser, run_launched, setup_cfg
 
+# KEY VALUE overrides shown in --help (keys of the benchmark config).
+OVERRIDES_EXAMPLE = "BENCH.ITERS 2 BENCH.DEVICE cpu"
+
 
 def setup(args):
     """Config from file + ``KEY VALUE`` overrides, device checked, frozen; output folder locked,
     logging set up."""
-    return setup_cfg(args, get_benchmark_cfg)
+    return setup_cfg(args, get_benchmark_cfg, config_kind="benchmark")
 
 
 def main(args):
@@ -43,7 +46,7 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argument_parser(__doc__, eval_only=False, launcher=False,
+    parser = argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE, eval_only=False, launcher=False,
                              resume_help="keep the finished rows of an earlier run with the same settings")
     parser.set_defaults(num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto")  # one process
     return parser.parse_args(argv)

@@ -36,14 +36,16 @@ USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, KeyErro
                DeviceError)
 
 
-def argument_parser(description: Optional[str] = None, *, eval_only: bool = True, resume: bool = True,
-                    launcher: bool = True, resume_help: Optional[str] = None) -> argparse.ArgumentParser:
+def argument_parser(description: Optional[str] = None, *, overrides_example: str, eval_only: bool = True,
+                    resume: bool = True, launcher: bool = True,
+                    resume_help: Optional[str] = None) -> argparse.ArgumentParser:
     """Detectron2's ``default_argument_parser`` flags that a tool uses, plus ``--config``.
 
     ``--config-file`` (alias ``--config``) is required: no tool runs a default config silently.
 
     Args:
         description: the tool's help text (its module docstring).
+        overrides_example: ``KEY VALUE`` pairs shown in the help, keys of the tool's config.
         eval_only, resume: add ``--eval-only`` / ``--resume``.
         launcher: add ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``.
         resume_help: what ``--resume`` means for this tool.
@@ -64,18 +66,20 @@ def argument_parser(description: Optional[str] = None, *, eval_only: bool = True
         parser.add_argument("--dist-url", default=d2.get_default("dist_url"),
                             help="torch.distributed init URL, e.g. tcp://HOST:PORT of machine 0")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
-                        help="config overrides, e.g. SOLVER.BASE_LR 0.001 MODEL.DEVICE cpu")
+                        help=f"config overrides, e.g. {overrides_example}")
     return parser
 
 
-def setup_cfg(args, load_cfg: Callable, extra_opts: Sequence[str] = (), config_name: Optional[str] = RUN_CONFIG):
+def setup_cfg(args, load_cfg: Callable, extra_opts: Sequence[str] = (), config_name: Optional[str] = RUN_CONFIG,
+              *, config_kind: str):
     """``load_cfg(config_file, opts)`` with the flags' and trailing overrides, device checked,
     frozen; output folder locked, logging and seeding set up by :func:`setup_output`.
 
-    ``config_name``: where :func:`setup_output` records the config in ``OUTPUT_DIR``; None for
-    the trainers, which record it when they open the run
+    ``config_kind`` (one of :data:`bitdet.config.CONFIG_KINDS`): the shipped configs a missing
+    ``--config-file`` is compared with. ``config_name``: where :func:`setup_output` records the
+    config in ``OUTPUT_DIR``; None for the trainers, which record it when they open the run
     (:func:`bitdet.engine.run_folder.open_run`)."""
-    args.config_file = resolve_config_file(args.config_file)
+    args.config_file = resolve_config_file(args.config_file, kind=config_kind)
     cfg = load_cfg(args.config_file, [*extra_opts, *args.opts])
     for section, key in (("MODEL", "DEVICE"), ("BENCH", "DEVICE")):
         if section in cfg and key in cfg[section]:
@@ -135,7 +139,8 @@ def setup_output(cfg, args, config_name: Optional[str] = RUN_CONFIG) -> None:
     details = setup_logger(output_dir, distributed_rank=rank, name=FILE_LOGGER, configure_stdout=False)
     details.info("rank %d of %d; command line: %s", rank, comm.get_world_size(), " ".join(sys.argv))
     details.info("arguments: %s", args)
-    details.info("environment:\n%s", collect_env_info())
+    with _records_to(CPP_EXTENSION_LOGGER, details):
+        details.info("environment:\n%s", collect_env_info())
     if getattr(args, "eval_only", False):
         config_name = EVAL_CONFIG
     if output_dir and comm.is_main_process():
@@ -154,6 +159,24 @@ def setup_output(cfg, args, config_name: Optional[str] = RUN_CONFIG) -> None:
         import torch
 
         torch.backends.cudnn.benchmark = bool(_setting(cfg, "CUDNN_BENCHMARK", "train.cudnn_benchmark", False))
+
+
+# torch's C++-extension module, imported by Detectron2's environment report: on a machine
+# without CUDA its import warns "No CUDA runtime is found" about building extensions, which no
+# tool does; the line belongs with the environment in the log file.
+CPP_EXTENSION_LOGGER = "torch.utils.cpp_extension"
+
+
+@contextlib.contextmanager
+def _records_to(name: str, target: logging.Logger) -> Iterator[None]:
+    """Inside the block, logger ``name``'s records go to ``target``'s handlers only (none: dropped)."""
+    source = logging.getLogger(name)
+    saved = source.handlers, source.propagate
+    source.handlers, source.propagate = list(target.handlers) or [logging.NullHandler()], False
+    try:
+        yield
+    finally:
+        source.handlers, source.propagate = saved
 
 
 @contextlib.contextmanager

@@ -89,8 +89,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="toy sizes: checks every stage in a few minutes")
     parser.add_argument("--force", action="store_true", help="rerun stages whose outputs exist")
     parser.add_argument("--study", action="store_true",
-                        help=f"also pretrain on {STUDY_FRACTION:.0%} of the upstream items (same steps) and compare "
-                             "what the two upstream models transfer")
+                        help=f"also pretrain on {STUDY_FRACTION * 100:.0f}%% of the upstream items (same steps) and "
+                             "compare what the two upstream models transfer")
     parser.add_argument("--detection-seeds", type=int, default=0,
                         help="detection runs per initialisation (default 3; 2 saves a run per side but "
                              "leaves a t-interval with about 1 degree of freedom)")

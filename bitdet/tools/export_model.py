@@ -67,7 +67,7 @@ def build_detector_target(args):
 
     from bitdet.detection import BiTCheckpointer, get_bit_cfg, resolve_config_file
 
-    cfg = get_bit_cfg(resolve_config_file(args.config_file), args.opts)
+    cfg = get_bit_cfg(resolve_config_file(args.config_file, kind="detection"), args.opts)
     if cfg.MODEL.DEVICE != "cpu":
         logger.info("tracing on the CPU (the config says MODEL.DEVICE %s); the exported graphs run anywhere",
                     cfg.MODEL.DEVICE)

@@ -55,6 +55,9 @@ from bitdet.transfer.config import get_finetune_cfg
 from bitdet.transfer.fewshot import parse_shots
 from bitdet.tools.cli import argument_parser, run_launched, setup_cfg
 
+# KEY VALUE overrides shown in --help (keys of the fine-tuning config).
+OVERRIDES_EXAMPLE = "HYPERRULE.STEPS 500 MODEL.DEVICE cpu"
+
 
 def add_arguments(parser):
     """The fine-tuning flags on top of Detectron2's standard ones."""
@@ -79,7 +82,8 @@ RESUME_HELP = ("the default, kept for older command lines: a run of the same set
 
 
 def parse_args(argv=None):
-    return add_arguments(argument_parser(__doc__, resume_help=RESUME_HELP)).parse_args(argv)
+    return add_arguments(argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE,
+                                         resume_help=RESUME_HELP)).parse_args(argv)
 
 
 def _flag_overrides(args):
@@ -103,7 +107,7 @@ def _flag_overrides(args):
 def setup(args):
     """Config from file + flags + trailing KEY VALUE overrides, frozen; logging and OUTPUT_DIR set up."""
     # config.yaml: each run records its own (bitdet.engine.run_folder); --collect has none
-    return setup_cfg(args, get_finetune_cfg, _flag_overrides(args), config_name=None)
+    return setup_cfg(args, get_finetune_cfg, _flag_overrides(args), config_name=None, config_kind="finetune")
 
 
 def collect(folders, out):

@@ -27,13 +27,17 @@ import json
 
 from detectron2.utils import comm
 
+from bitdet.config import resolve_device
 from bitdet.pretrain import build_datasets, build_model, evaluator, get_pretrain_cfg, run_pretraining
 from bitdet.tools.cli import argument_parser, run_launched, setup_cfg
+
+# KEY VALUE overrides shown in --help (keys of the pretraining config).
+OVERRIDES_EXAMPLE = "SOLVER.BASE_LR_PER_256 0.01 MODEL.DEVICE cpu"
 
 
 def setup(args):
     """Config from file + overrides, frozen; logging and output folder set up."""
-    return setup_cfg(args, get_pretrain_cfg, config_name=None)  # run_pretraining records it
+    return setup_cfg(args, get_pretrain_cfg, config_name=None, config_kind="pretrain")  # run_pretraining records it
 
 
 def main(args):
@@ -42,7 +46,8 @@ def main(args):
         _, test_set = build_datasets(cfg)
         if test_set is None:
             raise ValueError("--eval-only needs DATASETS.TEST.KIND and DATASETS.TEST.PATH in the config")
-        results = evaluator(cfg, test_set)(build_model(cfg).eval()) if comm.is_main_process() else {}
+        model = build_model(cfg).to(resolve_device(cfg.MODEL.DEVICE)).eval() if comm.is_main_process() else None
+        results = evaluator(cfg, test_set)(model) if comm.is_main_process() else {}
         if comm.is_main_process():
             print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2))
         return results
@@ -51,7 +56,7 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argument_parser(__doc__, resume=False)
+    parser = argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE, resume=False)
     parser.add_argument("--force", "--no-resume", dest="force", action="store_true",
                         help="start over: delete OUTPUT_DIR's checkpoints and final files, train from step 0")
     return parser.parse_args(argv)

@@ -46,6 +46,9 @@ from bitdet.utils.io import write_json
 
 RESULTS_FILE = "final.json"
 
+# KEY VALUE overrides shown in --help (keys of the detection config).
+OVERRIDES_EXAMPLE = "SOLVER.BASE_LR 0.001 MODEL.DEVICE cpu"
+
 
 def setup(args):
     """Config from file + overrides, frozen; logging and output folder set up.
@@ -53,7 +56,7 @@ def setup(args):
     ``SOLVER.AMP.ENABLED`` autocasts on ``MODEL.DEVICE``, the CPU included (bf16 there);
     pass ``SOLVER.AMP.ENABLED False`` for float32.
     """
-    return setup_cfg(args, get_bit_cfg, config_name=None)  # the run records it when it opens
+    return setup_cfg(args, get_bit_cfg, config_name=None, config_kind="detection")  # the run records it
 
 
 def final_results(trainer, results) -> dict:
@@ -68,7 +71,7 @@ def final_results(trainer, results) -> dict:
 
 def setup_lazy(args):
     """A LazyConfig with ``KEY=VALUE`` overrides; logging and output folder set up as :func:`setup`."""
-    args.config_file = resolve_config_file(args.config_file)
+    args.config_file = resolve_config_file(args.config_file, kind="detection")
     cfg = load_lazy_config(args.config_file, args.opts)
     lock_output_dir(cfg.train.output_dir)
     setup_output(cfg, args, config_name=None)  # the run records it when it opens
@@ -118,9 +121,10 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argument_parser(__doc__, resume_help="the default for training (a run of the same config continues "
-                                                  "from its last checkpoint); with --eval-only, evaluate OUTPUT_DIR's "
-                                                  "last checkpoint instead of MODEL.WEIGHTS")
+    parser = argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE,
+                             resume_help="the default for training (a run of the same config continues from its last "
+                                         "checkpoint); with --eval-only, evaluate OUTPUT_DIR's last checkpoint "
+                                         "instead of MODEL.WEIGHTS")
     parser.add_argument("--force", action="store_true",
                         help="start over: delete OUTPUT_DIR's checkpoints and final.json, train from iteration 0")
     return parser.parse_args(argv)

@@ -45,12 +45,15 @@ from bitdet.utils.io import atomic_write
 
 logger = logging.getLogger("bitdet.visualize")
 
+# KEY VALUE overrides shown in --help (keys of the detection config).
+OVERRIDES_EXAMPLE = "MODEL.WEIGHTS model_final.pth MODEL.DEVICE cpu"
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def setup(args):
     """Config from file + overrides with the score threshold applied, frozen; logging set up."""
-    cfg = get_bit_cfg(resolve_config_file(args.config_file), args.opts)
+    cfg = get_bit_cfg(resolve_config_file(args.config_file, kind="detection"), args.opts)
     # Keep everything the model scores above the threshold; drawing filters again, so the
     # threshold holds for any meta-architecture.
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence_threshold
@@ -214,7 +217,7 @@ def main(args) -> List[Path]:
 
 
 def parse_args(argv=None):
-    parser = argument_parser(__doc__, eval_only=False, resume=False)
+    parser = argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE, eval_only=False, resume=False)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", nargs="+", metavar="PATH", help="image files and/or folders to run the model on")
     source.add_argument("--dataset", metavar="NAME", help="draw the ground truth of this registered dataset")

@@ -25,9 +25,12 @@ from detectron2.utils import comm
 from bitdet.tools.cli import argument_parser, run_launched
 from bitdet.tools.finetune import RESUME_HELP, setup  # same config, flags and logging as fine-tuning
 
+# KEY VALUE overrides shown in --help (keys of the fine-tuning config).
+OVERRIDES_EXAMPLE = "HYPERRULE.BATCH_SIZE 256 MODEL.DEVICE cpu"
+
 
 def parse_args(argv=None):
-    parser = argument_parser(__doc__, eval_only=False, resume_help=RESUME_HELP)
+    parser = argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE, eval_only=False, resume_help=RESUME_HELP)
     parser.add_argument("--data-root", help="VTAB root (DATASET.ROOT)")
     parser.add_argument("--weights", help="upstream weights: .npz, .pth, 'official' or 'scratch' (MODEL.WEIGHTS)")
     parser.add_argument("--model", help="model name (MODEL.NAME)")

@@ -65,7 +65,6 @@ def main(args) -> list:
     shards = write_shards(samples, args.output, max_count=args.max_count, max_size=args.max_size)
     if classes is not None:  # keep the class names next to the shards
         (Path(args.output).parent / "classes.json").write_text(json.dumps(classes))
-    logging.getLogger("bitdet").info("wrote %d samples into %d shards", len(samples), len(shards))
     print(f"wrote {len(samples)} samples into {len(shards)} shards: {shards[0]} ... {shards[-1]}")
     return shards
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch.utils.data import Subset
 
-from bitdet.config import check_device
+from bitdet.config import resolve_device
 from bitdet.models import create_model, pretrained_path
 from bitdet.models.fast import lever_default
 from bitdet.transfer.config import rule_from_config, tri_state
@@ -75,12 +75,6 @@ def init_label(cfg) -> str:
 def run_dir_name(shots: Shots, seed: int) -> str:
     """Sub-folder of one sweep run, e.g. ``5shot_seed0`` or ``full_seed0``."""
     return f"{'full' if shots == FULL else f'{shots}shot'}_seed{seed}"
-
-
-def _device(cfg) -> Optional[str]:
-    device = cfg.MODEL.DEVICE.strip()
-    check_device(device, "MODEL.DEVICE")
-    return "cpu" if device == "cpu" else None  # None: the trainer picks cuda:<local rank> or cpu
 
 
 def _batch_split(value: int):
@@ -169,8 +163,6 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
     logger.info("%s (%s, seed %d): %d training / %d test images, %d classes", d.NAME, setting, seed,
                 len(train_raw), len(test_raw), num_classes)
     logger.info("%s; random crop %s, flip %s", rule, "on" if random_crop else "off", "on" if flip else "off")
-    if comm.is_main_process():
-        print(f"[finetune] {d.NAME} ({setting}, seed {seed}): {rule}", flush=True)
 
     train_set = TransformedDataset(train_raw, train_transform(rule.resize, rule.crop, random_crop, flip))
     test_set = TransformedDataset(test_raw, eval_transform(rule.crop))
@@ -212,7 +204,7 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
         log_period=s.LOG_PERIOD,
         seed=seed,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
-        device=_device(cfg),
+        device=resolve_device(cfg.MODEL.DEVICE),
         meta={"model": cfg.MODEL.NAME, "dataset": d.NAME, "num_classes": num_classes, "shots": shots},
     )
     summary = trainer.train(resume=True)
@@ -277,7 +269,7 @@ def evaluate_only(cfg, output_dir: Optional[str] = None) -> Dict[str, Any]:
     report = load_weights(model, weights, variant_option="MODEL.NAME")
     if not report.head.startswith("loaded"):
         raise ValueError(f"{weights}: the head was not loaded ({report.head}); evaluate a fine-tuned checkpoint")
-    device = _device(cfg) or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.MODEL.DEVICE)
     memory_format = torch.channels_last if lever_default(cfg.SOLVER.CHANNELS_LAST, device) else torch.contiguous_format
     metrics = evaluate_classifier(model.to(device, memory_format=memory_format),
                                   TransformedDataset(test_raw, eval_transform(rule.crop)),

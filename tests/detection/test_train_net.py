@@ -15,6 +15,10 @@ CONFIG = "quick_schedules/retinanet_bit_instant_test.yaml"
 # with no detections COCOEvaluator reports NaN, so keep every detection.
 KEEP_ALL = ("MODEL.RETINANET.SCORE_THRESH_TEST", "0.0")
 COPYPASTE = re.compile(r"copypaste: AP,AP50,AP75,APs,APm,APl\s*\n.*copypaste: ([-\d.nan]+),", re.M)
+# Lines a CPU run must not show: torch's note on building C++ extensions (which no tool does),
+# the meshgrid deprecation raised inside Detectron2's anchor generator, pycocotools' own AP
+# summary (Detectron2's table shows the same numbers).
+NOT_ON_CONSOLE = ("No CUDA runtime is found", "torch.meshgrid", "Average Precision  (AP)", "Loading and preparing")
 
 
 def _run(tmp_path, *args, timeout=900):
@@ -54,6 +58,32 @@ def test_trains_checkpoints_and_evaluates(trained):
     assert (out / "inference" / "bitdet_demo_mini_val" / "coco_instances_results.json").is_file()
     assert (tmp / "datasets" / "bitdet_demo_mini" / "annotations" / "instances_val.json").is_file()  # generated on use
     assert (out / "config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_console_is_quiet_and_the_details_are_in_the_log_file(trained):
+    tmp, log = trained
+    assert [line for line in NOT_ON_CONSOLE if line in log] == []
+    assert log.count("Evaluation results for bbox") == 1 and log.count("copypaste: AP,AP50") == 1
+    details = (tmp / "out" / "log.txt").read_text()
+    assert "Average Precision  (AP)" in details  # pycocotools' printout, kept in the log file
+
+
+@pytest.mark.slow
+def test_the_instant_config_repeats_exactly(trained):
+    """SEED is fixed: a second run gives the same losses, detections and AP."""
+    tmp, log = trained
+    again = tmp / "again"
+    log_again = _run(tmp, "OUTPUT_DIR", str(again), *KEEP_ALL)
+
+    def losses(out):
+        return [m["total_loss"] for m in map(json.loads, (out / "metrics.json").read_text().splitlines())
+                if "total_loss" in m]
+
+    assert losses(again) == losses(tmp / "out") and len(losses(again)) >= 1
+    detections = "inference/bitdet_demo_mini_val/coco_instances_results.json"
+    assert (again / detections).read_text() == (tmp / "out" / detections).read_text()
+    assert _ap(log_again) == _ap(log)
 
 
 @pytest.mark.slow

@@ -62,3 +62,21 @@ def test_a_finished_run_reports_its_results_and_force_starts_over(tmp_path):
     assert redone["steps"] == 3 and math.isfinite(redone["img_per_s"]) and math.isfinite(redone["final_loss"])
     assert redone["final_loss"] == pytest.approx(first["final_loss"], abs=0)  # same seed, from step 0
     assert torch.load(tmp_path / "model_0000001.pth", weights_only=True)["step"] == 2
+
+
+def test_model_device_places_the_run(tmp_path, monkeypatch):
+    """MODEL.DEVICE is the trainer's device: "cpu" keeps a machine that reports CUDA on the CPU
+    (the trainer's default would move the model to cuda:0, which this machine lacks)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    devices = []
+    trainer_class = runner.ClassifierTrainer
+
+    def recording_trainer(*args, **kwargs):
+        trainer = trainer_class(*args, **kwargs)
+        devices.append(trainer.device)
+        return trainer
+
+    monkeypatch.setattr(runner, "ClassifierTrainer", recording_trainer)
+    final = run_pretraining(_cfg(tmp_path, "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", 1, "SOLVER.DECAY_STEPS", ()))
+    assert devices == [torch.device("cpu")] and final["steps"] == 1

@@ -1,8 +1,11 @@
-"""One CLI shape for every tool: flags, required config, one-line user errors (exit 2), the
-CUDA hint, details in the log file, and `make bench`'s CPU preset."""
+"""One CLI shape for every tool: --help in every form, flags, required config, override
+examples, one-line user errors (exit 2), the CUDA hint, details in the log file, and `make
+bench`'s CPU preset."""
 from __future__ import annotations
 
+import ast
 import importlib
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bitdet.config import DeviceError, check_device
+from bitdet.benchmark import get_benchmark_cfg
+from bitdet.config import CONFIGS_DIR, DeviceError, check_device, resolve_device
+from bitdet.detection import get_bit_cfg
+from bitdet.pretrain import get_pretrain_cfg
+from bitdet.transfer.config import get_finetune_cfg
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_TOOLS = ("train_net", "visualize", "finetune", "vtab", "pretrain", "benchmark")
@@ -25,6 +32,73 @@ EXPECTED = {
     "visualize": set(LAUNCH),
     "benchmark": {"--resume"},
 }
+LOADERS = {"train_net": get_bit_cfg, "visualize": get_bit_cfg, "finetune": get_finetune_cfg, "vtab": get_finetune_cfg,
+           "pretrain": get_pretrain_cfg, "benchmark": get_benchmark_cfg}
+
+
+def _console_scripts() -> dict:
+    """``{script name: module}`` of setup.py's ``console_scripts`` (its ``(name, module)`` pairs)."""
+    scripts = next(node for node in ast.walk(ast.parse((ROOT / "setup.py").read_text()))
+                   if isinstance(node, ast.ListComp) and "bitdet.tools." in ast.unparse(node.elt))
+    return {f"bitdet-{name}": module for name, module in ast.literal_eval(scripts.generators[0].iter)}
+
+
+CONSOLE_SCRIPTS = _console_scripts()
+
+
+def test_every_tool_module_has_a_console_script():
+    modules = {p.stem for p in (ROOT / "bitdet" / "tools").glob("*.py")} - {"__init__", "cli"}
+    assert set(CONSOLE_SCRIPTS.values()) == modules
+    assert {p.stem for p in (ROOT / "tools").glob("*.py")} >= modules  # the checkout's wrappers
+
+
+# Runs ``--help`` of every tool in one form in this process, as that form runs it: a script
+# (tools/<x>.py: its folder first on sys.path), a module (-m: the current folder first) or
+# the installed console script's file; prints {entry: [exit code, output]} as JSON.
+_HELP_DRIVER = """
+import contextlib, io, json, runpy, sys
+form, entries = sys.argv[1], json.loads(sys.argv[2])
+sys.path[:] = [p for p in sys.path if p not in ("", ".")]
+results = {}
+for entry, target in entries.items():
+    out = io.StringIO()
+    sys.argv = [target, "--help"]
+    sys.path.insert(0, "" if form == "-m" else target.rpartition("/")[0])
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            if form == "-m":
+                runpy.run_module(target, run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(target, run_name="__main__")
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    except BaseException as e:
+        code, _ = repr(e), out.write(repr(e))
+    sys.path.pop(0)
+    results[entry] = [code, out.getvalue()]
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.parametrize("form", ["tools/*.py", "-m", "console script"])
+def test_help_works_in_every_form_from_any_folder(form, tmp_path):
+    """``python tools/<x>.py --help``, ``python -m bitdet.tools.<x> --help`` and ``bitdet-<name> --help``
+    of every console script in setup.py, from a folder outside the checkout: exit 0 and the usage
+    printed. One process per form runs every tool's help as that form does (one torch import)."""
+    bin_dir = Path(sys.executable).parent
+    missing = [script for script in CONSOLE_SCRIPTS if not (bin_dir / script).is_file()]
+    assert not missing, f"{missing} not installed: pip install -e {ROOT}"
+    targets = {script: {"tools/*.py": str(ROOT / "tools" / f"{module}.py"), "-m": f"bitdet.tools.{module}",
+                        "console script": str(bin_dir / script)}[form] for script, module in CONSOLE_SCRIPTS.items()}
+    proc = subprocess.run([sys.executable, "-c", _HELP_DRIVER, form, json.dumps(targets)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    failed = {entry: output[-1500:] for entry, (code, output) in results.items()
+              if code not in (0, None) or not output.startswith("usage: ") or "--help" not in output}
+    assert set(results) == set(CONSOLE_SCRIPTS) and not failed, failed
 
 
 def _parser_flags(tool: str, capsys) -> set:
@@ -54,15 +128,47 @@ def test_config_is_required_and_both_spellings_work(tool, capsys):
         assert module.parse_args([flag, "some.yaml", *extra, "SOLVER.X", "1"]).config_file == "some.yaml"
 
 
-def test_cuda_config_on_a_cpu_machine_is_one_line(monkeypatch, capsys):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    from bitdet.tools import train_net
+@pytest.mark.parametrize("tool", CONFIG_TOOLS)
+def test_override_example_in_help_names_keys_of_the_tools_config(tool, capsys):
+    module = importlib.import_module(f"bitdet.tools.{tool}")
+    with pytest.raises(SystemExit):
+        module.parse_args(["--help"])
+    assert f"e.g. {module.OVERRIDES_EXAMPLE}" in " ".join(capsys.readouterr().out.split())
+    pairs = module.OVERRIDES_EXAMPLE.split()
+    assert len(pairs) >= 4 and len(pairs) % 2 == 0
+    cfg = LOADERS[tool](None, pairs)  # raises on a key the config lacks
+    for key, value in zip(pairs[::2], pairs[1::2]):
+        section, name = key.split(".")
+        assert str(cfg[section][name]) == value
 
+
+@pytest.mark.parametrize("tool, argv", [
+    ("train_net", ["--config", "retinanet_bit_m.yaml"]),
+    ("pretrain", ["--config", "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
+                  "MODEL.DEVICE", "cuda"]),
+    ("finetune", ["--config", "finetune/quick_schedules/finetune_instant_test.yaml", "MODEL.DEVICE", "cuda"]),
+])
+def test_cuda_config_on_a_cpu_machine_is_one_line(tool, argv, monkeypatch, capsys):
+    """One device key and rule for every trainer."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    module = importlib.import_module(f"bitdet.tools.{tool}")
     with pytest.raises(SystemExit) as exit_info:
-        train_net.cli(["--config", "retinanet_bit_m.yaml"])
+        module.cli(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["train_net: error: no CUDA device: add MODEL.DEVICE cpu (the config says MODEL.DEVICE 'cuda')"]
+    assert err == [f"{tool}: error: no CUDA device: add MODEL.DEVICE cpu (the config says MODEL.DEVICE 'cuda')"]
+
+
+def test_resolve_device_rule(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert [resolve_device(d) for d in ("cpu", "", "auto")] == ["cpu"] * 3
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [resolve_device(d) for d in ("cpu", "", "cuda")] == ["cpu", "cuda:0", "cuda:0"]
+    with pytest.raises(DeviceError, match="MODEL.DEVICE 'cuda:1': use 'cpu', 'cuda'"):
+        resolve_device("cuda:1")
+    with pytest.raises(DeviceError, match="MODEL.DEVICE 'tpu'"):
+        resolve_device("tpu")
 
 
 def test_check_device_rule(monkeypatch):
@@ -81,6 +187,11 @@ def test_check_device_rule(monkeypatch):
     (["--config", "no_such.yaml"], "train_net: error: config 'no_such.yaml' not found"),
     (["--config", "quick_schedules/retinanet_bit_instant_test.yaml", "SOLVER.NOT_A_KEY", "1"],
      "train_net: error: config override ['SOLVER.NOT_A_KEY', '1']: Non-existent key: SOLVER.NOT_A_KEY"),
+    (["--config", "quick_schedules/retinanet_bit_instant_test.yaml", "MODEL.RETINANET.NUM_CLASSE", "3"],
+     "train_net: error: config override ['MODEL.RETINANET.NUM_CLASSE', '3']: Non-existent key: "
+     "MODEL.RETINANET.NUM_CLASSE (did you mean MODEL.RETINANET.NUM_CLASSES?)"),
+    (["--config", "retinanet_bit_m_R50.yaml"], "train_net: error: config 'retinanet_bit_m_R50.yaml' not found here or "
+     f"in {CONFIGS_DIR}; did you mean retinanet_bit_m_R50x1.yaml?"),
 ])
 def test_user_errors_are_one_line_with_exit_2(argv, message, capsys):
     from bitdet.tools import train_net
