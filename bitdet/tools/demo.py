@@ -31,8 +31,9 @@ Examples::
 Each stage is one of the documented tools with a config from ``configs/``; the same configs
 scale up by override (see the README). Finished stages are reused unless ``--force``. Up to
 ``--jobs`` stages run side by side (default: 2, or 1 on a 1-core machine; the scratch runs
-start beside the pretraining), each with its share of the cores as threads; a live line shows
-each running stage's iteration, ETA and metric, and the full output goes to
+start beside the pretraining), each with its share of the cores as threads. The expected
+duration is printed first (``bitdet.demo.estimate``: step counts x per-step CPU cost); a live
+line shows each running stage's iteration, ETA and metric, and the full output goes to
 ``OUTPUT/logs/<stage>.log``.
 """
 from __future__ import annotations
