@@ -29,7 +29,7 @@ class StageCost:
 # optimizer step; a transfer sweep also pays per run (data draw, model, evaluation, plots);
 # every stage is one process that imports torch, Detectron2 and bitdet first.
 STAGE_COSTS: Dict[str, StageCost] = {
-    "pretrain": StageCost(step_s=0.22, start_s=15.0),
+    "pretrain": StageCost(step_s=0.2, start_s=15.0),
     "detection": StageCost(step_s=0.33, start_s=10.0),
     "transfer": StageCost(step_s=0.07, run_s=1.5, start_s=10.0),
     # Drawing detections: model start-up and a few images, no training.
