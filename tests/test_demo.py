@@ -244,6 +244,31 @@ def test_run_tasks_logs_orders_reuses_and_names_a_failure(tmp_path):
         run_tasks([bad], tmp_path, dict(os.environ), jobs=1, out=io.StringIO())
 
 
+def test_estimate_schedules_stages_as_run_tasks_does(tmp_path):
+    from bitdet.demo.estimate import STAGE_COSTS, estimate, stage_cpu_s
+
+    pre = Task("pretrain", (), tmp_path / "pre", Progress(100))
+    det = Task("detection_upstream_seed0", (), tmp_path / "det", Progress(50), needs=("pretrain",))
+    sweep = Task("transfer_scratch", (), tmp_path / "tr", Progress(10, runs=4))
+    p, d, t = STAGE_COSTS["pretrain"], STAGE_COSTS["detection"], STAGE_COSTS["transfer"]
+    assert stage_cpu_s(sweep) == pytest.approx(t.start_s + 4 * (t.run_s + 10 * t.step_s))
+    cpu = {x.name: stage_cpu_s(x) for x in (pre, det, sweep)}
+    # two at a time: the sweep runs beside the pretraining, the detection run after it
+    two = estimate([pre, det, sweep], jobs=2, cores=2)
+    assert two.wall_s == pytest.approx(max(cpu["pretrain"] + cpu["detection_upstream_seed0"], cpu["transfer_scratch"]))
+    assert sum(two.cpu_s.values()) == pytest.approx(p.start_s + 100 * p.step_s + d.start_s + 50 * d.step_s
+                                                    + cpu["transfer_scratch"])
+    assert estimate([pre, det, sweep], jobs=1, cores=2).wall_s == pytest.approx(sum(cpu.values()))
+    # more stages at a time than cores: they share the cores
+    assert estimate([pre], jobs=2, cores=1).wall_s == pytest.approx(2 * cpu["pretrain"])
+    (tmp_path / "pre").write_text("done")  # a finished stage is reused: it costs nothing
+    reused = estimate([pre, det], jobs=2, cores=2)
+    assert "pretrain" not in reused.cpu_s and reused.wall_s == pytest.approx(cpu["detection_upstream_seed0"])
+    assert "min wall" in two.describe() and "a slower or busy machine takes longer" in two.describe()
+    with pytest.raises(KeyError, match="no cost model"):
+        estimate([Task("mystery", (), tmp_path / "m", Progress(5))], jobs=1, cores=1)
+
+
 # ----------------------------------------------------------------------------- smoke run
 
 

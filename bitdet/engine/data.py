@@ -104,7 +104,7 @@ class StepBatchSampler(Sampler[List[Tuple[int, int]]]):
 class SeededDataset(Dataset):
     """Wraps a dataset so that ``ds[(index, seed)]`` runs its transforms under that seed.
 
-    Python's, NumPy's and torch's global generators are seeded for the call and restored
+    Python's, NumPy's and torch's global (CPU) generators are seeded for the call and restored
     afterwards, so ordinary torchvision transforms become reproducible per sample without
     disturbing the caller's random state (it matters when ``num_workers == 0``).
     """
@@ -120,7 +120,11 @@ class SeededDataset(Dataset):
         py_state, np_state = random.getstate(), np.random.get_state()
         try:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                # The CPU generator only: torch.manual_seed would also queue a seed for every
+                # uninitialised accelerator, capturing a stack trace each time (half a
+                # sample's cost), and reseed an initialised GPU's generator, which fork_rng
+                # here does not restore.
+                torch.default_generator.manual_seed(seed)
                 random.seed(seed)
                 np.random.seed(seed % 2**32)
                 return self.dataset[index]

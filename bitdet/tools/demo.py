@@ -31,8 +31,9 @@ Examples::
 Each stage is one of the documented tools with a config from ``configs/``; the same configs
 scale up by override (see the README). Finished stages are reused unless ``--force``. Up to
 ``--jobs`` stages run side by side (default: 2, or 1 on a 1-core machine; the scratch runs
-start beside the pretraining), each with its share of the cores as threads; a live line shows
-each running stage's iteration, ETA and metric, and the full output goes to
+start beside the pretraining), each with its share of the cores as threads. The expected
+duration is printed first (``bitdet.demo.estimate``: step counts x per-step CPU cost); a live
+line shows each running stage's iteration, ETA and metric, and the full output goes to
 ``OUTPUT/logs/<stage>.log``.
 """
 from __future__ import annotations
@@ -46,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+from bitdet.demo.estimate import estimate
 from bitdet.demo.progress import Progress, StageFailed, Task, run_tasks
 from bitdet.utils.io import write_json
 
@@ -142,13 +144,16 @@ def build_tasks(out: Path, mode: str, seed: int, detection_seeds: int = 0, study
     detection_weights = dict(weights, scratch="")
     n_seeds = detection_seeds or n_seeds
     max_iter = get_bit_cfg(config).SOLVER.MAX_ITER
+    # A stage that did not finish starts over (no --resume): periodic checkpoints would never be
+    # read, so a period beyond the run leaves model_final.pth alone; one evaluation, at the end.
+    once = ["SOLVER.CHECKPOINT_PERIOD", str(max_iter + 1), "TEST.EVAL_PERIOD", str(max_iter)]
     for k in range(n_seeds):
         for init in inits_of(study):
             folder = out / "detection" / f"{init}_seed{seed + k}"
             tasks.append(Task(f"detection_{init}_seed{seed + k}",
                               [*_tool("train_net"), "--config", config, *extra, "MODEL.BIT.VARIANT", DEMO_MODEL,
-                               "MODEL.WEIGHTS", detection_weights[init], "TEST.EVAL_PERIOD",
-                               str(max_iter), "SEED", str(seed + k), "OUTPUT_DIR", str(folder)],
+                               "MODEL.WEIGHTS", detection_weights[init], *once,
+                               "SEED", str(seed + k), "OUTPUT_DIR", str(folder)],
                               folder / "model_final.pth", Progress(max_iter), needs=needs[init]))
 
     config, extra, shots, n_seeds = spec["transfer"]
@@ -158,7 +163,9 @@ def build_tasks(out: Path, mode: str, seed: int, detection_seeds: int = 0, study
         folder = out / "transfer" / init
         tasks.append(Task(f"transfer_{init}",
                           [*_tool("finetune"), "--config-file", config, "--weights", weights[init], "--shots", shots,
-                           "--seeds", seeds, *extra, "MODEL.NAME", DEMO_MODEL, "OUTPUT_DIR", str(folder)],
+                           "--seeds", seeds, *extra, "MODEL.NAME", DEMO_MODEL,
+                           # runs start over too (no --resume): the final step's checkpoint only
+                           "SOLVER.CHECKPOINT_PERIOD", "0", "OUTPUT_DIR", str(folder)],
                           folder / "results.json", Progress(steps, runs=len(shots.split(",")) * n_seeds),
                           needs=needs[init]))
     return tasks
@@ -219,6 +226,10 @@ def main(argv=None) -> int:
         if args.detection_seeds < 0:
             raise SystemExit(f"--detection-seeds {args.detection_seeds}: expected a positive count")
         tasks = build_tasks(out, mode, args.seed, args.detection_seeds, args.study)
+        # The drawing stages are chosen from the detection results: placeholders for the estimate.
+        drawing = [Task(name, (), out / folder, Progress(0), needs=tuple(t.name for t in tasks))
+                   for name, folder in (("visualize", "detections"), ("ground_truth", "ground_truth"))]
+        print(f"[demo] {estimate(tasks + drawing, jobs, os.cpu_count() or 1).describe()}", flush=True)
         record(run_tasks(tasks, logs, env, jobs))
         dirs = {init: [t.done.parent for t in tasks if t.name.startswith(f"detection_{init}_seed")] for init in INITS}
         record(run_tasks(draw_tasks(out, mode, env, dirs), logs, env, jobs))
