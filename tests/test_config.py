@@ -116,7 +116,7 @@ def test_shipped_configs_are_split_by_kind():
 
 
 @pytest.mark.parametrize("kind, typo, closest", [
-    ("detection", "retinanet_bit_m_R50.yaml", "retinanet_bit_m_R50x1.yaml"),
+    ("detection", "retinanet_bit_s_R50x1_1.yaml", "retinanet_bit_s_R50x1_1x.yaml"),
     ("pretrain", "bit_s_r50x1.yaml", "pretrain/bit_s_R50x1.yaml"),
     ("finetune", "cifar11.yaml", "finetune/cifar10.yaml"),
     ("benchmark", "h100x.yaml", "benchmark/h100.yaml"),

@@ -18,7 +18,7 @@ from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from bitdet.checkpoint.errors import CheckpointError
 from bitdet.config import DeviceError, check_device, resolve_config_file
@@ -108,9 +108,9 @@ def lock_output_dir(output_dir: str) -> None:
 
 def _setting(cfg, yacs_key: str, lazy_key: str, default=None):
     """A setting of a yacs config (``OUTPUT_DIR``) or of a LazyConfig (``train.output_dir``)."""
-    if isinstance(cfg, CfgNode):
-        return cfg.get(yacs_key, default)
-    return OmegaConf.select(cfg, lazy_key, default=default)
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.select(cfg, lazy_key, default=default)
+    return cfg.get(yacs_key, default)
 
 
 def setup_output(cfg, args, config_name: Optional[str] = RUN_CONFIG) -> None:
@@ -144,11 +144,12 @@ def setup_output(cfg, args, config_name: Optional[str] = RUN_CONFIG) -> None:
     if getattr(args, "eval_only", False):
         config_name = EVAL_CONFIG
     if output_dir and comm.is_main_process():
-        if config_name and isinstance(cfg, CfgNode):
-            record_config(output_dir, cfg, config_name)
-        elif config_name:
+        lazy = isinstance(cfg, DictConfig)
+        if config_name and lazy:
             LazyConfig.save(cfg, os.path.join(output_dir, config_name))
-        dump = cfg.dump() if isinstance(cfg, CfgNode) else LazyConfig.to_py(cfg)
+        elif config_name:
+            record_config(output_dir, cfg, config_name)
+        dump = LazyConfig.to_py(cfg) if lazy else cfg.dump()
         details.info("config %s merged with overrides %s:\n%s", args.config_file, list(args.opts), dump)
     if output_dir:
         logging.getLogger("bitdet").info("config %s -> %s (environment and full config: %s)", args.config_file,

@@ -131,7 +131,7 @@ def test_config_name_resolution_and_errors():
 
     assert resolve_config_file("retinanet_bit_m.yaml") == str(CONFIGS_DIR / "retinanet_bit_m.yaml")
     assert resolve_config_file("retinanet_bit_instant_test.yaml").endswith("quick_schedules/retinanet_bit_instant_test.yaml")
-    with pytest.raises(FileNotFoundError, match="shipped configs"):
+    with pytest.raises(FileNotFoundError, match="'nope.yaml' not found"):
         resolve_config_file("nope.yaml")
     with pytest.raises(ValueError, match="Non-existent key: MODEL.BIT.NOT_A_KEY"):
         get_bit_cfg("retinanet_bit_m.yaml", ["MODEL.BIT.NOT_A_KEY", "1"])

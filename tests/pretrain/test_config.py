@@ -40,5 +40,5 @@ def test_overrides_and_errors():
         get_pretrain_cfg(None, ["SOLVER.NOPE", "1"])
     with pytest.raises(ValueError, match="DATASETS.TRAIN.KIND"):
         get_pretrain_cfg(None, ["DATASETS.TRAIN.KIND", "tfrecord"])
-    with pytest.raises(FileNotFoundError, match="shipped configs"):
+    with pytest.raises(FileNotFoundError, match="'pretrain/missing.yaml' not found"):
         get_pretrain_cfg("pretrain/missing.yaml")

@@ -190,8 +190,8 @@ def test_check_device_rule(monkeypatch):
     (["--config", "quick_schedules/retinanet_bit_instant_test.yaml", "MODEL.RETINANET.NUM_CLASSE", "3"],
      "train_net: error: config override ['MODEL.RETINANET.NUM_CLASSE', '3']: Non-existent key: "
      "MODEL.RETINANET.NUM_CLASSE (did you mean MODEL.RETINANET.NUM_CLASSES?)"),
-    (["--config", "retinanet_bit_m_R50.yaml"], "train_net: error: config 'retinanet_bit_m_R50.yaml' not found here or "
-     f"in {CONFIGS_DIR}; did you mean retinanet_bit_m_R50x1.yaml?"),
+    (["--config", "retinanet_bit_s_R50x1_1.yaml"], "train_net: error: config 'retinanet_bit_s_R50x1_1.yaml' not found here or "
+     f"in {CONFIGS_DIR}; did you mean retinanet_bit_s_R50x1_1x.yaml?"),
 ])
 def test_user_errors_are_one_line_with_exit_2(argv, message, capsys):
     from bitdet.tools import train_net
