@@ -15,7 +15,7 @@ from detectron2.utils import comm
 
 from bitdet.detection.checkpointer import BiTCheckpointer
 from bitdet.detection.determinism import configure_determinism, repeatable_execution
-from bitdet.detection.hooks import LossNormalizerState, PreemptionCheckpointer
+from bitdet.detection.hooks import LossNormalizerState, NonFiniteLossStop, PreemptionCheckpointer
 from bitdet.detection.mapper import SkippingDatasetMapper
 from bitdet.detection.precision import AutocastTrainer, autocast_dtype
 from bitdet.detection.sampler import DataStreamState, build_resumable_train_loader
@@ -94,8 +94,8 @@ class BiTTrainer(DefaultTrainer):
         self.checkpointer = BiTCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         # Last, so that a SIGTERM checkpoint follows the step's evaluation and log writes.
         # LossNormalizerState first: checkpoints taken after a step must see that step's value.
-        return [LossNormalizerState(), *super().build_hooks(), DataStreamState(),
-                PreemptionCheckpointer(self.checkpointer)]
+        return [LossNormalizerState(), NonFiniteLossStop(self.checkpointer), *super().build_hooks(),
+                DataStreamState(), PreemptionCheckpointer(self.checkpointer)]
 
     def train(self):
         with repeatable_execution():  # a resumed run computes as the uninterrupted one
