@@ -72,7 +72,8 @@ class BiTTrainer(DefaultTrainer):
     """DefaultTrainer whose checkpointer reads BiT weights and writes atomically.
 
     Hooks, writers (console with ETA, ``metrics.json``, TensorBoard) and the training loop
-    are Detectron2's, plus :class:`PreemptionCheckpointer` (SIGTERM: checkpoint and exit 0)
+    are Detectron2's, plus :class:`PreemptionCheckpointer` (SIGTERM: checkpoint and exit 0),
+    :class:`NonFiniteLossStop` (a NaN / inf loss stops every rank before the weights change)
     and :class:`DataStreamState` (the data stream's position, for an exact ``--resume``).
     With ``SOLVER.AMP.ENABLED`` the step autocasts to ``SOLVER.AMP.PRECISION`` on
     ``MODEL.DEVICE``, CPU included (:class:`AutocastTrainer`).
