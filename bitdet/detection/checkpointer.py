@@ -16,12 +16,17 @@ For a BiT detector every tensor of the trunk must come from the file: a file of 
 layout or architecture is an error that names both (the FPN and heads may keep their
 initialisation; the log says so). BiT weights go to the trunk (``backbone.bottom_up.``); the
 classification head is dropped.
+
+Training checkpoints are written atomically and never with NaN / inf weights. ``--resume``
+falls back, with a warning naming both files, from a ``last_checkpoint`` that is missing,
+truncated or corrupt to the newest older checkpoint that reads whole.
 """
 from __future__ import annotations
 
 import logging
 import os
 import re
+from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import torch
@@ -37,9 +42,10 @@ from bitdet.checkpoint.loading import (
     torch_load_safely,
     ws_eps_of,
 )
-from bitdet.utils.io import atomic_write, remove_stale_temporaries
 from bitdet.checkpoint.safe_pickle import safe_pickle_load, unsafe_pickle_allowed
 from bitdet.detection.backbone import BiTBackbone
+from bitdet.engine.checkpoint import check_finite_weights, describe_fallback, newest_readable
+from bitdet.utils.io import atomic_write, remove_stale_temporaries
 
 __all__ = ["BiTCheckpointer"]
 
@@ -100,6 +106,22 @@ class BiTCheckpointer(DetectionCheckpointer):
             self._sources[str(local)] = path
             path = str(local)
         return super().load(path, *args, **kwargs)
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> Dict[str, Any]:
+        """Detectron2's ``resume_or_load``; resuming takes the newest checkpoint that reads whole.
+
+        Raises:
+            CheckpointError: ``last_checkpoint`` exists but no checkpoint of the folder reads whole.
+        """
+        if not (resume and self.has_checkpoint()):
+            return super().resume_or_load(path, resume=resume)
+        pointed = self.get_checkpoint_file()
+        chosen, skipped = newest_readable(Path(pointed) if pointed else None, self.save_dir)
+        if chosen is None:
+            raise CheckpointError(describe_fallback(None, skipped, self.save_dir))
+        if skipped:
+            logger.warning(describe_fallback(chosen, skipped, self.save_dir))
+        return self.load(str(chosen))
 
     def _bit_trunk(self) -> Optional[Tuple[str, BiTBackbone]]:
         """The detector's BiT trunk and the prefix of its parameter names (None without one)."""
@@ -163,6 +185,7 @@ class BiTCheckpointer(DetectionCheckpointer):
         if not self.save_dir or not self.save_to_disk:
             return
         data = {"model": self.model.state_dict()}
+        check_finite_weights(data["model"], f"checkpoint {name}")
         found = self._bit_trunk()
         eps = ws_eps_of(found[1]) if found else None
         if eps is not None:  # restored on load (timm-sourced trunks compute with 1e-8)

@@ -1,6 +1,6 @@
 """Training hooks for Detectron2 runs on shared clusters: checkpoint-and-exit on SIGTERM or
-Ctrl-C, and the model state a checkpoint must carry beyond parameters (RetinaNet's loss
-normalizer).
+Ctrl-C, a stop at the first non-finite loss, and the model state a checkpoint must carry beyond
+parameters (RetinaNet's loss normalizer).
 
 Schedulers (SLURM, Kubernetes, spot instances) send SIGTERM some seconds before they kill a
 job; a user presses Ctrl-C. :class:`PreemptionCheckpointer` turns either into "finish the
@@ -11,15 +11,18 @@ next run continues from the iteration that was running instead of the last perio
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from typing import Any, Optional, Sequence
 
+import torch
+import torch.distributed as dist
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from bitdet.engine.stop_signals import STOP_SIGNALS, StopSignals, TrainingStopped
 
-__all__ = ["LossNormalizerState", "PreemptionCheckpointer", "TrainingPreempted"]
+__all__ = ["LossNormalizerState", "NonFiniteLossStop", "PreemptionCheckpointer", "TrainingPreempted"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +75,55 @@ class PreemptionCheckpointer(HookBase):
         comm.synchronize()  # no rank leaves (tearing down the process group) mid-write
         path = f"{self._checkpointer.save_dir}/{name}.pth" if comm.is_main_process() else None
         self._stop.stop(signum, iteration + 1, path, f"iteration {iteration}")
+
+
+class NonFiniteLossStop(HookBase):
+    """Stops training at the first iteration whose loss is NaN or inf, before the weights change.
+
+    A forward hook on the detector reads each training forward's loss dict, before the
+    backward pass and the optimizer step; all ranks agree through one scalar all-reduce, so
+    every rank raises at the same iteration. Detectron2's own check runs later and on the main
+    process only (the other ranks would step on and wait). The error is one line naming the
+    iteration, this process's losses and the last checkpoint, which is left as it is.
+
+    Args:
+        checkpointer: the trainer's checkpointer (its ``last_checkpoint`` is named in the error).
+    """
+
+    def __init__(self, checkpointer: Any) -> None:
+        self._checkpointer = checkpointer
+        self._handle: Optional[Any] = None
+
+    def before_train(self) -> None:
+        model = self.trainer.model
+        self._handle = getattr(model, "module", model).register_forward_hook(self._check)
+
+    def after_train(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _check(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        if not module.training or not isinstance(output, dict):
+            return
+        losses = {k: float(v) for k, v in output.items()}
+        total = sum(losses.values())
+        finite = math.isfinite(total)
+        if comm.get_world_size() > 1:
+            flag = torch.tensor([int(finite)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            everywhere = bool(flag.item())
+        else:
+            everywhere = finite
+        if everywhere:
+            return
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in losses.items())
+        iteration = self.trainer.iter
+        what = (f"loss is {total} at iteration {iteration} ({shown})" if not finite else
+                f"loss is not finite on another process at iteration {iteration} (this process: {shown})")
+        last = self._checkpointer.get_checkpoint_file() if self._checkpointer.has_checkpoint() else ""
+        raise FloatingPointError(f"{what}: the weights were not updated; last good checkpoint: "
+                                 f"{last or 'none yet'}. Lower SOLVER.BASE_LR or check the training data")
 
 
 class LossNormalizerState(HookBase):

@@ -17,7 +17,7 @@ from detectron2.utils import comm
 from bitdet.detection.accumulation import check_accumulation
 from bitdet.detection.checkpointer import BiTCheckpointer
 from bitdet.detection.determinism import configure_determinism, repeatable_execution
-from bitdet.detection.hooks import LossNormalizerState, PreemptionCheckpointer
+from bitdet.detection.hooks import LossNormalizerState, NonFiniteLossStop, PreemptionCheckpointer
 from bitdet.detection.mapper import BiTDatasetMapper, SkippingDatasetMapper
 from bitdet.detection.precision import AutocastTrainer, autocast_dtype
 from bitdet.detection.sampler import DataStreamState, build_resumable_train_loader, micro_batch_size
@@ -75,7 +75,8 @@ class BiTTrainer(DefaultTrainer):
 
     Hooks, writers (console with ETA, ``metrics.json``, TensorBoard) and the training loop
     are Detectron2's, plus :class:`PreemptionCheckpointer` (SIGTERM or Ctrl-C: checkpoint, exit
-    0 or 130) and :class:`DataStreamState` (the data stream's position, for an exact ``--resume``).
+    0 or 130), :class:`NonFiniteLossStop` (a NaN / inf loss stops every rank before the weights
+    change) and :class:`DataStreamState` (the data stream's position, for an exact ``--resume``).
     With ``SOLVER.AMP.ENABLED`` the step autocasts to ``SOLVER.AMP.PRECISION`` on
     ``MODEL.DEVICE``, CPU included; with ``SOLVER.BATCH_SPLIT`` > 1 each process runs its
     share of ``SOLVER.IMS_PER_BATCH`` as micro-batches, one optimizer step per iteration
@@ -103,8 +104,8 @@ class BiTTrainer(DefaultTrainer):
         self.checkpointer = BiTCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         # Last, so that a SIGTERM checkpoint follows the step's evaluation and log writes.
         # LossNormalizerState first: checkpoints taken after a step must see that step's value.
-        return [LossNormalizerState(), *super().build_hooks(), DataStreamState(),
-                PreemptionCheckpointer(self.checkpointer)]
+        return [LossNormalizerState(), NonFiniteLossStop(self.checkpointer), *super().build_hooks(),
+                DataStreamState(), PreemptionCheckpointer(self.checkpointer)]
 
     def train(self):
         with repeatable_execution():  # a resumed run computes as the uninterrupted one

@@ -11,10 +11,12 @@ Detectron2 names its own: after the 0-based index of the last iteration it holds
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
+import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,7 +25,8 @@ from bitdet.checkpoint.errors import CheckpointError
 from bitdet.checkpoint.loading import ws_eps_of
 from bitdet.utils.io import PathLike, atomic_write, remove_stale_temporaries
 
-__all__ = ["TrainingCheckpointer", "capture_rng_state", "clear_run", "restore_rng_state"]
+__all__ = ["TrainingCheckpointer", "capture_rng_state", "check_finite_weights", "clear_run", "damage_of",
+           "describe_fallback", "newest_readable", "restore_rng_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,72 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+def check_finite_weights(state: Dict[str, torch.Tensor], what: str) -> None:
+    """Refuse to write weights holding NaN or inf (the checkpoint would overwrite a good one).
+
+    Raises:
+        FloatingPointError: naming ``what`` and the first non-finite tensor.
+    """
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise FloatingPointError(f"{what}: the weights hold NaN or inf ({key}); not saved, the previous "
+                                     "checkpoint stays the last one. Lower the learning rate or check the data")
+
+
+def damage_of(path: PathLike) -> Optional[str]:
+    """Why the checkpoint file ``path`` cannot be read whole (missing, empty, truncated, a failed
+    checksum), or None when every member of its zip archive reads back with the right CRC."""
+    path = Path(path)
+    if not path.is_file():
+        return "it does not exist"
+    if path.stat().st_size == 0:
+        return "it is empty (0 bytes)"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:  # no central directory: truncated
+        return f"truncated or corrupt ({e})"
+    return f"corrupt member {bad} (checksum mismatch)" if bad else None
+
+
+def _number(path: Path) -> float:
+    """Iteration in a ``model_{NNNNNNN}.pth`` name; ``model_final.pth`` (Detectron2) after all of them."""
+    match = _PATTERN.match(path.name)
+    return int(match.group(1)) if match else math.inf
+
+
+def newest_readable(pointed: Optional[Path], folder: PathLike) -> Tuple[Optional[Path], List[Tuple[Path, str]]]:
+    """The checkpoint to resume from: ``pointed`` (what ``last_checkpoint`` names) if it reads whole,
+    else the newest older ``model_NNNNNNN.pth`` of ``folder`` that does.
+
+    Returns:
+        ``(path or None when no file reads whole, [(skipped file, why)] newest first)``.
+    """
+    folder = Path(folder)
+    numbered = sorted((p for p in folder.glob("model_*.pth") if _PATTERN.match(p.name)), key=_number, reverse=True)
+    if pointed is None:
+        candidates = numbered
+    else:
+        candidates = [pointed, *(p for p in numbered if _number(p) < _number(pointed))]
+    skipped = []
+    for path in candidates:
+        why = damage_of(path)
+        if why is None:
+            return path, skipped
+        skipped.append((path, why))
+    return None, skipped
+
+
+def describe_fallback(chosen: Optional[Path], skipped: List[Tuple[Path, str]], folder: PathLike) -> str:
+    """The warning (a file was chosen) or the error (none was) after :func:`newest_readable`."""
+    reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped)
+    if chosen is None:
+        return (f"no readable checkpoint to resume from in {folder} ({reasons}); move the damaged files away "
+                "to train from the start")
+    return (f"cannot resume from {skipped[0][0].name} ({reasons}): resuming from {chosen.name}, the newest "
+            "readable checkpoint before it")
 
 
 def clear_run(output_dir: PathLike, results: Sequence[str] = ()) -> List[Path]:
@@ -97,7 +166,7 @@ class TrainingCheckpointer:
         return self.output_dir / f"model_{step - 1:07d}.pth"
 
     def save(self, step: int, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
-             meta: Optional[Dict[str, Any]] = None) -> Path:
+             meta: Optional[Dict[str, Any]] = None, data: Optional[Dict[str, int]] = None) -> Path:
         """Write the checkpoint of ``step`` atomically, point ``last_checkpoint`` at it, prune.
 
         Args:
@@ -105,12 +174,18 @@ class TrainingCheckpointer:
             model: the bare model (not DDP-wrapped).
             optimizer: its optimizer, or None for a weights-only file.
             meta: plain values (config, names) to store alongside.
+            data: the data stream's layout (integers, e.g. the process count), checked on resume.
 
         Returns:
             The path written.
+
+        Raises:
+            FloatingPointError: the weights hold NaN or inf (nothing is written).
         """
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        check_finite_weights(weights, f"checkpoint after step {step}")
         state = {
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "model": weights,
             "step": int(step),
             "rng": capture_rng_state(),
             "meta": dict(meta or {}),
@@ -120,6 +195,8 @@ class TrainingCheckpointer:
             state["meta"].setdefault("ws_eps", eps)
         if optimizer is not None:
             state["optimizer"] = optimizer.state_dict()
+        if data is not None:
+            state["data"] = dict(data)
         path = self.path_for(step)
         with atomic_write(path) as f:
             torch.save(state, f)
@@ -155,6 +232,23 @@ class TrainingCheckpointer:
             logger.warning("%s names %s, which does not exist; using the newest file", pointer, name)
         files = self.list()
         return files[-1] if files else None
+
+    def resume_file(self) -> Optional[Path]:
+        """The checkpoint to resume from: :meth:`latest` if it reads whole, else the newest older
+        one that does (with a warning naming both); None when the folder has none.
+
+        Raises:
+            CheckpointError: checkpoints exist but none reads whole.
+        """
+        latest = self.latest()
+        if latest is None:
+            return None
+        chosen, skipped = newest_readable(latest, self.output_dir)
+        if chosen is None:
+            raise CheckpointError(describe_fallback(None, skipped, self.output_dir))
+        if skipped:
+            logger.warning(describe_fallback(chosen, skipped, self.output_dir))
+        return chosen
 
     @staticmethod
     def load(path: PathLike) -> Dict[str, Any]:

@@ -281,17 +281,55 @@ class ClassifierTrainer(TrainerBase):
         """Write the checkpoint after ``step`` completed steps (only the main process writes)."""
         path = None
         if step != self._last_saved_step and comm.is_main_process():
-            path = self.checkpointer.save(step, self.model, self.optimizer, meta=self.meta)
+            path = self.checkpointer.save(step, self.model, self.optimizer, meta=self.meta, data=self._data_layout())
         self._last_saved_step = step
         return path
 
+    def _data_layout(self) -> Dict[str, int]:
+        """What the data stream depends on besides (seed, step), stored in each checkpoint."""
+        layout = {"world_size": self.world_size}
+        if self.streaming:  # every (process, worker) pair reads its own shards
+            layout["num_workers"] = self.num_workers
+        return layout
+
+    def _check_data_layout(self, saved: Dict[str, int], path: Path) -> None:
+        """Resume only where the data stream continues as the interrupted run's would have.
+
+        The global batch of a map-style set is a function of (seed, step) alone, split in
+        contiguous slices: any process count reads the same samples with the same augmentations.
+        Streamed shards and a batch hook (MixUp pairs samples within a process's batch) are not.
+        """
+        world, workers = saved.get("world_size", self.world_size), saved.get("num_workers", self.num_workers)
+        if world == self.world_size and (not self.streaming or workers == self.num_workers):
+            return
+        was, now = f"{world} process(es)", f"{self.world_size}"
+        if self.streaming or self.batch_hook is not None:
+            if self.streaming:
+                was, now = f"{was} x {workers} data-loader worker(s)", f"{now} x {self.num_workers}"
+                why = "each process and worker streams its own shards"
+            else:
+                why = "the batch hook (e.g. MixUp) mixes samples within each process's batch"
+            raise ValueError(f"{path} was written by a run of {was} and this run has {now}: {why}, so the data "
+                             f"would differ from the interrupted run's; resume with {world} process(es)"
+                             + (f" and DATALOADER.NUM_WORKERS {workers}" if self.streaming else "")
+                             + ", or start over in a new OUTPUT_DIR")
+        logger.warning("resuming a run of %d process(es) with %d: every step reads the same samples and "
+                       "augmentations (the gradient is summed in another order, so the weights differ in rounding)",
+                       world, self.world_size)
+
     def resume(self) -> int:
-        """Load the newest checkpoint of ``output_dir`` if any; returns the step to start at."""
-        path = self.checkpointer.latest()
+        """Load the newest readable checkpoint of ``output_dir`` if any; returns the step to start at.
+
+        Raises:
+            CheckpointError: checkpoints exist but none reads whole.
+            ValueError: the checkpoint's data stream cannot continue with this process count.
+        """
+        path = self.checkpointer.resume_file()
         if path is None:
             logger.info("no checkpoint in %s: training from step 0", self.output_dir)
             return 0
         state = self.checkpointer.load(path)
+        self._check_data_layout(state.get("data", {}), path)
         self.model.load_state_dict(state["model"])
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -472,8 +510,8 @@ class ClassifierTrainer(TrainerBase):
         if not math.isfinite(mean_loss):
             last = self.checkpointer.latest()
             raise FloatingPointError(
-                f"non-finite loss ({mean_loss}) at step {step} (lr {lr:.4g}); parameters were not updated. "
-                f"Last good checkpoint: {last or 'none yet'}. Lower the learning rate or check the data."
+                f"loss is {mean_loss} at step {step} (lr {lr:.4g}): the weights were not updated; last good "
+                f"checkpoint: {last or 'none yet'}. Lower the learning rate or check the data"
             )
         self.optimizer.step()
         self._stop_agreed = self.stop_signals.decide(stops)

@@ -30,10 +30,11 @@ from bitdet.log import FILE_LOGGER
 __all__ = ["FILE_LOGGER", "USER_ERRORS", "argument_parser", "launch_main", "lock_output_dir", "setup_cfg",
            "run_launched", "setup_output", "user_errors"]
 
-# Errors a user fixes by changing a file, a path, a key or the device: one line, exit 2.
-# bitdet raises these with a message naming the file, key or value to change.
+# Errors a user fixes by changing a file, a path, a key or the device (a training loss that
+# became NaN: the learning rate or the data): one line, exit 2. bitdet raises these with a
+# message naming the file, key or value to change.
 USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, KeyError, ValueError, CheckpointError,
-               DeviceError)
+               DeviceError, FloatingPointError)
 
 
 def argument_parser(description: Optional[str] = None, *, overrides_example: str, eval_only: bool = True,

@@ -56,3 +56,28 @@ def test_mapping_depends_on_the_seed_only_and_replaces_unreadable_images():
 def test_an_empty_training_set_is_named():
     with pytest.raises(ValueError, match="training set is empty"):
         ResumableBatchSampler(0, 2, seed=0)
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2), (4, 2)])
+def test_resuming_with_another_process_count_keeps_the_global_batches(before, after):
+    """Each iteration's images (and seeds) are those of the interrupted run's ranks, in rank order,
+    split evenly between the new processes; with aspect-ratio grouping too."""
+    wide = [i % 3 != 0 for i in range(13)]
+    global_batch, start = 4, 5
+
+    def global_batches(samplers, n):
+        return [[item for part in parts for item in part] for parts in zip(*(_take(s, n) for s in samplers))]
+
+    old = [ResumableBatchSampler(13, global_batch // before, seed=3, rank=r, world_size=before, wide=wide)
+           for r in range(before)]
+    expected = global_batches(old, start + 6)[start:]
+    new = [ResumableBatchSampler(13, global_batch // after, seed=0, rank=r, world_size=after, wide=wide)
+           for r in range(after)]
+    for sampler in new:
+        sampler.resume(seed=3, batches=start, stream_world_size=before)
+    assert global_batches(new, 6) == expected
+    fresh = [ResumableBatchSampler(13, global_batch // after, seed=3, rank=r, world_size=after, wide=wide)
+             for r in range(after)]
+    assert global_batches(fresh, start + 6)[start:] != expected  # another process count, another stream
+    with pytest.raises(ValueError, match="read by 3 process"):
+        new[0].resume(seed=3, batches=start, stream_world_size=3)

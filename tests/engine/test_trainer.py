@@ -57,19 +57,72 @@ def test_resume_in_process_is_exact(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_bit_identical(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])  # bf16: the pretraining presets' autocast
+def test_resume_after_sigkill_is_bit_identical(tmp_path, precision):
     """Kill -9 right after the step-4 checkpoint, resume to 6: same parameters as 6 straight."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "tests.engine.tiny_run", str(tmp_path / "killed"), "6", "--kill-after", "5",
-           "--workers", "2"]
+           "--workers", "2", "--precision", precision]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert (tmp_path / "killed" / "last_checkpoint").read_text() == "model_0000003.pth"
-    resumed = tiny_trainer(str(tmp_path / "killed"), steps=6)
+    resumed = tiny_trainer(str(tmp_path / "killed"), steps=6, precision=precision)
     resumed.train(resume=True)  # in this process, with no DataLoader workers
-    full = tiny_trainer(str(tmp_path / "full"), steps=6)
+    full = tiny_trainer(str(tmp_path / "full"), steps=6, precision=precision)
     full.train()
     assert_identical(params(full.model), params(resumed.model))
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    """The newest checkpoint truncated: resume from the one before, ending as an uninterrupted run."""
+    full = tiny_trainer(str(tmp_path / "full"), steps=6)
+    full.train()
+    out = tmp_path / "damaged"
+    out.mkdir()
+    whole = (tmp_path / "full" / "model_0000003.pth").read_bytes()  # keep_last=2: steps 4 and 6 are on disk
+    (out / "model_0000003.pth").write_bytes(whole)
+    latest = (tmp_path / "full" / "model_0000005.pth").read_bytes()
+    (out / "model_0000005.pth").write_bytes(latest[: len(latest) - 100])
+    (out / "last_checkpoint").write_text("model_0000005.pth")
+    resumed = tiny_trainer(str(out), steps=6)
+    with caplog.at_level(logging.WARNING):
+        assert resumed.resume() == 4
+    assert "cannot resume from model_0000005.pth (model_0000005.pth: truncated or corrupt (File is not a zip " \
+           "file)): resuming from model_0000003.pth, the newest readable checkpoint before it" in caplog.text
+    resumed = tiny_trainer(str(out), steps=6)
+    resumed.train(resume=True)
+    assert_identical(params(full.model), params(resumed.model))
+    assert TrainingCheckpointer.load(out / "model_0000005.pth")["step"] == 6  # rewritten whole
+
+
+def _with_saved_world_size(path, world_size):
+    """The checkpoint ``path`` as if a run of ``world_size`` processes had written it."""
+    state = torch.load(path, weights_only=True)
+    assert state["data"] == {"world_size": 1}
+    state["data"]["world_size"] = world_size
+    torch.save(state, path)
+
+
+def test_resume_with_another_process_count_keeps_a_map_style_stream(tmp_path, caplog):
+    """A map-style set's global batch does not depend on the process count: the resume goes on
+    (the real two-process case: reliability/test_pretrain_faults.py)."""
+    tiny_trainer(str(tmp_path), steps=2).train()
+    _with_saved_world_size(tmp_path / "model_0000001.pth", 2)
+    with caplog.at_level(logging.WARNING):
+        assert tiny_trainer(str(tmp_path), steps=4).resume() == 2
+    assert "resuming a run of 2 process(es) with 1: every step reads the same samples and augmentations" in caplog.text
+
+
+def test_resume_with_another_process_count_is_refused_with_a_batch_hook(tmp_path):
+    def swap_halves(images, targets, generator):  # pairs samples within the process's batch, as MixUp
+        return torch.cat([images[4:], images[:4]]), torch.cat([targets[4:], targets[:4]])
+
+    tiny_trainer(str(tmp_path), steps=2, batch_hook=swap_halves).train()
+    _with_saved_world_size(tmp_path / "model_0000001.pth", 2)
+    with pytest.raises(ValueError, match=r"model_0000001\.pth was written by a run of 2 process\(es\) and this run "
+                                         r"has 1: the batch hook \(e\.g\. MixUp\) mixes samples within each "
+                                         r"process's batch, .* resume with 2 process\(es\), or start over"):
+        tiny_trainer(str(tmp_path), steps=4, batch_hook=swap_halves).resume()
 
 
 class SendSignal(HookBase):
@@ -116,7 +169,8 @@ class PoisonAt(HookBase):
 def test_non_finite_loss_names_step_and_keeps_checkpoint(tmp_path):
     trainer = tiny_trainer(str(tmp_path), steps=10, period=2)
     trainer.register_hooks([PoisonAt(3)])
-    with pytest.raises(FloatingPointError, match=r"at step 3 .*model_0000001\.pth"):
+    with pytest.raises(FloatingPointError, match=r"^loss is nan at step 3 \(lr 0\.05\): the weights were not "
+                                                 r"updated; last good checkpoint: .*model_0000001\.pth\. Lower"):
         trainer.train()
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
     state = TrainingCheckpointer.load(tmp_path / "model_0000001.pth")

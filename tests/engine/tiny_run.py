@@ -1,7 +1,7 @@
 """A tiny, fast training setup shared by the engine tests (also run as a subprocess).
 
-``python -m tests.engine.tiny_run OUT STEPS [--kill-after K] [--period P]`` trains R14-tiny
-on 16x16 Fashion-MNIST crops; ``--kill-after K`` SIGKILLs the process right after the
+``python -m tests.engine.tiny_run OUT STEPS [--kill-after K] [--workers N] [--precision P]`` trains
+R14-tiny on 24x24 Fashion-MNIST crops; ``--kill-after K`` SIGKILLs the process right after the
 checkpoint of step K is on disk (an abrupt preemption).
 """
 from __future__ import annotations
@@ -62,9 +62,10 @@ if __name__ == "__main__":
     parser.add_argument("steps", type=int)
     parser.add_argument("--kill-after", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--precision", default="fp32")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    trainer = tiny_trainer(args.out, args.steps, num_workers=args.workers)
+    trainer = tiny_trainer(args.out, args.steps, num_workers=args.workers, precision=args.precision)
     if args.kill_after:
         trainer.register_hooks([KillAfter(args.kill_after)])
     trainer.train(resume=True)

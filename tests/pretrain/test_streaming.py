@@ -142,3 +142,20 @@ def test_pipe_pattern_trains_the_webdataset_instant_config(shard_dir, tmp_path):
     final = json.loads((out / "final.json").read_text())
     assert final["steps"] == 3 and final["train_images"] is None and final["num_samples"] == 7
     assert "data share of rank 0 of 1: shards [0, 1, 2, 3] of 4" in (out / "log.txt").read_text()
+
+
+def test_streamed_training_refuses_another_process_count_on_resume(shard_dir, tmp_path):
+    """Each (process, worker) streams its own shards: a resume with other counts would read other data."""
+    stream = StreamingShards(_pipe(shard_dir), transform=train_transform(16))
+    first = _trainer(tmp_path, stream, 2)
+    first.num_workers = 0
+    first.train(resume=False)
+    path = tmp_path / "model_0000001.pth"
+    state = torch.load(path, weights_only=True)
+    assert state["data"] == {"world_size": 1, "num_workers": 0}
+    state["data"]["world_size"] = 2  # as a run of 2 processes writes it
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"model_0000001\.pth was written by a run of 2 process\(es\) x 0 data-loader "
+                                         r"worker\(s\) and this run has 1 x 2: each process and worker streams its "
+                                         r"own shards, .* resume with 2 process\(es\) and DATALOADER\.NUM_WORKERS 0"):
+        _trainer(tmp_path, stream, 4).resume()

@@ -1,13 +1,15 @@
 """A bitdet tool that SIGKILLs its own process group at a chosen point (tests only).
 
-``python kill_point.py TOOL ARGS...`` runs ``bitdet.tools.TOOL`` (``train_net`` or
-``finetune``) with ``ARGS``. ``BITDET_KILL_AT`` picks the point:
+``python kill_point.py TOOL ARGS...`` runs ``bitdet.tools.TOOL`` (``train_net``, ``pretrain``
+or ``finetune``) with ``ARGS``. ``BITDET_KILL_AT`` picks the point:
 
 - ``step:N``: after iteration (step index) ``N`` and its checkpoint, if any;
 - ``write:NAME`` (train_net): while writing checkpoint ``NAME`` (e.g. ``model_0000003.pth``):
   half of the temporary file is on disk, nothing renamed yet;
 - ``end`` (train_net): after training, once the final checkpoint is written;
-- ``term:N`` (train_net): not a kill: SIGTERM to this process after iteration ``N`` (preemption).
+- ``term:N`` (train_net): not a kill: SIGTERM to this process after iteration ``N`` (preemption);
+- ``nan:N``: not a kill: a NaN written into the first backbone weight before iteration ``N``
+  (a diverged run: the loss of iteration ``N`` is NaN).
 
 The whole process group dies (every rank and the launcher), as when a machine is lost.
 The patches are applied at import, so the processes that ``--num-gpus`` spawns (which
@@ -21,6 +23,7 @@ import os
 import signal
 import sys
 
+import torch
 from detectron2.engine import HookBase
 
 import bitdet.detection.checkpointer as checkpointer_module
@@ -28,15 +31,28 @@ from bitdet.detection.trainer import BiTTrainer
 from bitdet.engine.trainer import ClassifierTrainer
 
 KIND, _, ARG = os.environ["BITDET_KILL_AT"].partition(":")
-if KIND not in ("step", "write", "end", "term"):
-    raise SystemExit(f"BITDET_KILL_AT={os.environ['BITDET_KILL_AT']!r}: expected step:N, write:NAME, end or term:N")
+if KIND not in ("step", "write", "end", "term", "nan"):
+    raise SystemExit(f"BITDET_KILL_AT={os.environ['BITDET_KILL_AT']!r}: expected step:N, write:NAME, end, term:N "
+                     "or nan:N")
 
 
 def _kill() -> None:
     os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
+def _poison(model: torch.nn.Module) -> None:
+    """NaN in the first weight of the backbone (every rank: the replicas stay equal)."""
+    model = getattr(model, "module", model)
+    backbone = getattr(model, "backbone", model)
+    with torch.no_grad():
+        next(backbone.parameters()).view(-1)[0] = float("nan")
+
+
 class _KillHook(HookBase):
+    def before_step(self) -> None:
+        if KIND == "nan" and self.trainer.iter == int(ARG):
+            _poison(self.trainer.model)
+
     def after_step(self) -> None:
         if KIND == "step" and self.trainer.iter == int(ARG):
             _kill()
@@ -78,8 +94,19 @@ def _classifier_after_step_then_die(self) -> None:
 
 ClassifierTrainer.after_step = _classifier_after_step_then_die
 
+_classifier_before_step = ClassifierTrainer.before_step
+
+
+def _classifier_poison_then_step(self) -> None:
+    if KIND == "nan" and self.iter == int(ARG):
+        _poison(self.model)
+    _classifier_before_step(self)
+
+
+ClassifierTrainer.before_step = _classifier_poison_then_step
+
 if __name__ == "__main__":
     tool = sys.argv.pop(1)
-    if tool not in ("train_net", "finetune"):
-        raise SystemExit(f"kill_point.py: unknown tool {tool!r} (train_net or finetune)")
+    if tool not in ("train_net", "pretrain", "finetune"):
+        raise SystemExit(f"kill_point.py: unknown tool {tool!r} (train_net, pretrain or finetune)")
     importlib.import_module(f"bitdet.tools.{tool}").cli()
