@@ -73,9 +73,11 @@ def test_other_architecture_is_named_with_the_setting_to_change(tmp_path):
         load_weights(create_model("R14-tiny", num_classes=5), path, variant_option="MODEL.NAME")
     text = str(err.value)
     assert "this file is R26-tiny (" in text and "the model is R14-tiny (" in text and "set MODEL.NAME R26-tiny" in text
-    assert "official BiT .npz" in text
-    listed = text.split("unexpected keys")[1].split("\n")[0]
+    assert "official BiT .npz" in text and "\n" not in text  # one line
+    assert "; 36 keys differ (36 unexpected), first: resnet/block1/unit02/" in text and text.endswith("not in the model")
+    listed = err.value.details.split("unexpected keys")[1].split("\n")[0]  # the details: the traceback's note
     assert listed.count("resnet/block") == 5 and "more)" in listed  # five examples, then a count
+    assert err.value.__notes__ == [err.value.details]
 
 
 def test_a_partial_trunk_is_an_error_and_changes_nothing(tmp_path):
@@ -89,8 +91,9 @@ def test_a_partial_trunk_is_an_error_and_changes_nothing(tmp_path):
     with pytest.raises(CheckpointMismatchError) as err:
         load_weights(model, tmp_path / "partial.pth")
     text = str(err.value)
-    assert "missing keys (2 not in the file; the model's trunk has" in text
-    assert "block3.unit01.conv2.weight, block4.unit01.gn1.bias" in text and "incomplete" in text
+    assert "incomplete" in text and "2 keys differ (2 missing), first: block3.unit01.conv2.weight not in the file" in text
+    assert "missing keys (2 not in the file; the model's trunk has" in err.value.details
+    assert "block3.unit01.conv2.weight, block4.unit01.gn1.bias" in err.value.details
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
