@@ -188,11 +188,12 @@ def uninformative_outputs(
             continue
         failures.append(Comparison(ALL_SAMPLES, name, ref[0].shape, diff, False, note))
     if target.new_head:
-        fail_name = target.output_names[0]
+        name = target.output_names[0]
+        shape = np.asarray(references[0][0]).shape if references and len(references[0]) else ()
         failures.append(Comparison(
-            ALL_SAMPLES, fail_name, (), 0.0, False,
-            f"the head was re-initialised ({target.new_head}), so the {fail_name} do not come from the weights: "
-            "export the file's head, or the headless trunk (num_classes 0)",
+            ALL_SAMPLES, name, shape, 0.0, False,
+            f"the head is new, {target.new_head}: its {name} do not come from the weights; export the file's head, "
+            "or the headless trunk (num_classes 0)",
         ))
     return failures
 
