@@ -39,6 +39,7 @@ __all__ = [
     "load_weights",
     "read_state_dict",
     "read_weights",
+    "read_weights_file",
     "check_official",
     "official_name",
     "resolve_source",
@@ -310,13 +311,25 @@ def read_weights(source: WeightsSource) -> WeightsFile:
             cache's file) without the official architecture and head.
     """
     path, hub_config = resolve_source(source)
-    container = sniff_container(path)
-    arrays, wrapper = _read_container(path, container)
-    weights = _as_weights(str(source), path, container, arrays, wrapper, hub_config)
+    weights = read_weights_file(path, str(source), hub_config)
     official = None if is_hub_id(str(source)) else official_name(source) or official_name(path)
     if official is not None:
         check_official(weights, official)
     return weights
+
+
+def read_weights_file(path: Path, source: Optional[str] = None,
+                      hub_config: Optional[Dict[str, Any]] = None) -> WeightsFile:
+    """Read the local weights file ``path`` as it is: no name lookup, no official-checkpoint check.
+
+    Args:
+        path: the file.
+        source: what was asked for, named in messages (default: ``path``).
+        hub_config: the hub ``config.json`` of a hub file.
+    """
+    container = sniff_container(path)
+    arrays, wrapper = _read_container(path, container)
+    return _as_weights(source or str(path), path, container, arrays, wrapper, hub_config)
 
 
 def _as_weights(source: str, path: Path, container: str, arrays: Dict[str, Any], wrapper: Dict[str, Any],
