@@ -133,9 +133,7 @@ def create_model(
         return ResNetV2Features(model, out_indices) if features_only else model
     arch_name, arch, pre = resolve(name)
     if pretrained is True:
-        if pre is None:
-            raise KeyError(f"{name!r} has no official checkpoint; pass a weights file path instead")
-        pretrained = name  # read_weights checks the official architecture and head
+        pretrained = pretrained_path(name)  # the cache's file: read_weights checks its architecture and head
     weights = None
     if pretrained:
         weights = pretrained if isinstance(pretrained, WeightsFile) else read_weights(pretrained)
