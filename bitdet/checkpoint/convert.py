@@ -16,7 +16,7 @@ import torch
 from bitdet.checkpoint.architecture import FileArchitecture
 from bitdet.checkpoint.errors import CheckpointError
 from bitdet.checkpoint.layouts import LAYOUTS
-from bitdet.checkpoint.loading import apply_weights, read_weights, save_checkpoint
+from bitdet.checkpoint.loading import apply_weights, read_weights, read_weights_file, save_checkpoint
 from bitdet.checkpoint.npz import state_dict_to_npz, write_npz
 from bitdet.numerics import WS_EPS
 from bitdet.utils.io import PathLike, atomic_write
@@ -74,7 +74,8 @@ def convert(src: PathLike, dst: PathLike, fmt: str, prefix: str = DETECTRON2_PRE
     ``bit_pytorch`` the authors' names, loadable with ``ResNetV2.load_state_dict``.
 
     Returns:
-        The architecture found in ``src``.
+        The architecture of the file written, read back from ``dst`` (a ``detectron2`` file
+        has no head).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}: expected one of {FORMATS}")
@@ -102,4 +103,12 @@ def convert(src: PathLike, dst: PathLike, fmt: str, prefix: str = DETECTRON2_PRE
                         "meta": {"ws_eps": source_eps, "source": src_text}}, f)
     else:
         _save_tensors(dst, export_state_dict(model, fmt))
+    return _written_architecture(dst)
+
+
+def _written_architecture(path: Path) -> FileArchitecture:
+    """The architecture a converted file holds, read back from it (its name is not resolved)."""
+    arch = read_weights_file(path).arch
+    if arch is None:
+        raise CheckpointError(f"{path}: the file just written holds no BiT trunk when read back")
     return arch

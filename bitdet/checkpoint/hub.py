@@ -1,7 +1,10 @@
 """Weights from the Hugging Face hub: ``hf-hub:<repo>[@<revision>]``, through ``huggingface_hub``.
 
 The files come from (and go into) the hub client's own cache (``HF_HUB_CACHE``, default
-``~/.cache/huggingface/hub``); ``HF_HUB_OFFLINE=1`` reads only that cache. A revision
+``~/.cache/huggingface/hub``); ``HF_HUB_OFFLINE=1`` reads only that cache. One request, without
+retries and with a short timeout, first asks whether the hub answers; when it does not (no
+network), only the cache is read, so an uncached id fails in seconds instead of after the
+client's retries with back-off. A revision
 (a branch, tag or commit hash) pins the files, as in timm's ``hf-hub:`` ids. Examples:
 ``hf-hub:timm/resnetv2_50x1_bit.goog_in21k``, ``hf-hub:google/bit-50@main``.
 """
@@ -20,6 +23,8 @@ __all__ = ["HUB_PREFIX", "HubWeights", "is_hub_id", "parse_hub_id", "hub_weights
 HUB_PREFIX = "hf-hub:"
 # Weight files a hub repository may hold, preferred first (timm and transformers both write these).
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Seconds to wait for the hub's answer to the one reachability request.
+REACH_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,22 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def _unreachable(repo_id: str, filename: str, revision: Optional[str]) -> Optional[str]:
+    """None when the hub answers one metadata request for ``filename`` (even "not found"); else why
+    not, in words. One try, no retries, :data:`REACH_TIMEOUT` seconds."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        # the metadata request does not retry (the client's default: fall back to the cache fast)
+        get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), timeout=REACH_TIMEOUT)
+    except HfHubHTTPError:
+        return None  # an HTTP answer (a missing file or revision is reported by the download)
+    except Exception as e:  # no answer at all: DNS, connection, timeout, proxy, TLS
+        return f"{type(e).__name__}: {e}".splitlines()[0]
+    return None
+
+
 def hub_weights(source: str) -> HubWeights:
     """Download (or find in the cache) the weights file of ``source`` and its ``config.json``.
 
@@ -66,9 +87,12 @@ def hub_weights(source: str) -> HubWeights:
     except ImportError as e:
         raise CheckpointError(f"{source}: hub ids need the huggingface_hub package (pip install huggingface_hub)") from e
 
+    unreachable = None if _offline() else _unreachable(repo_id, WEIGHT_FILES[0], revision)
+    cache_only = _offline() or unreachable is not None
+
     def fetch(filename: str) -> Optional[Path]:
         try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision))
+            return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=cache_only))
         except EntryNotFoundError:  # also LocalEntryNotFoundError: offline and not cached
             return None
         except (HfHubHTTPError, OSError, ValueError) as e:
@@ -80,11 +104,13 @@ def hub_weights(source: str) -> HubWeights:
             break
     else:
         where = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
-        offline = " and HF_HUB_OFFLINE is set" if _offline() else " and the hub could not be reached"
+        at = f"{f' (revision {revision})' if revision else ''}"
+        if not cache_only:
+            raise CheckpointError(f"{source}: the hub repository {repo_id}{at} has none of {', '.join(WEIGHT_FILES)}")
+        why = "HF_HUB_OFFLINE is set" if _offline() else f"the hub could not be reached ({unreachable})"
         raise CheckpointError(
-            f"{source}: none of {', '.join(WEIGHT_FILES)} is in the hub cache {where}{offline}"
-            f"{f' (revision {revision})' if revision else ''}. Where there is network, run "
-            f"`hf download {repo_id}` (or load the model once), then copy that cache folder here."
+            f"{source}: none of {', '.join(WEIGHT_FILES)} is in the hub cache {where}{at} and {why}. Where there "
+            f"is network, run `hf download {repo_id}` (or load the model once), then copy that cache folder here."
         )
     config_path = fetch("config.json")
     config = None

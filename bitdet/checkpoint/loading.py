@@ -36,9 +36,12 @@ __all__ = [
     "WeightsFile",
     "apply_state_dict",
     "apply_weights",
+    "check_official",
     "load_weights",
+    "official_name",
     "read_state_dict",
     "read_weights",
+    "read_weights_file",
     "resolve_source",
     "save_checkpoint",
     "set_ws_eps",
@@ -56,7 +59,11 @@ WeightsSource = Union[str, os.PathLike]
 
 @dataclass
 class LoadReport:
-    """What a load did: the format, tensors loaded, the head, what was left at initialisation."""
+    """What a load did: the format, tensors loaded, the head, what was left at initialisation.
+
+    ``new_head`` is True when the model's head was initialised here instead of loaded
+    (``head`` says why); a headless model has none.
+    """
 
     path: str
     loaded: int
@@ -64,6 +71,7 @@ class LoadReport:
     not_in_file: List[str] = field(default_factory=list)
     format: str = ""
     ws_eps: Optional[float] = None
+    new_head: bool = False
 
     def __str__(self) -> str:
         text = f"loaded {self.loaded} tensors from {self.path}" + (f" ({self.format})" if self.format else "")
@@ -124,15 +132,36 @@ class WeightsFile:
         return f"{what}; {CONTAINERS[self.container]}"
 
 
+def official_name(source: WeightsSource) -> Optional[str]:
+    """The official checkpoint ``source`` names, or None.
+
+    That is an official name (``BiT-M-R50x1``), its bare file name (``BiT-M-R50x1.npz``), or
+    that file in the bitdet cache (where ``pretrained=True`` puts it).
+    """
+    from bitdet.models.variants import PRETRAINED
+    from bitdet.utils.io import default_cache_dir
+
+    text = str(source)
+    name = text[: -len(".npz")] if text.endswith(".npz") else text
+    if name in PRETRAINED:
+        return name
+    path = Path(text).expanduser()
+    if path.suffix == ".npz" and path.stem in PRETRAINED and path.parent.resolve() == Path(default_cache_dir()).resolve():
+        return path.stem
+    return None
+
+
 def resolve_source(source: WeightsSource) -> Tuple[Path, Optional[Dict[str, Any]]]:
     """A local path for ``source`` and the hub ``config.json`` when it came from the hub.
 
     Args:
-        source: a file path, ``hf-hub:<org>/<name>[@<revision>]``, or an official BiT name
-            (``BiT-M-R50x1``: from the bitdet cache, downloaded there if absent).
+        source: a file path, ``hf-hub:<org>/<name>[@<revision>]``, or an official BiT name or
+            bare file name (``BiT-M-R50x1``, ``BiT-M-R50x1.npz``: that file in the current
+            folder, else in the bitdet cache, downloaded there if absent).
 
     Raises:
-        WeightsNotFoundError: nothing exists at a path; the message lists the accepted forms.
+        WeightsNotFoundError: nothing exists at a path, or an official file is nowhere (the
+            message names every place searched); the message lists the accepted forms.
     """
     text = str(source)
     if is_hub_id(text):
@@ -141,12 +170,13 @@ def resolve_source(source: WeightsSource) -> Tuple[Path, Optional[Dict[str, Any]
     path = Path(source).expanduser()
     if path.is_file():
         return path, None
-    from bitdet.models.variants import PRETRAINED
-
-    if text in PRETRAINED:
+    official = official_name(text)
+    if official is not None:
         from bitdet.models.factory import pretrained_path
 
-        return pretrained_path(text), None
+        return pretrained_path(official, looked_at=[path]), None
+    from bitdet.models.variants import PRETRAINED
+
     hint = ""
     if text.startswith("BiT-"):
         hint = f" ({text} is no official BiT checkpoint; those are {', '.join(list(PRETRAINED)[:3])}, ...)"
@@ -155,6 +185,26 @@ def resolve_source(source: WeightsSource) -> Tuple[Path, Optional[Dict[str, Any]
         "Detectron2 / timm / bit_pytorch / transformers checkpoint), an official name such as BiT-M-R50x1, "
         "or a hub id such as hf-hub:timm/resnetv2_50x1_bit.goog_in21k"
     )
+
+
+def check_official(weights: "WeightsFile", name: str) -> None:
+    """Check that ``weights`` hold the architecture and head of the official checkpoint ``name``.
+
+    Raises:
+        CheckpointError: one line naming the file, what ``name`` holds and what was found.
+    """
+    from bitdet.models.variants import PRETRAINED
+
+    pre = PRETRAINED[name]
+    arch = weights.arch
+    found_arch = "no ResNet-v2" if arch is None else arch.name or arch.describe()
+    classes = arch.num_classes if arch is not None else 0
+    if (found_arch, classes) != (pre.arch, pre.num_classes):
+        found_head = f"a {classes}-class head" if classes else "no head"
+        raise CheckpointError(
+            f"{weights.path} is not the official {name}: expected {pre.arch} with a {pre.num_classes}-class head, "
+            f"found {found_arch} with {found_head}"
+        )
 
 
 def torch_load_safely(path: PathLike) -> Any:
@@ -256,13 +306,30 @@ def read_weights(source: WeightsSource) -> WeightsFile:
 
     Raises:
         WeightsNotFoundError: no such file or name.
-        CheckpointError: not a weights file (says what it is), unsafe, unreadable, or of an
-            unknown key layout (shows its keys).
+        CheckpointError: not a weights file (says what it is), unsafe, unreadable, of an
+            unknown key layout (shows its keys), or an official checkpoint (by name, or the
+            cache's file) without the official architecture and head.
     """
     path, hub_config = resolve_source(source)
+    weights = read_weights_file(path, str(source), hub_config)
+    official = None if is_hub_id(str(source)) else official_name(source) or official_name(path)
+    if official is not None:
+        check_official(weights, official)
+    return weights
+
+
+def read_weights_file(path: Path, source: Optional[str] = None,
+                      hub_config: Optional[Dict[str, Any]] = None) -> WeightsFile:
+    """Read the local weights file ``path`` as it is: no name lookup, no official-checkpoint check.
+
+    Args:
+        path: the file.
+        source: what was asked for, named in messages (default: ``path``).
+        hub_config: the hub ``config.json`` of a hub file.
+    """
     container = sniff_container(path)
     arrays, wrapper = _read_container(path, container)
-    return _as_weights(str(source), path, container, arrays, wrapper, hub_config)
+    return _as_weights(source or str(path), path, container, arrays, wrapper, hub_config)
 
 
 def _as_weights(source: str, path: Path, container: str, arrays: Dict[str, Any], wrapper: Dict[str, Any],
@@ -430,7 +497,8 @@ def apply_weights(
         model.reset_head(zero=True)
     set_ws_eps(model, weights.ws_eps, weights.source, weights.layout.name)
     not_in_file = sorted(k for k in trunk if k.endswith(_STATS[:2]) and k not in body)
-    report = LoadReport(weights.source, len(body), head, not_in_file, weights.format, weights.ws_eps)
+    report = LoadReport(weights.source, len(body), head, not_in_file, weights.format, weights.ws_eps,
+                        new_head=head.startswith("zero"))
     logger.info("%s", report)
     return report
 

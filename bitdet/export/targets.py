@@ -53,6 +53,9 @@ class ExportTarget:
         input_names, output_names: graph names, in order.
         dynamic_axes: ONNX dynamic axes per input / output name.
         detections: outputs are ``pred_boxes, pred_classes, scores, image_size``.
+        new_head: why the classifier's head was re-initialised instead of loaded (empty when
+            it was loaded or there are no weights): verification then fails, as the logits
+            do not come from the weights.
     """
 
     kind: str
@@ -64,6 +67,7 @@ class ExportTarget:
     output_names: List[str]
     dynamic_axes: Dict[str, Dict[int, str]] = field(default_factory=dict)
     detections: bool = False
+    new_head: str = ""
 
     def reference(self, *inputs: torch.Tensor) -> List[torch.Tensor]:
         """The eager model's outputs on ``inputs``."""
@@ -102,7 +106,8 @@ def _resize_batch(photos: Sequence[np.ndarray], batch: int, height: int, width: 
 
 
 @torch.no_grad()
-def classifier_target(model: nn.Module, image_size: int, batch_size: int, photos: Sequence[np.ndarray]) -> ExportTarget:
+def classifier_target(model: nn.Module, image_size: int, batch_size: int, photos: Sequence[np.ndarray],
+                      new_head: str = "") -> ExportTarget:
     """A BiT classifier (or headless trunk) with dynamic batch, height and width.
 
     Args:
@@ -111,6 +116,7 @@ def classifier_target(model: nn.Module, image_size: int, batch_size: int, photos
         batch_size: batch of the traced input; a second sample has one image more and a
             side 32 px larger.
         photos: HWC uint8 RGB images for the samples.
+        new_head: see :class:`ExportTarget`.
     """
     model = model.eval()
     samples = [
@@ -127,6 +133,7 @@ def classifier_target(model: nn.Module, image_size: int, batch_size: int, photos
         input_names=["images"],
         output_names=[output],
         dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, output: {0: "batch"}},
+        new_head=new_head,
     )
 
 

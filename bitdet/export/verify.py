@@ -10,21 +10,28 @@ NMS in either order, so the order is not compared. A detection without a partner
 unless its score ties with the lowest score kept: which of several tied candidates survive
 top-k and NMS depends on sort order, not on the model (an untrained RetinaNet head scores
 every anchor near its prior, 0.01, so most detections tie; the note counts them).
+
+A comparison of uninformative outputs proves nothing, so :func:`verify` also fails an output
+that is non-finite, zero on every sample, the same for every distinct input image (batched
+outputs: a constant, such as a zero-weight head with its bias), or empty on every sample,
+and a classifier whose head was re-initialised rather than loaded (its logits would not come
+from the weights).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from bitdet.export.formats import Runner, outputs_as_numpy
 from bitdet.export.targets import ExportTarget
 
-__all__ = ["Comparison", "compare_outputs", "verify"]
+__all__ = ["ALL_SAMPLES", "Comparison", "compare_outputs", "uninformative_outputs", "verify"]
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-5
+ALL_SAMPLES = -1  # Comparison.sample of a check over every sample
 
 
 @dataclass(frozen=True)
@@ -42,7 +49,8 @@ class Comparison:
     def __str__(self) -> str:
         status = "ok" if self.ok else "FAIL"
         note = f" ({self.note})" if self.note else ""
-        return f"sample {self.sample} {self.name} {self.shape}: max abs diff {self.max_abs_diff:.3g} {status}{note}"
+        where = "all samples" if self.sample == ALL_SAMPLES else f"sample {self.sample}"
+        return f"{where} {self.name} {self.shape}: max abs diff {self.max_abs_diff:.3g} {status}{note}"
 
 
 def _close(reference: np.ndarray, value: np.ndarray, atol: float, rtol: float) -> bool:
@@ -132,11 +140,73 @@ def compare_outputs(
     return results
 
 
+def _is_float(array: np.ndarray) -> bool:
+    return np.issubdtype(array.dtype, np.floating)
+
+
+def _constant_across_inputs(inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> bool:
+    """Whether batched ``outputs`` are identical for every distinct input item (compared among
+    items whose output has the same shape: feature maps grow with the image)."""
+    groups: Dict[Tuple[int, ...], Tuple[set, set]] = {}
+    for x, y in zip(inputs, outputs):
+        for item_in, item_out in zip(x, y):
+            seen_in, seen_out = groups.setdefault(item_out.shape, (set(), set()))
+            seen_in.add((item_in.shape, item_in.tobytes()))
+            seen_out.add(np.ascontiguousarray(item_out).tobytes())
+    return any(len(seen_in) > 1 and len(seen_out) == 1 for seen_in, seen_out in groups.values())
+
+
+def uninformative_outputs(
+    target: ExportTarget, references: Sequence[Sequence[np.ndarray]], exported: Sequence[Sequence[np.ndarray]]
+) -> List[Comparison]:
+    """Failing comparisons for outputs whose agreement proves nothing (see the module docstring).
+
+    Args:
+        target: the export target (its samples, output names, batch axes and head).
+        references, exported: per sample, the eager and the exported outputs in ``output_names`` order.
+    """
+    failures = []
+    inputs = [np.asarray(sample[0]) for sample in target.samples]
+    for index, name in enumerate(target.output_names):
+        ref = [np.asarray(r[index]) for r in references if index < len(r)]
+        out = [np.asarray(e[index]) for e in exported if index < len(e)]
+        if not ref or not _is_float(ref[0]):
+            continue  # integers (classes, image sizes) carry no float degeneracy
+        diffs = [float(np.abs(o.astype(np.float64) - r).max()) for r, o in zip(ref, out) if r.shape == o.shape and r.size]
+        diff = max(diffs, default=0.0)
+        bad_ref = sum(int((~np.isfinite(r)).sum()) for r in ref)
+        bad_out = sum(int((~np.isfinite(o)).sum()) for o in out if _is_float(o))
+        if bad_ref or bad_out:
+            note, diff = f"non-finite values (NaN or inf): {bad_ref} in eager, {bad_out} exported", float("inf")
+        elif not any(r.size for r in ref):
+            note = "empty on every sample: nothing was compared"
+        elif not any(np.any(r) for r in ref):
+            note = "zero on every sample: equal outputs prove nothing (a zero-initialised head?)"
+        elif target.dynamic_axes.get(name, {}).get(0) == "batch" and _constant_across_inputs(inputs, ref):
+            note = "the same for every input image: equal outputs prove nothing (a zero-weight head?)"
+        else:
+            continue
+        failures.append(Comparison(ALL_SAMPLES, name, ref[0].shape, diff, False, note))
+    if target.new_head:
+        name = target.output_names[0]
+        shape = np.asarray(references[0][0]).shape if references and len(references[0]) else ()
+        failures.append(Comparison(
+            ALL_SAMPLES, name, shape, 0.0, False,
+            f"the head is new, {target.new_head}: its {name} do not come from the weights; export the file's head, "
+            "or the headless trunk (num_classes 0)",
+        ))
+    return failures
+
+
 def verify(target: ExportTarget, runner: Runner, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> List[Comparison]:
-    """Run the eager reference and the exported ``runner`` on every sample and compare."""
-    results = []
+    """Run the eager reference and the exported ``runner`` on every sample and compare; then
+    fail the outputs whose agreement proves nothing (:func:`uninformative_outputs`)."""
+    results, references, exported = [], [], []
     for i, sample in enumerate(target.samples):
         reference = outputs_as_numpy(target.reference(*sample))
-        results.extend(compare_outputs(reference, runner(*sample), target.output_names, atol, rtol,
+        outputs = runner(*sample)
+        results.extend(compare_outputs(reference, outputs, target.output_names, atol, rtol,
                                        target.detections, sample=i))
-    return results
+        references.append(reference)
+        exported.append(outputs)
+    return results + uninformative_outputs(target, references, exported)

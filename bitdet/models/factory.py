@@ -9,15 +9,15 @@ from typing import Optional, Sequence, Union
 import torch
 
 from bitdet.checkpoint.download import download, mirrored
-from bitdet.checkpoint.errors import CheckpointMismatchError
+from bitdet.checkpoint.errors import CheckpointError, CheckpointMismatchError, WeightsNotFoundError
 from bitdet.checkpoint.hub import is_hub_id
-from bitdet.checkpoint.loading import load_weights, read_weights
+from bitdet.checkpoint.loading import WeightsFile, load_weights, read_weights
 from bitdet.checkpoint.npz import npz_key_map, read_npz
 from bitdet.models.resnetv2 import ResNetV2, ResNetV2Features
 from bitdet.models.variants import get_pretrained_cfg, resolve
 from bitdet.utils.io import default_cache_dir
 
-__all__ = ["check_npz_architecture", "create_model", "pretrained_path"]
+__all__ = ["check_npz_architecture", "create_model", "head_of", "pretrained_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ def check_npz_architecture(path: os.PathLike, name: str) -> None:
         raise CheckpointMismatchError(path, missing, unexpected, mismatched)
 
 
-def pretrained_path(name: str, cache_dir: Optional[os.PathLike] = None, progress: bool = True) -> Path:
+def pretrained_path(name: str, cache_dir: Optional[os.PathLike] = None, progress: bool = True,
+                    looked_at: Sequence[os.PathLike] = ()) -> Path:
     """Local path of a named official checkpoint, downloading it into the cache if absent.
 
     A download enters the cache only when it is complete (its ``Content-Length``), matches
@@ -55,21 +56,38 @@ def pretrained_path(name: str, cache_dir: Optional[os.PathLike] = None, progress
     Args:
         name: e.g. ``"BiT-M-R50x1"``.
         cache_dir: defaults to :func:`bitdet.utils.io.default_cache_dir`.
+        progress: show a download progress bar.
+        looked_at: other places already searched, named (with the cache) when the file can
+            be neither found nor downloaded.
 
     ``$BITDET_WEIGHTS_URL`` serves the file from a mirror; concurrent callers download once.
+
+    Raises:
+        WeightsNotFoundError: not in the cache and the download failed (names every place).
     """
     _, _, pre = resolve(name)
     if pre is None:
         raise KeyError(f"{name!r} has no official checkpoint; pass a weights file path instead")
     dest = Path(cache_dir or default_cache_dir()) / f"{name}.npz"
-    return download(mirrored(pre.url), dest, sha256=pre.sha256, validate=lambda p: check_npz_architecture(p, name),
-                    progress=progress)
+    try:
+        return download(mirrored(pre.url), dest, sha256=pre.sha256,
+                        validate=lambda p: check_npz_architecture(p, name), progress=progress)
+    except CheckpointError as e:
+        if not isinstance(e.__cause__, OSError):  # the downloaded file failed a check: not a missing file
+            raise
+        places = ", ".join(str(Path(p).resolve()) for p in (*looked_at, dest))
+        raise WeightsNotFoundError(f"{name} is not at {places}; {e}") from e
+
+
+def head_of(weights: WeightsFile) -> int:
+    """The head size a model built for ``weights`` gets by default: the file's (0: it has none)."""
+    return weights.arch.num_classes if weights.arch is not None else 0
 
 
 def create_model(
     name: str,
     num_classes: Optional[int] = None,
-    pretrained: Union[None, bool, str, os.PathLike] = None,
+    pretrained: Union[None, bool, str, os.PathLike, WeightsFile] = None,
     zero_head: Optional[bool] = None,
     features_only: bool = False,
     out_indices: Sequence[int] = (0, 1, 2, 3, 4),
@@ -88,12 +106,18 @@ def create_model(
             hub id (``"hf-hub:timm/resnetv2_50x1_bit.goog_in21k"``): the architecture, head
             size and weight-standardization epsilon then come from its weights, which are
             loaded unless ``pretrained=False``.
-        num_classes: head size; 0 gives a headless backbone. Defaults to the upstream class
-            count of a BiT-S/M name (1000 / 21843), the head of a hub id's file, else 1000.
+        num_classes: head size; 0 gives a headless backbone. Defaults to the head of the
+            weights (``pretrained`` or a hub id's file; 0 for a headless file), else the
+            upstream class count of a BiT-S/M name (1000 / 21843), else 1000. A size other
+            than the file's gives a new head.
         pretrained: None (random init), True (the named official checkpoint, from the cache
             or its public URL), or weights in any format bitdet reads: a path (official
             ``.npz``, bitdet, Detectron2, timm, bit_pytorch or transformers file), an
-            ``hf-hub:`` id, or an official name (see :func:`bitdet.checkpoint.load_weights`).
+            ``hf-hub:`` id, an official name or file name (``"BiT-M-R50x1"``,
+            ``"BiT-M-R50x1.npz"``: the current folder, then the cache), or a
+            :class:`~bitdet.checkpoint.WeightsFile` already read (see
+            :func:`bitdet.checkpoint.load_weights`). An official checkpoint must hold the
+            official architecture and head, else :class:`~bitdet.checkpoint.CheckpointError`.
         zero_head: zero-initialise the head (BiT fine-tuning). Default: True when the head is
             new (``num_classes`` differs from the checkpoint's), which loading does anyway.
         features_only: return a :class:`ResNetV2Features` (a list of feature maps, with
@@ -108,10 +132,15 @@ def create_model(
         model = _create_from_hub(name, 0 if features_only else num_classes, pretrained, zero_head, **kwargs)
         return ResNetV2Features(model, out_indices) if features_only else model
     arch_name, arch, pre = resolve(name)
+    if pretrained is True:
+        pretrained = pretrained_path(name)  # the cache's file: read_weights checks its architecture and head
+    weights = None
+    if pretrained:
+        weights = pretrained if isinstance(pretrained, WeightsFile) else read_weights(pretrained)
     if features_only:
         num_classes = 0  # headless: loading ignores a file's head
     if num_classes is None:
-        num_classes = pre.num_classes if pre else 1000
+        num_classes = head_of(weights) if weights is not None else pre.num_classes if pre else 1000
     model = ResNetV2(
         arch.layers,
         width=arch.width,
@@ -122,10 +151,8 @@ def create_model(
     )
     model.name = name
     model.pretrained_cfg = get_pretrained_cfg(name).to_dict()
-    if pretrained is True:
-        pretrained = pretrained_path(name)
-    if pretrained:
-        load_weights(model, pretrained, zero_head=bool(zero_head))
+    if weights is not None:
+        load_weights(model, weights, zero_head=bool(zero_head))
     return ResNetV2Features(model, out_indices) if features_only else model
 
 
@@ -141,7 +168,7 @@ def _create_from_hub(name: str, num_classes: Optional[int], pretrained, zero_hea
     if weights.ws_eps is not None:
         kwargs.setdefault("ws_eps", weights.ws_eps)
     model = ResNetV2(arch.layers, width=1, stem_width=arch.stem_channels,
-                     num_classes=arch.num_classes if num_classes is None else num_classes,
+                     num_classes=head_of(weights) if num_classes is None else num_classes,
                      zero_head=bool(zero_head), **kwargs)
     model.name = name
     if pretrained is not False:

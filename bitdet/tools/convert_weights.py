@@ -20,7 +20,8 @@ Examples::
     # a hub checkpoint -> the official npz layout
     bitdet-convert hf-hub:timm/resnetv2_50x1_bit.goog_in21k BiT-M-R50x1-timm.npz
 
-The architecture (units per stage, stem width, head size) is read from the file.
+The architecture (units per stage, stem width, head size) is read from the file; the summary
+line describes the file written, read back (a Detectron2 file has no head).
 """
 import argparse
 import logging
@@ -49,9 +50,9 @@ def main(argv=None) -> int:
     fmt = args.to or _SUFFIX_FORMAT.get(Path(args.dst).suffix)
     if fmt is None:
         raise ValueError(f"cannot tell the format of {args.dst} from its suffix; pass --to {{{','.join(FORMATS)}}}")
-    arch = convert(args.src, args.dst, fmt, prefix=args.prefix)
-    print(f"{args.src} -> {args.dst} ({fmt}): units {list(arch.layers)}, stem {arch.stem_channels} channels, "
-          f"head {arch.num_classes or 'none'}")
+    written = convert(args.src, args.dst, fmt, prefix=args.prefix)  # read back from dst
+    print(f"{args.src} -> {args.dst} ({fmt}): units {list(written.layers)}, stem {written.stem_channels} channels, "
+          f"head {written.num_classes or 'none'}")
     return 0
 
 

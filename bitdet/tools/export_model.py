@@ -17,8 +17,10 @@ plus classifiers. Examples::
         --format onnx --output output/export/fpn MODEL.WEIGHTS BiT-M-R50x1.npz
 
 Writes ``model.ts`` / ``model.onnx`` and ``export_report.json`` (comparisons, timings) into
-``--output``. Exit status: 0 on success, 1 when ``--verify`` finds an output beyond
-tolerance, 2 for a usage error (missing file, unknown model or key).
+``--output``. The head size comes from the weights file (``--num-classes`` that disagrees
+needs ``--new-head``). Exit status: 0 on success, 1 when ``--verify`` finds an output beyond
+tolerance or one whose agreement proves nothing (non-finite, all zero, the same for every
+image, a new head), 2 for a usage error (missing file, unknown model or key).
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ from bitdet.export import (
     verify,
 )
 from bitdet.export.formats import check_onnx_size, require_onnx
-from bitdet.export.verify import DEFAULT_ATOL, DEFAULT_RTOL
+from bitdet.export.verify import ALL_SAMPLES, DEFAULT_ATOL, DEFAULT_RTOL
 from bitdet.utils.io import write_json
 
 logger = logging.getLogger("bitdet.export")
@@ -52,13 +54,37 @@ def _version(package: str) -> Optional[str]:
 
 
 def build_classifier_target(args):
-    """``--model``: a BiT classifier with ``--weights``; samples at ``--image-size``."""
-    from bitdet.models import create_model
+    """``--model``: a BiT classifier with ``--weights``; samples at ``--image-size``.
 
-    model = create_model(args.model, num_classes=args.num_classes, pretrained=args.weights or None)
-    if not args.weights:
+    The head size is the weights file's unless ``--num-classes`` says otherwise; a size that
+    differs from the file's (0, headless, aside) needs ``--new-head``, and such a head makes
+    ``--verify`` fail, as its logits do not come from the weights.
+    """
+    from bitdet.checkpoint import is_hub_id, load_weights, read_weights
+    from bitdet.models import create_model
+    from bitdet.models.factory import head_of
+
+    source = args.weights or (args.model if is_hub_id(args.model) else None)
+    weights = read_weights(source) if source else None
+    num_classes = args.num_classes
+    if weights is not None:
+        file_head = head_of(weights)
+        if num_classes is None:
+            num_classes = file_head
+        elif num_classes not in (0, file_head) and not args.new_head:
+            raise ValueError(
+                f"--num-classes {num_classes} disagrees with {source}, whose head has {file_head or 'no'} classes: "
+                f"leave --num-classes out to export the file's head, or pass --new-head for a new {num_classes}-class head"
+            )
+    model = create_model(args.model, num_classes=num_classes, pretrained=False if is_hub_id(args.model) else None)
+    new_head = ""
+    if weights is not None:
+        report = load_weights(model, weights, zero_head=args.new_head)
+        new_head = report.head if report.new_head else ""
+    else:
         logger.warning("--weights not given: exporting the randomly initialised %s", args.model)
-    return classifier_target(model.eval(), args.image_size or 224, args.batch_size, sample_photos(args.sample_image))
+    return classifier_target(model.eval(), args.image_size or 224, args.batch_size, sample_photos(args.sample_image),
+                             new_head=new_head)
 
 
 def build_detector_target(args):
@@ -111,7 +137,8 @@ def main(args) -> int:
             for sample in sorted({c.sample for c in comparisons}):
                 rows = [c for c in comparisons if c.sample == sample]
                 notes = sorted({c.note for c in rows if c.note})
-                logger.info("%s sample %d: %s%s", fmt, sample, ", ".join(f"{c.name} {c.max_abs_diff:.3g}" for c in rows),
+                where = "all samples" if sample == ALL_SAMPLES else f"sample {sample}"
+                logger.info("%s %s: %s%s", fmt, where, ", ".join(f"{c.name} {c.max_abs_diff:.3g}" for c in rows),
                             f" ({'; '.join(notes)})" if notes else "")
             failed += [f"{fmt} {c}" for c in comparisons if not c.ok]
             if target.detections and not any(c.matched for c in comparisons):
@@ -121,7 +148,8 @@ def main(args) -> int:
                     fmt,
                 )
             worst = max(c.max_abs_diff for c in comparisons)
-            logger.info("%s: %d outputs on %d samples, max abs diff %.3g: %s", fmt, len(comparisons),
+            compared = sum(c.sample != ALL_SAMPLES for c in comparisons)
+            logger.info("%s: %d outputs on %d samples, max abs diff %.3g: %s", fmt, compared,
                         len(target.samples), worst, "FAIL" if any(not c.ok for c in comparisons) else "ok")
     if args.benchmark:
         from bitdet.benchmark.export import export_throughput, format_throughput
@@ -150,8 +178,12 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="a detection config (a bare name is looked up in configs/)")
     parser.add_argument("--format", nargs="+", choices=FORMATS, required=True, help="one or both formats")
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for model.ts / model.onnx")
-    parser.add_argument("--weights", metavar="FILE", help="--model: an official .npz or a bitdet checkpoint")
-    parser.add_argument("--num-classes", type=int, default=None, help="--model: head size (default: the name's)")
+    parser.add_argument("--weights", metavar="FILE",
+                        help="--model: weights in any format bitdet reads (official .npz, bitdet checkpoint, ...)")
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="--model: head size (default: the weights file's, else the name's); 0 exports the trunk")
+    parser.add_argument("--new-head", action="store_true",
+                        help="--model: a new zero-initialised head instead of the file's (then --verify fails)")
     parser.add_argument("--part", choices=("model", "backbone"), default="model",
                         help="--config-file: the whole RetinaNet, or the BiT + FPN backbone of any meta-architecture")
     parser.add_argument("--image-size", type=int, default=None,
@@ -183,8 +215,10 @@ def parse_args(argv: Optional[List[str]] = None):
         parser.error(f"KEY VALUE overrides need --config-file, got {args.opts} with --model")
     if args.model and args.part != "model":
         parser.error("--part backbone needs --config-file")
-    if args.config_file and (args.weights or args.num_classes is not None):
+    if args.config_file and (args.weights or args.num_classes is not None or args.new_head):
         parser.error("with --config-file, set MODEL.WEIGHTS / MODEL.RETINANET.NUM_CLASSES as KEY VALUE overrides")
+    if args.new_head and not args.weights:
+        parser.error("--new-head replaces the head of --weights: give --weights")
     if args.config_file and args.part == "model" and (args.batch_size or args.image_size):
         parser.error("a whole detector takes one image per call at its test size: --batch-size and --image-size "
                      "apply to --model and --part backbone")

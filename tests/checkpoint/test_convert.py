@@ -46,11 +46,12 @@ def test_detectron2_file_loads_with_the_stock_checkpointer(tmp_path):
     from bitdet.detection import get_bit_cfg
 
     arrays = write_official_npz(tmp_path / "src.npz", num_classes=5)
-    subprocess.run(
+    out = subprocess.run(
         [sys.executable, str(ROOT / "tools/convert_weights.py"), str(tmp_path / "src.npz"),
          str(tmp_path / "d2.pth"), "--to", "detectron2"],
-        check=True, capture_output=True,
+        check=True, capture_output=True, text=True,
     )
+    assert out.stdout.strip().endswith("stem 32 channels, head none")  # what the written file holds
     model = build_model(get_bit_cfg("quick_schedules/retinanet_bit_instant_test.yaml"))
     DetectionCheckpointer(model).load(str(tmp_path / "d2.pth"))  # detectron2's own class
     kernel = arrays["resnet/block2/unit01/a/proj/standardized_conv2d/kernel"]
@@ -58,6 +59,17 @@ def test_detectron2_file_loads_with_the_stock_checkpointer(tmp_path):
                        torch.from_numpy(kernel).permute(3, 2, 0, 1))
     saved = torch.load(tmp_path / "d2.pth", weights_only=True)["model"]
     assert not any(k.startswith("backbone.bottom_up.fc") for k in saved)
+
+
+def test_the_summary_describes_the_file_written(tmp_path):
+    write_official_npz(tmp_path / "src.npz", layers=(1, 2, 1, 1), num_classes=5)
+    d2 = convert(tmp_path / "src.npz", tmp_path / "d2.pth", "detectron2")
+    assert (d2.layers, d2.num_classes) == ((1, 2, 1, 1), 0)  # the detector file has no head
+    assert "backbone.bottom_up.fc.weight" not in torch.load(tmp_path / "d2.pth", weights_only=True)["model"]
+    for fmt, name in (("torch", "m.pth"), ("timm", "m.safetensors"), ("bit_pytorch", "b.pth"), ("npz", "m.npz")):
+        written = convert(tmp_path / "src.npz", tmp_path / name, fmt)
+        assert (written.layers, written.num_classes) == ((1, 2, 1, 1), 5), fmt
+    assert convert(tmp_path / "d2.pth", tmp_path / "headless.npz", "npz").num_classes == 0
 
 
 def test_not_a_bit_file_is_named(tmp_path):

@@ -172,3 +172,73 @@ def test_mirror_url_keeps_the_file_name(monkeypatch):
     assert mirrored(official) == official
     monkeypatch.setenv("BITDET_WEIGHTS_URL", "file:///shared/weights/")
     assert mirrored(official) == "file:///shared/weights/BiT-S-R50x1.npz"
+
+
+@pytest.fixture
+def official_tiny(tmp_path, monkeypatch):
+    """A small official entry, ``BiT-M-R14-tiny`` (R14-tiny, 7 classes), with an empty cache and no download."""
+    from bitdet.models import variants
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("BITDET_CACHE", str(cache))
+    monkeypatch.setenv("BITDET_WEIGHTS_URL", (tmp_path / "no-mirror").as_uri())  # a download fails at once
+    monkeypatch.setitem(variants.PRETRAINED, "BiT-M-R14-tiny", variants.Pretrained("R14-tiny", 7, "https://x/BiT-M-R14-tiny.npz"))
+    monkeypatch.chdir(tmp_path)
+    return cache
+
+
+@pytest.mark.parametrize("layers, classes, found", [
+    ((1, 1, 1, 1), 3, "found R14-tiny with a 3-class head"),
+    ((2, 2, 2, 2), 7, "found R26-tiny with a 7-class head"),
+    ((1, 1, 1, 1), 0, "found R14-tiny with no head"),
+])
+def test_an_official_name_must_hold_the_official_architecture_and_head(official_tiny, layers, classes, found):
+    from bitdet import create_model
+    from tests.official_npz import write_official_npz
+
+    cached = official_tiny / "BiT-M-R14-tiny.npz"
+    write_official_npz(cached, layers=layers, num_classes=classes)
+    expected = f"{cached} is not the official BiT-M-R14-tiny: expected R14-tiny with a 7-class head, {found}"
+    for call in (lambda: create_model("BiT-M-R14-tiny", pretrained=True),
+                 lambda: create_model("R14-tiny", pretrained="BiT-M-R14-tiny"),
+                 lambda: create_model("R14-tiny", num_classes=2, pretrained="BiT-M-R14-tiny.npz"),
+                 lambda: create_model("R14-tiny", pretrained=cached)):  # the cache's file, by its path
+        with pytest.raises(CheckpointError) as err:
+            call()
+        assert str(err.value) == expected
+
+
+def test_the_real_table_names_the_upstream_heads(official_tiny):
+    from bitdet import create_model
+    from tests.official_npz import write_official_npz
+
+    write_official_npz(official_tiny / "BiT-M-R50x1.npz", num_classes=10)  # a small 10-class file, misnamed
+    with pytest.raises(CheckpointError, match="expected R50x1 with a 21843-class head, found R14-tiny with a 10-class"):
+        create_model("BiT-M-R50x1", pretrained=True)
+    write_official_npz(official_tiny / "BiT-S-R50x1.npz", num_classes=10)
+    with pytest.raises(CheckpointError, match="expected R50x1 with a 1000-class head"):
+        create_model("R50x1", pretrained="BiT-S-R50x1.npz")
+
+
+def test_an_official_file_name_is_found_here_then_in_the_cache(official_tiny, tmp_path):
+    import torch
+
+    from bitdet import create_model
+    from bitdet.checkpoint import WeightsNotFoundError
+    from tests.official_npz import write_official_npz
+
+    with pytest.raises(WeightsNotFoundError) as err:
+        create_model("R14-tiny", pretrained="BiT-M-R14-tiny.npz")
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(
+        f"BiT-M-R14-tiny is not at {tmp_path / 'BiT-M-R14-tiny.npz'}, {official_tiny / 'BiT-M-R14-tiny.npz'}; "
+        f"could not download {(tmp_path / 'no-mirror').as_uri()}/BiT-M-R14-tiny.npz")
+    cached = write_official_npz(official_tiny / "BiT-M-R14-tiny.npz", num_classes=7, seed=1)
+    here = write_official_npz(tmp_path / "BiT-M-R14-tiny.npz", num_classes=7, seed=2)
+    stem = "resnet/root_block/standardized_conv2d/kernel"
+    for arrays in (here, cached):  # the current folder's file first, then the cache's
+        model = create_model("R14-tiny", pretrained="BiT-M-R14-tiny.npz")
+        assert model.fc.out_channels == 7 and torch.count_nonzero(model.fc.weight) > 0  # the file's head
+        assert torch.equal(model.stem.conv.weight, torch.from_numpy(arrays[stem]).permute(3, 2, 0, 1))
+        (tmp_path / "BiT-M-R14-tiny.npz").unlink(missing_ok=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,33 @@ def test_uncached_id_offline_says_where_it_looked_and_what_to_do(hub_cache):
         read_weights(f"{HUB_ID}@v9")
     with pytest.raises(CheckpointError, match="expected hf-hub:<org>/<name>"):
         read_weights("hf-hub:resnetv2_50x1_bit")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """The hub's address is a closed local port: every request fails at once, as without network."""
+    from huggingface_hub import constants
+
+    dead = "http://127.0.0.1:9"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", dead)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
+
+
+def test_without_network_an_uncached_id_fails_in_seconds(hub_cache, no_network, capfd):
+    start = time.monotonic()
+    with pytest.raises(CheckpointError) as err:
+        read_weights("hf-hub:timm/resnetv2_101x1_bit.goog_in21k")
+    assert time.monotonic() - start < 10  # one request, no retries with back-off
+    text = str(err.value)
+    assert "\n" not in text and str(hub_cache) in text and "the hub could not be reached (ConnectError" in text
+    assert "hf download timm/resnetv2_101x1_bit.goog_in21k" in text
+    assert "Retrying" not in capfd.readouterr().err
+
+
+def test_without_network_a_cached_id_loads_from_the_cache(hub_cache, no_network, timm_models):
+    start = time.monotonic()
+    weights = read_weights(HUB_ID)
+    assert time.monotonic() - start < 10
+    assert torch.equal(weights.state["stem.conv.weight"], timm_models[0].stem.conv.weight)
+    assert f"snapshots/{'a' * 40}/" in str(weights.path)

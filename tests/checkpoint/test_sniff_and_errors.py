@@ -1,7 +1,11 @@
 """The container is read from the bytes, not the name; no weights load silently or half-load."""
 import gzip
+import os
 import pickle
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,9 +77,31 @@ def test_other_architecture_is_named_with_the_setting_to_change(tmp_path):
         load_weights(create_model("R14-tiny", num_classes=5), path, variant_option="MODEL.NAME")
     text = str(err.value)
     assert "this file is R26-tiny (" in text and "the model is R14-tiny (" in text and "set MODEL.NAME R26-tiny" in text
-    assert "official BiT .npz" in text
-    listed = text.split("unexpected keys")[1].split("\n")[0]
+    assert "official BiT .npz" in text and "\n" not in text  # one line
+    assert "; 36 keys differ (36 unexpected), first: resnet/block1/unit02/" in text and text.endswith("not in the model")
+    listed = err.value.details.split("unexpected keys")[1].split("\n")[0]  # the details: the traceback's note
     assert listed.count("resnet/block") == 5 and "more)" in listed  # five examples, then a count
+    assert err.value.__notes__ == [err.value.details]
+
+
+@pytest.mark.slow
+def test_a_tool_given_another_architecture_prints_one_line_and_logs_the_keys(tmp_path):
+    save_checkpoint(tmp_path / "r26.pth", create_model("R26-tiny", num_classes=0))
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(root / "tools/finetune.py"), "--config-file", "finetune/demo_digits.yaml",
+         "--weights", str(tmp_path / "r26.pth"), "OUTPUT_DIR", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(root)),
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    # torch's notice on a machine with a CUDA toolkit and no GPU is not the tool's
+    err = [line for line in proc.stderr.splitlines() if "No CUDA runtime is found" not in line]
+    assert len(err) == 1, proc.stderr
+    assert err[0].startswith(f"finetune: error: weights {tmp_path / 'r26.pth'} (bitdet")
+    assert "this file is R26-tiny (3.5M); the model is R14-tiny (2.0M): set MODEL.NAME R26-tiny; " in err[0]
+    assert err[0].endswith("36 keys differ (36 unexpected), first: block1.unit02.conv1.weight not in the model")
+    assert "unexpected keys (36 in the file, not in the model): block1.unit02.conv1.weight" in (out / "log.txt").read_text()
 
 
 def test_a_partial_trunk_is_an_error_and_changes_nothing(tmp_path):
@@ -89,8 +115,9 @@ def test_a_partial_trunk_is_an_error_and_changes_nothing(tmp_path):
     with pytest.raises(CheckpointMismatchError) as err:
         load_weights(model, tmp_path / "partial.pth")
     text = str(err.value)
-    assert "missing keys (2 not in the file; the model's trunk has" in text
-    assert "block3.unit01.conv2.weight, block4.unit01.gn1.bias" in text and "incomplete" in text
+    assert "incomplete" in text and "2 keys differ (2 missing), first: block3.unit01.conv2.weight not in the file" in text
+    assert "missing keys (2 not in the file; the model's trunk has" in err.value.details
+    assert "block3.unit01.conv2.weight, block4.unit01.gn1.bias" in err.value.details
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 

@@ -77,11 +77,15 @@ def test_bitdet_checkpoint_and_named_weights_load(cfg, tmp_path, monkeypatch):
     BiTCheckpointer(model).load(str(tmp_path / "pretrained.pth"))
     assert torch.equal(model.backbone.bottom_up.block4.unit01.conv3.weight, source.block4.unit01.conv3.weight)
 
+    from bitdet.models import variants
+
     monkeypatch.setenv("BITDET_CACHE", str(tmp_path / "cache"))
-    cached = tmp_path / "cache" / "BiT-M-R50x1.npz"
+    # an official name must hold its official architecture and head: a small stand-in entry
+    monkeypatch.setitem(variants.PRETRAINED, "BiT-M-R14-tiny", variants.Pretrained("R14-tiny", 5, "file:///absent.npz"))
+    cached = tmp_path / "cache" / "BiT-M-R14-tiny.npz"
     cached.parent.mkdir()
-    arrays = write_official_npz(cached, num_classes=5, seed=1)  # an R14-tiny file, cached under that name
-    BiTCheckpointer(model).load("BiT-M-R50x1")
+    arrays = write_official_npz(cached, num_classes=5, seed=1)
+    BiTCheckpointer(model).load("BiT-M-R14-tiny")
     expected = torch.from_numpy(arrays["resnet/root_block/standardized_conv2d/kernel"]).permute(3, 2, 0, 1)
     assert torch.equal(model.backbone.bottom_up.stem.conv.weight, expected)
 

@@ -1,7 +1,15 @@
-"""compare_outputs: tolerance rules and detection matching (order-free, ties at the cut-off)."""
-import numpy as np
+"""compare_outputs: tolerance rules and detection matching (order-free, ties at the cut-off);
+verify: outputs whose agreement proves nothing fail."""
+import copy
 
-from bitdet.export import compare_outputs
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import bitdet
+from bitdet.export import classifier_target, compare_outputs, sample_photos, verify
+from bitdet.export.verify import ALL_SAMPLES
 
 NAMES = ["pred_boxes", "pred_classes", "scores", "image_size"]
 
@@ -66,3 +74,71 @@ def test_counts_the_detections_compared():
     empty = [ref[0][:0], ref[1][:0], ref[2][:0], ref[3]]
     results = compare_outputs(empty, empty, NAMES, detections=True)
     assert _ok(results) and results[0].matched == 0  # passes, but the tool warns that nothing was compared
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier():
+    torch.manual_seed(0)
+    model = bitdet.create_model("R14-tiny", num_classes=4).eval()
+    nn.init.normal_(model.fc.weight, std=0.05)
+    return model
+
+
+def _verify_eagerly(model, new_head=""):
+    """``verify`` with the folded module as the exported graph (the same computation as an export)."""
+    target = classifier_target(model, image_size=32, batch_size=2, photos=sample_photos(), new_head=new_head)
+
+    def runner(x):
+        with torch.no_grad():
+            return [target.module(x).numpy()]
+
+    return verify(target, runner)
+
+
+def test_informative_logits_pass(tiny_classifier):
+    results = _verify_eagerly(tiny_classifier)
+    assert len(results) == 2 and _ok(results)  # two samples, no failed check
+    assert all(r.shape[1] == 4 for r in results)
+
+
+@pytest.mark.parametrize("case, note", [
+    ("zero", "zero on every sample"),
+    ("constant", "the same for every input image"),
+    ("nan", "non-finite values"),
+])
+def test_uninformative_outputs_fail(tiny_classifier, case, note):
+    model = copy.deepcopy(tiny_classifier)
+    with torch.no_grad():
+        if case == "zero":
+            model.fc.weight.zero_()  # a zero-initialised head: every logit is 0
+        elif case == "constant":
+            model.fc.weight.zero_()
+            model.fc.bias.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))  # every image gets the bias
+        else:
+            model.fc.weight[0, 0] = float("nan")
+    results = _verify_eagerly(model)
+    per_sample = [r for r in results if r.sample != ALL_SAMPLES]
+    assert len(per_sample) == 2
+    if case != "nan":  # exported and eager agree: the comparison alone would pass
+        assert _ok(per_sample) and all(r.max_abs_diff == 0 for r in per_sample)
+    checks = [r for r in results if r.sample == ALL_SAMPLES]
+    assert len(checks) == 1 and not checks[0].ok and note in checks[0].note
+
+
+def test_a_new_head_fails_verification(tiny_classifier):
+    results = _verify_eagerly(tiny_classifier, new_head="zero-initialised (requested)")
+    failures = [r for r in results if not r.ok]
+    assert len(results) == 3 and len(failures) == 1  # the logits agree; the new head fails
+    assert "the head is new, zero-initialised (requested)" in failures[0].note
+
+
+def test_features_of_a_single_repeated_image_are_not_called_constant(tiny_classifier):
+    headless = bitdet.create_model("R14-tiny", num_classes=0).eval()
+    target = classifier_target(headless, image_size=32, batch_size=2, photos=sample_photos()[:1])
+    assert torch.equal(target.samples[0][0][0], target.samples[0][0][1])  # one photo: equal rows
+
+    def runner(x):
+        with torch.no_grad():
+            return [target.module(x).numpy()]
+
+    assert _ok(verify(target, runner))  # the two sizes differ, so do their features

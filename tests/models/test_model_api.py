@@ -35,6 +35,19 @@ def test_forward_features_takes_a_name_or_a_list():
         model.forward_features(x, "r")
 
 
+def test_the_head_size_comes_from_the_weights_file(tmp_path):
+    from bitdet.checkpoint import save_checkpoint
+
+    source = create_model("R14-tiny", num_classes=10)
+    save_checkpoint(tmp_path / "w10.pth", source)
+    model = create_model("R14-tiny", pretrained=tmp_path / "w10.pth")  # not the name's 1000 classes, zeroed
+    assert model.fc.out_channels == 10 and torch.equal(model.fc.weight, source.fc.weight)
+    new = create_model("R14-tiny", num_classes=3, pretrained=tmp_path / "w10.pth")  # asked for: a new head
+    assert new.fc.out_channels == 3 and torch.count_nonzero(new.fc.weight) == 0
+    save_checkpoint(tmp_path / "trunk.pth", create_model("R14-tiny", num_classes=0))
+    assert create_model("R14-tiny", pretrained=tmp_path / "trunk.pth").fc is None  # a headless file: headless
+
+
 def test_features_only_returns_the_list_with_feature_info(tmp_path):
     full = create_model("R14-tiny", num_classes=5).eval()
     torch.save(full.state_dict(), tmp_path / "w.pth")

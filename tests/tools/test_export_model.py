@@ -49,6 +49,35 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, capsys):
         assert exit_info.value.code == 2
 
 
+def test_the_head_comes_from_the_weights_file(tmp_path, capsys):
+    import torch
+
+    from bitdet import create_model
+    from bitdet.checkpoint import state_dict_to_npz, write_npz
+    from bitdet.export import load_runner
+
+    source = create_model("R14-tiny", num_classes=10).eval()  # a trained-like head: not zero
+    weights = tmp_path / "r14_10.npz"
+    write_npz(weights, state_dict_to_npz(source))
+    out = tmp_path / "out"
+    base = ["--model", "R14-tiny", "--weights", str(weights), "--image-size", "64", "--format", "onnx", "--verify"]
+    assert main(parse_args([*base, "--output", str(out)])) == 0
+    comparisons = json.loads((out / "export_report.json").read_text())["verify"]["comparisons"]["onnx"]
+    assert [c["shape"] for c in comparisons] == [[2, 10], [3, 10]] and all(c["ok"] for c in comparisons)
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        expected = source(x)
+    (logits,) = load_runner(out / "model.onnx", "onnx")(x)
+    assert expected.abs().max() > 1e-3 and torch.allclose(torch.from_numpy(logits), expected, atol=1e-4)
+
+    assert main(parse_args([*base, "--num-classes", "1000", "--output", str(tmp_path / "o2")])) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("export_model: error: --num-classes 1000 disagrees with") and "\n" not in err
+    assert "10 classes" in err and "--new-head" in err
+    assert main(parse_args([*base, "--num-classes", "1000", "--new-head", "--output", str(tmp_path / "o3")])) == 1
+    assert "the head is new, zero-initialised" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("part", ["model", "backbone"])
 def test_instant_retinanet_and_its_backbone_to_onnx(part, tmp_path):
     config = str(ROOT / "configs/quick_schedules/retinanet_bit_instant_test.yaml")
