@@ -16,14 +16,15 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from bitdet.config import CONFIGS_DIR, merge_config, resolve_config_file
+from bitdet.models.resnetv2 import checkpointing_mode
 from bitdet.numerics import GN_GROUPS, WS_EPS
 
 __all__ = ["CONFIGS_DIR", "add_bit_config", "get_bit_cfg", "resolve_config_file"]
 
 
 def add_bit_config(cfg: CN) -> None:
-    """Add the ``MODEL.BIT``, ``SOLVER.{AMP.PRECISION,CHANNELS_LAST,COMPILE,DETERMINISTIC}``
-    and ``DATASETS.COCO_FORMAT`` keys.
+    """Add the ``MODEL.BIT``, ``MODEL.ACTIVATION_CHECKPOINTING``,
+    ``SOLVER.{AMP.PRECISION,CHANNELS_LAST,COMPILE,DETERMINISTIC}`` and ``DATASETS.COCO_FORMAT`` keys.
 
     Freezing is Detectron2's own ``MODEL.BACKBONE.FREEZE_AT``; ``MODEL.BIT.FREEZE_AT`` is
     registered as renamed to it, so a config that sets it is refused with the new name.
@@ -54,6 +55,12 @@ def add_bit_config(cfg: CN) -> None:
     # layer. A config still naming the old key fails with a message naming the new one.
     cfg.register_renamed_key("MODEL.BIT.FREEZE_AT", "MODEL.BACKBONE.FREEZE_AT")
 
+    # Activation checkpointing of the BiT trunk in training: "none", "stage" (keep each stage's
+    # input, recompute the stage in backward) or "unit" (the same per bottleneck unit). Same
+    # losses and gradients, less activation memory, about one more forward per step. Frozen
+    # stages (MODEL.BACKBONE.FREEZE_AT) keep no activations and are not checkpointed.
+    cfg.MODEL.ACTIVATION_CHECKPOINTING = "none"
+
     # Cache each standardized kernel where no gradient reaches it (evaluation, frozen
     # stages) until the weight changes; identical results. False standardizes every forward.
     cfg.MODEL.BIT.CACHE_WS = True
@@ -81,4 +88,6 @@ def get_bit_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
     """Detectron2's default config + BiT keys, merged with a config file and ``KEY VALUE`` overrides."""
     cfg = get_cfg()
     add_bit_config(cfg)
-    return merge_config(cfg, config_file, opts)
+    merge_config(cfg, config_file, opts)
+    checkpointing_mode(cfg.MODEL.ACTIVATION_CHECKPOINTING, "MODEL.ACTIVATION_CHECKPOINTING")
+    return cfg

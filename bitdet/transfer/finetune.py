@@ -168,6 +168,7 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
     # Seeded so that a from-scratch run is reproducible (and a resumed one matches it).
     torch.manual_seed(seed)
     model = create_model(cfg.MODEL.NAME, num_classes=num_classes, zero_head=True)
+    model.set_grad_checkpointing(cfg.MODEL.ACTIVATION_CHECKPOINTING)
     load_report = None
     if weights:
         from bitdet.checkpoint import load_weights
