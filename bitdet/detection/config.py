@@ -64,9 +64,9 @@ def add_bit_config(cfg: CN) -> None:
     # Cache each standardized kernel where no gradient reaches it (evaluation, frozen
     # stages) until the weight changes; identical results. False standardizes every forward.
     cfg.MODEL.BIT.CACHE_WS = True
-    # channels_last memory format for the model: True, False, or None = on when
-    # MODEL.DEVICE is CUDA (tensor cores), off on CPU where it does not pay.
-    cfg.SOLVER.CHANNELS_LAST = None
+    # channels_last memory format for the model. Off: what Detectron2's users get; whether
+    # it pays for GroupNorm + WS on a GPU is unmeasured (see the README).
+    cfg.SOLVER.CHANNELS_LAST = False
     # torch.compile the backbone and head (eager fall-back, with a log line, on failure).
     # Off by default: detection inputs change size from batch to batch (multi-scale
     # resize), so graphs recompile for new shapes.

@@ -18,7 +18,6 @@ from torch.utils.data import Subset
 
 from bitdet.config import check_device
 from bitdet.models import create_model, pretrained_path
-from bitdet.models.fast import lever_default
 from bitdet.transfer.config import rule_from_config, tri_state
 from bitdet.transfer.datasets import (
     build_dataset,
@@ -268,7 +267,7 @@ def evaluate_only(cfg, output_dir: Optional[str] = None) -> Dict[str, Any]:
     if not report.head.startswith("loaded"):
         raise ValueError(f"{weights}: the head was not loaded ({report.head}); evaluate a fine-tuned checkpoint")
     device = _device(cfg) or ("cuda" if torch.cuda.is_available() else "cpu")
-    memory_format = torch.channels_last if lever_default(cfg.SOLVER.CHANNELS_LAST, device) else torch.contiguous_format
+    memory_format = torch.channels_last if cfg.SOLVER.CHANNELS_LAST else torch.contiguous_format
     metrics = evaluate_classifier(model.to(device, memory_format=memory_format),
                                   TransformedDataset(test_raw, eval_transform(rule.crop)),
                                   batch_size=cfg.TEST.BATCH_SIZE, num_workers=cfg.DATALOADER.NUM_WORKERS,
