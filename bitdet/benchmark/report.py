@@ -55,7 +55,8 @@ def memory_ratios(rows: List[Dict]) -> List[Dict]:
 
     Returns:
         One dict per non-eager row: ``peak_ratio`` (peak memory / eager's), on CPU
-        ``own_ratio`` (the same after subtracting each process's memory before the row), and
+        ``own_ratio`` (the same after subtracting each process's memory before the row, where
+        eager's row rose above it), and
         ``time_ratio`` (seconds per iteration / eager's).
     """
     ok = [r for r in rows if r.get("task") == "memory" and r.get("status") == "ok" and not r.get("dry_run")]
@@ -67,8 +68,9 @@ def memory_ratios(rows: List[Dict]) -> List[Dict]:
             continue
         ratio = {"model": r["model"], "entry": r["entry"], "variant": r["variant"],
                  "peak_ratio": r["peak_mem_mb"] / base["peak_mem_mb"], "time_ratio": r["sec_per_iter"] / base["sec_per_iter"]}
-        if "base_mem_mb" in r and "base_mem_mb" in base:
-            ratio["own_ratio"] = (r["peak_mem_mb"] - r["base_mem_mb"]) / (base["peak_mem_mb"] - base["base_mem_mb"])
+        base_own = base["peak_mem_mb"] - base.get("base_mem_mb", base["peak_mem_mb"])
+        if "base_mem_mb" in r and base_own > 0:  # a tiny row can stay below the process's start-up peak
+            ratio["own_ratio"] = (r["peak_mem_mb"] - r["base_mem_mb"]) / base_own
         out.append(ratio)
     return out
 

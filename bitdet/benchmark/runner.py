@@ -228,6 +228,9 @@ def run_benchmark(cfg, resume: bool = False, log=print, dry_run_for: Optional[st
         save()
         if row["status"] == "ok" and row.get("dry_run"):
             log(f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} built ({row['built']}) and stepped")
+        elif row["status"] == "ok" and row["task"] == "memory":
+            log(f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} {row['sec_per_iter']:10.2f} s/iter"
+                f" {row['peak_mem_mb']:10.0f} MB peak")
         elif row["status"] == "ok" and "sec_per_iter" in row:
             log(f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} {row['images_per_sec']:10.1f} img/s"
                 f" {row['peak_mem_mb']:10.0f} MB peak")
