@@ -232,3 +232,24 @@ def test_checkpointed_model_compiles_into_one_graph(classifier):
     torch.testing.assert_close(loss, reference[0], rtol=1e-6, atol=1e-6)
     for name, g in reference[1].items():
         torch.testing.assert_close(grads[name], g, rtol=1e-6, atol=1e-6, msg=name)
+
+
+def test_finetuning_applies_the_key(tmp_path, monkeypatch):
+    import bitdet.engine
+    from bitdet.transfer.finetune import finetune
+
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def trainer(model, *args, **kwargs):
+        seen.append(model.grad_checkpointing)
+        raise Stop
+
+    monkeypatch.setattr(bitdet.engine, "ClassifierTrainer", trainer)
+    cfg = get_finetune_cfg("finetune/demo_digits.yaml", ["MODEL.ACTIVATION_CHECKPOINTING", "unit",
+                                                         "OUTPUT_DIR", str(tmp_path)])
+    with pytest.raises(Stop):
+        finetune(cfg, resume=False)
+    assert seen == ["unit"]
