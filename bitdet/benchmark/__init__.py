@@ -2,7 +2,8 @@
 
 ``python -m bitdet.tools.benchmark`` is the entry point; this package holds the pieces it composes:
 ``config`` (keys), ``suite`` (models and peers), ``timing`` (train/inference steps),
-``data`` (decode + augment throughput) and ``report`` (JSON, ratios, table).
+``isolation`` (a CPU row in a fresh process, for its own peak memory), ``data`` (decode +
+augment throughput) and ``report`` (JSON, ratios, table).
 """
 from bitdet.benchmark.config import add_benchmark_config, get_benchmark_cfg
 from bitdet.benchmark.report import compute_ratios, format_table

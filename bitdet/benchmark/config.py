@@ -21,8 +21,10 @@ PRESETS_DIR = CONFIGS_DIR / "benchmark"
 #   cl: channels-last memory format for model and inputs; ws: cached standardized kernels
 #   (inference) and standardize-once-per-step (training, over BENCH.ACCUM_STEPS micro-batches);
 #   compile: torch.compile (BENCH.COMPILE_MODE); cudagraphs: torch.compile "reduce-overhead";
-#   fold: plain convs holding the standardized kernels (the folded deployment form; inference).
-LEVERS = ("cl", "ws", "compile", "cudagraphs", "fold")
+#   fold: plain convs holding the standardized kernels (the folded deployment form; inference);
+#   ckpt-stage / ckpt-unit: activation checkpointing of the BiT trunk per stage / per unit
+#   (training; MODEL.ACTIVATION_CHECKPOINTING in the trainers).
+LEVERS = ("cl", "ws", "compile", "cudagraphs", "fold", "ckpt-stage", "ckpt-unit")
 
 # Metrics a BENCH.TARGETS entry can set: "<task>_<row field>".
 TARGET_METRICS = ("train_images_per_sec", "train_sec_per_iter", "inference_images_per_sec", "inference_ms_per_image")
@@ -99,13 +101,12 @@ def add_benchmark_config(cfg: CN) -> None:
     # finish, and --resume keeps the finished rows of an earlier run with the same settings.
     cfg.BENCH.OUTPUT = "benchmark.json"
 
-    # bitdet's default variant per task on this run's device: the levers its trainers switch
-    # on unless a config says otherwise (SOLVER.CHANNELS_LAST and SOLVER.COMPILE: on for
-    # CUDA, off on CPU; cached standardized kernels in evaluation, TEST.CACHE_WS). These
-    # are the CUDA defaults; CPU presets set "eager" and "ws". The table names them.
+    # bitdet's default variant per task: the levers its trainers switch on unless a config
+    # says otherwise, on every device (SOLVER.CHANNELS_LAST and SOLVER.COMPILE are off; cached
+    # standardized kernels in evaluation, TEST.CACHE_WS). The table names them.
     cfg.BENCH.DEFAULT_VARIANTS = CN()
-    cfg.BENCH.DEFAULT_VARIANTS.TRAIN = "cl+compile"
-    cfg.BENCH.DEFAULT_VARIANTS.INFERENCE = "cl+ws"
+    cfg.BENCH.DEFAULT_VARIANTS.TRAIN = "eager"
+    cfg.BENCH.DEFAULT_VARIANTS.INFERENCE = "ws"
     # Absolute targets, each [model, metric, value] with metric "train_images_per_sec"
     # (higher is better), "train_sec_per_iter" or "inference_ms_per_image" (lower is
     # better), judged on the best variant of the model. They are set for one GPU at a
@@ -114,6 +115,18 @@ def add_benchmark_config(cfg: CN) -> None:
     # Throughput ratio targets, each [bitdet model, variant, task, peer model, peer variant,
     # minimum ratio]; variant "default" stands for BENCH.DEFAULT_VARIANTS of the task.
     cfg.BENCH.RATIO_TARGETS = []
+
+    cfg.BENCH.MEMORY = CN()
+    # Peak memory of one training step (forward, backward, SGD step), each [model, image side,
+    # batch]: one row per entry and BENCH.MEMORY.VARIANTS (bitdet models; peers run "eager").
+    # E.g. [["retinanet-bit-R101x3-FPN", 1024, 4]]. Each row runs in a fresh process on CPU
+    # (its peak resident memory) and after a reset of the peak statistics on CUDA.
+    cfg.BENCH.MEMORY.ROWS = []
+    # Variants of every memory row, e.g. without and with activation checkpointing.
+    cfg.BENCH.MEMORY.VARIANTS = ["eager", "ckpt-stage", "ckpt-unit"]
+    # Timed iterations after one untimed one (its seconds per iteration show what the
+    # memory costs in time).
+    cfg.BENCH.MEMORY.ITERS = 2
 
     cfg.BENCH.DATA = CN()
     # Loaders to measure (bitdet.benchmark.data.LOADERS): "imagefolder" and "shards"
@@ -148,7 +161,8 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
     cfg = CN()
     add_benchmark_config(cfg)
     merge_config(cfg, config_file, opts, configs_dir=PRESETS_DIR)
-    bad = [v for v in cfg.BENCH.VARIANTS + cfg.BENCH.PEER_VARIANTS if set(variant_levers(v)) - set(LEVERS)]
+    bad = [v for v in cfg.BENCH.VARIANTS + cfg.BENCH.PEER_VARIANTS + cfg.BENCH.MEMORY.VARIANTS
+           if set(variant_levers(v)) - set(LEVERS)]
     if bad:
         raise ValueError(f"BENCH.VARIANTS {bad}: use 'eager' or levers from {LEVERS} joined by '+'")
     if cfg.BENCH.CLOCK not in ("wall", "cpu"):
@@ -169,6 +183,11 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
                 f"BENCH.RATIO_TARGETS entry {target!r}: expected [model, variant, task, peer, peer variant, "
                 "minimum ratio] with task 'train' or 'inference'"
             )
+    for row in cfg.BENCH.MEMORY.ROWS:
+        if len(row) != 3 or not all(isinstance(v, int) and v > 0 for v in row[1:]):
+            raise ValueError(f"BENCH.MEMORY.ROWS entry {row!r}: expected [model, image side, batch] with positive sizes")
+    if cfg.BENCH.MEMORY.ITERS < 1:
+        raise ValueError(f"BENCH.MEMORY.ITERS {cfg.BENCH.MEMORY.ITERS}: expected at least 1")
     return cfg
 
 

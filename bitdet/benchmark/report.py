@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional
 
-__all__ = ["compute_ratios", "format_table"]
+__all__ = ["compute_ratios", "format_table", "memory_ratios"]
 
 
 def _ok(rows: List[Dict]) -> List[Dict]:
@@ -46,7 +46,33 @@ def compute_ratios(rows: List[Dict], defaults: Optional[Dict[str, str]] = None) 
                 "model": r["model"], "task": r["task"], "variant": r["variant"],
                 "speedup": r["images_per_sec"] / base[0]["images_per_sec"],
             })
-    return {"default_vs_peers": default_vs_peers, "vs_peers": vs_peers, "levers": levers}
+    return {"default_vs_peers": default_vs_peers, "vs_peers": vs_peers, "levers": levers,
+            "memory": memory_ratios(rows)}
+
+
+def memory_ratios(rows: List[Dict]) -> List[Dict]:
+    """Each memory row (``BENCH.MEMORY``) against the "eager" row of the same model, size and batch.
+
+    Returns:
+        One dict per non-eager row: ``peak_ratio`` (peak memory / eager's), on CPU
+        ``own_ratio`` (the same after subtracting each process's memory before the row, where
+        eager's row rose above it), and
+        ``time_ratio`` (seconds per iteration / eager's).
+    """
+    ok = [r for r in rows if r.get("task") == "memory" and r.get("status") == "ok" and not r.get("dry_run")]
+    eager = {(r["model"], *r["entry"]): r for r in ok if r["variant"] == "eager"}
+    out = []
+    for r in ok:
+        base = eager.get((r["model"], *r["entry"]))
+        if r["variant"] == "eager" or base is None:
+            continue
+        ratio = {"model": r["model"], "entry": r["entry"], "variant": r["variant"],
+                 "peak_ratio": r["peak_mem_mb"] / base["peak_mem_mb"], "time_ratio": r["sec_per_iter"] / base["sec_per_iter"]}
+        base_own = base["peak_mem_mb"] - base.get("base_mem_mb", base["peak_mem_mb"])
+        if "base_mem_mb" in r and base_own > 0:  # a tiny row can stay below the process's start-up peak
+            ratio["own_ratio"] = (r["peak_mem_mb"] - r["base_mem_mb"]) / base_own
+        out.append(ratio)
+    return out
 
 
 def _ratio(key: tuple, ours: Dict, peer: Dict) -> Dict:
@@ -60,6 +86,8 @@ def _ratio(key: tuple, ours: Dict, peer: Dict) -> Dict:
 def format_table(results: Dict) -> str:
     """Human-readable tables: rows, ratios vs peers, lever speed-ups, targets, data path."""
     meta = results["meta"]
+    if meta.get("dry_run"):
+        return _format_dry_run(results)
     lines = [f"device: {meta.get('device_name')}  precision: {meta.get('precision')}  threads: {meta.get('cpu_threads')}"
              f"  clock: {meta.get('clock', 'wall')}  interleaved: {meta.get('interleaved', False)}"]
     defaults = results.get("defaults") or {}
@@ -104,6 +132,26 @@ def format_table(results: Dict) -> str:
         for t in results["targets"]:
             met = {True: "met", False: "NOT met", None: "n/a here"}[t["met"]]
             lines.append(f"  {t['model']:<28} {t['metric']:<24} target {t['target']:<8g} measured {t['measured']:<10.4g} {met}")
+    memory = [r for r in results["rows"] if r.get("task") == "memory" and r["status"] != "skipped"]
+    if memory:
+        own = any("base_mem_mb" in r for r in memory)
+        lines += ["", "peak memory of one training step (BENCH.MEMORY; CPU: each row in a fresh process, "
+                      "'own' = its peak minus the process's memory before the row)",
+                  f"  {'model':<28} {'size':>9} {'batch':>5} {'variant':<12} {'peak MB':>9}"
+                  + (f" {'own MB':>9}" if own else "") + f" {'s/iter':>9}"]
+        for r in memory:
+            side, batch = r["entry"]
+            if r["status"] != "ok":
+                lines.append(f"  {r['model']:<28} {side:>4}x{side:<4} {batch:>5} {r['variant']:<12} {r['status']}: {r['reason']}")
+                continue
+            own_mb = f" {r['peak_mem_mb'] - r['base_mem_mb']:>9.0f}" if "base_mem_mb" in r else (" " * 10 if own else "")
+            lines.append(f"  {r['model']:<28} {side:>4}x{side:<4} {batch:>5} {r['variant']:<12} {r['peak_mem_mb']:>9.0f}"
+                         f"{own_mb} {r['sec_per_iter']:>9.3f}")
+        for q in ratios.get("memory", []):
+            side, batch = q["entry"]
+            own_text = f", own memory {q['own_ratio']:.2f}x" if "own_ratio" in q else ""
+            lines.append(f"  {q['model']} {side}x{side} batch {batch}: {q['variant']} / eager: peak {q['peak_ratio']:.2f}x"
+                         f"{own_text}, time {q['time_ratio']:.2f}x")
     data = [r for r in results["rows"] if r.get("task") == "data" and r["status"] == "ok"]
     if data:
         lines += ["", "data path: decode + augment"]
@@ -117,4 +165,22 @@ def format_table(results: Dict) -> str:
     skipped = [r for r in results["rows"] if r["status"] == "skipped"]
     if skipped:
         lines += ["", f"skipped: {len(skipped)} rows (see JSON 'reason')"]
+    return "\n".join(lines)
+
+
+def _format_dry_run(results: Dict) -> str:
+    """What a dry run checked: each row built (as its stand-in) and stepped, or why not."""
+    lines = ["dry run: every row built at tiny size and stepped once on this CPU; no timing or memory claims", ""]
+    for r in results["rows"]:
+        name = r.get("model") or r.get("loader")
+        what = f"{r['task']:<9} {r.get('variant', ''):<24}"
+        if r["status"] == "ok":
+            built = f" as {r['built']}" if r.get("built") not in (None, name) else ""
+            entry = f" (entry {r['entry'][0]} px, batch {r['entry'][1]})" if "entry" in r else ""
+            lines.append(f"  {name:<28} {what} ok{built}{entry}")
+        else:
+            lines.append(f"  {name:<28} {what} {r['status']}: {r['reason']}")
+    failed = [r for r in results["rows"] if r["status"] == "failed"]
+    lines += ["", f"{len(failed)} of {len(results['rows'])} rows failed" if failed else
+              f"all {len(results['rows'])} rows ran or were skipped as on the real device"]
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """Run a whole benchmark from a ``BENCH`` config: rows, ratios, targets, JSON."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -8,14 +9,15 @@ import math
 import os
 import statistics
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
 from bitdet.benchmark.config import default_variant, variant_levers
 from bitdet.benchmark.data import LOADERS, measure_gpu_decode, measure_loader
+from bitdet.benchmark.isolation import measure_named, peak_memory_pass, run_isolated
 from bitdet.benchmark.report import compute_ratios
-from bitdet.benchmark.suite import get_spec
+from bitdet.benchmark.suite import ModelSpec, get_spec
 from bitdet.benchmark.timing import RunSettings, applicable, finish, measure, prepare, release, time_block
 from bitdet.config import check_device
 from bitdet.utils.io import write_json
@@ -24,6 +26,12 @@ from bitdet.utils.machine import cpu_name
 __all__ = ["run_benchmark", "resolve_device", "output_path"]
 
 logger = logging.getLogger(__name__)
+
+# A dry run (``--dry-run``): every row built and stepped once on CPU at these sizes, with each
+# model's small stand-in (``ModelSpec.tiny``) and compile levers traced by Dynamo only.
+DRY_RUN_SIZES = {"cls_image_size": 32, "cls_batch_size": 2, "det_image_size": (64, 64), "det_batch_size": 2,
+                 "det_infer_batch_size": 1}
+
 
 def resolve_device(name: str) -> str:
     """``BENCH.DEVICE`` -> a torch device string; "cuda" without a GPU is an error."""
@@ -35,9 +43,23 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def output_path(cfg) -> str:
+def output_path(cfg, dry_run: bool = False) -> str:
+    """The results file; a dry run writes ``<name>.dry-run.json`` beside it (never over real results)."""
     path = cfg.BENCH.OUTPUT
-    return path if os.path.isabs(path) else os.path.join(cfg.OUTPUT_DIR, path)
+    path = path if os.path.isabs(path) else os.path.join(cfg.OUTPUT_DIR, path)
+    return f"{os.path.splitext(path)[0]}.dry-run.json" if dry_run else path
+
+
+def _dry_run_settings(s: RunSettings) -> RunSettings:
+    return dataclasses.replace(s, device="cpu", cpu_threads=1, clock="wall", warmup_iters=0, iters=1, repeats=1,
+                               compile_backend="eager", **DRY_RUN_SIZES)
+
+
+def _memory_settings(cfg, s: RunSettings, side: int, batch: int) -> RunSettings:
+    """A ``BENCH.MEMORY.ROWS`` entry's settings: its size and batch, one untimed then ITERS timed steps."""
+    return dataclasses.replace(s, cls_image_size=side, cls_batch_size=batch, det_image_size=(side, side),
+                               det_batch_size=batch, accum_steps=1, warmup_iters=1, iters=cfg.BENCH.MEMORY.ITERS,
+                               repeats=1)
 
 
 def _settings(cfg, device: str) -> RunSettings:
@@ -124,39 +146,66 @@ def _measure_interleaved(jobs: List[tuple], s: RunSettings, log) -> Dict[tuple, 
                 blocks.append(time_block(p.step, s.device, s.iters, s.clock))
     compiled = False
     for job, p, blocks in prepared:
-        out[job] = finish(p, statistics.median(blocks), s, "_interleaved" if s.device.startswith("cuda") else "")
+        out[job] = finish(p, statistics.median(blocks), s)
         compiled = compiled or bool(p.compiled)
     del prepared
     release(s.device, compiled)
+    # The timed rows were held together: measure each row's peak memory on its own.
+    for (spec, task, variant), row in out.items():
+        if row.get("status") == "ok":
+            row.update(_run_row(peak_memory_pass, spec.name, task, variant, s))
     return out
 
 
+def _run_row(function, name: str, task: str, variant: str, s: RunSettings) -> Dict:
+    """``function(name, task, variant, s)``: in a fresh process on CPU (its own peak memory), else here."""
+    if s.device == "cpu":
+        return run_isolated(function, name, task, variant, s)
+    return function(name, task, variant, s)
+
+
 def _row_key(row: Dict) -> tuple:
-    return (row.get("model") or row.get("loader"), row["task"], row.get("variant", ""))
+    return (row.get("model") or row.get("loader"), row["task"], row.get("variant", ""), *row.get("entry", ()))
 
 
-def run_benchmark(cfg, resume: bool = False, log=print) -> Dict:
-    """Run every (model, task, variant) and data loader of ``cfg.BENCH``; write the JSON.
+def _measure_job(spec: ModelSpec, task: str, variant: str, s: RunSettings, dry_run: bool) -> Dict:
+    """One row: in a fresh process on CPU; a dry run builds the model's stand-in, here."""
+    if dry_run:
+        built = get_spec(spec.tiny) if spec.tiny else spec
+        return {**measure(built, task, variant, s), "model": spec.name, "built": built.name, "dry_run": True}
+    return _run_row(measure_named, spec.name, task, variant, s)
+
+
+def run_benchmark(cfg, resume: bool = False, log=print, dry_run_for: Optional[str] = None) -> Dict:
+    """Run every (model, task, variant), memory row and data loader of ``cfg.BENCH``; write the JSON.
 
     Args:
         cfg: a config from :func:`bitdet.benchmark.get_benchmark_cfg`.
         resume: keep finished rows of an existing results file with the same config.
         log: called with a one-line message as each row starts and ends.
+        dry_run_for: "cuda" or "cpu": instead of measuring, build and step every row once on
+            this CPU at tiny size, each model's small stand-in in its place, judging which
+            rows apply as on that device (no timing or memory claims): a check that a preset
+            meant for that device runs.
 
     Returns:
         ``{"meta", "rows", "ratios", "targets", "ratio_targets", "defaults"}`` (also written to
-        ``output_path(cfg)``).
+        ``output_path(cfg, dry_run)``).
     """
-    device = resolve_device(cfg.BENCH.DEVICE)
+    dry_run = dry_run_for is not None
+    device = "cpu" if dry_run else resolve_device(cfg.BENCH.DEVICE)
+    target_device = dry_run_for or device
     if cfg.BENCH.CLOCK == "cpu" and device != "cpu":
         raise ValueError(f"BENCH.CLOCK 'cpu' (process CPU time) cannot time device {device!r}; use 'wall'")
     settings = _settings(cfg, device)
+    if dry_run:
+        settings = _dry_run_settings(settings)
     if device == "cpu" and settings.cpu_threads > 0:
         torch.set_num_threads(settings.cpu_threads)
-    path = output_path(cfg)
+    path = output_path(cfg, dry_run)
     defaults = {task: default_variant(cfg, task) for task in ("train", "inference")}
-    results = {"meta": _meta(cfg, device), "rows": [], "ratios": {}, "targets": [], "ratio_targets": [],
-               "defaults": defaults}
+    results = {"meta": {**_meta(cfg, device), "dry_run": dry_run}, "rows": [], "ratios": {}, "targets": [],
+               "ratio_targets": [], "defaults": defaults}
     done: Dict[tuple, Dict] = {}
     if resume and os.path.isfile(path):
         with open(path) as f:
@@ -168,16 +217,23 @@ def run_benchmark(cfg, resume: bool = False, log=print) -> Dict:
             log(f"not resuming: {path} was written with a different config")
 
     def save() -> None:
-        results["ratios"] = compute_ratios(results["rows"], defaults)
-        results["targets"] = _targets(cfg, results["rows"], device)
-        results["ratio_targets"] = _ratio_targets(cfg, results["rows"])
+        if not dry_run:  # a dry run's figures mean nothing: no ratios, no targets
+            results["ratios"] = compute_ratios(results["rows"], defaults)
+            results["targets"] = _targets(cfg, results["rows"], device)
+            results["ratio_targets"] = _ratio_targets(cfg, results["rows"])
         write_json(path, results)
 
     def add(row: Dict) -> None:
         results["rows"].append(row)
         save()
-        if row["status"] == "ok" and "sec_per_iter" in row:
-            log(f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} {row['images_per_sec']:10.1f} img/s")
+        if row["status"] == "ok" and row.get("dry_run"):
+            log(f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} built ({row['built']}) and stepped")
+        elif row["status"] == "ok" and row["task"] == "memory":
+            log(f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} {row['sec_per_iter']:10.2f} s/iter"
+                f" {row['peak_mem_mb']:10.0f} MB peak")
+        elif row["status"] == "ok" and "sec_per_iter" in row:
+            log(f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} {row['images_per_sec']:10.1f} img/s"
+                f" {row['peak_mem_mb']:10.0f} MB peak")
         elif row["status"] != "ok":
             log(f"{_row_key(row)}: {row['status']}: {row['reason']}")
 
@@ -198,30 +254,47 @@ def run_benchmark(cfg, resume: bool = False, log=print) -> Dict:
                 if _row_key(base) in done:
                     continue
                 reason = f"needs the '{spec.requires}' package" if missing else applicable(
-                    spec, variant_levers(variant), device, task)
+                    spec, variant_levers(variant), target_device, task)
                 if reason:
                     done[_row_key(base)] = {**base, "status": "skipped", "reason": reason}
                 else:
                     jobs.append((spec, task, variant))
-        if cfg.BENCH.INTERLEAVE and jobs:
+        if cfg.BENCH.INTERLEAVE and jobs and not dry_run:
             measured = _measure_interleaved(jobs, settings, log)
         else:
-            measured = {}
-            for job in jobs:
-                try:
-                    measured[job] = measure(*job, settings)
-                except Exception as e:  # noqa: BLE001 - one failing row must not lose the run
-                    logger.exception("benchmark row %s failed", (job[0].name, job[1], job[2]))
-                    measured[job] = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
-                    if device.startswith("cuda"):
-                        torch.cuda.empty_cache()
+            measured = {job: _guarded(_measure_job, *job, settings, dry_run, device=device) for job in jobs}
         by_key = {(spec.name, task, variant): row for (spec, task, variant), row in measured.items()}
         for base in ordered:
             key = _row_key(base)
             add(done[key] if key in done else {**base, **by_key[key]})
 
+    # Peak memory of one training step per BENCH.MEMORY.ROWS entry and variant.
+    for name, side, batch in cfg.BENCH.MEMORY.ROWS:
+        spec = get_spec(name)
+        variants = cfg.BENCH.MEMORY.VARIANTS if spec.role == "bitdet" else ["eager"]
+        row_settings = _memory_settings(cfg, settings, side, batch)
+        if dry_run:
+            row_settings = _dry_run_settings(row_settings)
+        for variant in variants:
+            base = {"model": name, "group": spec.group, "role": spec.role, "kind": spec.kind, "task": "memory",
+                    "variant": variant, "device": device, "entry": [side, batch]}
+            if _row_key(base) in done:
+                add(done[_row_key(base)])
+                continue
+            reason = applicable(spec, variant_levers(variant), target_device, "train")
+            if reason:
+                add({**base, "status": "skipped", "reason": reason})
+                continue
+            log(f"{name:<28} memory    {variant:<24} {side}x{side}, batch {batch}: measuring")
+            row = _guarded(_measure_job, spec, "train", variant, row_settings, dry_run, device=device)
+            add({**row, **base})
+
     if "data" in cfg.BENCH.TASKS:
         d = cfg.BENCH.DATA
+        if dry_run:  # a few small images: the loaders' code paths, no throughput claims
+            d = d.clone()
+            d.defrost()
+            d.NUM_IMAGES, d.ITERS, d.PRETRAIN_IMAGE_SIZE, d.DETECTION_IMAGE_SIZE = 2, 2, [96, 128], [96, 128]
         consumed = {name: float(rate) for name, rate in d.GPU_IMAGES_PER_SEC}
         for loader in d.LOADERS:
             if loader not in LOADERS:
@@ -239,3 +312,14 @@ def run_benchmark(cfg, resume: bool = False, log=print) -> Dict:
                 add({"task": "data", "loader": "gpu-decode", "status": "failed", "reason": f"{type(e).__name__}: {e}"})
     save()
     return results
+
+
+def _guarded(function, *args, device: str) -> Dict:
+    """``function(*args)``, or a "failed" row naming the error (one failing row must not lose the run)."""
+    try:
+        return function(*args)
+    except Exception as e:  # noqa: BLE001
+        logger.exception("benchmark row %s failed", (args[0].name, *args[1:3]))
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        return {"status": "failed", "reason": f"{type(e).__name__}: {e}"}

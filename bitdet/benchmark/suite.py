@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
+import torch
 from torch import nn
 
 __all__ = ["ModelSpec", "SUITE", "get_spec"]
@@ -27,6 +28,8 @@ class ModelSpec:
         build: ``build(num_classes, device) -> nn.Module``, randomly initialised.
         batch_size: reference training batch for classifiers (``BENCH.CLS_BATCH_SIZE`` 0).
         requires: the import this model needs, to skip it cleanly when missing.
+        tiny: the suite entry a dry run builds in its place (the same code path at a small
+            size); None builds the model itself (at the dry run's tiny inputs).
     """
 
     name: str
@@ -36,13 +39,15 @@ class ModelSpec:
     build: Callable[[int, str], nn.Module]
     batch_size: int = 128
     requires: Optional[str] = None
+    tiny: Optional[str] = None
 
 
 def _bit(arch: str) -> Callable[[int, str], nn.Module]:
     def build(num_classes: int, device: str) -> nn.Module:
         from bitdet.models import create_model
 
-        return create_model(arch, num_classes=num_classes).to(device)
+        with torch.device(device):  # initialise on the device: R101x3 has 388M parameters
+            return create_model(arch, num_classes=num_classes)
 
     return build
 
@@ -81,7 +86,8 @@ def _retinanet_bit(variant: str, fpn_channels: int = 256) -> Callable[[int, str]
                 "MODEL.DEVICE", device,
             ],
         )
-        return build_model(cfg)
+        with torch.device(device):
+            return build_model(cfg)
 
     return build
 
@@ -112,14 +118,19 @@ def _retinanet_detectron2(group_norm: bool) -> Callable[[int, str], nn.Module]:
 
 
 _SPECS = [
-    ModelSpec("bit-R50x1", "classifier", "R50x1", "bitdet", _bit("R50x1"), 128),
+    ModelSpec("bit-R50x1", "classifier", "R50x1", "bitdet", _bit("R50x1"), 128, tiny="bit-R14-tiny"),
     ModelSpec("timm-resnetv2_50x1_bit", "classifier", "R50x1", "peer", _timm("resnetv2_50x1_bit"), 128,
               requires="timm"),
-    ModelSpec("torchvision-resnet50", "classifier", "R50x1", "peer", _torchvision("resnet50"), 128),
-    ModelSpec("bit-R101x3", "classifier", "R101x3", "bitdet", _bit("R101x3"), 32),
+    ModelSpec("torchvision-resnet50", "classifier", "R50x1", "peer", _torchvision("resnet50"), 128,
+              tiny="torchvision-resnet18"),
+    ModelSpec("bit-R101x3", "classifier", "R101x3", "bitdet", _bit("R101x3"), 32, tiny="bit-R14-tiny"),
     ModelSpec("timm-resnetv2_101x3_bit", "classifier", "R101x3", "peer", _timm("resnetv2_101x3_bit"), 32,
-              requires="timm"),
-    ModelSpec("retinanet-bit-R50x1-FPN", "detector", "RetinaNet", "bitdet", _retinanet_bit("R50x1")),
+              requires="timm", tiny="timm-resnetv2_50x1_bit"),
+    ModelSpec("retinanet-bit-R50x1-FPN", "detector", "RetinaNet", "bitdet", _retinanet_bit("R50x1"),
+              tiny="retinanet-bit-R14-tiny-FPN"),
+    # The paper's detector (section 3.7): RetinaNet with an R101x3 trunk.
+    ModelSpec("retinanet-bit-R101x3-FPN", "detector", "RetinaNet-R101x3", "bitdet", _retinanet_bit("R101x3"),
+              tiny="retinanet-bit-R14-tiny-FPN"),
     ModelSpec("retinanet-d2-R50-FPN", "detector", "RetinaNet", "peer", _retinanet_detectron2(group_norm=False)),
     ModelSpec("retinanet-d2-R50-FPN-GN", "detector", "RetinaNet", "peer", _retinanet_detectron2(group_norm=True)),
     # Small CPU entries for tests and smoke runs (R14-tiny is not a paper model).

@@ -24,9 +24,10 @@ from bitdet.benchmark.suite import ModelSpec
 from bitdet.models.fast import StandardizeOncePerStep, cache_standardized_weights, compile_model, is_compiled, std_convs
 from bitdet.models.layers import StdConv2d, standardize_weight
 from bitdet.utils.precision import PRECISIONS
-
-__all__ = ["CLOCKS", "Prepared", "RunSettings", "applicable", "finish", "measure", "prepare", "time_block", "time_blocks"]
-
+__all__ = [
+    "CLOCKS", "Prepared", "RunSettings", "applicable", "finish", "measure", "peak_memory", "prepare", "time_block",
+    "time_blocks",
+]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class RunSettings:
     iters: int
     repeats: int
     seed: int
+    # torch.compile backend of the compile levers: "inductor", or "eager" (Dynamo tracing
+    # only, for dry runs on CPU; compile modes then do not apply).
+    compile_backend: str = "inductor"
 
 
 def applicable(spec: ModelSpec, levers: Sequence[str], device: str, task: str = "inference") -> Optional[str]:
@@ -65,6 +69,11 @@ def applicable(spec: ModelSpec, levers: Sequence[str], device: str, task: str = 
         return "fold (plain convs holding standardized kernels) is a bitdet inference lever"
     if "fold" in levers and "ws" in levers:
         return "fold already removes weight standardization; ws has nothing to cache"
+    checkpointing = [lever for lever in levers if lever.startswith("ckpt-")]
+    if checkpointing and (spec.role != "bitdet" or task != "train"):
+        return "activation checkpointing (ckpt-stage, ckpt-unit) is a bitdet training lever"
+    if len(checkpointing) > 1:
+        return "choose one of ckpt-stage and ckpt-unit"
     return None
 
 
@@ -155,7 +164,7 @@ def _apply_compile(model: nn.Module, spec: ModelSpec, levers: Sequence[str], s: 
     # NMS are data-dependent and stay eager.
     targets = [model.backbone, model.head] if spec.kind == "detector" else [model]
     for module in targets:
-        compile_model(module, mode=mode)
+        compile_model(module, mode=mode, backend=s.compile_backend)
     return targets
 
 
@@ -191,6 +200,10 @@ def prepare(spec: ModelSpec, task: str, variant: str, s: RunSettings) -> Prepare
     channels_last = "cl" in levers
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    for lever in levers:
+        if lever.startswith("ckpt-"):  # the BiT trunk: the classifier, or the detector's bottom-up
+            trunk = model.backbone.bottom_up if spec.kind == "detector" else model
+            trunk.set_grad_checkpointing(lever.partition("-")[2])
     compiled = _apply_compile(model, spec, levers, s)
     ws = "ws" in levers
 
@@ -250,13 +263,18 @@ def prepare(spec: ModelSpec, task: str, variant: str, s: RunSettings) -> Prepare
     return Prepared(spec, task, variant, levers, model, step, images_per_step, size, compiled, storage)
 
 
-def finish(p: Prepared, sec: float, s: RunSettings, peak_kind_suffix: str = "") -> Dict:
+def peak_memory(device: str) -> Tuple[float, str]:
+    """(MB, kind): CUDA's peak allocated memory since its last reset, or on CPU this process's
+    peak resident set size (Linux reports KiB); a row's own only in a process of its own."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_process_max_rss"
+
+
+def finish(p: Prepared, sec: float, s: RunSettings) -> Dict:
     """The result row of a prepared run timed at ``sec`` seconds per iteration."""
     device = s.device
-    if device.startswith("cuda"):
-        peak_mb, peak_kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    else:  # Linux reports KiB: a process-wide high-water mark, not per row
-        peak_mb, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "cpu_process_max_rss"
+    peak_mb, peak_kind = peak_memory(device)
     fell_back = [type(m).__name__ for m in p.compiled if not is_compiled(m)]
     train = p.task == "train"
     return {
@@ -265,7 +283,7 @@ def finish(p: Prepared, sec: float, s: RunSettings, peak_kind_suffix: str = "") 
         "batch_size": p.images_per_step, "accum_steps": s.accum_steps if train else 1, "image_size": list(p.size),
         "iters": s.iters, "repeats": s.repeats, "clock": s.clock,
         "sec_per_iter": sec, "images_per_sec": p.images_per_step / sec, "ms_per_image": 1000 * sec / p.images_per_step,
-        "peak_mem_mb": peak_mb, "peak_mem_kind": peak_kind + peak_kind_suffix,
+        "peak_mem_mb": peak_mb, "peak_mem_kind": peak_kind,
         "ws_convs": len(std_convs(p.model)),
         "status": "failed" if fell_back else "ok",
         "reason": f"torch.compile fell back to eager for {fell_back}" if fell_back else None,
@@ -286,8 +304,8 @@ def measure(spec: ModelSpec, task: str, variant: str, s: RunSettings) -> Dict:
 
     Returns:
         A result row: batch, sizes, ``sec_per_iter``, ``images_per_sec``, ``ms_per_image``,
-        ``peak_mem_mb`` (CUDA: max allocated; CPU: the process's max RSS so far) and
-        ``status`` "ok" (or "failed" with ``reason`` if compilation fell back to eager).
+        ``peak_mem_mb`` (:func:`peak_memory`; CUDA: this row's, its statistics reset first)
+        and ``status`` "ok" (or "failed" with ``reason`` if compilation fell back to eager).
     """
     if s.device.startswith("cuda"):
         gc.collect()

@@ -16,7 +16,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
 from bitdet.config import check_device
 from bitdet.detection.config import fixed_input_size
-from bitdet.models.resnetv2 import FEATURE_NAMES, ResNetV2
+from bitdet.models.resnetv2 import FEATURE_NAMES, GradCheckpointing, ResNetV2, checkpointing_mode, run_stage
 from bitdet.models.variants import resolve
 
 __all__ = ["BiTBackbone", "build_bit_backbone", "build_bit_fpn_backbone", "build_retinanet_bit_fpn_backbone"]
@@ -26,7 +26,7 @@ FEATURE_TAPS = ("preact", "raw")
 logger = logging.getLogger(__name__)
 
 
-class BiTBackbone(Backbone):
+class BiTBackbone(GradCheckpointing, Backbone):
     """BiT ResNet-v2 trunk returning ``{"stem", "res2".."res5"}`` features for Detectron2.
 
     Args:
@@ -37,6 +37,9 @@ class BiTBackbone(Backbone):
             for ``res5`` the final GN); ``"raw"`` returns the un-normalised residual sums.
         freeze_at: freeze the stem (1) and the following stages (2 = stem + res2, ...), as
             Detectron2's ``MODEL.BACKBONE.FREEZE_AT``; see :meth:`freeze`.
+        activation_checkpointing: ``"none"``, ``"stage"`` or ``"unit"``
+            (``MODEL.ACTIVATION_CHECKPOINTING``; :meth:`set_grad_checkpointing`). Frozen
+            stages are not checkpointed: they keep no activations.
         **model_kwargs: :class:`ResNetV2` options (``norm``, ``weight_std``, ``ws_eps``,
             ``gn_groups``, ``in_channels``).
 
@@ -52,10 +55,12 @@ class BiTBackbone(Backbone):
         out_features: Sequence[str] = ("res3", "res4", "res5"),
         feature_tap: str = "preact",
         freeze_at: int = 0,
+        activation_checkpointing: str = "none",
         **model_kwargs,
     ) -> None:
         super().__init__()
         _, arch, _ = resolve(variant)
+        self.grad_checkpointing = checkpointing_mode(activation_checkpointing, "MODEL.ACTIVATION_CHECKPOINTING")
         unknown = [f for f in out_features if f not in FEATURE_NAMES]
         if unknown or not out_features:
             raise ValueError(f"MODEL.BIT.OUT_FEATURES {list(out_features)}: choose from {FEATURE_NAMES}")
@@ -128,7 +133,7 @@ class BiTBackbone(Backbone):
             preact = torch.relu(first.gn1(x)) if self.feature_tap == "preact" else None
             if name in self._out_features:
                 outputs[name] = x if preact is None else preact
-            x = stage[1:](first(x, preact=preact))  # the unit reuses the tap's relu(gn1(x))
+            x = run_stage(stage, x, self.grad_checkpointing, preact)  # the unit reuses the tap's relu(gn1(x))
         last = names[-1]
         if last in self._out_features:
             outputs[last] = torch.relu(self.norm(x)) if self.feature_tap == "preact" else x
@@ -172,6 +177,7 @@ def build_bit_backbone(cfg, input_shape: ShapeSpec) -> BiTBackbone:
         out_features=bit.OUT_FEATURES,
         feature_tap=bit.FEATURE_TAP,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        activation_checkpointing=cfg.MODEL.ACTIVATION_CHECKPOINTING,
         norm=bit.NORM,
         weight_std=bit.WEIGHT_STD,
         ws_eps=bit.WS_EPS,

@@ -16,6 +16,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 from bitdet.config import CONFIGS_DIR, merge_config, resolve_config_file
+from bitdet.models.resnetv2 import checkpointing_mode
 from bitdet.numerics import GN_GROUPS, WS_EPS
 
 __all__ = ["AUGMENTATIONS", "CONFIGS_DIR", "add_bit_config", "fixed_input_size", "get_bit_cfg", "resolve_config_file"]
@@ -25,7 +26,8 @@ AUGMENTATIONS = ("multiscale", "fixed_size_jitter")
 
 
 def add_bit_config(cfg: CN) -> None:
-    """Add the ``MODEL.BIT``, ``SOLVER.{AMP.PRECISION,BATCH_SPLIT,CHANNELS_LAST,COMPILE,DETERMINISTIC}``,
+    """Add the ``MODEL.BIT``, ``MODEL.ACTIVATION_CHECKPOINTING``,
+    ``SOLVER.{AMP.PRECISION,BATCH_SPLIT,CHANNELS_LAST,COMPILE,DETERMINISTIC}``,
     ``INPUT.{AUGMENTATION,FIXED_SIZE_JITTER}`` and ``DATASETS.COCO_FORMAT`` keys.
 
     Freezing is Detectron2's own ``MODEL.BACKBONE.FREEZE_AT``; ``MODEL.BIT.FREEZE_AT`` is
@@ -57,12 +59,18 @@ def add_bit_config(cfg: CN) -> None:
     # layer. A config still naming the old key fails with a message naming the new one.
     cfg.register_renamed_key("MODEL.BIT.FREEZE_AT", "MODEL.BACKBONE.FREEZE_AT")
 
+    # Activation checkpointing of the BiT trunk in training: "none", "stage" (keep each stage's
+    # input, recompute the stage in backward) or "unit" (the same per bottleneck unit). Same
+    # losses and gradients, less activation memory, about one more forward per step. Frozen
+    # stages (MODEL.BACKBONE.FREEZE_AT) keep no activations and are not checkpointed.
+    cfg.MODEL.ACTIVATION_CHECKPOINTING = "none"
+
     # Cache each standardized kernel where no gradient reaches it (evaluation, frozen
     # stages) until the weight changes; identical results. False standardizes every forward.
     cfg.MODEL.BIT.CACHE_WS = True
-    # channels_last memory format for the model: True, False, or None = on when
-    # MODEL.DEVICE is CUDA (tensor cores), off on CPU where it does not pay.
-    cfg.SOLVER.CHANNELS_LAST = None
+    # channels_last memory format for the model. Off: what Detectron2's users get; whether
+    # it pays for GroupNorm + WS on a GPU is unmeasured (see the README).
+    cfg.SOLVER.CHANNELS_LAST = False
     # torch.compile the backbone and head (eager fall-back, with a log line, on failure).
     # Off by default: detection inputs change size from batch to batch (multi-scale
     # resize), so graphs recompile for new shapes.
@@ -141,4 +149,6 @@ def get_bit_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
     """Detectron2's default config + BiT keys, merged with a config file and ``KEY VALUE`` overrides."""
     cfg = get_cfg()
     add_bit_config(cfg)
-    return merge_config(cfg, config_file, opts)
+    merge_config(cfg, config_file, opts)
+    checkpointing_mode(cfg.MODEL.ACTIVATION_CHECKPOINTING, "MODEL.ACTIVATION_CHECKPOINTING")
+    return cfg

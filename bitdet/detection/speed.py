@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bitdet.models.fast import cache_standardized_weights, compile_model, lever_default
+from bitdet.models.fast import cache_standardized_weights, compile_model
 
 __all__ = ["apply_speed_levers"]
 
@@ -20,7 +20,7 @@ def apply_speed_levers(model: nn.Module, cfg) -> nn.Module:
     Returns:
         ``model``, modified in place.
     """
-    if lever_default(cfg.SOLVER.CHANNELS_LAST, cfg.MODEL.DEVICE):
+    if cfg.SOLVER.CHANNELS_LAST:
         model.to(memory_format=torch.channels_last)
     if cfg.MODEL.BIT.CACHE_WS:
         cache_standardized_weights(model, True)

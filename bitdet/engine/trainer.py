@@ -29,7 +29,6 @@ from bitdet.engine.checkpoint import TrainingCheckpointer, restore_rng_state
 from bitdet.engine.data import SeededDataset, StepBatchSampler, collate_skip_none, step_seed
 from bitdet.engine.losses import build_loss
 from bitdet.engine.stop_signals import StopSignals
-from bitdet.models.fast import lever_default
 from bitdet.utils.precision import precision_dtype
 
 __all__ = ["ClassifierTrainer", "choose_batch_split"]
@@ -148,9 +147,9 @@ class ClassifierTrainer(TrainerBase):
         batch_split: micro-batches per step (gradient accumulation); ``"auto"`` finds the
             smallest power-of-two split that fits in CUDA memory before training (1 on CPU).
         precision: ``"fp32"`` or ``"bf16"`` (autocast; loss and optimizer in fp32).
-        channels_last: NHWC memory format (faster convs on tensor cores); None: on for CUDA.
+        channels_last: NHWC memory format for the model and its inputs.
         compile: wrap the model in ``torch.compile``; on a compile error the trainer logs it
-            and continues in eager mode. None: on for CUDA.
+            and continues in eager mode.
         batch_hook: ``(images, targets, generator) -> (images, targets)`` on each CPU batch,
             e.g. MixUp; ``generator`` is seeded from (seed, step, rank).
         evaluate: ``evaluate(model) -> dict``, run on the main process every ``eval_period``
@@ -178,8 +177,8 @@ class ClassifierTrainer(TrainerBase):
         weight_decay: float = 0.0,
         batch_split: Union[int, str] = 1,
         precision: str = "fp32",
-        channels_last: Optional[bool] = False,
-        compile: Optional[bool] = False,
+        channels_last: bool = False,
+        compile: bool = False,
         batch_hook: Optional[BatchHook] = None,
         evaluate: Optional[Callable[[torch.nn.Module], Dict[str, Any]]] = None,
         eval_period: int = 0,
@@ -216,7 +215,6 @@ class ClassifierTrainer(TrainerBase):
         if device is None:
             device = f"cuda:{comm.get_local_rank()}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        channels_last, compile = lever_default(channels_last, self.device), lever_default(compile, self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.model.train()

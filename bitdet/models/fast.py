@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from typing import Iterator, List, Optional, Union
+from typing import Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -32,7 +32,6 @@ __all__ = [
     "clear_weight_cache",
     "compile_model",
     "is_compiled",
-    "lever_default",
     "optimize_for_inference",
     "optimize_for_training",
     "standardized_weight_cache",
@@ -40,19 +39,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def lever_default(value: Optional[bool], device: Union[str, torch.device]) -> bool:
-    """A channels-last or compile switch: ``value`` if set, else on for CUDA devices only.
-
-    Measured with ``benchmark/cpu_levers.yaml`` (R50x1, one CPU core): on CPU neither lever
-    pays (channels-last ~1.0x in training and ~0.97x in inference; compile ~1.0x in training
-    after minutes of compilation), while on GPUs channels-last feeds the tensor cores and
-    compilation fuses weight standardization and GroupNorm + ReLU.
-    """
-    if value is not None:
-        return bool(value)
-    return torch.device(device).type == "cuda"
 
 
 def std_convs(model: nn.Module) -> List[StdConv2d]:
@@ -188,7 +174,8 @@ def is_compiled(module: nn.Module) -> bool:
 
 
 def compile_model(
-    module: nn.Module, mode: Optional[str] = None, dynamic: Optional[bool] = False, fallback: bool = True
+    module: nn.Module, mode: Optional[str] = None, dynamic: Optional[bool] = False, fallback: bool = True,
+    backend: str = "inductor",
 ) -> nn.Module:
     """``torch.compile`` ``module`` in place, falling back to eager if compilation fails.
 
@@ -204,6 +191,9 @@ def compile_model(
             "reduce-overhead" (CUDA graphs; CUDA only).
         dynamic: passed to ``torch.compile``; False specialises on input shapes.
         fallback: False compiles without the eager safety net (errors propagate).
+        backend: ``torch.compile`` backend; modes apply to "inductor" only ("eager" traces
+            with Dynamo and runs the captured graphs eagerly: a quick check that a model
+            compiles).
 
     Returns:
         ``module`` itself.
@@ -211,7 +201,10 @@ def compile_model(
     if getattr(module, "_bitdet_compile", None):
         return module
     eager_forward = module.forward
-    compiled_forward = torch.compile(eager_forward, mode=None if mode == "default" else mode, dynamic=dynamic)
+    if backend != "inductor":
+        mode = None
+    compiled_forward = torch.compile(eager_forward, mode=None if mode == "default" else mode, dynamic=dynamic,
+                                     backend=backend)
     if not fallback:
         module.forward = compiled_forward
         module._bitdet_compile = {"failed": False, "mode": mode}

@@ -8,6 +8,10 @@ Stage names: parameters keep the official checkpoints' names (``block{i}.unit{jj
 ``downsample``), so that ``bitdet.checkpoint`` maps the authors' files with a plain table;
 features use Detectron2's names (``FEATURE_NAMES``): the output of ``block{i}`` is ``res{i+1}``.
 Both are external formats; this is the one place that relates them.
+
+Activation checkpointing (:meth:`ResNetV2.set_grad_checkpointing`, timm's name) keeps only
+each stage's or each unit's input during the forward and recomputes the rest in backward
+(non-reentrant ``torch.utils.checkpoint``): the same results for less memory.
 """
 from __future__ import annotations
 
@@ -16,14 +20,22 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from bitdet.models.layers import make_conv_layer, make_norm_layer
 from bitdet.numerics import GN_GROUPS, STEM_POOL_PAD, WS_EPS
 
-__all__ = ["FEATURE_NAMES", "FeatureInfo", "PreActBottleneck", "ResNetV2", "ResNetV2Features", "StemMaxPool2d"]
+__all__ = [
+    "CHECKPOINTING_MODES", "FEATURE_NAMES", "FeatureInfo", "GradCheckpointing", "PreActBottleneck", "ResNetV2",
+    "ResNetV2Features", "StemMaxPool2d", "checkpointing_mode", "run_stage",
+]
 
 # Stage feature names, Detectron2's convention: res{k} has stride 2**k.
 FEATURE_NAMES = ("stem", "res2", "res3", "res4", "res5")
+
+# Activation checkpointing: none, each stage (fewest kept inputs, one stage's activations
+# live at a time in backward), or each unit (more kept inputs, one unit's at a time).
+CHECKPOINTING_MODES = ("none", "stage", "unit")
 
 
 class StemMaxPool2d(nn.MaxPool2d):
@@ -78,7 +90,78 @@ class PreActBottleneck(nn.Module):
         return out.add_(shortcut)
 
 
-class ResNetV2(nn.Module):
+def checkpointing_mode(mode: Union[bool, str], key: str = "activation checkpointing") -> str:
+    """``mode`` as one of :data:`CHECKPOINTING_MODES`; True (timm's switch) means ``"unit"``, False ``"none"``.
+
+    Raises:
+        ValueError: one line naming ``key`` (the config key, for trainers) and the allowed values.
+    """
+    if isinstance(mode, bool):
+        return "unit" if mode else "none"
+    if mode not in CHECKPOINTING_MODES:
+        raise ValueError(f"{key} {mode!r}: expected one of {', '.join(repr(m) for m in CHECKPOINTING_MODES)}")
+    return mode
+
+
+def _needs_grad(module: nn.Module, *inputs: Optional[torch.Tensor]) -> bool:
+    """Whether backward reaches ``module``: grad mode on and a trainable parameter or input."""
+    if not torch.is_grad_enabled():
+        return False
+    return any(t is not None and t.requires_grad for t in inputs) or any(p.requires_grad for p in module.parameters())
+
+
+def _run_units(units: nn.Sequential, x: torch.Tensor, preact: Optional[torch.Tensor] = None) -> torch.Tensor:
+    x = units[0](x, preact)
+    for unit in units[1:]:
+        x = unit(x)
+    return x
+
+
+def run_stage(stage: nn.Sequential, x: torch.Tensor, mode: str = "none",
+              preact: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Run a stage of :class:`PreActBottleneck` units, checkpointing it whole or unit by unit.
+
+    A stage (or unit) that no gradient reaches (frozen parameters, no-grad input or no-grad
+    mode) runs plainly: it keeps no activations, so there is nothing to recompute.
+
+    Args:
+        stage: the stage's units.
+        x: the stage input.
+        mode: one of :data:`CHECKPOINTING_MODES`.
+        preact: ``relu(gn1(x))`` of the first unit if the caller computed it (a feature tap).
+    """
+    if mode == "none" or not _needs_grad(stage, x, preact):
+        return _run_units(stage, x, preact)
+    if mode == "stage":
+        return checkpoint(_run_units, stage, x, preact, use_reentrant=False)
+    for i, unit in enumerate(stage):
+        first_preact = preact if i == 0 else None
+        if _needs_grad(unit, x, first_preact):
+            x = checkpoint(unit, x, first_preact, use_reentrant=False)
+        else:
+            x = unit(x, first_preact)
+    return x
+
+
+class GradCheckpointing:
+    """Mixin: the ``grad_checkpointing`` mode of a BiT trunk and timm's ``set_grad_checkpointing``."""
+
+    grad_checkpointing: str = "none"
+
+    def set_grad_checkpointing(self, mode: Union[bool, str] = True) -> "GradCheckpointing":
+        """Checkpoint activations per ``"stage"`` or per ``"unit"`` in training, or ``"none"``.
+
+        Same losses and gradients, less activation memory, one more forward per step.
+        ``True`` (timm's call) is ``"unit"``, ``False`` is ``"none"``.
+
+        Returns:
+            The model itself.
+        """
+        self.grad_checkpointing = checkpointing_mode(mode)
+        return self
+
+
+class ResNetV2(GradCheckpointing, nn.Module):
     """BiT ResNet-v2 classifier / backbone.
 
     Input: RGB images ``(N, 3, H, W)`` scaled to [-1, 1] (``x / 127.5 - 1`` on 0..255 pixels,
@@ -98,6 +181,8 @@ class ResNetV2(nn.Module):
         zero_head: initialise the head's weight and bias to zero (BiT fine-tuning).
         head_bias: initial value of the head bias when not zero-initialised (e.g. -10 for
             sigmoid cross-entropy over many classes).
+
+    ``set_grad_checkpointing("stage" | "unit")`` trades compute for activation memory.
     """
 
     def __init__(
@@ -203,7 +288,7 @@ class ResNetV2(nn.Module):
         for name, stage in zip(FEATURE_NAMES[1:], self.stages):
             if len(outputs) == len(wanted):
                 break
-            x = stage(x)
+            x = run_stage(stage, x, self.grad_checkpointing)
             if name in wanted:
                 outputs[name] = x
         return outputs[out_features] if single else outputs
@@ -244,7 +329,7 @@ class FeatureInfo(list):
         return self._field("module", idx)
 
 
-class ResNetV2Features(nn.Module):
+class ResNetV2Features(GradCheckpointing, nn.Module):
     """A BiT trunk returning a list of feature maps: ``create_model(..., features_only=True)``.
 
     Keeps the trunk's module names (``stem``, ``block1``...), so a checkpoint of the full model
@@ -274,6 +359,7 @@ class ResNetV2Features(nn.Module):
             for n in self.out_features
         )
         self.pretrained_cfg = getattr(model, "pretrained_cfg", None)
+        self.grad_checkpointing = model.grad_checkpointing
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Feature maps in ``out_indices`` order."""
@@ -284,6 +370,6 @@ class ResNetV2Features(nn.Module):
             block = getattr(self, f"block{i}", None)
             if block is None:
                 break
-            x = block(x)
+            x = run_stage(block, x, self.grad_checkpointing)
             outputs[name] = x
         return [outputs[n] for n in self.out_features]

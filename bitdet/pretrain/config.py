@@ -14,6 +14,7 @@ from detectron2.config import CfgNode as CN
 from bitdet.config import merge_config
 from bitdet.engine.config import add_engine_solver_config, add_engine_test_config
 from bitdet.engine.losses import LOSSES
+from bitdet.models.resnetv2 import checkpointing_mode
 
 __all__ = ["DATASET_KINDS", "add_pretrain_config", "get_pretrain_cfg"]
 
@@ -56,6 +57,10 @@ def add_pretrain_config(cfg: CN) -> None:
     cfg.MODEL.WEIGHTS = ""
     # "cuda" (each process on its local GPU), "cpu", or "" for CUDA when available.
     cfg.MODEL.DEVICE = ""
+    # Activation checkpointing of the BiT trunk in training: "none", "stage" (keep each stage's
+    # input, recompute the stage in backward) or "unit" (the same per bottleneck unit). Same
+    # losses and gradients, less activation memory, about one more forward per step.
+    cfg.MODEL.ACTIVATION_CHECKPOINTING = "none"
 
     cfg.DATASETS = CN()
     # Training data (see KIND for the formats).
@@ -142,4 +147,5 @@ def get_pretrain_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -
             raise ValueError(f"DATASETS.{split}.KIND is {kind!r}; choose one of {DATASET_KINDS} (or '' for none)")
     if cfg.SOLVER.LOSS not in LOSSES:
         raise ValueError(f"SOLVER.LOSS must be one of {sorted(LOSSES)}, got {cfg.SOLVER.LOSS!r}")
+    checkpointing_mode(cfg.MODEL.ACTIVATION_CHECKPOINTING, "MODEL.ACTIVATION_CHECKPOINTING")
     return cfg

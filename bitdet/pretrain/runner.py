@@ -27,8 +27,10 @@ logger = logging.getLogger(__name__)
 
 
 def build_model(cfg) -> ResNetV2:
-    """The ``MODEL.NAME`` network with ``MODEL.NUM_CLASSES`` outputs, head bias and optional weights."""
+    """The ``MODEL.NAME`` network with ``MODEL.NUM_CLASSES`` outputs, head bias, optional weights and
+    ``MODEL.ACTIVATION_CHECKPOINTING``."""
     model = create_model(cfg.MODEL.NAME, num_classes=cfg.MODEL.NUM_CLASSES, head_bias=cfg.MODEL.HEAD_BIAS)
+    model.set_grad_checkpointing(cfg.MODEL.ACTIVATION_CHECKPOINTING)
     if cfg.MODEL.WEIGHTS:  # any format, an hf-hub: id or an official name (BiT-M-R50x1)
         load_weights(model, cfg.MODEL.WEIGHTS, variant_option="MODEL.NAME")
     return model

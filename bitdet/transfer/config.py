@@ -14,6 +14,7 @@ from detectron2.config import CfgNode as CN
 from bitdet.config import merge_config
 from bitdet.engine.config import add_engine_solver_config, add_engine_test_config
 from bitdet.hyperrule import Rule, get_rule
+from bitdet.models.resnetv2 import checkpointing_mode
 
 __all__ = ["add_finetune_config", "get_finetune_cfg", "rule_from_config", "tri_state"]
 
@@ -30,6 +31,10 @@ def add_finetune_config(cfg: CN) -> None:
     cfg.MODEL.WEIGHTS = ""
     # "cuda", "cpu", or "" for CUDA when available.
     cfg.MODEL.DEVICE = ""
+    # Activation checkpointing of the BiT trunk in training: "none", "stage" (keep each stage's
+    # input, recompute the stage in backward) or "unit" (the same per bottleneck unit). Same
+    # losses and gradients, less activation memory, about one more forward per step.
+    cfg.MODEL.ACTIVATION_CHECKPOINTING = "none"
 
     cfg.DATASET = CN()
     # A name from bitdet.transfer.list_datasets() (e.g. "cifar10", "digits", "vtab/dtd").
@@ -115,6 +120,7 @@ def get_finetune_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
     cfg = CN()
     add_finetune_config(cfg)
     merge_config(cfg, config_file, opts)
+    checkpointing_mode(cfg.MODEL.ACTIVATION_CHECKPOINTING, "MODEL.ACTIVATION_CHECKPOINTING")
     return cfg
 
 

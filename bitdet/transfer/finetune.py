@@ -17,7 +17,6 @@ from torch.utils.data import Subset
 
 from bitdet.config import resolve_device
 from bitdet.models import create_model, pretrained_path
-from bitdet.models.fast import lever_default
 from bitdet.transfer.config import rule_from_config, tri_state
 from bitdet.transfer.datasets import (
     build_dataset,
@@ -171,6 +170,7 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
     # Seeded so that a from-scratch run is reproducible (and a resumed one matches it).
     torch.manual_seed(seed)
     model = create_model(cfg.MODEL.NAME, num_classes=num_classes, zero_head=True)
+    model.set_grad_checkpointing(cfg.MODEL.ACTIVATION_CHECKPOINTING)
     load_report = None
     if weights:
         from bitdet.checkpoint import load_weights
@@ -270,7 +270,7 @@ def evaluate_only(cfg, output_dir: Optional[str] = None) -> Dict[str, Any]:
     if not report.head.startswith("loaded"):
         raise ValueError(f"{weights}: the head was not loaded ({report.head}); evaluate a fine-tuned checkpoint")
     device = resolve_device(cfg.MODEL.DEVICE)
-    memory_format = torch.channels_last if lever_default(cfg.SOLVER.CHANNELS_LAST, device) else torch.contiguous_format
+    memory_format = torch.channels_last if cfg.SOLVER.CHANNELS_LAST else torch.contiguous_format
     metrics = evaluate_classifier(model.to(device, memory_format=memory_format),
                                   TransformedDataset(test_raw, eval_transform(rule.crop)),
                                   batch_size=cfg.TEST.BATCH_SIZE, num_workers=cfg.DATALOADER.NUM_WORKERS,

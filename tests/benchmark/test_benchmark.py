@@ -45,6 +45,15 @@ def test_tiny_cpu_run_writes_json_table_and_ratios(tmp_path, capsys):
         for key in ("sec_per_iter", "images_per_sec", "ms_per_image", "peak_mem_mb", "batch_size"):
             assert r[key] > 0, (r["model"], key)
         assert r["images_per_sec"] == pytest.approx(r["batch_size"] / r["sec_per_iter"])
+        # each row in a process of its own: its peak, above what the process held before it
+        assert r["peak_mem_kind"] == "cpu_row_max_rss" and 0 < r["base_mem_mb"] <= r["peak_mem_mb"]
+    # per row, not one high-water mark: the detector rows need more than the classifier rows
+    peaks = {(r["model"], r["task"]): r["peak_mem_mb"] for r in timed if r["variant"] == "eager"}
+    assert peaks[("retinanet-bit-R14-tiny-FPN", "train")] > peaks[("bit-R14-tiny", "train")]
+    memory = [r for r in saved["rows"] if r["task"] == "memory"]
+    assert [(r["variant"], r["entry"], r["status"]) for r in memory] == [("eager", [32, 2], "ok"),
+                                                                        ("ckpt-unit", [32, 2], "ok")]
+    assert [(q["variant"], q["entry"]) for q in saved["ratios"]["memory"]] == [("ckpt-unit", [32, 2])]
     skipped = {(r["model"], r["variant"]): r["reason"] for r in saved["rows"] if r["status"] == "skipped"}
     assert "CUDA" in skipped[("bit-R14-tiny", "cl+cudagraphs")]
     assert "bitdet" in skipped[("torchvision-resnet18", "ws")]
@@ -126,7 +135,8 @@ def test_bad_settings_are_clear_errors():
 def test_interleaved_rows_keep_order_and_fold_matches_eager(tmp_path):
     tool = _load_tool()
     opts = ["BENCH.INTERLEAVE", "True", "BENCH.CLOCK", "cpu", "BENCH.MODELS", "['bit-R14-tiny', 'torchvision-resnet18']",
-            "BENCH.VARIANTS", "['eager', 'fold']", "BENCH.TASKS", "['inference']", "BENCH.REPEATS", "2"]
+            "BENCH.VARIANTS", "['eager', 'fold']", "BENCH.TASKS", "['inference']", "BENCH.REPEATS", "2",
+            "BENCH.MEMORY.ROWS", "[]"]
     rows = tool.main(_args(tool, tmp_path, *opts))["rows"]
     assert [(r["model"], r["variant"], r["status"]) for r in rows] == [
         ("bit-R14-tiny", "eager", "ok"), ("bit-R14-tiny", "fold", "ok"),
@@ -134,6 +144,8 @@ def test_interleaved_rows_keep_order_and_fold_matches_eager(tmp_path):
     ]
     assert rows[1]["ws_convs"] == 0 and rows[0]["ws_convs"] > 0  # folded: no weight standardization left
     assert rows[0]["clock"] == "cpu" and rows[0]["sec_per_iter"] > 0
+    # timed together, then each row's peak memory measured in a process of its own
+    assert all(r["peak_mem_kind"] == "cpu_row_max_rss" for r in rows if r["status"] == "ok")
 
 
 def test_fold_gives_the_eager_outputs():
@@ -153,10 +165,11 @@ def test_fold_gives_the_eager_outputs():
     assert all(type(m) is torch.nn.Conv2d for m in model.modules() if isinstance(m, torch.nn.Conv2d))
 
 
-@pytest.mark.parametrize("device,preset", [("cpu", "cpu_levers.yaml"), ("cpu", "cpu_tiny.yaml"), ("cuda", "h100.yaml")])
-def test_default_variants_are_the_trainers_defaults(device, preset):
+@pytest.mark.parametrize("preset", [p.name for p in sorted((ROOT / "configs" / "benchmark").glob("*.yaml"))])
+def test_default_variants_are_the_trainers_defaults(preset):
+    """The trainers' defaults are the same on every device (eager, channels-first, cached WS in
+    evaluation), and each preset names them."""
     from bitdet.detection import get_bit_cfg
-    from bitdet.models.fast import lever_default
     from bitdet.pretrain.config import get_pretrain_cfg
     from bitdet.transfer.config import get_finetune_cfg
 
@@ -165,11 +178,13 @@ def test_default_variants_are_the_trainers_defaults(device, preset):
 
     bench = get_benchmark_cfg(preset).BENCH.DEFAULT_VARIANTS
     for cfg in (get_pretrain_cfg(None), get_finetune_cfg(None)):
-        cl = lever_default(cfg.SOLVER.CHANNELS_LAST, device)
-        assert variant(("cl", cl), ("compile", lever_default(cfg.SOLVER.COMPILE, device))) == bench.TRAIN
+        cl = cfg.SOLVER.CHANNELS_LAST
+        assert variant(("cl", cl), ("compile", cfg.SOLVER.COMPILE)) == bench.TRAIN
         assert variant(("cl", cl), ("ws", cfg.TEST.CACHE_WS)) == bench.INFERENCE
+        assert cfg.MODEL.ACTIVATION_CHECKPOINTING == "none"
     det = get_bit_cfg()
-    assert variant(("cl", lever_default(det.SOLVER.CHANNELS_LAST, device)), ("ws", det.MODEL.BIT.CACHE_WS)) == bench.INFERENCE
+    assert variant(("cl", det.SOLVER.CHANNELS_LAST), ("compile", det.SOLVER.COMPILE)) == bench.TRAIN
+    assert variant(("cl", det.SOLVER.CHANNELS_LAST), ("ws", det.MODEL.BIT.CACHE_WS)) == bench.INFERENCE
 
 
 def test_detectron2_group_norm_peer_trains_every_layer():
@@ -180,3 +195,59 @@ def test_detectron2_group_norm_peer_trains_every_layer():
     assert all(p.requires_grad for p in gn.parameters())
     assert any(isinstance(m, nn.GroupNorm) for m in gn.backbone.bottom_up.modules())
     assert not all(p.requires_grad for p in stock.parameters())  # stem and res2 frozen (FREEZE_AT 2)
+
+
+@pytest.mark.slow
+def test_memory_rows_are_per_row_and_checkpointing_saves_activation_memory(tmp_path):
+    """Two batch sizes and checkpointing: each row's own peak, not the process's largest so far."""
+    tool = _load_tool()
+    # R50x1 (its activations outweigh its weights at batch 16; R14-tiny's stem would dominate)
+    opts = ["BENCH.MODELS", "[]", "BENCH.TASKS", "[]", "BENCH.MEMORY.ROWS", "[['bit-R50x1', 128, 16], ['bit-R50x1', 128, 2]]",
+            "BENCH.MEMORY.VARIANTS", "['eager', 'ckpt-unit']", "BENCH.CLS_NUM_CLASSES", "10"]
+    results = tool.main(_args(tool, tmp_path, *opts))
+    own = {(r["entry"][1], r["variant"]): r["peak_mem_mb"] - r["base_mem_mb"] for r in results["rows"]}
+    assert own[(2, "eager")] < 0.75 * own[(16, "eager")]  # measured after the larger row, yet smaller
+    assert own[(16, "ckpt-unit")] < 0.9 * own[(16, "eager")]
+    ratio = {(tuple(q["entry"]), q["variant"]): q for q in results["ratios"]["memory"]}[((128, 16), "ckpt-unit")]
+    assert ratio["own_ratio"] == pytest.approx(own[(16, "ckpt-unit")] / own[(16, "eager")])
+    assert ratio["time_ratio"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", [p.name for p in sorted((ROOT / "configs" / "benchmark").glob("*.yaml"))])
+def test_every_preset_dry_runs_on_cpu(tmp_path, preset, capsys):
+    """--dry-run builds and steps every row of a shipped preset at tiny size, so that a GPU run
+    cannot fail on a name, a lever or a size; rows skipped are those the real device skips."""
+    tool = _load_tool()
+    results = tool.main(tool.parse_args(["--config-file", f"benchmark/{preset}", "--dry-run", "OUTPUT_DIR", str(tmp_path)]))
+    cfg = get_benchmark_cfg(preset)
+    rows = results["rows"]
+    failed = [(r.get("model"), r["task"], r.get("variant"), r["reason"]) for r in rows if r["status"] == "failed"]
+    assert not failed
+    assert results["meta"]["dry_run"] and not results["ratios"] and not results["targets"]
+    models = {r["model"] for r in rows if r["task"] != "data"}
+    assert models == set(cfg.BENCH.MODELS) | {m for m, _, _ in cfg.BENCH.MEMORY.ROWS}
+    assert sum(r["task"] == "memory" for r in rows) >= len(cfg.BENCH.MEMORY.ROWS)
+    for r in rows:
+        if r["status"] == "ok" and r["task"] != "data":
+            assert r["dry_run"] and max(r["image_size"]) <= 64, r  # tiny inputs, whatever the preset says
+    assert (tmp_path / "benchmark.dry-run.json").is_file() and not (tmp_path / "benchmark.json").exists()
+    assert "no timing or memory claims" in capsys.readouterr().out
+
+
+def test_dry_run_reports_a_typo_in_a_preset(tmp_path):
+    tool = _load_tool()
+    with pytest.raises(KeyError, match="unknown model 'bit-R50x2-typo'"):
+        tool.main(tool.parse_args(["--config-file", "benchmark/h100.yaml", "--dry-run", "OUTPUT_DIR", str(tmp_path),
+                                   "BENCH.MODELS", "['bit-R50x2-typo']"]))
+
+
+def test_checkpointing_levers_apply_to_bitdet_training_only():
+    from bitdet.benchmark.timing import applicable
+
+    assert applicable(SUITE["bit-R14-tiny"], ["ckpt-unit"], "cpu", "train") is None
+    assert "training lever" in applicable(SUITE["bit-R14-tiny"], ["ckpt-stage"], "cpu", "inference")
+    assert "training lever" in applicable(SUITE["torchvision-resnet18"], ["ckpt-unit"], "cpu", "train")
+    assert "one of" in applicable(SUITE["bit-R14-tiny"], ["ckpt-unit", "ckpt-stage"], "cpu", "train")
+    with pytest.raises(ValueError, match="BENCH.MEMORY.ROWS entry"):
+        get_benchmark_cfg(None, ["BENCH.MEMORY.ROWS", "[['bit-R50x1', 224]]"])

@@ -263,11 +263,3 @@ def test_standardize_once_per_step_under_ddp_matches_single_process_average():
     for rank in range(2):
         for name in total:
             torch.testing.assert_close(torch.from_numpy(grads[rank][name]), total[name], rtol=1e-9, atol=1e-12, msg=f"rank {rank} {name}")
-
-
-def test_lever_default_is_on_for_cuda_only_unless_set():
-    from bitdet.models.fast import lever_default
-
-    assert lever_default(None, "cuda") and lever_default(None, torch.device("cuda", 1))
-    assert not lever_default(None, "cpu")
-    assert lever_default(True, "cpu") and not lever_default(False, "cuda")
