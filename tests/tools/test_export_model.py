@@ -49,7 +49,21 @@ def test_usage_errors_exit_2_with_one_line(tmp_path, capsys):
         assert exit_info.value.code == 2
 
 
-def test_the_head_comes_from_the_weights_file(tmp_path, capsys):
+@pytest.fixture
+def console_logging_of_this_test():
+    """Tool logging set up anew: an in-process run of an earlier test leaves handlers on streams
+    that pytest has closed since (a real tool process sets it up once)."""
+    import logging
+
+    from detectron2.utils.logger import setup_logger
+
+    for name in ("bitdet", "detectron2", "fvcore"):
+        logging.getLogger(name).handlers.clear()
+    setup_logger.cache_clear()
+    yield
+
+
+def test_the_head_comes_from_the_weights_file(tmp_path, capsys, console_logging_of_this_test):
     import torch
 
     from bitdet import create_model
