@@ -2,7 +2,7 @@
 times a per-step CPU cost, plus start-up, scheduled as :func:`bitdet.demo.progress.run_tasks`
 runs the stages (up to ``jobs`` at a time, each after the stages it needs).
 
-The per-step costs are those of the README's reference runs of the full demo (an otherwise idle
+The per-step costs are those of the full demo's reference runs in docs/demo.md (an otherwise idle
 2-core x86_64 machine, one thread per stage, two stages at a time), start-up and evaluation
 included; each stage's ``cpu_s`` in ``OUTPUT/timings.json`` is the figure to compare them with.
 """
@@ -57,7 +57,7 @@ class Estimate:
         per_step = ", ".join(f"{k} {c.step_s:g} s" for k, c in STAGE_COSTS.items() if c.step_s and k in kinds)
         return (f"expected: about {self.wall_s / 60:.0f} min wall, {cpu / 60:.0f} CPU-min ({parts}), "
                 f"{self.jobs} stage(s) at a time on {self.cores} core(s); assumes the CPU seconds per step "
-                f"of the README's reference machine ({per_step}) and otherwise idle cores: a slower or busy "
+                f"of the docs/demo.md reference machine ({per_step}) and otherwise idle cores: a slower or busy "
                 "machine takes longer (each stage's live line shows its own ETA)")
 
 

@@ -19,7 +19,7 @@ name, ``build_bit_fpn_backbone`` (P2-P6, P6 max-pooled from P5), ``build_retinan
     cfg.MODEL.BIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]  # what the zoo's FPN.IN_FEATURES ask for
     model = build_model(cfg)
 
-The README's runnable version adds BiT's input scaling and freezing and runs a training step.
+The runnable version in docs/detection.md adds BiT's input scaling and freezing and runs a training step.
 
 In a LazyConfig, :class:`BiTBackbone` is the ``bottom_up`` of Detectron2's ``FPN`` (no config
 object involved)::

@@ -69,7 +69,7 @@ def add_bit_config(cfg: CN) -> None:
     # stages) until the weight changes; identical results. False standardizes every forward.
     cfg.MODEL.BIT.CACHE_WS = True
     # channels_last memory format for the model. Off: what Detectron2's users get; whether
-    # it pays for GroupNorm + WS on a GPU is unmeasured (see the README).
+    # it pays for GroupNorm + WS on a GPU is unmeasured (see docs/performance.md).
     cfg.SOLVER.CHANNELS_LAST = False
     # torch.compile the backbone and head (eager fall-back, with a log line, on failure).
     # Off by default: detection inputs change size from batch to batch (multi-scale

@@ -19,7 +19,7 @@ def add_engine_solver_config(cfg: CN, batch_split: int, checkpoint_period: int, 
     # "fp32" or "bf16" (autocast; loss and optimizer in fp32, no loss scaling needed).
     cfg.SOLVER.PRECISION = "fp32"
     # channels_last memory format for model and inputs. Off: what timm's and torchvision's
-    # users get; whether it pays for GroupNorm + WS on a GPU is unmeasured (see the README).
+    # users get; whether it pays for GroupNorm + WS on a GPU is unmeasured (see docs/performance.md).
     cfg.SOLVER.CHANNELS_LAST = False
     # torch.compile the model, falling back to eager (with a log line) if compilation fails.
     # Off: eager, like the peers; compiling takes minutes and its gain on a GPU is unmeasured.

@@ -22,14 +22,14 @@ run per seed.
 
 Examples::
 
-    python -m bitdet.tools.demo                       # make demo: 2 CPU cores, see the README
+    python -m bitdet.tools.demo                       # make demo: 2 CPU cores, see docs/demo.md
     python -m bitdet.tools.demo --seed 1 --output output/demo_seed1   # another seed
     python -m bitdet.tools.demo --smoke               # every stage at toy size (the CI test)
     python -m bitdet.tools.demo --study               # also: 10 % vs 100 % of the upstream data
     python -m bitdet.tools.demo --force               # rerun stages whose outputs exist
 
 Each stage is one of the documented tools with a config from ``configs/``; the same configs
-scale up by override (see the README). Finished stages are reused unless ``--force``. Up to
+scale up by override (see docs/demo.md). Finished stages are reused unless ``--force``. Up to
 ``--jobs`` stages run side by side (default: 2, or 1 on a 1-core machine; the scratch runs
 start beside the pretraining), each with its share of the cores as threads. The expected
 duration is printed first (``bitdet.demo.estimate``: step counts x per-step CPU cost); a live

@@ -163,9 +163,9 @@ def test_remote_holder_is_stale_only_without_refresh(tmp_path, monkeypatch):
     OutputDirLock(tmp_path).acquire().release()
 
 
-def test_readme_cluster_section_shows_the_script_the_tests_run():
+def test_cluster_doc_shows_the_script_the_tests_run():
     root = Path(__file__).resolve().parents[2]
-    section = (root / "README.md").read_text().split("## On a cluster\n", 1)[1].split("\n## ", 1)[0]
+    section = (root / "docs" / "cluster.md").read_text()
     block = re.search(r"`tools/slurm.sbatch`, the script.*?```bash\n(.*?)```", section, re.S).group(1)
     script = [line for line in (root / "tools" / "slurm.sbatch").read_text().splitlines()
               if line and (line.startswith("#SBATCH") or not line.startswith("#"))]
