@@ -29,9 +29,9 @@ class StageCost:
 # optimizer step; a transfer sweep also pays per run (data draw, model, evaluation, plots);
 # every stage is one process that imports torch, Detectron2 and bitdet first.
 STAGE_COSTS: Dict[str, StageCost] = {
-    "pretrain": StageCost(step_s=0.2, start_s=15.0),
-    "detection": StageCost(step_s=0.33, start_s=10.0),
-    "transfer": StageCost(step_s=0.07, run_s=1.5, start_s=10.0),
+    "pretrain": StageCost(step_s=0.26, start_s=15.0),
+    "detection": StageCost(step_s=0.29, start_s=10.0),
+    "transfer": StageCost(step_s=0.06, run_s=1.5, start_s=10.0),
     # Drawing detections: model start-up and a few images, no training.
     "visualize": StageCost(step_s=0.0, start_s=10.0),
     "ground": StageCost(step_s=0.0, start_s=8.0),
