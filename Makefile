@@ -9,7 +9,7 @@ demo: setup
 	$(PY) tools/demo.py
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # The benchmark preset: the full table where CUDA is present, else what the levers buy on this
 # CPU (R50x1 and peers at 128 px, one thread). Override with BENCH_CONFIG=benchmark/cpu_tiny.yaml.

@@ -251,5 +251,5 @@ def test_finetuning_applies_the_key(tmp_path, monkeypatch):
     cfg = get_finetune_cfg("finetune/demo_digits.yaml", ["MODEL.ACTIVATION_CHECKPOINTING", "unit",
                                                          "OUTPUT_DIR", str(tmp_path)])
     with pytest.raises(Stop):
-        finetune(cfg, resume=False)
+        finetune(cfg)
     assert seen == ["unit"]
