@@ -106,7 +106,7 @@ class NonFiniteLossStop(HookBase):
     def _check(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
         if not module.training or not isinstance(output, dict):
             return
-        losses = {k: float(v) for k, v in output.items()}
+        losses = {k: float(v.detach()) for k, v in output.items()}
         total = sum(losses.values())
         finite = math.isfinite(total)
         if comm.get_world_size() > 1:

@@ -17,8 +17,9 @@ KEEP_ALL = ("MODEL.RETINANET.SCORE_THRESH_TEST", "0.0")
 COPYPASTE = re.compile(r"copypaste: AP,AP50,AP75,APs,APm,APl\s*\n.*copypaste: ([-\d.nan]+),", re.M)
 # Lines a CPU run must not show: torch's note on building C++ extensions (which no tool does),
 # the meshgrid deprecation raised inside Detectron2's anchor generator, pycocotools' own AP
-# summary (Detectron2's table shows the same numbers).
-NOT_ON_CONSOLE = ("No CUDA runtime is found", "torch.meshgrid", "Average Precision  (AP)", "Loading and preparing")
+# summary (Detectron2's table shows the same numbers), and any other warning from Python.
+NOT_ON_CONSOLE = ("No CUDA runtime is found", "torch.meshgrid", "Average Precision  (AP)", "Loading and preparing",
+                  "Warning:")
 
 
 def _run(tmp_path, *args, timeout=900):
