@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 
-__all__ = ["FILE_LOGGER", "LogStream"]
+__all__ = ["FILE_LOGGER", "LogStream", "ignore_third_party_warnings"]
 
 # A logger whose records go to OUTPUT_DIR/log.txt only (set up by the tools): the environment,
 # the command line, the full config, the model's printout and tracebacks of user errors.
@@ -31,3 +32,12 @@ class LogStream(io.TextIOBase):
         if self._partial:
             self.logger.log(self.level, "%s", self._partial)
             self._partial = ""
+
+
+def ignore_third_party_warnings() -> None:
+    """Hide two warnings that say nothing a bitdet user can act on: Detectron2's anchor and point
+    generators call ``torch.meshgrid`` without ``indexing`` (its "ij" default, the one they rely
+    on), and Detectron2's LazyConfig loader imports ``pkg_resources``."""
+    warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release, it will be required to "
+                            r"pass the indexing argument", category=UserWarning, module=r"torch\.functional")
+    warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated as an API", category=UserWarning)

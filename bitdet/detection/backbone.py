@@ -6,7 +6,6 @@ classification checkpoint maps onto ``backbone.bottom_up.<name>`` unchanged.
 from __future__ import annotations
 
 import logging
-import warnings
 from typing import Dict, Sequence
 
 import torch
@@ -17,6 +16,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from bitdet.config import check_device
 from bitdet.detection.config import fixed_input_size
 from bitdet.models.resnetv2 import FEATURE_NAMES, GradCheckpointing, ResNetV2, checkpointing_mode, run_stage
+from bitdet.log import ignore_third_party_warnings
 from bitdet.models.variants import resolve
 
 __all__ = ["BiTBackbone", "build_bit_backbone", "build_bit_fpn_backbone", "build_retinanet_bit_fpn_backbone"]
@@ -167,10 +167,7 @@ def build_bit_backbone(cfg, input_shape: ShapeSpec) -> BiTBackbone:
     inputs to a square).
     """
     check_device(cfg.MODEL.DEVICE, "MODEL.DEVICE")
-    # Detectron2's anchor generator calls torch.meshgrid without ``indexing`` (its "ij" default,
-    # the one it relies on): torch warns about that on every run; it says nothing about the model.
-    warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release, it will be required to "
-                            r"pass the indexing argument", category=UserWarning, module=r"torch\.functional")
+    ignore_third_party_warnings()
     bit = cfg.MODEL.BIT
     backbone = BiTBackbone(
         bit.VARIANT,

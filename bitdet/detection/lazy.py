@@ -28,7 +28,7 @@ from bitdet.detection.checkpointer import BiTCheckpointer
 from bitdet.detection.hooks import PreemptionCheckpointer
 from bitdet.detection.precision import AutocastTrainer
 from bitdet.detection.trainer import _create_ddp_model_any_device
-from bitdet.log import FILE_LOGGER
+from bitdet.log import FILE_LOGGER, ignore_third_party_warnings
 from bitdet.utils.precision import precision_dtype
 
 __all__ = ["LazyRunConfig", "dataset_names", "is_lazy_config", "load_lazy_config", "lazy_test", "lazy_train"]
@@ -87,6 +87,7 @@ def load_lazy_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
             constructor checks it), or a missing section or ``train`` key.
         DeviceError: ``train.device`` asks for CUDA on a machine without it.
     """
+    ignore_third_party_warnings()
     cfg = LazyConfig.load(path)
     for override in overrides:
         _check_override(cfg, override, path)
