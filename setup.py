@@ -3,6 +3,7 @@
 Detectron2 has no PyPI release, so it is not listed here: ``tools/install_detectron2.py``
 (run by ``make setup``) keeps an importable one or installs the pure-Python registry route.
 """
+
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -21,13 +22,27 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["bitdet", "bitdet.*"]),
     # bitdet/configs links to the repository's configs/: the wheel carries the files themselves
-    package_data={"bitdet": ["configs/*.yaml", "configs/**/*.yaml", "configs/*.py", "configs/**/*.py"]},  # .py: LazyConfigs
-    entry_points={"console_scripts": [f"bitdet-{name}=bitdet.tools.{module}:cli" for name, module in (
-        ("train", "train_net"), ("pretrain", "pretrain"), ("finetune", "finetune"), ("vtab", "vtab"),
-        ("benchmark", "benchmark"), ("visualize", "visualize"), ("demo", "demo"),
-        ("convert", "convert_weights"), ("write-shards", "write_shards"),
-        ("generate-detection-data", "generate_detection_data"), ("export", "export_model"),
-    )]},
+    package_data={
+        "bitdet": ["configs/*.yaml", "configs/**/*.yaml", "configs/*.py", "configs/**/*.py"]
+    },  # .py: LazyConfigs
+    entry_points={
+        "console_scripts": [
+            f"bitdet-{name}=bitdet.tools.{module}:cli"
+            for name, module in (
+                ("train", "train_net"),
+                ("pretrain", "pretrain"),
+                ("finetune", "finetune"),
+                ("vtab", "vtab"),
+                ("benchmark", "benchmark"),
+                ("visualize", "visualize"),
+                ("demo", "demo"),
+                ("convert", "convert_weights"),
+                ("write-shards", "write_shards"),
+                ("generate-detection-data", "generate_detection_data"),
+                ("export", "export_model"),
+            )
+        ]
+    },
     install_requires=[
         "torch>=2.4",  # torch.get_autocast_dtype, torch.is_autocast_enabled(device_type)
         "torchvision>=0.19",  # the torchvision release paired with torch 2.4
@@ -60,8 +75,16 @@ setup(
         "export": ["onnx>=1.15", "onnxruntime>=1.17"],
         # timm and transformers: the weights-format tests build their models as sources; onnx and
         # onnxruntime: the export tests
-        "dev": ["pytest>=7", "pytest-timeout>=2.1", "timm>=0.9", "transformers>=4.30", "onnx>=1.15",
-                "onnxruntime>=1.17"],
+        "dev": [
+            "pytest>=7",
+            "pytest-timeout>=2.1",
+            # the lint gate of .ci/run (ruff.toml); pinned so its formatting does not drift
+            "ruff==0.17.6",
+            "timm>=0.9",
+            "transformers>=4.30",
+            "onnx>=1.15",
+            "onnxruntime>=1.17",
+        ],
     },
     classifiers=[
         "Programming Language :: Python :: 3",

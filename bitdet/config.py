@@ -11,6 +11,7 @@ name under the shipped configs, so a shipped config copied elsewhere and edited 
 Devices follow one rule everywhere (:func:`check_device`): a config that asks for CUDA on a
 machine without it stops with one line naming the key to add, instead of torch's driver error.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -23,8 +24,17 @@ from typing import List, Optional, Sequence, Tuple
 import yaml
 from detectron2.config import CfgNode
 
-__all__ = ["CONFIG_KINDS", "CONFIGS_DIR", "DeviceError", "check_device", "load_yaml_chain", "merge_config",
-           "resolve_config_file", "resolve_device", "shipped_configs"]
+__all__ = [
+    "CONFIG_KINDS",
+    "CONFIGS_DIR",
+    "DeviceError",
+    "check_device",
+    "load_yaml_chain",
+    "merge_config",
+    "resolve_config_file",
+    "resolve_device",
+    "shipped_configs",
+]
 
 # Shipped configs: package data (in a checkout, bitdet/configs links to the top-level configs/).
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -57,7 +67,9 @@ def shipped_configs(kind: Optional[str] = None, configs_dir: Path = CONFIGS_DIR)
     return [n for n in names if n.split("/")[0] == kind]
 
 
-def resolve_config_file(path: str, configs_dir: Path = CONFIGS_DIR, kind: Optional[str] = None) -> str:
+def resolve_config_file(
+    path: str, configs_dir: Path = CONFIGS_DIR, kind: Optional[str] = None
+) -> str:
     """``path`` itself if it exists, else the file of that name (or relative path) under ``configs/``.
 
     Args:
@@ -75,12 +87,18 @@ def resolve_config_file(path: str, configs_dir: Path = CONFIGS_DIR, kind: Option
     shipped = shipped_configs(kind, configs_dir)
     by_name = {os.path.basename(n): n for n in shipped}
     close = difflib.get_close_matches(path.removeprefix("configs/"), shipped, n=1, cutoff=0.6) or [
-        by_name[n] for n in difflib.get_close_matches(os.path.basename(path), list(by_name), n=1, cutoff=0.6)]
+        by_name[n]
+        for n in difflib.get_close_matches(os.path.basename(path), list(by_name), n=1, cutoff=0.6)
+    ]
     where = f"config {path!r} not found here or in {configs_dir}"
     if close:
         raise FileNotFoundError(f"{where}; did you mean {close[0]}?")
-    runnable = [n for n in shipped if not os.path.basename(n).startswith("Base-")]  # bases only hold defaults
-    raise FileNotFoundError(f"{where}; shipped {kind + ' ' if kind else ''}configs: {', '.join(runnable)}")
+    runnable = [
+        n for n in shipped if not os.path.basename(n).startswith("Base-")
+    ]  # bases only hold defaults
+    raise FileNotFoundError(
+        f"{where}; shipped {kind + ' ' if kind else ''}configs: {', '.join(runnable)}"
+    )
 
 
 def _resolve_base(base: str, referrer: Path, configs_dir: Path) -> Path:
@@ -93,7 +111,9 @@ def _resolve_base(base: str, referrer: Path, configs_dir: Path) -> Path:
         found = _shipped(base.removeprefix("configs/"), folder)
         if found is not None:
             return found
-    error = FileNotFoundError(f"_BASE_ {base!r} is neither {local} nor a shipped config in {CONFIGS_DIR}")
+    error = FileNotFoundError(
+        f"_BASE_ {base!r} is neither {local} nor a shipped config in {CONFIGS_DIR}"
+    )
     error.filename = base
     raise error
 
@@ -103,13 +123,17 @@ def _merge_dicts(child: dict, base: dict, file: Path) -> None:
     for key, value in child.items():
         if isinstance(value, dict) and key in base:
             if not isinstance(base[key], dict):
-                raise ValueError(f"config {file}: {key} is a section here but a value in its _BASE_")
+                raise ValueError(
+                    f"config {file}: {key} is a section here but a value in its _BASE_"
+                )
             _merge_dicts(value, base[key], file)
         else:
             base[key] = value
 
 
-def load_yaml_chain(path: os.PathLike, configs_dir: Path = CONFIGS_DIR, _seen: Tuple[Path, ...] = ()) -> dict:
+def load_yaml_chain(
+    path: os.PathLike, configs_dir: Path = CONFIGS_DIR, _seen: Tuple[Path, ...] = ()
+) -> dict:
     """A config file's keys with its ``_BASE_`` chain merged in (bases resolved as the module says).
 
     Plain YAML only (``yaml.safe_load``): tags that build Python objects are refused.
@@ -130,7 +154,9 @@ def load_yaml_chain(path: os.PathLike, configs_dir: Path = CONFIGS_DIR, _seen: T
     except yaml.YAMLError as e:
         raise ValueError(f"config {path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
-        raise ValueError(f"config {path}: expected KEY: value mappings, found a {type(data).__name__}")
+        raise ValueError(
+            f"config {path}: expected KEY: value mappings, found a {type(data).__name__}"
+        )
     base = data.pop(BASE_KEY, None)
     if base is None:
         return data
@@ -142,8 +168,12 @@ def load_yaml_chain(path: os.PathLike, configs_dir: Path = CONFIGS_DIR, _seen: T
     return merged
 
 
-def merge_config(cfg: CfgNode, config_file: str | None = None, opts: Sequence[str] = (),
-                 configs_dir: Path = CONFIGS_DIR) -> CfgNode:
+def merge_config(
+    cfg: CfgNode,
+    config_file: str | None = None,
+    opts: Sequence[str] = (),
+    configs_dir: Path = CONFIGS_DIR,
+) -> CfgNode:
     """Merge a config file (``_BASE_`` chains allowed) and ``KEY VALUE`` overrides into ``cfg``.
 
     YAML tags that build Python objects are refused: they can run code.
@@ -158,7 +188,9 @@ def merge_config(cfg: CfgNode, config_file: str | None = None, opts: Sequence[st
         try:
             merged = load_yaml_chain(path, configs_dir)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"config {path}: its _BASE_ chain names a missing file: {e}") from e
+            raise FileNotFoundError(
+                f"config {path}: its _BASE_ chain names a missing file: {e}"
+            ) from e
         # The merged chain goes through the config class's own merge_from_file (Detectron2
         # upgrades old config versions there), from a file without _BASE_. bitdet's configs
         # without a VERSION are of the current one (else Detectron2 guesses, naming the copy).
@@ -201,7 +233,9 @@ def check_device(device: str, key: str = "MODEL.DEVICE") -> None:
         raise DeviceError(f"no CUDA device: add {key} cpu (the config says {key} {device!r})")
     index = device.partition(":")[2]
     if index.isdigit() and int(index) >= torch.cuda.device_count():
-        raise DeviceError(f"{key} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise DeviceError(
+            f"{key} {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
 
 
 def resolve_device(device: str, key: str = "MODEL.DEVICE") -> str:
@@ -219,8 +253,10 @@ def resolve_device(device: str, key: str = "MODEL.DEVICE") -> str:
     device = str(device).strip()
     check_device(device, key)
     if device not in ("", "auto", "cpu", "cuda"):
-        raise DeviceError(f"{key} {device!r}: use 'cpu', 'cuda' (each process takes its local GPU) or '' (CUDA "
-                          "when present)")
+        raise DeviceError(
+            f"{key} {device!r}: use 'cpu', 'cuda' (each process takes its local GPU) or '' (CUDA "
+            "when present)"
+        )
     if device == "cpu" or not torch.cuda.is_available():
         return "cpu"
     return f"cuda:{comm.get_local_rank()}"
@@ -233,7 +269,11 @@ _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (\S+)")
 def _full_keys(node: CfgNode, prefix: str = "") -> List[str]:
     keys = []
     for name, value in node.items():
-        keys += _full_keys(value, f"{prefix}{name}.") if isinstance(value, CfgNode) else [f"{prefix}{name}"]
+        keys += (
+            _full_keys(value, f"{prefix}{name}.")
+            if isinstance(value, CfgNode)
+            else [f"{prefix}{name}"]
+        )
     return keys
 
 

@@ -12,6 +12,7 @@ a zero-initialised head, and
 
 Pure Python with no framework import, so that any training loop (or a notebook) can use it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -86,15 +87,21 @@ class Rule:
         if self.steps <= 0:
             problems.append(f"steps must be positive, got {self.steps}")
         if not 0 <= self.warmup_steps <= self.steps:
-            problems.append(f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}")
+            problems.append(
+                f"warmup_steps must be in [0, steps={self.steps}], got {self.warmup_steps}"
+            )
         if list(self.decay_steps) != sorted(self.decay_steps) or any(
             not 0 <= s < self.steps for s in self.decay_steps
         ):
-            problems.append(f"decay_steps must be ascending in [0, steps={self.steps}), got {self.decay_steps}")
+            problems.append(
+                f"decay_steps must be ascending in [0, steps={self.steps}), got {self.decay_steps}"
+            )
         if self.mixup_alpha < 0:
             problems.append(f"mixup_alpha must be >= 0, got {self.mixup_alpha}")
         if self.base_lr <= 0 or self.batch_size <= 0:
-            problems.append(f"base_lr and batch_size must be positive, got {self.base_lr}, {self.batch_size}")
+            problems.append(
+                f"base_lr and batch_size must be positive, got {self.base_lr}, {self.batch_size}"
+            )
         if problems:
             raise ValueError("invalid HyperRule: " + "; ".join(problems))
 
@@ -145,7 +152,9 @@ def _area(image_size: ImageSize) -> int:
         return image_size * image_size
     dims = tuple(image_size)
     if len(dims) != 2 or any(int(d) <= 0 for d in dims):
-        raise ValueError(f"image_size must be a side or (height, width) of positive ints, got {image_size!r}")
+        raise ValueError(
+            f"image_size must be a side or (height, width) of positive ints, got {image_size!r}"
+        )
     return int(dims[0]) * int(dims[1])
 
 

@@ -1,4 +1,5 @@
 """Where bitdet's log lines go: the console for what a user acts on, the log file for the rest."""
+
 from __future__ import annotations
 
 import io
@@ -38,6 +39,13 @@ def ignore_third_party_warnings() -> None:
     """Hide two warnings that say nothing a bitdet user can act on: Detectron2's anchor and point
     generators call ``torch.meshgrid`` without ``indexing`` (its "ij" default, the one they rely
     on), and Detectron2's LazyConfig loader imports ``pkg_resources``."""
-    warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release, it will be required to "
-                            r"pass the indexing argument", category=UserWarning, module=r"torch\.functional")
-    warnings.filterwarnings("ignore", message=r"pkg_resources is deprecated as an API", category=UserWarning)
+    warnings.filterwarnings(
+        "ignore",
+        message=r"torch\.meshgrid: in an upcoming release, it will be required to "
+        r"pass the indexing argument",
+        category=UserWarning,
+        module=r"torch\.functional",
+    )
+    warnings.filterwarnings(
+        "ignore", message=r"pkg_resources is deprecated as an API", category=UserWarning
+    )

@@ -3,15 +3,16 @@
 
     python tools/train_net.py --config fcos_bit_m_R50x1_FPN_1x.py --num-gpus 8
 """
+
 from detectron2 import model_zoo
 
 from bitdet.detection.mapper import SkippingDatasetMapper
 from bitdet.detection.trainer import has_compiled_ops
 
-from .common.models.fcos_bit import model
-
 dataloader = model_zoo.get_config("common/data/coco.py").dataloader
-dataloader.train.mapper._target_ = SkippingDatasetMapper  # unreadable images are skipped and counted
+dataloader.train.mapper._target_ = (
+    SkippingDatasetMapper  # unreadable images are skipped and counted
+)
 dataloader.train.mapper.use_instance_mask = False
 dataloader.train.mapper.image_format = "RGB"  # the test mapper follows the train mapper
 # The fast evaluator needs detectron2's compiled ops; pycocotools' gives the same AP.

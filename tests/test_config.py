@@ -1,5 +1,6 @@
 """Config loading: _BASE_ resolution (relative to the file, then by name under the shipped
 configs), the closest key or config named on a typo, the instant configs' fixed seeds."""
+
 from __future__ import annotations
 
 import re
@@ -14,8 +15,12 @@ from bitdet.detection import get_bit_cfg
 from bitdet.pretrain import get_pretrain_cfg
 from bitdet.transfer.config import get_finetune_cfg
 
-LOADERS = {"detection": get_bit_cfg, "pretrain": get_pretrain_cfg, "finetune": get_finetune_cfg,
-           "benchmark": get_benchmark_cfg}
+LOADERS = {
+    "detection": get_bit_cfg,
+    "pretrain": get_pretrain_cfg,
+    "finetune": get_finetune_cfg,
+    "benchmark": get_benchmark_cfg,
+}
 
 INSTANT = CONFIGS_DIR / "quick_schedules" / "retinanet_bit_instant_test.yaml"
 
@@ -28,13 +33,18 @@ def test_copied_and_edited_config_runs_from_another_directory(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     cfg = get_bit_cfg("elsewhere/my.yaml")
     assert cfg.SOLVER.MAX_ITER == 7  # the edit
-    assert cfg.MODEL.META_ARCHITECTURE == "RetinaNet" and cfg.MODEL.PIXEL_STD == [127.5] * 3  # the base
+    assert (
+        cfg.MODEL.META_ARCHITECTURE == "RetinaNet" and cfg.MODEL.PIXEL_STD == [127.5] * 3
+    )  # the base
     assert cfg.MODEL.BIT.VARIANT == "R14-tiny" and cfg.MODEL.BACKBONE.FREEZE_AT == 0
     model = build_model(cfg)
     assert sum(p.numel() for p in model.parameters()) > 0
 
 
-@pytest.mark.parametrize("base", ["Base-RetinaNet-BiT.yaml", "configs/Base-RetinaNet-BiT.yaml", "../Base-RetinaNet-BiT.yaml"])
+@pytest.mark.parametrize(
+    "base",
+    ["Base-RetinaNet-BiT.yaml", "configs/Base-RetinaNet-BiT.yaml", "../Base-RetinaNet-BiT.yaml"],
+)
 def test_base_by_bare_name_or_configs_relative(tmp_path, base):
     path = tmp_path / "leaf.yaml"
     path.write_text(f'_BASE_: "{base}"\nSOLVER:\n  MAX_ITER: 3\n')
@@ -44,14 +54,22 @@ def test_base_by_bare_name_or_configs_relative(tmp_path, base):
 
 def test_local_base_wins_over_a_shipped_one(tmp_path):
     (tmp_path / "Base-RetinaNet-BiT.yaml").write_text(
-        (CONFIGS_DIR / "Base-RetinaNet-BiT.yaml").read_text().replace("BASE_LR: 0.01", "BASE_LR: 0.02"))
+        (CONFIGS_DIR / "Base-RetinaNet-BiT.yaml")
+        .read_text()
+        .replace("BASE_LR: 0.01", "BASE_LR: 0.02")
+    )
     (tmp_path / "leaf.yaml").write_text('_BASE_: "Base-RetinaNet-BiT.yaml"\n')
     assert get_bit_cfg(str(tmp_path / "leaf.yaml")).SOLVER.BASE_LR == 0.02
 
 
 def test_nested_chain_of_a_copied_finetune_config(tmp_path):
-    shutil.copy(CONFIGS_DIR / "finetune" / "quick_schedules" / "finetune_fewshot_instant_test.yaml", tmp_path)
-    shutil.copy(CONFIGS_DIR / "finetune" / "quick_schedules" / "finetune_instant_test.yaml", tmp_path)
+    shutil.copy(
+        CONFIGS_DIR / "finetune" / "quick_schedules" / "finetune_fewshot_instant_test.yaml",
+        tmp_path,
+    )
+    shutil.copy(
+        CONFIGS_DIR / "finetune" / "quick_schedules" / "finetune_instant_test.yaml", tmp_path
+    )
     local = get_finetune_cfg(str(tmp_path / "finetune_fewshot_instant_test.yaml"))
     shipped = get_finetune_cfg("finetune/quick_schedules/finetune_fewshot_instant_test.yaml")
     assert local.dump() == shipped.dump()
@@ -76,7 +94,11 @@ def test_every_shipped_config_writes_under_output_by_its_own_name():
     wrong = {}
     for path in sorted(CONFIGS_DIR.rglob("*.yaml")):
         match = re.search(r'^OUTPUT_DIR: "([^"]*)"', path.read_text(), re.M)
-        expected = None if path.name.startswith("Base-") else f"output/{path.relative_to(CONFIGS_DIR).with_suffix('')}"
+        expected = (
+            None
+            if path.name.startswith("Base-")
+            else f"output/{path.relative_to(CONFIGS_DIR).with_suffix('')}"
+        )
         if (match and match.group(1)) != expected:
             wrong[str(path.relative_to(CONFIGS_DIR))] = match and match.group(1)
     assert not wrong, f"OUTPUT_DIR not output/<config path>: {wrong}"
@@ -87,7 +109,8 @@ def test_an_unknown_override_key_names_the_closest_key():
         get_bit_cfg(str(INSTANT), ["MODEL.RETINANET.NUM_CLASSE", "3"])
     message = str(error.value)
     assert "\n" not in message and message.endswith(
-        "Non-existent key: MODEL.RETINANET.NUM_CLASSE (did you mean MODEL.RETINANET.NUM_CLASSES?)")
+        "Non-existent key: MODEL.RETINANET.NUM_CLASSE (did you mean MODEL.RETINANET.NUM_CLASSES?)"
+    )
     with pytest.raises(ValueError, match=r"HYPERRULE\.STEP \(did you mean HYPERRULE\.STEPS\?\)"):
         get_finetune_cfg(None, ["HYPERRULE.STEP", "10"])
     with pytest.raises(ValueError) as error:  # nothing close: no guess
@@ -97,8 +120,10 @@ def test_an_unknown_override_key_names_the_closest_key():
 
 def test_an_unknown_key_in_a_yaml_file_names_the_closest_key(tmp_path):
     path = tmp_path / "typo.yaml"
-    path.write_text('_BASE_: "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml"\n'
-                    "SOLVER:\n  BASE_LR_PER256: 0.1\n")
+    path.write_text(
+        '_BASE_: "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml"\n'
+        "SOLVER:\n  BASE_LR_PER256: 0.1\n"
+    )
     with pytest.raises(ValueError) as error:
         get_pretrain_cfg(str(path))
     message = str(error.value)
@@ -109,18 +134,26 @@ def test_an_unknown_key_in_a_yaml_file_names_the_closest_key(tmp_path):
 def test_shipped_configs_are_split_by_kind():
     kinds = {kind: set(shipped_configs(kind)) for kind in CONFIG_KINDS}
     everything = set(shipped_configs())
-    assert set.union(*kinds.values()) == everything and sum(map(len, kinds.values())) == len(everything)
-    assert "retinanet_bit_m.yaml" in kinds["detection"] and "demo/retinanet_bit_tiny_demo.yaml" in kinds["detection"]
+    assert set.union(*kinds.values()) == everything and sum(map(len, kinds.values())) == len(
+        everything
+    )
+    assert (
+        "retinanet_bit_m.yaml" in kinds["detection"]
+        and "demo/retinanet_bit_tiny_demo.yaml" in kinds["detection"]
+    )
     for kind in ("pretrain", "finetune", "benchmark"):
         assert kinds[kind] and all(name.startswith(f"{kind}/") for name in kinds[kind])
 
 
-@pytest.mark.parametrize("kind, typo, closest", [
-    ("detection", "retinanet_bit_s_R50x1_1.yaml", "retinanet_bit_s_R50x1_1x.yaml"),
-    ("pretrain", "bit_s_r50x1.yaml", "pretrain/bit_s_R50x1.yaml"),
-    ("finetune", "cifar11.yaml", "finetune/cifar10.yaml"),
-    ("benchmark", "h100x.yaml", "benchmark/h100.yaml"),
-])
+@pytest.mark.parametrize(
+    "kind, typo, closest",
+    [
+        ("detection", "retinanet_bit_s_R50x1_1.yaml", "retinanet_bit_s_R50x1_1x.yaml"),
+        ("pretrain", "bit_s_r50x1.yaml", "pretrain/bit_s_R50x1.yaml"),
+        ("finetune", "cifar11.yaml", "finetune/cifar10.yaml"),
+        ("benchmark", "h100x.yaml", "benchmark/h100.yaml"),
+    ],
+)
 def test_a_missing_config_names_the_closest_of_its_kind(kind, typo, closest):
     with pytest.raises(FileNotFoundError) as error:
         resolve_config_file(typo, kind=kind)
@@ -133,10 +166,15 @@ def test_a_missing_config_far_from_all_lists_only_its_kind(kind):
     with pytest.raises(FileNotFoundError) as error:
         resolve_config_file("zzz.yaml", kind=kind)
     listed = str(error.value).split(f"shipped {kind} configs: ")[1].split(", ")
-    assert listed == [n for n in shipped_configs(kind) if not n.split("/")[-1].startswith("Base-")] and listed
+    assert (
+        listed == [n for n in shipped_configs(kind) if not n.split("/")[-1].startswith("Base-")]
+        and listed
+    )
 
 
-INSTANT_CONFIGS = sorted(str(p.relative_to(CONFIGS_DIR)) for p in CONFIGS_DIR.glob("**/quick_schedules/*instant*.yaml"))
+INSTANT_CONFIGS = sorted(
+    str(p.relative_to(CONFIGS_DIR)) for p in CONFIGS_DIR.glob("**/quick_schedules/*instant*.yaml")
+)
 
 
 @pytest.mark.parametrize("name", INSTANT_CONFIGS)

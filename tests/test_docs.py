@@ -1,5 +1,6 @@
 """The documentation holds together: every relative link resolves, every doc is on the README's map,
 and the README stays a short front page."""
+
 from __future__ import annotations
 
 import re
@@ -32,8 +33,11 @@ def _anchors(page: Path) -> set[str]:
 
 
 def _relative_links(page: Path) -> list[str]:
-    return [target for target in LINK.findall(_prose(page.read_text()))
-            if not re.match(r"[a-z][a-z0-9+.-]*:", target)]
+    return [
+        target
+        for target in LINK.findall(_prose(page.read_text()))
+        if not re.match(r"[a-z][a-z0-9+.-]*:", target)
+    ]
 
 
 def test_relative_links_resolve():

@@ -3,6 +3,7 @@
 Runs offline: a small sdist-shaped archive is written into the cache and a fixture source
 pinned to it is put in :data:`FIXTURES` for the test.
 """
+
 import hashlib
 import io
 import json
@@ -12,11 +13,18 @@ import tarfile
 import pytest
 
 from tests import fixtures
-from tests.fixtures import FixtureIntegrityError, FixtureSource, FixtureUnavailableError, fetch_fixture
+from tests.fixtures import (
+    FixtureIntegrityError,
+    FixtureSource,
+    FixtureUnavailableError,
+    fetch_fixture,
+)
 
 COCO = {
     "images": [{"id": 1, "file_name": "a.jpg", "width": 4, "height": 4}],
-    "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2], "area": 4, "iscrowd": 0}],
+    "annotations": [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2], "area": 4, "iscrowd": 0}
+    ],
     "categories": [{"id": 1, "name": "thing"}],
 }
 
@@ -37,7 +45,11 @@ def cache(tmp_path, monkeypatch):
     archive.parent.mkdir()
 
     def install(sha256):
-        monkeypatch.setitem(fixtures.FIXTURES, "test_fixture", FixtureSource("pkg", "1.0", sha256, "data/coco.json", "data"))
+        monkeypatch.setitem(
+            fixtures.FIXTURES,
+            "test_fixture",
+            FixtureSource("pkg", "1.0", sha256, "data/coco.json", "data"),
+        )
         return "test_fixture"
 
     return tmp_path, archive, install
@@ -68,13 +80,17 @@ def test_missing_member_is_an_integrity_error(cache):
 
 def test_download_failure_is_unavailable(cache, monkeypatch):
     root, archive, install = cache
-    failed = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found for pkg==1.0")
+    failed = subprocess.CompletedProcess(
+        [], 1, "", "ERROR: No matching distribution found for pkg==1.0"
+    )
     monkeypatch.setattr(fixtures.subprocess, "run", lambda *a, **k: failed)
     with pytest.raises(FixtureUnavailableError, match="No matching distribution"):
         fetch_fixture(install("0" * 64), cache_dir=root)
 
 
-@pytest.mark.parametrize("error, status", [(FixtureUnavailableError("offline"), 2), (FixtureIntegrityError("bad"), 1)])
+@pytest.mark.parametrize(
+    "error, status", [(FixtureUnavailableError("offline"), 2), (FixtureIntegrityError("bad"), 1)]
+)
 def test_setup_exit_status(monkeypatch, capsys, error, status):
     def fail(*args, **kwargs):
         raise error

@@ -1,5 +1,6 @@
 """The BiT-HyperRule table, boundaries included, written out by hand from the paper (section 3.3)
 and the authors' code (bit_hyperrule.py)."""
+
 import ast
 import pathlib
 
@@ -71,7 +72,7 @@ def test_lr_is_monotone_after_warmup_and_never_none():
     assert all(isinstance(v, float) for v in lrs)
     peak = lrs.index(max(lrs))
     assert peak == rule.warmup_steps
-    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1 :]))
 
 
 def test_with_steps_keeps_relative_positions():
@@ -100,6 +101,10 @@ def test_rule_is_frozen_and_serialisable():
 
 def test_hyperrule_imports_no_framework():
     tree = ast.parse(pathlib.Path(hr.__file__).read_text())
-    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    imported = {
+        a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    }
+    imported |= {
+        n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+    }
     assert imported <= {"__future__", "dataclasses", "typing"}

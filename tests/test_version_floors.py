@@ -1,4 +1,5 @@
 """setup.py's version floors are honest: the package uses no torch API newer than its floor."""
+
 import re
 from pathlib import Path
 
@@ -30,8 +31,10 @@ def test_torch_floor_covers_every_api_used():
     sources = {p: p.read_text() for p in (ROOT / "bitdet").rglob("*.py")}
     too_new = [
         f"{p.relative_to(ROOT)}: {pattern} needs torch {since[0]}.{since[1]}"
-        for pattern, since in TORCH_API_SINCE.items() if since > floor
-        for p, text in sources.items() if re.search(pattern, text)
+        for pattern, since in TORCH_API_SINCE.items()
+        if since > floor
+        for p, text in sources.items()
+        if re.search(pattern, text)
     ]
     assert not too_new, f"setup.py says torch>={floor[0]}.{floor[1]}, but: {too_new}"
 

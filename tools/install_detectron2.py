@@ -19,6 +19,7 @@ Usage::
 
 Exit status 0 on success; otherwise an error says what failed and what to do.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,8 +94,11 @@ def repack_pure(wheel: Path, out_dir: Path) -> Path:
             data = src.read(name)
             if name.endswith(".dist-info/WHEEL"):
                 lines = [
-                    "Root-Is-Purelib: true" if l.startswith("Root-Is-Purelib") else
-                    "Tag: py3-none-any" if l.startswith("Tag:") else l
+                    "Root-Is-Purelib: true"
+                    if l.startswith("Root-Is-Purelib")
+                    else "Tag: py3-none-any"
+                    if l.startswith("Tag:")
+                    else l
                     for l in data.decode().splitlines()
                 ]
                 data = ("\n".join(lines) + "\n").encode()
@@ -116,11 +120,21 @@ def install_from_registry(wheel_dir: Path, constraint: str | None, force: bool =
     pure = wheel_dir / f"{PACKAGE.replace('-', '_')}-{VERSION}-py3-none-any.whl"
     if not pure.is_file():
         with tempfile.TemporaryDirectory() as tmp:
-            pip("download", "--no-deps", "--only-binary=:all:", "--python-version", "3.10",
-                f"{PACKAGE}=={VERSION}", "-d", tmp)
+            pip(
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.10",
+                f"{PACKAGE}=={VERSION}",
+                "-d",
+                tmp,
+            )
             wheels = list(Path(tmp).glob("*.whl"))
             if not wheels:
-                raise SystemExit(f"[install_detectron2] pip downloaded no wheel of {PACKAGE}=={VERSION}")
+                raise SystemExit(
+                    f"[install_detectron2] pip downloaded no wheel of {PACKAGE}=={VERSION}"
+                )
             repack_pure(wheels[0], wheel_dir)
         log(f"repacked {PACKAGE} {VERSION} as a pure-Python wheel: {pure}")
     extra = ["-c", constraint] if constraint else []
@@ -131,7 +145,9 @@ def install_from_registry(wheel_dir: Path, constraint: str | None, force: bool =
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--constraint", help="pip constraints file (keeps torch/torchvision pinned)")
+    parser.add_argument(
+        "--constraint", help="pip constraints file (keeps torch/torchvision pinned)"
+    )
     parser.add_argument("--wheel-dir", default=".whl", help="where the repacked wheel is kept")
     parser.add_argument("--force", action="store_true", help="reinstall even if detectron2 imports")
     args = parser.parse_args(argv)
@@ -153,10 +169,18 @@ def main(argv=None) -> int:
         log(f"installed detectron2 at {location}")
     check_torchvision()  # nothing above may have replaced torch or torchvision
     has_c = subprocess.run(
-        [sys.executable, "-c", "import importlib.util as u; print(u.find_spec('detectron2._C') is not None)"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import importlib.util as u; print(u.find_spec('detectron2._C') is not None)",
+        ],
+        capture_output=True,
+        text=True,
     ).stdout.strip()
-    log("compiled ops (detectron2._C): " + ("present" if has_c == "True" else "absent (pure-Python build)"))
+    log(
+        "compiled ops (detectron2._C): "
+        + ("present" if has_c == "True" else "absent (pure-Python build)")
+    )
     return 0
 
 

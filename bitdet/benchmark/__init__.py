@@ -5,6 +5,7 @@
 ``isolation`` (a CPU row in a fresh process, for its own peak memory), ``data`` (decode +
 augment throughput) and ``report`` (JSON, ratios, table).
 """
+
 from bitdet.benchmark.config import add_benchmark_config, get_benchmark_cfg
 from bitdet.benchmark.report import compute_ratios, format_table
 from bitdet.benchmark.runner import run_benchmark

@@ -1,4 +1,5 @@
 """Config keys of the benchmark: ``add_benchmark_config(cfg)`` (``BENCH.*``)."""
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -10,7 +11,12 @@ from bitdet.config import CONFIGS_DIR, merge_config
 from bitdet.utils.precision import precision_dtype
 
 __all__ = [
-    "add_benchmark_config", "default_variant", "get_benchmark_cfg", "variant_levers", "LEVERS", "PRESETS_DIR",
+    "add_benchmark_config",
+    "default_variant",
+    "get_benchmark_cfg",
+    "variant_levers",
+    "LEVERS",
+    "PRESETS_DIR",
     "TARGET_METRICS",
 ]
 
@@ -27,7 +33,12 @@ PRESETS_DIR = CONFIGS_DIR / "benchmark"
 LEVERS = ("cl", "ws", "compile", "cudagraphs", "fold", "ckpt-stage", "ckpt-unit")
 
 # Metrics a BENCH.TARGETS entry can set: "<task>_<row field>".
-TARGET_METRICS = ("train_images_per_sec", "train_sec_per_iter", "inference_images_per_sec", "inference_ms_per_image")
+TARGET_METRICS = (
+    "train_images_per_sec",
+    "train_sec_per_iter",
+    "inference_images_per_sec",
+    "inference_ms_per_image",
+)
 
 
 def variant_levers(variant: str) -> list:
@@ -43,14 +54,26 @@ def add_benchmark_config(cfg: CN) -> None:
     # Models from bitdet.benchmark.suite.SUITE; BiT entries are compared with the peers of
     # their group (e.g. "bit-R50x1" with "timm-resnetv2_50x1_bit" and "torchvision-resnet50").
     cfg.BENCH.MODELS = [
-        "bit-R50x1", "timm-resnetv2_50x1_bit", "torchvision-resnet50",
-        "bit-R101x3", "timm-resnetv2_101x3_bit",
-        "retinanet-bit-R50x1-FPN", "retinanet-d2-R50-FPN", "retinanet-d2-R50-FPN-GN",
+        "bit-R50x1",
+        "timm-resnetv2_50x1_bit",
+        "torchvision-resnet50",
+        "bit-R101x3",
+        "timm-resnetv2_101x3_bit",
+        "retinanet-bit-R50x1-FPN",
+        "retinanet-d2-R50-FPN",
+        "retinanet-d2-R50-FPN-GN",
     ]
     # Variants to run for every model: "eager" or levers joined by "+" from LEVERS, e.g.
     # "cl+ws+compile". A lever that does not apply to a model (ws on a non-BiT model,
     # cudagraphs on CPU) makes the row "skipped" with the reason.
-    cfg.BENCH.VARIANTS = ["eager", "cl", "cl+ws", "cl+compile", "cl+ws+compile", "cl+compile+cudagraphs"]
+    cfg.BENCH.VARIANTS = [
+        "eager",
+        "cl",
+        "cl+ws",
+        "cl+compile",
+        "cl+ws+compile",
+        "cl+compile+cudagraphs",
+    ]
     # Variants for the peers ([] = BENCH.VARIANTS), e.g. their default ("eager") only.
     cfg.BENCH.PEER_VARIANTS = []
     # Tasks: "train" (forward, backward, SGD step), "inference", "data" (decode + augment).
@@ -146,7 +169,10 @@ def add_benchmark_config(cfg: CN) -> None:
     # R50x1 training target (4300 img/s at 224 px) for the pretraining loaders, the same
     # GPU time at HyperRule's 384 px crop (x (224/384)^2), and RetinaNet batch 8 per 0.116 s.
     cfg.BENCH.DATA.GPU_IMAGES_PER_SEC = [
-        ["imagefolder", 4300.0], ["shards", 4300.0], ["decode_jpeg", 4300.0], ["hyperrule", 1460.0],
+        ["imagefolder", 4300.0],
+        ["shards", 4300.0],
+        ["decode_jpeg", 4300.0],
+        ["hyperrule", 1460.0],
         ["detection", 69.0],
     ]
     # Also time torchvision.io.decode_jpeg on the GPU (nvJPEG), batched, when CUDA is used.
@@ -161,8 +187,11 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
     cfg = CN()
     add_benchmark_config(cfg)
     merge_config(cfg, config_file, opts, configs_dir=PRESETS_DIR)
-    bad = [v for v in cfg.BENCH.VARIANTS + cfg.BENCH.PEER_VARIANTS + cfg.BENCH.MEMORY.VARIANTS
-           if set(variant_levers(v)) - set(LEVERS)]
+    bad = [
+        v
+        for v in cfg.BENCH.VARIANTS + cfg.BENCH.PEER_VARIANTS + cfg.BENCH.MEMORY.VARIANTS
+        if set(variant_levers(v)) - set(LEVERS)
+    ]
     if bad:
         raise ValueError(f"BENCH.VARIANTS {bad}: use 'eager' or levers from {LEVERS} joined by '+'")
     if cfg.BENCH.CLOCK not in ("wall", "cpu"):
@@ -173,10 +202,14 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
     precision_dtype(cfg.BENCH.PRECISION, "BENCH.PRECISION")
     for task, variant in cfg.BENCH.DEFAULT_VARIANTS.items():
         if set(variant_levers(variant)) - set(LEVERS):
-            raise ValueError(f"BENCH.DEFAULT_VARIANTS.{task} {variant!r}: use 'eager' or levers from {LEVERS}")
+            raise ValueError(
+                f"BENCH.DEFAULT_VARIANTS.{task} {variant!r}: use 'eager' or levers from {LEVERS}"
+            )
     for target in cfg.BENCH.TARGETS:
         if len(target) != 3 or target[1] not in TARGET_METRICS:
-            raise ValueError(f"BENCH.TARGETS entry {target!r}: expected [model, metric, value], metric in {TARGET_METRICS}")
+            raise ValueError(
+                f"BENCH.TARGETS entry {target!r}: expected [model, metric, value], metric in {TARGET_METRICS}"
+            )
     for target in cfg.BENCH.RATIO_TARGETS:
         if len(target) != 6 or target[2] not in ("train", "inference"):
             raise ValueError(
@@ -185,7 +218,9 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
             )
     for row in cfg.BENCH.MEMORY.ROWS:
         if len(row) != 3 or not all(isinstance(v, int) and v > 0 for v in row[1:]):
-            raise ValueError(f"BENCH.MEMORY.ROWS entry {row!r}: expected [model, image side, batch] with positive sizes")
+            raise ValueError(
+                f"BENCH.MEMORY.ROWS entry {row!r}: expected [model, image side, batch] with positive sizes"
+            )
     if cfg.BENCH.MEMORY.ITERS < 1:
         raise ValueError(f"BENCH.MEMORY.ITERS {cfg.BENCH.MEMORY.ITERS}: expected at least 1")
     return cfg

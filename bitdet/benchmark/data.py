@@ -4,6 +4,7 @@ The images are real photos (scikit-image's samples) re-encoded as JPEG at ImageN
 and COCO-like sizes, so decode cost is realistic. Each loader runs in this process with one
 intra-op thread: the result is per core; a loader with N workers scales up to N times that.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,7 +21,15 @@ __all__ = ["LOADERS", "make_jpegs", "measure_loader", "measure_gpu_decode"]
 
 LOADERS = ("imagefolder", "shards", "hyperrule", "decode_jpeg", "detection")
 
-_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "motorcycle_left", "hubble_deep_field")
+_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "motorcycle_left",
+    "hubble_deep_field",
+)
 
 
 def make_jpegs(num: int, size: Tuple[int, int], quality: int = 90) -> List[bytes]:
@@ -62,12 +71,14 @@ def _decode_jpeg_transform():
     """Inception-style random crop to 224, flip, [-1, 1] on uint8 tensors (torchvision v2)."""
     from torchvision.transforms import v2
 
-    return v2.Compose([
-        v2.RandomResizedCrop(224, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize([0.5] * 3, [0.5] * 3),  # [0, 1] -> [-1, 1]
-    ])
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(224, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.5] * 3, [0.5] * 3),  # [0, 1] -> [-1, 1]
+        ]
+    )
 
 
 def _write_files(jpegs: Sequence[bytes], root: str) -> List[str]:
@@ -82,22 +93,30 @@ def _write_files(jpegs: Sequence[bytes], root: str) -> List[str]:
     return paths
 
 
-def _build_loader(loader: str, jpegs: Sequence[bytes], image_size: Sequence[int], tmp: str) -> Tuple[Callable, str]:
+def _build_loader(
+    loader: str, jpegs: Sequence[bytes], image_size: Sequence[int], tmp: str
+) -> Tuple[Callable, str]:
     """``(one(i), description)``: ``one`` decodes and augments image ``i`` (cycled) as ``loader`` does."""
     if loader == "imagefolder":
         from bitdet.pretrain.data import ImageFolderDataset, train_transform
 
         _write_files(jpegs, tmp)
         ds = ImageFolderDataset(tmp, train_transform(224))
-        return (lambda i: ds[i % len(ds)]), "ImageFolderDataset: PIL decode, Inception crop 224, flip"
+        return (
+            lambda i: ds[i % len(ds)]
+        ), "ImageFolderDataset: PIL decode, Inception crop 224, flip"
     if loader == "shards":
         from bitdet.pretrain.data import train_transform
         from bitdet.pretrain.shards import ShardDataset, write_shards
 
         paths = _write_files(jpegs, tmp)
-        shards = write_shards([(p, i % 2) for i, p in enumerate(paths)], os.path.join(tmp, "shard-%06d.tar"))
+        shards = write_shards(
+            [(p, i % 2) for i, p in enumerate(paths)], os.path.join(tmp, "shard-%06d.tar")
+        )
         ds = ShardDataset(",".join(shards), transform=train_transform(224))
-        return (lambda i: ds[i % len(ds)]), "ShardDataset (tar): PIL decode, Inception crop 224, flip"
+        return (
+            lambda i: ds[i % len(ds)]
+        ), "ShardDataset (tar): PIL decode, Inception crop 224, flip"
     if loader == "hyperrule":
         from bitdet.data.images import load_image
         from bitdet.hyperrule import get_resolution
@@ -107,25 +126,39 @@ def _build_loader(loader: str, jpegs: Sequence[bytes], image_size: Sequence[int]
         resize, crop = get_resolution(tuple(image_size))
         transform = train_transform(resize, crop)
         return (lambda i: transform(load_image(paths[i % len(paths)]))), (
-            f"HyperRule: PIL decode, resize {resize}, crop {crop}, flip")
+            f"HyperRule: PIL decode, resize {resize}, crop {crop}, flip"
+        )
     if loader == "decode_jpeg":
         from torchvision.io import ImageReadMode, decode_jpeg
 
         transform = _decode_jpeg_transform()
         data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in jpegs]
         return (lambda i: transform(decode_jpeg(data[i % len(data)], mode=ImageReadMode.RGB))), (
-            "torchvision decode_jpeg, v2 Inception crop 224 on uint8")
+            "torchvision decode_jpeg, v2 Inception crop 224 on uint8"
+        )
     if loader == "detection":
         mapper = _detection_mapper()
         h, w = image_size
         dicts = []
         for i, path in enumerate(_write_files(jpegs, tmp)):
-            boxes = [[w * 0.1 * k, h * 0.1 * k, w * (0.1 * k + 0.2), h * (0.1 * k + 0.2)] for k in range(1, 5)]
-            dicts.append({
-                "file_name": path, "height": h, "width": w, "image_id": i,
-                "annotations": [{"bbox": bb, "bbox_mode": 0, "category_id": k} for k, bb in enumerate(boxes)],
-            })
-        return (lambda i: mapper(dict(dicts[i % len(dicts)]))), "Detectron2 DatasetMapper (PIL), BiT RetinaNet augs"
+            boxes = [
+                [w * 0.1 * k, h * 0.1 * k, w * (0.1 * k + 0.2), h * (0.1 * k + 0.2)]
+                for k in range(1, 5)
+            ]
+            dicts.append(
+                {
+                    "file_name": path,
+                    "height": h,
+                    "width": w,
+                    "image_id": i,
+                    "annotations": [
+                        {"bbox": bb, "bbox_mode": 0, "category_id": k} for k, bb in enumerate(boxes)
+                    ],
+                }
+            )
+        return (
+            lambda i: mapper(dict(dicts[i % len(dicts)]))
+        ), "Detectron2 DatasetMapper (PIL), BiT RetinaNet augs"
     raise ValueError(f"BENCH.DATA.LOADERS: unknown loader {loader!r}; expected one of {LOADERS}")
 
 
@@ -138,7 +171,9 @@ def _detection_mapper(config_file: str = "Base-RetinaNet-BiT.yaml"):
     return DatasetMapper(get_bit_cfg(config_file), is_train=True)
 
 
-def measure_loader(loader: str, num_images: int, iters: int, image_size: Sequence[int], clock: str = "wall") -> Dict:
+def measure_loader(
+    loader: str, num_images: int, iters: int, image_size: Sequence[int], clock: str = "wall"
+) -> Dict:
     """Decode + augment throughput of one loader on one CPU core.
 
     Args:
@@ -170,16 +205,28 @@ def measure_loader(loader: str, num_images: int, iters: int, image_size: Sequenc
     finally:
         torch.set_num_threads(threads)
     return {
-        "task": "data", "loader": loader, "decoder": decoder, "device": "cpu", "image_size": list(image_size),
-        "images": iters, "images_per_sec_per_core": iters / elapsed, "status": "ok", "reason": None,
+        "task": "data",
+        "loader": loader,
+        "decoder": decoder,
+        "device": "cpu",
+        "image_size": list(image_size),
+        "images": iters,
+        "images_per_sec_per_core": iters / elapsed,
+        "status": "ok",
+        "reason": None,
     }
 
 
-def measure_gpu_decode(num_images: int, iters: int, image_size: Sequence[int], device: str = "cuda") -> Dict:
+def measure_gpu_decode(
+    num_images: int, iters: int, image_size: Sequence[int], device: str = "cuda"
+) -> Dict:
     """Batched nvJPEG decode (``torchvision.io.decode_jpeg(..., device="cuda")``) in images/s."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in make_jpegs(num_images, tuple(image_size))]
+    data = [
+        torch.frombuffer(bytearray(b), dtype=torch.uint8)
+        for b in make_jpegs(num_images, tuple(image_size))
+    ]
     decode_jpeg(data, mode=ImageReadMode.RGB, device=device)  # warm-up: nvJPEG handles
     torch.cuda.synchronize(device)
     rounds = max(1, iters // len(data))
@@ -189,7 +236,13 @@ def measure_gpu_decode(num_images: int, iters: int, image_size: Sequence[int], d
     torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
     return {
-        "task": "data", "loader": "gpu-decode", "decoder": "torchvision.io.decode_jpeg (nvJPEG)", "device": device,
-        "image_size": list(image_size), "images": rounds * len(data),
-        "images_per_sec": rounds * len(data) / elapsed, "status": "ok", "reason": None,
+        "task": "data",
+        "loader": "gpu-decode",
+        "decoder": "torchvision.io.decode_jpeg (nvJPEG)",
+        "device": device,
+        "image_size": list(image_size),
+        "images": rounds * len(data),
+        "images_per_sec": rounds * len(data) / elapsed,
+        "status": "ok",
+        "reason": None,
     }

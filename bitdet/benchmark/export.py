@@ -7,6 +7,7 @@ standardized kernels, and channels-last for classifiers), and each exported file
 the way a deployment would load it. Variants run in interleaved rounds and both wall time
 and process CPU time are reported, so that figures from a shared machine stay comparable.
 """
+
 from __future__ import annotations
 
 import copy
@@ -42,7 +43,12 @@ def _eager_step(target: ExportTarget, fast: bool) -> Callable[[], None]:
 
 
 def export_throughput(
-    target: ExportTarget, files: Dict[str, Path], threads: int = 1, warmup: int = 2, iters: int = 5, repeats: int = 3
+    target: ExportTarget,
+    files: Dict[str, Path],
+    threads: int = 1,
+    warmup: int = 2,
+    iters: int = 5,
+    repeats: int = 3,
 ) -> List[Dict]:
     """Time eager and exported inference on ``target.samples[0]``.
 
@@ -62,7 +68,10 @@ def export_throughput(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        variants = [("eager", _eager_step(target, False)), ("eager, fast path", _eager_step(target, True))]
+        variants = [
+            ("eager", _eager_step(target, False)),
+            ("eager, fast path", _eager_step(target, True)),
+        ]
         for fmt, path in files.items():
             run = load_runner(path, fmt, threads=threads)
             inputs = target.samples[0]
@@ -87,12 +96,21 @@ def export_throughput(
         rows = []
         for name, _ in variants:
             sec, cpu_sec = statistics.median(wall[name]), statistics.median(cpu[name])
-            rows.append({
-                "variant": name, "kind": target.kind, "batch_size": images,
-                "input_shape": list(target.samples[0][0].shape), "threads": threads, "iters": iters, "repeats": repeats,
-                "sec_per_batch": sec, "images_per_sec": images / sec,
-                "cpu_sec_per_batch": cpu_sec, "images_per_cpu_sec": images / cpu_sec,
-            })
+            rows.append(
+                {
+                    "variant": name,
+                    "kind": target.kind,
+                    "batch_size": images,
+                    "input_shape": list(target.samples[0][0].shape),
+                    "threads": threads,
+                    "iters": iters,
+                    "repeats": repeats,
+                    "sec_per_batch": sec,
+                    "images_per_sec": images / sec,
+                    "cpu_sec_per_batch": cpu_sec,
+                    "images_per_cpu_sec": images / cpu_sec,
+                }
+            )
     finally:
         torch.set_num_threads(previous)
     for row in rows:
@@ -103,8 +121,13 @@ def export_throughput(
 
 def format_throughput(rows: List[Dict]) -> str:
     """A Markdown table of :func:`export_throughput` rows."""
-    lines = ["| variant | images/s | vs eager | images per CPU-second | vs eager |", "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| variant | images/s | vs eager | images per CPU-second | vs eager |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for row in rows:
-        lines.append(f"| {row['variant']} | {row['images_per_sec']:.2f} | {row['speedup']:.2f}x | "
-                     f"{row['images_per_cpu_sec']:.2f} | {row['cpu_speedup']:.2f}x |")
+        lines.append(
+            f"| {row['variant']} | {row['images_per_sec']:.2f} | {row['speedup']:.2f}x | "
+            f"{row['images_per_cpu_sec']:.2f} | {row['cpu_speedup']:.2f}x |"
+        )
     return "\n".join(lines)

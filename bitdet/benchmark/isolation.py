@@ -6,6 +6,7 @@ a freshly spawned interpreter; its row also records that process's peak before t
 (``base_mem_mb``: the interpreter and libraries), so ``peak_mem_mb - base_mem_mb`` is what
 the row itself needed. On CUDA the peak statistics are reset before each row instead.
 """
+
 from __future__ import annotations
 
 import gc
@@ -65,9 +66,13 @@ def run_isolated(function: Callable[..., Dict], *args) -> Dict:
         MemoryError: the process died (e.g. killed for memory) before returning its row.
         Whatever ``function`` raised, re-raised here.
     """
-    context = multiprocessing.get_context("spawn")  # not fork: a fork starts with this process's pages
+    context = multiprocessing.get_context(
+        "spawn"
+    )  # not fork: a fork starts with this process's pages
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         try:
             return pool.submit(_in_child, function, *args).result()
         except BrokenProcessPool as e:
-            raise MemoryError(f"the row's process died before it finished (out of memory?): {e}") from e
+            raise MemoryError(
+                f"the row's process died before it finished (out of memory?): {e}"
+            ) from e

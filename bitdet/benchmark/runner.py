@@ -1,4 +1,5 @@
 """Run a whole benchmark from a ``BENCH`` config: rows, ratios, targets, JSON."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +19,15 @@ from bitdet.benchmark.data import LOADERS, measure_gpu_decode, measure_loader
 from bitdet.benchmark.isolation import measure_named, peak_memory_pass, run_isolated
 from bitdet.benchmark.report import compute_ratios
 from bitdet.benchmark.suite import ModelSpec, get_spec
-from bitdet.benchmark.timing import RunSettings, applicable, finish, measure, prepare, release, time_block
+from bitdet.benchmark.timing import (
+    RunSettings,
+    applicable,
+    finish,
+    measure,
+    prepare,
+    release,
+    time_block,
+)
 from bitdet.config import check_device
 from bitdet.utils.io import write_json
 from bitdet.utils.machine import cpu_name
@@ -29,8 +38,13 @@ logger = logging.getLogger(__name__)
 
 # A dry run (``--dry-run``): every row built and stepped once on CPU at these sizes, with each
 # model's small stand-in (``ModelSpec.tiny``) and compile levers traced by Dynamo only.
-DRY_RUN_SIZES = {"cls_image_size": 32, "cls_batch_size": 2, "det_image_size": (64, 64), "det_batch_size": 2,
-                 "det_infer_batch_size": 1}
+DRY_RUN_SIZES = {
+    "cls_image_size": 32,
+    "cls_batch_size": 2,
+    "det_image_size": (64, 64),
+    "det_batch_size": 2,
+    "det_infer_batch_size": 1,
+}
 
 
 def resolve_device(name: str) -> str:
@@ -51,33 +65,64 @@ def output_path(cfg, dry_run: bool = False) -> str:
 
 
 def _dry_run_settings(s: RunSettings) -> RunSettings:
-    return dataclasses.replace(s, device="cpu", cpu_threads=1, clock="wall", warmup_iters=0, iters=1, repeats=1,
-                               compile_backend="eager", **DRY_RUN_SIZES)
+    return dataclasses.replace(
+        s,
+        device="cpu",
+        cpu_threads=1,
+        clock="wall",
+        warmup_iters=0,
+        iters=1,
+        repeats=1,
+        compile_backend="eager",
+        **DRY_RUN_SIZES,
+    )
 
 
 def _memory_settings(cfg, s: RunSettings, side: int, batch: int) -> RunSettings:
     """A ``BENCH.MEMORY.ROWS`` entry's settings: its size and batch, one untimed then ITERS timed steps."""
-    return dataclasses.replace(s, cls_image_size=side, cls_batch_size=batch, det_image_size=(side, side),
-                               det_batch_size=batch, accum_steps=1, warmup_iters=1, iters=cfg.BENCH.MEMORY.ITERS,
-                               repeats=1)
+    return dataclasses.replace(
+        s,
+        cls_image_size=side,
+        cls_batch_size=batch,
+        det_image_size=(side, side),
+        det_batch_size=batch,
+        accum_steps=1,
+        warmup_iters=1,
+        iters=cfg.BENCH.MEMORY.ITERS,
+        repeats=1,
+    )
 
 
 def _settings(cfg, device: str) -> RunSettings:
     b = cfg.BENCH
     return RunSettings(
-        device=device, precision=b.PRECISION, compile_mode=b.COMPILE_MODE, cls_image_size=b.CLS_IMAGE_SIZE,
-        cls_num_classes=b.CLS_NUM_CLASSES, cls_batch_size=b.CLS_BATCH_SIZE, det_image_size=tuple(b.DET_IMAGE_SIZE),
-        det_batch_size=b.DET_BATCH_SIZE, det_infer_batch_size=b.DET_INFER_BATCH_SIZE,
-        det_num_classes=b.DET_NUM_CLASSES, det_boxes_per_image=b.DET_BOXES_PER_IMAGE, accum_steps=b.ACCUM_STEPS,
-        cpu_threads=b.CPU_THREADS, clock=b.CLOCK,
-        warmup_iters=b.WARMUP_ITERS, iters=b.ITERS, repeats=b.REPEATS, seed=b.SEED,
+        device=device,
+        precision=b.PRECISION,
+        compile_mode=b.COMPILE_MODE,
+        cls_image_size=b.CLS_IMAGE_SIZE,
+        cls_num_classes=b.CLS_NUM_CLASSES,
+        cls_batch_size=b.CLS_BATCH_SIZE,
+        det_image_size=tuple(b.DET_IMAGE_SIZE),
+        det_batch_size=b.DET_BATCH_SIZE,
+        det_infer_batch_size=b.DET_INFER_BATCH_SIZE,
+        det_num_classes=b.DET_NUM_CLASSES,
+        det_boxes_per_image=b.DET_BOXES_PER_IMAGE,
+        accum_steps=b.ACCUM_STEPS,
+        cpu_threads=b.CPU_THREADS,
+        clock=b.CLOCK,
+        warmup_iters=b.WARMUP_ITERS,
+        iters=b.ITERS,
+        repeats=b.REPEATS,
+        seed=b.SEED,
     )
 
 
 def _meta(cfg, device: str) -> Dict:
     return {
         "device": device,
-        "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu_name(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.startswith("cuda")
+        else cpu_name(),
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "precision": cfg.BENCH.PRECISION,
@@ -93,7 +138,9 @@ def _targets(cfg, rows: List[Dict], device: str) -> List[Dict]:
     out = []
     for name, metric, target in cfg.BENCH.TARGETS:
         task, _, field = metric.partition("_")
-        candidates = [r for r in rows if r.get("model") == name and r["task"] == task and r["status"] == "ok"]
+        candidates = [
+            r for r in rows if r.get("model") == name and r["task"] == task and r["status"] == "ok"
+        ]
         if not candidates:
             continue
         lower_is_better = field != "images_per_sec"
@@ -101,21 +148,41 @@ def _targets(cfg, rows: List[Dict], device: str) -> List[Dict]:
         met = None
         if device.startswith("cuda"):
             met = best[field] <= target if lower_is_better else best[field] >= target
-        out.append({"model": name, "metric": metric, "variant": best["variant"], "target": target,
-                    "measured": best[field], "met": met})
+        out.append(
+            {
+                "model": name,
+                "metric": metric,
+                "variant": best["variant"],
+                "target": target,
+                "measured": best[field],
+                "met": met,
+            }
+        )
     return out
 
 
 def _ratio_targets(cfg, rows: List[Dict]) -> List[Dict]:
     """``BENCH.RATIO_TARGETS`` judged on the rows of this run."""
-    ok = {(r["model"], r["task"], r["variant"]): r for r in rows if r.get("status") == "ok" and "images_per_sec" in r}
+    ok = {
+        (r["model"], r["task"], r["variant"]): r
+        for r in rows
+        if r.get("status") == "ok" and "images_per_sec" in r
+    }
     out = []
     for model, variant, task, peer, peer_variant, minimum in cfg.BENCH.RATIO_TARGETS:
         variant = default_variant(cfg, task) if variant == "default" else variant
         ours, theirs = ok.get((model, task, variant)), ok.get((peer, task, peer_variant))
         ratio = ours["images_per_sec"] / theirs["images_per_sec"] if ours and theirs else None
-        out.append({"task": task, "bitdet": f"{model}/{variant}", "peer": f"{peer}/{peer_variant}",
-                    "target": minimum, "ratio": ratio, "met": None if ratio is None else ratio >= minimum})
+        out.append(
+            {
+                "task": task,
+                "bitdet": f"{model}/{variant}",
+                "peer": f"{peer}/{peer_variant}",
+                "target": minimum,
+                "ratio": ratio,
+                "met": None if ratio is None else ratio >= minimum,
+            }
+        )
     return out
 
 
@@ -165,14 +232,24 @@ def _run_row(function, name: str, task: str, variant: str, s: RunSettings) -> Di
 
 
 def _row_key(row: Dict) -> tuple:
-    return (row.get("model") or row.get("loader"), row["task"], row.get("variant", ""), *row.get("entry", ()))
+    return (
+        row.get("model") or row.get("loader"),
+        row["task"],
+        row.get("variant", ""),
+        *row.get("entry", ()),
+    )
 
 
 def _measure_job(spec: ModelSpec, task: str, variant: str, s: RunSettings, dry_run: bool) -> Dict:
     """One row: in a fresh process on CPU; a dry run builds the model's stand-in, here."""
     if dry_run:
         built = get_spec(spec.tiny) if spec.tiny else spec
-        return {**measure(built, task, variant, s), "model": spec.name, "built": built.name, "dry_run": True}
+        return {
+            **measure(built, task, variant, s),
+            "model": spec.name,
+            "built": built.name,
+            "dry_run": True,
+        }
     return _run_row(measure_named, spec.name, task, variant, s)
 
 
@@ -196,7 +273,9 @@ def run_benchmark(cfg, resume: bool = False, log=print, dry_run_for: Optional[st
     device = "cpu" if dry_run else resolve_device(cfg.BENCH.DEVICE)
     target_device = dry_run_for or device
     if cfg.BENCH.CLOCK == "cpu" and device != "cpu":
-        raise ValueError(f"BENCH.CLOCK 'cpu' (process CPU time) cannot time device {device!r}; use 'wall'")
+        raise ValueError(
+            f"BENCH.CLOCK 'cpu' (process CPU time) cannot time device {device!r}; use 'wall'"
+        )
     settings = _settings(cfg, device)
     if dry_run:
         settings = _dry_run_settings(settings)
@@ -204,8 +283,14 @@ def run_benchmark(cfg, resume: bool = False, log=print, dry_run_for: Optional[st
         torch.set_num_threads(settings.cpu_threads)
     path = output_path(cfg, dry_run)
     defaults = {task: default_variant(cfg, task) for task in ("train", "inference")}
-    results = {"meta": {**_meta(cfg, device), "dry_run": dry_run}, "rows": [], "ratios": {}, "targets": [],
-               "ratio_targets": [], "defaults": defaults}
+    results = {
+        "meta": {**_meta(cfg, device), "dry_run": dry_run},
+        "rows": [],
+        "ratios": {},
+        "targets": [],
+        "ratio_targets": [],
+        "defaults": defaults,
+    }
     done: Dict[tuple, Dict] = {}
     if resume and os.path.isfile(path):
         with open(path) as f:
@@ -227,34 +312,57 @@ def run_benchmark(cfg, resume: bool = False, log=print, dry_run_for: Optional[st
         results["rows"].append(row)
         save()
         if row["status"] == "ok" and row.get("dry_run"):
-            log(f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} built ({row['built']}) and stepped")
+            log(
+                f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} built ({row['built']}) and stepped"
+            )
         elif row["status"] == "ok" and row["task"] == "memory":
-            log(f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} {row['sec_per_iter']:10.2f} s/iter"
-                f" {row['peak_mem_mb']:10.0f} MB peak")
+            log(
+                f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} {row['sec_per_iter']:10.2f} s/iter"
+                f" {row['peak_mem_mb']:10.0f} MB peak"
+            )
         elif row["status"] == "ok" and "sec_per_iter" in row:
-            log(f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} {row['images_per_sec']:10.1f} img/s"
-                f" {row['peak_mem_mb']:10.0f} MB peak")
+            log(
+                f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} {row['images_per_sec']:10.1f} img/s"
+                f" {row['peak_mem_mb']:10.0f} MB peak"
+            )
         elif row["status"] != "ok":
             log(f"{_row_key(row)}: {row['status']}: {row['reason']}")
 
     tasks = [t for t in cfg.BENCH.TASKS if t != "data"]
     # Interleaved runs time a whole task at once; sequential runs one row at a time.
-    batches = [[(n, t) for n in cfg.BENCH.MODELS] for t in tasks] if cfg.BENCH.INTERLEAVE else [
-        [(n, t)] for n in cfg.BENCH.MODELS for t in tasks]
+    batches = (
+        [[(n, t) for n in cfg.BENCH.MODELS] for t in tasks]
+        if cfg.BENCH.INTERLEAVE
+        else [[(n, t)] for n in cfg.BENCH.MODELS for t in tasks]
+    )
     for batch in batches:
         ordered, jobs = [], []
         for name, task in batch:
             spec = get_spec(name)
             missing = spec.requires and importlib.util.find_spec(spec.requires) is None
-            variants = cfg.BENCH.VARIANTS if spec.role == "bitdet" else cfg.BENCH.PEER_VARIANTS or cfg.BENCH.VARIANTS
+            variants = (
+                cfg.BENCH.VARIANTS
+                if spec.role == "bitdet"
+                else cfg.BENCH.PEER_VARIANTS or cfg.BENCH.VARIANTS
+            )
             for variant in variants:
-                base = {"model": name, "group": spec.group, "role": spec.role, "kind": spec.kind,
-                        "task": task, "variant": variant, "device": device}
+                base = {
+                    "model": name,
+                    "group": spec.group,
+                    "role": spec.role,
+                    "kind": spec.kind,
+                    "task": task,
+                    "variant": variant,
+                    "device": device,
+                }
                 ordered.append(base)
                 if _row_key(base) in done:
                     continue
-                reason = f"needs the '{spec.requires}' package" if missing else applicable(
-                    spec, variant_levers(variant), target_device, task)
+                reason = (
+                    f"needs the '{spec.requires}' package"
+                    if missing
+                    else applicable(spec, variant_levers(variant), target_device, task)
+                )
                 if reason:
                     done[_row_key(base)] = {**base, "status": "skipped", "reason": reason}
                 else:
@@ -262,8 +370,12 @@ def run_benchmark(cfg, resume: bool = False, log=print, dry_run_for: Optional[st
         if cfg.BENCH.INTERLEAVE and jobs and not dry_run:
             measured = _measure_interleaved(jobs, settings, log)
         else:
-            measured = {job: _guarded(_measure_job, *job, settings, dry_run, device=device) for job in jobs}
-        by_key = {(spec.name, task, variant): row for (spec, task, variant), row in measured.items()}
+            measured = {
+                job: _guarded(_measure_job, *job, settings, dry_run, device=device) for job in jobs
+            }
+        by_key = {
+            (spec.name, task, variant): row for (spec, task, variant), row in measured.items()
+        }
         for base in ordered:
             key = _row_key(base)
             add(done[key] if key in done else {**base, **by_key[key]})
@@ -276,8 +388,16 @@ def run_benchmark(cfg, resume: bool = False, log=print, dry_run_for: Optional[st
         if dry_run:
             row_settings = _dry_run_settings(row_settings)
         for variant in variants:
-            base = {"model": name, "group": spec.group, "role": spec.role, "kind": spec.kind, "task": "memory",
-                    "variant": variant, "device": device, "entry": [side, batch]}
+            base = {
+                "model": name,
+                "group": spec.group,
+                "role": spec.role,
+                "kind": spec.kind,
+                "task": "memory",
+                "variant": variant,
+                "device": device,
+                "entry": [side, batch],
+            }
             if _row_key(base) in done:
                 add(done[_row_key(base)])
                 continue
@@ -286,7 +406,9 @@ def run_benchmark(cfg, resume: bool = False, log=print, dry_run_for: Optional[st
                 add({**base, "status": "skipped", "reason": reason})
                 continue
             log(f"{name:<28} memory    {variant:<24} {side}x{side}, batch {batch}: measuring")
-            row = _guarded(_measure_job, spec, "train", variant, row_settings, dry_run, device=device)
+            row = _guarded(
+                _measure_job, spec, "train", variant, row_settings, dry_run, device=device
+            )
             add({**row, **base})
 
     if "data" in cfg.BENCH.TASKS:
@@ -294,11 +416,18 @@ def run_benchmark(cfg, resume: bool = False, log=print, dry_run_for: Optional[st
         if dry_run:  # a few small images: the loaders' code paths, no throughput claims
             d = d.clone()
             d.defrost()
-            d.NUM_IMAGES, d.ITERS, d.PRETRAIN_IMAGE_SIZE, d.DETECTION_IMAGE_SIZE = 2, 2, [96, 128], [96, 128]
+            d.NUM_IMAGES, d.ITERS, d.PRETRAIN_IMAGE_SIZE, d.DETECTION_IMAGE_SIZE = (
+                2,
+                2,
+                [96, 128],
+                [96, 128],
+            )
         consumed = {name: float(rate) for name, rate in d.GPU_IMAGES_PER_SEC}
         for loader in d.LOADERS:
             if loader not in LOADERS:
-                raise ValueError(f"BENCH.DATA.LOADERS: unknown loader {loader!r}; expected one of {LOADERS}")
+                raise ValueError(
+                    f"BENCH.DATA.LOADERS: unknown loader {loader!r}; expected one of {LOADERS}"
+                )
             size = d.DETECTION_IMAGE_SIZE if loader == "detection" else d.PRETRAIN_IMAGE_SIZE
             row = measure_loader(loader, d.NUM_IMAGES, d.ITERS, size, cfg.BENCH.CLOCK)
             if loader in consumed:
@@ -309,7 +438,14 @@ def run_benchmark(cfg, resume: bool = False, log=print, dry_run_for: Optional[st
             try:
                 add(measure_gpu_decode(d.NUM_IMAGES, d.ITERS, d.DETECTION_IMAGE_SIZE, device))
             except Exception as e:  # noqa: BLE001 - nvJPEG may be missing from a torchvision build
-                add({"task": "data", "loader": "gpu-decode", "status": "failed", "reason": f"{type(e).__name__}: {e}"})
+                add(
+                    {
+                        "task": "data",
+                        "loader": "gpu-decode",
+                        "status": "failed",
+                        "reason": f"{type(e).__name__}: {e}",
+                    }
+                )
     save()
     return results
 

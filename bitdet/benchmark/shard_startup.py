@@ -4,6 +4,7 @@
 shard of small JPEGs, copies it ``--shards`` times (with its index) into FOLDER, and prints the
 best of three :class:`bitdet.pretrain.ShardDataset` constructions with and without indexes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,12 +21,18 @@ from bitdet.pretrain.shards import INDEX_SUFFIX, ShardDataset, write_shards
 __all__ = ["measure_startup"]
 
 
-def measure_startup(folder: Path, shards: int = 100, samples: int = 1000, repeats: int = 3) -> Dict[str, float]:
+def measure_startup(
+    folder: Path, shards: int = 100, samples: int = 1000, repeats: int = 3
+) -> Dict[str, float]:
     """Seconds to open ``shards`` shards of ``samples`` samples: ``{"with_index", "without_index"}``."""
     folder.mkdir(parents=True, exist_ok=True)
     image = folder / "image.jpg"
     Image.fromarray(skdata.astronaut()).resize((32, 32)).save(image)
-    write_shards([(str(image), i % 10) for i in range(samples)], str(folder / "one-%06d.tar"), max_count=samples)
+    write_shards(
+        [(str(image), i % 10) for i in range(samples)],
+        str(folder / "one-%06d.tar"),
+        max_count=samples,
+    )
     for i in range(shards):
         for ext in (".tar", ".tar" + INDEX_SUFFIX):
             shutil.copy(folder / f"one-000000{ext}", folder / f"train-{i:06d}{ext}")
@@ -47,14 +54,18 @@ def measure_startup(folder: Path, shards: int = 100, samples: int = 1000, repeat
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("folder", type=Path)
     parser.add_argument("--shards", type=int, default=100)
     parser.add_argument("--samples", type=int, default=1000, help="samples per shard")
     args = parser.parse_args(argv)
     result = measure_startup(args.folder, args.shards, args.samples)
     for key, seconds in result.items():
-        print(f"{key.replace('_', ' ')}: {seconds:.3f} s to open {args.shards} shards x {args.samples} samples")
+        print(
+            f"{key.replace('_', ' ')}: {seconds:.3f} s to open {args.shards} shards x {args.samples} samples"
+        )
 
 
 if __name__ == "__main__":

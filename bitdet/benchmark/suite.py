@@ -5,6 +5,7 @@ ResNet-50, and Detectron2's RetinaNet R50-FPN twice: stock (the model-zoo config
 BatchNorm, FREEZE_AT 2) and like for like with bitdet's detector (GroupNorm, every layer
 trainable).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -79,11 +80,16 @@ def _retinanet_bit(variant: str, fpn_channels: int = 256) -> Callable[[int, str]
         cfg = get_bit_cfg(
             "Base-RetinaNet-BiT.yaml",
             [
-                "MODEL.BIT.VARIANT", variant,
-                "MODEL.BACKBONE.FREEZE_AT", 0,  # all layers trainable, as BiT fine-tunes
-                "MODEL.FPN.OUT_CHANNELS", fpn_channels,
-                "MODEL.RETINANET.NUM_CLASSES", num_classes,
-                "MODEL.DEVICE", device,
+                "MODEL.BIT.VARIANT",
+                variant,
+                "MODEL.BACKBONE.FREEZE_AT",
+                0,  # all layers trainable, as BiT fine-tunes
+                "MODEL.FPN.OUT_CHANNELS",
+                fpn_channels,
+                "MODEL.RETINANET.NUM_CLASSES",
+                num_classes,
+                "MODEL.DEVICE",
+                device,
             ],
         )
         with torch.device(device):
@@ -118,26 +124,81 @@ def _retinanet_detectron2(group_norm: bool) -> Callable[[int, str], nn.Module]:
 
 
 _SPECS = [
-    ModelSpec("bit-R50x1", "classifier", "R50x1", "bitdet", _bit("R50x1"), 128, tiny="bit-R14-tiny"),
-    ModelSpec("timm-resnetv2_50x1_bit", "classifier", "R50x1", "peer", _timm("resnetv2_50x1_bit"), 128,
-              requires="timm"),
-    ModelSpec("torchvision-resnet50", "classifier", "R50x1", "peer", _torchvision("resnet50"), 128,
-              tiny="torchvision-resnet18"),
-    ModelSpec("bit-R101x3", "classifier", "R101x3", "bitdet", _bit("R101x3"), 32, tiny="bit-R14-tiny"),
-    ModelSpec("timm-resnetv2_101x3_bit", "classifier", "R101x3", "peer", _timm("resnetv2_101x3_bit"), 32,
-              requires="timm", tiny="timm-resnetv2_50x1_bit"),
-    ModelSpec("retinanet-bit-R50x1-FPN", "detector", "RetinaNet", "bitdet", _retinanet_bit("R50x1"),
-              tiny="retinanet-bit-R14-tiny-FPN"),
+    ModelSpec(
+        "bit-R50x1", "classifier", "R50x1", "bitdet", _bit("R50x1"), 128, tiny="bit-R14-tiny"
+    ),
+    ModelSpec(
+        "timm-resnetv2_50x1_bit",
+        "classifier",
+        "R50x1",
+        "peer",
+        _timm("resnetv2_50x1_bit"),
+        128,
+        requires="timm",
+    ),
+    ModelSpec(
+        "torchvision-resnet50",
+        "classifier",
+        "R50x1",
+        "peer",
+        _torchvision("resnet50"),
+        128,
+        tiny="torchvision-resnet18",
+    ),
+    ModelSpec(
+        "bit-R101x3", "classifier", "R101x3", "bitdet", _bit("R101x3"), 32, tiny="bit-R14-tiny"
+    ),
+    ModelSpec(
+        "timm-resnetv2_101x3_bit",
+        "classifier",
+        "R101x3",
+        "peer",
+        _timm("resnetv2_101x3_bit"),
+        32,
+        requires="timm",
+        tiny="timm-resnetv2_50x1_bit",
+    ),
+    ModelSpec(
+        "retinanet-bit-R50x1-FPN",
+        "detector",
+        "RetinaNet",
+        "bitdet",
+        _retinanet_bit("R50x1"),
+        tiny="retinanet-bit-R14-tiny-FPN",
+    ),
     # The paper's detector (section 3.7): RetinaNet with an R101x3 trunk.
-    ModelSpec("retinanet-bit-R101x3-FPN", "detector", "RetinaNet-R101x3", "bitdet", _retinanet_bit("R101x3"),
-              tiny="retinanet-bit-R14-tiny-FPN"),
-    ModelSpec("retinanet-d2-R50-FPN", "detector", "RetinaNet", "peer", _retinanet_detectron2(group_norm=False)),
-    ModelSpec("retinanet-d2-R50-FPN-GN", "detector", "RetinaNet", "peer", _retinanet_detectron2(group_norm=True)),
+    ModelSpec(
+        "retinanet-bit-R101x3-FPN",
+        "detector",
+        "RetinaNet-R101x3",
+        "bitdet",
+        _retinanet_bit("R101x3"),
+        tiny="retinanet-bit-R14-tiny-FPN",
+    ),
+    ModelSpec(
+        "retinanet-d2-R50-FPN",
+        "detector",
+        "RetinaNet",
+        "peer",
+        _retinanet_detectron2(group_norm=False),
+    ),
+    ModelSpec(
+        "retinanet-d2-R50-FPN-GN",
+        "detector",
+        "RetinaNet",
+        "peer",
+        _retinanet_detectron2(group_norm=True),
+    ),
     # Small CPU entries for tests and smoke runs (R14-tiny is not a paper model).
     ModelSpec("bit-R14-tiny", "classifier", "tiny", "bitdet", _bit("R14-tiny"), 2),
     ModelSpec("torchvision-resnet18", "classifier", "tiny", "peer", _torchvision("resnet18"), 2),
-    ModelSpec("retinanet-bit-R14-tiny-FPN", "detector", "RetinaNet-tiny", "bitdet",
-              _retinanet_bit("R14-tiny", fpn_channels=32)),
+    ModelSpec(
+        "retinanet-bit-R14-tiny-FPN",
+        "detector",
+        "RetinaNet-tiny",
+        "bitdet",
+        _retinanet_bit("R14-tiny", fpn_channels=32),
+    ),
 ]
 
 SUITE: Dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}

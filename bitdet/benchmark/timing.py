@@ -4,6 +4,7 @@ A train step is forward, backward and an SGD step (momentum 0.9, weight decay 1e
 BiT's recipe) on a fixed synthetic batch that already sits on the device, so the numbers
 measure the model, not the data path (``bitdet.benchmark.data`` measures that).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,11 +22,26 @@ from torch import nn
 
 from bitdet.benchmark.config import variant_levers
 from bitdet.benchmark.suite import ModelSpec
-from bitdet.models.fast import StandardizeOncePerStep, cache_standardized_weights, compile_model, is_compiled, std_convs
+from bitdet.models.fast import (
+    StandardizeOncePerStep,
+    cache_standardized_weights,
+    compile_model,
+    is_compiled,
+    std_convs,
+)
 from bitdet.models.layers import StdConv2d, standardize_weight
 from bitdet.utils.precision import PRECISIONS
+
 __all__ = [
-    "CLOCKS", "Prepared", "RunSettings", "applicable", "finish", "measure", "peak_memory", "prepare", "time_block",
+    "CLOCKS",
+    "Prepared",
+    "RunSettings",
+    "applicable",
+    "finish",
+    "measure",
+    "peak_memory",
+    "prepare",
+    "time_block",
     "time_blocks",
 ]
 
@@ -57,7 +73,9 @@ class RunSettings:
     compile_backend: str = "inductor"
 
 
-def applicable(spec: ModelSpec, levers: Sequence[str], device: str, task: str = "inference") -> Optional[str]:
+def applicable(
+    spec: ModelSpec, levers: Sequence[str], device: str, task: str = "inference"
+) -> Optional[str]:
     """None if the variant can run, else the reason it is skipped."""
     if "cudagraphs" in levers and not device.startswith("cuda"):
         return "cudagraphs need CUDA"
@@ -83,7 +101,12 @@ def _sync(device: str) -> None:
 
 
 def time_blocks(
-    step: Callable[[], None], device: str, warmup: int, iters: int, repeats: int, clock: str = "wall"
+    step: Callable[[], None],
+    device: str,
+    warmup: int,
+    iters: int,
+    repeats: int,
+    clock: str = "wall",
 ) -> float:
     """Median seconds per call of ``step`` over ``repeats`` timed blocks of ``iters`` calls.
 
@@ -127,8 +150,15 @@ def _fold_weight_standardization(model: nn.Module) -> None:
             if not isinstance(child, StdConv2d):
                 continue
             conv = nn.Conv2d(
-                child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                child.dilation, child.groups, bias=child.bias is not None, device=child.weight.device,
+                child.in_channels,
+                child.out_channels,
+                child.kernel_size,
+                child.stride,
+                child.padding,
+                child.dilation,
+                child.groups,
+                bias=child.bias is not None,
+                device=child.weight.device,
             )
             with torch.no_grad():
                 conv.weight.copy_(standardize_weight(child.weight, child.eps))
@@ -143,11 +173,17 @@ def _detector_inputs(n: int, s: RunSettings, train: bool, device: str) -> List[D
     h, w = s.det_image_size
     inputs = []
     for _ in range(n):
-        item = {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, device=device), "height": h, "width": w}
+        item = {
+            "image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, device=device),
+            "height": h,
+            "width": w,
+        }
         if train:
             k = s.det_boxes_per_image
             xy = torch.rand(k, 2, device=device) * torch.tensor([w * 0.7, h * 0.7], device=device)
-            wh = (torch.rand(k, 2, device=device) * 0.25 + 0.05) * torch.tensor([w, h], device=device)
+            wh = (torch.rand(k, 2, device=device) * 0.25 + 0.05) * torch.tensor(
+                [w, h], device=device
+            )
             inst = Instances((h, w))
             inst.gt_boxes = Boxes(torch.cat([xy, xy + wh], dim=1))
             inst.gt_classes = torch.randint(0, s.det_num_classes, (k,), device=device)
@@ -156,7 +192,9 @@ def _detector_inputs(n: int, s: RunSettings, train: bool, device: str) -> List[D
     return inputs
 
 
-def _apply_compile(model: nn.Module, spec: ModelSpec, levers: Sequence[str], s: RunSettings) -> List[nn.Module]:
+def _apply_compile(
+    model: nn.Module, spec: ModelSpec, levers: Sequence[str], s: RunSettings
+) -> List[nn.Module]:
     if "compile" not in levers and "cudagraphs" not in levers:
         return []
     mode = "reduce-overhead" if "cudagraphs" in levers else s.compile_mode
@@ -260,7 +298,9 @@ def prepare(spec: ModelSpec, task: str, variant: str, s: RunSettings) -> Prepare
         from detectron2.utils.events import EventStorage
 
         storage = functools.partial(EventStorage, 0)
-    return Prepared(spec, task, variant, levers, model, step, images_per_step, size, compiled, storage)
+    return Prepared(
+        spec, task, variant, levers, model, step, images_per_step, size, compiled, storage
+    )
 
 
 def peak_memory(device: str) -> Tuple[float, str]:
@@ -278,12 +318,26 @@ def finish(p: Prepared, sec: float, s: RunSettings) -> Dict:
     fell_back = [type(m).__name__ for m in p.compiled if not is_compiled(m)]
     train = p.task == "train"
     return {
-        "model": p.spec.name, "group": p.spec.group, "role": p.spec.role, "kind": p.spec.kind, "task": p.task,
-        "variant": p.variant, "levers": p.levers, "device": device, "precision": s.precision,
-        "batch_size": p.images_per_step, "accum_steps": s.accum_steps if train else 1, "image_size": list(p.size),
-        "iters": s.iters, "repeats": s.repeats, "clock": s.clock,
-        "sec_per_iter": sec, "images_per_sec": p.images_per_step / sec, "ms_per_image": 1000 * sec / p.images_per_step,
-        "peak_mem_mb": peak_mb, "peak_mem_kind": peak_kind,
+        "model": p.spec.name,
+        "group": p.spec.group,
+        "role": p.spec.role,
+        "kind": p.spec.kind,
+        "task": p.task,
+        "variant": p.variant,
+        "levers": p.levers,
+        "device": device,
+        "precision": s.precision,
+        "batch_size": p.images_per_step,
+        "accum_steps": s.accum_steps if train else 1,
+        "image_size": list(p.size),
+        "iters": s.iters,
+        "repeats": s.repeats,
+        "clock": s.clock,
+        "sec_per_iter": sec,
+        "images_per_sec": p.images_per_step / sec,
+        "ms_per_image": 1000 * sec / p.images_per_step,
+        "peak_mem_mb": peak_mb,
+        "peak_mem_kind": peak_kind,
         "ws_convs": len(std_convs(p.model)),
         "status": "failed" if fell_back else "ok",
         "reason": f"torch.compile fell back to eager for {fell_back}" if fell_back else None,

@@ -1,5 +1,6 @@
 """BiT weights: every format users have (official npz, bitdet, Detectron2, timm, the authors'
 bit_pytorch, transformers, ``hf-hub:`` ids), one loader for all entry points, conversion."""
+
 from bitdet.checkpoint.architecture import FileArchitecture, architecture_of
 from bitdet.checkpoint.download import download
 from bitdet.checkpoint.errors import CheckpointError, CheckpointMismatchError, WeightsNotFoundError
@@ -15,7 +16,13 @@ from bitdet.checkpoint.loading import (
     read_weights,
     save_checkpoint,
 )
-from bitdet.checkpoint.npz import npz_key_map, npz_to_state_dict, read_npz, state_dict_to_npz, write_npz
+from bitdet.checkpoint.npz import (
+    npz_key_map,
+    npz_to_state_dict,
+    read_npz,
+    state_dict_to_npz,
+    write_npz,
+)
 from bitdet.checkpoint.sniff import sniff_container
 
 __all__ = [

@@ -1,4 +1,5 @@
 """The ResNet-v2 a set of weights describes, read from tensor shapes, and named as bitdet names it."""
+
 from __future__ import annotations
 
 import re
@@ -37,8 +38,10 @@ class FileArchitecture:
         """E.g. ``"BiT R50x1 (23.5M)"``, ``"R14-tiny (0.9M)"``, or the unit counts when unnamed."""
         size = f"{self.trunk_params / 1e6:.1f}M"
         if self.name is None:
-            return (f"a ResNet-v2 with units {list(self.layers)} and a {self.stem_channels}-channel stem ({size}), "
-                    "which no bitdet model name describes")
+            return (
+                f"a ResNet-v2 with units {list(self.layers)} and a {self.stem_channels}-channel stem ({size}), "
+                "which no bitdet model name describes"
+            )
         from bitdet.models.variants import ARCHITECTURES
 
         paper = ARCHITECTURES[self.name].paper_model
@@ -48,8 +51,13 @@ class FileArchitecture:
         """A randomly initialised :class:`bitdet.models.ResNetV2` of this shape."""
         from bitdet.models.resnetv2 import ResNetV2
 
-        return ResNetV2(self.layers, width=1, stem_width=self.stem_channels, num_classes=self.num_classes,
-                        ws_eps=ws_eps)
+        return ResNetV2(
+            self.layers,
+            width=1,
+            stem_width=self.stem_channels,
+            num_classes=self.num_classes,
+            ws_eps=ws_eps,
+        )
 
 
 def architecture_of(state: Mapping[str, torch.Tensor]) -> Optional[FileArchitecture]:
@@ -69,8 +77,13 @@ def architecture_of(state: Mapping[str, torch.Tensor]) -> Optional[FileArchitect
     head = state.get("fc.weight")
     trunk = sum(v.numel() for k, v in state.items() if not k.startswith("fc.") and not _is_stat(k))
     stem_channels = int(stem.shape[0])
-    return FileArchitecture(layers, stem_channels, int(head.shape[0]) if head is not None else 0, trunk,
-                            _name_of(layers, stem_channels))
+    return FileArchitecture(
+        layers,
+        stem_channels,
+        int(head.shape[0]) if head is not None else 0,
+        trunk,
+        _name_of(layers, stem_channels),
+    )
 
 
 def _is_stat(key: str) -> bool:

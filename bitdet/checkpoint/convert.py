@@ -5,6 +5,7 @@ conversion needs no model name. Every tensor is checked on the way (the same loa
 ``create_model``), renamed, and written atomically; values are copied, never recomputed, so
 converting back gives the original tensors.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,12 +17,24 @@ import torch
 from bitdet.checkpoint.architecture import FileArchitecture
 from bitdet.checkpoint.errors import CheckpointError
 from bitdet.checkpoint.layouts import LAYOUTS
-from bitdet.checkpoint.loading import apply_weights, read_weights, read_weights_file, save_checkpoint
+from bitdet.checkpoint.loading import (
+    apply_weights,
+    read_weights,
+    read_weights_file,
+    save_checkpoint,
+)
 from bitdet.checkpoint.npz import state_dict_to_npz, write_npz
 from bitdet.numerics import WS_EPS
 from bitdet.utils.io import PathLike, atomic_write
 
-__all__ = ["FORMATS", "DETECTRON2_PREFIX", "FileArchitecture", "convert", "export_state_dict", "infer_architecture"]
+__all__ = [
+    "FORMATS",
+    "DETECTRON2_PREFIX",
+    "FileArchitecture",
+    "convert",
+    "export_state_dict",
+    "infer_architecture",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +63,10 @@ def infer_architecture(source: PathLike) -> FileArchitecture:
 def export_state_dict(model: torch.nn.Module, layout: str) -> Dict[str, torch.Tensor]:
     """``model``'s parameters renamed to a layout of :data:`bitdet.checkpoint.layouts.LAYOUTS`."""
     target = LAYOUTS[layout]
-    return {target.from_bitdet_key(name): target.from_bitdet_tensor(name, value)
-            for name, value in model.state_dict().items()}
+    return {
+        target.from_bitdet_key(name): target.from_bitdet_tensor(name, value)
+        for name, value in model.state_dict().items()
+    }
 
 
 def _save_tensors(dst: Path, tensors: Dict[str, torch.Tensor]) -> None:
@@ -64,7 +79,9 @@ def _save_tensors(dst: Path, tensors: Dict[str, torch.Tensor]) -> None:
             torch.save(tensors, f)
 
 
-def convert(src: PathLike, dst: PathLike, fmt: str, prefix: str = DETECTRON2_PREFIX) -> FileArchitecture:
+def convert(
+    src: PathLike, dst: PathLike, fmt: str, prefix: str = DETECTRON2_PREFIX
+) -> FileArchitecture:
     """Convert ``src`` (any format bitdet reads, or an ``hf-hub:`` id) to ``dst`` in format ``fmt``.
 
     ``detectron2`` writes ``{"model": {prefix + name: tensor}, "__author__": "bitdet"}``
@@ -83,24 +100,49 @@ def convert(src: PathLike, dst: PathLike, fmt: str, prefix: str = DETECTRON2_PRE
     weights = read_weights(src)
     arch = infer_architecture(weights.source) if weights.arch is None else weights.arch
     if len(arch.layers) != 4:
-        raise CheckpointError(f"{src_text} ({weights.format}) holds stages {list(arch.layers)}, not 4: not convertible")
+        raise CheckpointError(
+            f"{src_text} ({weights.format}) holds stages {list(arch.layers)}, not 4: not convertible"
+        )
     source_eps = weights.ws_eps or WS_EPS
     model = arch.build(ws_eps=source_eps)
     apply_weights(model, weights)
     target_eps = LAYOUTS[fmt].ws_eps or WS_EPS if fmt in LAYOUTS else None
     if target_eps is not None and target_eps != source_eps:
-        logger.warning("%s was made with weight-standardization eps %g, %s code uses %g: its logits will differ "
-                       "by about 1e-5 relative", src_text, source_eps, fmt, target_eps)
+        logger.warning(
+            "%s was made with weight-standardization eps %g, %s code uses %g: its logits will differ "
+            "by about 1e-5 relative",
+            src_text,
+            source_eps,
+            fmt,
+            target_eps,
+        )
     if fmt == "npz":
         write_npz(dst, state_dict_to_npz(model))
     elif fmt == "torch":
-        save_checkpoint(dst, model, source=src_text, source_format=weights.format, layers=list(arch.layers),
-                        stem_channels=arch.stem_channels)
+        save_checkpoint(
+            dst,
+            model,
+            source=src_text,
+            source_format=weights.format,
+            layers=list(arch.layers),
+            stem_channels=arch.stem_channels,
+        )
     elif fmt == "detectron2":
-        state = {prefix + k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+        state = {
+            prefix + k: v.detach().clone()
+            for k, v in model.state_dict().items()
+            if not k.startswith("fc.")
+        }
         with atomic_write(dst) as f:
-            torch.save({"model": state, "__author__": "bitdet", "matching_heuristics": False,
-                        "meta": {"ws_eps": source_eps, "source": src_text}}, f)
+            torch.save(
+                {
+                    "model": state,
+                    "__author__": "bitdet",
+                    "matching_heuristics": False,
+                    "meta": {"ws_eps": source_eps, "source": src_text},
+                },
+                f,
+            )
     else:
         _save_tensors(dst, export_state_dict(model, fmt))
     return _written_architecture(dst)

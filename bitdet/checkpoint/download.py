@@ -13,6 +13,7 @@ machine with a machine-local cache, and one per cluster when the cache is on sha
 ``$BITDET_WEIGHTS_URL`` replaces the base address of the official checkpoints (a mirror, or
 a ``file://`` folder on an air-gapped cluster); the file names stay the same.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,7 +69,9 @@ def download(
     if dest.is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(dest.with_name(f".{dest.name}.lock")):  # the lock file stays: removing it would race
+    with FileLock(
+        dest.with_name(f".{dest.name}.lock")
+    ):  # the lock file stays: removing it would race
         if dest.is_file():  # another process fetched it while this one waited
             logger.info("%s was downloaded by another process", dest)
             return dest
@@ -76,8 +79,14 @@ def download(
     return dest
 
 
-def _fetch(url: str, dest: Path, sha256: Optional[str], validate: Optional[Callable[[Path], object]],
-           progress: bool, timeout: float) -> None:
+def _fetch(
+    url: str,
+    dest: Path,
+    sha256: Optional[str],
+    validate: Optional[Callable[[Path], object]],
+    progress: bool,
+    timeout: float,
+) -> None:
     logger.info("downloading %s -> %s", url, dest)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -91,7 +100,9 @@ def _fetch(url: str, dest: Path, sha256: Optional[str], validate: Optional[Calla
                     received += len(chunk)
                     bar.update(len(chunk))
                 if total is not None and received != total:
-                    raise CheckpointError(f"incomplete download of {url}: {received} of {total} bytes")
+                    raise CheckpointError(
+                        f"incomplete download of {url}: {received} of {total} bytes"
+                    )
                 if sha256 and digest.hexdigest() != sha256.lower():
                     raise CheckpointError(
                         f"checksum mismatch for {url}: expected sha256 {sha256}, got {digest.hexdigest()}"
@@ -111,4 +122,3 @@ def _progress(total: Optional[int], name: str, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=not enabled, leave=False)
-

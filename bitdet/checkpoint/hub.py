@@ -8,6 +8,7 @@ client's retries with back-off. A revision
 (a branch, tag or commit hash) pins the files, as in timm's ``hf-hub:`` ids. Examples:
 ``hf-hub:timm/resnetv2_50x1_bit.goog_in21k``, ``hf-hub:google/bit-50@main``.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,10 +45,12 @@ def is_hub_id(source: Any) -> bool:
 
 def parse_hub_id(source: str) -> Tuple[str, Optional[str]]:
     """``"hf-hub:org/name@rev"`` -> ``("org/name", "rev")`` (revision None when absent)."""
-    repo = source[len(HUB_PREFIX):]
+    repo = source[len(HUB_PREFIX) :]
     repo, _, revision = repo.partition("@")
     if repo.count("/") != 1 or not all(repo.split("/")):
-        raise CheckpointError(f"{source!r} is not a hub id: expected hf-hub:<org>/<name>[@<revision>]")
+        raise CheckpointError(
+            f"{source!r} is not a hub id: expected hf-hub:<org>/<name>[@<revision>]"
+        )
     return repo, revision or None
 
 
@@ -65,7 +68,9 @@ def _unreachable(repo_id: str, filename: str, revision: Optional[str]) -> Option
 
     try:
         # the metadata request does not retry (the client's default: fall back to the cache fast)
-        get_hf_file_metadata(hf_hub_url(repo_id, filename, revision=revision), timeout=REACH_TIMEOUT)
+        get_hf_file_metadata(
+            hf_hub_url(repo_id, filename, revision=revision), timeout=REACH_TIMEOUT
+        )
     except HfHubHTTPError:
         return None  # an HTTP answer (a missing file or revision is reported by the download)
     except Exception as e:  # no answer at all: DNS, connection, timeout, proxy, TLS
@@ -85,14 +90,18 @@ def hub_weights(source: str) -> HubWeights:
         from huggingface_hub import constants, hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
     except ImportError as e:
-        raise CheckpointError(f"{source}: hub ids need the huggingface_hub package (pip install huggingface_hub)") from e
+        raise CheckpointError(
+            f"{source}: hub ids need the huggingface_hub package (pip install huggingface_hub)"
+        ) from e
 
     unreachable = None if _offline() else _unreachable(repo_id, WEIGHT_FILES[0], revision)
     cache_only = _offline() or unreachable is not None
 
     def fetch(filename: str) -> Optional[Path]:
         try:
-            return Path(hf_hub_download(repo_id, filename, revision=revision, local_files_only=cache_only))
+            return Path(
+                hf_hub_download(repo_id, filename, revision=revision, local_files_only=cache_only)
+            )
         except EntryNotFoundError:  # also LocalEntryNotFoundError: offline and not cached
             return None
         except (HfHubHTTPError, OSError, ValueError) as e:
@@ -106,8 +115,14 @@ def hub_weights(source: str) -> HubWeights:
         where = os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE
         at = f"{f' (revision {revision})' if revision else ''}"
         if not cache_only:
-            raise CheckpointError(f"{source}: the hub repository {repo_id}{at} has none of {', '.join(WEIGHT_FILES)}")
-        why = "HF_HUB_OFFLINE is set" if _offline() else f"the hub could not be reached ({unreachable})"
+            raise CheckpointError(
+                f"{source}: the hub repository {repo_id}{at} has none of {', '.join(WEIGHT_FILES)}"
+            )
+        why = (
+            "HF_HUB_OFFLINE is set"
+            if _offline()
+            else f"the hub could not be reached ({unreachable})"
+        )
         raise CheckpointError(
             f"{source}: none of {', '.join(WEIGHT_FILES)} is in the hub cache {where}{at} and {why}. Where there "
             f"is network, run `hf download {repo_id}` (or load the model once), then copy that cache folder here."
@@ -118,5 +133,7 @@ def hub_weights(source: str) -> HubWeights:
         try:
             config = json.loads(config_path.read_text())
         except ValueError as e:
-            raise CheckpointError(f"{source}: config.json in {config_path.parent} is not valid JSON: {e}") from e
+            raise CheckpointError(
+                f"{source}: config.json in {config_path.parent} is not valid JSON: {e}"
+            ) from e
     return HubWeights(repo_id, revision, path, config)

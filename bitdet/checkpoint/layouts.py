@@ -20,6 +20,7 @@ Layouts:
   ``layer_type="preactivation"`` (``bit.embedder``, ``bit.encoder.stages``, ``classifier.1``);
   eps 1e-8 as well.
 """
+
 from __future__ import annotations
 
 import re
@@ -41,10 +42,18 @@ _PLACEHOLDERS: Dict[str, Tuple[str, str, Callable[[str], object], Callable[[obje
     "k": (r"[1-3]", "k", int, str),
     "abc": (r"[abc]", "k", lambda v: _ABC.index(v) + 1, lambda k: _ABC[k - 1]),
     "p": (r"weight|bias", "p", str, str),
-    "gb": (r"gamma|beta", "p", lambda v: {"gamma": "weight", "beta": "bias"}[v],
-           lambda p: {"weight": "gamma", "bias": "beta"}[p]),
-    "kb": (r"kernel|bias", "p", lambda v: {"kernel": "weight", "bias": "bias"}[v],
-           lambda p: {"weight": "kernel", "bias": "bias"}[p]),
+    "gb": (
+        r"gamma|beta",
+        "p",
+        lambda v: {"gamma": "weight", "beta": "bias"}[v],
+        lambda p: {"weight": "gamma", "bias": "beta"}[p],
+    ),
+    "kb": (
+        r"kernel|bias",
+        "p",
+        lambda v: {"kernel": "weight", "bias": "bias"}[v],
+        lambda p: {"weight": "kernel", "bias": "bias"}[p],
+    ),
 }
 _FIELD = re.compile(r"\{(\w+)\}")
 
@@ -68,7 +77,9 @@ class _Template:
         pattern = ""
         pos = 0
         for match in _FIELD.finditer(template):
-            pattern += re.escape(template[pos:match.start()]) + f"({_PLACEHOLDERS[match.group(1)][0]})"
+            pattern += (
+                re.escape(template[pos : match.start()]) + f"({_PLACEHOLDERS[match.group(1)][0]})"
+            )
             pos = match.end()
         self.regex = re.compile("^" + pattern + re.escape(template[pos:]) + "$")
 
@@ -76,10 +87,15 @@ class _Template:
         match = self.regex.match(key)
         if match is None:
             return None
-        return {_PLACEHOLDERS[f][1]: _PLACEHOLDERS[f][2](v) for f, v in zip(self.fields, match.groups())}
+        return {
+            _PLACEHOLDERS[f][1]: _PLACEHOLDERS[f][2](v) for f, v in zip(self.fields, match.groups())
+        }
 
     def format(self, values: Dict[str, object]) -> str:
-        return _FIELD.sub(lambda m: _PLACEHOLDERS[m.group(1)][3](values[_PLACEHOLDERS[m.group(1)][1]]), self.template)
+        return _FIELD.sub(
+            lambda m: _PLACEHOLDERS[m.group(1)][3](values[_PLACEHOLDERS[m.group(1)][1]]),
+            self.template,
+        )
 
 
 @dataclass(frozen=True)
@@ -150,38 +166,56 @@ LAYOUTS: Dict[str, Layout] = {
     layout.name: layout
     for layout in (
         Layout("bitdet", "bitdet (ResNetV2 state dict)", _BITDET),
-        Layout("npz", "official BiT .npz (google-research/big_transfer)", (
-            f"resnet/root_block/{_NPZ_CONV}",
-            "resnet/block{s1}/unit{u2}/{abc}/" + _NPZ_CONV,
-            "resnet/block{s1}/unit{u2}/{abc}/group_norm/{gb}",
-            "resnet/block{s1}/unit{u2}/a/proj/" + _NPZ_CONV,
-            "resnet/group_norm/{gb}",
-            "resnet/head/conv2d/{kb}",
-        )),
-        Layout("timm", "timm resnetv2_*_bit state dict", (
-            "stem.conv.weight",
-            "stages.{s0}.blocks.{u0}.conv{k}.weight",
-            "stages.{s0}.blocks.{u0}.norm{k}.{p}",
-            "stages.{s0}.blocks.{u0}.downsample.conv.weight",
-            "norm.{p}",
-            "head.fc.{p}",
-        ), ws_eps=1e-8),
-        Layout("bit_pytorch", "the authors' bit_pytorch ResNetV2 (google-research/big_transfer)", (
-            "root.conv.weight",
-            "body.block{s1}.unit{u2}.conv{k}.weight",
-            "body.block{s1}.unit{u2}.gn{k}.{p}",
-            "body.block{s1}.unit{u2}.downsample.weight",
-            "head.gn.{p}",
-            "head.conv.{p}",
-        )),
-        Layout("transformers", "Hugging Face transformers BitForImageClassification (pre-activation)", (
-            "bit.embedder.convolution.weight",
-            "bit.encoder.stages.{s0}.layers.{u0}.conv{k}.weight",
-            "bit.encoder.stages.{s0}.layers.{u0}.norm{k}.{p}",
-            "bit.encoder.stages.{s0}.layers.{u0}.downsample.conv.weight",
-            "bit.norm.{p}",
-            "classifier.1.{p}",
-        ), ws_eps=1e-8),
+        Layout(
+            "npz",
+            "official BiT .npz (google-research/big_transfer)",
+            (
+                f"resnet/root_block/{_NPZ_CONV}",
+                "resnet/block{s1}/unit{u2}/{abc}/" + _NPZ_CONV,
+                "resnet/block{s1}/unit{u2}/{abc}/group_norm/{gb}",
+                "resnet/block{s1}/unit{u2}/a/proj/" + _NPZ_CONV,
+                "resnet/group_norm/{gb}",
+                "resnet/head/conv2d/{kb}",
+            ),
+        ),
+        Layout(
+            "timm",
+            "timm resnetv2_*_bit state dict",
+            (
+                "stem.conv.weight",
+                "stages.{s0}.blocks.{u0}.conv{k}.weight",
+                "stages.{s0}.blocks.{u0}.norm{k}.{p}",
+                "stages.{s0}.blocks.{u0}.downsample.conv.weight",
+                "norm.{p}",
+                "head.fc.{p}",
+            ),
+            ws_eps=1e-8,
+        ),
+        Layout(
+            "bit_pytorch",
+            "the authors' bit_pytorch ResNetV2 (google-research/big_transfer)",
+            (
+                "root.conv.weight",
+                "body.block{s1}.unit{u2}.conv{k}.weight",
+                "body.block{s1}.unit{u2}.gn{k}.{p}",
+                "body.block{s1}.unit{u2}.downsample.weight",
+                "head.gn.{p}",
+                "head.conv.{p}",
+            ),
+        ),
+        Layout(
+            "transformers",
+            "Hugging Face transformers BitForImageClassification (pre-activation)",
+            (
+                "bit.embedder.convolution.weight",
+                "bit.encoder.stages.{s0}.layers.{u0}.conv{k}.weight",
+                "bit.encoder.stages.{s0}.layers.{u0}.norm{k}.{p}",
+                "bit.encoder.stages.{s0}.layers.{u0}.downsample.conv.weight",
+                "bit.norm.{p}",
+                "classifier.1.{p}",
+            ),
+            ws_eps=1e-8,
+        ),
     )
 }
 
@@ -210,7 +244,10 @@ def detect_layout(keys: Iterable[str]) -> Optional[Tuple[Layout, str]]:
 
     def score(candidate):
         name, prefix = candidate
-        named = sum(k.startswith(prefix) and LAYOUTS[name].to_bitdet_key(k[len(prefix):]) is not None for k in keys)
+        named = sum(
+            k.startswith(prefix) and LAYOUTS[name].to_bitdet_key(k[len(prefix) :]) is not None
+            for k in keys
+        )
         return named, name == "bitdet", -len(prefix)
 
     name, prefix = max(sorted(candidates), key=score)
@@ -221,5 +258,5 @@ def layout_keys(keys: Iterable[str], layout: Layout, prefix: str) -> Dict[str, O
     """Map each file key to bitdet's name (None: the key is not a BiT trunk or head tensor)."""
     out = {}
     for key in keys:
-        out[key] = layout.to_bitdet_key(key[len(prefix):]) if key.startswith(prefix) else None
+        out[key] = layout.to_bitdet_key(key[len(prefix) :]) if key.startswith(prefix) else None
     return out

@@ -11,6 +11,7 @@ bit_pytorch, transformers), and the architecture from its shapes
 against the file before changing anything: fewer than all of them is an error that names the
 format, both architectures and what to set.
 """
+
 from __future__ import annotations
 
 import logging
@@ -74,7 +75,9 @@ class LoadReport:
     new_head: bool = False
 
     def __str__(self) -> str:
-        text = f"loaded {self.loaded} tensors from {self.path}" + (f" ({self.format})" if self.format else "")
+        text = f"loaded {self.loaded} tensors from {self.path}" + (
+            f" ({self.format})" if self.format else ""
+        )
         text += f"; head: {self.head}"
         if self.not_in_file:
             text += f"; kept at initialisation (not in file): {', '.join(self.not_in_file)}"
@@ -146,7 +149,11 @@ def official_name(source: WeightsSource) -> Optional[str]:
     if name in PRETRAINED:
         return name
     path = Path(text).expanduser()
-    if path.suffix == ".npz" and path.stem in PRETRAINED and path.parent.resolve() == Path(default_cache_dir()).resolve():
+    if (
+        path.suffix == ".npz"
+        and path.stem in PRETRAINED
+        and path.parent.resolve() == Path(default_cache_dir()).resolve()
+    ):
         return path.stem
     return None
 
@@ -219,7 +226,9 @@ def torch_load_safely(path: PathLike) -> Any:
             "as a state dict, or convert it with bitdet-convert after reviewing its source."
         ) from e
     except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated?): {e}") from e
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (truncated?): {e}"
+        ) from e
 
 
 def _read_container(path: Path, container: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -235,7 +244,9 @@ def _read_container(path: Path, container: str) -> Tuple[Dict[str, Any], Dict[st
         try:
             return load_file(str(path)), {}
         except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file (truncated?): {e}") from e
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file (truncated?): {e}"
+            ) from e
     if container == "pickle":
         from bitdet.checkpoint.safe_pickle import safe_pickle_load, unsafe_pickle_allowed
 
@@ -255,10 +266,18 @@ def _read_container(path: Path, container: str) -> Tuple[Dict[str, Any], Dict[st
             obj = obj[key]
             break
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a dict of tensors (a state dict)")
-    arrays = {k: v for k, v in obj.items() if isinstance(k, str) and (torch.is_tensor(v) or isinstance(v, np.ndarray))}
+        raise CheckpointError(
+            f"{path} holds a {type(obj).__name__}, not a dict of tensors (a state dict)"
+        )
+    arrays = {
+        k: v
+        for k, v in obj.items()
+        if isinstance(k, str) and (torch.is_tensor(v) or isinstance(v, np.ndarray))
+    }
     if not arrays:
-        raise CheckpointError(f"{path} holds no tensors (entries: {', '.join(map(str, list(obj)[:_EXAMPLES]))})")
+        raise CheckpointError(
+            f"{path} holds no tensors (entries: {', '.join(map(str, list(obj)[:_EXAMPLES]))})"
+        )
     return arrays, wrapper
 
 
@@ -318,8 +337,9 @@ def read_weights(source: WeightsSource) -> WeightsFile:
     return weights
 
 
-def read_weights_file(path: Path, source: Optional[str] = None,
-                      hub_config: Optional[Dict[str, Any]] = None) -> WeightsFile:
+def read_weights_file(
+    path: Path, source: Optional[str] = None, hub_config: Optional[Dict[str, Any]] = None
+) -> WeightsFile:
     """Read the local weights file ``path`` as it is: no name lookup, no official-checkpoint check.
 
     Args:
@@ -332,8 +352,14 @@ def read_weights_file(path: Path, source: Optional[str] = None,
     return _as_weights(source or str(path), path, container, arrays, wrapper, hub_config)
 
 
-def _as_weights(source: str, path: Path, container: str, arrays: Dict[str, Any], wrapper: Dict[str, Any],
-                hub_config: Optional[Dict[str, Any]] = None) -> WeightsFile:
+def _as_weights(
+    source: str,
+    path: Path,
+    container: str,
+    arrays: Dict[str, Any],
+    wrapper: Dict[str, Any],
+    hub_config: Optional[Dict[str, Any]] = None,
+) -> WeightsFile:
     """Detect the layout of ``arrays`` and rename them to bitdet's names."""
     found = detect_layout(arrays)
     if found is None:
@@ -359,8 +385,23 @@ def _as_weights(source: str, path: Path, container: str, arrays: Dict[str, Any],
     if layout.name == "bitdet" and meta.get("ws_eps") is not None:
         ws_eps = float(meta["ws_eps"])
     detectron2 = "backbone" in prefix or "__author__" in wrapper
-    return WeightsFile(source, path, container, layout, prefix, state, file_keys, sorted(unmapped),
-                       sorted(other), architecture_of(state), ws_eps, meta, detectron2, arrays, wrapper)
+    return WeightsFile(
+        source,
+        path,
+        container,
+        layout,
+        prefix,
+        state,
+        file_keys,
+        sorted(unmapped),
+        sorted(other),
+        architecture_of(state),
+        ws_eps,
+        meta,
+        detectron2,
+        arrays,
+        wrapper,
+    )
 
 
 def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
@@ -406,7 +447,11 @@ def check_trunk(
         allow_other = weights.detectron2
     required = [k for k in own if not k.endswith(_STATS)]
     missing = sorted(k for k in required if k not in state)
-    mismatched = [(k, own[k], state[k].shape) for k in own if k in state and tuple(own[k]) != tuple(state[k].shape)]
+    mismatched = [
+        (k, own[k], state[k].shape)
+        for k in own
+        if k in state and tuple(own[k]) != tuple(state[k].shape)
+    ]
     unused = sorted(k for k in state if k not in own)
     unexpected = [weights.file_keys[k] for k in unused if k not in _HEAD and not ignorable(k)]
     unexpected += weights.unmapped + ([] if allow_other else weights.other)
@@ -414,16 +459,29 @@ def check_trunk(
         advice = None
         file_arch = weights.arch
         built = len(model_arch.layers) if model_arch is not None else 0
-        if file_arch is not None and model_arch is not None and (
-                (file_arch.layers[:built], file_arch.stem_channels) != (model_arch.layers, model_arch.stem_channels)):
+        if (
+            file_arch is not None
+            and model_arch is not None
+            and (
+                (file_arch.layers[:built], file_arch.stem_channels)
+                != (model_arch.layers, model_arch.stem_channels)
+            )
+        ):
             advice = f"this file is {file_arch.describe()}; the model is {model_arch.describe()}"
             if file_arch.name is not None:
                 advice += f": {_fix_hint(file_arch.name, variant_option)}"
         elif missing and not mismatched and not unexpected:
-            advice = (f"the file lacks {len(missing)} of the model's {len(required)} trunk tensors: it is "
-                      "incomplete (a partial export?); nothing was loaded")
+            advice = (
+                f"the file lacks {len(missing)} of the model's {len(required)} trunk tensors: it is "
+                "incomplete (a partial export?); nothing was loaded"
+            )
         raise CheckpointMismatchError(
-            weights.source, missing, unexpected, mismatched, format=weights.format, advice=advice,
+            weights.source,
+            missing,
+            unexpected,
+            mismatched,
+            format=weights.format,
+            advice=advice,
             trunk_total=len(required),
         )
     return unused
@@ -447,7 +505,11 @@ def set_ws_eps(model: torch.nn.Module, eps: Optional[float], source: str, layout
         logger.warning(
             "%s: weights in the %s layout were computed with weight-standardization eps %g (the official "
             "BiT checkpoints use %g); set it on %d convs so that the model reproduces the source's logits",
-            source, layout, eps, WS_EPS, len(changed),
+            source,
+            layout,
+            eps,
+            WS_EPS,
+            len(changed),
         )
     return len(changed)
 
@@ -472,14 +534,20 @@ def apply_weights(
     trunk = {k: v.shape for k, v in own_state.items() if k not in _HEAD}
     check_trunk(weights, trunk, architecture_of(own_state), variant_option=variant_option)
     if weights.other:
-        logger.info("%s: %d tensors outside the BiT trunk (%s) not used", weights.source, len(weights.other),
-                    _examples(weights.other))
+        logger.info(
+            "%s: %d tensors outside the BiT trunk (%s) not used",
+            weights.source,
+            len(weights.other),
+            _examples(weights.other),
+        )
     state = weights.state
     body = {k: v for k, v in state.items() if k in trunk}
 
     file_head = tuple(state.get(k) for k in _HEAD)
     if getattr(model, "fc", None) is None:
-        head = "none (headless model)" + ("; the file's head was ignored" if file_head[0] is not None else "")
+        head = "none (headless model)" + (
+            "; the file's head was ignored" if file_head[0] is not None else ""
+        )
     elif zero_head:
         head = "zero-initialised (requested)"
     elif file_head[0] is None:
@@ -497,8 +565,15 @@ def apply_weights(
         model.reset_head(zero=True)
     set_ws_eps(model, weights.ws_eps, weights.source, weights.layout.name)
     not_in_file = sorted(k for k in trunk if k.endswith(_STATS[:2]) and k not in body)
-    report = LoadReport(weights.source, len(body), head, not_in_file, weights.format, weights.ws_eps,
-                        new_head=head.startswith("zero"))
+    report = LoadReport(
+        weights.source,
+        len(body),
+        head,
+        not_in_file,
+        weights.format,
+        weights.ws_eps,
+        new_head=head.startswith("zero"),
+    )
     logger.info("%s", report)
     return report
 

@@ -11,6 +11,7 @@ Layout (a flat npz of float32 arrays; conv kernels are HWIO)::
 
 Some released files name convs ``standardized_conv2d_N``; they are read as the plain name.
 """
+
 from __future__ import annotations
 
 import re
@@ -73,7 +74,9 @@ def write_npz(path: PathLike, arrays: Dict[str, np.ndarray]) -> None:
         np.savez(f, **arrays)
 
 
-def npz_to_state_dict(arrays: Dict[str, np.ndarray], model: torch.nn.Module = None) -> Dict[str, torch.Tensor]:
+def npz_to_state_dict(
+    arrays: Dict[str, np.ndarray], model: torch.nn.Module = None
+) -> Dict[str, torch.Tensor]:
     """Rename and transpose npz arrays into bitdet's state-dict naming.
 
     Arrays whose key is not part of the layout keep their npz key, so that callers can report
@@ -90,4 +93,7 @@ def npz_to_state_dict(arrays: Dict[str, np.ndarray], model: torch.nn.Module = No
 def state_dict_to_npz(model: torch.nn.Module) -> Dict[str, np.ndarray]:
     """``model``'s parameters in the official npz layout (float32, HWIO kernels)."""
     npz = LAYOUTS["npz"]
-    return {npz.from_bitdet_key(name): npz.from_bitdet_tensor(name, value) for name, value in model.named_parameters()}
+    return {
+        npz.from_bitdet_key(name): npz.from_bitdet_tensor(name, value)
+        for name, value in model.named_parameters()
+    }

@@ -4,6 +4,7 @@ Those files are dicts of numpy arrays. Unpickling may only rebuild numpy arrays,
 plain containers; anything else (a function, a class, ``os.system``) is refused with an error
 naming the object. ``BITDET_ALLOW_UNSAFE_PICKLE=1`` opts out for a file you trust.
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ with ``data.pkl``, or the legacy pickle stream that starts with torch's magic nu
 (Detectron2 / Caffe2 ``.pkl``). Anything else is called what it is: empty, text, HTML, gzip,
 HDF5, a zip of something else, or unknown bytes.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,10 @@ CONTAINERS = {
 _TORCH_LEGACY_MAGIC = b"\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 _OTHER_MAGIC = (
     (b"\x1f\x8b", "a gzip-compressed file (unpack it first)"),
-    (b"\x89HDF\r\n\x1a\n", "an HDF5 file (a Keras / TensorFlow .h5 model, not a BiT weights file bitdet reads)"),
+    (
+        b"\x89HDF\r\n\x1a\n",
+        "an HDF5 file (a Keras / TensorFlow .h5 model, not a BiT weights file bitdet reads)",
+    ),
     (b"\x89PNG", "a PNG image"),
     (b"\xff\xd8\xff", "a JPEG image"),
     (b"BZh", "a bzip2-compressed file (unpack it first)"),
@@ -45,13 +49,17 @@ def _zip_kind(path: Path) -> str:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except zipfile.BadZipFile as e:
-        raise CheckpointError(f"{path} is a truncated or corrupt zip archive (an interrupted download?): {e}") from e
+        raise CheckpointError(
+            f"{path} is a truncated or corrupt zip archive (an interrupted download?): {e}"
+        ) from e
     if names and all(n.endswith(".npy") for n in names):
         return "npz"
     if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
         return "torch"
     shown = ", ".join(names[:5]) or "no members"
-    raise CheckpointError(f"{path} is not a weights file: it is a zip archive of other files ({shown})")
+    raise CheckpointError(
+        f"{path} is not a weights file: it is a zip archive of other files ({shown})"
+    )
 
 
 def _is_safetensors(head: bytes, size: int) -> bool:
@@ -102,6 +110,8 @@ def sniff_container(path: PathLike) -> str:
                 f.seek(8)
                 json.loads(f.read(length))
         except (ValueError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path} looks like a safetensors file but its header is corrupt: {e}") from e
+            raise CheckpointError(
+                f"{path} looks like a safetensors file but its header is corrupt: {e}"
+            ) from e
         return "safetensors"
     raise CheckpointError(f"{path} is not a weights file: it is {_describe_other(head)}")

@@ -39,6 +39,7 @@ category ids are 1..10 with the Fashion-MNIST class names. The same arguments gi
 byte-identical json files (and identical pixels); the masks draw no random numbers, so images
 and boxes are those of the recipe without masks.
 """
+
 from __future__ import annotations
 
 import functools
@@ -73,8 +74,20 @@ PathLike = Union[str, os.PathLike]
 FASHION_MNIST_DIR = Path(os.environ.get("BITDET_FASHION_MNIST", DEFAULT_ROOT))
 # skimage.data photos that ship inside the scikit-image wheel (no download needed).
 BACKGROUND_PHOTOS = (
-    "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
-    "retina", "camera", "coins", "moon", "clock", "brick", "grass", "gravel",
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "camera",
+    "coins",
+    "moon",
+    "clock",
+    "brick",
+    "grass",
+    "gravel",
 )
 
 # Bump when the recipe changes: a dataset written by another version is regenerated.
@@ -132,9 +145,13 @@ def _small_photos(short_side: int) -> Tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def _background(rng: np.random.Generator, height: int, width: int,
-                photos: Optional[Sequence[np.ndarray]] = None,
-                crop_range: Tuple[float, float] = (0.3, 1.0)) -> np.ndarray:
+def _background(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    photos: Optional[Sequence[np.ndarray]] = None,
+    crop_range: Tuple[float, float] = (0.3, 1.0),
+) -> np.ndarray:
     photos = photos or _background_photos()
     photo = photos[rng.integers(len(photos))]
     ph, pw = photo.shape[:2]
@@ -146,14 +163,17 @@ def _background(rng: np.random.Generator, height: int, width: int,
     y0 = rng.integers(0, ph - crop_h + 1)
     x0 = rng.integers(0, pw - crop_w + 1)
     crop = photo[y0 : y0 + crop_h, x0 : x0 + crop_w]
-    crop = cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA if crop_h > height else cv2.INTER_LINEAR)
+    crop = cv2.resize(
+        crop, (width, height), interpolation=cv2.INTER_AREA if crop_h > height else cv2.INTER_LINEAR
+    )
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
     return np.ascontiguousarray(crop)
 
 
-def _item_layer(item: np.ndarray, rng: np.random.Generator, side: int,
-                tint: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+def _item_layer(
+    item: np.ndarray, rng: np.random.Generator, side: int, tint: bool = True
+) -> Tuple[np.ndarray, np.ndarray]:
     """A resized item (float RGB, tinted unless ``tint`` is False) and its alpha, cropped tight
     to ``alpha >= 0.5``."""
     jitter = np.exp(rng.uniform(np.log(0.8), np.log(1.25)))
@@ -220,7 +240,9 @@ def _compose(
         region = canvas[y0 : y0 + ah, x0 : x0 + aw]
         region[:] = alpha[:, :, None] * rgb + (1.0 - alpha[:, :, None]) * region
         boxes.append(box)
-        objects.append(_Placed(int(labels[index]), [float(x0), float(y0), float(aw), float(ah)], alpha >= 0.5))
+        objects.append(
+            _Placed(int(labels[index]), [float(x0), float(y0), float(aw), float(ah)], alpha >= 0.5)
+        )
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), objects
 
 
@@ -234,7 +256,11 @@ def _rle(placed: _Placed, height: int, width: int) -> Dict:
 
 
 def item_on_canvas(
-    item: np.ndarray, rng: np.random.Generator, size: int, scale_range: Tuple[float, float], photo: bool
+    item: np.ndarray,
+    rng: np.random.Generator,
+    size: int,
+    scale_range: Tuple[float, float],
+    photo: bool,
 ) -> np.ndarray:
     """One item as a classification sample drawn like a detection object (uint8 ``size``x``size``x3).
 
@@ -246,15 +272,21 @@ def item_on_canvas(
     """
     low, high = scale_range
     if not 0 < low <= high <= 1:
-        raise ValueError(f"scale_range {tuple(scale_range)}: expected 0 < low <= high <= 1 (item side / canvas side)")
+        raise ValueError(
+            f"scale_range {tuple(scale_range)}: expected 0 < low <= high <= 1 (item side / canvas side)"
+        )
     if photo:
         # A detection image is ~8x the canvas (items of 12-50 % of 256 px vs 40-100 % of the
         # canvas): crop the photo ~8x finer than the detection set does, so the clutter
         # around an item has the same scale relative to the item.
-        canvas = _background(rng, size, size, _small_photos(256), _UPSTREAM_CROP_RANGE).astype(np.float32)
+        canvas = _background(rng, size, size, _small_photos(256), _UPSTREAM_CROP_RANGE).astype(
+            np.float32
+        )
     else:
         canvas = np.zeros((size, size, 3), np.float32)
-    rgb, alpha = _item_layer(item, rng, max(6, int(round(size * rng.uniform(low, high)))), tint=photo)
+    rgb, alpha = _item_layer(
+        item, rng, max(6, int(round(size * rng.uniform(low, high)))), tint=photo
+    )
     ah, aw = alpha.shape
     if ah == 0:  # an empty scan: the canvas alone (the label still names the item's class)
         return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
@@ -319,7 +351,11 @@ def is_complete(
 
 def _write_image(path: Path, image: np.ndarray, image_format: str) -> None:
     bgr = np.ascontiguousarray(image[:, :, ::-1])
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if image_format == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    params = (
+        [cv2.IMWRITE_JPEG_QUALITY, 95]
+        if image_format == "jpg"
+        else [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    )
     ok, encoded = cv2.imencode(f".{image_format}", bgr, params)
     if not ok:
         raise RuntimeError(f"could not encode {path}")
@@ -328,7 +364,9 @@ def _write_image(path: Path, image: np.ndarray, image_format: str) -> None:
 
 
 def _generate_split(folder: Path, split: str, params: Dict, fashion_root: Optional[str]) -> Dict:
-    source = FashionMNIST(fashion_root or FASHION_MNIST_DIR, split="train" if split == "train" else "test")
+    source = FashionMNIST(
+        fashion_root or FASHION_MNIST_DIR, split="train" if split == "train" else "test"
+    )
     items, labels = source.images, source.targets
     height, width = params["image_size"]
     image_dir = folder / split
@@ -344,16 +382,21 @@ def _generate_split(folder: Path, split: str, params: Dict, fashion_root: Option
         images.append({"id": image_id, "file_name": file_name, "height": height, "width": width})
         for placed in objects:
             bbox = placed.bbox
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image_id,
-                "category_id": placed.label + 1,
-                "bbox": bbox,
-                "segmentation": _rle(placed, height, width),
-                "area": bbox[2] * bbox[3],
-                "iscrowd": 0,
-            })
-    categories = [{"id": i + 1, "name": name, "supercategory": "clothing"} for i, name in enumerate(FASHION_MNIST_CLASSES)]
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": placed.label + 1,
+                    "bbox": bbox,
+                    "segmentation": _rle(placed, height, width),
+                    "area": bbox[2] * bbox[3],
+                    "iscrowd": 0,
+                }
+            )
+    categories = [
+        {"id": i + 1, "name": name, "supercategory": "clothing"}
+        for i, name in enumerate(FASHION_MNIST_CLASSES)
+    ]
     info = {
         "description": "Fashion-MNIST items composited onto scikit-image photos (bitdet)",
         "bitdet": params,

@@ -4,6 +4,7 @@ The files are parsed directly (no torchvision folder layout, no download): 60k t
 and 10k test images, 28x28 grayscale, 10 classes. Images are returned as RGB ``PIL`` images
 so the same transforms serve Fashion-MNIST and photo datasets.
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,8 +24,16 @@ __all__ = ["DEFAULT_ROOT", "FASHION_MNIST_CLASSES", "FashionMNIST", "read_idx"]
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -47,7 +56,7 @@ def read_idx(path: Union[str, os.PathLike]) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UBYTE:
         raise ValueError(f"{path} is not an unsigned-byte idx file (header {data[:4]!r})")
     ndim = data[3]
-    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     if len(data) - offset != int(np.prod(dims)):
         raise ValueError(f"{path}: header says shape {dims} but holds {len(data) - offset} bytes")
@@ -73,7 +82,9 @@ def _load_split(root: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
         )
     images, labels = read_idx(paths[0]), read_idx(paths[1])
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"{paths[0]} / {paths[1]}: shapes {images.shape} and {labels.shape} do not pair up")
+        raise ValueError(
+            f"{paths[0]} / {paths[1]}: shapes {images.shape} and {labels.shape} do not pair up"
+        )
     return images, labels
 
 
@@ -115,13 +126,19 @@ class FashionMNIST(Dataset):
         if self.transform is not None:
             x = self.transform(img)
         else:
-            x = torch.from_numpy((np.asarray(img, dtype=np.float32) - PIXEL_MEAN) / PIXEL_STD).permute(2, 0, 1)
+            x = torch.from_numpy(
+                (np.asarray(img, dtype=np.float32) - PIXEL_MEAN) / PIXEL_STD
+            ).permute(2, 0, 1)
         return x, int(self.targets[index])
 
     def subset_per_class(self, n: int, seed: int = 0) -> "FashionMNIST":
         """A copy holding ``n`` random examples of each class (few-shot / quick tests)."""
         rng = np.random.default_rng(seed)
-        keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(self.targets == c))[:n] for c in range(10)]))
+        keep = np.sort(
+            np.concatenate(
+                [rng.permutation(np.flatnonzero(self.targets == c))[:n] for c in range(10)]
+            )
+        )
         out = FashionMNIST.__new__(FashionMNIST)
         out.__dict__.update(self.__dict__)
         out.images, out.targets = self.images[keep], self.targets[keep]

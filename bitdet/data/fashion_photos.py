@@ -10,6 +10,7 @@ A share of the items (``plain_prob``) can keep the plain Fashion-MNIST look inst
 28 px frame resized to the canvas, grey on black), which is what the standard test split and
 grey-on-black transfer tasks look like.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,9 +47,17 @@ class FashionMNISTOnPhotos(Dataset):
 
     classes = FASHION_MNIST_CLASSES
 
-    def __init__(self, root: Union[str, os.PathLike] = DEFAULT_ROOT, split: str = "train", size: int = 32,
-                 scale_range: Tuple[float, float] = (0.4, 1.0), photo_prob: float = 0.75,
-                 transform: Optional[Callable] = None, seed: Optional[int] = None, plain_prob: float = 0.0) -> None:
+    def __init__(
+        self,
+        root: Union[str, os.PathLike] = DEFAULT_ROOT,
+        split: str = "train",
+        size: int = 32,
+        scale_range: Tuple[float, float] = (0.4, 1.0),
+        photo_prob: float = 0.75,
+        transform: Optional[Callable] = None,
+        seed: Optional[int] = None,
+        plain_prob: float = 0.0,
+    ) -> None:
         for name, p in (("photo_prob", photo_prob), ("plain_prob", plain_prob)):
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} {p}: expected a probability in [0, 1]")
@@ -56,10 +65,16 @@ class FashionMNISTOnPhotos(Dataset):
             raise ValueError(f"canvas size {size}: expected >= 8 pixels")
         self.items = FashionMNIST(root, split)
         self.targets = self.items.targets
-        self.size, self.scale_range, self.photo_prob = int(size), tuple(scale_range), float(photo_prob)
+        self.size, self.scale_range, self.photo_prob = (
+            int(size),
+            tuple(scale_range),
+            float(photo_prob),
+        )
         self.plain_prob = float(plain_prob)
         self.transform, self.seed = transform, seed
-        item_on_canvas(self.items.images[0], np.random.default_rng(0), self.size, self.scale_range, False)  # checks the range
+        item_on_canvas(
+            self.items.images[0], np.random.default_rng(0), self.size, self.scale_range, False
+        )  # checks the range
 
     def __len__(self) -> int:
         return len(self.items)
@@ -72,10 +87,14 @@ class FashionMNISTOnPhotos(Dataset):
     def __getitem__(self, index: int) -> Tuple[object, int]:
         rng = self._rng(index)
         if rng.random() < self.plain_prob:
-            image = Image.fromarray(self.items.images[index], mode="L").resize((self.size, self.size), Image.BILINEAR)
+            image = Image.fromarray(self.items.images[index], mode="L").resize(
+                (self.size, self.size), Image.BILINEAR
+            )
             image = image.convert("RGB")
         else:
             photo = bool(rng.random() < self.photo_prob)
-            image = Image.fromarray(item_on_canvas(self.items.images[index], rng, self.size, self.scale_range, photo),
-                                    mode="RGB")
+            image = Image.fromarray(
+                item_on_canvas(self.items.images[index], rng, self.size, self.scale_range, photo),
+                mode="RGB",
+            )
         return (self.transform(image) if self.transform else image), int(self.targets[index])

@@ -7,6 +7,7 @@ file it cannot use, logs why (rate-limited), and counts it in :data:`decode_stat
 are per process: a trainer counts the ``None`` samples that reach its collate function,
 which also covers DataLoader worker processes.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,7 +24,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from bitdet.numerics import PIXEL_MEAN, PIXEL_STD
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DecodeStats", "ToBiTTensor", "decode_image", "decode_stats", "load_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "DecodeStats",
+    "ToBiTTensor",
+    "decode_image",
+    "decode_stats",
+    "load_image",
+]
 
 logger = logging.getLogger(__name__)
 

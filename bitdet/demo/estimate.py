@@ -6,6 +6,7 @@ The per-step costs are those of the full demo's reference runs in docs/demo.md (
 2-core x86_64 machine, one thread per stage, two stages at a time), start-up and evaluation
 included; each stage's ``cpu_s`` in ``OUTPUT/timings.json`` is the figure to compare them with.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,11 +55,15 @@ class Estimate:
         for name, seconds in self.cpu_s.items():
             kinds[_kind(name)] = kinds.get(_kind(name), 0.0) + seconds
         parts = ", ".join(f"{k} {s / 60:.1f}" for k, s in kinds.items())
-        per_step = ", ".join(f"{k} {c.step_s:g} s" for k, c in STAGE_COSTS.items() if c.step_s and k in kinds)
-        return (f"expected: about {self.wall_s / 60:.0f} min wall, {cpu / 60:.0f} CPU-min ({parts}), "
-                f"{self.jobs} stage(s) at a time on {self.cores} core(s); assumes the CPU seconds per step "
-                f"of the docs/demo.md reference machine ({per_step}) and otherwise idle cores: a slower or busy "
-                "machine takes longer (each stage's live line shows its own ETA)")
+        per_step = ", ".join(
+            f"{k} {c.step_s:g} s" for k, c in STAGE_COSTS.items() if c.step_s and k in kinds
+        )
+        return (
+            f"expected: about {self.wall_s / 60:.0f} min wall, {cpu / 60:.0f} CPU-min ({parts}), "
+            f"{self.jobs} stage(s) at a time on {self.cores} core(s); assumes the CPU seconds per step "
+            f"of the docs/demo.md reference machine ({per_step}) and otherwise idle cores: a slower or busy "
+            "machine takes longer (each stage's live line shows its own ETA)"
+        )
 
 
 def _kind(name: str) -> str:

@@ -6,6 +6,7 @@ iter: N ... loss: X``, the fine-tuning sweep's per-run lines, evaluation results
 :class:`Progress`, and :func:`run_tasks` prints every running stage's progress on one console
 line. Up to ``jobs`` stages run at once; each is told how many threads to use.
 """
+
 from __future__ import annotations
 
 import os
@@ -81,7 +82,10 @@ class Progress:
             return "running"
         parts = []
         if self.runs > 1:
-            parts.append(f"run {max(self.run, 1)}/{self.runs}" + (f" ({self.run_label})" if self.run_label else ""))
+            parts.append(
+                f"run {max(self.run, 1)}/{self.runs}"
+                + (f" ({self.run_label})" if self.run_label else "")
+            )
         parts.append(f"iter {self.iteration}/{self.iters_per_run}")
         if self.eta:
             parts.append(f"eta {self.eta}")
@@ -165,8 +169,9 @@ def _finish(task: Task, status: int, rusage) -> None:
     task._proc.returncode = os.waitstatus_to_exitcode(status)
 
 
-def run_tasks(tasks: Sequence[Task], log_dir: Path, env: Dict[str, str], jobs: int,
-              out: TextIO = sys.stdout) -> List[Task]:
+def run_tasks(
+    tasks: Sequence[Task], log_dir: Path, env: Dict[str, str], jobs: int, out: TextIO = sys.stdout
+) -> List[Task]:
     """Run the tasks whose ``done`` file is absent, at most ``jobs`` at a time, in order.
 
     Each task's process gets ``OMP_NUM_THREADS`` = cores / jobs (at least 1): a second thread per
@@ -195,12 +200,21 @@ def run_tasks(tasks: Sequence[Task], log_dir: Path, env: Dict[str, str], jobs: i
             for task in ready[: max(0, jobs - len(running))]:
                 pending.remove(task)
                 log = open(log_dir / f"{task.name}.log", "w")
-                console.say(f"[demo] {task.name}: started, {threads} thread(s) ({' '.join(task.cmd[2:])}); "
-                            f"log {log.name}")
+                console.say(
+                    f"[demo] {task.name}: started, {threads} thread(s) ({' '.join(task.cmd[2:])}); "
+                    f"log {log.name}"
+                )
                 task._start = time.monotonic()
-                task._proc = subprocess.Popen(task.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                              env=dict(env, OMP_NUM_THREADS=str(threads)))
-                task._reader = threading.Thread(target=_pump, args=(task._proc.stdout, log, task.progress), daemon=True)
+                task._proc = subprocess.Popen(
+                    task.cmd,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    env=dict(env, OMP_NUM_THREADS=str(threads)),
+                )
+                task._reader = threading.Thread(
+                    target=_pump, args=(task._proc.stdout, log, task.progress), daemon=True
+                )
                 task._reader.start()
                 task._log = log
                 running.append(task)
@@ -215,13 +229,19 @@ def run_tasks(tasks: Sequence[Task], log_dir: Path, env: Dict[str, str], jobs: i
                 if task._proc.returncode != 0:
                     log = log_dir / f"{task.name}.log"
                     tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-                    raise StageFailed(f"[demo] stage {task.name!r} failed (exit {task._proc.returncode}); "
-                                      f"end of {log}:\n{tail}")
+                    raise StageFailed(
+                        f"[demo] stage {task.name!r} failed (exit {task._proc.returncode}); "
+                        f"end of {log}:\n{tail}"
+                    )
                 finished.append(task)
-                console.say(f"[demo] {task.name}: done in {task.wall_s:.0f} s wall, {task.cpu_s:.0f} s CPU "
-                            f"({task.progress.line()})")
+                console.say(
+                    f"[demo] {task.name}: done in {task.wall_s:.0f} s wall, {task.cpu_s:.0f} s CPU "
+                    f"({task.progress.line()})"
+                )
             if running:
-                console.status("[demo] " + " | ".join(f"{t.name}: {t.progress.line()}" for t in running))
+                console.status(
+                    "[demo] " + " | ".join(f"{t.name}: {t.progress.line()}" for t in running)
+                )
     finally:
         for task in running:  # only after a failure or an interrupt
             if task._proc.poll() is None:

@@ -5,6 +5,7 @@ never typed in, so the report cannot disagree with the run it describes. Each co
 (upstream-pretrained vs from scratch) gives mean ± std over seeds, the gain with a 95 %
 t-interval, and a verdict computed from that interval (:mod:`bitdet.demo.stats`).
 """
+
 from __future__ import annotations
 
 import json
@@ -16,11 +17,25 @@ import numpy as np
 from bitdet.demo.stats import Comparison, compare
 from bitdet.transfer.datasets import get_spec
 from bitdet.transfer.fewshot import FULL, mean_std
-from bitdet.transfer.report import accuracy_vs_shots_plot, collect_runs, read_metrics, summarize_runs, training_curve_plot
+from bitdet.transfer.report import (
+    accuracy_vs_shots_plot,
+    collect_runs,
+    read_metrics,
+    summarize_runs,
+    training_curve_plot,
+)
 from bitdet.utils.io import PathLike, atomic_write, write_json
 
-__all__ = ["DRAW_THRESHOLDS", "box_precision", "detection_comparison", "detection_results", "draw_threshold",
-           "loss_curves_plot", "transfer_comparisons", "write_report"]
+__all__ = [
+    "DRAW_THRESHOLDS",
+    "box_precision",
+    "detection_comparison",
+    "detection_results",
+    "draw_threshold",
+    "loss_curves_plot",
+    "transfer_comparisons",
+    "write_report",
+]
 
 _AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # Score thresholds tried for the drawn detections: the lowest whose boxes are >= 75 % right
@@ -32,7 +47,9 @@ _INITS = ("upstream", "scratch")
 
 def _read_json(path: Path) -> Dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"the demo expected {path}; did its stage finish? (see the logs folder)")
+        raise FileNotFoundError(
+            f"the demo expected {path}; did its stage finish? (see the logs folder)"
+        )
     return json.loads(path.read_text())
 
 
@@ -45,7 +62,9 @@ def detection_results(output_dir: PathLike) -> Dict[str, Any]:
     metrics = read_metrics(Path(output_dir) / "metrics.json")
     evals = [m for m in metrics if "bbox/AP" in m]
     if not evals:
-        raise ValueError(f"{output_dir}/metrics.json has no bbox/AP record: set TEST.EVAL_PERIOD to MAX_ITER")
+        raise ValueError(
+            f"{output_dir}/metrics.json has no bbox/AP record: set TEST.EVAL_PERIOD to MAX_ITER"
+        )
     train = [m for m in metrics if "total_loss" in m]
     result = {k: evals[-1][f"bbox/{k}"] for k in _AP_KEYS if f"bbox/{k}" in evals[-1]}
     result["iterations"] = (train[-1]["iteration"] + 1) if train else 0
@@ -62,8 +81,12 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / (box[2] * box[3] + boxes[:, 2] * boxes[:, 3] - inter)
 
 
-def box_precision(predictions: Sequence[Mapping[str, Any]], ground_truth: Mapping[str, Any],
-                  threshold: float, iou: float = 0.5) -> Dict[str, float]:
+def box_precision(
+    predictions: Sequence[Mapping[str, Any]],
+    ground_truth: Mapping[str, Any],
+    threshold: float,
+    iou: float = 0.5,
+) -> Dict[str, float]:
     """How right the boxes drawn at a score threshold are, over a whole COCO-format split.
 
     A prediction (COCO results format) with ``score >= threshold`` is right when it matches a
@@ -90,11 +113,18 @@ def box_precision(predictions: Sequence[Mapping[str, Any]], ground_truth: Mappin
             used[key][best] = True
             right += 1
     total = len(ground_truth["annotations"])
-    return {"threshold": threshold, "drawn": len(drawn), "right": right,
-            "precision": right / len(drawn) if drawn else 0.0, "recall": right / total if total else 0.0}
+    return {
+        "threshold": threshold,
+        "drawn": len(drawn),
+        "right": right,
+        "precision": right / len(drawn) if drawn else 0.0,
+        "recall": right / total if total else 0.0,
+    }
 
 
-def draw_threshold(predictions_file: PathLike, gt_file: PathLike, images: int = 4) -> Dict[str, Any]:
+def draw_threshold(
+    predictions_file: PathLike, gt_file: PathLike, images: int = 4
+) -> Dict[str, Any]:
     """The lowest of :data:`DRAW_THRESHOLDS` at which >= 75 % of drawn boxes are right (else the
     highest), with its :func:`box_precision` figures on the evaluated split and ``image_ids``: the
     first ``images`` images of the split (in its order) with at least one box at that threshold
@@ -113,12 +143,15 @@ def draw_threshold(predictions_file: PathLike, gt_file: PathLike, images: int = 
 
 def _read_json_list(path: Path) -> List[Dict[str, Any]]:
     if not path.is_file():
-        raise FileNotFoundError(f"the demo expected {path} (COCOEvaluator's predictions); did detection finish?")
+        raise FileNotFoundError(
+            f"the demo expected {path} (COCOEvaluator's predictions); did detection finish?"
+        )
     return json.loads(path.read_text())
 
 
-def loss_curves_plot(curves: Mapping[str, PathLike], out_png: PathLike, key: str = "total_loss",
-                     title: str = "") -> Path:
+def loss_curves_plot(
+    curves: Mapping[str, PathLike], out_png: PathLike, key: str = "total_loss", title: str = ""
+) -> Path:
     """One loss-vs-iteration line per labelled ``metrics.json`` (Detectron2 or bitdet engine);
     labels starting with the same word share a colour."""
     import matplotlib
@@ -129,10 +162,12 @@ def loss_curves_plot(curves: Mapping[str, PathLike], out_png: PathLike, key: str
     fig, ax = plt.subplots(figsize=(6, 4))
     colours: Dict[str, str] = {}
     for label, path in curves.items():
-        points = [(m["iteration"], m[key]) for m in read_metrics(path) if key in m and "iteration" in m]
+        points = [
+            (m["iteration"], m[key]) for m in read_metrics(path) if key in m and "iteration" in m
+        ]
         if points:
             group = label.split()[0]
-            line, = ax.plot(*zip(*points), label=label, color=colours.get(group), alpha=0.85)
+            (line,) = ax.plot(*zip(*points), label=label, color=colours.get(group), alpha=0.85)
             colours.setdefault(group, line.get_color())
     ax.set_xlabel("iteration")
     ax.set_ylabel(key)
@@ -149,8 +184,12 @@ def loss_curves_plot(curves: Mapping[str, PathLike], out_png: PathLike, key: str
     return out_png
 
 
-def transfer_comparisons(runs: Sequence[Mapping[str, Any]], treated: str, control: str = "scratch",
-                         sides: Tuple[str, str] = ("pretraining", "scratch")) -> List[Tuple[Any, Comparison]]:
+def transfer_comparisons(
+    runs: Sequence[Mapping[str, Any]],
+    treated: str,
+    control: str = "scratch",
+    sides: Tuple[str, str] = ("pretraining", "scratch"),
+) -> List[Tuple[Any, Comparison]]:
     """Per shots setting, ``treated`` vs ``control`` top-1, paired by seed (a seed fixes the few-shot draw).
 
     Args:
@@ -162,25 +201,50 @@ def transfer_comparisons(runs: Sequence[Mapping[str, Any]], treated: str, contro
         ValueError: a shots setting lacks runs of one side or their seeds differ.
     """
     out = []
-    shots_all = sorted({r["shots"] for r in runs}, key=lambda s: float("inf") if s == FULL else float(s))
+    shots_all = sorted(
+        {r["shots"] for r in runs}, key=lambda s: float("inf") if s == FULL else float(s)
+    )
     for shots in shots_all:
-        side = {init: {r["seed"]: r["top1"] for r in runs if r["shots"] == shots and r["init"] == init}
-                for init in (treated, control)}
+        side = {
+            init: {r["seed"]: r["top1"] for r in runs if r["shots"] == shots and r["init"] == init}
+            for init in (treated, control)
+        }
         if not side[treated] or not side[control] or set(side[treated]) != set(side[control]):
-            raise ValueError(f"{shots}-shot transfer: {treated} seeds {sorted(side[treated])} and {control} "
-                             f"seeds {sorted(side[control])} do not pair up")
+            raise ValueError(
+                f"{shots}-shot transfer: {treated} seeds {sorted(side[treated])} and {control} "
+                f"seeds {sorted(side[control])} do not pair up"
+            )
         seeds = sorted(side[control])
-        out.append((shots, compare([side[treated][s] for s in seeds], [side[control][s] for s in seeds],
-                                   "points top-1", paired=True, sides=sides)))
+        out.append(
+            (
+                shots,
+                compare(
+                    [side[treated][s] for s in seeds],
+                    [side[control][s] for s in seeds],
+                    "points top-1",
+                    paired=True,
+                    sides=sides,
+                ),
+            )
+        )
     return out
 
 
-def detection_comparison(results: Mapping[str, Sequence[Mapping[str, Any]]], treated: str = "upstream",
-                         control: str = "scratch", sides: Tuple[str, str] = ("pretraining", "scratch")) -> Comparison:
+def detection_comparison(
+    results: Mapping[str, Sequence[Mapping[str, Any]]],
+    treated: str = "upstream",
+    control: str = "scratch",
+    sides: Tuple[str, str] = ("pretraining", "scratch"),
+) -> Comparison:
     """``treated`` vs ``control`` COCO AP over detection seeds, Welch's t-interval (the seed sets
     only the data order and the new layers, so runs are treated as independent)."""
-    return compare([r["AP"] for r in results[treated]], [r["AP"] for r in results[control]], "AP", paired=False,
-                   sides=sides)
+    return compare(
+        [r["AP"] for r in results[treated]],
+        [r["AP"] for r in results[control]],
+        "AP",
+        paired=False,
+        sides=sides,
+    )
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -199,9 +263,15 @@ def _shots_label(shots: Any) -> str:
     return "full" if shots == FULL else f"{shots}-shot"
 
 
-def _study_section(root: Path, study: Mapping[str, Any], source, transfer_runs: Sequence[Mapping[str, Any]],
-                   gains: Mapping[Any, Comparison], det: Mapping[str, Sequence[Mapping[str, Any]]],
-                   det_full: Comparison) -> Tuple[List[str], List[str], Dict[str, Any]]:
+def _study_section(
+    root: Path,
+    study: Mapping[str, Any],
+    source,
+    transfer_runs: Sequence[Mapping[str, Any]],
+    gains: Mapping[Any, Comparison],
+    det: Mapping[str, Sequence[Mapping[str, Any]]],
+    det_full: Comparison,
+) -> Tuple[List[str], List[str], Dict[str, Any]]:
     """``--study``: the upstream model on all items vs the one on ``study["fraction"]`` of them (same
     steps), each against scratch and against each other. Returns (report lines, verdicts, summary)."""
     init, share = study["init"], f"{study['fraction'] * 100:.0f} %"
@@ -231,20 +301,28 @@ def _study_section(root: Path, study: Mapping[str, Any], source, transfer_runs: 
         "",
         f"| stage | gain, 100 % | gain, {share} | 100 % minus {share} | 95 % CI | verdict |",
         "|---|---|---|---|---|---|",
-        *[f"| digits {_shots_label(s)} | {gains[s].diff:+.1f} | {small_gains[s].diff:+.1f} | {c.diff:+.1f} | "
-          f"{_ci(c)} | {c.verdict()} |" for s, c in versus],
+        *[
+            f"| digits {_shots_label(s)} | {gains[s].diff:+.1f} | {small_gains[s].diff:+.1f} | {c.diff:+.1f} | "
+            f"{_ci(c)} | {c.verdict()} |"
+            for s, c in versus
+        ],
         f"| detection AP | {det_full.diff:+.1f} | {det_small.diff:+.1f} | {det_versus.diff:+.1f} | "
         f"{_ci(det_versus)} | {det_versus.verdict()} |",
         "",
     ]
-    summary = {"init": init, "fraction": study["fraction"], "pretrain": small_pre,
-               "transfer_comparison": [dict(c.to_dict(), shots=s) for s, c in versus],
-               "detection_comparison": det_versus.to_dict()}
+    summary = {
+        "init": init,
+        "fraction": study["fraction"],
+        "pretrain": small_pre,
+        "transfer_comparison": [dict(c.to_dict(), shots=s) for s, c in versus],
+        "detection_comparison": det_versus.to_dict(),
+    }
     return lines, verdicts, summary
 
 
-def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], settings: Mapping[str, Any]
-                 ) -> Tuple[Path, List[str]]:
+def write_report(
+    root: PathLike, timings: Mapping[str, Mapping[str, float]], settings: Mapping[str, Any]
+) -> Tuple[Path, List[str]]:
     """Write ``root/report.md`` and ``root/summary.json`` from the stage outputs under ``root``.
 
     Args:
@@ -267,9 +345,13 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
     inits = _INITS + ((study["init"],) if study else ())
     pre = _read_json(source(root / "upstream" / "final.json"))
     # transfer/<init>/ holds one initialisation's sweep, whatever its checkpoint was called.
-    transfer_runs = [dict(run, init=init) for init in inits for run in collect_runs([root / "transfer" / init])]
+    transfer_runs = [
+        dict(run, init=init) for init in inits for run in collect_runs([root / "transfer" / init])
+    ]
     if not transfer_runs:
-        raise FileNotFoundError(f"no fine-tuning results under {root / 'transfer'}; did the transfer stages finish?")
+        raise FileNotFoundError(
+            f"no fine-tuning results under {root / 'transfer'}; did the transfer stages finish?"
+        )
     sources.append(f"transfer/{{{','.join(inits)}}}/*/<shots>_seed<k>/results.json")
     transfer_rows = summarize_runs(transfer_runs)
     dataset = transfer_runs[0]["dataset"]
@@ -277,8 +359,13 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
 
     det_dirs = {init: sorted((root / "detection").glob(f"{init}_seed*")) for init in inits}
     if not all(det_dirs.values()):
-        raise FileNotFoundError(f"{root / 'detection'} lacks runs of one of {', '.join(f'{i}_seed*' for i in inits)}")
-    det = {init: [dict(detection_results(d), run=d.name) for d in dirs] for init, dirs in det_dirs.items()}
+        raise FileNotFoundError(
+            f"{root / 'detection'} lacks runs of one of {', '.join(f'{i}_seed*' for i in inits)}"
+        )
+    det = {
+        init: [dict(detection_results(d), run=d.name) for d in dirs]
+        for init, dirs in det_dirs.items()
+    }
     for dirs in det_dirs.values():
         for d in dirs:
             source(d / "metrics.json")
@@ -286,14 +373,29 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
     drawn = _read_json(source(root / "detections_source.json"))
 
     plots = root / "plots"
-    training_curve_plot(root / "upstream" / "metrics.json", plots / "pretrain_curve.png",
-                        title="upstream pretraining on Fashion-MNIST")
-    accuracy_vs_shots_plot(transfer_rows, plots / "accuracy_vs_shots.png",
-                           title="digits: top-1 by training examples per class")
-    loss_curves_plot({f"{init} {d.name.rsplit('_', 1)[1]}": d / "metrics.json" for init, dirs in det_dirs.items()
-                      for d in dirs}, plots / "detection_loss.png", title="RetinaNet training loss")
+    training_curve_plot(
+        root / "upstream" / "metrics.json",
+        plots / "pretrain_curve.png",
+        title="upstream pretraining on Fashion-MNIST",
+    )
+    accuracy_vs_shots_plot(
+        transfer_rows,
+        plots / "accuracy_vs_shots.png",
+        title="digits: top-1 by training examples per class",
+    )
+    loss_curves_plot(
+        {
+            f"{init} {d.name.rsplit('_', 1)[1]}": d / "metrics.json"
+            for init, dirs in det_dirs.items()
+            for d in dirs
+        },
+        plots / "detection_loss.png",
+        title="RetinaNet training loss",
+    )
 
-    ratio = det_cmp.treated["mean"] / det_cmp.control["mean"] if det_cmp.control["mean"] > 0 else None
+    ratio = (
+        det_cmp.treated["mean"] / det_cmp.control["mean"] if det_cmp.control["mean"] > 0 else None
+    )
     ratio_text = "n/a (scratch AP 0)" if ratio is None else f"{ratio:.2f}"
     verdicts = [f"detection: {det_cmp.verdict()}; upstream/scratch AP ratio {ratio_text}"]
     verdicts += [f"digits {_shots_label(s)}: {c.verdict()}" for s, c in transfer]
@@ -301,7 +403,8 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
     study_summary: Dict[str, Any] = {}
     if study:
         study_lines, study_verdicts, study_summary = _study_section(
-            root, study, source, transfer_runs, dict(transfer), det, det_cmp)
+            root, study, source, transfer_runs, dict(transfer), det, det_cmp
+        )
         verdicts += study_verdicts
 
     total_wall = settings.get("wall_s", sum(t["wall_s"] for t in timings.values()))
@@ -321,7 +424,7 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
         "## Verdicts",
         "",
         "Each gain is upstream-pretrained minus from scratch, with a 95 % t-interval; a verdict says",
-        "\"helps\" only when the whole interval is above 0 and \"hurts\" only when it is below.",
+        '"helps" only when the whole interval is above 0 and "hurts" only when it is below.',
         "",
         *[f"- {v}" for v in verdicts],
         "",
@@ -349,8 +452,11 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
         "",
         "| shots | upstream | scratch | gain | 95 % CI | gain > larger std | verdict |",
         "|---|---|---|---|---|---|---|",
-        *[f"| {_shots_label(s)} | {_ms(c.treated)} | {_ms(c.control)} | {c.diff:+.1f} | {_ci(c)} | "
-          f"{'yes' if c.beyond_spread else 'no'} | {c.verdict()} |" for s, c in transfer],
+        *[
+            f"| {_shots_label(s)} | {_ms(c.treated)} | {_ms(c.control)} | {c.diff:+.1f} | {_ci(c)} | "
+            f"{'yes' if c.beyond_spread else 'no'} | {c.verdict()} |"
+            for s, c in transfer
+        ],
         "",
         "![accuracy vs shots](plots/accuracy_vs_shots.png)",
         "",
@@ -360,16 +466,27 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
         "",
         "| backbone init | " + " | ".join(_AP_KEYS) + " |",
         "|---|" + "---|" * len(_AP_KEYS),
-        *[f"| {init} | " + " | ".join(_ms(mean_std([r.get(k, float('nan')) for r in det[init]])) for k in _AP_KEYS)
-          + " |" for init in inits],
+        *[
+            f"| {init} | "
+            + " | ".join(
+                _ms(mean_std([r.get(k, float("nan")) for r in det[init]])) for k in _AP_KEYS
+            )
+            + " |"
+            for init in inits
+        ],
         "",
         f"Gain {det_cmp.diff:+.1f} AP (95 % CI {_ci(det_cmp)}), upstream/scratch ratio {ratio_text}: "
         f"{det_cmp.verdict()}.",
         "",
         "| run | " + " | ".join(_AP_KEYS) + " | iterations | final loss |",
         "|---|" + "---|" * (len(_AP_KEYS) + 2),
-        *[f"| {r['run']} | " + " | ".join(_fmt(r.get(k)) for k in _AP_KEYS)
-          + f" | {r['iterations']} | {_fmt(r['final_loss'], 3)} |" for init in inits for r in det[init]],
+        *[
+            f"| {r['run']} | "
+            + " | ".join(_fmt(r.get(k)) for k in _AP_KEYS)
+            + f" | {r['iterations']} | {_fmt(r['final_loss'], 3)} |"
+            for init in inits
+            for r in det[init]
+        ],
         "",
         "![detection loss](plots/detection_loss.png)",
         "",
@@ -387,7 +504,10 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
         "",
         "| prediction | ground truth |",
         "|---|---|",
-        *[f"| ![detections](detections/{p.name}) | ![ground truth](ground_truth/{p.name}) |" for p in pictures],
+        *[
+            f"| ![detections](detections/{p.name}) | ![ground truth](ground_truth/{p.name}) |"
+            for p in pictures
+        ],
         "",
         "## Sources",
         "",
@@ -413,4 +533,3 @@ def write_report(root: PathLike, timings: Mapping[str, Mapping[str, float]], set
     }
     write_json(root / "summary.json", summary)
     return report, verdicts
-

@@ -4,6 +4,7 @@ The verdict is computed from the interval and never says more than it shows: "he
 the whole interval lies above zero, "hurts" only when it lies below, otherwise "no significant
 difference"; with one run per side there is no interval and the verdict says so.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,10 @@ class Comparison:
         f = f"{{:+.{digits}f}}"
         gain = f"{f.format(self.diff)} {self.metric}"
         if self.ci is None:
-            return (f"no interval from one run per side: {gain} "
-                    f"(run more seeds before concluding anything)")
+            return (
+                f"no interval from one run per side: {gain} "
+                f"(run more seeds before concluding anything)"
+            )
         level = f"{self.confidence * 100:.0f} %"
         interval = f"{level} CI {f.format(self.ci[0])} to {f.format(self.ci[1])}, {self.method}, n={self.treated['n']}"
         if self.ci[0] > 0:
@@ -68,7 +71,9 @@ class Comparison:
 
     def to_dict(self) -> Dict[str, Any]:
         out = asdict(self)
-        out.update(significant=self.significant, beyond_spread=self.beyond_spread, verdict=self.verdict())
+        out.update(
+            significant=self.significant, beyond_spread=self.beyond_spread, verdict=self.verdict()
+        )
         return out
 
 
@@ -76,8 +81,14 @@ def _summary(values: Sequence[float]) -> Dict[str, Any]:
     return dict(mean_std(values), values=[float(v) for v in values])
 
 
-def compare(treated: Sequence[float], control: Sequence[float], metric: str, paired: bool,
-            confidence: float = 0.95, sides: Tuple[str, str] = ("pretraining", "scratch")) -> Comparison:
+def compare(
+    treated: Sequence[float],
+    control: Sequence[float],
+    metric: str,
+    paired: bool,
+    confidence: float = 0.95,
+    sides: Tuple[str, str] = ("pretraining", "scratch"),
+) -> Comparison:
     """Compare two samples of a metric.
 
     Args:
@@ -100,13 +111,17 @@ def compare(treated: Sequence[float], control: Sequence[float], metric: str, pai
 
     treated, control = [float(v) for v in treated], [float(v) for v in control]
     if not treated or not control:
-        raise ValueError(f"compare {metric}: both sides need at least one value (got {len(treated)} and {len(control)})")
+        raise ValueError(
+            f"compare {metric}: both sides need at least one value (got {len(treated)} and {len(control)})"
+        )
     if not all(math.isfinite(v) for v in treated + control):
         raise ValueError(f"compare {metric}: non-finite values in {treated} / {control}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence {confidence}: expected a level in (0, 1)")
     if paired and len(treated) != len(control):
-        raise ValueError(f"compare {metric}: paired runs need equal counts (got {len(treated)} and {len(control)})")
+        raise ValueError(
+            f"compare {metric}: paired runs need equal counts (got {len(treated)} and {len(control)})"
+        )
     t_sum, c_sum = _summary(treated), _summary(control)
     alpha = 1.0 - confidence
     if paired:
@@ -124,8 +139,11 @@ def compare(treated: Sequence[float], control: Sequence[float], metric: str, pai
         va, vb = t_sum["std"] ** 2 / t_sum["n"], c_sum["std"] ** 2 / c_sum["n"]
         se = math.sqrt(va + vb)
         # Welch-Satterthwaite degrees of freedom (the smaller side's n - 1 when both vanish).
-        df = (va + vb) ** 2 / (va ** 2 / (t_sum["n"] - 1) + vb ** 2 / (c_sum["n"] - 1)) if se > 0 else \
-            min(t_sum["n"], c_sum["n"]) - 1
+        df = (
+            (va + vb) ** 2 / (va**2 / (t_sum["n"] - 1) + vb**2 / (c_sum["n"] - 1))
+            if se > 0
+            else min(t_sum["n"], c_sum["n"]) - 1
+        )
         method = "Welch t"
     if se == 0:  # identical differences: the interval is the point itself
         ci, p = (diff, diff), (0.0 if diff != 0 else 1.0)

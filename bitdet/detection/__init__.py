@@ -32,6 +32,7 @@ Load BiT weights of any format (``.npz``, timm, bitdet, ``hf-hub:`` ids) with
 :class:`BiTCheckpointer`; Detectron2's ``DefaultPredictor`` interface is :class:`BiTPredictor`.
 The demo datasets (``bitdet_demo_*``, with boxes and instance masks) are registered on import.
 """
+
 from bitdet.detection.backbone import (
     BiTBackbone,
     build_bit_backbone,

@@ -17,6 +17,7 @@ Generalized R-CNN is refused with more than one micro-batch: it samples anchors 
 proposals at random per image in forward order and averages its box and mask losses over the
 ROIs sampled in a batch, so its micro-batch steps are not its whole-batch step.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,14 +39,20 @@ __all__ = ["accumulation_step", "check_accumulation", "one_scalar_set_per_step"]
 Batch = List[Dict[str, Any]]
 _NORMALIZER = "loss_normalizer"
 # What the step normalizer relies on; a subclass overriding any of them is not handled.
-_RELIED_ON = {"forward_training": RetinaNet, "losses": RetinaNet, "label_anchors": RetinaNet,
-              "_ema_update": DenseDetector, "preprocess_image": DenseDetector}
+_RELIED_ON = {
+    "forward_training": RetinaNet,
+    "losses": RetinaNet,
+    "label_anchors": RetinaNet,
+    "_ema_update": DenseDetector,
+    "preprocess_image": DenseDetector,
+}
 
 
 def _has_step_normalizer(cls: type) -> bool:
     """Whether ``cls`` is RetinaNet, or a subclass keeping the methods the step normalizer patches."""
-    return issubclass(cls, RetinaNet) and all(getattr(cls, name) is getattr(owner, name)
-                                               for name, owner in _RELIED_ON.items())
+    return issubclass(cls, RetinaNet) and all(
+        getattr(cls, name) is getattr(owner, name) for name, owner in _RELIED_ON.items()
+    )
 
 
 def check_accumulation(meta_architecture: str, batch_split: int) -> None:
@@ -58,7 +65,8 @@ def check_accumulation(meta_architecture: str, batch_split: int) -> None:
         raise ValueError(
             f"SOLVER.BATCH_SPLIT={batch_split} needs MODEL.META_ARCHITECTURE 'RetinaNet' (got "
             f"{meta_architecture!r}, whose loss over micro-batches is not its loss over the whole batch): "
-            "set SOLVER.BATCH_SPLIT 1")
+            "set SOLVER.BATCH_SPLIT 1"
+        )
 
 
 def _positives(gt_labels: Sequence[torch.Tensor], num_classes: int) -> torch.Tensor:
@@ -86,21 +94,28 @@ def _instance_attributes(obj: nn.Module, **values: Any) -> Iterator[None]:
 def _padded_size(detector: DenseDetector, images: Batch) -> Tuple[int, int]:
     """The (height, width) that ``detector.preprocess_image(images)`` pads to, computed on shapes only."""
     shapes = [torch.empty(x["image"].shape, device="meta") for x in images]
-    padded = ImageList.from_tensors(shapes, detector.backbone.size_divisibility,
-                                    padding_constraints=detector.backbone.padding_constraints)
+    padded = ImageList.from_tensors(
+        shapes,
+        detector.backbone.size_divisibility,
+        padding_constraints=detector.backbone.padding_constraints,
+    )
     return tuple(padded.tensor.shape[-2:])
 
 
 class _RetinaNetStep:
     """One optimizer step of a RetinaNet over ``micro_batches`` (run in that order)."""
 
-    def __init__(self, detector: RetinaNet, micro_batches: Sequence[Batch], world_size: int) -> None:
+    def __init__(
+        self, detector: RetinaNet, micro_batches: Sequence[Batch], world_size: int
+    ) -> None:
         self.detector, self.micro_batches, self.world_size = detector, micro_batches, world_size
         share = [x for batch in micro_batches for x in batch]
         self.padded = _padded_size(detector, share) if len(micro_batches) > 1 else None
         self.forwards = 0
         self.positives = self.normalizer = None
-        self.originals = {name: getattr(detector, name) for name in ("losses", "_ema_update", "preprocess_image")}
+        self.originals = {
+            name: getattr(detector, name) for name in ("losses", "_ema_update", "preprocess_image")
+        }
 
     def _step_positives(self, anchors, gt_labels: Sequence[torch.Tensor]) -> int:
         """Positive anchors of the step: this micro-batch's labels, the others' labelled with the
@@ -115,19 +130,27 @@ class _RetinaNetStep:
             dist.all_reduce(count)
         return int(count.item())
 
-    def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes) -> Dict[str, torch.Tensor]:
+    def losses(
+        self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes
+    ) -> Dict[str, torch.Tensor]:
         if self.forwards >= len(self.micro_batches):
-            raise RuntimeError(f"{self.forwards + 1} forwards in a step of {len(self.micro_batches)} micro-batches")
+            raise RuntimeError(
+                f"{self.forwards + 1} forwards in a step of {len(self.micro_batches)} micro-batches"
+            )
         if self.forwards == 0:
             self.positives = self._step_positives(anchors, gt_labels)
         self.forwards += 1
-        return self.originals["losses"](anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
+        return self.originals["losses"](
+            anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes
+        )
 
     def ema_update(self, name: str, value: float, *args: Any, **kwargs: Any) -> float:
         if name != _NORMALIZER:
             return self.originals["_ema_update"](name, value, *args, **kwargs)
         if self.normalizer is None:  # once per step, with the step's count
-            self.normalizer = self.originals["_ema_update"](name, max(self.positives, 1), *args, **kwargs)
+            self.normalizer = self.originals["_ema_update"](
+                name, max(self.positives, 1), *args, **kwargs
+            )
         return self.normalizer
 
     def preprocess_image(self, batched_inputs: Batch) -> ImageList:
@@ -135,11 +158,15 @@ class _RetinaNetStep:
         height, width = images.tensor.shape[-2:]
         target_h, target_w = self.padded
         if height > target_h or width > target_w:
-            raise RuntimeError(f"micro-batch padded to {height}x{width}, larger than its share's {target_h}x{target_w}")
+            raise RuntimeError(
+                f"micro-batch padded to {height}x{width}, larger than its share's {target_h}x{target_w}"
+            )
         if (height, width) == (target_h, target_w):
             return images
-        return ImageList(F.pad(images.tensor, (0, target_w - width, 0, target_h - height), value=0.0),
-                         images.image_sizes)
+        return ImageList(
+            F.pad(images.tensor, (0, target_w - width, 0, target_h - height), value=0.0),
+            images.image_sizes,
+        )
 
     @contextlib.contextmanager
     def patched(self) -> Iterator[float]:
@@ -149,11 +176,15 @@ class _RetinaNetStep:
         with _instance_attributes(self.detector, **patches):
             yield float(self.world_size)
         if self.forwards != len(self.micro_batches):
-            raise RuntimeError(f"{self.forwards} forwards in a step of {len(self.micro_batches)} micro-batches")
+            raise RuntimeError(
+                f"{self.forwards} forwards in a step of {len(self.micro_batches)} micro-batches"
+            )
 
 
 @contextlib.contextmanager
-def accumulation_step(detector: nn.Module, micro_batches: Sequence[Batch], world_size: int) -> Iterator[float]:
+def accumulation_step(
+    detector: nn.Module, micro_batches: Sequence[Batch], world_size: int
+) -> Iterator[float]:
     """Context for one optimizer step over this process's ``micro_batches``, forwarded in order.
 
     Yields the weight of each micro-batch's loss: for RetinaNet the number of processes (its
@@ -168,8 +199,10 @@ def accumulation_step(detector: nn.Module, micro_batches: Sequence[Batch], world
             yield weight
         return
     if len(micro_batches) > 1:
-        raise ValueError(f"{len(micro_batches)} micro-batches per step need a RetinaNet, got "
-                         f"{type(detector).__name__}: set SOLVER.BATCH_SPLIT 1")
+        raise ValueError(
+            f"{len(micro_batches)} micro-batches per step need a RetinaNet, got "
+            f"{type(detector).__name__}: set SOLVER.BATCH_SPLIT 1"
+        )
     yield 1.0
 
 

@@ -19,6 +19,7 @@ Policy, applied to every dataset registered through
 
 The counts are logged once per load (a warning when anything was dropped or clipped).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,13 @@ from typing import Any, Dict, List, Optional
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
-__all__ = ["AnnotationError", "AnnotationStats", "check_coco_json", "clean_records", "load_coco_format"]
+__all__ = [
+    "AnnotationError",
+    "AnnotationStats",
+    "check_coco_json",
+    "clean_records",
+    "load_coco_format",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,27 +91,44 @@ def check_coco_json(json_file: os.PathLike) -> Dict[str, Any]:
     except json.JSONDecodeError as e:
         raise AnnotationError(f"{json_file}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from e
     if not isinstance(data, dict):
-        raise AnnotationError(f"{json_file}: expected a JSON object with images/annotations/categories")
+        raise AnnotationError(
+            f"{json_file}: expected a JSON object with images/annotations/categories"
+        )
     for section in ("images", "categories"):
         if not isinstance(data.get(section), list):
             raise AnnotationError(f"{json_file}: missing or non-list top-level key {section!r}")
     for section, keys in REQUIRED_KEYS.items():
         entries = data.get(section, [])
         for key in keys:
-            lacking = [e.get("id", f"<entry #{i}>") if isinstance(e, dict) else f"<entry #{i}>"
-                       for i, e in enumerate(entries) if not isinstance(e, dict) or key not in e]
+            lacking = [
+                e.get("id", f"<entry #{i}>") if isinstance(e, dict) else f"<entry #{i}>"
+                for i, e in enumerate(entries)
+                if not isinstance(e, dict) or key not in e
+            ]
             if lacking:
-                raise AnnotationError(f"{json_file}: {section}: key {key!r} missing in {_describe(lacking, section[:-1])}")
+                raise AnnotationError(
+                    f"{json_file}: {section}: key {key!r} missing in {_describe(lacking, section[:-1])}"
+                )
     anns = data.get("annotations", [])
-    bad_box = [a["id"] for a in anns if not (
-        isinstance(a["bbox"], list) and len(a["bbox"]) == 4
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in a["bbox"]))]
+    bad_box = [
+        a["id"]
+        for a in anns
+        if not (
+            isinstance(a["bbox"], list)
+            and len(a["bbox"]) == 4
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in a["bbox"])
+        )
+    ]
     if bad_box:
-        raise AnnotationError(f"{json_file}: key 'bbox' is not [x, y, w, h] numbers in {_describe(bad_box, 'annotation')}")
+        raise AnnotationError(
+            f"{json_file}: key 'bbox' is not [x, y, w, h] numbers in {_describe(bad_box, 'annotation')}"
+        )
     categories = {c["id"] for c in data["categories"]}
     unknown = [a["id"] for a in anns if a["category_id"] not in categories]
     if unknown:
-        found = sorted({a["category_id"] for a in anns if a["category_id"] not in categories}, key=str)
+        found = sorted(
+            {a["category_id"] for a in anns if a["category_id"] not in categories}, key=str
+        )
         raise AnnotationError(
             f"{json_file}: key 'category_id' has values {found} not in 'categories' {sorted(categories, key=str)} "
             f"in {_describe(unknown, 'annotation')}; fix the file or add the categories"
@@ -131,7 +155,9 @@ def clean_records(records: List[Dict[str, Any]], source: str = "<records>") -> A
         kept = []
         for obj in record.get("annotations", []):
             if "bbox" not in obj:
-                raise AnnotationError(f"{source}: key 'bbox' missing in annotation id {obj.get('id', '?')!r}")
+                raise AnnotationError(
+                    f"{source}: key 'bbox' missing in annotation id {obj.get('id', '?')!r}"
+                )
             if obj.get("bbox_mode", BoxMode.XYWH_ABS) != BoxMode.XYWH_ABS:
                 kept.append(obj)  # another producer's mode: leave it to Detectron2
                 continue

@@ -3,6 +3,7 @@
 The trunk reuses :class:`bitdet.models.ResNetV2`'s modules under the same names, so a
 classification checkpoint maps onto ``backbone.bottom_up.<name>`` unchanged.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,11 +16,22 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
 from bitdet.config import check_device
 from bitdet.detection.config import fixed_input_size
-from bitdet.models.resnetv2 import FEATURE_NAMES, GradCheckpointing, ResNetV2, checkpointing_mode, run_stage
 from bitdet.log import ignore_third_party_warnings
+from bitdet.models.resnetv2 import (
+    FEATURE_NAMES,
+    GradCheckpointing,
+    ResNetV2,
+    checkpointing_mode,
+    run_stage,
+)
 from bitdet.models.variants import resolve
 
-__all__ = ["BiTBackbone", "build_bit_backbone", "build_bit_fpn_backbone", "build_retinanet_bit_fpn_backbone"]
+__all__ = [
+    "BiTBackbone",
+    "build_bit_backbone",
+    "build_bit_fpn_backbone",
+    "build_retinanet_bit_fpn_backbone",
+]
 
 FEATURE_TAPS = ("preact", "raw")
 
@@ -60,21 +72,31 @@ class BiTBackbone(GradCheckpointing, Backbone):
     ) -> None:
         super().__init__()
         _, arch, _ = resolve(variant)
-        self.grad_checkpointing = checkpointing_mode(activation_checkpointing, "MODEL.ACTIVATION_CHECKPOINTING")
+        self.grad_checkpointing = checkpointing_mode(
+            activation_checkpointing, "MODEL.ACTIVATION_CHECKPOINTING"
+        )
         unknown = [f for f in out_features if f not in FEATURE_NAMES]
         if unknown or not out_features:
-            raise ValueError(f"MODEL.BIT.OUT_FEATURES {list(out_features)}: choose from {FEATURE_NAMES}")
+            raise ValueError(
+                f"MODEL.BIT.OUT_FEATURES {list(out_features)}: choose from {FEATURE_NAMES}"
+            )
         if feature_tap not in FEATURE_TAPS:
-            raise ValueError(f"MODEL.BIT.FEATURE_TAP {feature_tap!r}: expected one of {FEATURE_TAPS}")
+            raise ValueError(
+                f"MODEL.BIT.FEATURE_TAP {feature_tap!r}: expected one of {FEATURE_TAPS}"
+            )
         last = max(FEATURE_NAMES.index(f) for f in out_features)
         if feature_tap == "preact" and last != len(FEATURE_NAMES) - 1:
             raise ValueError(
                 "MODEL.BIT.FEATURE_TAP 'preact' normalises a stage with the next stage's first norm, "
                 f"so OUT_FEATURES must include res5 (got {list(out_features)}); use 'raw' otherwise"
             )
-        trunk = ResNetV2(arch.layers, arch.width, num_classes=0, stem_width=arch.stem_width, **model_kwargs)
+        trunk = ResNetV2(
+            arch.layers, arch.width, num_classes=0, stem_width=arch.stem_width, **model_kwargs
+        )
         self.stem = trunk.stem
-        self.num_stages = last  # the trunk is built whole; stages after the last requested feature are dropped
+        self.num_stages = (
+            last  # the trunk is built whole; stages after the last requested feature are dropped
+        )
         for i in range(1, last + 1):
             self.add_module(f"block{i}", getattr(trunk, f"block{i}"))
         if feature_tap == "preact":
@@ -118,8 +140,13 @@ class BiTBackbone(GradCheckpointing, Backbone):
         total = sum(p.numel() for p in self.parameters())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         frozen = ", ".join(FEATURE_NAMES[:freeze_at]) or "nothing"
-        logger.info("BiT backbone: MODEL.BACKBONE.FREEZE_AT %d freezes %s; %s of %s parameters trainable",
-                    freeze_at, frozen, f"{trainable:,}", f"{total:,}")
+        logger.info(
+            "BiT backbone: MODEL.BACKBONE.FREEZE_AT %d freezes %s; %s of %s parameters trainable",
+            freeze_at,
+            frozen,
+            f"{trainable:,}",
+            f"{total:,}",
+        )
         return self
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -133,7 +160,9 @@ class BiTBackbone(GradCheckpointing, Backbone):
             preact = torch.relu(first.gn1(x)) if self.feature_tap == "preact" else None
             if name in self._out_features:
                 outputs[name] = x if preact is None else preact
-            x = run_stage(stage, x, self.grad_checkpointing, preact)  # the unit reuses the tap's relu(gn1(x))
+            x = run_stage(
+                stage, x, self.grad_checkpointing, preact
+            )  # the unit reuses the tap's relu(gn1(x))
         last = names[-1]
         if last in self._out_features:
             outputs[last] = torch.relu(self.norm(x)) if self.feature_tap == "preact" else x
@@ -141,7 +170,9 @@ class BiTBackbone(GradCheckpointing, Backbone):
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {
-            f: ShapeSpec(channels=self._out_feature_channels[f], stride=self._out_feature_strides[f])
+            f: ShapeSpec(
+                channels=self._out_feature_channels[f], stride=self._out_feature_strides[f]
+            )
             for f in self._out_features
         }
 
@@ -181,7 +212,9 @@ def build_bit_backbone(cfg, input_shape: ShapeSpec) -> BiTBackbone:
         gn_groups=bit.GN_GROUPS,
         in_channels=input_shape.channels,
     )
-    backbone.square_pad = fixed_input_size(cfg)  # INPUT.AUGMENTATION "fixed_size_jitter": pad to a square
+    backbone.square_pad = fixed_input_size(
+        cfg
+    )  # INPUT.AUGMENTATION "fixed_size_jitter": pad to a square
     return backbone
 
 
@@ -200,7 +233,9 @@ def build_retinanet_bit_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     bottom_up = build_bit_backbone(cfg, input_shape)
     _check_fpn_inputs(cfg, bottom_up)
     if "res5" not in bottom_up.output_shape():
-        raise ValueError("RetinaNet's P6/P7 are computed from res5: add it to MODEL.BIT.OUT_FEATURES")
+        raise ValueError(
+            "RetinaNet's P6/P7 are computed from res5: add it to MODEL.BIT.OUT_FEATURES"
+        )
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     return FPN(
         bottom_up=bottom_up,

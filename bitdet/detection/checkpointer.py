@@ -21,6 +21,7 @@ Training checkpoints are written atomically and never with NaN / inf weights. ``
 falls back, with a warning naming both files, from a ``last_checkpoint`` that is missing,
 truncated or corrupt to the newest older checkpoint that reads whole.
 """
+
 from __future__ import annotations
 
 import logging
@@ -80,8 +81,11 @@ def _trunk_architecture(trunk_state: Dict[str, torch.Tensor]) -> Optional[FileAr
     if arch is None or arch.name is not None:
         return arch
     n = len(arch.layers)
-    names = [name for name, a in ARCHITECTURES.items()
-             if tuple(a.layers[:n]) == arch.layers and a.stem_width * a.width == arch.stem_channels]
+    names = [
+        name
+        for name, a in ARCHITECTURES.items()
+        if tuple(a.layers[:n]) == arch.layers and a.stem_width * a.width == arch.stem_channels
+    ]
     return replace(arch, name=names[0]) if len(names) == 1 else arch
 
 
@@ -141,11 +145,16 @@ class BiTCheckpointer(DetectionCheckpointer):
         weights = read_weights(filename if source == filename else source)
         weights.source = source
         own = self.model.state_dict()
-        trunk_state = {k[len(prefix):]: v for k, v in own.items() if k.startswith(prefix)}
+        trunk_state = {k[len(prefix) :]: v for k, v in own.items() if k.startswith(prefix)}
         shapes = {k: v.shape for k, v in trunk_state.items()}
-        unused = check_trunk(weights, shapes, _trunk_architecture(trunk_state),
-                             ignorable=lambda name: _unbuilt_part(trunk, name),
-                             variant_option="MODEL.BIT.VARIANT", allow_other=weights.detectron2)
+        unused = check_trunk(
+            weights,
+            shapes,
+            _trunk_architecture(trunk_state),
+            ignorable=lambda name: _unbuilt_part(trunk, name),
+            variant_option="MODEL.BIT.VARIANT",
+            allow_other=weights.detectron2,
+        )
         set_ws_eps(trunk, weights.ws_eps, source, weights.layout.name)
         loaded = sum(1 for k in shapes if not k.endswith(_STATS))
         if weights.detectron2 and weights.prefix == prefix:
@@ -157,12 +166,20 @@ class BiTCheckpointer(DetectionCheckpointer):
             logger.info("%s (%s): all %d trunk tensors present", source, weights.format, loaded)
             return checkpoint
         if unused:
-            logger.info("BiT weights from %s not used by this detector: %s", source,
-                        ", ".join(weights.file_keys[k] for k in unused))
+            logger.info(
+                "BiT weights from %s not used by this detector: %s",
+                source,
+                ", ".join(weights.file_keys[k] for k in unused),
+            )
         mapped = {prefix + k: v for k, v in weights.state.items() if k in shapes}
         logger.info(
             "BiT weights (%s): %d of %d trunk tensors loaded into %s from %s; the rest of the detector keeps "
-            "its initialisation", weights.format, loaded, loaded, prefix.rstrip(".") or "the model", source,
+            "its initialisation",
+            weights.format,
+            loaded,
+            loaded,
+            prefix.rstrip(".") or "the model",
+            source,
         )
         return {"model": mapped, "__author__": "bitdet", "matching_heuristics": False}
 

@@ -8,6 +8,7 @@ official ``.npz`` or name, timm, bit_pytorch, transformers files, ``hf-hub:`` id
 :mod:`bitdet.detection.checkpointer`), and BiT's [-1, 1] input scaling is
 ``MODEL.PIXEL_MEAN = MODEL.PIXEL_STD = [127.5] * 3`` with ``INPUT.FORMAT = "RGB"``.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -19,7 +20,14 @@ from bitdet.config import CONFIGS_DIR, merge_config, resolve_config_file
 from bitdet.models.resnetv2 import checkpointing_mode
 from bitdet.numerics import GN_GROUPS, WS_EPS
 
-__all__ = ["AUGMENTATIONS", "CONFIGS_DIR", "add_bit_config", "fixed_input_size", "get_bit_cfg", "resolve_config_file"]
+__all__ = [
+    "AUGMENTATIONS",
+    "CONFIGS_DIR",
+    "add_bit_config",
+    "fixed_input_size",
+    "get_bit_cfg",
+    "resolve_config_file",
+]
 
 # Values of INPUT.AUGMENTATION (see add_bit_config).
 AUGMENTATIONS = ("multiscale", "fixed_size_jitter")
@@ -124,14 +132,20 @@ def fixed_input_size(cfg: CN) -> int:
     """
     family = cfg.INPUT.AUGMENTATION
     if family not in AUGMENTATIONS:
-        raise ValueError(f"INPUT.AUGMENTATION {family!r} is unknown; allowed: {', '.join(map(repr, AUGMENTATIONS))}")
+        raise ValueError(
+            f"INPUT.AUGMENTATION {family!r} is unknown; allowed: {', '.join(map(repr, AUGMENTATIONS))}"
+        )
     if family == "multiscale":
         return 0
     size, scales = cfg.INPUT.FIXED_SIZE_JITTER.SIZE, tuple(cfg.INPUT.FIXED_SIZE_JITTER.SCALE_RANGE)
     if not (isinstance(size, int) and size > 0):
-        raise ValueError(f"INPUT.FIXED_SIZE_JITTER.SIZE {size!r}: expected a positive number of pixels")
+        raise ValueError(
+            f"INPUT.FIXED_SIZE_JITTER.SIZE {size!r}: expected a positive number of pixels"
+        )
     if len(scales) != 2 or not 0 < scales[0] <= scales[1]:
-        raise ValueError(f"INPUT.FIXED_SIZE_JITTER.SCALE_RANGE {scales}: expected (min, max) with 0 < min <= max")
+        raise ValueError(
+            f"INPUT.FIXED_SIZE_JITTER.SCALE_RANGE {scales}: expected (min, max) with 0 < min <= max"
+        )
     test_sizes = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     if test_sizes != (size, size):
         raise ValueError(
@@ -140,8 +154,10 @@ def fixed_input_size(cfg: CN) -> int:
             f" {test_sizes[1]})"
         )
     if cfg.INPUT.CROP.ENABLED:
-        raise ValueError("INPUT.CROP.ENABLED adds a second crop to INPUT.AUGMENTATION 'fixed_size_jitter' "
-                         "(whose FixedSizeCrop crops): set it False")
+        raise ValueError(
+            "INPUT.CROP.ENABLED adds a second crop to INPUT.AUGMENTATION 'fixed_size_jitter' "
+            "(whose FixedSizeCrop crops): set it False"
+        )
     return size
 
 

@@ -10,6 +10,7 @@ The generated demo sets (``bitdet_demo_*``: Fashion-MNIST items on real photos, 
 :mod:`bitdet.data.detection_generate`) are registered when :mod:`bitdet.detection` is
 imported and written on first use.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,7 +25,13 @@ from filelock import FileLock
 
 from bitdet.detection.annotations import load_coco_format
 
-__all__ = ["DEMO_DATASETS", "datasets_root", "register_coco_format", "register_demo_datasets", "prepare_datasets"]
+__all__ = [
+    "DEMO_DATASETS",
+    "datasets_root",
+    "register_coco_format",
+    "register_demo_datasets",
+    "prepare_datasets",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +56,9 @@ def register_coco_format(name: str, json_file: os.PathLike, image_root: os.PathL
         meta = MetadataCatalog.get(name)
         if (meta.get("json_file"), meta.get("image_root")) == (str(json_file), str(image_root)):
             return
-        raise ValueError(f"dataset {name!r} is already registered with other files ({meta.get('json_file')})")
+        raise ValueError(
+            f"dataset {name!r} is already registered with other files ({meta.get('json_file')})"
+        )
     json_file, image_root = str(json_file), str(image_root)
     DatasetCatalog.register(name, lambda: load_coco_format(json_file, image_root, name))
     MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
@@ -88,8 +97,12 @@ def register_demo_datasets(root: os.PathLike | None = None) -> None:
                     continue
                 DatasetCatalog.remove(name)  # ours: re-registered under the new root
                 MetadataCatalog.remove(name)
-            DatasetCatalog.register(name, functools.partial(_load_demo, base, name, json_file, image_root))
-            MetadataCatalog.get(name).set(json_file=json_file, image_root=image_root, evaluator_type="coco")
+            DatasetCatalog.register(
+                name, functools.partial(_load_demo, base, name, json_file, image_root)
+            )
+            MetadataCatalog.get(name).set(
+                json_file=json_file, image_root=image_root, evaluator_type="coco"
+            )
 
 
 def _ensure_demo_generated(name: str) -> None:
@@ -125,7 +138,9 @@ def prepare_datasets(cfg, names: Iterable[str] | None = None) -> None:
                 f"dataset {name!r} is not registered. Use a Detectron2 built-in (e.g. coco_2017_train), "
                 "a bitdet_demo_* set, or add [name, json_file, image_root] to DATASETS.COCO_FORMAT"
             )
-    if comm.get_local_rank() == 0:  # once per machine; the lock serialises machines sharing a folder
+    if (
+        comm.get_local_rank() == 0
+    ):  # once per machine; the lock serialises machines sharing a folder
         for name in names:
             _ensure_demo_generated(name)
     comm.synchronize()

@@ -11,6 +11,7 @@
   deterministic algorithms (slower; kernels without a deterministic version warn) and
   needs Detectron2's ``CUDNN_BENCHMARK False``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,7 +31,9 @@ def configure_determinism(cfg) -> None:
     if not cfg.SOLVER.DETERMINISTIC:
         return
     if cfg.CUDNN_BENCHMARK:
-        raise ValueError("SOLVER.DETERMINISTIC True needs CUDNN_BENCHMARK False (benchmarking picks kernels by timing)")
+        raise ValueError(
+            "SOLVER.DETERMINISTIC True needs CUDNN_BENCHMARK False (benchmarking picks kernels by timing)"
+        )
     # cuBLAS is deterministic only with a fixed workspace; read when CUDA first initialises.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False

@@ -8,6 +8,7 @@ current iteration, write a checkpoint atomically, exit" (status 0 after SIGTERM,
 Ctrl-C; :mod:`bitdet.engine.stop_signals`, shared with the classification trainer), so the
 next run continues from the iteration that was running instead of the last periodic checkpoint.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,7 +23,12 @@ from detectron2.utils import comm
 
 from bitdet.engine.stop_signals import STOP_SIGNALS, StopSignals, TrainingStopped
 
-__all__ = ["LossNormalizerState", "NonFiniteLossStop", "PreemptionCheckpointer", "TrainingPreempted"]
+__all__ = [
+    "LossNormalizerState",
+    "NonFiniteLossStop",
+    "PreemptionCheckpointer",
+    "TrainingPreempted",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +116,9 @@ class NonFiniteLossStop(HookBase):
         total = sum(losses.values())
         finite = math.isfinite(total)
         if comm.get_world_size() > 1:
-            flag = torch.tensor([int(finite)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+            flag = torch.tensor(
+                [int(finite)], device="cuda" if dist.get_backend() == "nccl" else "cpu"
+            )
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
             everywhere = bool(flag.item())
         else:
@@ -119,11 +127,18 @@ class NonFiniteLossStop(HookBase):
             return
         shown = ", ".join(f"{k} {v:.4g}" for k, v in losses.items())
         iteration = self.trainer.iter
-        what = (f"loss is {total} at iteration {iteration} ({shown})" if not finite else
-                f"loss is not finite on another process at iteration {iteration} (this process: {shown})")
-        last = self._checkpointer.get_checkpoint_file() if self._checkpointer.has_checkpoint() else ""
-        raise FloatingPointError(f"{what}: the weights were not updated; last good checkpoint: "
-                                 f"{last or 'none yet'}. Lower SOLVER.BASE_LR or check the training data")
+        what = (
+            f"loss is {total} at iteration {iteration} ({shown})"
+            if not finite
+            else f"loss is not finite on another process at iteration {iteration} (this process: {shown})"
+        )
+        last = (
+            self._checkpointer.get_checkpoint_file() if self._checkpointer.has_checkpoint() else ""
+        )
+        raise FloatingPointError(
+            f"{what}: the weights were not updated; last good checkpoint: "
+            f"{last or 'none yet'}. Lower SOLVER.BASE_LR or check the training data"
+        )
 
 
 class LossNormalizerState(HookBase):
@@ -152,7 +167,9 @@ class LossNormalizerState(HookBase):
         value = getattr(self._detector(), self.NAME, None)
         if value is None:
             return
-        self._values = comm.all_gather(float(value)) if comm.get_world_size() > 1 else [float(value)]
+        self._values = (
+            comm.all_gather(float(value)) if comm.get_world_size() > 1 else [float(value)]
+        )
 
     def state_dict(self) -> dict:
         return {"per_rank": list(self._values)} if self._values else {}
@@ -163,8 +180,12 @@ class LossNormalizerState(HookBase):
             return
         rank, world = comm.get_rank(), comm.get_world_size()
         if len(values) != world:
-            logger.warning("checkpoint has the loss normalizer of %d processes, this run has %d: every rank "
-                           "continues from their mean", len(values), world)
+            logger.warning(
+                "checkpoint has the loss normalizer of %d processes, this run has %d: every rank "
+                "continues from their mean",
+                len(values),
+                world,
+            )
             value = sum(values) / len(values)
         else:
             value = values[rank]

@@ -9,6 +9,7 @@ SIGTERM checkpoint of :class:`PreemptionCheckpointer`. A run folder follows the 
 :mod:`bitdet.engine.run_folder` (:class:`LazyRunConfig`); a continued run restarts its data
 stream (the exact stream position is a feature of the yacs trainer), which it says in a warning.
 """
+
 from __future__ import annotations
 
 import copy
@@ -31,13 +32,28 @@ from bitdet.detection.trainer import _create_ddp_model_any_device
 from bitdet.log import FILE_LOGGER, ignore_third_party_warnings
 from bitdet.utils.precision import precision_dtype
 
-__all__ = ["LazyRunConfig", "dataset_names", "is_lazy_config", "load_lazy_config", "lazy_test", "lazy_train"]
+__all__ = [
+    "LazyRunConfig",
+    "dataset_names",
+    "is_lazy_config",
+    "load_lazy_config",
+    "lazy_test",
+    "lazy_train",
+]
 
 logger = logging.getLogger(__name__)
 
 SECTIONS = ("model", "dataloader.train", "dataloader.test", "optimizer", "lr_multiplier", "train")
 # The train keys the loop reads (Detectron2's common/train.py defines them all).
-TRAIN_KEYS = ("output_dir", "init_checkpoint", "max_iter", "device", "checkpointer", "eval_period", "log_period")
+TRAIN_KEYS = (
+    "output_dir",
+    "init_checkpoint",
+    "max_iter",
+    "device",
+    "checkpointer",
+    "eval_period",
+    "log_period",
+)
 _MISSING = object()
 
 
@@ -70,7 +86,9 @@ def _check_override(cfg: DictConfig, override: str, path: str) -> None:
     ``LazyCall`` (``_target_``), whose constructor then checks it.
     """
     if "=" not in override:
-        raise ValueError(f"override {override!r}: a LazyConfig takes KEY=VALUE overrides, e.g. train.max_iter=100")
+        raise ValueError(
+            f"override {override!r}: a LazyConfig takes KEY=VALUE overrides, e.g. train.max_iter=100"
+        )
     key = override.split("=", 1)[0].lstrip("+~")
     if OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:
         return
@@ -95,8 +113,10 @@ def load_lazy_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
     missing = [s for s in SECTIONS if OmegaConf.select(cfg, s, default=None) is None]
     missing += [f"train.{k}" for k in TRAIN_KEYS if "train" not in missing and k not in cfg.train]
     if missing:
-        raise ValueError(f"LazyConfig {path}: missing {missing}; a detector config defines {list(SECTIONS)} "
-                         f"and train.{{{', '.join(TRAIN_KEYS)}}} (Detectron2's model zoo common/train.py)")
+        raise ValueError(
+            f"LazyConfig {path}: missing {missing}; a detector config defines {list(SECTIONS)} "
+            f"and train.{{{', '.join(TRAIN_KEYS)}}} (Detectron2's model zoo common/train.py)"
+        )
     check_device(cfg.train.device, "train.device")
     return cfg
 
@@ -119,7 +139,9 @@ def lazy_test(cfg: DictConfig, model) -> Dict:
     """
     if "evaluator" not in cfg.dataloader:
         raise ValueError("the LazyConfig has no dataloader.evaluator: nothing to evaluate with")
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    results = inference_on_dataset(
+        model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
+    )
     print_csv_format(results)
     return results
 
@@ -149,7 +171,9 @@ def lazy_train(cfg: DictConfig, resume: bool = False) -> Optional[Dict]:
     model = _create_ddp_model_any_device(model, **cfg.train.get("ddp", {}))
     amp = cfg.train.get("amp", {})
     if amp.get("enabled", False):
-        dtype = precision_dtype(amp.get("precision", "fp16"), "train.amp.precision", allowed=("bf16", "fp16"))
+        dtype = precision_dtype(
+            amp.get("precision", "fp16"), "train.amp.precision", allowed=("bf16", "fp16")
+        )
         trainer = AutocastTrainer(model, loader, optimizer, dtype, cfg.train.device)
     else:
         trainer = SimpleTrainer(model, loader, optimizer)
@@ -164,19 +188,27 @@ def lazy_train(cfg: DictConfig, resume: bool = False) -> Optional[Dict]:
         return results
 
     main = comm.is_main_process()
-    trainer.register_hooks([
-        hooks.IterationTimer(),
-        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
-        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
-        hooks.EvalHook(cfg.train.eval_period, evaluate),
-        hooks.PeriodicWriter(default_writers(output_dir, cfg.train.max_iter), period=cfg.train.log_period)
-        if main else None,
-        PreemptionCheckpointer(checkpointer),
-    ])
+    trainer.register_hooks(
+        [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+            hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
+            hooks.EvalHook(cfg.train.eval_period, evaluate),
+            hooks.PeriodicWriter(
+                default_writers(output_dir, cfg.train.max_iter), period=cfg.train.log_period
+            )
+            if main
+            else None,
+            PreemptionCheckpointer(checkpointer),
+        ]
+    )
     checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
     if resume and checkpointer.has_checkpoint():
-        logger.warning("continuing from %s; a LazyConfig run restarts its data stream, so the continued run "
-                       "sees other images than an uninterrupted one", checkpointer.get_checkpoint_file())
+        logger.warning(
+            "continuing from %s; a LazyConfig run restarts its data stream, so the continued run "
+            "sees other images than an uninterrupted one",
+            checkpointer.get_checkpoint_file(),
+        )
     start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
     trainer.train(start_iter, cfg.train.max_iter)
     if "evaluator" not in cfg.dataloader:

@@ -12,6 +12,7 @@ file. Returning ``None`` is Detectron2's own protocol for "skip this sample": it
 :data:`bitdet.data.images.decode_stats` with the reason ``unreadable``; usable images in
 odd formats (grayscale, CMYK, 16-bit, alpha, EXIF-rotated) are converted by Detectron2.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
@@ -41,11 +42,17 @@ def fixed_size_jitter(cfg) -> List[T.Augmentation]:
     """
     size = fixed_input_size(cfg)
     if not size:
-        raise ValueError(f"INPUT.AUGMENTATION is {cfg.INPUT.AUGMENTATION!r}, not 'fixed_size_jitter'")
+        raise ValueError(
+            f"INPUT.AUGMENTATION is {cfg.INPUT.AUGMENTATION!r}, not 'fixed_size_jitter'"
+        )
     low, high = cfg.INPUT.FIXED_SIZE_JITTER.SCALE_RANGE
     flip = cfg.INPUT.RANDOM_FLIP
     # Flip first, as the TPU parser does (and Detectron2's large-scale-jitter recipe).
-    flips = [T.RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical")] if flip != "none" else []
+    flips = (
+        [T.RandomFlip(horizontal=flip == "horizontal", vertical=flip == "vertical")]
+        if flip != "none"
+        else []
+    )
     return [
         *flips,
         T.ResizeScale(min_scale=low, max_scale=high, target_height=size, target_width=size),
@@ -84,5 +91,7 @@ class SkippingDatasetMapper(BiTDatasetMapper):
         except (OSError, SyntaxError, Image.DecompressionBombError) as e:
             # PIL reports empty / truncated / malformed files as OSError (incl. UnidentifiedImageError)
             # or SyntaxError; an oversized one as DecompressionBombError.
-            decode_stats.record_skip("unreadable", dataset_dict.get("file_name", "?"), f"{type(e).__name__}: {e}")
+            decode_stats.record_skip(
+                "unreadable", dataset_dict.get("file_name", "?"), f"{type(e).__name__}: {e}"
+            )
             return None

@@ -10,6 +10,7 @@ on the CPU through the same code path as on a GPU. Loss scaling is used only for
 The step runs this process's batch as ``batch_split`` micro-batches (gradient accumulation)
 and takes one optimizer step; :mod:`bitdet.detection.accumulation` makes it the whole-batch step.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,15 @@ class AutocastTrainer(AMPTrainer):
         batch_split: micro-batches per step (``SOLVER.BATCH_SPLIT``); must divide the batch.
     """
 
-    def __init__(self, model, data_loader, optimizer, precision: Optional[torch.dtype], device_type: str,
-                 batch_split: int = 1) -> None:
+    def __init__(
+        self,
+        model,
+        data_loader,
+        optimizer,
+        precision: Optional[torch.dtype],
+        device_type: str,
+        batch_split: int = 1,
+    ) -> None:
         self.device_type = torch.device(device_type).type
         scaler = torch.amp.GradScaler(self.device_type, enabled=precision == torch.float16)
         super().__init__(model, data_loader, optimizer, grad_scaler=scaler, precision=precision)
@@ -76,7 +84,10 @@ class AutocastTrainer(AMPTrainer):
         step_losses: Dict[str, torch.Tensor] = {}
         # With several micro-batches, what the model logs reaches the storage once per step.
         scalars = one_scalar_set_per_step() if len(micro_batches) > 1 else contextlib.nullcontext()
-        with scalars as micro_storage, accumulation_step(detector, micro_batches, comm.get_world_size()) as weight:
+        with (
+            scalars as micro_storage,
+            accumulation_step(detector, micro_batches, comm.get_world_size()) as weight,
+        ):
             for i, batch in enumerate(micro_batches):
                 logged = micro_storage if micro_storage is not None else contextlib.nullcontext()
                 with self._gradient_sync(last=i == len(micro_batches) - 1):

@@ -13,6 +13,7 @@ reads works and a file that does not fit the BiT trunk is an error::
     outputs = predictor(cv2.imread("input.jpg"))   # BGR, as DefaultPredictor takes
     print(outputs["instances"].pred_boxes)
 """
+
 from __future__ import annotations
 
 import logging

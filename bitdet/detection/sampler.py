@@ -23,6 +23,7 @@ arithmetic only: 1.5 s for the 1.44M samples of a 90k-iteration COCO schedule on
 the stream of the interrupted run: each iteration's global batch is the concatenation of what
 that run's ranks would have read, split evenly between the new processes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,14 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bitdet.engine.data import SeededDataset, sample_seed
 
-__all__ = ["DataStreamState", "ResumableBatchSampler", "SeededMapDataset", "build_resumable_train_loader",
-           "micro_batch_size", "split_micro_batches"]
+__all__ = [
+    "DataStreamState",
+    "ResumableBatchSampler",
+    "SeededMapDataset",
+    "build_resumable_train_loader",
+    "micro_batch_size",
+    "split_micro_batches",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +104,9 @@ class ResumableBatchSampler(Sampler[List[Item]]):
             yield index, epoch, pos, 0 if self.wide is None else int(not self.wide[index])
             pos += world_size
 
-    def _grouped(self, rank: int, world_size: int, batch_size: int) -> Iterator[List[Tuple[int, int, int]]]:
+    def _grouped(
+        self, rank: int, world_size: int, batch_size: int
+    ) -> Iterator[List[Tuple[int, int, int]]]:
         buckets: List[List[Tuple[int, int, int]]] = [[], []]
         for index, epoch, pos, b in self._positions(rank, world_size):
             buckets[b].append((index, epoch, pos))
@@ -110,10 +119,15 @@ class ResumableBatchSampler(Sampler[List[Item]]):
         if self.stream_world_size == self.world_size:
             return self._grouped(self.rank, self.world_size, self.batch_size)
         global_batch = self.batch_size * self.world_size
-        ranks = [self._grouped(r, self.stream_world_size, global_batch // self.stream_world_size)
-                 for r in range(self.stream_world_size)]
+        ranks = [
+            self._grouped(r, self.stream_world_size, global_batch // self.stream_world_size)
+            for r in range(self.stream_world_size)
+        ]
         begin = self.rank * self.batch_size
-        return ([item for part in parts for item in part][begin:begin + self.batch_size] for parts in zip(*ranks))
+        return (
+            [item for part in parts for item in part][begin : begin + self.batch_size]
+            for parts in zip(*ranks)
+        )
 
     def resume(self, seed: int, batches: int, stream_world_size: int) -> None:
         """Continue the stream of ``seed`` read by ``stream_world_size`` ranks after ``batches`` batches.
@@ -123,10 +137,16 @@ class ResumableBatchSampler(Sampler[List[Item]]):
         """
         global_batch = self.batch_size * self.world_size
         if stream_world_size <= 0 or global_batch % stream_world_size:
-            raise ValueError(f"the checkpoint's data stream was read by {stream_world_size} process(es), which a "
-                             f"global batch of {global_batch} images (SOLVER.IMS_PER_BATCH) does not split between; "
-                             "resume with the interrupted run's SOLVER.IMS_PER_BATCH")
-        self.seed, self.start_batch, self.stream_world_size = int(seed), int(batches), int(stream_world_size)
+            raise ValueError(
+                f"the checkpoint's data stream was read by {stream_world_size} process(es), which a "
+                f"global batch of {global_batch} images (SOLVER.IMS_PER_BATCH) does not split between; "
+                "resume with the interrupted run's SOLVER.IMS_PER_BATCH"
+            )
+        self.seed, self.start_batch, self.stream_world_size = (
+            int(seed),
+            int(batches),
+            int(stream_world_size),
+        )
 
     def _seeded(self, batch: List[Tuple[int, int, int]]) -> List[Item]:
         # The position, not the index, keys the seed: an image seen in two epochs gets
@@ -152,7 +172,9 @@ class SeededMapDataset(Dataset):
     drawn with a generator of the same seed, so the replacement is reproducible too.
     """
 
-    def __init__(self, dataset_dicts: Sequence[Dict[str, Any]], mapper: Callable[[Dict[str, Any]], Any]) -> None:
+    def __init__(
+        self, dataset_dicts: Sequence[Dict[str, Any]], mapper: Callable[[Dict[str, Any]], Any]
+    ) -> None:
         self.dataset_dicts, self.mapper = dataset_dicts, mapper
         self._seeded = SeededDataset(_Mapped(dataset_dicts, mapper))
 
@@ -167,11 +189,15 @@ class SeededMapDataset(Dataset):
             if out is not None:
                 return out
             index = int(replacements.integers(len(self.dataset_dicts)))
-        raise RuntimeError(f"no readable image after {len(self.dataset_dicts)} attempts; check DATASETS.TRAIN")
+        raise RuntimeError(
+            f"no readable image after {len(self.dataset_dicts)} attempts; check DATASETS.TRAIN"
+        )
 
 
 class _Mapped(Dataset):
-    def __init__(self, dataset_dicts: Sequence[Dict[str, Any]], mapper: Callable[[Dict[str, Any]], Any]) -> None:
+    def __init__(
+        self, dataset_dicts: Sequence[Dict[str, Any]], mapper: Callable[[Dict[str, Any]], Any]
+    ) -> None:
         self.dataset_dicts, self.mapper = dataset_dicts, mapper
 
     def __len__(self) -> int:
@@ -189,21 +215,27 @@ def micro_batch_size(ims_per_batch: int, world_size: int, batch_split: int) -> i
         ValueError: ``batch_split`` < 1, or the batch does not divide evenly; names the keys.
     """
     if batch_split < 1:
-        raise ValueError(f"SOLVER.BATCH_SPLIT must be a positive integer for detection, got {batch_split} (no "
-                         "automatic value: detection input sizes change from batch to batch)")
+        raise ValueError(
+            f"SOLVER.BATCH_SPLIT must be a positive integer for detection, got {batch_split} (no "
+            "automatic value: detection input sizes change from batch to batch)"
+        )
     if ims_per_batch <= 0 or ims_per_batch % (world_size * batch_split):
-        raise ValueError(f"SOLVER.IMS_PER_BATCH={ims_per_batch} is not divisible by {world_size} process(es) x "
-                         f"SOLVER.BATCH_SPLIT={batch_split}")
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH={ims_per_batch} is not divisible by {world_size} process(es) x "
+            f"SOLVER.BATCH_SPLIT={batch_split}"
+        )
     return ims_per_batch // (world_size * batch_split)
 
 
 def split_micro_batches(share: List[Any], batch_split: int) -> List[List[Any]]:
     """This process's batch ``share`` as ``batch_split`` consecutive micro-batches of equal size."""
     if len(share) % batch_split:
-        raise ValueError(f"a batch of {len(share)} images does not split into SOLVER.BATCH_SPLIT={batch_split} "
-                         "equal micro-batches")
+        raise ValueError(
+            f"a batch of {len(share)} images does not split into SOLVER.BATCH_SPLIT={batch_split} "
+            "equal micro-batches"
+        )
     size = len(share) // batch_split
-    return [share[i:i + size] for i in range(0, len(share), size)]
+    return [share[i : i + size] for i in range(0, len(share), size)]
 
 
 def _as_list(batch: List[Any]) -> List[Any]:
@@ -228,24 +260,38 @@ def build_resumable_train_loader(cfg, mapper: Callable[[Dict[str, Any]], Any]) -
         Detectron2's loader.
     """
     world_size = comm.get_world_size()
-    micro_batch_size(cfg.SOLVER.IMS_PER_BATCH, world_size, cfg.SOLVER.BATCH_SPLIT)  # an uneven split fails here
+    micro_batch_size(
+        cfg.SOLVER.IMS_PER_BATCH, world_size, cfg.SOLVER.BATCH_SPLIT
+    )  # an uneven split fails here
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
-        logger.warning("DATALOADER.SAMPLER_TRAIN=%s: Detectron2's loader; a resumed run will see other images "
-                       "than an uninterrupted one (only TrainingSampler resumes exactly)", cfg.DATALOADER.SAMPLER_TRAIN)
+        logger.warning(
+            "DATALOADER.SAMPLER_TRAIN=%s: Detectron2's loader; a resumed run will see other images "
+            "than an uninterrupted one (only TrainingSampler resumes exactly)",
+            cfg.DATALOADER.SAMPLER_TRAIN,
+        )
         return build_detection_train_loader(cfg, mapper=mapper)
     dicts = get_detection_dataset_dicts(
         cfg.DATASETS.TRAIN,
         filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-        min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+        min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE
+        if cfg.MODEL.KEYPOINT_ON
+        else 0,
         proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
     )
-    wide = [d["width"] > d["height"] for d in dicts] if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
+    wide = (
+        [d["width"] > d["height"] for d in dicts] if cfg.DATALOADER.ASPECT_RATIO_GROUPING else None
+    )
     # SEED < 0 means "random": one seed shared by all ranks, stored in the checkpoint.
     seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
-    sampler = ResumableBatchSampler(len(dicts), cfg.SOLVER.IMS_PER_BATCH // world_size, seed,
-                                    comm.get_rank(), world_size, wide)
-    return DataLoader(SeededMapDataset(dicts, mapper), batch_sampler=sampler,
-                      num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=_as_list)
+    sampler = ResumableBatchSampler(
+        len(dicts), cfg.SOLVER.IMS_PER_BATCH // world_size, seed, comm.get_rank(), world_size, wide
+    )
+    return DataLoader(
+        SeededMapDataset(dicts, mapper),
+        batch_sampler=sampler,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        collate_fn=_as_list,
+    )
 
 
 class DataStreamState(HookBase):
@@ -268,7 +314,11 @@ class DataStreamState(HookBase):
         if sampler is None:
             return {}
         # Called when a checkpoint is written after iteration trainer.iter.
-        return {"seed": sampler.seed, "world_size": sampler.stream_world_size, "batches": int(self.trainer.iter) + 1}
+        return {
+            "seed": sampler.seed,
+            "world_size": sampler.stream_world_size,
+            "batches": int(self.trainer.iter) + 1,
+        }
 
     def load_state_dict(self, state: Dict[str, int]) -> None:
         sampler = self._sampler()
@@ -276,8 +326,12 @@ class DataStreamState(HookBase):
             return
         sampler.resume(state["seed"], state["batches"], state["world_size"])
         if sampler.stream_world_size != sampler.world_size:
-            logger.warning("resuming a run of %d process(es) with %d: each iteration reads the images and "
-                           "augmentations the %d process(es) would have read, %d per process",
-                           sampler.stream_world_size, sampler.world_size, sampler.stream_world_size,
-                           sampler.batch_size)
+            logger.warning(
+                "resuming a run of %d process(es) with %d: each iteration reads the images and "
+                "augmentations the %d process(es) would have read, %d per process",
+                sampler.stream_world_size,
+                sampler.world_size,
+                sampler.stream_world_size,
+                sampler.batch_size,
+            )
         logger.info("data stream resumes at batch %d of seed %d", sampler.start_batch, sampler.seed)

@@ -1,4 +1,5 @@
 """Speed levers of a BiT detector, each a config key: channels-last, torch.compile, cached WS."""
+
 from __future__ import annotations
 
 import torch

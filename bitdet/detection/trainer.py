@@ -1,4 +1,5 @@
 """``BiTTrainer``: Detectron2's DefaultTrainer with BiT checkpoints, bf16 AMP and COCO evaluation."""
+
 from __future__ import annotations
 
 import contextlib
@@ -65,8 +66,12 @@ class _LogFirstBatch:
     def __iter__(self):
         for i, batch in enumerate(self.loader):
             if i == 0:
-                logger.info("data share of rank %d of %d: first batch holds image ids %s", comm.get_rank(),
-                            comm.get_world_size(), [d.get("image_id") for d in batch])
+                logger.info(
+                    "data share of rank %d of %d: first batch holds image ids %s",
+                    comm.get_rank(),
+                    comm.get_world_size(),
+                    [d.get("image_id") for d in batch],
+                )
             yield batch
 
 
@@ -95,17 +100,30 @@ class BiTTrainer(DefaultTrainer):
             # DefaultTrainer picks SimpleTrainer or CUDA-only AMPTrainer; the step is replaced
             # as a whole, built from DefaultTrainer's public model / data_loader / optimizer.
             precision = autocast_dtype(cfg.SOLVER.AMP.PRECISION) if cfg.SOLVER.AMP.ENABLED else None
-            self._trainer = AutocastTrainer(self.model, self.data_loader, self.optimizer, precision,
-                                            cfg.MODEL.DEVICE, batch_split)
+            self._trainer = AutocastTrainer(
+                self.model,
+                self.data_loader,
+                self.optimizer,
+                precision,
+                cfg.MODEL.DEVICE,
+                batch_split,
+            )
 
     def build_hooks(self):
         # DefaultTrainer built a DetectionCheckpointer just before calling this; swap it
         # for ours before the PeriodicCheckpointer hook captures it.
-        self.checkpointer = BiTCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = BiTCheckpointer(
+            self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
         # Last, so that a SIGTERM checkpoint follows the step's evaluation and log writes.
         # LossNormalizerState first: checkpoints taken after a step must see that step's value.
-        return [LossNormalizerState(), NonFiniteLossStop(self.checkpointer), *super().build_hooks(),
-                DataStreamState(), PreemptionCheckpointer(self.checkpointer)]
+        return [
+            LossNormalizerState(),
+            NonFiniteLossStop(self.checkpointer),
+            *super().build_hooks(),
+            DataStreamState(),
+            PreemptionCheckpointer(self.checkpointer),
+        ]
 
     def train(self):
         with repeatable_execution():  # a resumed run computes as the uninterrupted one
@@ -124,18 +142,24 @@ class BiTTrainer(DefaultTrainer):
         # Unreadable images are replaced and counted instead of ending the run; the stream
         # resumes exactly (bitdet.detection.sampler). A batch is this process's whole share of
         # the step; the step splits it into SOLVER.BATCH_SPLIT micro-batches.
-        return _LogFirstBatch(build_resumable_train_loader(cfg, SkippingDatasetMapper(cfg, is_train=True)))
+        return _LogFirstBatch(
+            build_resumable_train_loader(cfg, SkippingDatasetMapper(cfg, is_train=True))
+        )
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
         # Sized as INPUT.AUGMENTATION says; every image is evaluated (none skipped).
-        return build_detection_test_loader(cfg, dataset_name, mapper=BiTDatasetMapper(cfg, is_train=False))
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=BiTDatasetMapper(cfg, is_train=False)
+        )
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: str | None = None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         # The fast evaluator needs detectron2._C; pycocotools' evaluator gives the same AP.
-        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=has_compiled_ops())
+        return COCOEvaluator(
+            dataset_name, output_dir=output_folder, use_fast_impl=has_compiled_ops()
+        )
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

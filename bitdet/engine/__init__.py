@@ -27,9 +27,15 @@ naming), with a plain bitdet state dict under ``"model"`` (readable by
 ``(seed, step)`` (:mod:`bitdet.engine.data`), so a resumed run reproduces an uninterrupted one
 exactly. Accuracies are percentages.
 """
+
 from bitdet.engine.checkpoint import TrainingCheckpointer, clear_run
 from bitdet.engine.data import SeededDataset, StepBatchSampler, collate_skip_none
-from bitdet.engine.evaluation import classification_metrics, evaluate_classifier, multilabel_metrics, predict
+from bitdet.engine.evaluation import (
+    classification_metrics,
+    evaluate_classifier,
+    multilabel_metrics,
+    predict,
+)
 from bitdet.engine.losses import build_loss, sigmoid_cross_entropy, softmax_cross_entropy
 from bitdet.engine.trainer import ClassifierTrainer, choose_batch_split
 

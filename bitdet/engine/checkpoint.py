@@ -8,6 +8,7 @@ Detectron2's ``BiTCheckpointer``. ``step`` counts completed optimizer steps; the
 Detectron2 names its own: after the 0-based index of the last iteration it holds
 (``model_0000099.pth`` after 100 steps), so both trainers' folders read the same way.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,16 @@ from bitdet.checkpoint.errors import CheckpointError
 from bitdet.checkpoint.loading import ws_eps_of
 from bitdet.utils.io import PathLike, atomic_write, remove_stale_temporaries
 
-__all__ = ["TrainingCheckpointer", "capture_rng_state", "check_finite_weights", "clear_run", "damage_of",
-           "describe_fallback", "newest_readable", "restore_rng_state"]
+__all__ = [
+    "TrainingCheckpointer",
+    "capture_rng_state",
+    "check_finite_weights",
+    "clear_run",
+    "damage_of",
+    "describe_fallback",
+    "newest_readable",
+    "restore_rng_state",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +62,19 @@ def capture_rng_state() -> Dict[str, Any]:
 
 def restore_rng_state(state: Dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state` (CUDA states only if the device count matches)."""
-    random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()), None))
+    random.setstate(
+        (state["python_version"], tuple(int(v) for v in state["python"].tolist()), None)
+    )
     has_gauss, gauss = state["numpy_gauss"]
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], int(has_gauss), gauss))
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            int(has_gauss),
+            gauss,
+        )
+    )
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda")
     if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
@@ -69,9 +88,15 @@ def check_finite_weights(state: Dict[str, torch.Tensor], what: str) -> None:
         FloatingPointError: naming ``what`` and the first non-finite tensor.
     """
     for key, value in state.items():
-        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise FloatingPointError(f"{what}: the weights hold NaN or inf ({key}); not saved, the previous "
-                                     "checkpoint stays the last one. Lower the learning rate or check the data")
+        if (
+            torch.is_tensor(value)
+            and value.is_floating_point()
+            and not bool(torch.isfinite(value).all())
+        ):
+            raise FloatingPointError(
+                f"{what}: the weights hold NaN or inf ({key}); not saved, the previous "
+                "checkpoint stays the last one. Lower the learning rate or check the data"
+            )
 
 
 def damage_of(path: PathLike) -> Optional[str]:
@@ -96,7 +121,9 @@ def _number(path: Path) -> float:
     return int(match.group(1)) if match else math.inf
 
 
-def newest_readable(pointed: Optional[Path], folder: PathLike) -> Tuple[Optional[Path], List[Tuple[Path, str]]]:
+def newest_readable(
+    pointed: Optional[Path], folder: PathLike
+) -> Tuple[Optional[Path], List[Tuple[Path, str]]]:
     """The checkpoint to resume from: ``pointed`` (what ``last_checkpoint`` names) if it reads whole,
     else the newest older ``model_NNNNNNN.pth`` of ``folder`` that does.
 
@@ -104,7 +131,9 @@ def newest_readable(pointed: Optional[Path], folder: PathLike) -> Tuple[Optional
         ``(path or None when no file reads whole, [(skipped file, why)] newest first)``.
     """
     folder = Path(folder)
-    numbered = sorted((p for p in folder.glob("model_*.pth") if _PATTERN.match(p.name)), key=_number, reverse=True)
+    numbered = sorted(
+        (p for p in folder.glob("model_*.pth") if _PATTERN.match(p.name)), key=_number, reverse=True
+    )
     if pointed is None:
         candidates = numbered
     else:
@@ -118,14 +147,20 @@ def newest_readable(pointed: Optional[Path], folder: PathLike) -> Tuple[Optional
     return None, skipped
 
 
-def describe_fallback(chosen: Optional[Path], skipped: List[Tuple[Path, str]], folder: PathLike) -> str:
+def describe_fallback(
+    chosen: Optional[Path], skipped: List[Tuple[Path, str]], folder: PathLike
+) -> str:
     """The warning (a file was chosen) or the error (none was) after :func:`newest_readable`."""
     reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped)
     if chosen is None:
-        return (f"no readable checkpoint to resume from in {folder} ({reasons}); move the damaged files away "
-                "to train from the start")
-    return (f"cannot resume from {skipped[0][0].name} ({reasons}): resuming from {chosen.name}, the newest "
-            "readable checkpoint before it")
+        return (
+            f"no readable checkpoint to resume from in {folder} ({reasons}); move the damaged files away "
+            "to train from the start"
+        )
+    return (
+        f"cannot resume from {skipped[0][0].name} ({reasons}): resuming from {chosen.name}, the newest "
+        "readable checkpoint before it"
+    )
 
 
 def clear_run(output_dir: PathLike, results: Sequence[str] = ()) -> List[Path]:
@@ -141,7 +176,9 @@ def clear_run(output_dir: PathLike, results: Sequence[str] = ()) -> List[Path]:
     for path in doomed:
         path.unlink(missing_ok=True)
     if doomed:
-        logger.info("starting over in %s: deleted %s", folder, ", ".join(sorted(p.name for p in doomed)))
+        logger.info(
+            "starting over in %s: deleted %s", folder, ", ".join(sorted(p.name for p in doomed))
+        )
     return doomed
 
 
@@ -165,8 +202,14 @@ class TrainingCheckpointer:
             raise ValueError(f"a checkpoint holds at least one completed step, got step {step}")
         return self.output_dir / f"model_{step - 1:07d}.pth"
 
-    def save(self, step: int, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
-             meta: Optional[Dict[str, Any]] = None, data: Optional[Dict[str, int]] = None) -> Path:
+    def save(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        meta: Optional[Dict[str, Any]] = None,
+        data: Optional[Dict[str, int]] = None,
+    ) -> Path:
         """Write the checkpoint of ``step`` atomically, point ``last_checkpoint`` at it, prune.
 
         Args:
@@ -229,7 +272,9 @@ class TrainingCheckpointer:
             name = pointer.read_text().strip()
             if (self.output_dir / name).is_file():
                 return self.output_dir / name
-            logger.warning("%s names %s, which does not exist; using the newest file", pointer, name)
+            logger.warning(
+                "%s names %s, which does not exist; using the newest file", pointer, name
+            )
         files = self.list()
         return files[-1] if files else None
 
@@ -262,5 +307,7 @@ class TrainingCheckpointer:
         except Exception as e:  # corrupt zip, unsafe pickle, truncated file ...
             raise CheckpointError(f"cannot resume from {path}: {type(e).__name__}: {e}") from e
         if not isinstance(state, dict) or "model" not in state or "step" not in state:
-            raise CheckpointError(f"{path} is not a bitdet training checkpoint (needs 'model' and 'step')")
+            raise CheckpointError(
+                f"{path} is not a bitdet training checkpoint (needs 'model' and 'step')"
+            )
         return state

@@ -1,4 +1,5 @@
 """Config keys of the classification engine, shared by pretraining and fine-tuning."""
+
 from __future__ import annotations
 
 from detectron2.config import CfgNode as CN
@@ -6,7 +7,9 @@ from detectron2.config import CfgNode as CN
 __all__ = ["add_engine_solver_config", "add_engine_test_config"]
 
 
-def add_engine_solver_config(cfg: CN, batch_split: int, checkpoint_period: int, keep_last: int) -> None:
+def add_engine_solver_config(
+    cfg: CN, batch_split: int, checkpoint_period: int, keep_last: int
+) -> None:
     """Add the ``SOLVER`` keys that :class:`bitdet.engine.ClassifierTrainer` reads.
 
     Args:

@@ -8,6 +8,7 @@ augmentation do not depend on the number of DataLoader workers, a resumed run co
 mid-epoch exactly where the interrupted one stopped, and nothing about the data needs to be
 stored in a checkpoint.
 """
+
 from __future__ import annotations
 
 import random
@@ -22,7 +23,9 @@ __all__ = ["SeededDataset", "StepBatchSampler", "collate_skip_none", "sample_see
 
 def _seed63(*entropy: int) -> int:
     """A well-mixed non-negative 63-bit seed from ``entropy``."""
-    return int(np.random.SeedSequence(list(entropy)).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence(list(entropy)).generate_state(2, np.uint32).view(np.uint64)[0] >> 1
+    )
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -63,7 +66,9 @@ class StepBatchSampler(Sampler[List[Tuple[int, int]]]):
         if dataset_size <= 0:
             raise ValueError("the training set is empty")
         if global_batch % world_size:
-            raise ValueError(f"global batch {global_batch} is not divisible by world size {world_size}")
+            raise ValueError(
+                f"global batch {global_batch} is not divisible by world size {world_size}"
+            )
         self.n, self.global_batch, self.seed = dataset_size, global_batch, seed
         self.rank, self.world_size = rank, world_size
         self.start_step, self.max_steps = start_step, max_steps

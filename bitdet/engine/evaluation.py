@@ -1,5 +1,6 @@
 """Held-out evaluation of a classifier: top-1/top-5, per-class accuracy and confusion matrix,
 or precision@1 and mAP for multi-label data. All accuracies are percentages."""
+
 from __future__ import annotations
 
 import contextlib
@@ -37,10 +38,19 @@ def predict(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_skip_none, pin_memory=device.type == "cuda")
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
-                else contextlib.nullcontext())
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_skip_none,
+        pin_memory=device.type == "cuda",
+    )
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16)
+        if precision == "bf16"
+        else contextlib.nullcontext()
+    )
     memory_format = _memory_format(model)
     logits, targets, skipped = [], [], 0
     try:
@@ -50,7 +60,9 @@ def predict(
                 if images.numel() == 0:
                     continue
                 with autocast:
-                    out = model(images.to(device, non_blocking=True).contiguous(memory_format=memory_format))
+                    out = model(
+                        images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                    )
                 logits.append(out.float().cpu())
                 targets.append(target)
     finally:
@@ -64,7 +76,9 @@ def _memory_format(model: torch.nn.Module) -> torch.memory_format:
     """Channels-last when the model's first conv kernel is (e.g. after ``model.to(memory_format=...)``)."""
     for p in model.parameters():
         if p.dim() == 4:
-            channels_last = p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            channels_last = (
+                p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+            )
             return torch.channels_last if channels_last else torch.contiguous_format
     return torch.contiguous_format
 
@@ -82,7 +96,9 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> Dict[
     topk = logits.topk(k, dim=1).indices
     correct = topk == targets[:, None]
     pred = topk[:, 0]
-    confusion = torch.bincount(targets * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes)
+    confusion = torch.bincount(targets * num_classes + pred, minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )
     support = confusion.sum(1).double()
     per_class = (confusion.diag().double() / support * 100).tolist()
     present = [v for v, s in zip(per_class, support.tolist()) if s > 0]
@@ -115,7 +131,9 @@ def multilabel_metrics(logits: torch.Tensor, targets: torch.Tensor) -> Dict[str,
     top1 = logits.argmax(1)
     p_at_1 = positives[torch.arange(len(top1)), top1].double().mean().item() * 100
     scores, pos = logits.double().numpy(), positives.numpy()
-    aps = [_average_precision(scores[:, c], pos[:, c]) for c in range(pos.shape[1]) if pos[:, c].any()]
+    aps = [
+        _average_precision(scores[:, c], pos[:, c]) for c in range(pos.shape[1]) if pos[:, c].any()
+    ]
     return {
         "precision@1": p_at_1,
         "mAP": float(np.mean(aps)) * 100 if aps else float("nan"),
@@ -148,6 +166,8 @@ def evaluate_classifier(
         images).
     """
     out = predict(model, dataset, batch_size, num_workers, device, precision, cache_ws)
-    metrics = (multilabel_metrics if multilabel else classification_metrics)(out["logits"], out["targets"])
+    metrics = (multilabel_metrics if multilabel else classification_metrics)(
+        out["logits"], out["targets"]
+    )
     metrics["skipped"] = out["skipped"]
     return metrics

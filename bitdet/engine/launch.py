@@ -16,6 +16,7 @@ default 1800) bounds the rendezvous and every collective. Where the environment 
 world is larger than one and the group cannot form, the job stops with an error naming the
 launcher, the variables and the rendezvous address: never N independent copies.
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,8 +63,10 @@ class LaunchInfo:
 def _int_var(env: Mapping[str, str], name: str, launcher: str) -> int:
     value = env.get(name)
     if value is None:
-        raise SystemExit(f"{launcher} launch: the environment variable {name} is not set "
-                         f"(a {launcher} job sets {', '.join(_TORCHRUN_VARS if launcher == 'torchrun' else _SLURM_VARS)})")
+        raise SystemExit(
+            f"{launcher} launch: the environment variable {name} is not set "
+            f"(a {launcher} job sets {', '.join(_TORCHRUN_VARS if launcher == 'torchrun' else _SLURM_VARS)})"
+        )
     try:
         return int(value)
     except ValueError:
@@ -98,10 +101,17 @@ def _slurm_tasks_per_node(env: Mapping[str, str], world: int) -> int:
     if spec:
         counts = {int(m) for m in re.findall(r"(\d+)(?:\(x\d+\))?", spec)}
         if len(counts) != 1:
-            raise SystemExit(f"SLURM launch: tasks per node differ ({spec!r}); start the same number of tasks "
-                             "(one per GPU) on every node, e.g. --ntasks-per-node=8")
+            raise SystemExit(
+                f"SLURM launch: tasks per node differ ({spec!r}); start the same number of tasks "
+                "(one per GPU) on every node, e.g. --ntasks-per-node=8"
+            )
         return counts.pop()
-    nodes = int(env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES") or env.get("SLURM_JOB_NUM_NODES") or 1)
+    nodes = int(
+        env.get("SLURM_STEP_NUM_NODES")
+        or env.get("SLURM_NNODES")
+        or env.get("SLURM_JOB_NUM_NODES")
+        or 1
+    )
     return world // nodes
 
 
@@ -126,21 +136,32 @@ def detect_launcher(environ: Optional[Mapping[str, str]] = None) -> Optional[Lau
         local_rank = _int_var(env, "LOCAL_RANK", "torchrun")
         local_world = int(env.get("LOCAL_WORLD_SIZE", world))
         addr = env.get("MASTER_ADDR", "") if world > 1 else env.get("MASTER_ADDR", "127.0.0.1")
-        port = _int_var(env, "MASTER_PORT", "torchrun") if world > 1 else int(env.get("MASTER_PORT", 0))
+        port = (
+            _int_var(env, "MASTER_PORT", "torchrun")
+            if world > 1
+            else int(env.get("MASTER_PORT", 0))
+        )
         if world > 1 and not addr:
             raise SystemExit("torchrun launch: the environment variable MASTER_ADDR is not set")
         info = LaunchInfo("torchrun", rank, world, local_rank, local_world, addr, port)
     elif "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1 and "SLURM_STEP_ID" not in env:
         # The batch script or an salloc shell of a multi-task allocation, not an srun task.
-        logger.warning("SLURM_NTASKS=%s but this process is no srun task (SLURM_STEP_ID unset): running as a plain "
-                       "process; start one task per GPU through srun (tools/slurm.sbatch)", env["SLURM_NTASKS"])
+        logger.warning(
+            "SLURM_NTASKS=%s but this process is no srun task (SLURM_STEP_ID unset): running as a plain "
+            "process; start one task per GPU through srun (tools/slurm.sbatch)",
+            env["SLURM_NTASKS"],
+        )
         return None
     elif "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1:
         world = _int_var(env, "SLURM_NTASKS", "SLURM")
         rank = _int_var(env, "SLURM_PROCID", "SLURM")
         local_rank = _int_var(env, "SLURM_LOCALID", "SLURM")
         local_world = _slurm_tasks_per_node(env, world)
-        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+        nodelist = (
+            env.get("SLURM_STEP_NODELIST")
+            or env.get("SLURM_JOB_NODELIST")
+            or env.get("SLURM_NODELIST")
+        )
         if not env.get("MASTER_ADDR") and not nodelist:
             raise SystemExit("SLURM launch: neither MASTER_ADDR nor SLURM_JOB_NODELIST is set")
         addr = env.get("MASTER_ADDR") or first_slurm_host(nodelist or "")
@@ -149,16 +170,24 @@ def detect_launcher(environ: Optional[Mapping[str, str]] = None) -> Optional[Lau
         else:  # the same port on every task of the job; a different one for each job
             port = 20000 + int(_int_var(env, "SLURM_JOB_ID", "SLURM")) % 20000
         if "SLURM_NODEID" in env and rank // max(local_world, 1) != int(env["SLURM_NODEID"]):
-            raise SystemExit(f"SLURM launch: task {rank} runs on node {env['SLURM_NODEID']} but a block layout of "
-                             f"{local_world} tasks per node puts it on node {rank // local_world}; "
-                             "use srun --distribution=block")
+            raise SystemExit(
+                f"SLURM launch: task {rank} runs on node {env['SLURM_NODEID']} but a block layout of "
+                f"{local_world} tasks per node puts it on node {rank // local_world}; "
+                "use srun --distribution=block"
+            )
         info = LaunchInfo("slurm", rank, world, local_rank, local_world, addr, port)
     else:
         return None
-    if not (0 <= info.rank < info.world_size and 0 <= info.local_rank < info.local_world_size
-            and info.local_world_size <= info.world_size and info.world_size % info.local_world_size == 0):
-        raise SystemExit(f"{info.launcher} launch: inconsistent rank {info.rank} / world size {info.world_size} / "
-                         f"local rank {info.local_rank} / processes per machine {info.local_world_size}")
+    if not (
+        0 <= info.rank < info.world_size
+        and 0 <= info.local_rank < info.local_world_size
+        and info.local_world_size <= info.world_size
+        and info.world_size % info.local_world_size == 0
+    ):
+        raise SystemExit(
+            f"{info.launcher} launch: inconsistent rank {info.rank} / world size {info.world_size} / "
+            f"local rank {info.local_rank} / processes per machine {info.local_world_size}"
+        )
     return info
 
 
@@ -175,35 +204,53 @@ def _check_gpus(asked: int, what: str) -> None:
     visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if visible and asked > visible:
         shown = os.environ.get("CUDA_VISIBLE_DEVICES")
-        raise SystemExit(f"{what} asks for {asked} GPUs per machine but {visible} are visible"
-                         + (f" (CUDA_VISIBLE_DEVICES={shown})" if shown is not None else ""))
+        raise SystemExit(
+            f"{what} asks for {asked} GPUs per machine but {visible} are visible"
+            + (f" (CUDA_VISIBLE_DEVICES={shown})" if shown is not None else "")
+        )
 
 
 def _set_summary(launcher: str, detail: str = "") -> None:
     global _SUMMARY
     backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
-    _SUMMARY = (f"launcher: {launcher}{detail}; rank {comm.get_rank()} of world size {comm.get_world_size()} "
-                f"(local rank {comm.get_local_rank()} of {comm.get_local_size()}), backend {backend}")
+    _SUMMARY = (
+        f"launcher: {launcher}{detail}; rank {comm.get_rank()} of world size {comm.get_world_size()} "
+        f"(local rank {comm.get_local_rank()} of {comm.get_local_size()}), backend {backend}"
+    )
 
 
 def launch_summary() -> str:
     """The launcher line of this process (launcher, rank, world size, backend)."""
-    return _SUMMARY or (f"launcher: none; rank {comm.get_rank()} of world size {comm.get_world_size()}, "
-                        f"backend {dist.get_backend() if dist.is_initialized() else 'none'}")
+    return _SUMMARY or (
+        f"launcher: none; rank {comm.get_rank()} of world size {comm.get_world_size()}, "
+        f"backend {dist.get_backend() if dist.is_initialized() else 'none'}"
+    )
 
 
 def _init_from_env(info: LaunchInfo) -> None:
     """Join the job's process group through ``env://``; a failure ends the job with its cause."""
-    _check_gpus(info.local_world_size, f"{info.launcher} with {info.local_world_size} processes per machine")
+    _check_gpus(
+        info.local_world_size, f"{info.launcher} with {info.local_world_size} processes per machine"
+    )
     if torch.cuda.is_available():
         torch.cuda.set_device(info.local_rank)
-    os.environ.update(MASTER_ADDR=info.master_addr, MASTER_PORT=str(info.master_port), RANK=str(info.rank),
-                      WORLD_SIZE=str(info.world_size), LOCAL_RANK=str(info.local_rank))
+    os.environ.update(
+        MASTER_ADDR=info.master_addr,
+        MASTER_PORT=str(info.master_port),
+        RANK=str(info.rank),
+        WORLD_SIZE=str(info.world_size),
+        LOCAL_RANK=str(info.local_rank),
+    )
     timeout = _timeout()
     where = f"{info.master_addr}:{info.master_port}"
     try:
-        dist.init_process_group(backend=_backend(), init_method="env://", rank=info.rank,
-                                world_size=info.world_size, timeout=timeout)
+        dist.init_process_group(
+            backend=_backend(),
+            init_method="env://",
+            rank=info.rank,
+            world_size=info.world_size,
+            timeout=timeout,
+        )
         comm.create_local_process_group(info.local_world_size)
         comm.synchronize()
     except (RuntimeError, ValueError, OSError) as e:  # DistNetworkError, DistStoreError, ...
@@ -245,12 +292,17 @@ def launch_main(main: Callable, args) -> object:
     info = detect_launcher()
     if info is not None:
         if args.num_gpus > 1 or args.num_machines > 1:
-            raise SystemExit(f"{info.launcher} started this process (rank {info.rank} of {info.world_size}): "
-                             f"each process is one GPU, so pass --num-gpus 1 --num-machines 1 (got --num-gpus "
-                             f"{args.num_gpus} --num-machines {args.num_machines})")
+            raise SystemExit(
+                f"{info.launcher} started this process (rank {info.rank} of {info.world_size}): "
+                f"each process is one GPU, so pass --num-gpus 1 --num-machines 1 (got --num-gpus "
+                f"{args.num_gpus} --num-machines {args.num_machines})"
+            )
         if info.world_size > 1:
             _init_from_env(info)
-        _set_summary(info.launcher, f" (env://{info.master_addr}:{info.master_port})" if info.world_size > 1 else "")
+        _set_summary(
+            info.launcher,
+            f" (env://{info.master_addr}:{info.master_port})" if info.world_size > 1 else "",
+        )
         try:
             return _run(main, args)
         finally:
@@ -261,9 +313,19 @@ def launch_main(main: Callable, args) -> object:
         _set_summary("single process")
         return _run(main, args)
     if not torch.cuda.is_available():
-        logging.getLogger("bitdet").info("no CUDA device: --num-gpus %d starts %d CPU processes (gloo)",
-                                         args.num_gpus, args.num_gpus)
+        logging.getLogger("bitdet").info(
+            "no CUDA device: --num-gpus %d starts %d CPU processes (gloo)",
+            args.num_gpus,
+            args.num_gpus,
+        )
     detail = f" {args.num_gpus} x {args.num_machines} ({args.dist_url})"
-    d2_launch(_spawned, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-              dist_url=args.dist_url, args=(main, args, detail), timeout=_timeout())
+    d2_launch(
+        _spawned,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(main, args, detail),
+        timeout=_timeout(),
+    )
     return None

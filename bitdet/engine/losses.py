@@ -1,4 +1,5 @@
 """Classification losses: softmax cross-entropy (single label) and sigmoid cross-entropy (multi-label)."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -19,7 +20,9 @@ def softmax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.
     Returns:
         Scalar loss, computed in float32 whatever the logits' dtype.
     """
-    return F.cross_entropy(logits.float(), targets if targets.dtype == torch.int64 else targets.float())
+    return F.cross_entropy(
+        logits.float(), targets if targets.dtype == torch.int64 else targets.float()
+    )
 
 
 def sigmoid_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ a holder on another host that was killed). The lock is removed when the run ends
 ``OUTPUT_DIR`` that is a file or cannot be written stops the run before anything else
 (:class:`OutputDirError`, a user error: one line, exit status 2 in the tools).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -24,8 +25,14 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
-__all__ = ["LOCK_NAME", "OutputDirError", "OutputDirLock", "OutputDirLocked", "acquire_output_lock",
-           "release_output_locks"]
+__all__ = [
+    "LOCK_NAME",
+    "OutputDirError",
+    "OutputDirLock",
+    "OutputDirLocked",
+    "acquire_output_lock",
+    "release_output_locks",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +62,8 @@ def _pid_alive(pid: int) -> bool:
 
 def _owner() -> Dict[str, object]:
     return {
-        "host": socket.gethostname(), "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0),
@@ -72,11 +80,16 @@ class OutputDirLock:
             ``$BITDET_LOCK_STALE_S`` or 600).
     """
 
-    def __init__(self, folder: Union[str, os.PathLike], stale_after_s: Optional[float] = None) -> None:
+    def __init__(
+        self, folder: Union[str, os.PathLike], stale_after_s: Optional[float] = None
+    ) -> None:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_NAME
-        self.stale_after_s = float(stale_after_s if stale_after_s is not None
-                                   else os.environ.get("BITDET_LOCK_STALE_S", 600))
+        self.stale_after_s = float(
+            stale_after_s
+            if stale_after_s is not None
+            else os.environ.get("BITDET_LOCK_STALE_S", 600)
+        )
         self.owner = _owner()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -105,9 +118,13 @@ class OutputDirLock:
         existing = next((p for p in (where, *where.parents) if p.exists()), None)
         if existing is not None and not existing.is_dir():
             what = "is a file" if existing == self.folder else f"is under the file {existing}"
-            return OutputDirError(f"OUTPUT_DIR {self.folder} {what}, not a folder: set another OUTPUT_DIR")
-        return OutputDirError(f"OUTPUT_DIR {self.folder} cannot be written ({error.strerror or error}: {where}); "
-                              "set a writable OUTPUT_DIR")
+            return OutputDirError(
+                f"OUTPUT_DIR {self.folder} {what}, not a folder: set another OUTPUT_DIR"
+            )
+        return OutputDirError(
+            f"OUTPUT_DIR {self.folder} cannot be written ({error.strerror or error}: {where}); "
+            "set a writable OUTPUT_DIR"
+        )
 
     def _stale_reason(self, holder: Dict[str, object]) -> Optional[str]:
         """Why ``holder`` no longer runs, or None when it may still be running."""
@@ -117,13 +134,18 @@ class OutputDirLock:
             return "this process"
         if host == me["host"] and isinstance(pid, int) and not _pid_alive(pid):
             return f"process {pid} on {host} has ended"
-        if (holder.get("slurm_job_id") and holder.get("slurm_job_id") == me["slurm_job_id"]
-                and int(holder.get("slurm_restart_count") or 0) < int(me["slurm_restart_count"])):
+        if (
+            holder.get("slurm_job_id")
+            and holder.get("slurm_job_id") == me["slurm_job_id"]
+            and int(holder.get("slurm_restart_count") or 0) < int(me["slurm_restart_count"])
+        ):
             return f"it belongs to an earlier run of the requeued SLURM job {me['slurm_job_id']}"
         with contextlib.suppress(FileNotFoundError):
             age = time.time() - self.path.stat().st_mtime
             if age > self.stale_after_s:
-                return f"it was not refreshed for {age:.0f} s (more than {self.stale_after_s:.0f} s)"
+                return (
+                    f"it was not refreshed for {age:.0f} s (more than {self.stale_after_s:.0f} s)"
+                )
         return None
 
     def acquire(self) -> "OutputDirLock":
@@ -151,10 +173,16 @@ class OutputDirLock:
                         f"OUTPUT_DIR {self.folder} is in use by another run (host {holder.get('host', '?')}, "
                         f"pid {holder.get('pid', '?')}, started {holder.get('started', '?')}: "
                         f"{holder.get('command', '?')}). Wait for it to finish, set another OUTPUT_DIR, or delete "
-                        f"{self.path} if that run is gone") from None
+                        f"{self.path} if that run is gone"
+                    ) from None
                 if reason != "this process":
-                    logger.warning("taking over the stale lock %s of host %s, pid %s: %s", self.path,
-                                   holder.get("host"), holder.get("pid"), reason)
+                    logger.warning(
+                        "taking over the stale lock %s of host %s, pid %s: %s",
+                        self.path,
+                        holder.get("host"),
+                        holder.get("pid"),
+                        reason,
+                    )
                 # Rename first: of two runs taking over the same stale lock, one rename wins.
                 grave = self.path.with_name(f".{LOCK_NAME}.{self.owner['pid']}.stale")
                 with contextlib.suppress(FileNotFoundError):
@@ -168,7 +196,9 @@ class OutputDirLock:
             break
         else:
             raise OutputDirLocked(f"could not take the lock {self.path}: other runs keep taking it")
-        self._thread = threading.Thread(target=self._refresh, name="bitdet-output-lock", daemon=True)
+        self._thread = threading.Thread(
+            target=self._refresh, name="bitdet-output-lock", daemon=True
+        )
         self._thread.start()
         _HELD.append(self)
         return self
@@ -182,7 +212,11 @@ class OutputDirLock:
         """Remove the lock if this process still holds it."""
         self._stop.set()
         holder = self._read()
-        if holder and holder.get("host") == self.owner["host"] and holder.get("pid") == self.owner["pid"]:
+        if (
+            holder
+            and holder.get("host") == self.owner["host"]
+            and holder.get("pid") == self.owner["pid"]
+        ):
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
         if self in _HELD:

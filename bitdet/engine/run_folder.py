@@ -17,6 +17,7 @@ folder. Opening it again:
 Keys that do not change what a run computes are not compared: :data:`UNCOMPARED_KEYS`.
 ``--eval-only`` records its config as ``config_eval.yaml``, never over the run's ``config.yaml``.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,17 @@ from detectron2.utils import comm
 from bitdet.engine.checkpoint import LAST_CHECKPOINT, clear_run
 from bitdet.utils.io import PathLike, atomic_write
 
-__all__ = ["EVAL_CONFIG", "RUN_CONFIG", "RunConfigMismatch", "UNCOMPARED_KEYS", "check_run", "check_runs",
-           "config_differences", "open_run", "record_config"]
+__all__ = [
+    "EVAL_CONFIG",
+    "RUN_CONFIG",
+    "RunConfigMismatch",
+    "UNCOMPARED_KEYS",
+    "check_run",
+    "check_runs",
+    "config_differences",
+    "open_run",
+    "record_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +49,12 @@ RUN_CONFIG = "config.yaml"
 EVAL_CONFIG = "config_eval.yaml"
 # Where a run writes and how often, not what it computes: a moved folder or another checkpoint
 # or log period continues the same run.
-UNCOMPARED_KEYS = ("OUTPUT_DIR", "SOLVER.CHECKPOINT_PERIOD", "SOLVER.KEEP_LAST", "SOLVER.LOG_PERIOD")
+UNCOMPARED_KEYS = (
+    "OUTPUT_DIR",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "SOLVER.KEEP_LAST",
+    "SOLVER.LOG_PERIOD",
+)
 _MAX_LISTED = 6  # differences named in the one-line error
 _MAX_VALUE = 40  # characters of a value in it
 
@@ -71,27 +86,34 @@ def config_differences(old: Mapping, new: Mapping) -> List[Tuple[str, Any, Any]]
     one side has the value ``"<absent>"`` there), sorted by key."""
     a, b = _flatten(old), _flatten(new)
     absent = "<absent>"
-    return [(key, a.get(key, absent), b.get(key, absent)) for key in sorted(set(a) | set(b))
-            if key not in UNCOMPARED_KEYS and a.get(key, absent) != b.get(key, absent)]
+    return [
+        (key, a.get(key, absent), b.get(key, absent))
+        for key in sorted(set(a) | set(b))
+        if key not in UNCOMPARED_KEYS and a.get(key, absent) != b.get(key, absent)
+    ]
 
 
 def _compact(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, str) or value in ("", "<absent>") else value
     text = "''" if text == '""' else text
-    return text if len(text) <= _MAX_VALUE else text[:_MAX_VALUE - 3] + "..."
+    return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 3] + "..."
 
 
 def _holds_run(folder: Path, results_file: str) -> bool:
-    return ((folder / results_file).is_file() or (folder / LAST_CHECKPOINT).is_file()
-            or any(folder.glob("model_*.pth")))
+    return (
+        (folder / results_file).is_file()
+        or (folder / LAST_CHECKPOINT).is_file()
+        or any(folder.glob("model_*.pth"))
+    )
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise RunConfigMismatch(f"{path} cannot be read ({type(e).__name__}: {e}); --force starts the run "
-                                "over") from None
+        raise RunConfigMismatch(
+            f"{path} cannot be read ({type(e).__name__}: {e}); --force starts the run over"
+        ) from None
 
 
 def check_run(folder: PathLike, cfg, results_file: str) -> Optional[Dict[str, Any]]:
@@ -110,20 +132,34 @@ def check_run(folder: PathLike, cfg, results_file: str) -> Optional[Dict[str, An
         return None
     stored = folder / RUN_CONFIG
     if not stored.is_file():
-        logger.warning("%s holds checkpoints or results but no %s: their settings cannot be compared with this "
-                       "run's; continuing it (--force starts over)", folder, RUN_CONFIG)
+        logger.warning(
+            "%s holds checkpoints or results but no %s: their settings cannot be compared with this "
+            "run's; continuing it (--force starts over)",
+            folder,
+            RUN_CONFIG,
+        )
     else:
         try:
             old = yaml.safe_load(stored.read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
-            raise RunConfigMismatch(f"{stored} cannot be read ({type(e).__name__}); --force starts the run over "
-                                    "there, or set another OUTPUT_DIR") from None
+            raise RunConfigMismatch(
+                f"{stored} cannot be read ({type(e).__name__}); --force starts the run over "
+                "there, or set another OUTPUT_DIR"
+            ) from None
         differences = config_differences(old, yaml.safe_load(cfg.dump()))
         if differences:
-            listed = ", ".join(f"{key}: {_compact(a)} -> {_compact(b)}" for key, a, b in differences[:_MAX_LISTED])
-            more = f" (and {len(differences) - _MAX_LISTED} more)" if len(differences) > _MAX_LISTED else ""
-            raise RunConfigMismatch(f"{folder} holds a run of another config ({listed}{more}); --force starts over "
-                                    "there (deleting its checkpoints and results), or set another OUTPUT_DIR")
+            listed = ", ".join(
+                f"{key}: {_compact(a)} -> {_compact(b)}" for key, a, b in differences[:_MAX_LISTED]
+            )
+            more = (
+                f" (and {len(differences) - _MAX_LISTED} more)"
+                if len(differences) > _MAX_LISTED
+                else ""
+            )
+            raise RunConfigMismatch(
+                f"{folder} holds a run of another config ({listed}{more}); --force starts over "
+                "there (deleting its checkpoints and results), or set another OUTPUT_DIR"
+            )
     results = folder / results_file
     return _read_json(results) if results.is_file() else None
 
@@ -150,6 +186,7 @@ def check_runs(runs: Sequence[Tuple[PathLike, Any]], results_file: str) -> None:
     Raises:
         RunConfigMismatch: the first folder holding a run of another config.
     """
+
     def check_all() -> None:
         for folder, cfg in runs:
             check_run(folder, cfg, results_file)
@@ -158,12 +195,20 @@ def check_runs(runs: Sequence[Tuple[PathLike, Any]], results_file: str) -> None:
 
 
 def _summary(results: Mapping[str, Any]) -> str:
-    numbers = [(k, v) for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in numbers) or "no numbers"
+    numbers = [
+        (k, v)
+        for k, v in results.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
+    return (
+        ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in numbers)
+        or "no numbers"
+    )
 
 
-def open_run(folder: PathLike, cfg, results_file: str, force: bool = False,
-             clear: Sequence[str] = ()) -> Optional[Dict[str, Any]]:
+def open_run(
+    folder: PathLike, cfg, results_file: str, force: bool = False, clear: Sequence[str] = ()
+) -> Optional[Dict[str, Any]]:
     """Open ``folder`` for a training run of ``cfg`` by the rule of the module docstring.
 
     The main process decides and every process follows it; on the way to training, the main
@@ -186,8 +231,12 @@ def open_run(folder: PathLike, cfg, results_file: str, force: bool = False,
     folder = Path(folder)
     results = None if force else _decided_by_main(lambda: check_run(folder, cfg, results_file))
     if results is not None:
-        logger.info("%s has finished with this config; its results (%s): %s. --force starts it over", folder,
-                    results_file, _summary(results))
+        logger.info(
+            "%s has finished with this config; its results (%s): %s. --force starts it over",
+            folder,
+            results_file,
+            _summary(results),
+        )
         return results
     if comm.is_main_process():
         if force:

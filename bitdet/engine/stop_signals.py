@@ -13,6 +13,7 @@ command continues from it.
 A second Ctrl-C before the checkpoint is written aborts at once (``KeyboardInterrupt``): the
 step is lost, the previous checkpoint stays intact.
 """
+
 from __future__ import annotations
 
 import logging
@@ -81,7 +82,9 @@ class StopSignals:
         for event in self._received.values():
             event.clear()
         if threading.current_thread() is not threading.main_thread():
-            logger.warning("training runs outside the main thread: SIGTERM and Ctrl-C will not save a checkpoint")
+            logger.warning(
+                "training runs outside the main thread: SIGTERM and Ctrl-C will not save a checkpoint"
+            )
             return False
         self._notify = comm.is_main_process()
         for sig in self.signals:
@@ -144,6 +147,11 @@ class StopSignals:
                 how, status = "SIGTERM received", "exiting cleanly (status 0)"
             else:
                 how, status = "interrupted (Ctrl-C)", f"exiting with status {exit_status(signum)}"
-            logger.warning("%s: saved %s after %s; %s; re-running the command continues from it", how, path, after,
-                           status)
+            logger.warning(
+                "%s: saved %s after %s; %s; re-running the command continues from it",
+                how,
+                path,
+                after,
+                status,
+            )
         raise TrainingStopped(signum, done, path)

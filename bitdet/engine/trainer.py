@@ -6,6 +6,7 @@ BiT fine-tuning need: DDP, gradient accumulation, bf16 autocast, channels_last, 
 ``torch.compile``, exact resume, SIGTERM / Ctrl-C handling (:mod:`bitdet.engine.stop_signals`) and a
 non-finite-loss stop.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,7 +22,12 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 from detectron2.engine import HookBase, TrainerBase, hooks
 from detectron2.utils import comm
-from detectron2.utils.events import CommonMetricPrinter, EventStorage, JSONWriter, TensorboardXWriter
+from detectron2.utils.events import (
+    CommonMetricPrinter,
+    EventStorage,
+    JSONWriter,
+    TensorboardXWriter,
+)
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
@@ -35,7 +41,9 @@ __all__ = ["ClassifierTrainer", "choose_batch_split"]
 
 logger = logging.getLogger(__name__)
 
-BatchHook = Callable[[torch.Tensor, torch.Tensor, torch.Generator], Tuple[torch.Tensor, torch.Tensor]]
+BatchHook = Callable[
+    [torch.Tensor, torch.Tensor, torch.Generator], Tuple[torch.Tensor, torch.Tensor]
+]
 _PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
@@ -66,11 +74,17 @@ def choose_batch_split(
             return split
         except torch.cuda.OutOfMemoryError:
             if micro == 1:
-                raise RuntimeError("out of memory with a micro-batch of 1 sample; use a smaller model, "
-                                   "lower resolution or precision='bf16'") from None
+                raise RuntimeError(
+                    "out of memory with a micro-batch of 1 sample; use a smaller model, "
+                    "lower resolution or precision='bf16'"
+                ) from None
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            logger.info("micro-batch of %d does not fit in memory; trying %d", micro, math.ceil(local_batch / (split * 2)))
+            logger.info(
+                "micro-batch of %d does not fit in memory; trying %d",
+                micro,
+                math.ceil(local_batch / (split * 2)),
+            )
             split *= 2
 
 
@@ -112,11 +126,18 @@ class _EvalHook(HookBase):
                     results = dict(self.evaluate(model) or {})
             finally:
                 model.train(was_training)
-            scalars = {f"eval/{k}": float(v) for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            scalars = {
+                f"eval/{k}": float(v)
+                for k, v in results.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
             trainer.storage.put_scalars(**scalars, smoothing_hint=False)
             trainer.last_eval = results
-            logger.info("evaluation after %d steps: %s", done,
-                        ", ".join(f"{k[5:]}={v:.4g}" for k, v in scalars.items()))
+            logger.info(
+                "evaluation after %d steps: %s",
+                done,
+                ", ".join(f"{k[5:]}={v:.4g}" for k, v in scalars.items()),
+            )
         comm.synchronize()  # the other ranks wait instead of running ahead
 
     def after_step(self) -> None:
@@ -195,19 +216,29 @@ class ClassifierTrainer(TrainerBase):
         if max_steps <= 0:
             raise ValueError(f"max_steps must be positive, got {max_steps}")
         if global_batch % self.world_size:
-            raise ValueError(f"global_batch {global_batch} must be divisible by the {self.world_size} processes")
+            raise ValueError(
+                f"global_batch {global_batch} must be divisible by the {self.world_size} processes"
+            )
         self.local_batch = global_batch // self.world_size
-        if batch_split != "auto" and (not isinstance(batch_split, int) or not 1 <= batch_split <= self.local_batch):
-            raise ValueError(f"batch_split must be 'auto' or an int in [1, {self.local_batch}] "
-                             f"(the per-process batch), got {batch_split!r}")
-        precision_dtype(precision, "precision", allowed=tuple(_PRECISIONS))  # SOLVER.PRECISION in configs
+        if batch_split != "auto" and (
+            not isinstance(batch_split, int) or not 1 <= batch_split <= self.local_batch
+        ):
+            raise ValueError(
+                f"batch_split must be 'auto' or an int in [1, {self.local_batch}] "
+                f"(the per-process batch), got {batch_split!r}"
+            )
+        precision_dtype(
+            precision, "precision", allowed=tuple(_PRECISIONS)
+        )  # SOLVER.PRECISION in configs
         # A streamed training set (an IterableDataset with ``for_rank``, e.g. bitdet's
         # StreamingShards) gives each rank its own endless, resumable stream instead.
         self.streaming = isinstance(train_set, IterableDataset)
         if self.streaming and not hasattr(train_set, "for_rank"):
-            raise TypeError(f"{type(train_set).__name__} is an IterableDataset without for_rank(rank, world_size, "
-                            "local_batch, start_step, seed) (returning a stream with describe_share(num_workers)): "
-                            "the trainer cannot split or resume it")
+            raise TypeError(
+                f"{type(train_set).__name__} is an IterableDataset without for_rank(rank, world_size, "
+                "local_batch, start_step, seed) (returning a stream with describe_share(num_workers)): "
+                "the trainer cannot split or resume it"
+            )
         if not self.streaming and len(train_set) == 0:  # type: ignore[arg-type]
             raise ValueError("the training set is empty")
         self.loss_fn = build_loss(loss)
@@ -222,8 +253,12 @@ class ClassifierTrainer(TrainerBase):
         decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim > 1]
         no_decay = [p for p in self.model.parameters() if p.requires_grad and p.ndim <= 1]
         self.optimizer = torch.optim.SGD(
-            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=0.0, momentum=momentum,
+            [
+                {"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=0.0,
+            momentum=momentum,
         )
         self.ddp: Optional[DistributedDataParallel] = None
         if self.world_size > 1:
@@ -237,7 +272,11 @@ class ClassifierTrainer(TrainerBase):
             try:
                 self._compiled = torch.compile(self._module)
             except Exception as e:  # e.g. unsupported Python version
-                logger.warning("torch.compile unavailable (%s: %s); training in eager mode", type(e).__name__, e)
+                logger.warning(
+                    "torch.compile unavailable (%s: %s); training in eager mode",
+                    type(e).__name__,
+                    e,
+                )
 
         self.train_set = train_set
         self.output_dir = Path(output_dir)
@@ -261,25 +300,34 @@ class ClassifierTrainer(TrainerBase):
         writers = []
         if comm.is_main_process():
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            writers = [CommonMetricPrinter(self.max_steps), JSONWriter(str(self.output_dir / "metrics.json"))]
+            writers = [
+                CommonMetricPrinter(self.max_steps),
+                JSONWriter(str(self.output_dir / "metrics.json")),
+            ]
             try:
                 importlib.import_module("torch.utils.tensorboard")
                 writers.append(TensorboardXWriter(str(self.output_dir)))
             except ImportError as e:
-                logger.warning("TensorBoard events disabled (%s); install `tensorboard` for them", e)
-        self.register_hooks([
-            hooks.IterationTimer(),
-            _CheckpointHook(checkpoint_period),
-            _EvalHook(eval_period, evaluate) if evaluate is not None else None,
-            hooks.PeriodicWriter(writers, period=log_period) if writers else None,
-        ])
+                logger.warning(
+                    "TensorBoard events disabled (%s); install `tensorboard` for them", e
+                )
+        self.register_hooks(
+            [
+                hooks.IterationTimer(),
+                _CheckpointHook(checkpoint_period),
+                _EvalHook(eval_period, evaluate) if evaluate is not None else None,
+                hooks.PeriodicWriter(writers, period=log_period) if writers else None,
+            ]
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int) -> Optional[Path]:
         """Write the checkpoint after ``step`` completed steps (only the main process writes)."""
         path = None
         if step != self._last_saved_step and comm.is_main_process():
-            path = self.checkpointer.save(step, self.model, self.optimizer, meta=self.meta, data=self._data_layout())
+            path = self.checkpointer.save(
+                step, self.model, self.optimizer, meta=self.meta, data=self._data_layout()
+            )
         self._last_saved_step = step
         return path
 
@@ -297,7 +345,10 @@ class ClassifierTrainer(TrainerBase):
         contiguous slices: any process count reads the same samples with the same augmentations.
         Streamed shards and a batch hook (MixUp pairs samples within a process's batch) are not.
         """
-        world, workers = saved.get("world_size", self.world_size), saved.get("num_workers", self.num_workers)
+        world, workers = (
+            saved.get("world_size", self.world_size),
+            saved.get("num_workers", self.num_workers),
+        )
         if world == self.world_size and (not self.streaming or workers == self.num_workers):
             return
         was, now = f"{world} process(es)", f"{self.world_size}"
@@ -307,13 +358,18 @@ class ClassifierTrainer(TrainerBase):
                 why = "each process and worker streams its own shards"
             else:
                 why = "the batch hook (e.g. MixUp) mixes samples within each process's batch"
-            raise ValueError(f"{path} was written by a run of {was} and this run has {now}: {why}, so the data "
-                             f"would differ from the interrupted run's; resume with {world} process(es)"
-                             + (f" and DATALOADER.NUM_WORKERS {workers}" if self.streaming else "")
-                             + ", or start over in a new OUTPUT_DIR")
-        logger.warning("resuming a run of %d process(es) with %d: every step reads the same samples and "
-                       "augmentations (the gradient is summed in another order, so the weights differ in rounding)",
-                       world, self.world_size)
+            raise ValueError(
+                f"{path} was written by a run of {was} and this run has {now}: {why}, so the data "
+                f"would differ from the interrupted run's; resume with {world} process(es)"
+                + (f" and DATALOADER.NUM_WORKERS {workers}" if self.streaming else "")
+                + ", or start over in a new OUTPUT_DIR"
+            )
+        logger.warning(
+            "resuming a run of %d process(es) with %d: every step reads the same samples and "
+            "augmentations (the gradient is summed in another order, so the weights differ in rounding)",
+            world,
+            self.world_size,
+        )
 
     def resume(self) -> int:
         """Load the newest readable checkpoint of ``output_dir`` if any; returns the step to start at.
@@ -357,24 +413,46 @@ class ClassifierTrainer(TrainerBase):
         self.start_iter = self.iter = start
         if self.batch_split == "auto":
             self.batch_split = self._auto_batch_split()
-        loader_options = dict(num_workers=self.num_workers, collate_fn=collate_skip_none,
-                              pin_memory=self.device.type == "cuda", worker_init_fn=_ignore_stop_signals)
+        loader_options = dict(
+            num_workers=self.num_workers,
+            collate_fn=collate_skip_none,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=_ignore_stop_signals,
+        )
         if self.streaming:
-            stream = self.train_set.for_rank(self.rank, self.world_size, self.local_batch, start, self.seed)
+            stream = self.train_set.for_rank(
+                self.rank, self.world_size, self.local_batch, start, self.seed
+            )
             loader = DataLoader(stream, batch_size=self.local_batch, **loader_options)
             size = getattr(self.train_set, "num_samples", None)
             self.epoch_at = lambda step: step * self.global_batch / size if size else float("nan")
             share = stream.describe_share(self.num_workers)
         else:
-            sampler = StepBatchSampler(len(self.train_set), self.global_batch, self.seed, self.rank,
-                                       self.world_size, start, self.max_steps)
+            sampler = StepBatchSampler(
+                len(self.train_set),
+                self.global_batch,
+                self.seed,
+                self.rank,
+                self.world_size,
+                start,
+                self.max_steps,
+            )
             self.epoch_at = sampler.epoch_at
-            loader = DataLoader(SeededDataset(self.train_set), batch_sampler=sampler, **loader_options)
+            loader = DataLoader(
+                SeededDataset(self.train_set), batch_sampler=sampler, **loader_options
+            )
             share = f"step {start} reads samples {[index for index, _ in sampler.batch(start)] if start < self.max_steps else []}"
         self._data_iter = iter(loader)
-        logger.info("training steps %d..%d: global batch %d (%d per process, %s micro-batches), %s, %d process(es)",
-                    start, self.max_steps, self.global_batch, self.local_batch, self.batch_split,
-                    self.precision, self.world_size)
+        logger.info(
+            "training steps %d..%d: global batch %d (%d per process, %s micro-batches), %s, %d process(es)",
+            start,
+            self.max_steps,
+            self.global_batch,
+            self.local_batch,
+            self.batch_split,
+            self.precision,
+            self.world_size,
+        )
         # each rank logs (log.txt.rank<r>) which data it reads
         logger.info("data share of rank %d of %d: %s", self.rank, self.world_size, share)
         t_start = time.perf_counter()
@@ -392,8 +470,12 @@ class ClassifierTrainer(TrainerBase):
                             path = self.save_checkpoint(self.iter + 1)
                             if comm.is_main_process():
                                 path = path or self.checkpointer.path_for(self.iter + 1)
-                            self.stop_signals.stop(self._stop_agreed, self.iter + 1, path and str(path),
-                                                  f"step {self.iter + 1}")
+                            self.stop_signals.stop(
+                                self._stop_agreed,
+                                self.iter + 1,
+                                path and str(path),
+                                f"step {self.iter + 1}",
+                            )
                     self.iter = self.max_steps
                     self.finished = True
                 except Exception:
@@ -425,12 +507,19 @@ class ClassifierTrainer(TrainerBase):
         if self.device.type != "cuda":
             logger.info("batch_split='auto': 1 on %s (no memory probe off CUDA)", self.device)
             return 1
-        x0, y0 = (next(s for s in self.train_set if s is not None) if self.streaming
-                  else SeededDataset(self.train_set)[(0, 0)])
+        x0, y0 = (
+            next(s for s in self.train_set if s is not None)
+            if self.streaming
+            else SeededDataset(self.train_set)[(0, 0)]
+        )
         y = torch.as_tensor(y0)
 
         def probe(micro: int) -> None:
-            x = torch.as_tensor(x0)[None].expand(micro, *x0.shape).to(self.device, memory_format=self.memory_format)
+            x = (
+                torch.as_tensor(x0)[None]
+                .expand(micro, *x0.shape)
+                .to(self.device, memory_format=self.memory_format)
+            )
             t = y[None].expand(micro, *y.shape).to(self.device)
             with self._autocast():
                 out = self.model(x)  # the bare model: a probe must not trigger DDP's all-reduce
@@ -443,7 +532,11 @@ class ClassifierTrainer(TrainerBase):
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
             split = int(t.item())
         torch.cuda.empty_cache()
-        logger.info("batch_split='auto': %d micro-batch(es) of %d", split, math.ceil(self.local_batch / split))
+        logger.info(
+            "batch_split='auto': %d micro-batch(es) of %d",
+            split,
+            math.ceil(self.local_batch / split),
+        )
         return split
 
     def _forward_backward(self, images: torch.Tensor, targets: torch.Tensor) -> float:
@@ -480,7 +573,9 @@ class ClassifierTrainer(TrainerBase):
             # Every sample of this rank's batch was unusable; still take part in DDP's
             # all-reduce (with zero weight) so the other ranks do not wait forever.
             if self._image_shape is None:
-                raise RuntimeError(f"step {step}: every image of the first batch is unusable; check the data")
+                raise RuntimeError(
+                    f"step {step}: every image of the first batch is unusable; check the data"
+                )
             images = torch.zeros(1, *self._image_shape)
             targets = self._last_target[:1]
         else:
@@ -488,19 +583,31 @@ class ClassifierTrainer(TrainerBase):
             if self.batch_hook is not None:
                 gen = torch.Generator().manual_seed(step_seed(self.seed, step, self.rank))
                 images, targets = self.batch_hook(images, targets, gen)
-        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        images = images.to(self.device, non_blocking=True).contiguous(
+            memory_format=self.memory_format
+        )
         targets = targets.to(self.device, non_blocking=True)
 
         self.optimizer.zero_grad(set_to_none=True)
         try:
             loss = self._step_with_compile_fallback(images, targets, empty)
         except torch.cuda.OutOfMemoryError as e:
-            raise RuntimeError(f"CUDA out of memory at step {step} with micro-batches of "
-                               f"{math.ceil(len(images) / int(self.batch_split))}: raise batch_split "
-                               f"(now {self.batch_split}) or use batch_split='auto'") from e
+            raise RuntimeError(
+                f"CUDA out of memory at step {step} with micro-batches of "
+                f"{math.ceil(len(images) / int(self.batch_split))}: raise batch_split "
+                f"(now {self.batch_split}) or use batch_split='auto'"
+            ) from e
         # One all-reduce for everything the ranks must agree on: loss, skips, stop signals.
-        stats = torch.tensor([0.0 if empty else loss, float(skipped), float(not empty), *self.stop_signals.pending()],
-                             dtype=torch.float64, device=self.device)
+        stats = torch.tensor(
+            [
+                0.0 if empty else loss,
+                float(skipped),
+                float(not empty),
+                *self.stop_signals.pending(),
+            ],
+            dtype=torch.float64,
+            device=self.device,
+        )
         if self.world_size > 1:
             torch.distributed.all_reduce(stats)
         loss_sum, skipped_all, contributing, *stops = stats.tolist()
@@ -515,17 +622,30 @@ class ClassifierTrainer(TrainerBase):
         self._stop_agreed = self.stop_signals.decide(stops)
         self._skipped_total += int(skipped_all)
         if skipped_all:
-            logger.warning("step %d: skipped %d unusable image(s) (%d so far)", step, skipped_all, self._skipped_total)
+            logger.warning(
+                "step %d: skipped %d unusable image(s) (%d so far)",
+                step,
+                skipped_all,
+                self._skipped_total,
+            )
 
         seconds = time.perf_counter() - t0
         if step - self.start_iter >= 2:  # the first steps include start-up and compilation
             self._timing[0] += seconds
             self._timing[1] += self.global_batch
-        self.storage.put_scalars(loss=mean_loss, lr=lr, data_time=data_time, img_per_s=self.global_batch / seconds,
-                                 epoch=self.epoch_at(step + 1), skipped_images=self._skipped_total,
-                                 smoothing_hint=False)  # raw values in metrics.json / TensorBoard; the console smooths
+        self.storage.put_scalars(
+            loss=mean_loss,
+            lr=lr,
+            data_time=data_time,
+            img_per_s=self.global_batch / seconds,
+            epoch=self.epoch_at(step + 1),
+            skipped_images=self._skipped_total,
+            smoothing_hint=False,
+        )  # raw values in metrics.json / TensorBoard; the console smooths
 
-    def _step_with_compile_fallback(self, images: torch.Tensor, targets: torch.Tensor, empty: bool) -> float:
+    def _step_with_compile_fallback(
+        self, images: torch.Tensor, targets: torch.Tensor, empty: bool
+    ) -> float:
         if empty:  # a zero-weight step that still reaches DDP's reducer
             with self._autocast():
                 out = self._module(images)
@@ -540,8 +660,11 @@ class ClassifierTrainer(TrainerBase):
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as e:
-            logger.warning("torch.compile failed (%s: %s); continuing in eager mode", type(e).__name__,
-                           str(e).splitlines()[0] if str(e) else "")
+            logger.warning(
+                "torch.compile failed (%s: %s); continuing in eager mode",
+                type(e).__name__,
+                str(e).splitlines()[0] if str(e) else "",
+            )
             self._compiled = None
             self.optimizer.zero_grad(set_to_none=True)
             return self._forward_backward(images, targets)

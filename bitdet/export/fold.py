@@ -7,6 +7,7 @@ every call. :func:`fold_weight_standardization` instead swaps each ``StdConv2d``
 ``nn.Conv2d`` that stores the standardized kernel, in a copy of the model; the copy computes
 the same function with bit-identical kernels, and its state-dict keys are unchanged.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,9 +23,17 @@ __all__ = ["fold_weight_standardization", "runtime_conv_weights"]
 
 def _plain_conv(conv: StdConv2d) -> nn.Conv2d:
     plain = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-        dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
-        device=conv.weight.device, dtype=conv.weight.dtype,
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
     )
     with torch.no_grad():
         # the very kernel the layer's forward uses (standardize_weight(W, eps))
@@ -61,7 +70,9 @@ def fold_weight_standardization(model: nn.Module) -> nn.Module:
 
 def _onnx_conv_weights(model_proto) -> List[str]:
     constants = {init.name for init in model_proto.graph.initializer}
-    constants.update(out for node in model_proto.graph.node if node.op_type == "Constant" for out in node.output)
+    constants.update(
+        out for node in model_proto.graph.node if node.op_type == "Constant" for out in node.output
+    )
     return [
         f"{node.name or node.op_type} (weight {node.input[1]!r})"
         for node in model_proto.graph.node
@@ -71,7 +82,11 @@ def _onnx_conv_weights(model_proto) -> List[str]:
 
 def _torchscript_conv_weights(module: torch.jit.ScriptModule) -> List[str]:
     found = []
-    convs = [n for n in module.inlined_graph.nodes() if n.kind() in ("aten::_convolution", "aten::conv2d")]
+    convs = [
+        n
+        for n in module.inlined_graph.nodes()
+        if n.kind() in ("aten::_convolution", "aten::conv2d")
+    ]
     for index, node in enumerate(convs):
         source = list(node.inputs())[1].node()
         if source.kind() not in ("prim::GetAttr", "prim::Constant"):
@@ -96,4 +111,6 @@ def runtime_conv_weights(graph: Union[torch.jit.ScriptModule, "onnx.ModelProto"]
         return _torchscript_conv_weights(graph)
     if hasattr(graph, "graph") and hasattr(graph.graph, "initializer"):
         return _onnx_conv_weights(graph)
-    raise TypeError(f"expected a TorchScript module or an onnx.ModelProto, got {type(graph).__name__}")
+    raise TypeError(
+        f"expected a TorchScript module or an onnx.ModelProto, got {type(graph).__name__}"
+    )

@@ -14,6 +14,7 @@ traced padding (the padded height and width become data-dependent symbols) and s
 ``F.group_norm``'s batch check (``GuardOnDataDependentSymNode``), so one exporter, the one
 that handles every target, is used.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -30,7 +31,16 @@ from bitdet.export.fold import runtime_conv_weights
 from bitdet.export.targets import ExportTarget
 from bitdet.utils.io import atomic_write
 
-__all__ = ["DEFAULT_OPSET", "FILE_NAMES", "FORMATS", "export", "check_onnx_size", "load_runner", "outputs_as_numpy", "require_onnx"]
+__all__ = [
+    "DEFAULT_OPSET",
+    "FILE_NAMES",
+    "FORMATS",
+    "export",
+    "check_onnx_size",
+    "load_runner",
+    "outputs_as_numpy",
+    "require_onnx",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +88,15 @@ def require_onnx(runtime: bool = False) -> None:
     """Raise an ``ImportError`` naming the install command if ONNX (or ONNX Runtime) is missing."""
     import importlib.util
 
-    missing = [m for m in ("onnx", "onnxruntime")[: 2 if runtime else 1] if importlib.util.find_spec(m) is None]
+    missing = [
+        m
+        for m in ("onnx", "onnxruntime")[: 2 if runtime else 1]
+        if importlib.util.find_spec(m) is None
+    ]
     if missing:
-        raise ImportError(f"ONNX export needs {' and '.join(missing)}: pip install 'bitdet[export]'")
+        raise ImportError(
+            f"ONNX export needs {' and '.join(missing)}: pip install 'bitdet[export]'"
+        )
 
 
 # protobuf, which stores an ONNX model, cannot serialise a message of 2 GiB or more.
@@ -106,8 +122,13 @@ def export_onnx(target: ExportTarget, path: Path, opset: int = DEFAULT_OPSET):
     buffer = io.BytesIO()
     with _quiet(), torch.no_grad():
         torch.onnx.export(
-            target.module, target.samples[0], buffer, dynamo=False, opset_version=opset,
-            input_names=target.input_names, output_names=target.output_names,
+            target.module,
+            target.samples[0],
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=target.input_names,
+            output_names=target.output_names,
             dynamic_axes=target.dynamic_axes,
         )
     model_proto = onnx.load_from_string(buffer.getvalue())
@@ -118,7 +139,9 @@ def export_onnx(target: ExportTarget, path: Path, opset: int = DEFAULT_OPSET):
     return model_proto
 
 
-def export(target: ExportTarget, fmt: str, folder: Union[str, Path], opset: int = DEFAULT_OPSET) -> Path:
+def export(
+    target: ExportTarget, fmt: str, folder: Union[str, Path], opset: int = DEFAULT_OPSET
+) -> Path:
     """Export ``target`` in format ``fmt`` into ``folder``; returns the file written.
 
     Raises:

@@ -17,6 +17,7 @@ Sample inputs are real photographs that ship with scikit-image (or the caller's 
 the first traces the model, the others (other sizes, and other batch sizes where the
 batch is dynamic) check that the exported graph generalises.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,7 +31,14 @@ from torch import nn
 from bitdet.export.fold import fold_weight_standardization
 from bitdet.numerics import PIXEL_MEAN, PIXEL_STD
 
-__all__ = ["ExportTarget", "backbone_target", "classifier_target", "detector_target", "sample_photos", "KINDS"]
+__all__ = [
+    "ExportTarget",
+    "backbone_target",
+    "classifier_target",
+    "detector_target",
+    "sample_photos",
+    "KINDS",
+]
 
 KINDS = ("classifier", "detector", "backbone")
 # scikit-image's bundled colour photographs (no download); the last is turned to portrait.
@@ -96,18 +104,29 @@ def _flat(outputs) -> List[torch.Tensor]:
     return list(flatten_to_tuple(outputs)[0])
 
 
-def _resize_batch(photos: Sequence[np.ndarray], batch: int, height: int, width: int) -> torch.Tensor:
+def _resize_batch(
+    photos: Sequence[np.ndarray], batch: int, height: int, width: int
+) -> torch.Tensor:
     """``batch`` photos (cycled) resized to ``height x width``: float32 NCHW, 0-255."""
     images = []
     for i in range(batch):
         x = torch.from_numpy(photos[i % len(photos)]).permute(2, 0, 1)[None].float()
-        images.append(F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False))
+        images.append(
+            F.interpolate(
+                x, size=(height, width), mode="bilinear", antialias=True, align_corners=False
+            )
+        )
     return torch.cat(images).clamp_(0, 255)
 
 
 @torch.no_grad()
-def classifier_target(model: nn.Module, image_size: int, batch_size: int, photos: Sequence[np.ndarray],
-                      new_head: str = "") -> ExportTarget:
+def classifier_target(
+    model: nn.Module,
+    image_size: int,
+    batch_size: int,
+    photos: Sequence[np.ndarray],
+    new_head: str = "",
+) -> ExportTarget:
     """A BiT classifier (or headless trunk) with dynamic batch, height and width.
 
     Args:
@@ -183,7 +202,11 @@ def detector_target(model: nn.Module, cfg, photos: Sequence[np.ndarray]) -> Expo
 
 @torch.no_grad()
 def backbone_target(
-    model: nn.Module, cfg, photos: Sequence[np.ndarray], batch_size: int, image_size: Optional[int] = None
+    model: nn.Module,
+    cfg,
+    photos: Sequence[np.ndarray],
+    batch_size: int,
+    image_size: Optional[int] = None,
 ) -> ExportTarget:
     """The backbone (BiT + FPN) of any Detectron2 meta-architecture, dynamic batch and size.
 
@@ -216,5 +239,8 @@ def backbone_target(
         samples=samples,
         input_names=["images"],
         output_names=names,
-        dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}, **{n: {0: "batch", 2: f"{n}_h", 3: f"{n}_w"} for n in names}},
+        dynamic_axes={
+            "images": {0: "batch", 2: "height", 3: "width"},
+            **{n: {0: "batch", 2: f"{n}_h", 3: f"{n}_w"} for n in names},
+        },
     )

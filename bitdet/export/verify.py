@@ -17,6 +17,7 @@ outputs: a constant, such as a zero-weight head with its bias), or empty on ever
 and a classifier whose head was re-initialised rather than loaded (its logits would not come
 from the weights).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,7 +51,9 @@ class Comparison:
         status = "ok" if self.ok else "FAIL"
         note = f" ({self.note})" if self.note else ""
         where = "all samples" if self.sample == ALL_SAMPLES else f"sample {self.sample}"
-        return f"{where} {self.name} {self.shape}: max abs diff {self.max_abs_diff:.3g} {status}{note}"
+        return (
+            f"{where} {self.name} {self.shape}: max abs diff {self.max_abs_diff:.3g} {status}{note}"
+        )
 
 
 def _close(reference: np.ndarray, value: np.ndarray, atol: float, rtol: float) -> bool:
@@ -69,7 +72,9 @@ class _Matching:
     unexplained: int  # unmatched detections above that cut-off: a real difference
 
 
-def _match_detections(ref: Sequence[np.ndarray], out: Sequence[np.ndarray], atol: float, rtol: float) -> _Matching:
+def _match_detections(
+    ref: Sequence[np.ndarray], out: Sequence[np.ndarray], atol: float, rtol: float
+) -> _Matching:
     """Pair each exported detection with an unused eager one of the same class whose score
     and box are within tolerance (the nearest box among those), highest scores first."""
     boxes_r, classes_r, scores_r = ref[:3]
@@ -82,7 +87,12 @@ def _match_detections(ref: Sequence[np.ndarray], out: Sequence[np.ndarray], atol
     pairs = []
     for i in np.argsort(-scores_o, kind="stable"):
         distance = np.abs(boxes_r - boxes_o[i]).max(axis=1) if len(boxes_r) else np.zeros(0)
-        candidates = (~used) & (classes_r == classes_o[i]) & (np.abs(scores_r - scores_o[i]) <= tol_s) & (distance <= tol_b)
+        candidates = (
+            (~used)
+            & (classes_r == classes_o[i])
+            & (np.abs(scores_r - scores_o[i]) <= tol_s)
+            & (distance <= tol_b)
+        )
         if candidates.any():
             j = int(np.argmin(np.where(candidates, distance, np.inf)))
             used[j] = matched[i] = True
@@ -92,7 +102,9 @@ def _match_detections(ref: Sequence[np.ndarray], out: Sequence[np.ndarray], atol
     unmatched = np.concatenate([scores_o[~matched], scores_r[~used]])
     cutoff = min(scores_r.min(initial=np.inf), scores_o.min(initial=np.inf))
     at_cutoff = int((unmatched <= cutoff + tol_s).sum())
-    return _Matching(np.array(pairs, dtype=np.int64).reshape(-1, 2), at_cutoff, len(unmatched) - at_cutoff)
+    return _Matching(
+        np.array(pairs, dtype=np.int64).reshape(-1, 2), at_cutoff, len(unmatched) - at_cutoff
+    )
 
 
 def compare_outputs(
@@ -111,8 +123,16 @@ def compare_outputs(
         detections: the first three outputs are ``pred_boxes, pred_classes, scores``.
     """
     if len(reference) != len(exported) or len(reference) != len(names):
-        return [Comparison(sample, "outputs", (len(exported),), float("inf"), False,
-                           f"{len(exported)} outputs, eager has {len(reference)} ({', '.join(names)})")]
+        return [
+            Comparison(
+                sample,
+                "outputs",
+                (len(exported),),
+                float("inf"),
+                False,
+                f"{len(exported)} outputs, eager has {len(reference)} ({', '.join(names)})",
+            )
+        ]
     reference = [np.asarray(r) for r in reference]
     exported = [np.asarray(e) for e in exported]
     note = ""
@@ -120,9 +140,17 @@ def compare_outputs(
         matching = _match_detections(reference, exported, atol, rtol)
         counts = (len(reference[2]), len(exported[2]))
         if matching.unexplained:
-            return [Comparison(sample, "detections", (counts[1],), float("inf"), False,
-                               f"{matching.unexplained} detections above the lowest kept score have no partner of "
-                               f"the same class, score and box (exported {counts[1]}, eager {counts[0]})")]
+            return [
+                Comparison(
+                    sample,
+                    "detections",
+                    (counts[1],),
+                    float("inf"),
+                    False,
+                    f"{matching.unexplained} detections above the lowest kept score have no partner of "
+                    f"the same class, score and box (exported {counts[1]}, eager {counts[0]})",
+                )
+            ]
         out_idx, ref_idx = matching.pairs[:, 0], matching.pairs[:, 1]
         reference = [r[ref_idx] for r in reference[:3]] + reference[3:]
         exported = [e[out_idx] for e in exported[:3]] + exported[3:]
@@ -133,10 +161,18 @@ def compare_outputs(
     results = []
     for name, ref, out in zip(names, reference, exported):
         if ref.shape != out.shape:
-            results.append(Comparison(sample, name, out.shape, float("inf"), False, f"eager shape {ref.shape}"))
+            results.append(
+                Comparison(sample, name, out.shape, float("inf"), False, f"eager shape {ref.shape}")
+            )
             continue
-        diff = float(np.abs(out.astype(np.float64) - ref.astype(np.float64)).max()) if ref.size else 0.0
-        results.append(Comparison(sample, name, out.shape, diff, _close(ref, out, atol, rtol), note, matched))
+        diff = (
+            float(np.abs(out.astype(np.float64) - ref.astype(np.float64)).max())
+            if ref.size
+            else 0.0
+        )
+        results.append(
+            Comparison(sample, name, out.shape, diff, _close(ref, out, atol, rtol), note, matched)
+        )
     return results
 
 
@@ -157,7 +193,9 @@ def _constant_across_inputs(inputs: Sequence[np.ndarray], outputs: Sequence[np.n
 
 
 def uninformative_outputs(
-    target: ExportTarget, references: Sequence[Sequence[np.ndarray]], exported: Sequence[Sequence[np.ndarray]]
+    target: ExportTarget,
+    references: Sequence[Sequence[np.ndarray]],
+    exported: Sequence[Sequence[np.ndarray]],
 ) -> List[Comparison]:
     """Failing comparisons for outputs whose agreement proves nothing (see the module docstring).
 
@@ -172,41 +210,63 @@ def uninformative_outputs(
         out = [np.asarray(e[index]) for e in exported if index < len(e)]
         if not ref or not _is_float(ref[0]):
             continue  # integers (classes, image sizes) carry no float degeneracy
-        diffs = [float(np.abs(o.astype(np.float64) - r).max()) for r, o in zip(ref, out) if r.shape == o.shape and r.size]
+        diffs = [
+            float(np.abs(o.astype(np.float64) - r).max())
+            for r, o in zip(ref, out)
+            if r.shape == o.shape and r.size
+        ]
         diff = max(diffs, default=0.0)
         bad_ref = sum(int((~np.isfinite(r)).sum()) for r in ref)
         bad_out = sum(int((~np.isfinite(o)).sum()) for o in out if _is_float(o))
         if bad_ref or bad_out:
-            note, diff = f"non-finite values (NaN or inf): {bad_ref} in eager, {bad_out} exported", float("inf")
+            note, diff = (
+                f"non-finite values (NaN or inf): {bad_ref} in eager, {bad_out} exported",
+                float("inf"),
+            )
         elif not any(r.size for r in ref):
             note = "empty on every sample: nothing was compared"
         elif not any(np.any(r) for r in ref):
             note = "zero on every sample: equal outputs prove nothing (a zero-initialised head?)"
-        elif target.dynamic_axes.get(name, {}).get(0) == "batch" and _constant_across_inputs(inputs, ref):
-            note = "the same for every input image: equal outputs prove nothing (a zero-weight head?)"
+        elif target.dynamic_axes.get(name, {}).get(0) == "batch" and _constant_across_inputs(
+            inputs, ref
+        ):
+            note = (
+                "the same for every input image: equal outputs prove nothing (a zero-weight head?)"
+            )
         else:
             continue
         failures.append(Comparison(ALL_SAMPLES, name, ref[0].shape, diff, False, note))
     if target.new_head:
         name = target.output_names[0]
         shape = np.asarray(references[0][0]).shape if references and len(references[0]) else ()
-        failures.append(Comparison(
-            ALL_SAMPLES, name, shape, 0.0, False,
-            f"the head is new, {target.new_head}: its {name} do not come from the weights; export the file's head, "
-            "or the headless trunk (num_classes 0)",
-        ))
+        failures.append(
+            Comparison(
+                ALL_SAMPLES,
+                name,
+                shape,
+                0.0,
+                False,
+                f"the head is new, {target.new_head}: its {name} do not come from the weights; export the file's head, "
+                "or the headless trunk (num_classes 0)",
+            )
+        )
     return failures
 
 
-def verify(target: ExportTarget, runner: Runner, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL) -> List[Comparison]:
+def verify(
+    target: ExportTarget, runner: Runner, atol: float = DEFAULT_ATOL, rtol: float = DEFAULT_RTOL
+) -> List[Comparison]:
     """Run the eager reference and the exported ``runner`` on every sample and compare; then
     fail the outputs whose agreement proves nothing (:func:`uninformative_outputs`)."""
     results, references, exported = [], [], []
     for i, sample in enumerate(target.samples):
         reference = outputs_as_numpy(target.reference(*sample))
         outputs = runner(*sample)
-        results.extend(compare_outputs(reference, outputs, target.output_names, atol, rtol,
-                                       target.detections, sample=i))
+        results.extend(
+            compare_outputs(
+                reference, outputs, target.output_names, atol, rtol, target.detections, sample=i
+            )
+        )
         references.append(reference)
         exported.append(outputs)
     return results + uninformative_outputs(target, references, exported)

@@ -2,10 +2,17 @@
 
 Inputs are RGB images scaled to [-1, 1] (``x / 127.5 - 1``; ``mean = std = 0.5`` on [0, 1]).
 """
+
 from bitdet.models.factory import create_model, pretrained_path
 from bitdet.models.layers import StdConv2d, standardize_weight
 from bitdet.models.preprocess import create_transform, resolve_data_config
-from bitdet.models.resnetv2 import FEATURE_NAMES, FeatureInfo, PreActBottleneck, ResNetV2, ResNetV2Features
+from bitdet.models.resnetv2 import (
+    FEATURE_NAMES,
+    FeatureInfo,
+    PreActBottleneck,
+    ResNetV2,
+    ResNetV2Features,
+)
 from bitdet.models.variants import (
     ARCHITECTURES,
     PRETRAINED,

@@ -1,4 +1,5 @@
 """``create_model``: a BiT model by name, optionally with weights."""
+
 from __future__ import annotations
 
 import logging
@@ -37,17 +38,27 @@ def check_npz_architecture(path: os.PathLike, name: str) -> None:
         model = create_model(arch_name, num_classes=pre.num_classes if pre else 1000)
     params = dict(model.named_parameters())
     expected = {key: tuple(params[param].shape) for param, key in npz_key_map(model).items()}
-    found = {key: (a.shape[3], a.shape[2], a.shape[0], a.shape[1]) if a.ndim == 4 else tuple(a.shape)
-             for key, a in arrays.items()}  # HWIO kernels -> OIHW
+    found = {
+        key: (a.shape[3], a.shape[2], a.shape[0], a.shape[1]) if a.ndim == 4 else tuple(a.shape)
+        for key, a in arrays.items()
+    }  # HWIO kernels -> OIHW
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
-    mismatched = [(k, expected[k], found[k]) for k in sorted(set(expected) & set(found)) if expected[k] != found[k]]
+    mismatched = [
+        (k, expected[k], found[k])
+        for k in sorted(set(expected) & set(found))
+        if expected[k] != found[k]
+    ]
     if missing or unexpected or mismatched:
         raise CheckpointMismatchError(path, missing, unexpected, mismatched)
 
 
-def pretrained_path(name: str, cache_dir: Optional[os.PathLike] = None, progress: bool = True,
-                    looked_at: Sequence[os.PathLike] = ()) -> Path:
+def pretrained_path(
+    name: str,
+    cache_dir: Optional[os.PathLike] = None,
+    progress: bool = True,
+    looked_at: Sequence[os.PathLike] = (),
+) -> Path:
     """Local path of a named official checkpoint, downloading it into the cache if absent.
 
     A download enters the cache only when it is complete (its ``Content-Length``), matches
@@ -70,10 +81,17 @@ def pretrained_path(name: str, cache_dir: Optional[os.PathLike] = None, progress
         raise KeyError(f"{name!r} has no official checkpoint; pass a weights file path instead")
     dest = Path(cache_dir or default_cache_dir()) / f"{name}.npz"
     try:
-        return download(mirrored(pre.url), dest, sha256=pre.sha256,
-                        validate=lambda p: check_npz_architecture(p, name), progress=progress)
+        return download(
+            mirrored(pre.url),
+            dest,
+            sha256=pre.sha256,
+            validate=lambda p: check_npz_architecture(p, name),
+            progress=progress,
+        )
     except CheckpointError as e:
-        if not isinstance(e.__cause__, OSError):  # the downloaded file failed a check: not a missing file
+        if not isinstance(
+            e.__cause__, OSError
+        ):  # the downloaded file failed a check: not a missing file
             raise
         places = ", ".join(str(Path(p).resolve()) for p in (*looked_at, dest))
         raise WeightsNotFoundError(f"{name} is not at {places}; {e}") from e
@@ -129,11 +147,15 @@ def create_model(
         The model, in training mode.
     """
     if is_hub_id(name):
-        model = _create_from_hub(name, 0 if features_only else num_classes, pretrained, zero_head, **kwargs)
+        model = _create_from_hub(
+            name, 0 if features_only else num_classes, pretrained, zero_head, **kwargs
+        )
         return ResNetV2Features(model, out_indices) if features_only else model
     arch_name, arch, pre = resolve(name)
     if pretrained is True:
-        pretrained = pretrained_path(name)  # the cache's file: read_weights checks its architecture and head
+        pretrained = pretrained_path(
+            name
+        )  # the cache's file: read_weights checks its architecture and head
     weights = None
     if pretrained:
         weights = pretrained if isinstance(pretrained, WeightsFile) else read_weights(pretrained)
@@ -156,20 +178,29 @@ def create_model(
     return ResNetV2Features(model, out_indices) if features_only else model
 
 
-def _create_from_hub(name: str, num_classes: Optional[int], pretrained, zero_head: Optional[bool], **kwargs) -> ResNetV2:
+def _create_from_hub(
+    name: str, num_classes: Optional[int], pretrained, zero_head: Optional[bool], **kwargs
+) -> ResNetV2:
     """``create_model`` for an ``hf-hub:`` id: the network is the one its weights file describes."""
     if pretrained not in (None, True, False):
-        raise ValueError(f"create_model({name!r}): the hub id names the weights; pass pretrained=None/True/False, "
-                         f"not {pretrained!r}")
+        raise ValueError(
+            f"create_model({name!r}): the hub id names the weights; pass pretrained=None/True/False, "
+            f"not {pretrained!r}"
+        )
     weights = read_weights(name)
     arch = weights.arch
     if arch is None or len(arch.layers) != 4:
         raise ValueError(f"{name} ({weights.format}) does not hold a complete BiT ResNet-v2")
     if weights.ws_eps is not None:
         kwargs.setdefault("ws_eps", weights.ws_eps)
-    model = ResNetV2(arch.layers, width=1, stem_width=arch.stem_channels,
-                     num_classes=head_of(weights) if num_classes is None else num_classes,
-                     zero_head=bool(zero_head), **kwargs)
+    model = ResNetV2(
+        arch.layers,
+        width=1,
+        stem_width=arch.stem_channels,
+        num_classes=head_of(weights) if num_classes is None else num_classes,
+        zero_head=bool(zero_head),
+        **kwargs,
+    )
     model.name = name
     if pretrained is not False:
         load_weights(model, weights, zero_head=bool(zero_head))

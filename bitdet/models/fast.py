@@ -14,6 +14,7 @@ here remove that overhead without changing module names, state-dict keys or resu
   graphs) with a clean fall-back to eager when compilation fails.
 * :func:`optimize_for_training` / :func:`optimize_for_inference` combine them.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -130,7 +131,9 @@ class StandardizeOncePerStep:
     def __init__(self, model: nn.Module) -> None:
         self.convs = std_convs(model)
         if not self.convs:
-            raise ValueError(f"{type(model).__name__} has no StdConv2d layers: nothing to standardize once per step")
+            raise ValueError(
+                f"{type(model).__name__} has no StdConv2d layers: nothing to standardize once per step"
+            )
 
     @contextlib.contextmanager
     def step(self) -> Iterator[None]:
@@ -174,7 +177,10 @@ def is_compiled(module: nn.Module) -> bool:
 
 
 def compile_model(
-    module: nn.Module, mode: Optional[str] = None, dynamic: Optional[bool] = False, fallback: bool = True,
+    module: nn.Module,
+    mode: Optional[str] = None,
+    dynamic: Optional[bool] = False,
+    fallback: bool = True,
     backend: str = "inductor",
 ) -> nn.Module:
     """``torch.compile`` ``module`` in place, falling back to eager if compilation fails.
@@ -203,8 +209,9 @@ def compile_model(
     eager_forward = module.forward
     if backend != "inductor":
         mode = None
-    compiled_forward = torch.compile(eager_forward, mode=None if mode == "default" else mode, dynamic=dynamic,
-                                     backend=backend)
+    compiled_forward = torch.compile(
+        eager_forward, mode=None if mode == "default" else mode, dynamic=dynamic, backend=backend
+    )
     if not fallback:
         module.forward = compiled_forward
         module._bitdet_compile = {"failed": False, "mode": mode}
@@ -222,7 +229,9 @@ def compile_model(
             state["failed"] = True
             logger.warning(
                 "torch.compile of %s failed, running eagerly from now on: %s: %s",
-                type(module).__name__, type(compile_error).__name__, compile_error,
+                type(module).__name__,
+                type(compile_error).__name__,
+                compile_error,
             )
             return out
 
@@ -232,7 +241,10 @@ def compile_model(
 
 
 def optimize_for_training(
-    model: nn.Module, channels_last: bool = True, compile: bool = True, compile_mode: Optional[str] = None
+    model: nn.Module,
+    channels_last: bool = True,
+    compile: bool = True,
+    compile_mode: Optional[str] = None,
 ) -> nn.Module:
     """Channels-last memory format and ``torch.compile`` (with eager fall-back) for training.
 
@@ -250,7 +262,10 @@ def optimize_for_training(
 
 
 def optimize_for_inference(
-    model: nn.Module, channels_last: bool = True, cache_weights: bool = True, compile: bool = False,
+    model: nn.Module,
+    channels_last: bool = True,
+    cache_weights: bool = True,
+    compile: bool = False,
     compile_mode: Optional[str] = None,
 ) -> nn.Module:
     """Eval mode, channels-last, cached standardized kernels, optionally ``torch.compile``.

@@ -1,4 +1,5 @@
 """Building blocks of BiT's ResNet-v2: the weight-standardized conv and the norm factory."""
+
 from __future__ import annotations
 
 import functools
@@ -39,7 +40,11 @@ def standardize_weight(weight: torch.Tensor, eps: float = WS_EPS) -> torch.Tenso
     spread. The subtraction of two nearby floats is exact, so nothing is lost on the way.
     """
     out = weight.shape[0]
-    if weight.dim() == 4 and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
+    if (
+        weight.dim() == 4
+        and not weight.is_contiguous()
+        and weight.is_contiguous(memory_format=torch.channels_last)
+    ):
         nhwc = weight.permute(0, 2, 3, 1)  # a view: channels-last memory is (out, kh, kw, in)
         flat = _shifted_rows(nhwc.reshape(out, -1))
         return F.layer_norm(flat, flat.shape[1:], eps=eps).view(nhwc.shape).permute(0, 3, 1, 2)
@@ -76,7 +81,15 @@ class StdConv2d(nn.Conv2d):
         self._ws_cache: Optional[Tuple[tuple, torch.Tensor]] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return F.conv2d(
+            x,
+            self.standardized_weight(),
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+        )
 
     def standardized_weight(self) -> torch.Tensor:
         """The kernel this forward uses: ``standardize_weight(self.weight, self.eps)``, or an equal
@@ -94,7 +107,11 @@ class StdConv2d(nn.Conv2d):
     def _cached_weight(self) -> torch.Tensor:
         weight = self.weight
         device_type = weight.device.type
-        target = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
+        target = (
+            torch.get_autocast_dtype(device_type)
+            if torch.is_autocast_enabled(device_type)
+            else weight.dtype
+        )
         key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, target, self.eps)
         if self._ws_cache is not None and self._ws_cache[0] == key:
             return self._ws_cache[1]

@@ -4,6 +4,7 @@ BiT models take RGB scaled to [-1, 1]; the transforms here produce exactly that 
 image (``ToTensor`` then ``Normalize(mean=0.5, std=0.5)``, i.e. ``x / 127.5 - 1``) with
 torchvision, resized as the config says.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,9 @@ _DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mo
 _CROP_MODES = ("squash", "center")
 
 
-def resolve_data_config(model: Union[nn.Module, str, None] = None, **overrides: Any) -> Dict[str, Any]:
+def resolve_data_config(
+    model: Union[nn.Module, str, None] = None, **overrides: Any
+) -> Dict[str, Any]:
     """The preprocessing settings of a model: its ``pretrained_cfg``, with ``overrides`` applied.
 
     Args:
@@ -42,7 +45,9 @@ def resolve_data_config(model: Union[nn.Module, str, None] = None, **overrides: 
         cfg = get_pretrained_cfg("R50x1").to_dict()
     unknown = set(overrides) - set(_DATA_KEYS)
     if unknown:
-        raise KeyError(f"unknown preprocessing settings {sorted(unknown)}; expected some of {_DATA_KEYS}")
+        raise KeyError(
+            f"unknown preprocessing settings {sorted(unknown)}; expected some of {_DATA_KEYS}"
+        )
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     if isinstance(cfg["input_size"], int):
         cfg["input_size"] = (3, cfg["input_size"], cfg["input_size"])
@@ -92,6 +97,10 @@ def create_transform(
         steps = [T.RandomResizedCrop(size, interpolation=mode), T.RandomHorizontalFlip()]
     else:
         scaled = tuple(math.floor(s / crop_pct) for s in size)
-        resize = T.Resize(scaled, interpolation=mode) if crop_mode == "squash" else T.Resize(scaled[0], interpolation=mode)
+        resize = (
+            T.Resize(scaled, interpolation=mode)
+            if crop_mode == "squash"
+            else T.Resize(scaled[0], interpolation=mode)
+        )
         steps = [resize, T.CenterCrop(size)]
     return T.Compose([_ToRGB(), *steps, T.ToTensor(), T.Normalize(mean, std)])

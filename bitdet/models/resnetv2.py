@@ -13,6 +13,7 @@ Activation checkpointing (:meth:`ResNetV2.set_grad_checkpointing`, timm's name) 
 each stage's or each unit's input during the forward and recomputes the rest in backward
 (non-reentrant ``torch.utils.checkpoint``): the same results for less memory.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -26,8 +27,16 @@ from bitdet.models.layers import make_conv_layer, make_norm_layer
 from bitdet.numerics import GN_GROUPS, STEM_POOL_PAD, WS_EPS
 
 __all__ = [
-    "CHECKPOINTING_MODES", "FEATURE_NAMES", "FeatureInfo", "GradCheckpointing", "PreActBottleneck", "ResNetV2",
-    "ResNetV2Features", "StemMaxPool2d", "checkpointing_mode", "run_stage",
+    "CHECKPOINTING_MODES",
+    "FEATURE_NAMES",
+    "FeatureInfo",
+    "GradCheckpointing",
+    "PreActBottleneck",
+    "ResNetV2",
+    "ResNetV2Features",
+    "StemMaxPool2d",
+    "checkpointing_mode",
+    "run_stage",
 ]
 
 # Stage feature names, Detectron2's convention: res{k} has stride 2**k.
@@ -99,7 +108,9 @@ def checkpointing_mode(mode: Union[bool, str], key: str = "activation checkpoint
     if isinstance(mode, bool):
         return "unit" if mode else "none"
     if mode not in CHECKPOINTING_MODES:
-        raise ValueError(f"{key} {mode!r}: expected one of {', '.join(repr(m) for m in CHECKPOINTING_MODES)}")
+        raise ValueError(
+            f"{key} {mode!r}: expected one of {', '.join(repr(m) for m in CHECKPOINTING_MODES)}"
+        )
     return mode
 
 
@@ -107,18 +118,23 @@ def _needs_grad(module: nn.Module, *inputs: Optional[torch.Tensor]) -> bool:
     """Whether backward reaches ``module``: grad mode on and a trainable parameter or input."""
     if not torch.is_grad_enabled():
         return False
-    return any(t is not None and t.requires_grad for t in inputs) or any(p.requires_grad for p in module.parameters())
+    return any(t is not None and t.requires_grad for t in inputs) or any(
+        p.requires_grad for p in module.parameters()
+    )
 
 
-def _run_units(units: nn.Sequential, x: torch.Tensor, preact: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _run_units(
+    units: nn.Sequential, x: torch.Tensor, preact: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     x = units[0](x, preact)
     for unit in units[1:]:
         x = unit(x)
     return x
 
 
-def run_stage(stage: nn.Sequential, x: torch.Tensor, mode: str = "none",
-              preact: Optional[torch.Tensor] = None) -> torch.Tensor:
+def run_stage(
+    stage: nn.Sequential, x: torch.Tensor, mode: str = "none", preact: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Run a stage of :class:`PreActBottleneck` units, checkpointing it whole or unit by unit.
 
     A stage (or unit) that no gradient reaches (frozen parameters, no-grad input or no-grad
@@ -280,7 +296,9 @@ class ResNetV2(GradCheckpointing, nn.Module):
         wanted = {out_features} if single else set(out_features)
         unknown = wanted - set(FEATURE_NAMES)
         if unknown or not wanted:
-            raise KeyError(f"unknown features {sorted(unknown) or 'none requested'}; available: {FEATURE_NAMES}")
+            raise KeyError(
+                f"unknown features {sorted(unknown) or 'none requested'}; available: {FEATURE_NAMES}"
+            )
         outputs: Dict[str, torch.Tensor] = {}
         x = self.stem(x)
         if "stem" in wanted:
@@ -348,14 +366,20 @@ class ResNetV2Features(GradCheckpointing, nn.Module):
         out_indices = tuple(out_indices)
         bad = [i for i in out_indices if not 0 <= i < len(FEATURE_NAMES)]
         if bad or not out_indices or len(set(out_indices)) != len(out_indices):
-            raise ValueError(f"out_indices {out_indices}: distinct positions in 0..{len(FEATURE_NAMES) - 1} "
-                             f"of {FEATURE_NAMES}")
+            raise ValueError(
+                f"out_indices {out_indices}: distinct positions in 0..{len(FEATURE_NAMES) - 1} "
+                f"of {FEATURE_NAMES}"
+            )
         self.out_features = [FEATURE_NAMES[i] for i in out_indices]
         self.stem = model.stem
         for i in range(1, max(out_indices) + 1):
             self.add_module(f"block{i}", getattr(model, f"block{i}"))
         self.feature_info = FeatureInfo(
-            {"num_chs": model.feature_info[n][0], "reduction": model.feature_info[n][1], "module": n}
+            {
+                "num_chs": model.feature_info[n][0],
+                "reduction": model.feature_info[n][1],
+                "module": n,
+            }
             for n in self.out_features
         )
         self.pretrained_cfg = getattr(model, "pretrained_cfg", None)

@@ -4,6 +4,7 @@ Names follow the paper: ``R{depth}x{width}`` for an architecture, ``BiT-{S,M}-R{
 for one with its official upstream weights (BiT-S: ILSVRC-2012, 1000 classes; BiT-M:
 ImageNet-21k, 21843 classes). BiT-L was never released.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -12,8 +13,14 @@ from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 __all__ = [
-    "ARCHITECTURES", "PRETRAINED", "Architecture", "Pretrained", "PretrainedCfg", "get_pretrained_cfg",
-    "list_models", "resolve",
+    "ARCHITECTURES",
+    "PRETRAINED",
+    "Architecture",
+    "Pretrained",
+    "PretrainedCfg",
+    "get_pretrained_cfg",
+    "list_models",
+    "resolve",
 ]
 
 
@@ -104,7 +111,9 @@ def list_models(pattern: Union[str, Sequence[str], None] = None, pretrained: boo
         Matching names: ``BiT-S-R50x1`` ... ``BiT-M-R152x4``, then ``R50x1`` ... ``R26-tiny``.
     """
     if isinstance(pattern, bool):  # list_models(True) meant pretrained-only before patterns existed
-        raise TypeError("list_models: the first argument is a name pattern; pass pretrained=True by keyword")
+        raise TypeError(
+            "list_models: the first argument is a name pattern; pass pretrained=True by keyword"
+        )
     names = list(PRETRAINED) + ([] if pretrained else list(ARCHITECTURES))
     if pattern is None:
         return names

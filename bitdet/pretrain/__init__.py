@@ -3,6 +3,7 @@
 Run it with ``tools/pretrain.py --config-file configs/pretrain/<recipe>.yaml``; the training
 loop is :class:`bitdet.engine.ClassifierTrainer`, the losses :mod:`bitdet.engine.losses`.
 """
+
 from bitdet.pretrain.config import DATASET_KINDS, add_pretrain_config, get_pretrain_cfg
 from bitdet.pretrain.data import (
     ImageFolderDataset,
@@ -12,7 +13,13 @@ from bitdet.pretrain.data import (
     read_label_file,
     train_transform,
 )
-from bitdet.pretrain.runner import build_datasets, build_model, build_schedule, evaluator, run_pretraining
+from bitdet.pretrain.runner import (
+    build_datasets,
+    build_model,
+    build_schedule,
+    evaluator,
+    run_pretraining,
+)
 from bitdet.pretrain.schedule import StepSchedule, epochs_to_steps, scaled_lr
 from bitdet.pretrain.shards import ShardDataset, StreamingShards, expand_shards, write_shards
 

@@ -5,6 +5,7 @@ spirit with Detectron2 keep its names (``SOLVER.IMS_PER_BATCH``, ``SOLVER.WARMUP
 ``DATALOADER.NUM_WORKERS``, ``TEST.EVAL_PERIOD``, ``OUTPUT_DIR``, ``SEED``). YAML files may use
 ``_BASE_``.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -144,7 +145,9 @@ def get_pretrain_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -
     for split in ("TRAIN", "TEST"):
         kind = cfg.DATASETS[split].KIND
         if kind and kind not in DATASET_KINDS:
-            raise ValueError(f"DATASETS.{split}.KIND is {kind!r}; choose one of {DATASET_KINDS} (or '' for none)")
+            raise ValueError(
+                f"DATASETS.{split}.KIND is {kind!r}; choose one of {DATASET_KINDS} (or '' for none)"
+            )
     if cfg.SOLVER.LOSS not in LOSSES:
         raise ValueError(f"SOLVER.LOSS must be one of {sorted(LOSSES)}, got {cfg.SOLVER.LOSS!r}")
     checkpointing_mode(cfg.MODEL.ACTIVATION_CHECKPOINTING, "MODEL.ACTIVATION_CHECKPOINTING")

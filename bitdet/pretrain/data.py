@@ -3,6 +3,7 @@
 Every source returns ``(CHW float tensor in [-1, 1], target)`` or ``None`` for an unusable
 image; the trainer skips and counts those.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,10 +20,19 @@ from bitdet.data.fashion_photos import FashionMNISTOnPhotos
 from bitdet.data.images import ToBiTTensor, load_image
 from bitdet.pretrain.shards import IMAGE_EXTENSIONS, ShardDataset, StreamingShards, is_stream
 
-__all__ = ["ImageFolderDataset", "LabelFileDataset", "build_dataset", "eval_transform", "read_label_file", "train_transform"]
+__all__ = [
+    "ImageFolderDataset",
+    "LabelFileDataset",
+    "build_dataset",
+    "eval_transform",
+    "read_label_file",
+    "train_transform",
+]
 
 
-def train_transform(size: int, scale: Tuple[float, float] = (0.08, 1.0), flip: bool = True) -> Callable:
+def train_transform(
+    size: int, scale: Tuple[float, float] = (0.08, 1.0), flip: bool = True
+) -> Callable:
     """Inception-style random-resized crop to ``size``, optional horizontal flip, [-1, 1]."""
     ops: List[Callable] = [T.RandomResizedCrop(size, scale=tuple(scale), antialias=True)]
     if flip:
@@ -38,9 +48,19 @@ def eval_transform(resize: int, crop: int) -> Callable:
 class _FileDataset(Dataset):
     """Images on disk with labels; unusable files give ``None``."""
 
-    def __init__(self, samples: List[Tuple[str, Union[int, List[int]]]], num_classes: int, multilabel: bool,
-                 transform: Optional[Callable]) -> None:
-        self.samples, self.num_classes, self.multilabel, self.transform = samples, num_classes, multilabel, transform
+    def __init__(
+        self,
+        samples: List[Tuple[str, Union[int, List[int]]]],
+        num_classes: int,
+        multilabel: bool,
+        transform: Optional[Callable],
+    ) -> None:
+        self.samples, self.num_classes, self.multilabel, self.transform = (
+            samples,
+            num_classes,
+            multilabel,
+            transform,
+        )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -66,8 +86,13 @@ class ImageFolderDataset(_FileDataset):
     Unlike torchvision's, an unreadable image yields ``None`` instead of raising.
     """
 
-    def __init__(self, root: Union[str, os.PathLike], transform: Optional[Callable] = None,
-                 num_classes: int = 0, multilabel: bool = False) -> None:
+    def __init__(
+        self,
+        root: Union[str, os.PathLike],
+        transform: Optional[Callable] = None,
+        num_classes: int = 0,
+        multilabel: bool = False,
+    ) -> None:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist (DATASETS.*.PATH)")
@@ -99,7 +124,9 @@ def read_label_file(path: Union[str, os.PathLike]) -> List[Tuple[str, List[int]]
         try:
             labels = [int(v) for v in parts[1].split(",") if v != ""]
         except (IndexError, ValueError):
-            raise ValueError(f"{path}:{n}: expected 'path<TAB>label[,label...]' with integer labels, got {line!r}") from None
+            raise ValueError(
+                f"{path}:{n}: expected 'path<TAB>label[,label...]' with integer labels, got {line!r}"
+            ) from None
         out.append((str(path.parent / parts[0]), labels))
     if not out:
         raise ValueError(f"{path} lists no samples")
@@ -109,15 +136,24 @@ def read_label_file(path: Union[str, os.PathLike]) -> List[Tuple[str, List[int]]
 class LabelFileDataset(_FileDataset):
     """Images listed in a label file (see :func:`read_label_file`), one or several labels each."""
 
-    def __init__(self, label_file: Union[str, os.PathLike], num_classes: int, multilabel: bool = False,
-                 transform: Optional[Callable] = None) -> None:
+    def __init__(
+        self,
+        label_file: Union[str, os.PathLike],
+        num_classes: int,
+        multilabel: bool = False,
+        transform: Optional[Callable] = None,
+    ) -> None:
         samples = read_label_file(label_file)
         bad = [(p, l) for p, l in samples if any(not 0 <= v < num_classes for v in l)]
         if bad:
-            raise ValueError(f"{label_file}: {len(bad)} sample(s) have labels outside [0, {num_classes}), "
-                             f"e.g. {bad[0]} (MODEL.NUM_CLASSES = {num_classes})")
+            raise ValueError(
+                f"{label_file}: {len(bad)} sample(s) have labels outside [0, {num_classes}), "
+                f"e.g. {bad[0]} (MODEL.NUM_CLASSES = {num_classes})"
+            )
         if not multilabel and any(len(l) != 1 for _, l in samples):
-            raise ValueError(f"{label_file} has samples with several labels; set DATASETS.MULTILABEL True")
+            raise ValueError(
+                f"{label_file} has samples with several labels; set DATASETS.MULTILABEL True"
+            )
         super().__init__(samples, num_classes, multilabel, transform)
 
 
@@ -134,38 +170,58 @@ def build_dataset(spec, *, train: bool, cfg) -> Dataset:
         ``webdataset`` shards given as ``pipe:`` / URL patterns, a :class:`StreamingShards`.
     """
     size = cfg.INPUT.CROP_SIZE
-    transform = (train_transform(size, cfg.INPUT.CROP_SCALE, cfg.INPUT.RANDOM_FLIP) if train
-                 else eval_transform(cfg.INPUT.TEST_RESIZE, size))
+    transform = (
+        train_transform(size, cfg.INPUT.CROP_SCALE, cfg.INPUT.RANDOM_FLIP)
+        if train
+        else eval_transform(cfg.INPUT.TEST_RESIZE, size)
+    )
     kind, path = spec.KIND, spec.PATH
     num_classes, multilabel = cfg.MODEL.NUM_CLASSES, cfg.DATASETS.MULTILABEL
     if kind in ("fashion_mnist", "fashion_mnist_photos"):
         if num_classes != 10 or multilabel:
-            raise ValueError("Fashion-MNIST has 10 classes, one per image: set MODEL.NUM_CLASSES 10, DATASETS.MULTILABEL False")
+            raise ValueError(
+                "Fashion-MNIST has 10 classes, one per image: set MODEL.NUM_CLASSES 10, DATASETS.MULTILABEL False"
+            )
         if kind == "fashion_mnist":
             dataset: Dataset = FashionMNIST(path or FASHION_MNIST_ROOT, spec.SPLIT, transform)
         else:  # the canvas is drawn at CROP_SIZE: no resize or crop, only the flip and [-1, 1]
             ops = [T.RandomHorizontalFlip()] if train and cfg.INPUT.RANDOM_FLIP else []
-            dataset = FashionMNISTOnPhotos(path or FASHION_MNIST_ROOT, spec.SPLIT, size, cfg.INPUT.ITEM_SCALE,
-                                           cfg.INPUT.PHOTO_PROB, T.Compose(ops + [ToBiTTensor()]),
-                                           seed=None if train else cfg.SEED, plain_prob=cfg.INPUT.PLAIN_PROB)
+            dataset = FashionMNISTOnPhotos(
+                path or FASHION_MNIST_ROOT,
+                spec.SPLIT,
+                size,
+                cfg.INPUT.ITEM_SCALE,
+                cfg.INPUT.PHOTO_PROB,
+                T.Compose(ops + [ToBiTTensor()]),
+                seed=None if train else cfg.SEED,
+                plain_prob=cfg.INPUT.PLAIN_PROB,
+            )
     elif kind == "imagefolder":
         dataset = ImageFolderDataset(path, transform, num_classes, multilabel)
         if len(dataset.classes) > num_classes:
-            raise ValueError(f"{path} has {len(dataset.classes)} classes but MODEL.NUM_CLASSES is {num_classes}")
+            raise ValueError(
+                f"{path} has {len(dataset.classes)} classes but MODEL.NUM_CLASSES is {num_classes}"
+            )
     elif kind == "labelfile":
         dataset = LabelFileDataset(path, num_classes, multilabel, transform)
     elif kind == "webdataset" and is_stream(path):
         if spec.MAX_SAMPLES and train:
-            raise ValueError(f"MAX_SAMPLES cannot subset the streamed training shards {path!r}: set it to 0 and "
-                             "list fewer shards")
+            raise ValueError(
+                f"MAX_SAMPLES cannot subset the streamed training shards {path!r}: set it to 0 and "
+                "list fewer shards"
+            )
         # held-out: the first MAX_SAMPLES samples in shard order (a stream has no random subset)
-        return StreamingShards(path, num_classes, multilabel, transform, max_samples=spec.MAX_SAMPLES or None)
+        return StreamingShards(
+            path, num_classes, multilabel, transform, max_samples=spec.MAX_SAMPLES or None
+        )
     elif kind == "webdataset":
         dataset = ShardDataset(path, num_classes, multilabel, transform)
     else:
         raise ValueError(f"unknown dataset KIND {kind!r}")
     if spec.MAX_SAMPLES and spec.MAX_SAMPLES < len(dataset):
         # A fixed random subset: the first N of a class-sorted folder would miss classes.
-        keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[: spec.MAX_SAMPLES]
+        keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[
+            : spec.MAX_SAMPLES
+        ]
         dataset = Subset(dataset, sorted(keep.tolist()))
     return dataset

@@ -1,4 +1,5 @@
 """One pretraining run from a config: data, model, schedule, trainer, exports."""
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from bitdet.checkpoint import load_weights, save_checkpoint, state_dict_to_npz, 
 from bitdet.config import resolve_device
 from bitdet.engine import ClassifierTrainer, evaluate_classifier
 from bitdet.engine.run_folder import open_run
-from bitdet.models import create_model, pretrained_path
+from bitdet.models import create_model
 from bitdet.models.resnetv2 import ResNetV2
 from bitdet.pretrain.data import build_dataset
 from bitdet.pretrain.schedule import StepSchedule, scaled_lr
@@ -29,7 +30,9 @@ logger = logging.getLogger(__name__)
 def build_model(cfg) -> ResNetV2:
     """The ``MODEL.NAME`` network with ``MODEL.NUM_CLASSES`` outputs, head bias, optional weights and
     ``MODEL.ACTIVATION_CHECKPOINTING``."""
-    model = create_model(cfg.MODEL.NAME, num_classes=cfg.MODEL.NUM_CLASSES, head_bias=cfg.MODEL.HEAD_BIAS)
+    model = create_model(
+        cfg.MODEL.NAME, num_classes=cfg.MODEL.NUM_CLASSES, head_bias=cfg.MODEL.HEAD_BIAS
+    )
     model.set_grad_checkpointing(cfg.MODEL.ACTIVATION_CHECKPOINTING)
     if cfg.MODEL.WEIGHTS:  # any format, an hf-hub: id or an official name (BiT-M-R50x1)
         load_weights(model, cfg.MODEL.WEIGHTS, variant_option="MODEL.NAME")
@@ -41,24 +44,37 @@ def build_schedule(cfg, dataset_size: int) -> StepSchedule:
     s = cfg.SOLVER
     lr = scaled_lr(s.BASE_LR_PER_256, s.IMS_PER_BATCH)
     if s.MAX_ITER > 0:
-        return StepSchedule(lr, s.WARMUP_ITERS, tuple(int(b) for b in s.DECAY_STEPS), s.DECAY_FACTOR, s.MAX_ITER)
-    return StepSchedule.from_epochs(lr, s.WARMUP_ITERS, s.EPOCHS, s.DECAY_EPOCHS, dataset_size, s.IMS_PER_BATCH,
-                                    s.DECAY_FACTOR)
+        return StepSchedule(
+            lr, s.WARMUP_ITERS, tuple(int(b) for b in s.DECAY_STEPS), s.DECAY_FACTOR, s.MAX_ITER
+        )
+    return StepSchedule.from_epochs(
+        lr, s.WARMUP_ITERS, s.EPOCHS, s.DECAY_EPOCHS, dataset_size, s.IMS_PER_BATCH, s.DECAY_FACTOR
+    )
 
 
 def evaluator(cfg, test_set: Dataset):
     """``evaluate(model) -> metrics`` on the held-out set (top-1/top-5, or precision@1/mAP)."""
+
     def evaluate(model: torch.nn.Module) -> Dict[str, Any]:
-        return evaluate_classifier(model, test_set, batch_size=cfg.TEST.IMS_PER_BATCH,
-                                   multilabel=cfg.DATASETS.MULTILABEL, num_workers=min(cfg.DATALOADER.NUM_WORKERS, 4),
-                                   precision=cfg.SOLVER.PRECISION, cache_ws=cfg.TEST.CACHE_WS)
+        return evaluate_classifier(
+            model,
+            test_set,
+            batch_size=cfg.TEST.IMS_PER_BATCH,
+            multilabel=cfg.DATASETS.MULTILABEL,
+            num_workers=min(cfg.DATALOADER.NUM_WORKERS, 4),
+            precision=cfg.SOLVER.PRECISION,
+            cache_ws=cfg.TEST.CACHE_WS,
+        )
+
     return evaluate
 
 
 def build_datasets(cfg) -> Tuple[Dataset, Optional[Dataset]]:
     """``(train_set, test_set)`` from ``DATASETS.TRAIN`` / ``DATASETS.TEST`` (test None when KIND is "")."""
     train_set = build_dataset(cfg.DATASETS.TRAIN, train=True, cfg=cfg)
-    test_set = build_dataset(cfg.DATASETS.TEST, train=False, cfg=cfg) if cfg.DATASETS.TEST.KIND else None
+    test_set = (
+        build_dataset(cfg.DATASETS.TEST, train=False, cfg=cfg) if cfg.DATASETS.TEST.KIND else None
+    )
     return train_set, test_set
 
 
@@ -87,37 +103,67 @@ def run_pretraining(cfg, force: bool = False) -> Dict[str, Any]:
     train_set, test_set = build_datasets(cfg)
     size = len(train_set) if not isinstance(train_set, IterableDataset) else None
     if size is None and cfg.SOLVER.MAX_ITER <= 0:
-        raise ValueError(f"the streamed shards {cfg.DATASETS.TRAIN.PATH!r} have no known size to turn "
-                         "SOLVER.EPOCHS into steps: set SOLVER.MAX_ITER")
+        raise ValueError(
+            f"the streamed shards {cfg.DATASETS.TRAIN.PATH!r} have no known size to turn "
+            "SOLVER.EPOCHS into steps: set SOLVER.MAX_ITER"
+        )
     schedule = build_schedule(cfg, size or 0)
-    logger.info("pretraining %s on %s images (%s): %s", cfg.MODEL.NAME, size if size is not None else "streamed",
-                cfg.DATASETS.TRAIN.KIND, schedule.describe())
+    logger.info(
+        "pretraining %s on %s images (%s): %s",
+        cfg.MODEL.NAME,
+        size if size is not None else "streamed",
+        cfg.DATASETS.TRAIN.KIND,
+        schedule.describe(),
+    )
     model = build_model(cfg)
     split = cfg.SOLVER.BATCH_SPLIT
     trainer = ClassifierTrainer(
-        model, train_set,
-        output_dir=cfg.OUTPUT_DIR, max_steps=schedule.total_steps, global_batch=cfg.SOLVER.IMS_PER_BATCH,
-        lr_at=schedule, loss=cfg.SOLVER.LOSS, momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY,
-        batch_split="auto" if split == 0 else split, precision=cfg.SOLVER.PRECISION,
-        channels_last=cfg.SOLVER.CHANNELS_LAST, compile=cfg.SOLVER.COMPILE,
-        evaluate=evaluator(cfg, test_set) if test_set is not None else None, eval_period=cfg.TEST.EVAL_PERIOD,
-        checkpoint_period=cfg.SOLVER.CHECKPOINT_PERIOD, keep_last=cfg.SOLVER.KEEP_LAST,
-        log_period=cfg.SOLVER.LOG_PERIOD, seed=cfg.SEED, num_workers=cfg.DATALOADER.NUM_WORKERS,
+        model,
+        train_set,
+        output_dir=cfg.OUTPUT_DIR,
+        max_steps=schedule.total_steps,
+        global_batch=cfg.SOLVER.IMS_PER_BATCH,
+        lr_at=schedule,
+        loss=cfg.SOLVER.LOSS,
+        momentum=cfg.SOLVER.MOMENTUM,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        batch_split="auto" if split == 0 else split,
+        precision=cfg.SOLVER.PRECISION,
+        channels_last=cfg.SOLVER.CHANNELS_LAST,
+        compile=cfg.SOLVER.COMPILE,
+        evaluate=evaluator(cfg, test_set) if test_set is not None else None,
+        eval_period=cfg.TEST.EVAL_PERIOD,
+        checkpoint_period=cfg.SOLVER.CHECKPOINT_PERIOD,
+        keep_last=cfg.SOLVER.KEEP_LAST,
+        log_period=cfg.SOLVER.LOG_PERIOD,
+        seed=cfg.SEED,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
         device=resolve_device(cfg.MODEL.DEVICE),
         meta={"arch": cfg.MODEL.NAME, "num_classes": cfg.MODEL.NUM_CLASSES},
     )
     result = trainer.train(resume=True)
     final = {k: v for k, v in result["eval"].items() if isinstance(v, (int, float))}
     final.update(
-        arch=cfg.MODEL.NAME, steps=result["step"], train_images=size, global_batch=cfg.SOLVER.IMS_PER_BATCH,
-        img_per_s=result["img_per_s"], train_time_s=result["train_time_s"], final_loss=result["loss"],
-        skipped_images=result["skipped_images"], wall_time_s=time.perf_counter() - wall_start,
+        arch=cfg.MODEL.NAME,
+        steps=result["step"],
+        train_images=size,
+        global_batch=cfg.SOLVER.IMS_PER_BATCH,
+        img_per_s=result["img_per_s"],
+        train_time_s=result["train_time_s"],
+        final_loss=result["loss"],
+        skipped_images=result["skipped_images"],
+        wall_time_s=time.perf_counter() - wall_start,
         processes=comm.get_world_size(),
     )
     if comm.is_main_process():
         model = trainer.model.cpu().float()
-        save_checkpoint(out / "model_final.pth", model, arch=cfg.MODEL.NAME, num_classes=cfg.MODEL.NUM_CLASSES,
-                        steps=result["step"])
+        save_checkpoint(
+            out / "model_final.pth",
+            model,
+            arch=cfg.MODEL.NAME,
+            num_classes=cfg.MODEL.NUM_CLASSES,
+            steps=result["step"],
+        )
         write_npz(out / "model_final.npz", state_dict_to_npz(model))
         write_json(out / "final.json", final)
         logger.info("final: %s", json.dumps(final))

@@ -1,4 +1,5 @@
 """Upstream schedule math: epochs to steps, linear warm-up, step decays. Pure functions."""
+
 from __future__ import annotations
 
 import bisect
@@ -15,7 +16,9 @@ def epochs_to_steps(epochs: float, dataset_size: int, global_batch: int) -> int:
     Example: 90 epochs of ILSVRC-2012 (1,281,167 images) at batch 4096 -> 28,151 steps.
     """
     if dataset_size <= 0 or global_batch <= 0:
-        raise ValueError(f"dataset size ({dataset_size}) and batch ({global_batch}) must be positive")
+        raise ValueError(
+            f"dataset size ({dataset_size}) and batch ({global_batch}) must be positive"
+        )
     return math.ceil(epochs * dataset_size / global_batch)
 
 
@@ -76,5 +79,7 @@ class StepSchedule:
         return cls(base_lr, warmup_steps, bounds, factor, total)
 
     def describe(self) -> str:
-        return (f"lr {self.base_lr:.4g}, {self.warmup_steps} warm-up steps, x{self.factor} at steps "
-                f"{list(self.boundaries)}, {self.total_steps} steps")
+        return (
+            f"lr {self.base_lr:.4g}, {self.warmup_steps} warm-up steps, x{self.factor} at steps "
+            f"{list(self.boundaries)}, {self.total_steps} steps"
+        )

@@ -18,6 +18,7 @@ Two readers, chosen by ``DATASETS.*.PATH`` (:func:`is_stream`):
   WebDataset takes it: braces, ``::`` between patterns). What is exact on resume: see its
   docstring.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,17 @@ from bitdet.data.images import decode_image
 from bitdet.engine.data import sample_seed
 from bitdet.utils.io import write_json
 
-__all__ = ["IMAGE_EXTENSIONS", "INDEX_SUFFIX", "ShardDataset", "StreamingShards", "expand_shards", "index_shard",
-           "is_stream", "write_index", "write_shards"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "INDEX_SUFFIX",
+    "ShardDataset",
+    "StreamingShards",
+    "expand_shards",
+    "index_shard",
+    "is_stream",
+    "write_index",
+    "write_shards",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +75,10 @@ def expand_shards(pattern: str) -> List[str]:
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise FileNotFoundError(f"{len(missing)} of {len(paths)} shards of {pattern!r} not found: "
-                                f"{', '.join(missing[:5])}{more}")
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(paths)} shards of {pattern!r} not found: "
+            f"{', '.join(missing[:5])}{more}"
+        )
     return paths
 
 
@@ -95,7 +107,9 @@ def write_shards(
         for i, (path, labels) in enumerate(samples):
             ext = Path(path).suffix.lower().lstrip(".") or "jpg"
             if ext not in IMAGE_EXTENSIONS:
-                raise ValueError(f"{path}: unsupported image extension {ext!r} (expected one of {IMAGE_EXTENSIONS})")
+                raise ValueError(
+                    f"{path}: unsupported image extension {ext!r} (expected one of {IMAGE_EXTENSIONS})"
+                )
             with open(path, "rb") as f:
                 sample = {"__key__": f"{i:09d}", ext: f.read()}
             if isinstance(labels, (list, tuple)):
@@ -153,8 +167,14 @@ def write_index(shard: str) -> str:
         The index path.
     """
     path = shard + INDEX_SUFFIX
-    write_json(path, {"format": _INDEX_FORMAT, "shard_bytes": os.path.getsize(shard),
-                      "samples": [list(entry) for entry in index_shard(shard)]})
+    write_json(
+        path,
+        {
+            "format": _INDEX_FORMAT,
+            "shard_bytes": os.path.getsize(shard),
+            "samples": [list(entry) for entry in index_shard(shard)],
+        },
+    )
     return path
 
 
@@ -171,12 +191,16 @@ def _read_index(shard: str) -> Optional[List[IndexEntry]]:
     except FileNotFoundError:
         return None
     except ValueError as e:
-        raise ValueError(f"{path}: unreadable shard index ({e}); delete it or rewrite it with "
-                         "python -m bitdet.tools.write_shards --index PATTERN") from None
+        raise ValueError(
+            f"{path}: unreadable shard index ({e}); delete it or rewrite it with "
+            "python -m bitdet.tools.write_shards --index PATTERN"
+        ) from None
     size = os.path.getsize(shard)
     if index.get("format") != _INDEX_FORMAT or index.get("shard_bytes") != size:
-        raise ValueError(f"{path} does not describe {shard} (index for {index.get('shard_bytes')} bytes, shard has "
-                         f"{size}); rewrite it with python -m bitdet.tools.write_shards --index PATTERN")
+        raise ValueError(
+            f"{path} does not describe {shard} (index for {index.get('shard_bytes')} bytes, shard has "
+            f"{size}); rewrite it with python -m bitdet.tools.write_shards --index PATTERN"
+        )
     return [tuple(entry) for entry in index["samples"]]  # type: ignore[misc]
 
 
@@ -193,8 +217,10 @@ class _LabelledSamples:
         labels = [int(v) for v in text.replace(" ", ",").split(",") if v]
         if not self.multilabel:
             if len(labels) != 1:
-                raise ValueError(f"{where}: sample has labels {labels}; "
-                                 "set DATASETS.MULTILABEL True for several labels per image")
+                raise ValueError(
+                    f"{where}: sample has labels {labels}; "
+                    "set DATASETS.MULTILABEL True for several labels per image"
+                )
             return labels[0]
         vec = torch.zeros(self.num_classes)
         bad = [v for v in labels if not 0 <= v < self.num_classes]
@@ -218,8 +244,13 @@ class ShardDataset(_LabelledSamples, Dataset):
     present, else from a scan of its tar headers.
     """
 
-    def __init__(self, pattern: str, num_classes: int = 0, multilabel: bool = False,
-                 transform: Optional[Callable] = None) -> None:
+    def __init__(
+        self,
+        pattern: str,
+        num_classes: int = 0,
+        multilabel: bool = False,
+        transform: Optional[Callable] = None,
+    ) -> None:
         super().__init__(num_classes, multilabel, transform)
         self.shards = expand_shards(pattern)
         # Per sample: (shard index, image offset, image size, image name, label text).
@@ -231,9 +262,13 @@ class ShardDataset(_LabelledSamples, Dataset):
                 entries, scanned = index_shard(shard), scanned + 1
             self.index.extend((s, *entry) for entry in entries)
         if scanned:
-            logger.info("scanned the tar headers of %d of %d shards (no %s index beside them; "
-                        "python -m bitdet.tools.write_shards --index PATTERN writes them)",
-                        scanned, len(self.shards), INDEX_SUFFIX)
+            logger.info(
+                "scanned the tar headers of %d of %d shards (no %s index beside them; "
+                "python -m bitdet.tools.write_shards --index PATTERN writes them)",
+                scanned,
+                len(self.shards),
+                INDEX_SUFFIX,
+            )
         if not self.index:
             raise ValueError(f"no samples with an image and a .cls/.labels member in {pattern!r}")
 
@@ -251,7 +286,11 @@ class ShardDataset(_LabelledSamples, Dataset):
         with open(self.shards[shard], "rb") as f:
             f.seek(offset)
             data = f.read(size)
-        img = decode_image(data, source=source) if len(data) == size else decode_image(b"", source=source)
+        img = (
+            decode_image(data, source=source)
+            if len(data) == size
+            else decode_image(b"", source=source)
+        )
         if img is None:
             return None
         return (self.transform(img) if self.transform else img), self.target(index)
@@ -301,11 +340,17 @@ class StreamingShards(_LabelledSamples, IterableDataset):
         if not self.urls:
             raise ValueError(f"no shards in {pattern!r}")
         self.pattern, self.num_samples, self.max_samples = pattern, num_samples, max_samples
-        self._share: Optional[Tuple[int, int, int, int, int]] = None  # rank, world, batch, start step, seed
+        self._share: Optional[Tuple[int, int, int, int, int]] = (
+            None  # rank, world, batch, start step, seed
+        )
 
-    def for_rank(self, rank: int, world_size: int, local_batch: int, start_step: int, seed: int) -> "StreamingShards":
+    def for_rank(
+        self, rank: int, world_size: int, local_batch: int, start_step: int, seed: int
+    ) -> "StreamingShards":
         """The endless training stream of ``rank`` from ``start_step`` on (see the class docstring)."""
-        stream = StreamingShards(self.pattern, self.num_classes, self.multilabel, self.transform, self.num_samples)
+        stream = StreamingShards(
+            self.pattern, self.num_classes, self.multilabel, self.transform, self.num_samples
+        )
         stream._share = (rank, world_size, local_batch, start_step, seed)
         return stream
 
@@ -313,12 +358,16 @@ class StreamingShards(_LabelledSamples, IterableDataset):
         """Which shards this rank's stream reads first (for the log)."""
         rank, world, _, start_step, seed = self._share or (0, 1, 0, 0, 0)
         workers = max(num_workers, 1)
-        first = [self.shards_of(0, seed, rank * workers + w, world * workers) for w in range(workers)]
+        first = [
+            self.shards_of(0, seed, rank * workers + w, world * workers) for w in range(workers)
+        ]
         return f"shards {sorted(k for ks in first for k in ks)} of {len(self.urls)} in epoch 0, from step {start_step}"
 
     def shards_of(self, epoch: int, seed: int, unit: int, units: int) -> List[int]:
         """Shard numbers read in ``epoch`` by stream ``unit`` of ``units`` (rank-major, then worker)."""
-        order = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 4, epoch]))).permutation(len(self.urls))
+        order = np.random.Generator(
+            np.random.PCG64(np.random.SeedSequence([seed, 4, epoch]))
+        ).permutation(len(self.urls))
         return [int(k) for k in order[unit::units]]
 
     def _samples(self, shard: int) -> Iterator[Dict[str, object]]:
@@ -362,9 +411,11 @@ class StreamingShards(_LabelledSamples, IterableDataset):
         rank, world, batch, start_step, seed = self._share
         units = world * workers
         if units > len(self.urls):
-            raise ValueError(f"{len(self.urls)} shards in {self.pattern!r} cannot feed {world} process(es) x "
-                             f"{workers} data-loader worker(s): each needs a shard (write more, smaller shards or "
-                             "lower DATALOADER.NUM_WORKERS)")
+            raise ValueError(
+                f"{len(self.urls)} shards in {self.pattern!r} cannot feed {world} process(es) x "
+                f"{workers} data-loader worker(s): each needs a shard (write more, smaller shards or "
+                "lower DATALOADER.NUM_WORKERS)"
+            )
         # Steps before start_step that this worker served: s < start_step with s % workers == worker.
         skip = max(0, math.ceil((start_step - worker) / workers)) * batch
         unit = rank * workers + worker
@@ -379,5 +430,7 @@ class StreamingShards(_LabelledSamples, IterableDataset):
                         continue
                     yield self._decode(sample, sample_seed(seed, epoch, (shard << 32) | i))
             if not read:
-                raise ValueError(f"the shards of {self.pattern!r} that rank {rank} (worker {worker}) reads hold no samples")
+                raise ValueError(
+                    f"the shards of {self.pattern!r} that rank {rank} (worker {worker}) reads hold no samples"
+                )
             epoch += 1

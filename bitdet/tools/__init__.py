@@ -7,4 +7,6 @@ import warnings
 
 # Detectron2's import scripts a few helpers with torch.jit.script, which torch deprecates:
 # a warning about a dependency, not about the user's command, so the tools do not print it.
-warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
+warnings.filterwarnings(
+    "ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning
+)

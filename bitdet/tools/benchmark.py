@@ -22,6 +22,7 @@ Examples::
     # check that a preset runs (every row built and stepped once, tiny, on this CPU)
     python -m bitdet.tools.benchmark --config-file benchmark/h100.yaml --dry-run
 """
+
 from detectron2.utils import comm
 
 from bitdet.benchmark import format_table, get_benchmark_cfg, run_benchmark
@@ -36,32 +37,50 @@ def setup(args):
     """Config from file + ``KEY VALUE`` overrides, device checked, frozen; output folder locked,
     logging set up. A dry run runs on this CPU whatever ``BENCH.DEVICE`` says."""
     if args.dry_run:
-        return setup_cfg(args, lambda path, opts: get_benchmark_cfg(path, [*opts, "BENCH.DEVICE", "cpu"]),
-                         config_kind="benchmark")
+        return setup_cfg(
+            args,
+            lambda path, opts: get_benchmark_cfg(path, [*opts, "BENCH.DEVICE", "cpu"]),
+            config_kind="benchmark",
+        )
     return setup_cfg(args, get_benchmark_cfg, config_kind="benchmark")
 
 
 def main(args):
     if comm.get_world_size() > 1:
-        raise SystemExit(f"benchmark.py measures one device but was started as {comm.get_world_size()} processes: "
-                         "run it as one process (no torchrun or srun tasks)")
+        raise SystemExit(
+            f"benchmark.py measures one device but was started as {comm.get_world_size()} processes: "
+            "run it as one process (no torchrun or srun tasks)"
+        )
     dry_run_for = None
     if args.dry_run:  # judge the rows as on the preset's device
-        dry_run_for = "cpu" if get_benchmark_cfg(args.config_file, args.opts).BENCH.DEVICE == "cpu" else "cuda"
+        dry_run_for = (
+            "cpu"
+            if get_benchmark_cfg(args.config_file, args.opts).BENCH.DEVICE == "cpu"
+            else "cuda"
+        )
     cfg = setup(args)
-    results = run_benchmark(cfg, resume=args.resume, log=lambda line: print(line, flush=True),
-                            dry_run_for=dry_run_for)
+    results = run_benchmark(
+        cfg, resume=args.resume, log=lambda line: print(line, flush=True), dry_run_for=dry_run_for
+    )
     print(format_table(results))
     print(f"\nresults: {output_path(cfg, dry_run=args.dry_run)}")
     return results
 
 
 def parse_args(argv=None):
-    parser = argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE, eval_only=False, launcher=False,
-                             resume_help="keep the finished rows of an earlier run with the same settings")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="build and step every row once at tiny size on this CPU (small stand-in models, "
-                             "no timing claims): check that a preset runs before spending GPU time on it")
+    parser = argument_parser(
+        __doc__,
+        overrides_example=OVERRIDES_EXAMPLE,
+        eval_only=False,
+        launcher=False,
+        resume_help="keep the finished rows of an earlier run with the same settings",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="build and step every row once at tiny size on this CPU (small stand-in models, "
+        "no timing claims): check that a preset runs before spending GPU time on it",
+    )
     parser.set_defaults(num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto")  # one process
     return parser.parse_args(argv)
 

@@ -3,6 +3,7 @@
 ``KEY VALUE`` overrides, device checked, frozen; details to the log file), user errors as one
 line with exit status 2, the output folder locked, and the launch (torchrun, SLURM or ``--num-gpus``:
 :mod:`bitdet.engine.launch`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,7 @@ import os
 import sys
 from typing import Callable, Iterator, Optional, Sequence
 
-from detectron2.config import CfgNode, LazyConfig
+from detectron2.config import LazyConfig
 from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 from detectron2.utils.collect_env import collect_env_info
@@ -27,19 +28,42 @@ from bitdet.engine.output_lock import OutputDirError, acquire_output_lock
 from bitdet.engine.run_folder import EVAL_CONFIG, RUN_CONFIG, record_config
 from bitdet.log import FILE_LOGGER
 
-__all__ = ["FILE_LOGGER", "USER_ERRORS", "argument_parser", "launch_main", "lock_output_dir", "setup_cfg",
-           "run_launched", "setup_output", "user_errors"]
+__all__ = [
+    "FILE_LOGGER",
+    "USER_ERRORS",
+    "argument_parser",
+    "launch_main",
+    "lock_output_dir",
+    "setup_cfg",
+    "run_launched",
+    "setup_output",
+    "user_errors",
+]
 
 # Errors a user fixes by changing a file, a path, a key or the device (a training loss that
 # became NaN: the learning rate or the data): one line, exit 2. bitdet raises these with a
 # message naming the file, key or value to change.
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, KeyError, ValueError, CheckpointError,
-               DeviceError, FloatingPointError)
+USER_ERRORS = (
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    KeyError,
+    ValueError,
+    CheckpointError,
+    DeviceError,
+    FloatingPointError,
+)
 
 
-def argument_parser(description: Optional[str] = None, *, overrides_example: str, eval_only: bool = True,
-                    resume: bool = True, launcher: bool = True,
-                    resume_help: Optional[str] = None) -> argparse.ArgumentParser:
+def argument_parser(
+    description: Optional[str] = None,
+    *,
+    overrides_example: str,
+    eval_only: bool = True,
+    resume: bool = True,
+    launcher: bool = True,
+    resume_help: Optional[str] = None,
+) -> argparse.ArgumentParser:
     """Detectron2's ``default_argument_parser`` flags that a tool uses, plus ``--config``.
 
     ``--config-file`` (alias ``--config``) is required: no tool runs a default config silently.
@@ -51,28 +75,57 @@ def argument_parser(description: Optional[str] = None, *, overrides_example: str
         launcher: add ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``.
         resume_help: what ``--resume`` means for this tool.
     """
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config-file", "--config", dest="config_file", metavar="FILE", required=True,
-                        help="config file: a path, or a name under the shipped configs/ (e.g. retinanet_bit_m.yaml)")
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config-file",
+        "--config",
+        dest="config_file",
+        metavar="FILE",
+        required=True,
+        help="config file: a path, or a name under the shipped configs/ (e.g. retinanet_bit_m.yaml)",
+    )
     if resume:
-        parser.add_argument("--resume", action="store_true",
-                            help=resume_help or "continue from the last checkpoint in OUTPUT_DIR")
+        parser.add_argument(
+            "--resume",
+            action="store_true",
+            help=resume_help or "continue from the last checkpoint in OUTPUT_DIR",
+        )
     if eval_only:
-        parser.add_argument("--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS only, no training")
+        parser.add_argument(
+            "--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS only, no training"
+        )
     if launcher:
         d2 = default_argument_parser()  # the same defaults as Detectron2 (its per-user port)
         parser.add_argument("--num-gpus", type=int, default=1, help="processes (GPUs) per machine")
         parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
-        parser.add_argument("--machine-rank", type=int, default=0, help="rank of this machine (unique per machine)")
-        parser.add_argument("--dist-url", default=d2.get_default("dist_url"),
-                            help="torch.distributed init URL, e.g. tcp://HOST:PORT of machine 0")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
-                        help=f"config overrides, e.g. {overrides_example}")
+        parser.add_argument(
+            "--machine-rank", type=int, default=0, help="rank of this machine (unique per machine)"
+        )
+        parser.add_argument(
+            "--dist-url",
+            default=d2.get_default("dist_url"),
+            help="torch.distributed init URL, e.g. tcp://HOST:PORT of machine 0",
+        )
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        metavar="KEY VALUE",
+        help=f"config overrides, e.g. {overrides_example}",
+    )
     return parser
 
 
-def setup_cfg(args, load_cfg: Callable, extra_opts: Sequence[str] = (), config_name: Optional[str] = RUN_CONFIG,
-              *, config_kind: str):
+def setup_cfg(
+    args,
+    load_cfg: Callable,
+    extra_opts: Sequence[str] = (),
+    config_name: Optional[str] = RUN_CONFIG,
+    *,
+    config_kind: str,
+):
     """``load_cfg(config_file, opts)`` with the flags' and trailing overrides, device checked,
     frozen; output folder locked, logging and seeding set up by :func:`setup_output`.
 
@@ -137,7 +190,9 @@ def setup_output(cfg, args, config_name: Optional[str] = RUN_CONFIG) -> None:
     # Detectron2's logger set-up leaves the root at WARNING; bitdet's modules log under "bitdet".
     logging.getLogger("bitdet").setLevel(logging.INFO)
     logging.getLogger("bitdet").info(launch_summary())  # launcher, rank, world size, backend
-    details = setup_logger(output_dir, distributed_rank=rank, name=FILE_LOGGER, configure_stdout=False)
+    details = setup_logger(
+        output_dir, distributed_rank=rank, name=FILE_LOGGER, configure_stdout=False
+    )
     details.info("rank %d of %d; command line: %s", rank, comm.get_world_size(), " ".join(sys.argv))
     details.info("arguments: %s", args)
     with _records_to(CPP_EXTENSION_LOGGER, details):
@@ -151,16 +206,24 @@ def setup_output(cfg, args, config_name: Optional[str] = RUN_CONFIG) -> None:
         elif config_name:
             record_config(output_dir, cfg, config_name)
         dump = LazyConfig.to_py(cfg) if lazy else cfg.dump()
-        details.info("config %s merged with overrides %s:\n%s", args.config_file, list(args.opts), dump)
+        details.info(
+            "config %s merged with overrides %s:\n%s", args.config_file, list(args.opts), dump
+        )
     if output_dir:
-        logging.getLogger("bitdet").info("config %s -> %s (environment and full config: %s)", args.config_file,
-                                         output_dir, os.path.join(output_dir, "log.txt"))
+        logging.getLogger("bitdet").info(
+            "config %s -> %s (environment and full config: %s)",
+            args.config_file,
+            output_dir,
+            os.path.join(output_dir, "log.txt"),
+        )
     seed = _setting(cfg, "SEED", "train.seed", -1)
     seed_all_rng(None if seed < 0 else seed + rank)
     if not getattr(args, "eval_only", False):
         import torch
 
-        torch.backends.cudnn.benchmark = bool(_setting(cfg, "CUDNN_BENCHMARK", "train.cudnn_benchmark", False))
+        torch.backends.cudnn.benchmark = bool(
+            _setting(cfg, "CUDNN_BENCHMARK", "train.cudnn_benchmark", False)
+        )
 
 
 # torch's C++-extension module, imported by Detectron2's environment report: on a machine
@@ -211,5 +274,9 @@ def run_launched(tool: str, main: Callable, args) -> None:
         with user_errors(tool):
             launch_main(main, args)
     except KeyboardInterrupt:  # outside a training loop, or a second Ctrl-C while one saves
-        print(f"{tool}: interrupted (Ctrl-C): nothing saved since the last checkpoint", file=sys.stderr, flush=True)
+        print(
+            f"{tool}: interrupted (Ctrl-C): nothing saved since the last checkpoint",
+            file=sys.stderr,
+            flush=True,
+        )
         sys.exit(130)

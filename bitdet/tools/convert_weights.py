@@ -23,6 +23,7 @@ Examples::
 The architecture (units per stage, stem width, head size) is read from the file; the summary
 line describes the file written, read back (a Detectron2 file has no head).
 """
+
 import argparse
 import logging
 import sys
@@ -35,12 +36,17 @@ _SUFFIX_FORMAT = {".npz": "npz", ".pth": "torch", ".pt": "torch"}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("src", help="weights in any format bitdet reads, or an hf-hub: id")
     parser.add_argument("dst", help="output file (written atomically)")
     parser.add_argument("--to", choices=FORMATS, help="output format (default: from dst's suffix)")
-    parser.add_argument("--prefix", default=DETECTRON2_PREFIX,
-                        help=f"parameter prefix for --to detectron2 (default {DETECTRON2_PREFIX!r})")
+    parser.add_argument(
+        "--prefix",
+        default=DETECTRON2_PREFIX,
+        help=f"parameter prefix for --to detectron2 (default {DETECTRON2_PREFIX!r})",
+    )
     return parser.parse_args(argv)
 
 
@@ -49,10 +55,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     fmt = args.to or _SUFFIX_FORMAT.get(Path(args.dst).suffix)
     if fmt is None:
-        raise ValueError(f"cannot tell the format of {args.dst} from its suffix; pass --to {{{','.join(FORMATS)}}}")
+        raise ValueError(
+            f"cannot tell the format of {args.dst} from its suffix; pass --to {{{','.join(FORMATS)}}}"
+        )
     written = convert(args.src, args.dst, fmt, prefix=args.prefix)  # read back from dst
-    print(f"{args.src} -> {args.dst} ({fmt}): units {list(written.layers)}, stem {written.stem_channels} channels, "
-          f"head {written.num_classes or 'none'}")
+    print(
+        f"{args.src} -> {args.dst} ({fmt}): units {list(written.layers)}, stem {written.stem_channels} channels, "
+        f"head {written.num_classes or 'none'}"
+    )
     return 0
 
 

@@ -36,6 +36,7 @@ duration is printed first (``bitdet.demo.estimate``: step counts x per-step CPU 
 line shows each running stage's iteration, ETA and metric, and the full output goes to
 ``OUTPUT/logs/<stage>.log``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,10 +71,16 @@ MODES = {
         "detection": ("demo/retinanet_bit_tiny_demo.yaml", [], 3),
     },
     "smoke": {
-        "pretrain": ("pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
-                     ["DATASETS.TRAIN.KIND", "fashion_mnist_photos"]),
-        "transfer": ("finetune/quick_schedules/finetune_instant_test.yaml", ["DATASET.NAME", "digits_on_photos"],
-                     "1,full", 2),
+        "pretrain": (
+            "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
+            ["DATASETS.TRAIN.KIND", "fashion_mnist_photos"],
+        ),
+        "transfer": (
+            "finetune/quick_schedules/finetune_instant_test.yaml",
+            ["DATASET.NAME", "digits_on_photos"],
+            "1,full",
+            2,
+        ),
         "detection": ("quick_schedules/retinanet_bit_instant_test.yaml", [], 2),
     },
 }
@@ -86,18 +93,35 @@ def _tool(name: str) -> List[str]:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default="output/demo", help="demo folder (default output/demo)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                        help=f"base seed of every stage (default {DEFAULT_SEED}); other seeds check that the gains hold")
-    parser.add_argument("--smoke", action="store_true", help="toy sizes: checks every stage in a few minutes")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help=f"base seed of every stage (default {DEFAULT_SEED}); other seeds check that the gains hold",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="toy sizes: checks every stage in a few minutes"
+    )
     parser.add_argument("--force", action="store_true", help="rerun stages whose outputs exist")
-    parser.add_argument("--study", action="store_true",
-                        help=f"also pretrain on {STUDY_FRACTION * 100:.0f}%% of the upstream items (same steps) and "
-                             "compare what the two upstream models transfer")
-    parser.add_argument("--detection-seeds", type=int, default=0,
-                        help="detection runs per initialisation (default 3; 2 saves a run per side but "
-                             "leaves a t-interval with about 1 degree of freedom)")
-    parser.add_argument("--jobs", type=int, default=0,
-                        help="stages run side by side (default: min(2, cores)); each gets cores / jobs threads")
+    parser.add_argument(
+        "--study",
+        action="store_true",
+        help=f"also pretrain on {STUDY_FRACTION * 100:.0f}%% of the upstream items (same steps) and "
+        "compare what the two upstream models transfer",
+    )
+    parser.add_argument(
+        "--detection-seeds",
+        type=int,
+        default=0,
+        help="detection runs per initialisation (default 3; 2 saves a run per side but "
+        "leaves a t-interval with about 1 degree of freedom)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="stages run side by side (default: min(2, cores)); each gets cores / jobs threads",
+    )
     return parser.parse_args(argv)
 
 
@@ -106,7 +130,9 @@ def inits_of(study: bool) -> Tuple[str, ...]:
     return INITS + ((STUDY_INIT,) if study else ())
 
 
-def build_tasks(out: Path, mode: str, seed: int, detection_seeds: int = 0, study: bool = False) -> List[Task]:
+def build_tasks(
+    out: Path, mode: str, seed: int, detection_seeds: int = 0, study: bool = False
+) -> List[Task]:
     """Every stage of the demo, in order, with its command, finished-marker and progress model
     (``detection_seeds``: runs per initialisation, 0 = the mode's default; ``study``: add the
     upstream model trained on ``STUDY_FRACTION`` of the items and its downstream runs)."""
@@ -127,15 +153,35 @@ def build_tasks(out: Path, mode: str, seed: int, detection_seeds: int = 0, study
     schedule = build_schedule(pre_cfg, items)
     # Per initialisation, what finetune's --weights and Detectron2's MODEL.WEIGHTS are given.
     weights = {"upstream": str(out / "upstream" / "model_final.pth"), "scratch": "scratch"}
-    tasks.append(Task("pretrain", [*_tool("pretrain"), "--config-file", config, *pre_opts], Path(weights["upstream"]),
-                      Progress(schedule.total_steps)))
+    tasks.append(
+        Task(
+            "pretrain",
+            [*_tool("pretrain"), "--config-file", config, *pre_opts],
+            Path(weights["upstream"]),
+            Progress(schedule.total_steps),
+        )
+    )
     if study:  # the same schedule in steps, on a fixed random subset of the items
-        opts = [*common, "OUTPUT_DIR", str(out / STUDY_INIT),
-                "DATASETS.TRAIN.MAX_SAMPLES", str(round(items * STUDY_FRACTION)),
-                "SOLVER.MAX_ITER", str(schedule.total_steps), "SOLVER.DECAY_STEPS", str(list(schedule.boundaries))]
+        opts = [
+            *common,
+            "OUTPUT_DIR",
+            str(out / STUDY_INIT),
+            "DATASETS.TRAIN.MAX_SAMPLES",
+            str(round(items * STUDY_FRACTION)),
+            "SOLVER.MAX_ITER",
+            str(schedule.total_steps),
+            "SOLVER.DECAY_STEPS",
+            str(list(schedule.boundaries)),
+        ]
         weights[STUDY_INIT] = str(out / STUDY_INIT / "model_final.pth")
-        tasks.append(Task(f"pretrain_{STUDY_INIT}", [*_tool("pretrain"), "--config-file", config, *opts],
-                          Path(weights[STUDY_INIT]), Progress(schedule.total_steps)))
+        tasks.append(
+            Task(
+                f"pretrain_{STUDY_INIT}",
+                [*_tool("pretrain"), "--config-file", config, *opts],
+                Path(weights[STUDY_INIT]),
+                Progress(schedule.total_steps),
+            )
+        )
     # Scratch runs need no upstream model: they start beside the pretraining.
     needs = {"upstream": ("pretrain",), "scratch": (), STUDY_INIT: (f"pretrain_{STUDY_INIT}",)}
 
@@ -150,28 +196,68 @@ def build_tasks(out: Path, mode: str, seed: int, detection_seeds: int = 0, study
     for k in range(n_seeds):
         for init in inits_of(study):
             folder = out / "detection" / f"{init}_seed{seed + k}"
-            tasks.append(Task(f"detection_{init}_seed{seed + k}",
-                              [*_tool("train_net"), "--config", config, *extra, "MODEL.BIT.VARIANT", DEMO_MODEL,
-                               "MODEL.WEIGHTS", detection_weights[init], *once,
-                               "SEED", str(seed + k), "OUTPUT_DIR", str(folder)],
-                              folder / "model_final.pth", Progress(max_iter), needs=needs[init]))
+            tasks.append(
+                Task(
+                    f"detection_{init}_seed{seed + k}",
+                    [
+                        *_tool("train_net"),
+                        "--config",
+                        config,
+                        *extra,
+                        "MODEL.BIT.VARIANT",
+                        DEMO_MODEL,
+                        "MODEL.WEIGHTS",
+                        detection_weights[init],
+                        *once,
+                        "SEED",
+                        str(seed + k),
+                        "OUTPUT_DIR",
+                        str(folder),
+                    ],
+                    folder / "model_final.pth",
+                    Progress(max_iter),
+                    needs=needs[init],
+                )
+            )
 
     config, extra, shots, n_seeds = spec["transfer"]
     seeds = ",".join(str(seed + k) for k in range(n_seeds))
     steps = get_finetune_cfg(config).HYPERRULE.STEPS
     for init in inits_of(study):
         folder = out / "transfer" / init
-        tasks.append(Task(f"transfer_{init}",
-                          [*_tool("finetune"), "--config-file", config, "--weights", weights[init], "--shots", shots,
-                           "--seeds", seeds, *extra, "MODEL.NAME", DEMO_MODEL,
-                           # runs start over too (no --resume): the final step's checkpoint only
-                           "SOLVER.CHECKPOINT_PERIOD", "0", "OUTPUT_DIR", str(folder)],
-                          folder / "results.json", Progress(steps, runs=len(shots.split(",")) * n_seeds),
-                          needs=needs[init]))
+        tasks.append(
+            Task(
+                f"transfer_{init}",
+                [
+                    *_tool("finetune"),
+                    "--config-file",
+                    config,
+                    "--weights",
+                    weights[init],
+                    "--shots",
+                    shots,
+                    "--seeds",
+                    seeds,
+                    *extra,
+                    "MODEL.NAME",
+                    DEMO_MODEL,
+                    # runs start over too (no --resume): the final step's checkpoint only
+                    "SOLVER.CHECKPOINT_PERIOD",
+                    "0",
+                    "OUTPUT_DIR",
+                    str(folder),
+                ],
+                folder / "results.json",
+                Progress(steps, runs=len(shots.split(",")) * n_seeds),
+                needs=needs[init],
+            )
+        )
     return tasks
 
 
-def draw_tasks(out: Path, mode: str, env: Dict[str, str], detection_dirs: Dict[str, Sequence[Path]]) -> List[Task]:
+def draw_tasks(
+    out: Path, mode: str, env: Dict[str, str], detection_dirs: Dict[str, Sequence[Path]]
+) -> List[Task]:
     """Draw validation detections of the better initialisation's best run (by mean AP, then AP),
     at the lowest score threshold whose boxes are mostly right, and the same images' ground truth."""
     from detectron2.data import MetadataCatalog
@@ -181,24 +267,56 @@ def draw_tasks(out: Path, mode: str, env: Dict[str, str], detection_dirs: Dict[s
 
     config = MODES[mode]["detection"][0]
     dataset = get_bit_cfg(config).DATASETS.TEST[0]
-    results = {init: [(detection_results(d)["AP"], d) for d in dirs] for init, dirs in detection_dirs.items()}
+    results = {
+        init: [(detection_results(d)["AP"], d) for d in dirs]
+        for init, dirs in detection_dirs.items()
+    }
     best_init = max(results, key=lambda i: sum(ap for ap, _ in results[i]) / len(results[i]))
     best_dir = max(results[best_init], key=lambda r: r[0])[1]
     records = _validation_records(dataset, env)
-    chosen = draw_threshold(best_dir / "inference" / dataset / "coco_instances_results.json",
-                            MetadataCatalog.get(dataset).json_file)
+    chosen = draw_threshold(
+        best_dir / "inference" / dataset / "coco_instances_results.json",
+        MetadataCatalog.get(dataset).json_file,
+    )
     images = [Path(r["file_name"]) for r in records if r["image_id"] in chosen["image_ids"]]
     write_json(out / "detections_source.json", dict(chosen, init=best_init, run=best_dir.name))
     return [
-        Task("visualize",
-             [*_tool("visualize"), "--config", config, "--input", *map(str, images), "--output", str(out / "detections"),
-              "--confidence-threshold", str(chosen["threshold"]), "MODEL.BIT.VARIANT", DEMO_MODEL,
-              "MODEL.WEIGHTS", str(best_dir / "model_final.pth")],
-             out / "detections", Progress(0)),
-        Task("ground_truth",
-             [*_tool("visualize"), "--config", config, "--dataset", dataset,
-              "--image-ids", *map(str, chosen["image_ids"]), "--output", str(out / "ground_truth")],
-             out / "ground_truth", Progress(0)),
+        Task(
+            "visualize",
+            [
+                *_tool("visualize"),
+                "--config",
+                config,
+                "--input",
+                *map(str, images),
+                "--output",
+                str(out / "detections"),
+                "--confidence-threshold",
+                str(chosen["threshold"]),
+                "MODEL.BIT.VARIANT",
+                DEMO_MODEL,
+                "MODEL.WEIGHTS",
+                str(best_dir / "model_final.pth"),
+            ],
+            out / "detections",
+            Progress(0),
+        ),
+        Task(
+            "ground_truth",
+            [
+                *_tool("visualize"),
+                "--config",
+                config,
+                "--dataset",
+                dataset,
+                "--image-ids",
+                *map(str, chosen["image_ids"]),
+                "--output",
+                str(out / "ground_truth"),
+            ],
+            out / "ground_truth",
+            Progress(0),
+        ),
     ]
 
 
@@ -212,10 +330,14 @@ def main(argv=None) -> int:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env.setdefault("DETECTRON2_DATASETS", str(Path("datasets").resolve()))  # Detectron2's default root
+    env.setdefault(
+        "DETECTRON2_DATASETS", str(Path("datasets").resolve())
+    )  # Detectron2's default root
     jobs = args.jobs or min(2, os.cpu_count() or 1)
     timings_file = out / "timings.json"
-    timings: Dict[str, Dict[str, float]] = json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    timings: Dict[str, Dict[str, float]] = (
+        json.loads(timings_file.read_text()) if timings_file.is_file() else {}
+    )
 
     def record(ran: Sequence[Task]) -> None:
         for task in ran:
@@ -227,11 +349,18 @@ def main(argv=None) -> int:
             raise SystemExit(f"--detection-seeds {args.detection_seeds}: expected a positive count")
         tasks = build_tasks(out, mode, args.seed, args.detection_seeds, args.study)
         # The drawing stages are chosen from the detection results: placeholders for the estimate.
-        drawing = [Task(name, (), out / folder, Progress(0), needs=tuple(t.name for t in tasks))
-                   for name, folder in (("visualize", "detections"), ("ground_truth", "ground_truth"))]
-        print(f"[demo] {estimate(tasks + drawing, jobs, os.cpu_count() or 1).describe()}", flush=True)
+        drawing = [
+            Task(name, (), out / folder, Progress(0), needs=tuple(t.name for t in tasks))
+            for name, folder in (("visualize", "detections"), ("ground_truth", "ground_truth"))
+        ]
+        print(
+            f"[demo] {estimate(tasks + drawing, jobs, os.cpu_count() or 1).describe()}", flush=True
+        )
         record(run_tasks(tasks, logs, env, jobs))
-        dirs = {init: [t.done.parent for t in tasks if t.name.startswith(f"detection_{init}_seed")] for init in INITS}
+        dirs = {
+            init: [t.done.parent for t in tasks if t.name.startswith(f"detection_{init}_seed")]
+            for init in INITS
+        }
         record(run_tasks(draw_tasks(out, mode, env, dirs), logs, env, jobs))
     except StageFailed as e:
         raise SystemExit(str(e)) from None
@@ -241,12 +370,22 @@ def main(argv=None) -> int:
     from bitdet.demo.report import write_report
     from bitdet.utils.machine import cpu_name
 
-    settings = {"mode": mode, "model": DEMO_MODEL, "seed": args.seed, "cpu": cpu_name(), "cpus": os.cpu_count(),
-                "jobs": jobs, "torch": torch.__version__, "wall_s": time.monotonic() - start,
-                "study": {"init": STUDY_INIT, "fraction": STUDY_FRACTION} if args.study else None}
+    settings = {
+        "mode": mode,
+        "model": DEMO_MODEL,
+        "seed": args.seed,
+        "cpu": cpu_name(),
+        "cpus": os.cpu_count(),
+        "jobs": jobs,
+        "torch": torch.__version__,
+        "wall_s": time.monotonic() - start,
+        "study": {"init": STUDY_INIT, "fraction": STUDY_FRACTION} if args.study else None,
+    }
     report, verdicts = write_report(out, timings, settings)
-    print(f"[demo] wall time {settings['wall_s'] / 60:.1f} min; CPU time of the stages "
-          f"{sum(t['cpu_s'] for t in timings.values()) / 60:.1f} min")
+    print(
+        f"[demo] wall time {settings['wall_s'] / 60:.1f} min; CPU time of the stages "
+        f"{sum(t['cpu_s'] for t in timings.values()) / 60:.1f} min"
+    )
     for line in verdicts:
         print(f"[demo] {line}")
     print(f"[demo] report: {report}", flush=True)

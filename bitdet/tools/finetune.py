@@ -48,12 +48,12 @@ A table across datasets and initialisations from earlier runs (no training)::
 ``--weights`` takes a BiT ``.npz``, a bitdet / Detectron2 ``.pth``, ``official`` (the named
 BiT checkpoint, downloaded into the cache) or ``scratch``; a comma list compares them.
 """
+
 from pathlib import Path
 
-
+from bitdet.tools.cli import argument_parser, run_launched, setup_cfg
 from bitdet.transfer.config import get_finetune_cfg
 from bitdet.transfer.fewshot import parse_shots
-from bitdet.tools.cli import argument_parser, run_launched, setup_cfg
 
 # KEY VALUE overrides shown in --help (keys of the fine-tuning config).
 OVERRIDES_EXAMPLE = "HYPERRULE.STEPS 500 MODEL.DEVICE cpu"
@@ -61,34 +61,57 @@ OVERRIDES_EXAMPLE = "HYPERRULE.STEPS 500 MODEL.DEVICE cpu"
 
 def add_arguments(parser):
     """The fine-tuning flags on top of Detectron2's standard ones."""
-    parser.add_argument("--dataset", help="dataset name (DATASET.NAME), e.g. cifar10, digits, vtab/dtd")
-    parser.add_argument("--data-root", help="data folder in the dataset's official layout (DATASET.ROOT)")
-    parser.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
-    parser.add_argument("--weights", help="upstream weights: .npz, .pth, 'official' or 'scratch'; "
-                                          "a comma list compares several (MODEL.WEIGHTS)")
+    parser.add_argument(
+        "--dataset", help="dataset name (DATASET.NAME), e.g. cifar10, digits, vtab/dtd"
+    )
+    parser.add_argument(
+        "--data-root", help="data folder in the dataset's official layout (DATASET.ROOT)"
+    )
+    parser.add_argument(
+        "--download", action="store_true", help="let torchvision download a missing dataset"
+    )
+    parser.add_argument(
+        "--weights",
+        help="upstream weights: .npz, .pth, 'official' or 'scratch'; "
+        "a comma list compares several (MODEL.WEIGHTS)",
+    )
     parser.add_argument("--model", help="model name, e.g. BiT-M-R50x1, R14-tiny (MODEL.NAME)")
     parser.add_argument("--shots", help="examples per class, e.g. 1,5,10,full (FEWSHOT.SHOTS)")
     parser.add_argument("--seeds", help="comma list of seeds, e.g. 0,1,2 (FEWSHOT.SEEDS)")
-    parser.add_argument("--force", action="store_true",
-                        help="start over: delete the run's checkpoints and results.json (a finished run is "
-                             "otherwise reported, an interrupted one continued, one of other settings refused)")
-    parser.add_argument("--collect", nargs="+", metavar="DIR",
-                        help="no training: tabulate every run's results.json under DIR... into OUTPUT_DIR/results_all.md")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="start over: delete the run's checkpoints and results.json (a finished run is "
+        "otherwise reported, an interrupted one continued, one of other settings refused)",
+    )
+    parser.add_argument(
+        "--collect",
+        nargs="+",
+        metavar="DIR",
+        help="no training: tabulate every run's results.json under DIR... into OUTPUT_DIR/results_all.md",
+    )
     return parser
 
 
-RESUME_HELP = ("the default, kept for older command lines: a run of the same settings continues from its last "
-               "checkpoint")
+RESUME_HELP = (
+    "the default, kept for older command lines: a run of the same settings continues from its last "
+    "checkpoint"
+)
 
 
 def parse_args(argv=None):
-    return add_arguments(argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE,
-                                         resume_help=RESUME_HELP)).parse_args(argv)
+    return add_arguments(
+        argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE, resume_help=RESUME_HELP)
+    ).parse_args(argv)
 
 
 def _flag_overrides(args):
     opts = []
-    for flag, key in (("dataset", "DATASET.NAME"), ("data_root", "DATASET.ROOT"), ("model", "MODEL.NAME")):
+    for flag, key in (
+        ("dataset", "DATASET.NAME"),
+        ("data_root", "DATASET.ROOT"),
+        ("model", "MODEL.NAME"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             opts += [key, value]
@@ -100,20 +123,30 @@ def _flag_overrides(args):
         opts += ["FEWSHOT.SEEDS", str([int(s) for s in args.seeds.split(",") if s.strip()])]
     weights = (args.weights or "").split(",")
     if args.weights is not None and len(weights) == 1:
-        opts += ["MODEL.WEIGHTS", "" if weights[0].strip().lower() == "scratch" else weights[0].strip()]
+        opts += [
+            "MODEL.WEIGHTS",
+            "" if weights[0].strip().lower() == "scratch" else weights[0].strip(),
+        ]
     return opts
 
 
 def setup(args):
     """Config from file + flags + trailing KEY VALUE overrides, frozen; logging and OUTPUT_DIR set up."""
     # config.yaml: each run records its own (bitdet.engine.run_folder); --collect has none
-    return setup_cfg(args, get_finetune_cfg, _flag_overrides(args), config_name=None, config_kind="finetune")
+    return setup_cfg(
+        args, get_finetune_cfg, _flag_overrides(args), config_name=None, config_kind="finetune"
+    )
 
 
 def collect(folders, out):
     """Markdown table (and accuracy-vs-shots plot) across every finished run under ``folders``."""
+    from bitdet.transfer.report import (
+        accuracy_vs_shots_plot,
+        collect_runs,
+        results_table,
+        summarize_runs,
+    )
     from bitdet.utils.io import atomic_write
-    from bitdet.transfer.report import accuracy_vs_shots_plot, collect_runs, results_table, summarize_runs
 
     rows = summarize_runs(collect_runs(folders))
     table = results_table(rows)
@@ -132,7 +165,9 @@ def main(args):
         return collect(args.collect, Path(cfg.OUTPUT_DIR))
     if args.eval_only:
         return evaluate_only(cfg)
-    weights_list = [w for w in (args.weights or "").split(",")] if args.weights and "," in args.weights else []
+    weights_list = (
+        [w for w in (args.weights or "").split(",")] if args.weights and "," in args.weights else []
+    )
     if cfg.FEWSHOT.SHOTS or weights_list or len(cfg.FEWSHOT.SEEDS) > 1:
         shots = parse_shots(cfg.FEWSHOT.SHOTS) if cfg.FEWSHOT.SHOTS else ["full"]
         return finetune_sweep(cfg, shots, cfg.FEWSHOT.SEEDS, weights_list, force=args.force)

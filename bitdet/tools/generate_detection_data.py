@@ -18,6 +18,7 @@ Training on a custom folder::
           ['fd_val','datasets/fashion_det/annotations/instances_val.json','datasets/fashion_det/val']]" \\
         DATASETS.TRAIN "('fd_train',)" DATASETS.TEST "('fd_val',)"
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,14 +33,22 @@ from bitdet.tools.cli import user_errors
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     target = parser.add_mutually_exclusive_group()
-    target.add_argument("--output", metavar="DIR", help="folder to write train/, val/, annotations/ into")
     target.add_argument(
-        "--demo", nargs="+", metavar="NAME",
+        "--output", metavar="DIR", help="folder to write train/, val/, annotations/ into"
+    )
+    target.add_argument(
+        "--demo",
+        nargs="+",
+        metavar="NAME",
         help="registered demo sets (bitdet_demo, bitdet_demo_mini) under $DETECTRON2_DATASETS",
     )
-    target.add_argument("--describe", action="store_true", help="print the dataset description and exit")
+    target.add_argument(
+        "--describe", action="store_true", help="print the dataset description and exit"
+    )
     parser.add_argument("--num-train", type=int, default=400, help="training images (default 400)")
     parser.add_argument("--num-val", type=int, default=100, help="validation images (default 100)")
     parser.add_argument("--image-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"))
@@ -77,12 +86,19 @@ def main(args: argparse.Namespace) -> List[dict]:
             raise KeyError(f"unknown demo set(s) {unknown}; available: {sorted(DEMO_DATASETS)}")
         jobs = [(datasets_root() / name, DEMO_DATASETS[name]) for name in args.demo]
     else:
-        spec = dict(num_train=args.num_train, num_val=args.num_val, image_size=tuple(args.image_size), seed=args.seed)
+        spec = dict(
+            num_train=args.num_train,
+            num_val=args.num_val,
+            image_size=tuple(args.image_size),
+            seed=args.seed,
+        )
         jobs = [(Path(args.output), spec)]
     results = []
     for folder, spec in jobs:
         start = time.perf_counter()
-        paths = generate_detection_dataset(folder, image_format=args.image_format, overwrite=args.overwrite, **spec)
+        paths = generate_detection_dataset(
+            folder, image_format=args.image_format, overwrite=args.overwrite, **spec
+        )
         print(f"{folder} ({time.perf_counter() - start:.1f} s)\n{_summary(paths)}")
         results.append(paths)
     return results

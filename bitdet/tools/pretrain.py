@@ -23,12 +23,19 @@ checkpoint and exits 0, Ctrl-C saves one and exits 130; re-running the command r
 re-running a finished run reports its final.json unchanged. A folder holding a run of another
 config is refused (the differing keys are listed): --force starts over there.
 """
+
 import json
 
 from detectron2.utils import comm
 
 from bitdet.config import resolve_device
-from bitdet.pretrain import build_datasets, build_model, evaluator, get_pretrain_cfg, run_pretraining
+from bitdet.pretrain import (
+    build_datasets,
+    build_model,
+    evaluator,
+    get_pretrain_cfg,
+    run_pretraining,
+)
 from bitdet.tools.cli import argument_parser, run_launched, setup_cfg
 
 # KEY VALUE overrides shown in --help (keys of the pretraining config).
@@ -37,7 +44,9 @@ OVERRIDES_EXAMPLE = "SOLVER.BASE_LR_PER_256 0.01 MODEL.DEVICE cpu"
 
 def setup(args):
     """Config from file + overrides, frozen; logging and output folder set up."""
-    return setup_cfg(args, get_pretrain_cfg, config_name=None, config_kind="pretrain")  # run_pretraining records it
+    return setup_cfg(
+        args, get_pretrain_cfg, config_name=None, config_kind="pretrain"
+    )  # run_pretraining records it
 
 
 def main(args):
@@ -45,11 +54,19 @@ def main(args):
     if args.eval_only:
         _, test_set = build_datasets(cfg)
         if test_set is None:
-            raise ValueError("--eval-only needs DATASETS.TEST.KIND and DATASETS.TEST.PATH in the config")
-        model = build_model(cfg).to(resolve_device(cfg.MODEL.DEVICE)).eval() if comm.is_main_process() else None
+            raise ValueError(
+                "--eval-only needs DATASETS.TEST.KIND and DATASETS.TEST.PATH in the config"
+            )
+        model = (
+            build_model(cfg).to(resolve_device(cfg.MODEL.DEVICE)).eval()
+            if comm.is_main_process()
+            else None
+        )
         results = evaluator(cfg, test_set)(model) if comm.is_main_process() else {}
         if comm.is_main_process():
-            print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2))
+            print(
+                json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}, indent=2)
+            )
         return results
     # Like every trainer, pretraining resumes by default (preemption-safe); --force starts over.
     return run_pretraining(cfg, force=args.force)
@@ -57,8 +74,13 @@ def main(args):
 
 def parse_args(argv=None):
     parser = argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE, resume=False)
-    parser.add_argument("--force", "--no-resume", dest="force", action="store_true",
-                        help="start over: delete OUTPUT_DIR's checkpoints and final files, train from step 0")
+    parser.add_argument(
+        "--force",
+        "--no-resume",
+        dest="force",
+        action="store_true",
+        help="start over: delete OUTPUT_DIR's checkpoints and final files, train from step 0",
+    )
     return parser.parse_args(argv)
 
 

@@ -32,14 +32,22 @@ the keys that differ (--force deletes its checkpoints and starts over). SIGTERM 
 checkpoint and exits 0, Ctrl-C saves one and exits 130. --eval-only records its config as
 config_eval.yaml.
 """
+
 from detectron2.evaluation import verify_results
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
 
 from bitdet.config import resolve_config_file
 from bitdet.detection import BiTCheckpointer, BiTTrainer, get_bit_cfg, prepare_datasets
-from bitdet.detection.lazy import (LazyRunConfig, build_lazy_model, dataset_names, is_lazy_config, lazy_test,
-                                   lazy_train, load_lazy_config)
+from bitdet.detection.lazy import (
+    LazyRunConfig,
+    build_lazy_model,
+    dataset_names,
+    is_lazy_config,
+    lazy_test,
+    lazy_train,
+    load_lazy_config,
+)
 from bitdet.engine.run_folder import open_run
 from bitdet.tools.cli import argument_parser, lock_output_dir, run_launched, setup_cfg, setup_output
 from bitdet.utils.io import write_json
@@ -56,7 +64,9 @@ def setup(args):
     ``SOLVER.AMP.ENABLED`` autocasts on ``MODEL.DEVICE``, the CPU included (bf16 there);
     pass ``SOLVER.AMP.ENABLED False`` for float32.
     """
-    return setup_cfg(args, get_bit_cfg, config_name=None, config_kind="detection")  # the run records it
+    return setup_cfg(
+        args, get_bit_cfg, config_name=None, config_kind="detection"
+    )  # the run records it
 
 
 def final_results(trainer, results) -> dict:
@@ -64,7 +74,9 @@ def final_results(trainer, results) -> dict:
     e.g. ``bbox/AP``)."""
     latest = trainer.storage.latest()
     final = {"iterations": trainer.max_iter}
-    final.update({k: v for k, (v, _) in latest.items() if k == "total_loss" or k.startswith("loss_")})
+    final.update(
+        {k: v for k, (v, _) in latest.items() if k == "total_loss" or k.startswith("loss_")}
+    )
     final.update(flatten_results_dict(dict(results or {})))
     return final
 
@@ -84,16 +96,24 @@ def main_lazy(args):
     prepare_datasets(None, dataset_names(cfg, ("test",) if args.eval_only else ("train", "test")))
     if args.eval_only:
         model = build_lazy_model(cfg)
-        BiTCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(cfg.train.init_checkpoint,
-                                                                            resume=args.resume)
+        BiTCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(
+            cfg.train.init_checkpoint, resume=args.resume
+        )
         return lazy_test(cfg, model)
     output_dir = cfg.train.output_dir
-    finished = open_run(output_dir, LazyRunConfig(cfg), RESULTS_FILE, force=args.force, clear=("model_final.pth",))
+    finished = open_run(
+        output_dir, LazyRunConfig(cfg), RESULTS_FILE, force=args.force, clear=("model_final.pth",)
+    )
     if finished is not None:
         return finished
-    results = lazy_train(cfg, resume=True)  # the last checkpoint of this run, else train.init_checkpoint
+    results = lazy_train(
+        cfg, resume=True
+    )  # the last checkpoint of this run, else train.init_checkpoint
     if comm.is_main_process():
-        write_json(f"{output_dir}/{RESULTS_FILE}", {"iterations": cfg.train.max_iter, **flatten_results_dict(results or {})})
+        write_json(
+            f"{output_dir}/{RESULTS_FILE}",
+            {"iterations": cfg.train.max_iter, **flatten_results_dict(results or {})},
+        )
     return results
 
 
@@ -104,11 +124,15 @@ def main(args):
     if args.eval_only:
         prepare_datasets(cfg, cfg.DATASETS.TEST)
         model = BiTTrainer.build_model(cfg)
-        BiTCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        BiTCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
         results = BiTTrainer.test(cfg, model)
         verify_results(cfg, results)
         return results
-    finished = open_run(cfg.OUTPUT_DIR, cfg, RESULTS_FILE, force=args.force, clear=("model_final.pth",))
+    finished = open_run(
+        cfg.OUTPUT_DIR, cfg, RESULTS_FILE, force=args.force, clear=("model_final.pth",)
+    )
     if finished is not None:
         return finished
     prepare_datasets(cfg, None)
@@ -121,12 +145,18 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE,
-                             resume_help="the default for training (a run of the same config continues from its last "
-                                         "checkpoint); with --eval-only, evaluate OUTPUT_DIR's last checkpoint "
-                                         "instead of MODEL.WEIGHTS")
-    parser.add_argument("--force", action="store_true",
-                        help="start over: delete OUTPUT_DIR's checkpoints and final.json, train from iteration 0")
+    parser = argument_parser(
+        __doc__,
+        overrides_example=OVERRIDES_EXAMPLE,
+        resume_help="the default for training (a run of the same config continues from its last "
+        "checkpoint); with --eval-only, evaluate OUTPUT_DIR's last checkpoint "
+        "instead of MODEL.WEIGHTS",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="start over: delete OUTPUT_DIR's checkpoints and final.json, train from iteration 0",
+    )
     return parser.parse_args(argv)
 
 

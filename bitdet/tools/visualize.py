@@ -20,6 +20,7 @@ Outputs have the input image's size and the input's file name with a ``.png`` su
 the log and counted at the end. Configs that say ``MODEL.DEVICE cuda`` need
 ``MODEL.DEVICE cpu`` on a machine without CUDA.
 """
+
 from __future__ import annotations
 
 import logging
@@ -77,7 +78,9 @@ def list_images(inputs: Iterable[str]) -> List[Path]:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise FileNotFoundError(f"--input {path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+                raise FileNotFoundError(
+                    f"--input {path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder"
+                )
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -136,7 +139,9 @@ class Predictor:
         height, width = image.shape[:2]
         resized = self.resize.get_transform(image).apply_image(image)
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
-        return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"].to("cpu")
+        return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"].to(
+            "cpu"
+        )
 
 
 def _read_rgb(path: str, stats: DecodeStats) -> Optional[np.ndarray]:
@@ -147,11 +152,18 @@ def _read_rgb(path: str, stats: DecodeStats) -> Optional[np.ndarray]:
 
 def _report_skipped(stats: DecodeStats, drawn: int, output: Path) -> None:
     if stats.skipped:
-        logger.warning("drew %d images into %s; skipped %d unreadable (%s)", drawn, output, stats.skipped,
-                       ", ".join(f"{k}: {v}" for k, v in sorted(stats.reasons.items())))
+        logger.warning(
+            "drew %d images into %s; skipped %d unreadable (%s)",
+            drawn,
+            output,
+            stats.skipped,
+            ", ".join(f"{k}: {v}" for k, v in sorted(stats.reasons.items())),
+        )
 
 
-def draw_predictions(cfg, files: List[Path], output: Path, threshold: float, metadata) -> List[Path]:
+def draw_predictions(
+    cfg, files: List[Path], output: Path, threshold: float, metadata
+) -> List[Path]:
     """Run the model on ``files`` and write one PNG each into ``output``; returns the PNG paths.
 
     Unreadable files are skipped, logged and counted; the rest are drawn.
@@ -169,14 +181,17 @@ def draw_predictions(cfg, files: List[Path], output: Path, threshold: float, met
         instances = instances[instances.scores >= threshold]
         vis = Visualizer(rgb, metadata).draw_instance_predictions(instances)
         _write_png(output / name, vis.get_image())
-        logger.info("%s: %d detections >= %.2f -> %s", path, len(instances), threshold, output / name)
+        logger.info(
+            "%s: %d detections >= %.2f -> %s", path, len(instances), threshold, output / name
+        )
         written.append(output / name)
     _report_skipped(stats, len(written), output)
     return written
 
 
-def draw_ground_truth(name: str, output: Path, max_images: Optional[int],
-                      image_ids: Optional[Sequence[int]] = None) -> List[Path]:
+def draw_ground_truth(
+    name: str, output: Path, max_images: Optional[int], image_ids: Optional[Sequence[int]] = None
+) -> List[Path]:
     """Draw the ground truth of registered dataset ``name`` (only ``image_ids``, if given) into
     ``output``; returns the PNG paths."""
     dicts = DatasetCatalog.get(name)
@@ -211,21 +226,39 @@ def main(args) -> List[Path]:
     if args.dataset:
         prepare_datasets(cfg, [args.dataset])
         return draw_ground_truth(args.dataset, output, args.max_images, args.image_ids)
-    metadata_name = args.metadata_from if args.metadata_from is not None else (cfg.DATASETS.TEST or [None])[0]
+    metadata_name = (
+        args.metadata_from if args.metadata_from is not None else (cfg.DATASETS.TEST or [None])[0]
+    )
     metadata = _metadata(cfg, metadata_name)
-    return draw_predictions(cfg, list_images(args.input), output, args.confidence_threshold, metadata)
+    return draw_predictions(
+        cfg, list_images(args.input), output, args.confidence_threshold, metadata
+    )
 
 
 def parse_args(argv=None):
-    parser = argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE, eval_only=False, resume=False)
+    parser = argument_parser(
+        __doc__, overrides_example=OVERRIDES_EXAMPLE, eval_only=False, resume=False
+    )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--input", nargs="+", metavar="PATH", help="image files and/or folders to run the model on")
-    source.add_argument("--dataset", metavar="NAME", help="draw the ground truth of this registered dataset")
+    source.add_argument(
+        "--input", nargs="+", metavar="PATH", help="image files and/or folders to run the model on"
+    )
+    source.add_argument(
+        "--dataset", metavar="NAME", help="draw the ground truth of this registered dataset"
+    )
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the PNG files")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5, help="minimum score drawn (default 0.5)")
-    parser.add_argument("--metadata-from", metavar="NAME", help="dataset whose class names label boxes")
-    parser.add_argument("--max-images", type=int, default=None, help="--dataset: draw at most this many")
-    parser.add_argument("--image-ids", type=int, nargs="+", metavar="ID", help="--dataset: draw only these images")
+    parser.add_argument(
+        "--confidence-threshold", type=float, default=0.5, help="minimum score drawn (default 0.5)"
+    )
+    parser.add_argument(
+        "--metadata-from", metavar="NAME", help="dataset whose class names label boxes"
+    )
+    parser.add_argument(
+        "--max-images", type=int, default=None, help="--dataset: draw at most this many"
+    )
+    parser.add_argument(
+        "--image-ids", type=int, nargs="+", metavar="ID", help="--dataset: draw only these images"
+    )
     args = parser.parse_args(argv)
     if not (args.input or args.dataset):
         parser.error("pass --input PATH [PATH ...] or --dataset NAME")

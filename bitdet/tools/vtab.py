@@ -17,25 +17,36 @@ Writes ``OUTPUT_DIR/<task>/results.json`` per task, ``OUTPUT_DIR/vtab_results.js
 continues from its last checkpoint; a task folder of other settings is refused, naming them;
 ``--force`` starts every task over.
 """
-from pathlib import Path
 
+from pathlib import Path
 
 from detectron2.utils import comm
 
 from bitdet.tools.cli import argument_parser, run_launched
-from bitdet.tools.finetune import RESUME_HELP, setup  # same config, flags and logging as fine-tuning
+from bitdet.tools.finetune import (
+    RESUME_HELP,
+    setup,
+)  # same config, flags and logging as fine-tuning
 
 # KEY VALUE overrides shown in --help (keys of the fine-tuning config).
 OVERRIDES_EXAMPLE = "HYPERRULE.BATCH_SIZE 256 MODEL.DEVICE cpu"
 
 
 def parse_args(argv=None):
-    parser = argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE, eval_only=False, resume_help=RESUME_HELP)
+    parser = argument_parser(
+        __doc__, overrides_example=OVERRIDES_EXAMPLE, eval_only=False, resume_help=RESUME_HELP
+    )
     parser.add_argument("--data-root", help="VTAB root (DATASET.ROOT)")
-    parser.add_argument("--weights", help="upstream weights: .npz, .pth, 'official' or 'scratch' (MODEL.WEIGHTS)")
+    parser.add_argument(
+        "--weights", help="upstream weights: .npz, .pth, 'official' or 'scratch' (MODEL.WEIGHTS)"
+    )
     parser.add_argument("--model", help="model name (MODEL.NAME)")
     parser.add_argument("--tasks", help="comma list of tasks (default: all 19)")
-    parser.add_argument("--force", action="store_true", help="start every task over (delete its checkpoints and results)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="start every task over (delete its checkpoints and results)",
+    )
     args = parser.parse_args(argv)
     # setup() of tools/finetune.py reads these flags too.
     args.dataset = args.shots = args.seeds = None
@@ -61,9 +72,13 @@ def main(args):
         task_cfg.DATASET.NAME = f"vtab/{task}"
         return task_cfg
 
-    if not args.force:  # a task folder of other settings stops VTAB before the first task, not midway
-        check_runs([(out / t, run_config(task_config(t), FULL, cfg.SEED, str(out / t))) for t in tasks],
-                   RESULTS_FILE)
+    if (
+        not args.force
+    ):  # a task folder of other settings stops VTAB before the first task, not midway
+        check_runs(
+            [(out / t, run_config(task_config(t), FULL, cfg.SEED, str(out / t))) for t in tasks],
+            RESULTS_FILE,
+        )
 
     def run_task(task):
         return finetune(task_config(task), output_dir=str(out / task), force=args.force)
@@ -71,14 +86,22 @@ def main(args):
     summary = run_vtab(run_task, tasks)
     if comm.is_main_process():
         record_config(out, cfg)  # every task folder records its own
-        compact = {t: ({"top1": r["top1"], "top5": r["top5"]} if "top1" in r else r) for t, r in summary["tasks"].items()}
+        compact = {
+            t: ({"top1": r["top1"], "top5": r["top5"]} if "top1" in r else r)
+            for t, r in summary["tasks"].items()
+        }
         write_json(out / "vtab_results.json", dict(summary, tasks=compact))
         lines = ["| task | group | top-1 (%) |", "|---|---|---|"]
         for task, r in compact.items():
-            lines.append(f"| {task} | {VTAB_TASKS[task].group} | {r['top1']:.1f} |" if "top1" in r
-                         else f"| {task} | {VTAB_TASKS[task].group} | failed: {r['error']} |")
-        lines += [f"| **mean** ({len([r for r in compact.values() if 'top1' in r])} tasks) | | "
-                  f"**{summary['mean']:.1f}** |"]
+            lines.append(
+                f"| {task} | {VTAB_TASKS[task].group} | {r['top1']:.1f} |"
+                if "top1" in r
+                else f"| {task} | {VTAB_TASKS[task].group} | failed: {r['error']} |"
+            )
+        lines += [
+            f"| **mean** ({len([r for r in compact.values() if 'top1' in r])} tasks) | | "
+            f"**{summary['mean']:.1f}** |"
+        ]
         with atomic_write(out / "vtab_results.md", "w") as f:
             f.write("\n".join(lines) + "\n")
         print("\n".join(lines), flush=True)

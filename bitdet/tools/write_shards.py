@@ -18,6 +18,7 @@ Read them back with DATASETS.TRAIN.KIND webdataset and PATH "out/train-{000000..
 or "pipe:aws s3 cp s3://bucket/train-{000000..000127}.tar -".
 Samples are shuffled into shards with --seed, so each shard holds a mix of classes.
 """
+
 import argparse
 import json
 import logging
@@ -30,15 +31,21 @@ from bitdet.tools.cli import user_errors
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--image-folder", help="root/<class name>/<image> (classes sorted by name)")
     src.add_argument("--label-file", help="lines 'relative/path<TAB>label[,label...]'")
-    src.add_argument("--index", metavar="PATTERN", help="only write the .idx index of existing shards")
+    src.add_argument(
+        "--index", metavar="PATTERN", help="only write the .idx index of existing shards"
+    )
     parser.add_argument("--output", help="shard pattern with a %% field, e.g. out/train-%%06d.tar")
     parser.add_argument("--max-count", type=int, default=1000, help="samples per shard")
     parser.add_argument("--max-size", type=float, default=1e9, help="bytes per shard")
-    parser.add_argument("--seed", type=int, default=0, help="shuffle seed (-1: keep the source order)")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="shuffle seed (-1: keep the source order)"
+    )
     return parser.parse_args(argv)
 
 
@@ -56,10 +63,15 @@ def main(args) -> list:
         samples = list(folder.samples)
         classes = folder.classes
     else:
-        samples = [(p, labels if len(labels) > 1 else labels[0]) for p, labels in read_label_file(args.label_file)]
+        samples = [
+            (p, labels if len(labels) > 1 else labels[0])
+            for p, labels in read_label_file(args.label_file)
+        ]
         classes = None
     if "%" not in args.output:
-        raise ValueError(f"--output {args.output!r} needs a % field such as %06d for the shard number")
+        raise ValueError(
+            f"--output {args.output!r} needs a % field such as %06d for the shard number"
+        )
     if args.seed >= 0:
         random.Random(args.seed).shuffle(samples)
     shards = write_shards(samples, args.output, max_count=args.max_count, max_size=args.max_size)

@@ -4,6 +4,7 @@ The BiT-HyperRule supplies every training hyperparameter; a ``HYPERRULE.*`` key 
 one of them only when it is set (``0``, ``""``, ``[]`` or, for MixUp, a negative alpha mean
 "from the rule"), so a config says exactly what departs from the paper.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -156,8 +157,14 @@ def rule_from_config(cfg: CN, dataset_size: int, image_size: Tuple[int, int]) ->
     if h.STEPS and not h.WARMUP_STEPS and not h.DECAY_STEPS:
         rule = rule.with_steps(h.STEPS)
     changes = {}
-    for field, key in (("resize", "RESIZE"), ("crop", "CROP"), ("steps", "STEPS"), ("warmup_steps", "WARMUP_STEPS"),
-                       ("base_lr", "BASE_LR"), ("batch_size", "BATCH_SIZE")):
+    for field, key in (
+        ("resize", "RESIZE"),
+        ("crop", "CROP"),
+        ("steps", "STEPS"),
+        ("warmup_steps", "WARMUP_STEPS"),
+        ("base_lr", "BASE_LR"),
+        ("batch_size", "BATCH_SIZE"),
+    ):
         if h[key]:
             changes[field] = h[key]
     if h.DECAY_STEPS:

@@ -10,6 +10,7 @@ compare MD5 sums of the full release files, which rejects any subset written for
 re-hashes hundreds of MB on every start; the subclasses here keep torchvision's parsing and
 check only that the files exist, naming the ones that are missing.
 """
+
 from __future__ import annotations
 
 import functools
@@ -87,7 +88,9 @@ def get_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; registered: {', '.join(list_datasets())}") from None
+        raise KeyError(
+            f"unknown dataset {name!r}; registered: {', '.join(list_datasets())}"
+        ) from None
 
 
 def build_dataset(name: str, root: str = "", split: str = "", download: bool = False) -> Dataset:
@@ -198,8 +201,12 @@ def _cifar(cls) -> Builder:
         folder = Path(root) / cls.base_folder
         if not download:
             files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-            _require([folder / f for f in files], cls.__name__, "Expected the official python version "
-                     f"extracted under {root} (or pass --download).")
+            _require(
+                [folder / f for f in files],
+                cls.__name__,
+                "Expected the official python version "
+                f"extracted under {root} (or pass --download).",
+            )
         return cls(root, train=split == "train", download=download)
 
     return build
@@ -208,29 +215,39 @@ def _cifar(cls) -> Builder:
 def _flowers(root: str, split: str, download: bool) -> Dataset:
     base = Path(root) / "flowers-102"
     if not download:
-        _require([base / "jpg", base / "imagelabels.mat", base / "setid.mat"], "Flowers-102",
-                 f"Expected 102flowers.tgz extracted and the two .mat files in {base} (or --download).")
+        _require(
+            [base / "jpg", base / "imagelabels.mat", base / "setid.mat"],
+            "Flowers-102",
+            f"Expected 102flowers.tgz extracted and the two .mat files in {base} (or --download).",
+        )
     return Flowers102Files(root, split=split, download=download)
 
 
 def _pets(root: str, split: str, download: bool) -> Dataset:
     base = Path(root) / "oxford-iiit-pet"
     if not download:
-        _require([base / "images", base / "annotations" / f"{split}.txt"], "Oxford-IIIT Pets",
-                 f"Expected images.tar.gz and annotations.tar.gz extracted in {base} (or --download).")
+        _require(
+            [base / "images", base / "annotations" / f"{split}.txt"],
+            "Oxford-IIIT Pets",
+            f"Expected images.tar.gz and annotations.tar.gz extracted in {base} (or --download).",
+        )
     return tvd.OxfordIIITPet(root, split=split, download=download)
 
 
 def _image_folder(root: str, split: str, download: bool) -> Dataset:
     if download:
-        raise ValueError("an image folder cannot be downloaded; arrange it as ROOT/SPLIT/CLASS/IMAGE")
+        raise ValueError(
+            "an image folder cannot be downloaded; arrange it as ROOT/SPLIT/CLASS/IMAGE"
+        )
     folder = Path(root) / split
     _require([folder], "image folder", "Expected ROOT/SPLIT/CLASS/IMAGE files.")
     return tvd.ImageFolder(str(folder))
 
 
-_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-                "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 class _IdxDataset(Dataset):
@@ -263,7 +280,9 @@ def _mnist(cls) -> Builder:
                     f"{Path(root) / stem}[.gz] (flat idx files) exists (or pass --download)"
                 )
             paths.append(found[0])
-        return _IdxDataset(np.asarray(read_idx(paths[0])), np.asarray(read_idx(paths[1])), cls.classes)
+        return _IdxDataset(
+            np.asarray(read_idx(paths[0])), np.asarray(read_idx(paths[1])), cls.classes
+        )
 
     return build
 
@@ -282,7 +301,9 @@ class SklearnDigits(Dataset):
 
     classes = [str(i) for i in range(10)]
 
-    def __init__(self, split: str = "train", test_fraction: float = 0.25, split_seed: int = 0) -> None:
+    def __init__(
+        self, split: str = "train", test_fraction: float = 0.25, split_seed: int = 0
+    ) -> None:
         from sklearn.datasets import load_digits
 
         if split not in ("train", "test"):
@@ -323,8 +344,14 @@ class DigitsOnPhotos(SklearnDigits):
     ``(draw_seed, split, i)``: a fixed dataset, not an augmentation.
     """
 
-    def __init__(self, split: str = "train", size: int = 32, scale_range: Tuple[float, float] = (0.4, 1.0),
-                 photo_prob: float = 0.75, draw_seed: int = 0) -> None:
+    def __init__(
+        self,
+        split: str = "train",
+        size: int = 32,
+        scale_range: Tuple[float, float] = (0.4, 1.0),
+        photo_prob: float = 0.75,
+        draw_seed: int = 0,
+    ) -> None:
         super().__init__(split)
         self.data = _draw_digits(split, size, tuple(scale_range), float(photo_prob), draw_seed)
 
@@ -333,8 +360,9 @@ class DigitsOnPhotos(SklearnDigits):
 
 
 @functools.lru_cache(maxsize=4)
-def _draw_digits(split: str, size: int, scale_range: Tuple[float, float], photo_prob: float,
-                 draw_seed: int) -> np.ndarray:
+def _draw_digits(
+    split: str, size: int, scale_range: Tuple[float, float], photo_prob: float, draw_seed: int
+) -> np.ndarray:
     """The drawn images of a :class:`DigitsOnPhotos` split (cached: a few-shot sweep reuses them)."""
     from bitdet.data.detection_generate import item_on_canvas
 
@@ -353,24 +381,65 @@ def _digits_on_photos(root: str, split: str, download: bool) -> Dataset:
 
 
 _ONE_SPLIT = ("train", "test")
-register_dataset(DatasetSpec("cifar10", _cifar(CIFAR10Files), "train", "test", _ONE_SPLIT, (32, 32)))
-register_dataset(DatasetSpec("cifar100", _cifar(CIFAR100Files), "train", "test", _ONE_SPLIT, (32, 32)))
-register_dataset(DatasetSpec("oxford_pets", _pets, "trainval", "test", ("trainval", "test"), (375, 500)))
-register_dataset(DatasetSpec("flowers102", _flowers, "train", "test", ("train", "val", "test"), (500, 600)))
-# ILSVRC-2012 as extracted folders: ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG.
-register_dataset(DatasetSpec("imagenet", _image_folder, "train", "val", ("train", "val"), (375, 500)))
-register_dataset(DatasetSpec("imagefolder", _image_folder, "train", "val", ("train", "val", "test")))
-register_dataset(DatasetSpec("mnist", _mnist(tvd.MNIST), "train", "test", _ONE_SPLIT, (28, 28), flip=False))
 register_dataset(
-    DatasetSpec("fashion_mnist", _mnist(tvd.FashionMNIST), "train", "test", _ONE_SPLIT, (28, 28),
-                default_root="/usr/share/datasets/fashion-mnist")
+    DatasetSpec("cifar10", _cifar(CIFAR10Files), "train", "test", _ONE_SPLIT, (32, 32))
+)
+register_dataset(
+    DatasetSpec("cifar100", _cifar(CIFAR100Files), "train", "test", _ONE_SPLIT, (32, 32))
+)
+register_dataset(
+    DatasetSpec("oxford_pets", _pets, "trainval", "test", ("trainval", "test"), (375, 500))
+)
+register_dataset(
+    DatasetSpec("flowers102", _flowers, "train", "test", ("train", "val", "test"), (500, 600))
+)
+# ILSVRC-2012 as extracted folders: ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG.
+register_dataset(
+    DatasetSpec("imagenet", _image_folder, "train", "val", ("train", "val"), (375, 500))
+)
+register_dataset(
+    DatasetSpec("imagefolder", _image_folder, "train", "val", ("train", "val", "test"))
+)
+register_dataset(
+    DatasetSpec("mnist", _mnist(tvd.MNIST), "train", "test", _ONE_SPLIT, (28, 28), flip=False)
+)
+register_dataset(
+    DatasetSpec(
+        "fashion_mnist",
+        _mnist(tvd.FashionMNIST),
+        "train",
+        "test",
+        _ONE_SPLIT,
+        (28, 28),
+        default_root="/usr/share/datasets/fashion-mnist",
+    )
 )
 # Digits (here and MNIST): a mirrored digit is not a digit (or is another one); no flips.
 # The data ships inside scikit-learn, so the root is only a marker and is ignored.
-register_dataset(DatasetSpec("digits", _digits, "train", "test", _ONE_SPLIT, (8, 8), flip=False,
-                             default_root="<sklearn>",
-                             description="scikit-learn's 8x8 handwritten digits, plain (grey on black)"))
-register_dataset(DatasetSpec("digits_on_photos", _digits_on_photos, "train", "test", _ONE_SPLIT, (32, 32), flip=False,
-                             default_root="<sklearn>",
-                             description="scikit-learn's 8x8 handwritten digits drawn like the demo upstream's "
-                                         "object-like items: new classes in a look the upstream model has seen"))
+register_dataset(
+    DatasetSpec(
+        "digits",
+        _digits,
+        "train",
+        "test",
+        _ONE_SPLIT,
+        (8, 8),
+        flip=False,
+        default_root="<sklearn>",
+        description="scikit-learn's 8x8 handwritten digits, plain (grey on black)",
+    )
+)
+register_dataset(
+    DatasetSpec(
+        "digits_on_photos",
+        _digits_on_photos,
+        "train",
+        "test",
+        _ONE_SPLIT,
+        (32, 32),
+        flip=False,
+        default_root="<sklearn>",
+        description="scikit-learn's 8x8 handwritten digits drawn like the demo upstream's "
+        "object-like items: new classes in a look the upstream model has seen",
+    )
+)

@@ -5,6 +5,7 @@ and keeps the first ``k``. So for one seed the 5-shot subset contains the 1-shot
 class's draw does not depend on the other classes. The chosen indices are written to JSON
 next to the results, so every number can be traced to its training images.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,15 @@ import numpy as np
 
 from bitdet.utils.io import PathLike, atomic_write
 
-__all__ = ["FULL", "Shots", "load_indices", "mean_std", "parse_shots", "sample_few_shot", "save_indices"]
+__all__ = [
+    "FULL",
+    "Shots",
+    "load_indices",
+    "mean_std",
+    "parse_shots",
+    "sample_few_shot",
+    "save_indices",
+]
 
 # The whole training set, as a value of a shots list ("1,5,10,full").
 FULL = "full"
@@ -40,7 +49,9 @@ def parse_shots(spec: Union[str, Sequence[Union[int, str]]]) -> List[Shots]:
         try:
             k = int(text)
         except ValueError:
-            raise ValueError(f"shots entry {item!r} is neither a positive integer nor 'full'") from None
+            raise ValueError(
+                f"shots entry {item!r} is neither a positive integer nor 'full'"
+            ) from None
         if k <= 0:
             raise ValueError(f"shots entry {item!r} must be positive (use 'full' for all data)")
         out.append(k)
@@ -79,7 +90,11 @@ def sample_few_shot(
     counts = np.bincount(targets, minlength=num_classes)
     short = [c for c in range(num_classes) if counts[c] < shots]
     if short:
-        name = (lambda c: f"{classes[c]!r} (label {c})") if classes is not None else (lambda c: f"label {c}")
+        name = (
+            (lambda c: f"{classes[c]!r} (label {c})")
+            if classes is not None
+            else (lambda c: f"label {c}")
+        )
         detail = ", ".join(f"{name(c)} has {counts[c]}" for c in short)
         raise ValueError(f"{shots}-shot sampling needs {shots} examples of every class: {detail}")
     chosen = []

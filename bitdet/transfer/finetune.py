@@ -4,6 +4,7 @@
 The entry points are ``tools/finetune.py`` and ``tools/vtab.py``; these functions hold the
 logic so that tests and notebooks can call them without a command line.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,16 @@ from bitdet.transfer.report import (
 )
 from bitdet.transfer.transforms import TransformedDataset, eval_transform, train_transform
 
-__all__ = ["evaluate_only", "finetune", "finetune_sweep", "init_label", "resolve_weights", "run_config",
-           "run_dir_name", "validate_sweep"]
+__all__ = [
+    "evaluate_only",
+    "finetune",
+    "finetune_sweep",
+    "init_label",
+    "resolve_weights",
+    "run_config",
+    "run_dir_name",
+    "validate_sweep",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +87,9 @@ def run_dir_name(shots: Shots, seed: int) -> str:
 
 def _batch_split(value: int):
     if value < 0:
-        raise ValueError(f"SOLVER.BATCH_SPLIT must be 0 (automatic) or a positive integer, got {value}")
+        raise ValueError(
+            f"SOLVER.BATCH_SPLIT must be 0 (automatic) or a positive integer, got {value}"
+        )
     return "auto" if value == 0 else int(value)
 
 
@@ -94,7 +105,10 @@ def _open_splits(cfg):
             for split in splits:
                 build_dataset(d.NAME, d.ROOT, split, download=True)
         comm.synchronize()  # the others then find the files in place
-    return tuple(build_dataset(d.NAME, d.ROOT, split, d.DOWNLOAD and comm.is_main_process()) for split in splits)
+    return tuple(
+        build_dataset(d.NAME, d.ROOT, split, d.DOWNLOAD and comm.is_main_process())
+        for split in splits
+    )
 
 
 def run_config(cfg, shots: Shots, seed: int, output_dir: str):
@@ -111,8 +125,13 @@ def run_config(cfg, shots: Shots, seed: int, output_dir: str):
     return run_cfg
 
 
-def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: Optional[str] = None,
-             force: bool = False) -> Dict[str, Any]:
+def finetune(
+    cfg,
+    shots: Shots = FULL,
+    seed: Optional[int] = None,
+    output_dir: Optional[str] = None,
+    force: bool = False,
+) -> Dict[str, Any]:
     """Fine-tune once (one dataset, one shots setting, one seed) and evaluate on the test split.
 
     The run's folder opens by :func:`bitdet.engine.run_folder.open_run` with
@@ -149,21 +168,40 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
     classes = dataset_classes(train_raw)
     num_classes = len(classes)
     if shots != FULL:
-        indices = sample_few_shot(dataset_targets(train_raw), int(shots), seed, classes, num_classes)
+        indices = sample_few_shot(
+            dataset_targets(train_raw), int(shots), seed, classes, num_classes
+        )
         if comm.is_main_process():
-            save_indices(out / "fewshot_indices.json", indices, dataset=d.NAME, split=d.TRAIN_SPLIT or spec.train_split,
-                         shots=int(shots), seed=seed)
+            save_indices(
+                out / "fewshot_indices.json",
+                indices,
+                dataset=d.NAME,
+                split=d.TRAIN_SPLIT or spec.train_split,
+                shots=int(shots),
+                seed=seed,
+            )
         train_raw = Subset(train_raw, indices.tolist())
 
     rule = rule_from_config(cfg, len(train_raw), dataset_image_size(spec, train_raw))
     random_crop = tri_state(d.RANDOM_CROP, spec.random_crop, "DATASET.RANDOM_CROP")
     flip = tri_state(d.FLIP, spec.flip, "DATASET.FLIP")
     setting = "all training images" if shots == FULL else f"{shots} per class"
-    logger.info("%s (%s, seed %d): %d training / %d test images, %d classes", d.NAME, setting, seed,
-                len(train_raw), len(test_raw), num_classes)
-    logger.info("%s; random crop %s, flip %s", rule, "on" if random_crop else "off", "on" if flip else "off")
+    logger.info(
+        "%s (%s, seed %d): %d training / %d test images, %d classes",
+        d.NAME,
+        setting,
+        seed,
+        len(train_raw),
+        len(test_raw),
+        num_classes,
+    )
+    logger.info(
+        "%s; random crop %s, flip %s", rule, "on" if random_crop else "off", "on" if flip else "off"
+    )
 
-    train_set = TransformedDataset(train_raw, train_transform(rule.resize, rule.crop, random_crop, flip))
+    train_set = TransformedDataset(
+        train_raw, train_transform(rule.resize, rule.crop, random_crop, flip)
+    )
     test_set = TransformedDataset(test_raw, eval_transform(rule.crop))
 
     weights = resolve_weights(cfg)
@@ -195,9 +233,14 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
         channels_last=s.CHANNELS_LAST,
         compile=s.COMPILE,
         batch_hook=MixUp(rule.mixup_alpha, num_classes) if rule.mixup_alpha > 0 else None,
-        evaluate=lambda m: evaluate_classifier(m, test_set, batch_size=cfg.TEST.BATCH_SIZE,
-                                               num_workers=cfg.DATALOADER.NUM_WORKERS, precision=s.PRECISION,
-                                               cache_ws=cfg.TEST.CACHE_WS),
+        evaluate=lambda m: evaluate_classifier(
+            m,
+            test_set,
+            batch_size=cfg.TEST.BATCH_SIZE,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            precision=s.PRECISION,
+            cache_ws=cfg.TEST.CACHE_WS,
+        ),
         eval_period=cfg.TEST.EVAL_PERIOD,
         checkpoint_period=s.CHECKPOINT_PERIOD,
         keep_last=s.KEEP_LAST,
@@ -205,7 +248,12 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
         seed=seed,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         device=resolve_device(cfg.MODEL.DEVICE),
-        meta={"model": cfg.MODEL.NAME, "dataset": d.NAME, "num_classes": num_classes, "shots": shots},
+        meta={
+            "model": cfg.MODEL.NAME,
+            "dataset": d.NAME,
+            "num_classes": num_classes,
+            "shots": shots,
+        },
     )
     summary = trainer.train(resume=True)
     if not comm.is_main_process():
@@ -238,12 +286,24 @@ def finetune(cfg, shots: Shots = FULL, seed: Optional[int] = None, output_dir: O
         "wall_time_s": time.perf_counter() - t0,
     }
     if results["confusion"] is not None:
-        confusion_plot(results["confusion"], classes, out / "confusion.png",
-                       title=f"{d.NAME} ({setting}, {results['init']}): top-1 {results['top1']:.1f}%")
+        confusion_plot(
+            results["confusion"],
+            classes,
+            out / "confusion.png",
+            title=f"{d.NAME} ({setting}, {results['init']}): top-1 {results['top1']:.1f}%",
+        )
     if (out / "metrics.json").is_file():
-        training_curve_plot(out / "metrics.json", out / "training_curve.png", title=f"{d.NAME} ({setting})")
+        training_curve_plot(
+            out / "metrics.json", out / "training_curve.png", title=f"{d.NAME} ({setting})"
+        )
     write_json(out / RESULTS_FILE, results)
-    logger.info("%s: top-1 %.2f%%, top-5 %.2f%% -> %s", d.NAME, results["top1"], results["top5"], out / RESULTS_FILE)
+    logger.info(
+        "%s: top-1 %.2f%%, top-5 %.2f%% -> %s",
+        d.NAME,
+        results["top1"],
+        results["top5"],
+        out / RESULTS_FILE,
+    )
     return results
 
 
@@ -268,13 +328,18 @@ def evaluate_only(cfg, output_dir: Optional[str] = None) -> Dict[str, Any]:
     model = create_model(cfg.MODEL.NAME, num_classes=len(classes))
     report = load_weights(model, weights, variant_option="MODEL.NAME")
     if not report.head.startswith("loaded"):
-        raise ValueError(f"{weights}: the head was not loaded ({report.head}); evaluate a fine-tuned checkpoint")
+        raise ValueError(
+            f"{weights}: the head was not loaded ({report.head}); evaluate a fine-tuned checkpoint"
+        )
     device = resolve_device(cfg.MODEL.DEVICE)
     memory_format = torch.channels_last if cfg.SOLVER.CHANNELS_LAST else torch.contiguous_format
-    metrics = evaluate_classifier(model.to(device, memory_format=memory_format),
-                                  TransformedDataset(test_raw, eval_transform(rule.crop)),
-                                  batch_size=cfg.TEST.BATCH_SIZE, num_workers=cfg.DATALOADER.NUM_WORKERS,
-                                  cache_ws=cfg.TEST.CACHE_WS)
+    metrics = evaluate_classifier(
+        model.to(device, memory_format=memory_format),
+        TransformedDataset(test_raw, eval_transform(rule.crop)),
+        batch_size=cfg.TEST.BATCH_SIZE,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        cache_ws=cfg.TEST.CACHE_WS,
+    )
     metrics.update(crop=rule.crop, weights=weights, dataset=d.NAME, classes=classes)
     write_json(Path(output_dir or cfg.OUTPUT_DIR) / "eval_results.json", metrics)
     return metrics
@@ -307,11 +372,18 @@ def validate_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int]) -> No
             try:
                 sample_few_shot(targets, shots, int(seed), classes, len(classes))
             except ValueError as e:
-                raise ValueError(f"--shots {shots} (seed {seed}) on {cfg.DATASET.NAME}: {e}; no run was started") from None
+                raise ValueError(
+                    f"--shots {shots} (seed {seed}) on {cfg.DATASET.NAME}: {e}; no run was started"
+                ) from None
 
 
-def finetune_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int], weights_list: Sequence[str] = (),
-                   force: bool = False) -> Dict[str, Any]:
+def finetune_sweep(
+    cfg,
+    shots_list: Sequence[Shots],
+    seeds: Sequence[int],
+    weights_list: Sequence[str] = (),
+    force: bool = False,
+) -> Dict[str, Any]:
     """One :func:`finetune` run per (weights, shots, seed), then a summary over seeds.
 
     Runs go to ``OUTPUT_DIR/<init>/<shots>_seed<seed>/`` (``<init>``: :func:`init_label`), so
@@ -339,7 +411,10 @@ def finetune_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int], weigh
     out = Path(cfg.OUTPUT_DIR)
     shots_list = parse_shots(list(shots_list))
     validate_sweep(cfg, shots_list, list(seeds))
-    inits = [("" if w.strip().lower() == "scratch" else w.strip()) for w in (weights_list or [cfg.MODEL.WEIGHTS])]
+    inits = [
+        ("" if w.strip().lower() == "scratch" else w.strip())
+        for w in (weights_list or [cfg.MODEL.WEIGHTS])
+    ]
     planned = []  # (weights config, shots, seed, folder) of every run
     labels: Dict[str, str] = {}
     for weights in inits:
@@ -348,26 +423,54 @@ def finetune_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int], weigh
         init_cfg.MODEL.WEIGHTS = weights
         label = init_label(init_cfg)
         if label in labels:
-            raise ValueError(f"weights {labels[label]!r} and {weights!r} share the label {label!r}; rename one file")
+            raise ValueError(
+                f"weights {labels[label]!r} and {weights!r} share the label {label!r}; rename one file"
+            )
         labels[label] = weights
-        planned += [(init_cfg, shots, int(seed), str(out / label / run_dir_name(shots, seed)))
-                    for shots in shots_list for seed in seeds]
+        planned += [
+            (init_cfg, shots, int(seed), str(out / label / run_dir_name(shots, seed)))
+            for shots in shots_list
+            for seed in seeds
+        ]
     if not force:  # a folder of another config stops the sweep before its first run, not midway
-        check_runs([(folder, run_config(c, shots, seed, folder)) for c, shots, seed, folder in planned], RESULTS_FILE)
+        check_runs(
+            [(folder, run_config(c, shots, seed, folder)) for c, shots, seed, folder in planned],
+            RESULTS_FILE,
+        )
     runs: List[Dict[str, Any]] = []
     for init_cfg, shots, seed, folder in planned:
         result = finetune(init_cfg, shots=shots, seed=seed, output_dir=folder, force=force)
         if comm.is_main_process():
-            runs.append({k: result[k] for k in ("dataset", "init", "shots", "seed", "top1", "top5",
-                                                "mean_per_class_acc", "steps", "num_train", "wall_time_s")})
+            runs.append(
+                {
+                    k: result[k]
+                    for k in (
+                        "dataset",
+                        "init",
+                        "shots",
+                        "seed",
+                        "top1",
+                        "top5",
+                        "mean_per_class_acc",
+                        "steps",
+                        "num_train",
+                        "wall_time_s",
+                    )
+                }
+            )
     if not comm.is_main_process():
         return {}
     summary = summarize_runs(runs)
     table = results_table(summary)
     record_config(out, cfg)  # the sweep's own settings, beside its table
-    write_json(out / "results.json", {"model": cfg.MODEL.NAME, "weights": inits, "runs": runs, "summary": summary})
+    write_json(
+        out / "results.json",
+        {"model": cfg.MODEL.NAME, "weights": inits, "runs": runs, "summary": summary},
+    )
     with atomic_write(out / "results.md", "w") as f:
         f.write(table)
-    accuracy_vs_shots_plot(summary, out / "accuracy_vs_shots.png", title=f"{cfg.DATASET.NAME}: {cfg.MODEL.NAME}")
+    accuracy_vs_shots_plot(
+        summary, out / "accuracy_vs_shots.png", title=f"{cfg.DATASET.NAME}: {cfg.MODEL.NAME}"
+    )
     print(table, flush=True)
     return {"runs": runs, "summary": summary, "table": table}

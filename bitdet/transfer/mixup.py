@@ -1,5 +1,6 @@
 """MixUp (Zhang et al. 2018) as used by the BiT-HyperRule: one Beta(alpha, alpha) coefficient
 per batch, each image mixed with another of the same batch, labels mixed alike."""
+
 from __future__ import annotations
 
 from typing import Tuple, Union
@@ -61,7 +62,9 @@ class MixUp:
             labels = F.one_hot(labels.long(), self.num_classes)
         labels = labels.float()
         if labels.shape[1] != self.num_classes:
-            raise ValueError(f"labels have {labels.shape[1]} classes, MixUp was built for {self.num_classes}")
+            raise ValueError(
+                f"labels have {labels.shape[1]} classes, MixUp was built for {self.num_classes}"
+            )
         mixed = images.mul(lam).add_(images[perm], alpha=1.0 - lam)
         return mixed, labels.mul(lam).add_(labels[perm], alpha=1.0 - lam)
 

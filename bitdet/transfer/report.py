@@ -4,6 +4,7 @@ shots) and a markdown table across datasets and shots.
 Plots use matplotlib's object API on the Agg canvas (no display, no global pyplot state), so
 they work on headless cluster nodes and from several threads.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,7 +83,9 @@ def training_curve_plot(metrics_path: PathLike, out_png: PathLike, title: str = 
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
     steps = [r["iteration"] + 1 for r in records if "loss" in r]
-    ax.plot(steps, [r["loss"] for r in records if "loss" in r], color="tab:blue", label="training loss")
+    ax.plot(
+        steps, [r["loss"] for r in records if "loss" in r], color="tab:blue", label="training loss"
+    )
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     lr = [(r["iteration"] + 1, r["lr"]) for r in records if "lr" in r]
@@ -102,8 +105,12 @@ def training_curve_plot(metrics_path: PathLike, out_png: PathLike, title: str = 
     return _save(fig, out_png)
 
 
-def confusion_plot(confusion: Sequence[Sequence[int]], classes: Sequence[str], out_png: PathLike,
-                   title: str = "confusion matrix") -> Path:
+def confusion_plot(
+    confusion: Sequence[Sequence[int]],
+    classes: Sequence[str],
+    out_png: PathLike,
+    title: str = "confusion matrix",
+) -> Path:
     """Row-normalised confusion matrix (rows: true class, columns: prediction) with counts.
 
     Returns:
@@ -111,7 +118,9 @@ def confusion_plot(confusion: Sequence[Sequence[int]], classes: Sequence[str], o
     """
     matrix = np.asarray(confusion, dtype=np.float64)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] != len(classes):
-        raise ValueError(f"confusion must be square with {len(classes)} classes, got shape {matrix.shape}")
+        raise ValueError(
+            f"confusion must be square with {len(classes)} classes, got shape {matrix.shape}"
+        )
     rows = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
     n = len(classes)
@@ -127,8 +136,15 @@ def confusion_plot(confusion: Sequence[Sequence[int]], classes: Sequence[str], o
             for i in range(n):
                 for j in range(n):
                     if matrix[i, j]:
-                        ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize="x-small",
-                                color="white" if normalised[i, j] > 0.5 else "black")
+                        ax.text(
+                            j,
+                            i,
+                            int(matrix[i, j]),
+                            ha="center",
+                            va="center",
+                            fontsize="x-small",
+                            color="white" if normalised[i, j] > 0.5 else "black",
+                        )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
@@ -155,7 +171,15 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]], metric: str = "top1") -> L
     rows = []
     for (dataset, init, shots), members in groups.items():
         stats = mean_std([m[metric] for m in members])
-        rows.append(dict(dataset=dataset, init=init, shots=shots, seeds=[m.get("seed") for m in members], **stats))
+        rows.append(
+            dict(
+                dataset=dataset,
+                init=init,
+                shots=shots,
+                seeds=[m.get("seed") for m in members],
+                **stats,
+            )
+        )
     rows.sort(key=lambda r: (r["dataset"], r["init"], _shots_key(r["shots"])))
     return rows
 
@@ -197,18 +221,27 @@ def results_table(rows: Sequence[Mapping[str, Any]], metric_name: str = "top-1 (
     shots = sorted({r["shots"] for r in rows}, key=_shots_key)
     cells: Dict[tuple, Dict[Any, str]] = defaultdict(dict)
     for r in rows:
-        text = f"{r['mean']:.1f}" if r["n"] == 1 else f"{r['mean']:.1f} ± {r['std']:.1f} (n={r['n']})"
+        text = (
+            f"{r['mean']:.1f}" if r["n"] == 1 else f"{r['mean']:.1f} ± {r['std']:.1f} (n={r['n']})"
+        )
         cells[(r["dataset"], r["init"])][r["shots"]] = text
     header = ["dataset", "init"] + [_shots_label(s) for s in shots]
-    lines = [f"{metric_name} by training examples per class", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [
+        f"{metric_name} by training examples per class",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for (dataset, init), by_shots in sorted(cells.items()):
-        lines.append("| " + " | ".join([dataset, init] + [by_shots.get(s, "–") for s in shots]) + " |")
+        lines.append(
+            "| " + " | ".join([dataset, init] + [by_shots.get(s, "–") for s in shots]) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def accuracy_vs_shots_plot(rows: Sequence[Mapping[str, Any]], out_png: PathLike,
-                           title: str = "accuracy vs shots") -> Path:
+def accuracy_vs_shots_plot(
+    rows: Sequence[Mapping[str, Any]], out_png: PathLike, title: str = "accuracy vs shots"
+) -> Path:
     """Top-1 (mean ± std over seeds) against examples per class, one line per (dataset, init).
 
     The full training set is drawn at the right end, past the largest k.
@@ -219,7 +252,7 @@ def accuracy_vs_shots_plot(rows: Sequence[Mapping[str, Any]], out_png: PathLike,
     if not rows:
         raise ValueError("no results to plot")
     numeric = sorted({r["shots"] for r in rows if r["shots"] != FULL})
-    full_x = (max(numeric) * 3 if numeric else 1)
+    full_x = max(numeric) * 3 if numeric else 1
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
     series: Dict[tuple, List[Mapping[str, Any]]] = defaultdict(list)
@@ -229,11 +262,19 @@ def accuracy_vs_shots_plot(rows: Sequence[Mapping[str, Any]], out_png: PathLike,
         members = sorted(members, key=lambda r: _shots_key(r["shots"]))
         xs = [full_x if r["shots"] == FULL else r["shots"] for r in members]
         label = f"{dataset} ({init})" if init else dataset
-        ax.errorbar(xs, [r["mean"] for r in members], yerr=[r["std"] for r in members], marker="o", capsize=3,
-                    label=label)
+        ax.errorbar(
+            xs,
+            [r["mean"] for r in members],
+            yerr=[r["std"] for r in members],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
     ticks = numeric + ([full_x] if any(r["shots"] == FULL for r in rows) else [])
     ax.set_xscale("log")
-    ax.set_xticks(ticks, labels=[str(t) for t in numeric] + (["full"] if len(ticks) > len(numeric) else []))
+    ax.set_xticks(
+        ticks, labels=[str(t) for t in numeric] + (["full"] if len(ticks) > len(numeric) else [])
+    )
     ax.minorticks_off()
     ax.set_xlabel("training examples per class")
     ax.set_ylabel("top-1 (%)")

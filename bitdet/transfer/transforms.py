@@ -1,5 +1,6 @@
 """HyperRule image transforms: square resize, random crop and flip for training; resize to the
 crop size for evaluation; RGB scaled to [-1, 1] (:mod:`bitdet.numerics`)."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -13,7 +14,9 @@ from bitdet.transfer.datasets import dataset_classes, dataset_targets
 __all__ = ["ToBiTTensor", "TransformedDataset", "train_transform", "eval_transform"]
 
 
-def train_transform(resize: int, crop: int, random_crop: bool = True, flip: bool = True) -> Callable:
+def train_transform(
+    resize: int, crop: int, random_crop: bool = True, flip: bool = True
+) -> Callable:
     """HyperRule training transform.
 
     Args:
@@ -25,7 +28,11 @@ def train_transform(resize: int, crop: int, random_crop: bool = True, flip: bool
     Returns:
         A callable PIL image -> tensor ``(3, crop, crop)`` in [-1, 1].
     """
-    steps = [T.Resize((resize, resize)), T.RandomCrop(crop)] if random_crop else [T.Resize((crop, crop))]
+    steps = (
+        [T.Resize((resize, resize)), T.RandomCrop(crop)]
+        if random_crop
+        else [T.Resize((crop, crop))]
+    )
     if flip:
         steps.append(T.RandomHorizontalFlip())
     return T.Compose(steps + [ToBiTTensor()])

@@ -14,6 +14,7 @@ On disk, per task, either
 ``train800val200`` is the union of ``train800`` and ``val200`` unless it is given explicitly.
 Each task is also registered as dataset ``vtab/<task>`` for ``tools/finetune.py``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -29,7 +30,15 @@ from bitdet.data.images import load_image
 from bitdet.transfer.datasets import DatasetSpec, register_dataset
 from bitdet.transfer.fewshot import mean_std
 
-__all__ = ["SPLITS", "VTAB_TASKS", "VTABTask", "VTABTaskDataset", "check_tasks", "find_task", "run_vtab"]
+__all__ = [
+    "SPLITS",
+    "VTAB_TASKS",
+    "VTABTask",
+    "VTABTaskDataset",
+    "check_tasks",
+    "find_task",
+    "run_vtab",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +126,10 @@ def find_task(root: Path, task: str) -> Path:
     for path in candidates:
         if path.is_file() or (path.is_dir() and any((path / s).is_dir() for s in SPLITS)):
             return path
-    raise FileNotFoundError(f"VTAB task {task!r}: none of {', '.join(map(str, candidates))} "
-                            f"(a CSV with image,label,split or folders {'/'.join(SPLITS)}) exists")
+    raise FileNotFoundError(
+        f"VTAB task {task!r}: none of {', '.join(map(str, candidates))} "
+        f"(a CSV with image,label,split or folders {'/'.join(SPLITS)}) exists"
+    )
 
 
 def check_tasks(root: Union[str, Path], tasks: Sequence[str]) -> Dict[str, Path]:
@@ -138,7 +149,9 @@ def check_tasks(root: Union[str, Path], tasks: Sequence[str]) -> Dict[str, Path]
         raise FileNotFoundError("VTAB data root not set: pass --data-root (DATASET.ROOT)")
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"VTAB data root {root} is not a folder: check --data-root (DATASET.ROOT)")
+        raise FileNotFoundError(
+            f"VTAB data root {root} is not a folder: check --data-root (DATASET.ROOT)"
+        )
     found, missing = {}, []
     for task in tasks:
         try:
@@ -159,7 +172,9 @@ def _read_csv(path: Path) -> Dict[str, List[Tuple[Path, int]]]:
         reader = csv.DictReader(f)
         missing = {"image", "label", "split"} - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(f"{path}: header must have image,label,split; missing {sorted(missing)}")
+            raise ValueError(
+                f"{path}: header must have image,label,split; missing {sorted(missing)}"
+            )
         for line, row in enumerate(reader, start=2):
             split = row["split"].strip()
             if split not in SPLITS:
@@ -167,7 +182,9 @@ def _read_csv(path: Path) -> Dict[str, List[Tuple[Path, int]]]:
             try:
                 label = int(row["label"])
             except ValueError:
-                raise ValueError(f"{path}:{line}: label {row['label']!r} is not an integer") from None
+                raise ValueError(
+                    f"{path}:{line}: label {row['label']!r} is not an integer"
+                ) from None
             rows.setdefault(split, []).append((path.parent / row["image"].strip(), label))
     return rows
 
@@ -178,7 +195,9 @@ def _read_folder(folder: Path, split: str) -> List[Tuple[Path, int]]:
         try:
             label = int(label_dir.name)
         except ValueError:
-            raise ValueError(f"{label_dir}: VTAB class folders are integer labels, found {label_dir.name!r}") from None
+            raise ValueError(
+                f"{label_dir}: VTAB class folders are integer labels, found {label_dir.name!r}"
+            ) from None
         out += [(f, label) for f in sorted(label_dir.iterdir()) if f.suffix.lower() in _IMAGE_EXTS]
     return out
 
@@ -212,7 +231,9 @@ def load_split(root: Path, task: str, split: str, strict: bool = False) -> VTABT
         raise FileNotFoundError(f"VTAB task {task!r}: split {split!r} has no examples in {source}")
     bad = sorted({label for _, label in items if not 0 <= label < spec.num_classes})
     if bad:
-        raise ValueError(f"VTAB task {task!r} ({source}): labels {bad} outside [0, {spec.num_classes})")
+        raise ValueError(
+            f"VTAB task {task!r} ({source}): labels {bad} outside [0, {spec.num_classes})"
+        )
     expected = _SPLIT_SIZES.get(split)
     if expected and len(items) != expected:
         message = f"VTAB task {task!r}: split {split!r} has {len(items)} examples, the protocol has {expected}"
@@ -226,11 +247,23 @@ def load_split(root: Path, task: str, split: str, strict: bool = False) -> VTABT
 def _register(task: VTABTask) -> None:
     def build(root: str, split: str, download: bool) -> Dataset:
         if download:
-            raise ValueError("VTAB-1k cannot be downloaded here; prepare the CSV or folders (see bitdet.transfer.vtab)")
+            raise ValueError(
+                "VTAB-1k cannot be downloaded here; prepare the CSV or folders (see bitdet.transfer.vtab)"
+            )
         return load_split(Path(root), task.name, split)
 
-    register_dataset(DatasetSpec(f"vtab/{task.name}", build, "train800val200", "test", SPLITS,
-                                 task.image_size, random_crop=task.random_crop, flip=task.flip))
+    register_dataset(
+        DatasetSpec(
+            f"vtab/{task.name}",
+            build,
+            "train800val200",
+            "test",
+            SPLITS,
+            task.image_size,
+            random_crop=task.random_crop,
+            flip=task.flip,
+        )
+    )
 
 
 for _task in VTAB_TASKS.values():

@@ -5,6 +5,7 @@ A crash or a full disk mid-write leaves the previous file at ``path`` untouched.
 created with mode 0666 minus the process umask, as ``open()`` would (0644 under umask 022),
 so that teammates and containers on shared storage can read checkpoints and results.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -76,7 +77,11 @@ def remove_stale_temporaries(folder: PathLike, older_than_s: float = 3600.0) -> 
                 path.unlink()
                 removed += 1
     if removed:
-        logger.info("removed %d stale temporary file(s) of interrupted checkpoint writes in %s", removed, folder)
+        logger.info(
+            "removed %d stale temporary file(s) of interrupted checkpoint writes in %s",
+            removed,
+            folder,
+        )
     return removed
 
 

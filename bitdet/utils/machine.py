@@ -1,4 +1,5 @@
 """The name of the machine's CPU, for reports and benchmark records."""
+
 import platform
 
 

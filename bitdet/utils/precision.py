@@ -1,4 +1,5 @@
 """One vocabulary for numeric precision in every config: ``"fp32"``, ``"bf16"``, ``"fp16"``."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -25,5 +26,9 @@ def precision_dtype(name: str, key: str, allowed: Sequence[str] = tuple(PRECISIO
     """
     if name in allowed:
         return PRECISIONS[name]
-    hint = f" ({name!r} is written {_TORCH_NAMES[name]!r})" if _TORCH_NAMES.get(name) in allowed else ""
+    hint = (
+        f" ({name!r} is written {_TORCH_NAMES[name]!r})"
+        if _TORCH_NAMES.get(name) in allowed
+        else ""
+    )
     raise ValueError(f"{key} {name!r}: expected one of {list(allowed)}{hint}")

@@ -1,10 +1,11 @@
 """A few CPU iterations of the FCOS LazyConfig on the small generated dataset: exercises training,
 checkpointing and COCO evaluation end to end. R14-tiny is not a paper model."""
+
 from detectron2.config import LazyCall as L
 from detectron2.data import transforms as T
 from detectron2.layers import ShapeSpec
 
-from ..fcos_bit_m_R50x1_FPN_1x import dataloader, lr_multiplier, model, optimizer, train
+from ..fcos_bit_m_R50x1_FPN_1x import dataloader, model, optimizer, train
 
 model.backbone.bottom_up.variant = "R14-tiny"
 model.backbone.out_channels = 32
@@ -22,7 +23,9 @@ dataloader.train.mapper.augmentations = [
     L(T.ResizeShortestEdge)(short_edge_length=(128,), max_size=128, sample_style="choice"),
     L(T.RandomFlip)(horizontal=True),
 ]
-dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=128, max_size=128)]
+dataloader.test.mapper.augmentations = [
+    L(T.ResizeShortestEdge)(short_edge_length=128, max_size=128)
+]
 dataloader.train.total_batch_size = 2
 dataloader.train.num_workers = 0
 dataloader.test.num_workers = 0

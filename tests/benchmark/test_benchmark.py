@@ -1,4 +1,5 @@
 """The benchmark harness end to end on CPU with tiny models (schema, positivity, ratios)."""
+
 import importlib
 import json
 import math
@@ -26,19 +27,32 @@ def _args(tool, tmp_path, *opts, resume=False):
 def test_tiny_cpu_run_writes_json_table_and_ratios(tmp_path, capsys):
     tool = _load_tool()
     opts = [
-        "BENCH.MODELS", "['bit-R14-tiny', 'torchvision-resnet18', 'retinanet-bit-R14-tiny-FPN']",
-        "BENCH.VARIANTS", "['eager', 'ws', 'cl+cudagraphs']",
-        "BENCH.DEFAULT_VARIANTS.TRAIN", "eager", "BENCH.DEFAULT_VARIANTS.INFERENCE", "ws",
-        "BENCH.RATIO_TARGETS", "[['bit-R14-tiny', 'default', 'inference', 'torchvision-resnet18', 'eager', 0.001],"
+        "BENCH.MODELS",
+        "['bit-R14-tiny', 'torchvision-resnet18', 'retinanet-bit-R14-tiny-FPN']",
+        "BENCH.VARIANTS",
+        "['eager', 'ws', 'cl+cudagraphs']",
+        "BENCH.DEFAULT_VARIANTS.TRAIN",
+        "eager",
+        "BENCH.DEFAULT_VARIANTS.INFERENCE",
+        "ws",
+        "BENCH.RATIO_TARGETS",
+        "[['bit-R14-tiny', 'default', 'inference', 'torchvision-resnet18', 'eager', 0.001],"
         " ['bit-R14-tiny', 'cl', 'train', 'torchvision-resnet18', 'eager', 1.0]]",
-        "BENCH.DATA.ITERS", "2", "BENCH.ITERS", "1",
+        "BENCH.DATA.ITERS",
+        "2",
+        "BENCH.ITERS",
+        "1",
     ]
     results = tool.main(_args(tool, tmp_path, *opts))
     saved = json.loads((tmp_path / "benchmark.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(results["rows"]))
-    assert {"meta", "rows", "ratios", "targets"} <= saved.keys() and saved["meta"]["device"] == "cpu"
+    assert {"meta", "rows", "ratios", "targets"} <= saved.keys() and saved["meta"][
+        "device"
+    ] == "cpu"
 
-    timed = [r for r in saved["rows"] if r["task"] in ("train", "inference") and r["status"] == "ok"]
+    timed = [
+        r for r in saved["rows"] if r["task"] in ("train", "inference") and r["status"] == "ok"
+    ]
     # bit: 2 tasks x (eager, ws); resnet18: 2 tasks x eager; retinanet: 2 tasks x (eager, ws)
     assert len(timed) == 10
     for r in timed:
@@ -51,10 +65,16 @@ def test_tiny_cpu_run_writes_json_table_and_ratios(tmp_path, capsys):
     peaks = {(r["model"], r["task"]): r["peak_mem_mb"] for r in timed if r["variant"] == "eager"}
     assert peaks[("retinanet-bit-R14-tiny-FPN", "train")] > peaks[("bit-R14-tiny", "train")]
     memory = [r for r in saved["rows"] if r["task"] == "memory"]
-    assert [(r["variant"], r["entry"], r["status"]) for r in memory] == [("eager", [32, 2], "ok"),
-                                                                        ("ckpt-unit", [32, 2], "ok")]
-    assert [(q["variant"], q["entry"]) for q in saved["ratios"]["memory"]] == [("ckpt-unit", [32, 2])]
-    skipped = {(r["model"], r["variant"]): r["reason"] for r in saved["rows"] if r["status"] == "skipped"}
+    assert [(r["variant"], r["entry"], r["status"]) for r in memory] == [
+        ("eager", [32, 2], "ok"),
+        ("ckpt-unit", [32, 2], "ok"),
+    ]
+    assert [(q["variant"], q["entry"]) for q in saved["ratios"]["memory"]] == [
+        ("ckpt-unit", [32, 2])
+    ]
+    skipped = {
+        (r["model"], r["variant"]): r["reason"] for r in saved["rows"] if r["status"] == "skipped"
+    }
     assert "CUDA" in skipped[("bit-R14-tiny", "cl+cudagraphs")]
     assert "bitdet" in skipped[("torchvision-resnet18", "ws")]
 
@@ -62,14 +82,20 @@ def test_tiny_cpu_run_writes_json_table_and_ratios(tmp_path, capsys):
     assert set(data) == {"imagefolder", "shards", "hyperrule", "decode_jpeg", "detection"}
     for r in data.values():
         assert r["images_per_sec_per_core"] > 0
-        assert r["cores_per_gpu"] == math.ceil(r["gpu_images_per_sec"] / r["images_per_sec_per_core"])
+        assert r["cores_per_gpu"] == math.ceil(
+            r["gpu_images_per_sec"] / r["images_per_sec_per_core"]
+        )
 
     ratios = saved["ratios"]
     pairs = {(q["group"], q["task"]) for q in ratios["vs_peers"]}
     assert pairs == {("tiny", "train"), ("tiny", "inference")}
-    assert all(q["ratio"] > 0 and q["peer"].startswith("torchvision-resnet18/") for q in ratios["vs_peers"])
+    assert all(
+        q["ratio"] > 0 and q["peer"].startswith("torchvision-resnet18/") for q in ratios["vs_peers"]
+    )
     assert {(q["model"], q["task"]) for q in ratios["levers"]} == {
-        (m, t) for m in ("bit-R14-tiny", "retinanet-bit-R14-tiny-FPN") for t in ("train", "inference")
+        (m, t)
+        for m in ("bit-R14-tiny", "retinanet-bit-R14-tiny-FPN")
+        for t in ("train", "inference")
     }
     defaults = [(q["task"], q["bitdet"]) for q in ratios["default_vs_peers"]]
     assert defaults == [("inference", "bit-R14-tiny/ws"), ("train", "bit-R14-tiny/eager")]
@@ -84,22 +110,44 @@ def test_tiny_cpu_run_writes_json_table_and_ratios(tmp_path, capsys):
 
     # --resume keeps finished rows (same config) instead of re-measuring them
     again = tool.main(_args(tool, tmp_path, *opts, resume=True))
-    assert [r.get("sec_per_iter") for r in again["rows"]] == [r.get("sec_per_iter") for r in saved["rows"]]
+    assert [r.get("sec_per_iter") for r in again["rows"]] == [
+        r.get("sec_per_iter") for r in saved["rows"]
+    ]
 
 
 def test_ratios_pick_fastest_bitdet_variant_and_speedups_vs_eager():
     def row(model, role, variant, ips, task="train"):
-        return {"model": model, "group": "g", "role": role, "kind": "classifier", "task": task,
-                "variant": variant, "status": "ok", "images_per_sec": ips, "batch_size": 8,
-                "sec_per_iter": 8 / ips, "ms_per_image": 1000 / ips, "peak_mem_mb": 1.0}
+        return {
+            "model": model,
+            "group": "g",
+            "role": role,
+            "kind": "classifier",
+            "task": task,
+            "variant": variant,
+            "status": "ok",
+            "images_per_sec": ips,
+            "batch_size": 8,
+            "sec_per_iter": 8 / ips,
+            "ms_per_image": 1000 / ips,
+            "peak_mem_mb": 1.0,
+        }
 
-    rows = [row("bit", "bitdet", "eager", 100.0), row("bit", "bitdet", "cl+compile", 250.0),
-            row("timm", "peer", "eager", 50.0), row("timm", "peer", "cl+compile", 200.0),
-            {**row("bit", "bitdet", "cl", 1e9), "status": "failed"}]
+    rows = [
+        row("bit", "bitdet", "eager", 100.0),
+        row("bit", "bitdet", "cl+compile", 250.0),
+        row("timm", "peer", "eager", 50.0),
+        row("timm", "peer", "cl+compile", 200.0),
+        {**row("bit", "bitdet", "cl", 1e9), "status": "failed"},
+    ]
     ratios = compute_ratios(rows)
-    assert [(q["peer"], q["ratio"]) for q in ratios["vs_peers"]] == [("timm/eager", 5.0), ("timm/cl+compile", 1.25)]
+    assert [(q["peer"], q["ratio"]) for q in ratios["vs_peers"]] == [
+        ("timm/eager", 5.0),
+        ("timm/cl+compile", 1.25),
+    ]
     assert all(q["bitdet"] == "bit/cl+compile" for q in ratios["vs_peers"])
-    assert ratios["levers"] == [{"model": "bit", "task": "train", "variant": "cl+compile", "speedup": 2.5}]
+    assert ratios["levers"] == [
+        {"model": "bit", "task": "train", "variant": "cl+compile", "speedup": 2.5}
+    ]
     table = format_table({"meta": {}, "rows": rows, "ratios": ratios, "targets": []})
     assert "5.00x" in table and "2.50x" in table
 
@@ -125,7 +173,9 @@ def test_bad_settings_are_clear_errors():
     with pytest.raises(ValueError, match="BENCH.TARGETS entry"):
         get_benchmark_cfg(None, ["BENCH.TARGETS", "[['bit-R50x1', 'train_img_per_sec', 1.0]]"])
     with pytest.raises(ValueError, match="BENCH.RATIO_TARGETS entry"):
-        get_benchmark_cfg(None, ["BENCH.RATIO_TARGETS", "[['bit-R50x1', 'default', 'eval', 'x', 'eager', 1.0]]"])
+        get_benchmark_cfg(
+            None, ["BENCH.RATIO_TARGETS", "[['bit-R50x1', 'default', 'eval', 'x', 'eager', 1.0]]"]
+        )
     with pytest.raises(KeyError, match="known: bit-R50x1"):
         from bitdet.benchmark.suite import get_spec
 
@@ -134,15 +184,32 @@ def test_bad_settings_are_clear_errors():
 
 def test_interleaved_rows_keep_order_and_fold_matches_eager(tmp_path):
     tool = _load_tool()
-    opts = ["BENCH.INTERLEAVE", "True", "BENCH.CLOCK", "cpu", "BENCH.MODELS", "['bit-R14-tiny', 'torchvision-resnet18']",
-            "BENCH.VARIANTS", "['eager', 'fold']", "BENCH.TASKS", "['inference']", "BENCH.REPEATS", "2",
-            "BENCH.MEMORY.ROWS", "[]"]
+    opts = [
+        "BENCH.INTERLEAVE",
+        "True",
+        "BENCH.CLOCK",
+        "cpu",
+        "BENCH.MODELS",
+        "['bit-R14-tiny', 'torchvision-resnet18']",
+        "BENCH.VARIANTS",
+        "['eager', 'fold']",
+        "BENCH.TASKS",
+        "['inference']",
+        "BENCH.REPEATS",
+        "2",
+        "BENCH.MEMORY.ROWS",
+        "[]",
+    ]
     rows = tool.main(_args(tool, tmp_path, *opts))["rows"]
     assert [(r["model"], r["variant"], r["status"]) for r in rows] == [
-        ("bit-R14-tiny", "eager", "ok"), ("bit-R14-tiny", "fold", "ok"),
-        ("torchvision-resnet18", "eager", "ok"), ("torchvision-resnet18", "fold", "skipped"),
+        ("bit-R14-tiny", "eager", "ok"),
+        ("bit-R14-tiny", "fold", "ok"),
+        ("torchvision-resnet18", "eager", "ok"),
+        ("torchvision-resnet18", "fold", "skipped"),
     ]
-    assert rows[1]["ws_convs"] == 0 and rows[0]["ws_convs"] > 0  # folded: no weight standardization left
+    assert (
+        rows[1]["ws_convs"] == 0 and rows[0]["ws_convs"] > 0
+    )  # folded: no weight standardization left
     assert rows[0]["clock"] == "cpu" and rows[0]["sec_per_iter"] > 0
     # timed together, then each row's peak memory measured in a process of its own
     assert all(r["peak_mem_kind"] == "cpu_row_max_rss" for r in rows if r["status"] == "ok")
@@ -162,10 +229,14 @@ def test_fold_gives_the_eager_outputs():
         expected = model(x)
         _fold_weight_standardization(model)
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
-    assert all(type(m) is torch.nn.Conv2d for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert all(
+        type(m) is torch.nn.Conv2d for m in model.modules() if isinstance(m, torch.nn.Conv2d)
+    )
 
 
-@pytest.mark.parametrize("preset", [p.name for p in sorted((ROOT / "configs" / "benchmark").glob("*.yaml"))])
+@pytest.mark.parametrize(
+    "preset", [p.name for p in sorted((ROOT / "configs" / "benchmark").glob("*.yaml"))]
+)
 def test_default_variants_are_the_trainers_defaults(preset):
     """The trainers' defaults are the same on every device (eager, channels-first, cached WS in
     evaluation), and each preset names them."""
@@ -184,7 +255,9 @@ def test_default_variants_are_the_trainers_defaults(preset):
         assert cfg.MODEL.ACTIVATION_CHECKPOINTING == "none"
     det = get_bit_cfg()
     assert variant(("cl", det.SOLVER.CHANNELS_LAST), ("compile", det.SOLVER.COMPILE)) == bench.TRAIN
-    assert variant(("cl", det.SOLVER.CHANNELS_LAST), ("ws", det.MODEL.BIT.CACHE_WS)) == bench.INFERENCE
+    assert (
+        variant(("cl", det.SOLVER.CHANNELS_LAST), ("ws", det.MODEL.BIT.CACHE_WS)) == bench.INFERENCE
+    )
 
 
 def test_detectron2_group_norm_peer_trains_every_layer():
@@ -194,7 +267,9 @@ def test_detectron2_group_norm_peer_trains_every_layer():
     gn = SUITE["retinanet-d2-R50-FPN-GN"].build(3, "cpu")
     assert all(p.requires_grad for p in gn.parameters())
     assert any(isinstance(m, nn.GroupNorm) for m in gn.backbone.bottom_up.modules())
-    assert not all(p.requires_grad for p in stock.parameters())  # stem and res2 frozen (FREEZE_AT 2)
+    assert not all(
+        p.requires_grad for p in stock.parameters()
+    )  # stem and res2 frozen (FREEZE_AT 2)
 
 
 @pytest.mark.slow
@@ -202,27 +277,53 @@ def test_memory_rows_are_per_row_and_checkpointing_saves_activation_memory(tmp_p
     """Two batch sizes and checkpointing: each row's own peak, not the process's largest so far."""
     tool = _load_tool()
     # R50x1 (its activations outweigh its weights at batch 16; R14-tiny's stem would dominate)
-    opts = ["BENCH.MODELS", "[]", "BENCH.TASKS", "[]", "BENCH.MEMORY.ROWS", "[['bit-R50x1', 128, 16], ['bit-R50x1', 128, 2]]",
-            "BENCH.MEMORY.VARIANTS", "['eager', 'ckpt-unit']", "BENCH.CLS_NUM_CLASSES", "10"]
+    opts = [
+        "BENCH.MODELS",
+        "[]",
+        "BENCH.TASKS",
+        "[]",
+        "BENCH.MEMORY.ROWS",
+        "[['bit-R50x1', 128, 16], ['bit-R50x1', 128, 2]]",
+        "BENCH.MEMORY.VARIANTS",
+        "['eager', 'ckpt-unit']",
+        "BENCH.CLS_NUM_CLASSES",
+        "10",
+    ]
     results = tool.main(_args(tool, tmp_path, *opts))
-    own = {(r["entry"][1], r["variant"]): r["peak_mem_mb"] - r["base_mem_mb"] for r in results["rows"]}
-    assert own[(2, "eager")] < 0.75 * own[(16, "eager")]  # measured after the larger row, yet smaller
+    own = {
+        (r["entry"][1], r["variant"]): r["peak_mem_mb"] - r["base_mem_mb"] for r in results["rows"]
+    }
+    assert (
+        own[(2, "eager")] < 0.75 * own[(16, "eager")]
+    )  # measured after the larger row, yet smaller
     assert own[(16, "ckpt-unit")] < 0.9 * own[(16, "eager")]
-    ratio = {(tuple(q["entry"]), q["variant"]): q for q in results["ratios"]["memory"]}[((128, 16), "ckpt-unit")]
+    ratio = {(tuple(q["entry"]), q["variant"]): q for q in results["ratios"]["memory"]}[
+        ((128, 16), "ckpt-unit")
+    ]
     assert ratio["own_ratio"] == pytest.approx(own[(16, "ckpt-unit")] / own[(16, "eager")])
     assert ratio["time_ratio"] > 0
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", [p.name for p in sorted((ROOT / "configs" / "benchmark").glob("*.yaml"))])
+@pytest.mark.parametrize(
+    "preset", [p.name for p in sorted((ROOT / "configs" / "benchmark").glob("*.yaml"))]
+)
 def test_every_preset_dry_runs_on_cpu(tmp_path, preset, capsys):
     """--dry-run builds and steps every row of a shipped preset at tiny size, so that a GPU run
     cannot fail on a name, a lever or a size; rows skipped are those the real device skips."""
     tool = _load_tool()
-    results = tool.main(tool.parse_args(["--config-file", f"benchmark/{preset}", "--dry-run", "OUTPUT_DIR", str(tmp_path)]))
+    results = tool.main(
+        tool.parse_args(
+            ["--config-file", f"benchmark/{preset}", "--dry-run", "OUTPUT_DIR", str(tmp_path)]
+        )
+    )
     cfg = get_benchmark_cfg(preset)
     rows = results["rows"]
-    failed = [(r.get("model"), r["task"], r.get("variant"), r["reason"]) for r in rows if r["status"] == "failed"]
+    failed = [
+        (r.get("model"), r["task"], r.get("variant"), r["reason"])
+        for r in rows
+        if r["status"] == "failed"
+    ]
     assert not failed
     assert results["meta"]["dry_run"] and not results["ratios"] and not results["targets"]
     models = {r["model"] for r in rows if r["task"] != "data"}
@@ -230,16 +331,31 @@ def test_every_preset_dry_runs_on_cpu(tmp_path, preset, capsys):
     assert sum(r["task"] == "memory" for r in rows) >= len(cfg.BENCH.MEMORY.ROWS)
     for r in rows:
         if r["status"] == "ok" and r["task"] != "data":
-            assert r["dry_run"] and max(r["image_size"]) <= 64, r  # tiny inputs, whatever the preset says
-    assert (tmp_path / "benchmark.dry-run.json").is_file() and not (tmp_path / "benchmark.json").exists()
+            assert r["dry_run"] and max(r["image_size"]) <= 64, (
+                r
+            )  # tiny inputs, whatever the preset says
+    assert (tmp_path / "benchmark.dry-run.json").is_file() and not (
+        tmp_path / "benchmark.json"
+    ).exists()
     assert "no timing or memory claims" in capsys.readouterr().out
 
 
 def test_dry_run_reports_a_typo_in_a_preset(tmp_path):
     tool = _load_tool()
     with pytest.raises(KeyError, match="unknown model 'bit-R50x2-typo'"):
-        tool.main(tool.parse_args(["--config-file", "benchmark/h100.yaml", "--dry-run", "OUTPUT_DIR", str(tmp_path),
-                                   "BENCH.MODELS", "['bit-R50x2-typo']"]))
+        tool.main(
+            tool.parse_args(
+                [
+                    "--config-file",
+                    "benchmark/h100.yaml",
+                    "--dry-run",
+                    "OUTPUT_DIR",
+                    str(tmp_path),
+                    "BENCH.MODELS",
+                    "['bit-R50x2-typo']",
+                ]
+            )
+        )
 
 
 def test_checkpointing_levers_apply_to_bitdet_training_only():
@@ -247,7 +363,11 @@ def test_checkpointing_levers_apply_to_bitdet_training_only():
 
     assert applicable(SUITE["bit-R14-tiny"], ["ckpt-unit"], "cpu", "train") is None
     assert "training lever" in applicable(SUITE["bit-R14-tiny"], ["ckpt-stage"], "cpu", "inference")
-    assert "training lever" in applicable(SUITE["torchvision-resnet18"], ["ckpt-unit"], "cpu", "train")
-    assert "one of" in applicable(SUITE["bit-R14-tiny"], ["ckpt-unit", "ckpt-stage"], "cpu", "train")
+    assert "training lever" in applicable(
+        SUITE["torchvision-resnet18"], ["ckpt-unit"], "cpu", "train"
+    )
+    assert "one of" in applicable(
+        SUITE["bit-R14-tiny"], ["ckpt-unit", "ckpt-stage"], "cpu", "train"
+    )
     with pytest.raises(ValueError, match="BENCH.MEMORY.ROWS entry"):
         get_benchmark_cfg(None, ["BENCH.MEMORY.ROWS", "[['bit-R50x1', 224]]"])

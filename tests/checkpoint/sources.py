@@ -9,6 +9,7 @@ Weights are randomised with small conv kernels (variance ~1e-6), so that the
 weight-standardization epsilon (timm, transformers: 1e-8; official: 1e-10) changes the logits
 far beyond the comparison tolerance: a loader that kept the wrong epsilon fails the tests.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -42,7 +43,9 @@ class AuthorsStdConv2d(nn.Conv2d):
 
     def forward(self, x):
         var, mean = torch.var_mean(self.weight, dim=[1, 2, 3], keepdim=True, unbiased=False)
-        return F.conv2d(x, (self.weight - mean) / torch.sqrt(var + 1e-10), self.bias, self.stride, self.padding)
+        return F.conv2d(
+            x, (self.weight - mean) / torch.sqrt(var + 1e-10), self.bias, self.stride, self.padding
+        )
 
 
 class AuthorsUnit(nn.Module):
@@ -69,23 +72,37 @@ class AuthorsResNetV2(nn.Module):
 
     def __init__(self, units=(1, 1, 1, 1), stem: int = 32, head_size: int = 7) -> None:
         super().__init__()
-        self.root = nn.Sequential(OrderedDict(
-            conv=AuthorsStdConv2d(3, stem, 7, stride=2, padding=3, bias=False),
-            pad=nn.ConstantPad2d(1, 0.0),
-            pool=nn.MaxPool2d(3, stride=2),
-        ))
+        self.root = nn.Sequential(
+            OrderedDict(
+                conv=AuthorsStdConv2d(3, stem, 7, stride=2, padding=3, bias=False),
+                pad=nn.ConstantPad2d(1, 0.0),
+                pool=nn.MaxPool2d(3, stride=2),
+            )
+        )
         blocks, cin = OrderedDict(), stem
         for i, n in enumerate(units):
             cout = 4 * stem * 2**i
-            blocks[f"block{i + 1}"] = nn.Sequential(OrderedDict(
-                (f"unit{j + 1:02d}", AuthorsUnit(cin if j == 0 else cout, cout, cout // 4, 2 if (i and not j) else 1))
-                for j in range(n)))
+            blocks[f"block{i + 1}"] = nn.Sequential(
+                OrderedDict(
+                    (
+                        f"unit{j + 1:02d}",
+                        AuthorsUnit(
+                            cin if j == 0 else cout, cout, cout // 4, 2 if (i and not j) else 1
+                        ),
+                    )
+                    for j in range(n)
+                )
+            )
             cin = cout
         self.body = nn.Sequential(blocks)
-        self.head = nn.Sequential(OrderedDict(
-            gn=nn.GroupNorm(32, cin), relu=nn.ReLU(), avg=nn.AdaptiveAvgPool2d(1),
-            conv=nn.Conv2d(cin, head_size, 1),
-        ))
+        self.head = nn.Sequential(
+            OrderedDict(
+                gn=nn.GroupNorm(32, cin),
+                relu=nn.ReLU(),
+                avg=nn.AdaptiveAvgPool2d(1),
+                conv=nn.Conv2d(cin, head_size, 1),
+            )
+        )
 
     def forward(self, x):
         return self.head(self.body(self.root(x)))[..., 0, 0]

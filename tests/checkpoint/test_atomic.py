@@ -1,4 +1,5 @@
 """Atomic writes: the umask decides the mode (like ``open()``), a failed write leaves the old file."""
+
 import os
 import stat
 
@@ -11,6 +12,7 @@ from bitdet.utils.io import atomic_write, write_json
 def umask():
     def set_mask(mask):
         previous.append(os.umask(mask))
+
     previous = []
     yield set_mask
     for mask in reversed(previous):

@@ -1,4 +1,5 @@
 """tools/convert_weights.py: npz <-> PyTorch <-> Detectron2, architecture read from the file."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +29,9 @@ def test_npz_torch_npz_round_trip_is_exact(tmp_path):
     convert(tmp_path / "src.npz", tmp_path / "m.pth", "torch")
     convert(tmp_path / "m.pth", tmp_path / "back.npz", "npz")
     back = read_npz(tmp_path / "back.npz")
-    renamed = {k.replace("standardized_conv2d_1", "standardized_conv2d"): v for k, v in arrays.items()}
+    renamed = {
+        k.replace("standardized_conv2d_1", "standardized_conv2d"): v for k, v in arrays.items()
+    }
     assert set(back) == set(renamed)
     for key, value in renamed.items():
         np.testing.assert_array_equal(back[key].reshape(value.shape), value, err_msg=key)
@@ -47,16 +50,26 @@ def test_detectron2_file_loads_with_the_stock_checkpointer(tmp_path):
 
     arrays = write_official_npz(tmp_path / "src.npz", num_classes=5)
     out = subprocess.run(
-        [sys.executable, str(ROOT / "tools/convert_weights.py"), str(tmp_path / "src.npz"),
-         str(tmp_path / "d2.pth"), "--to", "detectron2"],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            str(ROOT / "tools/convert_weights.py"),
+            str(tmp_path / "src.npz"),
+            str(tmp_path / "d2.pth"),
+            "--to",
+            "detectron2",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     assert out.stdout.strip().endswith("stem 32 channels, head none")  # what the written file holds
     model = build_model(get_bit_cfg("quick_schedules/retinanet_bit_instant_test.yaml"))
     DetectionCheckpointer(model).load(str(tmp_path / "d2.pth"))  # detectron2's own class
     kernel = arrays["resnet/block2/unit01/a/proj/standardized_conv2d/kernel"]
-    assert torch.equal(model.backbone.bottom_up.block2.unit01.downsample.weight,
-                       torch.from_numpy(kernel).permute(3, 2, 0, 1))
+    assert torch.equal(
+        model.backbone.bottom_up.block2.unit01.downsample.weight,
+        torch.from_numpy(kernel).permute(3, 2, 0, 1),
+    )
     saved = torch.load(tmp_path / "d2.pth", weights_only=True)["model"]
     assert not any(k.startswith("backbone.bottom_up.fc") for k in saved)
 
@@ -65,8 +78,16 @@ def test_the_summary_describes_the_file_written(tmp_path):
     write_official_npz(tmp_path / "src.npz", layers=(1, 2, 1, 1), num_classes=5)
     d2 = convert(tmp_path / "src.npz", tmp_path / "d2.pth", "detectron2")
     assert (d2.layers, d2.num_classes) == ((1, 2, 1, 1), 0)  # the detector file has no head
-    assert "backbone.bottom_up.fc.weight" not in torch.load(tmp_path / "d2.pth", weights_only=True)["model"]
-    for fmt, name in (("torch", "m.pth"), ("timm", "m.safetensors"), ("bit_pytorch", "b.pth"), ("npz", "m.npz")):
+    assert (
+        "backbone.bottom_up.fc.weight"
+        not in torch.load(tmp_path / "d2.pth", weights_only=True)["model"]
+    )
+    for fmt, name in (
+        ("torch", "m.pth"),
+        ("timm", "m.safetensors"),
+        ("bit_pytorch", "b.pth"),
+        ("npz", "m.npz"),
+    ):
         written = convert(tmp_path / "src.npz", tmp_path / name, fmt)
         assert (written.layers, written.num_classes) == ((1, 2, 1, 1), 5), fmt
     assert convert(tmp_path / "d2.pth", tmp_path / "headless.npz", "npz").num_classes == 0
@@ -74,7 +95,9 @@ def test_the_summary_describes_the_file_written(tmp_path):
 
 def test_not_a_bit_file_is_named(tmp_path):
     torch.save({"model": {"conv.weight": torch.zeros(1)}}, tmp_path / "other.pth")
-    with pytest.raises(CheckpointError, match="other.pth: no BiT key layout recognised .*keys: conv.weight"):
+    with pytest.raises(
+        CheckpointError, match="other.pth: no BiT key layout recognised .*keys: conv.weight"
+    ):
         infer_architecture(tmp_path / "other.pth")
     with pytest.raises(ValueError, match="unknown format"):
         convert(tmp_path / "other.pth", tmp_path / "x", "onnx")

@@ -25,7 +25,9 @@ def npz_file(tmp_path):
 
 @pytest.fixture
 def http_server(npz_file):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(npz_file.parent))
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(npz_file.parent)
+    )
     handler.log_message = lambda *a: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -36,14 +38,25 @@ def http_server(npz_file):
 
 def test_file_url_download_with_hash(tmp_path, npz_file):
     digest = hashlib.sha256(npz_file.read_bytes()).hexdigest()
-    dest = download(npz_file.as_uri(), tmp_path / "cache" / "w.npz", sha256=digest, validate=read_npz, progress=False)
+    dest = download(
+        npz_file.as_uri(),
+        tmp_path / "cache" / "w.npz",
+        sha256=digest,
+        validate=read_npz,
+        progress=False,
+    )
     assert dest.read_bytes() == npz_file.read_bytes()
     npz_file.unlink()  # cached: no second download
     assert download("file:///nonexistent", dest, progress=False) == dest
 
 
 def test_http_download_from_local_server(tmp_path, http_server, npz_file):
-    dest = download(f"{http_server}/weights.npz", tmp_path / "cache" / "w.npz", validate=read_npz, progress=False)
+    dest = download(
+        f"{http_server}/weights.npz",
+        tmp_path / "cache" / "w.npz",
+        validate=read_npz,
+        progress=False,
+    )
     assert np.array_equal(read_npz(dest)["a"], np.arange(10))
 
 
@@ -51,7 +64,9 @@ def test_hash_mismatch_leaves_nothing_in_cache(tmp_path, npz_file):
     cache = tmp_path / "cache"
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         download(npz_file.as_uri(), cache / "w.npz", sha256="0" * 64, progress=False)
-    assert [p.name for p in cache.iterdir()] == [".w.npz.lock"]  # only the lock of the concurrent callers
+    assert [p.name for p in cache.iterdir()] == [
+        ".w.npz.lock"
+    ]  # only the lock of the concurrent callers
 
 
 def test_unloadable_download_leaves_nothing_in_cache(tmp_path):
@@ -60,7 +75,9 @@ def test_unloadable_download_leaves_nothing_in_cache(tmp_path):
     cache = tmp_path / "cache"
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         download(junk.as_uri(), cache / "w.npz", validate=read_npz, progress=False)
-    assert [p.name for p in cache.iterdir()] == [".w.npz.lock"]  # only the lock of the concurrent callers
+    assert [p.name for p in cache.iterdir()] == [
+        ".w.npz.lock"
+    ]  # only the lock of the concurrent callers
 
 
 def test_unreachable_url_says_where_to_put_the_file(tmp_path, http_server):
@@ -88,8 +105,8 @@ def _official_layout_npz(path, arch, num_classes):
 
 def test_official_download_is_checked_against_the_architecture(tmp_path, monkeypatch):
     """With no published sha256, a wrong or truncated-by-content file must still not enter the cache."""
-    from bitdet.models import variants
     from bitdet.checkpoint import CheckpointMismatchError
+    from bitdet.models import variants
 
     right = _official_layout_npz(tmp_path / "right.npz", "R14-tiny", 21843)
     wrong = _official_layout_npz(tmp_path / "wrong.npz", "R26-tiny", 21843)
@@ -99,11 +116,21 @@ def test_official_download_is_checked_against_the_architecture(tmp_path, monkeyp
     monkeypatch.setitem(variants.PRETRAINED, "BiT-M-R14-tiny", entry)
     with pytest.raises(CheckpointMismatchError, match=r"unexpected keys .*resnet/block1/unit02"):
         pretrained_path("BiT-M-R14-tiny", progress=False)
-    assert [p.name for p in cache.iterdir()] == [".BiT-M-R14-tiny.npz.lock"]  # the per-machine download lock only
-    monkeypatch.setitem(variants.PRETRAINED, "BiT-M-R14-tiny", variants.Pretrained("R14-tiny", 1000, right.as_uri()))
-    with pytest.raises(CheckpointMismatchError, match=r"head/conv2d/kernel: expected .*1000.* found .*21843"):
+    assert [p.name for p in cache.iterdir()] == [
+        ".BiT-M-R14-tiny.npz.lock"
+    ]  # the per-machine download lock only
+    monkeypatch.setitem(
+        variants.PRETRAINED, "BiT-M-R14-tiny", variants.Pretrained("R14-tiny", 1000, right.as_uri())
+    )
+    with pytest.raises(
+        CheckpointMismatchError, match=r"head/conv2d/kernel: expected .*1000.* found .*21843"
+    ):
         pretrained_path("BiT-M-R14-tiny", progress=False)
-    monkeypatch.setitem(variants.PRETRAINED, "BiT-M-R14-tiny", variants.Pretrained("R14-tiny", 21843, right.as_uri()))
+    monkeypatch.setitem(
+        variants.PRETRAINED,
+        "BiT-M-R14-tiny",
+        variants.Pretrained("R14-tiny", 21843, right.as_uri()),
+    )
     assert pretrained_path("BiT-M-R14-tiny", progress=False).read_bytes() == right.read_bytes()
 
 
@@ -125,7 +152,9 @@ def mirror(tmp_path):
     folder = tmp_path / "mirror"
     folder.mkdir()
     _official_layout_npz(folder / "BiT-M-R14-tiny.npz", "R14-tiny", 21843)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_CountingHandler, directory=str(folder)))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_CountingHandler, directory=str(folder))
+    )
     server.requests, server.lock, server.folder = [], threading.Lock(), str(folder)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
@@ -144,10 +173,17 @@ def test_one_download_per_node_from_a_mirror(tmp_path, monkeypatch, mirror):
 
     # a small model's official-layout file; downloads are checked against its architecture
     official = "https://example.org/bit_models/BiT-M-R14-tiny.npz"
-    monkeypatch.setitem(variants.PRETRAINED, "BiT-M-R14-tiny", variants.Pretrained("R14-tiny", 21843, official))
+    monkeypatch.setitem(
+        variants.PRETRAINED, "BiT-M-R14-tiny", variants.Pretrained("R14-tiny", 21843, official)
+    )
     monkeypatch.setenv("BITDET_WEIGHTS_URL", f"http://127.0.0.1:{mirror.server_address[1]}/")
     # two machines with two ranks each; each machine has its own (node-local) cache
-    caches = [str(tmp_path / "node0"), str(tmp_path / "node0"), str(tmp_path / "node1"), str(tmp_path / "node1")]
+    caches = [
+        str(tmp_path / "node0"),
+        str(tmp_path / "node0"),
+        str(tmp_path / "node1"),
+        str(tmp_path / "node1"),
+    ]
     ctx = multiprocessing.get_context("fork")
     barrier, results = ctx.Barrier(len(caches)), ctx.Queue()
     procs = [ctx.Process(target=_rank, args=(c, barrier, results)) for c in caches]
@@ -159,7 +195,9 @@ def test_one_download_per_node_from_a_mirror(tmp_path, monkeypatch, mirror):
     seen = sorted(results.get(timeout=5) for _ in caches)
     assert mirror.requests == ["/BiT-M-R14-tiny.npz"] * 2  # one request per node
     expected = len(read_npz(Path(mirror.folder) / "BiT-M-R14-tiny.npz"))
-    assert all(path == f"{cache}/BiT-M-R14-tiny.npz" and count == expected for cache, path, count in seen)
+    assert all(
+        path == f"{cache}/BiT-M-R14-tiny.npz" and count == expected for cache, path, count in seen
+    )
     # cached: never fetched again, even from a fresh process
     proc = ctx.Process(target=_rank, args=(caches[0], ctx.Barrier(1), results))
     proc.start()
@@ -182,28 +220,41 @@ def official_tiny(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     cache.mkdir()
     monkeypatch.setenv("BITDET_CACHE", str(cache))
-    monkeypatch.setenv("BITDET_WEIGHTS_URL", (tmp_path / "no-mirror").as_uri())  # a download fails at once
-    monkeypatch.setitem(variants.PRETRAINED, "BiT-M-R14-tiny", variants.Pretrained("R14-tiny", 7, "https://x/BiT-M-R14-tiny.npz"))
+    monkeypatch.setenv(
+        "BITDET_WEIGHTS_URL", (tmp_path / "no-mirror").as_uri()
+    )  # a download fails at once
+    monkeypatch.setitem(
+        variants.PRETRAINED,
+        "BiT-M-R14-tiny",
+        variants.Pretrained("R14-tiny", 7, "https://x/BiT-M-R14-tiny.npz"),
+    )
     monkeypatch.chdir(tmp_path)
     return cache
 
 
-@pytest.mark.parametrize("layers, classes, found", [
-    ((1, 1, 1, 1), 3, "found R14-tiny with a 3-class head"),
-    ((2, 2, 2, 2), 7, "found R26-tiny with a 7-class head"),
-    ((1, 1, 1, 1), 0, "found R14-tiny with no head"),
-])
-def test_an_official_name_must_hold_the_official_architecture_and_head(official_tiny, layers, classes, found):
+@pytest.mark.parametrize(
+    "layers, classes, found",
+    [
+        ((1, 1, 1, 1), 3, "found R14-tiny with a 3-class head"),
+        ((2, 2, 2, 2), 7, "found R26-tiny with a 7-class head"),
+        ((1, 1, 1, 1), 0, "found R14-tiny with no head"),
+    ],
+)
+def test_an_official_name_must_hold_the_official_architecture_and_head(
+    official_tiny, layers, classes, found
+):
     from bitdet import create_model
     from tests.official_npz import write_official_npz
 
     cached = official_tiny / "BiT-M-R14-tiny.npz"
     write_official_npz(cached, layers=layers, num_classes=classes)
     expected = f"{cached} is not the official BiT-M-R14-tiny: expected R14-tiny with a 7-class head, {found}"
-    for call in (lambda: create_model("BiT-M-R14-tiny", pretrained=True),
-                 lambda: create_model("R14-tiny", pretrained="BiT-M-R14-tiny"),
-                 lambda: create_model("R14-tiny", num_classes=2, pretrained="BiT-M-R14-tiny.npz"),
-                 lambda: create_model("R14-tiny", pretrained=cached)):  # the cache's file, by its path
+    for call in (
+        lambda: create_model("BiT-M-R14-tiny", pretrained=True),
+        lambda: create_model("R14-tiny", pretrained="BiT-M-R14-tiny"),
+        lambda: create_model("R14-tiny", num_classes=2, pretrained="BiT-M-R14-tiny.npz"),
+        lambda: create_model("R14-tiny", pretrained=cached),
+    ):  # the cache's file, by its path
         with pytest.raises(CheckpointError) as err:
             call()
         assert str(err.value) == expected
@@ -213,8 +264,13 @@ def test_the_real_table_names_the_upstream_heads(official_tiny):
     from bitdet import create_model
     from tests.official_npz import write_official_npz
 
-    write_official_npz(official_tiny / "BiT-M-R50x1.npz", num_classes=10)  # a small 10-class file, misnamed
-    with pytest.raises(CheckpointError, match="expected R50x1 with a 21843-class head, found R14-tiny with a 10-class"):
+    write_official_npz(
+        official_tiny / "BiT-M-R50x1.npz", num_classes=10
+    )  # a small 10-class file, misnamed
+    with pytest.raises(
+        CheckpointError,
+        match="expected R50x1 with a 21843-class head, found R14-tiny with a 10-class",
+    ):
         create_model("BiT-M-R50x1", pretrained=True)
     write_official_npz(official_tiny / "BiT-S-R50x1.npz", num_classes=10)
     with pytest.raises(CheckpointError, match="expected R50x1 with a 1000-class head"):
@@ -233,12 +289,17 @@ def test_an_official_file_name_is_found_here_then_in_the_cache(official_tiny, tm
     text = str(err.value)
     assert "\n" not in text and text.startswith(
         f"BiT-M-R14-tiny is not at {tmp_path / 'BiT-M-R14-tiny.npz'}, {official_tiny / 'BiT-M-R14-tiny.npz'}; "
-        f"could not download {(tmp_path / 'no-mirror').as_uri()}/BiT-M-R14-tiny.npz")
+        f"could not download {(tmp_path / 'no-mirror').as_uri()}/BiT-M-R14-tiny.npz"
+    )
     cached = write_official_npz(official_tiny / "BiT-M-R14-tiny.npz", num_classes=7, seed=1)
     here = write_official_npz(tmp_path / "BiT-M-R14-tiny.npz", num_classes=7, seed=2)
     stem = "resnet/root_block/standardized_conv2d/kernel"
     for arrays in (here, cached):  # the current folder's file first, then the cache's
         model = create_model("R14-tiny", pretrained="BiT-M-R14-tiny.npz")
-        assert model.fc.out_channels == 7 and torch.count_nonzero(model.fc.weight) > 0  # the file's head
-        assert torch.equal(model.stem.conv.weight, torch.from_numpy(arrays[stem]).permute(3, 2, 0, 1))
+        assert (
+            model.fc.out_channels == 7 and torch.count_nonzero(model.fc.weight) > 0
+        )  # the file's head
+        assert torch.equal(
+            model.stem.conv.weight, torch.from_numpy(arrays[stem]).permute(3, 2, 0, 1)
+        )
         (tmp_path / "BiT-M-R14-tiny.npz").unlink(missing_ok=True)

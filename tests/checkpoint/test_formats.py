@@ -9,6 +9,7 @@ checkpoint of a bitdet detector, and bitdet's own checkpoint. Entry points:
 ``bitdet-convert`` to every output format, and Detectron2's ``MODEL.WEIGHTS``
 (``BiTCheckpointer``). Comparisons run in float64; the tolerance is 1e-5 of the logit scale.
 """
+
 from __future__ import annotations
 
 import copy
@@ -69,21 +70,49 @@ def _timm(tmp: Path) -> Source:
     torch.save(state, tmp / "timm.pth")
     torch.save(state, tmp / "pytorch_model.bin", _use_new_zipfile_serialization=False)
     save_file(state, str(tmp / "timm.safetensors"))
-    logits, pre = _reference(model, lambda m, x: m.forward_head(m.forward_features(x), pre_logits=True))
-    return Source("R50x1", 10, {"pth": tmp / "timm.pth", "bin": tmp / "pytorch_model.bin",
-                                "safetensors": tmp / "timm.safetensors"}, logits, pre, "timm", _state_of)
+    logits, pre = _reference(
+        model, lambda m, x: m.forward_head(m.forward_features(x), pre_logits=True)
+    )
+    return Source(
+        "R50x1",
+        10,
+        {
+            "pth": tmp / "timm.pth",
+            "bin": tmp / "pytorch_model.bin",
+            "safetensors": tmp / "timm.safetensors",
+        },
+        logits,
+        pre,
+        "timm",
+        _state_of,
+    )
 
 
 def _bit_pytorch(tmp: Path) -> Source:
     """The authors' layout: train.py's {"step", "model", "optim"} from DataParallel, and plain."""
     authors = randomise(AuthorsResNetV2(units=(1, 1, 1, 1), stem=32, head_size=7), seed=2)
     optim = torch.optim.SGD(authors.parameters(), lr=0.003, momentum=0.9)
-    torch.save({"step": 100, "model": {f"module.{k}": v for k, v in authors.state_dict().items()},
-                "optim": optim.state_dict()}, tmp / "bit.pth.tar")
+    torch.save(
+        {
+            "step": 100,
+            "model": {f"module.{k}": v for k, v in authors.state_dict().items()},
+            "optim": optim.state_dict(),
+        },
+        tmp / "bit.pth.tar",
+    )
     torch.save(authors.state_dict(), tmp / "bit_plain.pth")
-    logits, pre = _reference(authors, lambda m, x: m.head.avg(m.head.relu(m.head.gn(m.body(m.root(x))))).flatten(1))
-    return Source("R14-tiny", 7, {"train.py": tmp / "bit.pth.tar", "plain": tmp / "bit_plain.pth"},
-                  logits, pre, "bit_pytorch", _state_of)
+    logits, pre = _reference(
+        authors, lambda m, x: m.head.avg(m.head.relu(m.head.gn(m.body(m.root(x))))).flatten(1)
+    )
+    return Source(
+        "R14-tiny",
+        7,
+        {"train.py": tmp / "bit.pth.tar", "plain": tmp / "bit_plain.pth"},
+        logits,
+        pre,
+        "bit_pytorch",
+        _state_of,
+    )
 
 
 def _bitdet(tmp: Path) -> Source:
@@ -105,26 +134,44 @@ def _detectron2(tmp: Path) -> Source:
     trunk = create_model("R14-tiny", num_classes=0)
     trunk.load_state_dict(detector.backbone.bottom_up.state_dict())
     logits, pre = _reference(trunk, lambda m, x: m.forward_pre_logits(x))
-    return Source("R14-tiny", 0, {"pth": tmp / "detector.pth"}, logits, pre, "detectron2",
-                  lambda p: {k: v for k, v in torch.load(p, weights_only=True)["model"].items()
-                             if k.startswith("backbone.bottom_up.")})
+    return Source(
+        "R14-tiny",
+        0,
+        {"pth": tmp / "detector.pth"},
+        logits,
+        pre,
+        "detectron2",
+        lambda p: {
+            k: v
+            for k, v in torch.load(p, weights_only=True)["model"].items()
+            if k.startswith("backbone.bottom_up.")
+        },
+    )
 
 
 def _transformers(tmp: Path) -> Source:
     """transformers' BitForImageClassification (pre-activation, as google/bit-50), save_pretrained."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.BitConfig(depths=[1, 1, 1, 1], hidden_sizes=[128, 256, 512, 1024], embedding_size=32,
-                                    num_labels=6)
+    config = transformers.BitConfig(
+        depths=[1, 1, 1, 1], hidden_sizes=[128, 256, 512, 1024], embedding_size=32, num_labels=6
+    )
     hf = randomise(transformers.BitForImageClassification(config), seed=5).eval()
     hf.save_pretrained(tmp / "hf")
     reference = copy.deepcopy(hf).double()
     with torch.no_grad():
         logits, pre = reference(pixel_values=X).logits, reference.bit(X).pooler_output.flatten(1)
-    return Source("R14-tiny", 6, {"safetensors": tmp / "hf" / "model.safetensors"}, logits, pre, "", None)
+    return Source(
+        "R14-tiny", 6, {"safetensors": tmp / "hf" / "model.safetensors"}, logits, pre, "", None
+    )
 
 
-BUILDERS = {"timm": _timm, "bit_pytorch": _bit_pytorch, "bitdet": _bitdet, "detectron2": _detectron2,
-            "transformers": _transformers}
+BUILDERS = {
+    "timm": _timm,
+    "bit_pytorch": _bit_pytorch,
+    "bitdet": _bitdet,
+    "detectron2": _detectron2,
+    "transformers": _transformers,
+}
 
 
 @pytest.fixture(scope="module")
@@ -139,12 +186,25 @@ def sources(tmp_path_factory) -> Dict[str, Source]:
     return Lazy()
 
 
-CASES = [("timm", "pth"), ("timm", "bin"), ("timm", "safetensors"), ("bit_pytorch", "train.py"),
-         ("bit_pytorch", "plain"), ("bitdet", "pth"), ("detectron2", "pth"), ("transformers", "safetensors")]
+CASES = [
+    ("timm", "pth"),
+    ("timm", "bin"),
+    ("timm", "safetensors"),
+    ("bit_pytorch", "train.py"),
+    ("bit_pytorch", "plain"),
+    ("bitdet", "pth"),
+    ("detectron2", "pth"),
+    ("transformers", "safetensors"),
+]
 IDS = [f"{a}-{b}" for a, b in CASES]
 # One file per source for the slower entry points (the containers are covered above).
-MAIN = [("timm", "safetensors"), ("bit_pytorch", "train.py"), ("bitdet", "pth"), ("detectron2", "pth"),
-        ("transformers", "safetensors")]
+MAIN = [
+    ("timm", "safetensors"),
+    ("bit_pytorch", "train.py"),
+    ("bitdet", "pth"),
+    ("detectron2", "pth"),
+    ("transformers", "safetensors"),
+]
 MAIN_IDS = [a for a, _ in MAIN]
 
 
@@ -163,18 +223,29 @@ def test_format_is_detected_with_its_architecture(sources, name, kind):
     source = sources[name]
     weights = read_weights(source.files[kind])
     assert weights.arch.name == source.arch and weights.arch.num_classes == source.num_classes
-    expected = {"timm": "timm", "bit_pytorch": "bit_pytorch", "bitdet": "bitdet", "detectron2": "bitdet",
-                "transformers": "transformers"}[name]
+    expected = {
+        "timm": "timm",
+        "bit_pytorch": "bit_pytorch",
+        "bitdet": "bitdet",
+        "detectron2": "bitdet",
+        "transformers": "transformers",
+    }[name]
     assert weights.layout.name == expected
     assert ("Detectron2" in weights.format) == (name == "detectron2")
-    assert weights.ws_eps == {"timm": 1e-8, "transformers": 1e-8, "bit_pytorch": None}.get(name, 1e-10)
+    assert weights.ws_eps == {"timm": 1e-8, "transformers": 1e-8, "bit_pytorch": None}.get(
+        name, 1e-10
+    )
 
 
 @pytest.mark.parametrize("name,kind", CASES, ids=IDS)
 def test_create_model_and_load_weights_reproduce_the_source(sources, name, kind):
     source = sources[name]
     path = source.files[kind]
-    _compare(create_model(source.arch, num_classes=source.num_classes, pretrained=path), source, "create_model")
+    _compare(
+        create_model(source.arch, num_classes=source.num_classes, pretrained=path),
+        source,
+        "create_model",
+    )
     model = create_model(source.arch, num_classes=source.num_classes)
     report = load_weights(model, path)
     assert report.head.startswith("loaded") == bool(source.num_classes)
@@ -186,8 +257,17 @@ def test_pretraining_weights_reproduce_the_source(sources, name, kind):
     from bitdet.pretrain import build_model, get_pretrain_cfg
 
     source = sources[name]
-    cfg = get_pretrain_cfg(None, ["MODEL.NAME", source.arch, "MODEL.NUM_CLASSES", str(source.num_classes or 3),
-                                  "MODEL.WEIGHTS", str(source.files[kind])])
+    cfg = get_pretrain_cfg(
+        None,
+        [
+            "MODEL.NAME",
+            source.arch,
+            "MODEL.NUM_CLASSES",
+            str(source.num_classes or 3),
+            "MODEL.WEIGHTS",
+            str(source.files[kind]),
+        ],
+    )
     _compare(build_model(cfg), source, "pretraining MODEL.WEIGHTS")
 
 
@@ -198,12 +278,16 @@ def test_detectron2_model_weights_reproduce_the_source_trunk(sources, name, kind
     from bitdet.detection import BiTCheckpointer, get_bit_cfg
 
     source = sources[name]
-    cfg = get_bit_cfg("quick_schedules/retinanet_bit_instant_test.yaml", ["MODEL.BIT.VARIANT", source.arch])
+    cfg = get_bit_cfg(
+        "quick_schedules/retinanet_bit_instant_test.yaml", ["MODEL.BIT.VARIANT", source.arch]
+    )
     detector = build_model(cfg)
     BiTCheckpointer(detector).load(str(source.files[kind]))
     trunk = detector.backbone.bottom_up.double().eval()
     with torch.no_grad():
-        pooled = trunk(X)["res5"].mean(dim=(2, 3))  # "preact" tap: relu(final GN), as the head sees it
+        pooled = trunk(X)["res5"].mean(
+            dim=(2, 3)
+        )  # "preact" tap: relu(final GN), as the head sees it
     assert max_rel_diff(pooled, source.pre_logits) <= TOL
 
 
@@ -225,10 +309,14 @@ def test_every_conversion_reproduces_the_source(sources, name, kind, fmt, tmp_pa
     classes = 0 if fmt == "detectron2" else source.num_classes  # Detectron2 files carry no head
     model = create_model(source.arch, num_classes=classes, pretrained=dst)
     format_eps = {"timm": 1e-8, "npz": 1e-10, "bit_pytorch": 1e-10}.get(fmt, source_eps)
-    if format_eps != source_eps:  # the target code computes with its own epsilon: said, and undone here
+    if (
+        format_eps != source_eps
+    ):  # the target code computes with its own epsilon: said, and undone here
         assert "its logits will differ" in caplog.text
         _set_eps(model, source_eps)
-    _compare(model, Source(source.arch, classes, {}, source.logits, source.pre_logits, ""), f"--to {fmt}")
+    _compare(
+        model, Source(source.arch, classes, {}, source.logits, source.pre_logits, ""), f"--to {fmt}"
+    )
 
 
 @pytest.mark.parametrize("name,kind", [c for c in CASES if c[0] != "transformers"], ids=IDS[:-1])
@@ -283,8 +371,14 @@ def test_hub_style_transformers_file_without_config_is_refused(sources, tmp_path
 
 def test_transformers_bottleneck_variant_is_not_bit(tmp_path):
     transformers = pytest.importorskip("transformers")
-    config = transformers.BitConfig(depths=[1, 1, 1, 1], hidden_sizes=[128, 256, 512, 1024], embedding_size=32,
-                                    layer_type="bottleneck", global_padding="SAME", num_labels=3)
+    config = transformers.BitConfig(
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[128, 256, 512, 1024],
+        embedding_size=32,
+        layer_type="bottleneck",
+        global_padding="SAME",
+        num_labels=3,
+    )
     transformers.BitForImageClassification(config).save_pretrained(tmp_path)
     from bitdet.checkpoint import CheckpointError
 

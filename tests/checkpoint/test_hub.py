@@ -1,6 +1,7 @@
 """``hf-hub:`` ids through huggingface_hub, offline, against a cache laid out as the hub client lays it out:
 ``models--<org>--<name>/{blobs/<hash>, refs/<branch or tag>, snapshots/<commit>/<file> -> ../../blobs/<hash>}``
 (LFS files are named by their sha256, regular files by their git blob sha1)."""
+
 from __future__ import annotations
 
 import copy
@@ -59,9 +60,16 @@ def hub_cache(tmp_path, monkeypatch, timm_models):
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     config = json.dumps({"architecture": "resnetv2_50x1_bit", "num_classes": 1000}).encode()
     new, old = timm_models
-    add_snapshot(cache, REPO, "b" * 40, {"model.safetensors": save(old.state_dict()), "config.json": config},
-                 refs=("v1",))
-    add_snapshot(cache, REPO, "a" * 40, {"model.safetensors": save(new.state_dict()), "config.json": config})
+    add_snapshot(
+        cache,
+        REPO,
+        "b" * 40,
+        {"model.safetensors": save(old.state_dict()), "config.json": config},
+        refs=("v1",),
+    )
+    add_snapshot(
+        cache, REPO, "a" * 40, {"model.safetensors": save(new.state_dict()), "config.json": config}
+    )
     return cache
 
 
@@ -77,7 +85,9 @@ def test_hub_id_alone_builds_the_network_of_its_file(hub_cache, timm_models):
 def test_hub_id_with_a_new_head(hub_cache, timm_models):
     model = create_model(HUB_ID, num_classes=10)
     assert model.fc.out_channels == 10 and torch.count_nonzero(model.fc.weight) == 0
-    assert torch.equal(model.block4.unit03.conv3.weight, timm_models[0].stages[3].blocks[2].conv3.weight)
+    assert torch.equal(
+        model.block4.unit03.conv3.weight, timm_models[0].stages[3].blocks[2].conv3.weight
+    )
 
 
 @pytest.mark.parametrize("revision", ["v1", "b" * 40])
@@ -91,26 +101,40 @@ def test_hub_id_as_detectron2_and_pretraining_weights(hub_cache, timm_models):
     from detectron2.modeling import build_model
 
     from bitdet.detection import BiTCheckpointer, get_bit_cfg
-    from bitdet.pretrain import build_model as build_classifier, get_pretrain_cfg
+    from bitdet.pretrain import build_model as build_classifier
+    from bitdet.pretrain import get_pretrain_cfg
 
-    detector = build_model(get_bit_cfg("quick_schedules/retinanet_bit_instant_test.yaml",
-                                       ["MODEL.BIT.VARIANT", "R50x1"]))
+    detector = build_model(
+        get_bit_cfg(
+            "quick_schedules/retinanet_bit_instant_test.yaml", ["MODEL.BIT.VARIANT", "R50x1"]
+        )
+    )
     BiTCheckpointer(detector).load(HUB_ID)
-    assert torch.equal(detector.backbone.bottom_up.block2.unit01.downsample.weight,
-                       timm_models[0].stages[1].blocks[0].downsample.conv.weight)
-    classifier = build_classifier(get_pretrain_cfg(None, ["MODEL.WEIGHTS", HUB_ID, "MODEL.NUM_CLASSES", "1000"]))
+    assert torch.equal(
+        detector.backbone.bottom_up.block2.unit01.downsample.weight,
+        timm_models[0].stages[1].blocks[0].downsample.conv.weight,
+    )
+    classifier = build_classifier(
+        get_pretrain_cfg(None, ["MODEL.WEIGHTS", HUB_ID, "MODEL.NUM_CLASSES", "1000"])
+    )
     assert torch.equal(classifier.fc.bias, timm_models[0].head.fc.bias)
     from bitdet.transfer.config import get_finetune_cfg
     from bitdet.transfer.finetune import resolve_weights
 
-    assert resolve_weights(get_finetune_cfg("", ["MODEL.WEIGHTS", HUB_ID])) == HUB_ID  # --weights accepts it
+    assert (
+        resolve_weights(get_finetune_cfg("", ["MODEL.WEIGHTS", HUB_ID])) == HUB_ID
+    )  # --weights accepts it
 
 
 def test_uncached_id_offline_says_where_it_looked_and_what_to_do(hub_cache):
     with pytest.raises(CheckpointError) as err:
         create_model("hf-hub:timm/resnetv2_101x1_bit.goog_in21k")
     text = str(err.value)
-    assert str(hub_cache) in text and "HF_HUB_OFFLINE is set" in text and "hf download timm/resnetv2_101x1_bit" in text
+    assert (
+        str(hub_cache) in text
+        and "HF_HUB_OFFLINE is set" in text
+        and "hf download timm/resnetv2_101x1_bit" in text
+    )
     with pytest.raises(CheckpointError, match="revision v9"):
         read_weights(f"{HUB_ID}@v9")
     with pytest.raises(CheckpointError, match="expected hf-hub:<org>/<name>"):
@@ -125,7 +149,9 @@ def no_network(monkeypatch):
     dead = "http://127.0.0.1:9"
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", dead)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}"
+    )
 
 
 def test_without_network_an_uncached_id_fails_in_seconds(hub_cache, no_network, capfd):
@@ -134,7 +160,11 @@ def test_without_network_an_uncached_id_fails_in_seconds(hub_cache, no_network, 
         read_weights("hf-hub:timm/resnetv2_101x1_bit.goog_in21k")
     assert time.monotonic() - start < 10  # one request, no retries with back-off
     text = str(err.value)
-    assert "\n" not in text and str(hub_cache) in text and "the hub could not be reached (ConnectError" in text
+    assert (
+        "\n" not in text
+        and str(hub_cache) in text
+        and "the hub could not be reached (ConnectError" in text
+    )
     assert "hf download timm/resnetv2_101x1_bit.goog_in21k" in text
     assert "Retrying" not in capfd.readouterr().err
 

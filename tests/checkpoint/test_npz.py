@@ -27,7 +27,9 @@ def test_official_npz_gives_reference_logits(official):
     with torch.no_grad():
         logits = model(x)
     expected = reference_forward(arrays, x)
-    torch.testing.assert_close(logits.double(), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    torch.testing.assert_close(
+        logits.double(), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()
+    )
 
 
 def test_numbered_conv_names_are_tolerated(tmp_path, official):
@@ -74,14 +76,21 @@ def test_headless_model_ignores_the_file_head(official):
 def test_wrong_shape_is_named_with_expected_and_found(tmp_path, official):
     _, arrays = official
     arrays = dict(arrays)
-    arrays["resnet/block2/unit01/b/standardized_conv2d/kernel"] = np.zeros((3, 3, 64, 32), np.float32)
+    arrays["resnet/block2/unit01/b/standardized_conv2d/kernel"] = np.zeros(
+        (3, 3, 64, 32), np.float32
+    )
     bad = tmp_path / "bad.npz"
     np.savez(bad, **arrays)
     model = create_model("R14-tiny", num_classes=5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(CheckpointMismatchError, match=r"block2.unit01.conv2.weight: expected \(64, 64, 3, 3\), found \(32, 64, 3, 3\)"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"block2.unit01.conv2.weight: expected \(64, 64, 3, 3\), found \(32, 64, 3, 3\)",
+    ):
         load_weights(model, bad)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "model changed on error"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), (
+        "model changed on error"
+    )
 
 
 def test_missing_and_unexpected_keys_are_listed(tmp_path, official):

@@ -1,4 +1,5 @@
 """Pickled weight files: arrays load, anything that could run code is refused."""
+
 import os
 import pickle
 
@@ -18,10 +19,15 @@ class _RunsCode:
 
 
 def test_arrays_in_a_model_zoo_style_pickle_load(tmp_path):
-    data = {"model": {"stem.conv1.weight": np.arange(6, dtype=np.float32).reshape(2, 3)}, "__author__": "zoo"}
+    data = {
+        "model": {"stem.conv1.weight": np.arange(6, dtype=np.float32).reshape(2, 3)},
+        "__author__": "zoo",
+    }
     (tmp_path / "w.pkl").write_bytes(pickle.dumps(data, protocol=2))
     loaded = safe_pickle_load(tmp_path / "w.pkl")
-    np.testing.assert_array_equal(loaded["model"]["stem.conv1.weight"], data["model"]["stem.conv1.weight"])
+    np.testing.assert_array_equal(
+        loaded["model"]["stem.conv1.weight"], data["model"]["stem.conv1.weight"]
+    )
 
 
 def test_a_pickle_that_runs_code_is_refused_without_running_it(tmp_path):
@@ -38,7 +44,9 @@ def test_the_detectron2_checkpointer_refuses_it_too(tmp_path):
     from bitdet.detection import BiTCheckpointer, get_bit_cfg
 
     marker = tmp_path / "pwned"
-    (tmp_path / "evil.pkl").write_bytes(pickle.dumps({"model": _RunsCode(marker), "__author__": "x"}))
+    (tmp_path / "evil.pkl").write_bytes(
+        pickle.dumps({"model": _RunsCode(marker), "__author__": "x"})
+    )
     model = build_model(get_bit_cfg("quick_schedules/retinanet_bit_instant_test.yaml"))
     with pytest.raises(CheckpointError, match="refusing to load"):
         BiTCheckpointer(model).load(str(tmp_path / "evil.pkl"))

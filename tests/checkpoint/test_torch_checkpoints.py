@@ -3,7 +3,13 @@ import pickle
 import pytest
 import torch
 
-from bitdet.checkpoint import CheckpointError, CheckpointMismatchError, load_weights, read_state_dict, save_checkpoint
+from bitdet.checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    load_weights,
+    read_state_dict,
+    save_checkpoint,
+)
 from bitdet.models import create_model
 
 
@@ -11,7 +17,11 @@ def test_save_and_load_round_trip(tmp_path):
     model = create_model("R14-tiny", num_classes=4, zero_head=False)
     path = tmp_path / "ckpt.pth"
     save_checkpoint(path, model, arch="R14-tiny", step=3)
-    assert torch.load(path, weights_only=True)["meta"] == {"arch": "R14-tiny", "step": 3, "ws_eps": 1e-10}
+    assert torch.load(path, weights_only=True)["meta"] == {
+        "arch": "R14-tiny",
+        "step": 3,
+        "ws_eps": 1e-10,
+    }
     other = create_model("R14-tiny", num_classes=4)
     report = load_weights(other, path)
     assert report.head == "loaded (4 classes)"
@@ -68,7 +78,10 @@ def test_stale_temporaries_of_killed_writes_are_removed_fresh_ones_kept(tmp_path
 
     from bitdet.utils.io import remove_stale_temporaries
 
-    stale, fresh = tmp_path / ".model_0000100.pth.abc123.tmp", tmp_path / ".model_0000200.pth.def456.tmp"
+    stale, fresh = (
+        tmp_path / ".model_0000100.pth.abc123.tmp",
+        tmp_path / ".model_0000200.pth.def456.tmp",
+    )
     keep = tmp_path / "model_0000100.pth"
     for path in (stale, fresh, keep):
         path.write_bytes(b"x")

@@ -22,7 +22,10 @@ def test_subset_per_class_is_balanced_and_reproducible():
 
 
 def test_missing_files_name_the_paths_and_the_package(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"train-images-idx3-ubyte\.gz.*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"train-images-idx3-ubyte\.gz.*apt-get install dataset-fashion-mnist",
+    ):
         FashionMNIST(root=tmp_path)
 
 

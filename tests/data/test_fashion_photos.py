@@ -1,4 +1,5 @@
 """Fashion-MNIST items drawn like detection objects, as an upstream pretraining source."""
+
 import numpy as np
 import pytest
 import torch
@@ -23,12 +24,20 @@ def _extent(canvas):
 
 def test_plain_canvas_is_the_grey_item_on_black_at_the_drawn_scale(items):
     trouser = items.images[int(np.flatnonzero(items.targets == 1)[0])]
-    small = [_extent(item_on_canvas(trouser, np.random.default_rng(s), 64, (0.25, 0.3), False)) for s in range(5)]
-    large = [_extent(item_on_canvas(trouser, np.random.default_rng(s), 64, (0.9, 1.0), False)) for s in range(5)]
+    small = [
+        _extent(item_on_canvas(trouser, np.random.default_rng(s), 64, (0.25, 0.3), False))
+        for s in range(5)
+    ]
+    large = [
+        _extent(item_on_canvas(trouser, np.random.default_rng(s), 64, (0.9, 1.0), False))
+        for s in range(5)
+    ]
     assert max(max(e) for e in small) <= 64 * 0.3 * 1.2 + 2 < min(max(e) for e in large)
     canvas = item_on_canvas(trouser, np.random.default_rng(0), 64, (0.25, 0.3), False)
     assert canvas.dtype == np.uint8 and canvas.shape == (64, 64, 3)
-    assert np.array_equal(canvas[..., 0], canvas[..., 1]) and np.array_equal(canvas[..., 0], canvas[..., 2])
+    assert np.array_equal(canvas[..., 0], canvas[..., 1]) and np.array_equal(
+        canvas[..., 0], canvas[..., 2]
+    )
     assert (canvas.max(axis=2) == 0).mean() > 0.5  # mostly black around a small item
 
 
@@ -41,17 +50,31 @@ def test_photo_canvas_is_tinted_clutter(items):
 def test_plain_share_keeps_the_test_split_look():
     """PLAIN_PROB 1: every sample is the item's whole frame, as the plain Fashion-MNIST
     evaluation draws it; PLAIN_PROB 0: none is (items are cropped to their extent and placed)."""
-    cfg = get_pretrain_cfg("pretrain/demo_fashion_mnist.yaml", [
-        "DATASETS.TRAIN.KIND", "fashion_mnist_photos", "DATASETS.TRAIN.SPLIT", "test", "INPUT.RANDOM_FLIP", "False",
-        "INPUT.PLAIN_PROB", "1.0"])
+    cfg = get_pretrain_cfg(
+        "pretrain/demo_fashion_mnist.yaml",
+        [
+            "DATASETS.TRAIN.KIND",
+            "fashion_mnist_photos",
+            "DATASETS.TRAIN.SPLIT",
+            "test",
+            "INPUT.RANDOM_FLIP",
+            "False",
+            "INPUT.PLAIN_PROB",
+            "1.0",
+        ],
+    )
     plain = SeededDataset(build_dataset(cfg.DATASETS.TRAIN, train=True, cfg=cfg))
-    reference = build_dataset(cfg.DATASETS.TEST, train=False, cfg=cfg)  # KIND fashion_mnist, TEST_RESIZE 32
+    reference = build_dataset(
+        cfg.DATASETS.TEST, train=False, cfg=cfg
+    )  # KIND fashion_mnist, TEST_RESIZE 32
     for i in range(3):
         drawn, label = plain[(i, 5)]
         assert label == reference[i][1] and (drawn - reference[i][0]).abs().max() < 0.1
     cfg.merge_from_list(["INPUT.PLAIN_PROB", "0.0"])
     drawn_like_objects = SeededDataset(build_dataset(cfg.DATASETS.TRAIN, train=True, cfg=cfg))
-    assert all((drawn_like_objects[(i, 5)][0] - reference[i][0]).abs().max() > 0.5 for i in range(3))
+    assert all(
+        (drawn_like_objects[(i, 5)][0] - reference[i][0]).abs().max() > 0.5 for i in range(3)
+    )
     with pytest.raises(ValueError, match="plain_prob"):
         FashionMNISTOnPhotos(split="test", plain_prob=-0.1)
 
@@ -64,9 +87,19 @@ def test_scale_range_is_checked(items):
 
 
 def test_training_samples_follow_the_trainer_seed_and_eval_samples_are_fixed():
-    cfg = get_pretrain_cfg("pretrain/demo_fashion_mnist.yaml", [
-        "DATASETS.TRAIN.KIND", "fashion_mnist_photos", "DATASETS.TRAIN.SPLIT", "test",
-        "DATASETS.TEST.KIND", "fashion_mnist_photos", "INPUT.CROP_SIZE", "24"])
+    cfg = get_pretrain_cfg(
+        "pretrain/demo_fashion_mnist.yaml",
+        [
+            "DATASETS.TRAIN.KIND",
+            "fashion_mnist_photos",
+            "DATASETS.TRAIN.SPLIT",
+            "test",
+            "DATASETS.TEST.KIND",
+            "fashion_mnist_photos",
+            "INPUT.CROP_SIZE",
+            "24",
+        ],
+    )
     train = SeededDataset(build_dataset(cfg.DATASETS.TRAIN, train=True, cfg=cfg))
     (a, label), (b, _), (c, _) = train[(7, 11)], train[(7, 11)], train[(7, 12)]
     assert a.shape == (3, 24, 24) and -1 <= a.min() and a.max() <= 1

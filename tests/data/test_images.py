@@ -1,4 +1,5 @@
 """decode_image: every odd file becomes RGB or None, never an exception."""
+
 import io
 
 import numpy as np
@@ -25,10 +26,13 @@ def test_real_jpeg_decodes_to_rgb(photo):
     assert img.mode == "RGB" and img.size == (96, 64)
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty"),
-    (b"definitely not an image", "not_an_image"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (b"definitely not an image", "not_an_image"),
+    ],
+)
 def test_unusable_bytes(data, reason):
     stats = DecodeStats()
     assert decode_image(data, stats=stats) is None

@@ -4,6 +4,7 @@ Tiny RetinaNet (the instant config, R14-tiny) in float32 on the CPU. The in-proc
 draw each image's short edge from (64, 96, 128), so micro-batches differ in size and must be
 padded as the whole batch; the two-process run uses one size, as processes pad their own share.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,12 +47,29 @@ class _Record(HookBase):
         self.grads, self.micro_batches, self.backbone_inputs = {}, [], []
 
     def after_backward(self) -> None:
-        self.grads = {n: p.grad.clone() for n, p in self.trainer.model.named_parameters() if p.grad is not None}
+        self.grads = {
+            n: p.grad.clone()
+            for n, p in self.trainer.model.named_parameters()
+            if p.grad is not None
+        }
 
 
 def _trainer(out: Path, *opts: str) -> BiTTrainer:
-    cfg = get_bit_cfg("quick_schedules/retinanet_bit_instant_test.yaml", [
-        "OUTPUT_DIR", str(out), "SEED", "3", "DATASETS.TEST", "()", "SOLVER.CHECKPOINT_PERIOD", "2", *STEP, *opts])
+    cfg = get_bit_cfg(
+        "quick_schedules/retinanet_bit_instant_test.yaml",
+        [
+            "OUTPUT_DIR",
+            str(out),
+            "SEED",
+            "3",
+            "DATASETS.TEST",
+            "()",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "2",
+            *STEP,
+            *opts,
+        ],
+    )
     prepare_datasets(cfg, cfg.DATASETS.TRAIN)
     torch.manual_seed(0)  # the same initial weights in every run
     return BiTTrainer(cfg)
@@ -61,9 +79,12 @@ def _train(out: Path, *opts: str) -> tuple:
     trainer = _trainer(out, *opts)
     record = _Record()
     trainer._trainer.register_hooks([record])
-    trainer.model.register_forward_pre_hook(lambda m, args: record.micro_batches.append(
-        [tuple(x["image"].shape) for x in args[0]]))
-    trainer.model.backbone.register_forward_pre_hook(lambda m, args: record.backbone_inputs.append(args[0].shape))
+    trainer.model.register_forward_pre_hook(
+        lambda m, args: record.micro_batches.append([tuple(x["image"].shape) for x in args[0]])
+    )
+    trainer.model.backbone.register_forward_pre_hook(
+        lambda m, args: record.backbone_inputs.append(args[0].shape)
+    )
     trainer.resume_or_load(resume=False)
     trainer.train()
     return trainer, record
@@ -75,14 +96,19 @@ def test_four_micro_batches_equal_one_batch_of_eight(tmp_path, datasets):
     micro, micro_rec = _train(tmp_path / "micro", *opts, "SOLVER.BATCH_SPLIT", "4")
 
     assert isinstance(micro._trainer, AutocastTrainer) and micro._trainer.precision is None
-    assert [len(b) for b in micro_rec.micro_batches] == [2] * 8 and [len(b) for b in whole_rec.micro_batches] == [8] * 2
+    assert [len(b) for b in micro_rec.micro_batches] == [2] * 8 and [
+        len(b) for b in whole_rec.micro_batches
+    ] == [8] * 2
+
     # Some micro-batches' own largest image is smaller than the step's, yet every one reaches
     # the backbone padded as the whole batch of 8.
     def largest(batch):
         return max(shape[1] for shape in batch), max(shape[2] for shape in batch)
 
     first_step = micro_rec.micro_batches[:4]
-    assert any(largest(batch) != largest(whole_rec.micro_batches[0]) for batch in first_step), first_step
+    assert any(largest(batch) != largest(whole_rec.micro_batches[0]) for batch in first_step), (
+        first_step
+    )
     assert micro_rec.backbone_inputs[:4] == [torch.Size([2, *whole_rec.backbone_inputs[0][1:]])] * 4
 
     for name, grad in whole_rec.grads.items():  # the second step's gradients
@@ -98,7 +124,8 @@ def test_four_micro_batches_equal_one_batch_of_eight(tmp_path, datasets):
     for name in ("total_loss", "loss_cls", "loss_box_reg", "num_pos_anchors"):
         assert [i for _, i in micro_hist[name].values()] == [0, 1], name
         assert [v for v, _ in micro_hist[name].values()] == pytest.approx(
-            [v for v, _ in whole_hist[name].values()], rel=1e-5), name
+            [v for v, _ in whole_hist[name].values()], rel=1e-5
+        ), name
 
 
 @pytest.mark.slow
@@ -108,16 +135,27 @@ def test_two_processes_of_two_micro_batches_equal_one_process(tmp_path, datasets
     finals = {}
     for processes, split in ((1, 1), (2, 2)):
         out = tmp_path / f"p{processes}"
-        cmd = runs.command(out, extra=[*extra, "SOLVER.BATCH_SPLIT", str(split)], num_gpus=processes)
-        done = subprocess.run(cmd, cwd=runs.REPO, env=runs.environment(datasets), capture_output=True, text=True,
-                              timeout=300)
+        cmd = runs.command(
+            out, extra=[*extra, "SOLVER.BATCH_SPLIT", str(split)], num_gpus=processes
+        )
+        done = subprocess.run(
+            cmd,
+            cwd=runs.REPO,
+            env=runs.environment(datasets),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         finals[processes] = runs.load(out / "model_final.pth")
     one, two = finals[1], finals[2]
     for name, value in one["model"].items():
         torch.testing.assert_close(two["model"][name], value, rtol=0, atol=1e-6, msg=name)
     normalizers = two["trainer"]["hooks"]["LossNormalizerState"]["per_rank"]
-    assert normalizers == [pytest.approx(one["trainer"]["hooks"]["LossNormalizerState"]["per_rank"][0])] * 2
+    assert (
+        normalizers
+        == [pytest.approx(one["trainer"]["hooks"]["LossNormalizerState"]["per_rank"][0])] * 2
+    )
 
 
 class _Interrupt(HookBase):
@@ -132,13 +170,23 @@ class _Interrupt(HookBase):
 
 
 def test_resume_with_micro_batches_is_bit_identical(tmp_path, datasets):
-    opts = ["SOLVER.IMS_PER_BATCH", "4", "SOLVER.BATCH_SPLIT", "2", "SOLVER.MAX_ITER", "4", *MULTI_SCALE]
+    opts = [
+        "SOLVER.IMS_PER_BATCH",
+        "4",
+        "SOLVER.BATCH_SPLIT",
+        "2",
+        "SOLVER.MAX_ITER",
+        "4",
+        *MULTI_SCALE,
+    ]
     reference = _trainer(tmp_path / "reference", *opts)
     reference.resume_or_load(resume=False)
     reference.train()
 
     interrupted = _trainer(tmp_path / "run", *opts)
-    interrupted.register_hooks([_Interrupt(at=2)])  # after model_0000001.pth, before model_0000003.pth
+    interrupted.register_hooks(
+        [_Interrupt(at=2)]
+    )  # after model_0000001.pth, before model_0000003.pth
     interrupted.resume_or_load(resume=False)
     with pytest.raises(KeyboardInterrupt):
         interrupted.train()
@@ -149,28 +197,48 @@ def test_resume_with_micro_batches_is_bit_identical(tmp_path, datasets):
     assert resumed.start_iter == 2
     resumed.train()
     for name in ("model_0000003.pth", "model_final.pth"):
-        _assert_same_state(runs.load(tmp_path / "run" / name), runs.load(tmp_path / "reference" / name), name)
+        _assert_same_state(
+            runs.load(tmp_path / "run" / name), runs.load(tmp_path / "reference" / name), name
+        )
 
 
 def test_micro_batches_train_in_bf16_autocast(tmp_path, datasets):
-    trainer = _trainer(tmp_path, "SOLVER.IMS_PER_BATCH", "4", "SOLVER.BATCH_SPLIT", "2", "SOLVER.MAX_ITER", "2",
-                       "SOLVER.AMP.ENABLED", "True", "SOLVER.AMP.PRECISION", "bf16")
+    trainer = _trainer(
+        tmp_path,
+        "SOLVER.IMS_PER_BATCH",
+        "4",
+        "SOLVER.BATCH_SPLIT",
+        "2",
+        "SOLVER.MAX_ITER",
+        "2",
+        "SOLVER.AMP.ENABLED",
+        "True",
+        "SOLVER.AMP.PRECISION",
+        "bf16",
+    )
     assert trainer._trainer.precision == torch.bfloat16 and trainer._trainer.batch_split == 2
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.resume_or_load(resume=False)
     trainer.train()
     after = trainer.model.state_dict()
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
-    assert any(not torch.equal(before[k], after[k]) for k in after), "two bf16 steps changed no weight"
+    assert any(not torch.equal(before[k], after[k]) for k in after), (
+        "two bf16 steps changed no weight"
+    )
     assert [i for _, i in trainer.storage.histories()["total_loss"].values()] == [0, 1]
 
 
 def test_batch_split_must_divide_the_batch_and_name_its_keys():
     assert micro_batch_size(16, 2, 4) == 2
-    with pytest.raises(ValueError, match=r"^SOLVER.IMS_PER_BATCH=12 is not divisible by 2 process\(es\) x "
-                                         r"SOLVER.BATCH_SPLIT=4$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^SOLVER.IMS_PER_BATCH=12 is not divisible by 2 process\(es\) x "
+        r"SOLVER.BATCH_SPLIT=4$",
+    ):
         micro_batch_size(12, 2, 4)
-    with pytest.raises(ValueError, match=r"^SOLVER.BATCH_SPLIT must be a positive integer for detection, got 0"):
+    with pytest.raises(
+        ValueError, match=r"^SOLVER.BATCH_SPLIT must be a positive integer for detection, got 0"
+    ):
         micro_batch_size(8, 1, 0)
     assert split_micro_batches(list(range(6)), 3) == [[0, 1], [2, 3], [4, 5]]
     with pytest.raises(ValueError, match="does not split into SOLVER.BATCH_SPLIT=4"):
@@ -180,12 +248,18 @@ def test_batch_split_must_divide_the_batch_and_name_its_keys():
 def test_batch_split_is_refused_where_micro_batches_are_not_exact():
     check_accumulation("RetinaNet", 4)
     check_accumulation("GeneralizedRCNN", 1)
-    with pytest.raises(ValueError, match=r"^SOLVER.BATCH_SPLIT=2 needs MODEL.META_ARCHITECTURE 'RetinaNet' \(got "
-                                         r"'GeneralizedRCNN'.*set SOLVER.BATCH_SPLIT 1$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^SOLVER.BATCH_SPLIT=2 needs MODEL.META_ARCHITECTURE 'RetinaNet' \(got "
+        r"'GeneralizedRCNN'.*set SOLVER.BATCH_SPLIT 1$",
+    ):
         check_accumulation("GeneralizedRCNN", 2)
 
 
 def test_indivisible_batch_stops_before_the_model_is_built(tmp_path, datasets):
-    with pytest.raises(ValueError, match=r"SOLVER.IMS_PER_BATCH=6 is not divisible by 1 process\(es\) x "
-                                         r"SOLVER.BATCH_SPLIT=4"):
+    with pytest.raises(
+        ValueError,
+        match=r"SOLVER.IMS_PER_BATCH=6 is not divisible by 1 process\(es\) x "
+        r"SOLVER.BATCH_SPLIT=4",
+    ):
         _trainer(tmp_path, "SOLVER.IMS_PER_BATCH", "6", "SOLVER.BATCH_SPLIT", "4")

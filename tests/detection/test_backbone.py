@@ -11,7 +11,9 @@ from bitdet.models import create_model
 
 
 def _cfg(backbone="build_retinanet_bit_fpn_backbone", **bit):
-    cfg = get_bit_cfg("Base-RetinaNet-BiT.yaml", ["MODEL.DEVICE", "cpu", "MODEL.BACKBONE.NAME", backbone])
+    cfg = get_bit_cfg(
+        "Base-RetinaNet-BiT.yaml", ["MODEL.DEVICE", "cpu", "MODEL.BACKBONE.NAME", backbone]
+    )
     for key, value in bit.items():
         cfg.MODEL.BIT[key] = value
     return cfg
@@ -23,7 +25,12 @@ def test_outputs_match_output_shape_for_every_variant(name):
         backbone = BiTBackbone(name, out_features=("stem", "res2", "res3", "res4", "res5"))
         feats = backbone(torch.empty(1, 3, 64, 64))
     for key, spec in backbone.output_shape().items():
-        assert tuple(feats[key].shape) == (1, spec.channels, 64 // spec.stride, 64 // spec.stride), key
+        assert tuple(feats[key].shape) == (
+            1,
+            spec.channels,
+            64 // spec.stride,
+            64 // spec.stride,
+        ), key
 
 
 @pytest.mark.parametrize("tap", ["preact", "raw"])
@@ -34,7 +41,12 @@ def test_trunk_features_equal_the_classifier_trunk(tap):
     x = torch.randn(1, 3, 64, 64)
     raw = model.forward_features(x, ("res2", "res3", "res4", "res5"))
     feats = backbone(x)
-    norms = {"res2": model.block2.unit01.gn1, "res3": model.block3.unit01.gn1, "res4": model.block4.unit01.gn1, "res5": model.norm}
+    norms = {
+        "res2": model.block2.unit01.gn1,
+        "res3": model.block3.unit01.gn1,
+        "res4": model.block4.unit01.gn1,
+        "res5": model.norm,
+    }
     for key in raw:
         expected = torch.relu(norms[key](raw[key])) if tap == "preact" else raw[key]
         torch.testing.assert_close(feats[key], expected)
@@ -53,16 +65,30 @@ def test_retinanet_fpn_levels_and_strides():
     cfg = _cfg(VARIANT="R14-tiny")
     fpn = build_backbone(cfg, ShapeSpec(channels=3))
     shapes = fpn.output_shape()
-    assert {k: v.stride for k, v in shapes.items()} == {"p3": 8, "p4": 16, "p5": 32, "p6": 64, "p7": 128}
+    assert {k: v.stride for k, v in shapes.items()} == {
+        "p3": 8,
+        "p4": 16,
+        "p5": 32,
+        "p6": 64,
+        "p7": 128,
+    }
     out = fpn(torch.randn(1, 3, 128, 128))
     assert all(out[k].shape[-1] == 128 // s.stride for k, s in shapes.items())
 
 
 def test_plain_fpn_levels_p2_to_p6():
-    cfg = _cfg("build_bit_fpn_backbone", VARIANT="R14-tiny", OUT_FEATURES=["res2", "res3", "res4", "res5"])
+    cfg = _cfg(
+        "build_bit_fpn_backbone", VARIANT="R14-tiny", OUT_FEATURES=["res2", "res3", "res4", "res5"]
+    )
     cfg.MODEL.FPN.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     shapes = build_backbone(cfg, ShapeSpec(channels=3)).output_shape()
-    assert {k: v.stride for k, v in shapes.items()} == {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
+    assert {k: v.stride for k, v in shapes.items()} == {
+        "p2": 4,
+        "p3": 8,
+        "p4": 16,
+        "p5": 32,
+        "p6": 64,
+    }
 
 
 def test_fpn_features_not_provided_is_a_clear_error():
@@ -73,18 +99,25 @@ def test_fpn_features_not_provided_is_a_clear_error():
 
 @pytest.mark.parametrize(
     "freeze_at, frozen",
-    [(0, []), (1, ["stem", "block1.unit01.gn1"]),
-     (3, ["stem", "block1", "block2", "block3.unit01.gn1"]),
-     (5, ["stem", "block1", "block2", "block3", "block4", "norm"])],
+    [
+        (0, []),
+        (1, ["stem", "block1.unit01.gn1"]),
+        (3, ["stem", "block1", "block2", "block3.unit01.gn1"]),
+        (5, ["stem", "block1", "block2", "block3", "block4", "norm"]),
+    ],
 )
 def test_freeze_at_has_detectron2_meaning_and_freezes_the_tap_norm(freeze_at, frozen):
-    backbone = BiTBackbone("R14-tiny", out_features=("res2", "res3", "res4", "res5"), freeze_at=freeze_at)
+    backbone = BiTBackbone(
+        "R14-tiny", out_features=("res2", "res3", "res4", "res5"), freeze_at=freeze_at
+    )
     for name, p in backbone.named_parameters():
         assert p.requires_grad == (not any(name.startswith(f + ".") for f in frozen)), name
 
 
 def test_raw_tap_freezes_stages_only():
-    backbone = BiTBackbone("R14-tiny", out_features=("res2", "res3"), feature_tap="raw", freeze_at=2)
+    backbone = BiTBackbone(
+        "R14-tiny", out_features=("res2", "res3"), feature_tap="raw", freeze_at=2
+    )
     assert backbone.block2.unit01.gn1.weight.requires_grad
     assert not backbone.block1.unit01.conv3.weight.requires_grad
 
@@ -94,7 +127,10 @@ def test_frozen_stage_feature_gets_no_gradient():
     feats = backbone(torch.randn(1, 3, 64, 64))
     assert not feats["res2"].requires_grad  # stem, res2 and res2's tap norm are all frozen
     feats["res3"].sum().backward()
-    assert backbone.block2.unit01.gn1.weight.grad is None and backbone.block2.unit01.conv1.weight.grad is not None
+    assert (
+        backbone.block2.unit01.gn1.weight.grad is None
+        and backbone.block2.unit01.conv1.weight.grad is not None
+    )
 
 
 def test_backbone_freeze_at_key_freezes_stem_and_res2(caplog, monkeypatch):
@@ -106,8 +142,11 @@ def test_backbone_freeze_at_key_freezes_stem_and_res2(caplog, monkeypatch):
         trunk = build_backbone(cfg, ShapeSpec(channels=3)).bottom_up
         reference = create_model("R50x1", num_classes=0)
     count = lambda params: sum(p.numel() for p in params)  # noqa: E731
-    frozen = count(reference.stem.parameters()) + count(reference.block1.parameters()) + \
-        count(reference.block2.unit01.gn1.parameters())
+    frozen = (
+        count(reference.stem.parameters())
+        + count(reference.block1.parameters())
+        + count(reference.block2.unit01.gn1.parameters())
+    )
     total = count(trunk.parameters())
     assert total == 23_500_352  # the R50x1 trunk (paper: 23.5M)
     assert count(p for p in trunk.parameters() if p.requires_grad) == total - frozen
@@ -128,7 +167,9 @@ def test_freeze_at_out_of_range_is_an_error(freeze_at):
 
 
 def test_old_freeze_key_names_its_replacement(tmp_path):
-    with pytest.raises(ValueError, match="MODEL.BIT.FREEZE_AT was renamed to MODEL.BACKBONE.FREEZE_AT"):
+    with pytest.raises(
+        ValueError, match="MODEL.BIT.FREEZE_AT was renamed to MODEL.BACKBONE.FREEZE_AT"
+    ):
         get_bit_cfg("Base-RetinaNet-BiT.yaml", ["MODEL.BIT.FREEZE_AT", "2"])
     path = tmp_path / "old.yaml"
     path.write_text('_BASE_: "Base-RetinaNet-BiT.yaml"\nMODEL:\n  BIT:\n    FREEZE_AT: 2\n')

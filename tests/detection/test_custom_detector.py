@@ -1,4 +1,5 @@
 """The Python API of docs/detection.md: a stock Faster R-CNN config with the plain BiT-FPN backbone (P2-P6)."""
+
 import pytest
 import torch
 from detectron2 import model_zoo
@@ -16,7 +17,9 @@ def _faster_rcnn_bit_cfg():
     add_bit_config(cfg)
     cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
     cfg.MODEL.BACKBONE.NAME = "build_bit_fpn_backbone"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0  # BiT fine-tunes every layer; the zoo config's 2 freezes stem + res2
+    cfg.MODEL.BACKBONE.FREEZE_AT = (
+        0  # BiT fine-tunes every layer; the zoo config's 2 freezes stem + res2
+    )
     cfg.MODEL.BIT.VARIANT = "R14-tiny"
     cfg.MODEL.BIT.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.PIXEL_MEAN = cfg.MODEL.PIXEL_STD = [127.5] * 3
@@ -31,7 +34,13 @@ def _faster_rcnn_bit_cfg():
 def test_faster_rcnn_with_bit_fpn_trains_and_infers():
     model = build_model(_faster_rcnn_bit_cfg())
     fpn = model.backbone
-    assert {k: v.stride for k, v in fpn.output_shape().items()} == {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
+    assert {k: v.stride for k, v in fpn.output_shape().items()} == {
+        "p2": 4,
+        "p3": 8,
+        "p4": 16,
+        "p5": 32,
+        "p6": 64,
+    }
     inst = Instances((128, 128))
     inst.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 70.0, 90.0], [60.0, 20.0, 120.0, 60.0]]))
     inst.gt_classes = torch.tensor([0, 2])

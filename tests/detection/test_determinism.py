@@ -1,4 +1,5 @@
 """SOLVER.DETERMINISTIC and the TorchScript setting that keeps a resumed run on track."""
+
 import os
 
 import pytest
@@ -10,7 +11,10 @@ from bitdet.detection.determinism import configure_determinism, repeatable_execu
 
 @pytest.fixture
 def restore_determinism():
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     yield
     torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
@@ -24,7 +28,9 @@ def test_deterministic_switch(restore_determinism, monkeypatch):
 
 def test_deterministic_switch_refuses_cudnn_benchmark(restore_determinism):
     with pytest.raises(ValueError, match="SOLVER.DETERMINISTIC True needs CUDNN_BENCHMARK False"):
-        configure_determinism(get_bit_cfg(opts=["SOLVER.DETERMINISTIC", "True", "CUDNN_BENCHMARK", "True"]))
+        configure_determinism(
+            get_bit_cfg(opts=["SOLVER.DETERMINISTIC", "True", "CUDNN_BENCHMARK", "True"])
+        )
     assert not torch.are_deterministic_algorithms_enabled()
 
 

@@ -1,5 +1,6 @@
 """The custom-detector block of docs/detection.md runs as written: a BiT-backbone Faster R-CNN
 trains a step and infers."""
+
 import math
 import re
 from pathlib import Path

@@ -1,4 +1,5 @@
 """The generated detection dataset: COCO structure, tight boxes, determinism, idempotence, loading."""
+
 import json
 import os
 import subprocess
@@ -11,7 +12,11 @@ import pycocotools.mask as mask_util
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from bitdet.data.detection_generate import FASHION_MNIST_CLASSES, generate_detection_dataset, is_complete
+from bitdet.data.detection_generate import (
+    FASHION_MNIST_CLASSES,
+    generate_detection_dataset,
+    is_complete,
+)
 from bitdet.detection import register_coco_format
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +44,9 @@ def test_layout_and_coco_fields(generated):
         assert [c["id"] for c in data["categories"]] == list(range(1, 11))
         assert len(data["images"]) == count
         assert {im["id"] for im in data["images"]} == set(range(1, count + 1))
-        per_image = np.bincount([a["image_id"] for a in data["annotations"]], minlength=count + 1)[1:]
+        per_image = np.bincount([a["image_id"] for a in data["annotations"]], minlength=count + 1)[
+            1:
+        ]
         assert per_image.min() >= 1 and per_image.max() <= 6
         assert len({a["id"] for a in data["annotations"]}) == len(data["annotations"])
         for im in data["images"]:
@@ -60,7 +67,9 @@ def test_boxes_are_tight_around_the_pasted_items(monkeypatch):
     monkeypatch.setattr(gen, "_background", lambda rng, h, w: np.zeros((h, w, 3), np.uint8))
     source = FashionMNIST(gen.FASHION_MNIST_DIR, split="test", indices=range(200))
     for index in range(5):
-        image, objects = gen._compose(np.random.default_rng(index), source.images, source.targets, 96, 128)
+        image, objects = gen._compose(
+            np.random.default_rng(index), source.images, source.targets, 96, 128
+        )
         assert 1 <= len(objects) <= 6
         for label, (x, y, w, h), _ in objects:
             box = image[int(y) : int(y + h), int(x) : int(x + w)].max(axis=2)
@@ -79,7 +88,9 @@ def test_masks_are_the_opaque_item_pixels_and_fill_their_boxes(monkeypatch):
     monkeypatch.setattr(gen, "_MAX_OBJECTS", 1)
     source = FashionMNIST(gen.FASHION_MNIST_DIR, split="test", indices=range(200))
     for index in range(5):
-        image, objects = gen._compose(np.random.default_rng(index), source.images, source.targets, 96, 128)
+        image, objects = gen._compose(
+            np.random.default_rng(index), source.images, source.targets, 96, 128
+        )
         (placed,) = objects
         full = mask_util.decode(gen._rle(placed, 96, 128)).astype(bool)
         brightest = image.max(axis=2)
@@ -104,10 +115,17 @@ def test_overlap_is_limited(generated):
     data = _load(paths["train_json"])
     for im in data["images"]:
         boxes = np.array([a["bbox"] for a in data["annotations"] if a["image_id"] == im["id"]])
-        x0, y0, x1, y1 = boxes[:, 0], boxes[:, 1], boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]
+        x0, y0, x1, y1 = (
+            boxes[:, 0],
+            boxes[:, 1],
+            boxes[:, 0] + boxes[:, 2],
+            boxes[:, 1] + boxes[:, 3],
+        )
         for i in range(len(boxes)):
             for j in range(i + 1, len(boxes)):
-                inter = max(0, min(x1[i], x1[j]) - max(x0[i], x0[j])) * max(0, min(y1[i], y1[j]) - max(y0[i], y0[j]))
+                inter = max(0, min(x1[i], x1[j]) - max(x0[i], x0[j])) * max(
+                    0, min(y1[i], y1[j]) - max(y0[i], y0[j])
+                )
                 small = min(boxes[i, 2] * boxes[i, 3], boxes[j, 2] * boxes[j, 3])
                 assert inter / small <= 0.4 + 1e-9
 
@@ -117,14 +135,18 @@ def test_same_seed_same_bytes_other_seed_differs(generated, tmp_path):
     again = generate_detection_dataset(tmp_path / "again", **SPEC)
     for key in ("train_json", "val_json"):
         assert again[key].read_bytes() == paths[key].read_bytes()
-    assert (tmp_path / "again" / "train" / "000002.jpg").read_bytes() == (folder / "train" / "000002.jpg").read_bytes()
+    assert (tmp_path / "again" / "train" / "000002.jpg").read_bytes() == (
+        folder / "train" / "000002.jpg"
+    ).read_bytes()
     other = generate_detection_dataset(tmp_path / "other", **dict(SPEC, seed=4))
     assert other["train_json"].read_bytes() != paths["train_json"].read_bytes()
 
 
 def test_train_and_val_items_come_from_different_files(tmp_path):
     """Val items are Fashion-MNIST test items: the split's pixels never equal a train image's."""
-    a = generate_detection_dataset(tmp_path, num_train=2, num_val=2, image_size=(64, 64), seed=0, image_format="png")
+    a = generate_detection_dataset(
+        tmp_path, num_train=2, num_val=2, image_size=(64, 64), seed=0, image_format="png"
+    )
     train = cv2.imread(str(tmp_path / "train" / "000000.png"))
     val = cv2.imread(str(tmp_path / "val" / "000000.png"))
     assert not np.array_equal(train, val)
@@ -168,16 +190,34 @@ def test_detectron2_loads_the_generated_set(generated):
     assert len(dicts) == 6
     assert sum(len(d["annotations"]) for d in dicts) == len(data["annotations"])
     assert MetadataCatalog.get("test_generated_train").thing_classes == list(FASHION_MNIST_CLASSES)
-    assert {a["category_id"] for d in dicts for a in d["annotations"]} <= set(range(10))  # contiguous
+    assert {a["category_id"] for d in dicts for a in d["annotations"]} <= set(
+        range(10)
+    )  # contiguous
 
 
 @pytest.mark.slow
 def test_command_line(tmp_path):
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "ds"), PYTHONPATH=str(ROOT))
     out = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "generate_detection_data.py"), "--output", str(tmp_path / "cli"),
-         "--num-train", "2", "--num-val", "1", "--image-size", "48", "64", "--format", "png"],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            str(ROOT / "tools" / "generate_detection_data.py"),
+            "--output",
+            str(tmp_path / "cli"),
+            "--num-train",
+            "2",
+            "--num-val",
+            "1",
+            "--image-size",
+            "48",
+            "64",
+            "--format",
+            "png",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert "train: 2 images" in out.stdout and "val: 1 images" in out.stdout

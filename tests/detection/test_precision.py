@@ -7,6 +7,7 @@ config's 128 px input is kept: at 64 px P6 and P7 are 1x1 maps, where CPU bf16 c
 intermittently gave a NaN P7 weight gradient on this machine (the next step's loss check
 stops such a run).
 """
+
 import os
 
 import pytest
@@ -22,11 +23,26 @@ SHIPPED_AMP = yaml.safe_load((CONFIGS_DIR / "Base-RetinaNet-BiT.yaml").read_text
 
 
 def _cfg(tmp_path, *opts):
-    return get_bit_cfg("quick_schedules/retinanet_bit_instant_test.yaml", [
-        "OUTPUT_DIR", str(tmp_path / "out"), "SEED", "3", "SOLVER.MAX_ITER", "2", "SOLVER.CHECKPOINT_PERIOD", "100",
-        "DATASETS.TEST", "()",
-        "SOLVER.AMP.ENABLED", str(SHIPPED_AMP["ENABLED"]), "SOLVER.AMP.PRECISION", SHIPPED_AMP["PRECISION"], *opts,
-    ])
+    return get_bit_cfg(
+        "quick_schedules/retinanet_bit_instant_test.yaml",
+        [
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+            "SEED",
+            "3",
+            "SOLVER.MAX_ITER",
+            "2",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "100",
+            "DATASETS.TEST",
+            "()",
+            "SOLVER.AMP.ENABLED",
+            str(SHIPPED_AMP["ENABLED"]),
+            "SOLVER.AMP.PRECISION",
+            SHIPPED_AMP["PRECISION"],
+            *opts,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +66,10 @@ def test_bf16_autocast_trains_on_cpu(tmp_path, datasets):
     prepare_datasets(cfg, cfg.DATASETS.TRAIN)
     trainer = BiTTrainer(cfg)
     assert isinstance(trainer._trainer, AutocastTrainer)
-    assert trainer._trainer.precision == torch.bfloat16 and not trainer._trainer.grad_scaler.is_enabled()
+    assert (
+        trainer._trainer.precision == torch.bfloat16
+        and not trainer._trainer.grad_scaler.is_enabled()
+    )
 
     seen = set()
     convs = [m for m in trainer.model.modules() if isinstance(m, StdConv2d)]
@@ -63,11 +82,18 @@ def test_bf16_autocast_trains_on_cpu(tmp_path, datasets):
 
     assert seen == {torch.bfloat16}, "the backbone convs did not run in bf16"
     after = trainer.model.state_dict()
-    assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point()), "weights must stay fp32"
+    assert all(v.dtype == torch.float32 for v in after.values() if v.is_floating_point()), (
+        "weights must stay fp32"
+    )
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
-    assert any(not torch.equal(before[k], after[k]) for k in after), "two bf16 steps changed no weight"
+    assert any(not torch.equal(before[k], after[k]) for k in after), (
+        "two bf16 steps changed no weight"
+    )
     state = torch.load(tmp_path / "out" / "model_final.pth", weights_only=True)
-    assert "grad_scaler" in state["trainer"]["_trainer"] and "optimizer" in state["trainer"]["_trainer"]
+    assert (
+        "grad_scaler" in state["trainer"]["_trainer"]
+        and "optimizer" in state["trainer"]["_trainer"]
+    )
 
 
 def test_fp32_when_amp_is_off(tmp_path, datasets):
@@ -78,8 +104,13 @@ def test_fp32_when_amp_is_off(tmp_path, datasets):
 
 
 def test_unknown_precision_is_named():
-    with pytest.raises(ValueError, match=r"SOLVER.AMP.PRECISION 'bfloat16': expected one of \['bf16', 'fp16'\] "
-                                         r"\('bfloat16' is written 'bf16'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"SOLVER.AMP.PRECISION 'bfloat16': expected one of \['bf16', 'fp16'\] "
+        r"\('bfloat16' is written 'bf16'\)",
+    ):
         autocast_dtype("bfloat16")
-    with pytest.raises(ValueError, match=r"SOLVER.AMP.PRECISION 'fp32': expected one of \['bf16', 'fp16'\]$"):
+    with pytest.raises(
+        ValueError, match=r"SOLVER.AMP.PRECISION 'fp32': expected one of \['bf16', 'fp16'\]$"
+    ):
         autocast_dtype("fp32")

@@ -1,5 +1,6 @@
 """Faster and Mask R-CNN with the BiT FPN backbone: the shipped configs load and build, the instant
 configs train and evaluate through tools/train_net.py, and mask AP really scores the masks."""
+
 import json
 import math
 import os
@@ -20,11 +21,19 @@ from bitdet.detection import BiTTrainer, get_bit_cfg, register_demo_datasets
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("config", ["faster_rcnn_bit_m_R50x1_FPN_1x.yaml", "mask_rcnn_bit_m_R50x1_FPN_1x.yaml"])
+@pytest.mark.parametrize(
+    "config", ["faster_rcnn_bit_m_R50x1_FPN_1x.yaml", "mask_rcnn_bit_m_R50x1_FPN_1x.yaml"]
+)
 def test_coco_configs_build_bit_r50x1_with_p2_to_p6_and_gn_heads(config):
     cfg = get_bit_cfg(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
     model = build_model(cfg)
-    assert {k: v.stride for k, v in model.backbone.output_shape().items()} == {"p2": 4, "p3": 8, "p4": 16, "p5": 32, "p6": 64}
+    assert {k: v.stride for k, v in model.backbone.output_shape().items()} == {
+        "p2": 4,
+        "p3": 8,
+        "p4": 16,
+        "p5": 32,
+        "p6": 64,
+    }
     assert type(model.backbone.top_block).__name__ == "LastLevelMaxPool"
     assert cfg.MODEL.BIT.VARIANT == "R50x1" and cfg.MODEL.BACKBONE.FREEZE_AT == 0
     assert isinstance(model.roi_heads.box_head.conv1.norm, torch.nn.GroupNorm)
@@ -33,32 +42,61 @@ def test_coco_configs_build_bit_r50x1_with_p2_to_p6_and_gn_heads(config):
 
 
 def _train_net(tmp_path, config):
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        DETECTRON2_DATASETS=str(tmp_path / "datasets"),
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS="1",
+    )
     out = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config", config, "OUTPUT_DIR", str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, timeout=600, cwd=str(tmp_path),
+        [
+            sys.executable,
+            str(ROOT / "tools" / "train_net.py"),
+            "--config",
+            config,
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=str(tmp_path),
     )
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.json").read_text().splitlines()]
+    metrics = [
+        json.loads(line) for line in (tmp_path / "out" / "metrics.json").read_text().splitlines()
+    ]
     return metrics
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config, tasks, mask_loss", [
-    ("quick_schedules/faster_rcnn_bit_instant_test.yaml", ("bbox",), False),
-    ("quick_schedules/mask_rcnn_bit_instant_test.yaml", ("bbox", "segm"), True),
-])
+@pytest.mark.parametrize(
+    "config, tasks, mask_loss",
+    [
+        ("quick_schedules/faster_rcnn_bit_instant_test.yaml", ("bbox",), False),
+        ("quick_schedules/mask_rcnn_bit_instant_test.yaml", ("bbox", "segm"), True),
+    ],
+)
 def test_instant_config_trains_and_evaluates(tmp_path, config, tasks, mask_loss):
     metrics = _train_net(tmp_path, config)
     losses = [m for m in metrics if "total_loss" in m]
-    assert max(m["iteration"] for m in losses) == 3 and all(math.isfinite(m["total_loss"]) for m in losses)
+    assert max(m["iteration"] for m in losses) == 3 and all(
+        math.isfinite(m["total_loss"]) for m in losses
+    )
     assert ("loss_mask" in losses[-1]) is mask_loss
     final = metrics[-1]
     for task in ("bbox", "segm"):
         present = [k for k in ("AP", "AP50", "AP75") if f"{task}/{k}" in final]
         assert present == (["AP", "AP50", "AP75"] if task in tasks else []), final.keys()
-        assert all(0.0 <= final[f"{task}/{k}"] <= 100.0 for k in present)  # finite: there were detections
-    results = json.loads((tmp_path / "out" / "inference" / "bitdet_demo_mini_val" / "coco_instances_results.json").read_text())
+        assert all(
+            0.0 <= final[f"{task}/{k}"] <= 100.0 for k in present
+        )  # finite: there were detections
+    results = json.loads(
+        (
+            tmp_path / "out" / "inference" / "bitdet_demo_mini_val" / "coco_instances_results.json"
+        ).read_text()
+    )
     assert results and all(("segmentation" in r) is mask_loss for r in results)
 
 
@@ -69,7 +107,11 @@ def _ground_truth_as_predictions(dataset_name, shift=0):
         h, w = record["height"], record["width"]
         anns = record["annotations"]
         inst = Instances((h, w))
-        inst.pred_boxes = Boxes(torch.tensor([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]))
+        inst.pred_boxes = Boxes(
+            torch.tensor(
+                [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns]
+            )
+        )
         inst.scores = torch.ones(len(anns))
         inst.pred_classes = torch.tensor([a["category_id"] for a in anns])
         masks = np.stack([mask_util.decode(a["segmentation"]) for a in anns]).astype(bool)
@@ -83,16 +125,24 @@ def test_mask_ap_scores_the_generated_masks(tmp_path):
     boxes with masks moved by 3 pixels keep 100 box AP and lose mask AP."""
     register_demo_datasets(tmp_path / "datasets")
     try:
-        cfg = get_bit_cfg("quick_schedules/mask_rcnn_bit_instant_test.yaml", ["OUTPUT_DIR", str(tmp_path / "out")])
+        cfg = get_bit_cfg(
+            "quick_schedules/mask_rcnn_bit_instant_test.yaml", ["OUTPUT_DIR", str(tmp_path / "out")]
+        )
         results = {}
         for shift in (0, 3):
-            predictions = _ground_truth_as_predictions("bitdet_demo_mini_val", shift)  # generates the set
-            evaluator = BiTTrainer.build_evaluator(cfg, "bitdet_demo_mini_val", str(tmp_path / f"eval{shift}"))
+            predictions = _ground_truth_as_predictions(
+                "bitdet_demo_mini_val", shift
+            )  # generates the set
+            evaluator = BiTTrainer.build_evaluator(
+                cfg, "bitdet_demo_mini_val", str(tmp_path / f"eval{shift}")
+            )
             evaluator.reset()
             for inputs, outputs in predictions:
                 evaluator.process([inputs], [outputs])
             results[shift] = evaluator.evaluate()
     finally:
         register_demo_datasets()  # back to the default root for the tests that follow
-    assert results[0]["bbox"]["AP"] == pytest.approx(100.0) and results[0]["segm"]["AP"] == pytest.approx(100.0)
+    assert results[0]["bbox"]["AP"] == pytest.approx(100.0) and results[0]["segm"][
+        "AP"
+    ] == pytest.approx(100.0)
     assert results[3]["bbox"]["AP"] == pytest.approx(100.0) and results[3]["segm"]["AP"] < 60.0

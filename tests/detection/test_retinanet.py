@@ -8,8 +8,8 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from bitdet.checkpoint import CheckpointMismatchError
-from bitdet.detection import BiTCheckpointer, get_bit_cfg
 from bitdet.config import CONFIGS_DIR
+from bitdet.detection import BiTCheckpointer, get_bit_cfg
 from tests.official_npz import write_official_npz
 
 
@@ -61,10 +61,15 @@ def test_official_npz_loads_into_the_detector_trunk(cfg, tmp_path, caplog):
     caplog.set_level("INFO")
     BiTCheckpointer(model).load(str(tmp_path / "tiny.npz"))
     trunk = model.backbone.bottom_up
-    expected = torch.from_numpy(arrays["resnet/block3/unit01/b/standardized_conv2d/kernel"]).permute(3, 2, 0, 1)
+    expected = torch.from_numpy(
+        arrays["resnet/block3/unit01/b/standardized_conv2d/kernel"]
+    ).permute(3, 2, 0, 1)
     assert torch.equal(trunk.block3.unit01.conv2.weight, expected)
     assert torch.equal(trunk.norm.weight, torch.from_numpy(arrays["resnet/group_norm/gamma"]))
-    assert "not used by this detector: resnet/head/conv2d/bias" in caplog.text and "tensors loaded into backbone.bottom_up" in caplog.text
+    assert (
+        "not used by this detector: resnet/head/conv2d/bias" in caplog.text
+        and "tensors loaded into backbone.bottom_up" in caplog.text
+    )
 
 
 def test_bitdet_checkpoint_and_named_weights_load(cfg, tmp_path, monkeypatch):
@@ -75,24 +80,35 @@ def test_bitdet_checkpoint_and_named_weights_load(cfg, tmp_path, monkeypatch):
     save_checkpoint(tmp_path / "pretrained.pth", source)
     model = build_model(cfg)
     BiTCheckpointer(model).load(str(tmp_path / "pretrained.pth"))
-    assert torch.equal(model.backbone.bottom_up.block4.unit01.conv3.weight, source.block4.unit01.conv3.weight)
+    assert torch.equal(
+        model.backbone.bottom_up.block4.unit01.conv3.weight, source.block4.unit01.conv3.weight
+    )
 
     from bitdet.models import variants
 
     monkeypatch.setenv("BITDET_CACHE", str(tmp_path / "cache"))
     # an official name must hold its official architecture and head: a small stand-in entry
-    monkeypatch.setitem(variants.PRETRAINED, "BiT-M-R14-tiny", variants.Pretrained("R14-tiny", 5, "file:///absent.npz"))
+    monkeypatch.setitem(
+        variants.PRETRAINED,
+        "BiT-M-R14-tiny",
+        variants.Pretrained("R14-tiny", 5, "file:///absent.npz"),
+    )
     cached = tmp_path / "cache" / "BiT-M-R14-tiny.npz"
     cached.parent.mkdir()
     arrays = write_official_npz(cached, num_classes=5, seed=1)
     BiTCheckpointer(model).load("BiT-M-R14-tiny")
-    expected = torch.from_numpy(arrays["resnet/root_block/standardized_conv2d/kernel"]).permute(3, 2, 0, 1)
+    expected = torch.from_numpy(arrays["resnet/root_block/standardized_conv2d/kernel"]).permute(
+        3, 2, 0, 1
+    )
     assert torch.equal(model.backbone.bottom_up.stem.conv.weight, expected)
 
 
 def test_wrong_variant_weights_are_a_clear_error(cfg, tmp_path):
     write_official_npz(tmp_path / "r26.npz", layers=(2, 2, 2, 2), num_classes=0)
-    with pytest.raises(CheckpointMismatchError, match="unexpected keys .*resnet/block1/unit02/a/standardized_conv2d/kernel"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match="unexpected keys .*resnet/block1/unit02/a/standardized_conv2d/kernel",
+    ):
         BiTCheckpointer(build_model(cfg)).load(str(tmp_path / "r26.npz"))
 
 
@@ -117,7 +133,9 @@ def test_checkpoint_save_is_atomic(cfg, tmp_path, monkeypatch):
 # Detection configs: the top level, quick_schedules/ and demo/ (pretrain/, finetune/ and
 # benchmark/ hold other config systems, tested with their tools).
 DETECTION_CONFIGS = sorted(
-    p for pattern in ("*.yaml", "quick_schedules/*.yaml", "demo/*.yaml") for p in CONFIGS_DIR.glob(pattern)
+    p
+    for pattern in ("*.yaml", "quick_schedules/*.yaml", "demo/*.yaml")
+    for p in CONFIGS_DIR.glob(pattern)
 )
 
 
@@ -134,7 +152,9 @@ def test_config_name_resolution_and_errors():
     from bitdet.detection import resolve_config_file
 
     assert resolve_config_file("retinanet_bit_m.yaml") == str(CONFIGS_DIR / "retinanet_bit_m.yaml")
-    assert resolve_config_file("retinanet_bit_instant_test.yaml").endswith("quick_schedules/retinanet_bit_instant_test.yaml")
+    assert resolve_config_file("retinanet_bit_instant_test.yaml").endswith(
+        "quick_schedules/retinanet_bit_instant_test.yaml"
+    )
     with pytest.raises(FileNotFoundError, match="'nope.yaml' not found"):
         resolve_config_file("nope.yaml")
     with pytest.raises(ValueError, match="Non-existent key: MODEL.BIT.NOT_A_KEY"):
@@ -152,20 +172,40 @@ def test_ground_truth_as_predictions_gives_ap_100(tmp_path):
     for i in range(1, 6):
         images.append({"id": i, "file_name": f"{i}.png", "height": 200, "width": 300})
         for _ in range(rng.integers(0, 4)):
-            x, y, w, h = rng.uniform(0, 150), rng.uniform(0, 100), rng.uniform(20, 100), rng.uniform(20, 90)
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(rng.integers(1, 4)), "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})
+            x, y, w, h = (
+                rng.uniform(0, 150),
+                rng.uniform(0, 100),
+                rng.uniform(20, 100),
+                rng.uniform(20, 90),
+            )
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": int(rng.integers(1, 4)),
+                    "bbox": [x, y, w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
     cats = [{"id": c, "name": f"c{c}"} for c in (1, 2, 3)]
     json_file = tmp_path / "gt.json"
     json_file.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
     register_coco_format("gt_as_pred_test", json_file, tmp_path)
-    evaluator = COCOEvaluator("gt_as_pred_test", output_dir=str(tmp_path / "eval"), use_fast_impl=False)
+    evaluator = COCOEvaluator(
+        "gt_as_pred_test", output_dir=str(tmp_path / "eval"), use_fast_impl=False
+    )
     evaluator.reset()
     for record in DatasetCatalog.get("gt_as_pred_test"):
         inst = Instances((record["height"], record["width"]))
         boxes = [a["bbox"] for a in record["annotations"]]
-        inst.pred_boxes = Boxes(torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes]).reshape(-1, 4))
+        inst.pred_boxes = Boxes(
+            torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes]).reshape(-1, 4)
+        )
         inst.scores = torch.ones(len(boxes))
-        inst.pred_classes = torch.tensor([a["category_id"] for a in record["annotations"]], dtype=torch.long)
+        inst.pred_classes = torch.tensor(
+            [a["category_id"] for a in record["annotations"]], dtype=torch.long
+        )
         evaluator.process([{"image_id": record["image_id"]}], [{"instances": inst}])
     results = evaluator.evaluate()
     assert results["bbox"]["AP"] == pytest.approx(100.0)

@@ -1,4 +1,5 @@
 """The resumable detection stream: order, sharding, grouping and per-sample seeding."""
+
 import itertools
 
 import numpy as np
@@ -66,18 +67,35 @@ def test_resuming_with_another_process_count_keeps_the_global_batches(before, af
     global_batch, start = 4, 5
 
     def global_batches(samplers, n):
-        return [[item for part in parts for item in part] for parts in zip(*(_take(s, n) for s in samplers))]
+        return [
+            [item for part in parts for item in part]
+            for parts in zip(*(_take(s, n) for s in samplers))
+        ]
 
-    old = [ResumableBatchSampler(13, global_batch // before, seed=3, rank=r, world_size=before, wide=wide)
-           for r in range(before)]
+    old = [
+        ResumableBatchSampler(
+            13, global_batch // before, seed=3, rank=r, world_size=before, wide=wide
+        )
+        for r in range(before)
+    ]
     expected = global_batches(old, start + 6)[start:]
-    new = [ResumableBatchSampler(13, global_batch // after, seed=0, rank=r, world_size=after, wide=wide)
-           for r in range(after)]
+    new = [
+        ResumableBatchSampler(
+            13, global_batch // after, seed=0, rank=r, world_size=after, wide=wide
+        )
+        for r in range(after)
+    ]
     for sampler in new:
         sampler.resume(seed=3, batches=start, stream_world_size=before)
     assert global_batches(new, 6) == expected
-    fresh = [ResumableBatchSampler(13, global_batch // after, seed=3, rank=r, world_size=after, wide=wide)
-             for r in range(after)]
-    assert global_batches(fresh, start + 6)[start:] != expected  # another process count, another stream
+    fresh = [
+        ResumableBatchSampler(
+            13, global_batch // after, seed=3, rank=r, world_size=after, wide=wide
+        )
+        for r in range(after)
+    ]
+    assert (
+        global_batches(fresh, start + 6)[start:] != expected
+    )  # another process count, another stream
     with pytest.raises(ValueError, match="read by 3 process"):
         new[0].resume(seed=3, batches=start, stream_world_size=3)

@@ -1,4 +1,5 @@
 """Speed levers of the detection trainer: each config key switches its lever, results unchanged."""
+
 import torch
 
 from bitdet.detection import BiTTrainer, get_bit_cfg
@@ -17,7 +18,11 @@ def _channels_last(model):
 
 def test_defaults_are_cached_ws_only():
     cfg = _cfg()  # channels-last and compile are opt-in on every device
-    assert (cfg.SOLVER.CHANNELS_LAST, cfg.MODEL.BIT.CACHE_WS, cfg.SOLVER.COMPILE) == (False, True, False)
+    assert (cfg.SOLVER.CHANNELS_LAST, cfg.MODEL.BIT.CACHE_WS, cfg.SOLVER.COMPILE) == (
+        False,
+        True,
+        False,
+    )
     model = BiTTrainer.build_model(cfg)
     assert not _channels_last(model) and all(c.cache_weight for c in std_convs(model))
     assert not is_compiled(model.backbone)
@@ -31,7 +36,11 @@ def test_each_lever_switches_off_and_outputs_match():
     assert is_compiled(fast.backbone) and is_compiled(fast.head)  # compiled lazily, on first call
     assert not _channels_last(plain) and not any(c.cache_weight for c in std_convs(plain))
     plain.load_state_dict(fast.state_dict())  # module names and keys are unchanged by the levers
-    image = {"image": torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8), "height": 64, "width": 96}
+    image = {
+        "image": torch.randint(0, 256, (3, 64, 96), dtype=torch.uint8),
+        "height": 64,
+        "width": 96,
+    }
     fast_eager = BiTTrainer.build_model(_cfg("SOLVER.CHANNELS_LAST", True))
     fast_eager.load_state_dict(fast.state_dict())
     fast_eager.eval(), plain.eval()

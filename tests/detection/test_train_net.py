@@ -1,4 +1,5 @@
 """tools/train_net.py end to end: train + COCO evaluation, --eval-only, resume (subprocesses)."""
+
 import json
 import os
 import re
@@ -18,15 +19,29 @@ COPYPASTE = re.compile(r"copypaste: AP,AP50,AP75,APs,APm,APl\s*\n.*copypaste: ([
 # Lines a CPU run must not show: torch's note on building C++ extensions (which no tool does),
 # the meshgrid deprecation raised inside Detectron2's anchor generator, pycocotools' own AP
 # summary (Detectron2's table shows the same numbers), and any other warning from Python.
-NOT_ON_CONSOLE = ("No CUDA runtime is found", "torch.meshgrid", "Average Precision  (AP)", "Loading and preparing",
-                  "Warning:")
+NOT_ON_CONSOLE = (
+    "No CUDA runtime is found",
+    "torch.meshgrid",
+    "Average Precision  (AP)",
+    "Loading and preparing",
+    "Warning:",
+)
 
 
 def _run(tmp_path, *args, timeout=900):
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "datasets"), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+    env = dict(
+        os.environ,
+        DETECTRON2_DATASETS=str(tmp_path / "datasets"),
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS="2",
+    )
     out = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config", CONFIG, *args],
-        capture_output=True, text=True, env=env, timeout=timeout, cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=str(tmp_path),
     )
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
@@ -51,13 +66,19 @@ def test_trains_checkpoints_and_evaluates(trained):
     tmp, log = trained
     out = tmp / "out"
     ap = _ap(log)
-    assert 0.0 <= ap <= 100.0  # four iterations: any finite AP; the point is that the whole path runs
-    assert (out / "model_final.pth").is_file() and (out / "last_checkpoint").read_text() == "model_final.pth"
+    assert (
+        0.0 <= ap <= 100.0
+    )  # four iterations: any finite AP; the point is that the whole path runs
+    assert (out / "model_final.pth").is_file() and (
+        out / "last_checkpoint"
+    ).read_text() == "model_final.pth"
     assert (out / "model_0000001.pth").is_file()  # CHECKPOINT_PERIOD 2 -> after iteration index 1
     metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
     assert max(m["iteration"] for m in metrics if "total_loss" in m) == 3
     assert (out / "inference" / "bitdet_demo_mini_val" / "coco_instances_results.json").is_file()
-    assert (tmp / "datasets" / "bitdet_demo_mini" / "annotations" / "instances_val.json").is_file()  # generated on use
+    assert (
+        tmp / "datasets" / "bitdet_demo_mini" / "annotations" / "instances_val.json"
+    ).is_file()  # generated on use
     assert (out / "config.yaml").is_file()
 
 
@@ -78,8 +99,11 @@ def test_the_instant_config_repeats_exactly(trained):
     log_again = _run(tmp, "OUTPUT_DIR", str(again), *KEEP_ALL)
 
     def losses(out):
-        return [m["total_loss"] for m in map(json.loads, (out / "metrics.json").read_text().splitlines())
-                if "total_loss" in m]
+        return [
+            m["total_loss"]
+            for m in map(json.loads, (out / "metrics.json").read_text().splitlines())
+            if "total_loss" in m
+        ]
 
     assert losses(again) == losses(tmp / "out") and len(losses(again)) >= 1
     detections = "inference/bitdet_demo_mini_val/coco_instances_results.json"
@@ -91,7 +115,15 @@ def test_the_instant_config_repeats_exactly(trained):
 def test_eval_only_reproduces_the_final_evaluation(trained):
     tmp, log = trained
     out = tmp / "out"
-    eval_log = _run(tmp, "--eval-only", "MODEL.WEIGHTS", str(out / "model_final.pth"), "OUTPUT_DIR", str(tmp / "eval"), *KEEP_ALL)
+    eval_log = _run(
+        tmp,
+        "--eval-only",
+        "MODEL.WEIGHTS",
+        str(out / "model_final.pth"),
+        "OUTPUT_DIR",
+        str(tmp / "eval"),
+        *KEEP_ALL,
+    )
     assert "Starting training" not in eval_log
     assert _ap(eval_log) == pytest.approx(_ap(log), abs=1e-3)
 
@@ -104,7 +136,9 @@ def test_the_same_command_continues_from_the_last_checkpoint(trained):
     for name in ("model_final.pth", "final.json"):  # as if stopped after iteration 1
         (out / name).unlink()
     (out / "last_checkpoint").write_text("model_0000001.pth")
-    log = _run(tmp, "OUTPUT_DIR", str(out), *KEEP_ALL)  # no --resume: a run of the same config continues
+    log = _run(
+        tmp, "OUTPUT_DIR", str(out), *KEEP_ALL
+    )  # no --resume: a run of the same config continues
     assert "Starting training from iteration 2" in log
     assert json.loads((out / "final.json").read_text())["iterations"] == 4
     assert (out / "last_checkpoint").read_text() == "model_final.pth"

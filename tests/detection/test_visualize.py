@@ -1,4 +1,5 @@
 """tools/visualize.py: predictions of a (here untrained) detector and dataset ground truth as PNGs."""
+
 import importlib
 import json
 import os
@@ -26,7 +27,9 @@ def _load_tool():
 def data(tmp_path_factory):
     """A mini generated set (PNG, two sizes of image) and an untrained checkpoint."""
     root = tmp_path_factory.mktemp("vis")
-    paths = generate_detection_dataset(root / "set", num_train=0, num_val=3, image_size=(96, 128), seed=1, image_format="png")
+    paths = generate_detection_dataset(
+        root / "set", num_train=0, num_val=3, image_size=(96, 128), seed=1, image_format="png"
+    )
     model = build_model(get_bit_cfg(CONFIG))
     BiTCheckpointer(model, save_dir=str(root)).save("untrained")
     return root, paths
@@ -41,11 +44,30 @@ def test_predictions_on_a_folder_and_a_file(data, tmp_path):
     broken.write_bytes(b"not an image")
     env = dict(os.environ, DETECTRON2_DATASETS=str(root / "datasets"), PYTHONPATH=str(ROOT))
     out = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "visualize.py"), "--config", CONFIG,
-         "--input", str(paths["val_images"]), str(broken), str(extra), "--output", str(tmp_path / "vis"),
-         "--confidence-threshold", "0.0", "--metadata-from", "",
-         "MODEL.WEIGHTS", str(root / "untrained.pth"), "TEST.DETECTIONS_PER_IMAGE", "3"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "tools" / "visualize.py"),
+            "--config",
+            CONFIG,
+            "--input",
+            str(paths["val_images"]),
+            str(broken),
+            str(extra),
+            "--output",
+            str(tmp_path / "vis"),
+            "--confidence-threshold",
+            "0.0",
+            "--metadata-from",
+            "",
+            "MODEL.WEIGHTS",
+            str(root / "untrained.pth"),
+            "TEST.DETECTIONS_PER_IMAGE",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     written = sorted(p.name for p in (tmp_path / "vis").iterdir())
@@ -65,8 +87,18 @@ def test_ground_truth_of_a_registered_dataset(data, tmp_path):
     tool = _load_tool()
     spec = f"[['vis_test_val', '{paths['val_json']}', '{paths['val_images']}']]"
     args = tool.parse_args(
-        ["--config", CONFIG, "--dataset", "vis_test_val", "--output", str(tmp_path / "gt"), "--max-images", "2",
-         "DATASETS.COCO_FORMAT", spec]
+        [
+            "--config",
+            CONFIG,
+            "--dataset",
+            "vis_test_val",
+            "--output",
+            str(tmp_path / "gt"),
+            "--max-images",
+            "2",
+            "DATASETS.COCO_FORMAT",
+            spec,
+        ]
     )
     written = tool.main(args)
     assert [p.name for p in written] == ["000000.png", "000001.png"]
@@ -90,7 +122,9 @@ def test_inputs_are_checked(tmp_path):
     (tmp_path / "notes.txt").write_text("")
     assert [p.name for p in tool.list_images([str(tmp_path)])] == ["a.JPG", "b.png"]
     with pytest.raises(SystemExit):
-        tool.parse_args(["--config", CONFIG, "--output", str(tmp_path)])  # neither --input nor --dataset
+        tool.parse_args(
+            ["--config", CONFIG, "--output", str(tmp_path)]
+        )  # neither --input nor --dataset
 
 
 def test_ground_truth_of_chosen_images(data, tmp_path):
@@ -98,9 +132,19 @@ def test_ground_truth_of_chosen_images(data, tmp_path):
     tool = _load_tool()
     spec = f"[['vis_test_val_ids', '{paths['val_json']}', '{paths['val_images']}']]"
     ids = sorted(image["id"] for image in json.loads(Path(paths["val_json"]).read_text())["images"])
-    argv = ["--config", CONFIG, "--dataset", "vis_test_val_ids", "--output", str(tmp_path / "gt"),
-            "DATASETS.COCO_FORMAT", spec]
-    written = tool.main(tool.parse_args([*argv[:4], "--image-ids", str(ids[2]), str(ids[0]), *argv[4:]]))
+    argv = [
+        "--config",
+        CONFIG,
+        "--dataset",
+        "vis_test_val_ids",
+        "--output",
+        str(tmp_path / "gt"),
+        "DATASETS.COCO_FORMAT",
+        spec,
+    ]
+    written = tool.main(
+        tool.parse_args([*argv[:4], "--image-ids", str(ids[2]), str(ids[0]), *argv[4:]])
+    )
     # Dataset order, only the chosen ones.
     assert [p.name for p in written] == ["000000.png", "000002.png"]
     with pytest.raises(ValueError, match=r"vis_test_val_ids has no image id\(s\) \[999\]"):

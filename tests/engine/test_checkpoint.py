@@ -7,7 +7,12 @@ import torch
 from bitdet import create_model
 from bitdet.checkpoint import CheckpointError
 from bitdet.engine import TrainingCheckpointer
-from bitdet.engine.checkpoint import capture_rng_state, damage_of, newest_readable, restore_rng_state
+from bitdet.engine.checkpoint import (
+    capture_rng_state,
+    damage_of,
+    newest_readable,
+    restore_rng_state,
+)
 
 
 def test_keep_last_pointer_and_weights_only(tmp_path):
@@ -21,7 +26,10 @@ def test_keep_last_pointer_and_weights_only(tmp_path):
     assert [p.name for p in ckpt.list()] == ["model_0000019.pth", "model_0000029.pth"]
     assert ckpt.latest().name == "model_0000029.pth"
     state = TrainingCheckpointer.load(ckpt.latest())  # weights_only=True inside
-    assert state["step"] == 30 and state["meta"] == {"name": "R14-tiny", "ws_eps": 1e-10}  # eps: restored on load
+    assert state["step"] == 30 and state["meta"] == {
+        "name": "R14-tiny",
+        "ws_eps": 1e-10,
+    }  # eps: restored on load
     opt2 = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     opt2.load_state_dict(state["optimizer"])
     assert len(opt2.state) == len(list(model.parameters()))
@@ -50,7 +58,9 @@ def test_rng_state_round_trip():
     expected = (random.random(), np.random.randn(), torch.rand(1))
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
     restore_rng_state(state)
-    assert (random.random(), np.random.randn()) == expected[:2] and torch.equal(torch.rand(1), expected[2])
+    assert (random.random(), np.random.randn()) == expected[:2] and torch.equal(
+        torch.rand(1), expected[2]
+    )
 
 
 def test_newest_readable_skips_damaged_files_newest_first(tmp_path):
@@ -59,24 +69,33 @@ def test_newest_readable_skips_damaged_files_newest_first(tmp_path):
     for step in (2, 4, 6):
         ckpt.save(step, model)
     newest = tmp_path / "model_0000005.pth"
-    flipped = bytearray(newest.read_bytes())  # one byte of a tensor's storage: only the checksum notices
+    flipped = bytearray(
+        newest.read_bytes()
+    )  # one byte of a tensor's storage: only the checksum notices
     data_at = flipped.find(b"data/0") + 200
     flipped[data_at] ^= 0xFF
     newest.write_bytes(bytes(flipped))
     (tmp_path / "model_0000003.pth").write_bytes(b"")
     chosen, skipped = newest_readable(newest, tmp_path)
     assert chosen == tmp_path / "model_0000001.pth"
-    assert [(p.name, why.split(" ")[0]) for p, why in skipped] == [("model_0000005.pth", "corrupt"),
-                                                                     ("model_0000003.pth", "it")]
+    assert [(p.name, why.split(" ")[0]) for p, why in skipped] == [
+        ("model_0000005.pth", "corrupt"),
+        ("model_0000003.pth", "it"),
+    ]
     assert damage_of(tmp_path / "model_0000001.pth") is None
     # a file newer than the one the pointer names is never taken; a missing pointed file is skipped
     assert newest_readable(tmp_path / "model_0000000.pth", tmp_path) == (
-        None, [(tmp_path / "model_0000000.pth", "it does not exist")])
+        None,
+        [(tmp_path / "model_0000000.pth", "it does not exist")],
+    )
     (tmp_path / "model_0000001.pth").unlink()
-    with pytest.raises(CheckpointError, match=r"^no readable checkpoint to resume from in .* \(model_0000005\.pth: "
-                                              r"corrupt member .* \(checksum mismatch\); model_0000003\.pth: it is "
-                                              r"empty \(0 bytes\)\); move the damaged files away to train from the "
-                                              r"start$"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"^no readable checkpoint to resume from in .* \(model_0000005\.pth: "
+        r"corrupt member .* \(checksum mismatch\); model_0000003\.pth: it is "
+        r"empty \(0 bytes\)\); move the damaged files away to train from the "
+        r"start$",
+    ):
         TrainingCheckpointer(tmp_path).resume_file()
 
 
@@ -95,7 +114,9 @@ def test_weights_with_nan_are_never_written(tmp_path, writer):
     good = (tmp_path / name).read_bytes()
     with torch.no_grad():
         model.bias[1] = float("inf")
-    with pytest.raises(FloatingPointError, match=r"the weights hold NaN or inf \(bias\); not saved"):
+    with pytest.raises(
+        FloatingPointError, match=r"the weights hold NaN or inf \(bias\); not saved"
+    ):
         save()
     assert (tmp_path / name).read_bytes() == good
     assert (tmp_path / "last_checkpoint").read_text() == name

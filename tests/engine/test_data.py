@@ -1,4 +1,5 @@
 """Deterministic resumable data order, per-sample seeding, skipping collate."""
+
 import random
 
 import numpy as np
@@ -26,7 +27,7 @@ def test_batches_straddle_epochs():
     s = StepBatchSampler(7, global_batch=4, seed=1, max_steps=7)
     stream = [i for b in s for i, _ in b]
     for e in range(4):
-        assert sorted(stream[7 * e: 7 * e + 7]) == list(range(7))
+        assert sorted(stream[7 * e : 7 * e + 7]) == list(range(7))
 
 
 def test_ranks_split_the_single_process_batch():

@@ -1,4 +1,5 @@
 """2-process gloo DDP through Detectron2's launch: learning, identical replicas, failing rank."""
+
 import json
 import time
 

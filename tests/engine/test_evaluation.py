@@ -10,12 +10,14 @@ from bitdet.engine import classification_metrics, evaluate_classifier, multilabe
 
 def test_classification_metrics_by_hand():
     # 6 classes; sample 0 right, 1 wrong but in top 5, 2 wrong, 3 right
-    logits = torch.tensor([
-        [9.0, 1, 2, 3, 4, 5],
-        [9.0, 1, 2, 3, 4, 0],  # true 1: top-1 wrong, top-5 right
-        [0.0, 1, 2, 3, 4, 9],  # true 0: rank 6 -> both wrong
-        [0.0, 0, 9, 0, 0, 0],
-    ])
+    logits = torch.tensor(
+        [
+            [9.0, 1, 2, 3, 4, 5],
+            [9.0, 1, 2, 3, 4, 0],  # true 1: top-1 wrong, top-5 right
+            [0.0, 1, 2, 3, 4, 9],  # true 0: rank 6 -> both wrong
+            [0.0, 0, 9, 0, 0, 0],
+        ]
+    )
     targets = torch.tensor([0, 1, 0, 2])
     m = classification_metrics(logits, targets)
     assert m["top1"] == 50.0 and m["top5"] == 75.0 and m["num_samples"] == 4
@@ -81,4 +83,6 @@ def test_channels_last_and_cached_ws_evaluation_match_plain():
     model.to(memory_format=torch.channels_last)
     fast = predict(model, Images(), batch_size=2, cache_ws=True)["logits"]
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4)
-    assert not any(c.cache_weight or c._ws_cache is not None for c in std_convs(model))  # state restored
+    assert not any(
+        c.cache_weight or c._ws_cache is not None for c in std_convs(model)
+    )  # state restored

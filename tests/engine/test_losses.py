@@ -22,7 +22,10 @@ def test_sigmoid_sums_over_classes_and_means_over_batch():
     p = logits.sigmoid()
     manual = -(y * p.log() + (1 - y) * (1 - p).log()).sum(1).mean()
     torch.testing.assert_close(sigmoid_cross_entropy(logits, y), manual)
-    torch.testing.assert_close(sigmoid_cross_entropy(logits, y.argmax(1)), sigmoid_cross_entropy(logits, F.one_hot(y.argmax(1), 3).float()))
+    torch.testing.assert_close(
+        sigmoid_cross_entropy(logits, y.argmax(1)),
+        sigmoid_cross_entropy(logits, F.one_hot(y.argmax(1), 3).float()),
+    )
 
 
 def test_head_bias_minus_10_gives_small_initial_multilabel_loss():

@@ -1,4 +1,5 @@
 """The one rule for re-opening a run folder, and the stop signals, without tool processes."""
+
 import json
 import logging
 import os
@@ -20,8 +21,13 @@ from bitdet.engine.stop_signals import StopSignals, TrainingStopped, exit_status
 
 
 def _cfg(**solver):
-    cfg = CfgNode({"OUTPUT_DIR": "out", "MODEL": {"WEIGHTS": "", "NAME": "R14-tiny"},
-                   "SOLVER": {"MAX_ITER": 4, "STEPS": [2, 3], "CHECKPOINT_PERIOD": 2}})
+    cfg = CfgNode(
+        {
+            "OUTPUT_DIR": "out",
+            "MODEL": {"WEIGHTS": "", "NAME": "R14-tiny"},
+            "SOLVER": {"MAX_ITER": 4, "STEPS": [2, 3], "CHECKPOINT_PERIOD": 2},
+        }
+    )
     cfg.SOLVER.update(solver)
     return cfg
 
@@ -33,11 +39,21 @@ def _finished_run(folder, cfg, results):
 
 
 def test_differences_list_changed_added_and_removed_keys_but_not_where_the_run_writes():
-    old = {"OUTPUT_DIR": "a", "SOLVER": {"MAX_ITER": 4, "CHECKPOINT_PERIOD": 2, "GONE": 1}, "MODEL": {"WEIGHTS": ""}}
-    new = {"OUTPUT_DIR": "b", "SOLVER": {"MAX_ITER": 6, "CHECKPOINT_PERIOD": 5, "NEW": [1, 2]},
-           "MODEL": {"WEIGHTS": ""}}
-    assert config_differences(old, new) == [("SOLVER.GONE", 1, "<absent>"), ("SOLVER.MAX_ITER", 4, 6),
-                                            ("SOLVER.NEW", "<absent>", [1, 2])]
+    old = {
+        "OUTPUT_DIR": "a",
+        "SOLVER": {"MAX_ITER": 4, "CHECKPOINT_PERIOD": 2, "GONE": 1},
+        "MODEL": {"WEIGHTS": ""},
+    }
+    new = {
+        "OUTPUT_DIR": "b",
+        "SOLVER": {"MAX_ITER": 6, "CHECKPOINT_PERIOD": 5, "NEW": [1, 2]},
+        "MODEL": {"WEIGHTS": ""},
+    }
+    assert config_differences(old, new) == [
+        ("SOLVER.GONE", 1, "<absent>"),
+        ("SOLVER.MAX_ITER", 4, 6),
+        ("SOLVER.NEW", "<absent>", [1, 2]),
+    ]
     assert config_differences(old, old) == []
 
 
@@ -53,9 +69,15 @@ def test_a_finished_run_of_the_same_config_is_reported_with_its_numbers(tmp_path
     moved = _cfg(CHECKPOINT_PERIOD=100)  # how often it writes is not a setting of the run
     moved.OUTPUT_DIR = "elsewhere"
     with caplog.at_level(logging.INFO, logger="bitdet.engine.run_folder"):
-        assert open_run(tmp_path, moved, "results.json") == {"top1": 87.25, "steps": 4, "rule": {"crop": 16}}
+        assert open_run(tmp_path, moved, "results.json") == {
+            "top1": 87.25,
+            "steps": 4,
+            "rule": {"crop": 16},
+        }
     assert "its results (results.json): top1 87.25, steps 4" in caplog.text
-    assert yaml.safe_load((tmp_path / RUN_CONFIG).read_text())["SOLVER"]["CHECKPOINT_PERIOD"] == 2  # not rewritten
+    assert (
+        yaml.safe_load((tmp_path / RUN_CONFIG).read_text())["SOLVER"]["CHECKPOINT_PERIOD"] == 2
+    )  # not rewritten
 
 
 def test_a_run_of_another_config_is_refused_in_one_line_and_left_untouched(tmp_path):
@@ -67,8 +89,10 @@ def test_a_run_of_another_config_is_refused_in_one_line_and_left_untouched(tmp_p
         open_run(tmp_path, other, "results.json")
     message = str(error.value)
     assert "\n" not in message
-    assert (f"{tmp_path} holds a run of another config (MODEL.WEIGHTS: '' -> {'x' * 37}..., SOLVER.MAX_ITER: 4 -> 6, "
-            "SOLVER.STEPS: [2, 3] -> [4, 5]); --force starts over there") in message
+    assert (
+        f"{tmp_path} holds a run of another config (MODEL.WEIGHTS: '' -> {'x' * 37}..., SOLVER.MAX_ITER: 4 -> 6, "
+        "SOLVER.STEPS: [2, 3] -> [4, 5]); --force starts over there"
+    ) in message
     assert "or set another OUTPUT_DIR" in message
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
@@ -82,7 +106,10 @@ def test_checkpoints_alone_are_a_run_too_and_force_clears_them(tmp_path):
         open_run(tmp_path, _cfg(MAX_ITER=2), "final.json")
     assert open_run(tmp_path, _cfg(), "final.json") is None  # same config, unfinished: continue
     assert (tmp_path / "model_0000001.pth").is_file()
-    assert open_run(tmp_path, _cfg(MAX_ITER=2), "final.json", force=True, clear=("model_final.pth",)) is None
+    assert (
+        open_run(tmp_path, _cfg(MAX_ITER=2), "final.json", force=True, clear=("model_final.pth",))
+        is None
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == [RUN_CONFIG]
     assert yaml.safe_load((tmp_path / RUN_CONFIG).read_text())["SOLVER"]["MAX_ITER"] == 2
 
@@ -90,7 +117,9 @@ def test_checkpoints_alone_are_a_run_too_and_force_clears_them(tmp_path):
 def test_unreadable_records_are_refused_naming_the_file(tmp_path):
     _finished_run(tmp_path, _cfg(), {"top1": 1.0})
     (tmp_path / "results.json").write_text("{truncated")
-    with pytest.raises(RunConfigMismatch, match=r"results.json cannot be read \(JSONDecodeError.*--force"):
+    with pytest.raises(
+        RunConfigMismatch, match=r"results.json cannot be read \(JSONDecodeError.*--force"
+    ):
         check_run(tmp_path, _cfg(), "results.json")
     (tmp_path / RUN_CONFIG).write_text("SOLVER: [unclosed")
     with pytest.raises(RunConfigMismatch, match=r"config.yaml cannot be read"):
@@ -116,7 +145,9 @@ def test_ctrl_c_outranks_sigterm_when_ranks_disagree_and_sets_the_status():
     stop = StopSignals()
     assert stop.decide([0.0, 0.0]) is None
     assert stop.decide([0.0, 2.0]) == signal.SIGTERM
-    assert stop.decide([1.0, 1.0]) == signal.SIGINT  # [SIGINT count, SIGTERM count] summed over ranks
+    assert (
+        stop.decide([1.0, 1.0]) == signal.SIGINT
+    )  # [SIGINT count, SIGTERM count] summed over ranks
     assert (exit_status(signal.SIGTERM), exit_status(signal.SIGINT)) == (0, 130)
     with pytest.raises(TrainingStopped) as stopped:
         stop.stop(signal.SIGINT, 6, None, "step 6")
@@ -132,11 +163,18 @@ def test_ctrl_c_outside_a_training_loop_is_one_line_and_status_130(capsys):
         raise KeyboardInterrupt  # e.g. while the model is built, or a second Ctrl-C while one saves
 
     with pytest.raises(SystemExit) as exit_info:
-        run_launched("pretrain", main, Namespace(num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto"))
+        run_launched(
+            "pretrain", main, Namespace(num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto")
+        )
     assert exit_info.value.code == 130
-    assert capsys.readouterr().err == "pretrain: interrupted (Ctrl-C): nothing saved since the last checkpoint\n"
+    assert (
+        capsys.readouterr().err
+        == "pretrain: interrupted (Ctrl-C): nothing saved since the last checkpoint\n"
+    )
 
 
 def test_only_sigint_and_sigterm_stop_training():
-    with pytest.raises(ValueError, match=r"signals \['SIGUSR1'\]: only SIGINT and SIGTERM stop training"):
+    with pytest.raises(
+        ValueError, match=r"signals \['SIGUSR1'\]: only SIGINT and SIGTERM stop training"
+    ):
         StopSignals([signal.SIGINT, signal.SIGUSR1])

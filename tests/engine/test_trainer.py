@@ -1,4 +1,5 @@
 """ClassifierTrainer: exact resume, preemption, non-finite loss, skipped samples, accumulation."""
+
 import logging
 import os
 import signal
@@ -34,7 +35,10 @@ def test_trains_and_writes_outputs(tmp_path):
     assert final["step"] == 4 and final["skipped_images"] == 0
     assert (tmp_path / "metrics.json").is_file() and list(tmp_path.glob("events.out.tfevents.*"))
     # keep_last=2 with a checkpoint every 2 steps and at the end
-    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_0000001.pth", "model_0000003.pth"]
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [
+        "model_0000001.pth",
+        "model_0000003.pth",
+    ]
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
     state = torch.load(tmp_path / "model_0000003.pth", weights_only=True)
     assert state["step"] == 4 and not any(k.startswith("module.") for k in state["model"])
@@ -61,8 +65,19 @@ def test_resume_in_process_is_exact(tmp_path):
 def test_resume_after_sigkill_is_bit_identical(tmp_path, precision):
     """Kill -9 right after the step-4 checkpoint, resume to 6: same parameters as 6 straight."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "tests.engine.tiny_run", str(tmp_path / "killed"), "6", "--kill-after", "5",
-           "--workers", "2", "--precision", precision]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tests.engine.tiny_run",
+        str(tmp_path / "killed"),
+        "6",
+        "--kill-after",
+        "5",
+        "--workers",
+        "2",
+        "--precision",
+        precision,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert (tmp_path / "killed" / "last_checkpoint").read_text() == "model_0000003.pth"
@@ -79,7 +94,9 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
     full.train()
     out = tmp_path / "damaged"
     out.mkdir()
-    whole = (tmp_path / "full" / "model_0000003.pth").read_bytes()  # keep_last=2: steps 4 and 6 are on disk
+    whole = (
+        tmp_path / "full" / "model_0000003.pth"
+    ).read_bytes()  # keep_last=2: steps 4 and 6 are on disk
     (out / "model_0000003.pth").write_bytes(whole)
     latest = (tmp_path / "full" / "model_0000005.pth").read_bytes()
     (out / "model_0000005.pth").write_bytes(latest[: len(latest) - 100])
@@ -87,8 +104,11 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
     resumed = tiny_trainer(str(out), steps=6)
     with caplog.at_level(logging.WARNING):
         assert resumed.resume() == 4
-    assert "cannot resume from model_0000005.pth (model_0000005.pth: truncated or corrupt (File is not a zip " \
-           "file)): resuming from model_0000003.pth, the newest readable checkpoint before it" in caplog.text
+    assert (
+        "cannot resume from model_0000005.pth (model_0000005.pth: truncated or corrupt (File is not a zip "
+        "file)): resuming from model_0000003.pth, the newest readable checkpoint before it"
+        in caplog.text
+    )
     resumed = tiny_trainer(str(out), steps=6)
     resumed.train(resume=True)
     assert_identical(params(full.model), params(resumed.model))
@@ -110,18 +130,26 @@ def test_resume_with_another_process_count_keeps_a_map_style_stream(tmp_path, ca
     _with_saved_world_size(tmp_path / "model_0000001.pth", 2)
     with caplog.at_level(logging.WARNING):
         assert tiny_trainer(str(tmp_path), steps=4).resume() == 2
-    assert "resuming a run of 2 process(es) with 1: every step reads the same samples and augmentations" in caplog.text
+    assert (
+        "resuming a run of 2 process(es) with 1: every step reads the same samples and augmentations"
+        in caplog.text
+    )
 
 
 def test_resume_with_another_process_count_is_refused_with_a_batch_hook(tmp_path):
-    def swap_halves(images, targets, generator):  # pairs samples within the process's batch, as MixUp
+    def swap_halves(
+        images, targets, generator
+    ):  # pairs samples within the process's batch, as MixUp
         return torch.cat([images[4:], images[:4]]), torch.cat([targets[4:], targets[:4]])
 
     tiny_trainer(str(tmp_path), steps=2, batch_hook=swap_halves).train()
     _with_saved_world_size(tmp_path / "model_0000001.pth", 2)
-    with pytest.raises(ValueError, match=r"model_0000001\.pth was written by a run of 2 process\(es\) and this run "
-                                         r"has 1: the batch hook \(e\.g\. MixUp\) mixes samples within each "
-                                         r"process's batch, .* resume with 2 process\(es\), or start over"):
+    with pytest.raises(
+        ValueError,
+        match=r"model_0000001\.pth was written by a run of 2 process\(es\) and this run "
+        r"has 1: the batch hook \(e\.g\. MixUp\) mixes samples within each "
+        r"process's batch, .* resume with 2 process\(es\), or start over",
+    ):
         tiny_trainer(str(tmp_path), steps=4, batch_hook=swap_halves).resume()
 
 
@@ -134,8 +162,10 @@ class SendSignal(HookBase):
             os.kill(os.getpid(), self.signum)
 
 
-@pytest.mark.parametrize("signum, status, said", [(signal.SIGTERM, 0, "SIGTERM received"),
-                                                  (signal.SIGINT, 130, "interrupted (Ctrl-C)")])
+@pytest.mark.parametrize(
+    "signum, status, said",
+    [(signal.SIGTERM, 0, "SIGTERM received"), (signal.SIGINT, 130, "interrupted (Ctrl-C)")],
+)
 def test_sigterm_and_ctrl_c_save_the_step_and_exit(tmp_path, caplog, signum, status, said):
     previous = signal.getsignal(signum)
     trainer = tiny_trainer(str(tmp_path), steps=10, period=100)
@@ -169,8 +199,11 @@ class PoisonAt(HookBase):
 def test_non_finite_loss_names_step_and_keeps_checkpoint(tmp_path):
     trainer = tiny_trainer(str(tmp_path), steps=10, period=2)
     trainer.register_hooks([PoisonAt(3)])
-    with pytest.raises(FloatingPointError, match=r"^loss is nan at step 3 \(lr 0\.05\): the weights were not "
-                                                 r"updated; last good checkpoint: .*model_0000001\.pth\. Lower"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"^loss is nan at step 3 \(lr 0\.05\): the weights were not "
+        r"updated; last good checkpoint: .*model_0000001\.pth\. Lower",
+    ):
         trainer.train()
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
     state = TrainingCheckpointer.load(tmp_path / "model_0000001.pth")
@@ -210,7 +243,9 @@ def test_gradient_accumulation_matches_full_batch(tmp_path):
 
 
 def test_bf16_channels_last_and_sigmoid_run(tmp_path):
-    trainer = tiny_trainer(str(tmp_path), steps=2, precision="bf16", channels_last=True, loss="sigmoid")
+    trainer = tiny_trainer(
+        str(tmp_path), steps=2, precision="bf16", channels_last=True, loss="sigmoid"
+    )
     final = trainer.train()
     assert torch.isfinite(torch.tensor(final["loss"]))
 
@@ -219,6 +254,7 @@ def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch, caplog):
     def broken_compile(module, **kwargs):
         def run(*args, **kw):
             raise RuntimeError("backend exploded")
+
         return run
 
     eager = tiny_trainer(str(tmp_path / "eager"), steps=2)
@@ -265,12 +301,15 @@ def test_choose_batch_split_halves_until_it_fits():
         choose_batch_split(never, 4)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(global_batch=8, batch_split=16), "batch_split"),
-    (dict(precision="fp16"), "precision"),
-    (dict(loss="hinge"), "unknown loss"),
-    (dict(max_steps=0), "max_steps"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(global_batch=8, batch_split=16), "batch_split"),
+        (dict(precision="fp16"), "precision"),
+        (dict(loss="hinge"), "unknown loss"),
+        (dict(max_steps=0), "max_steps"),
+    ],
+)
 def test_bad_arguments_are_named(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         tiny_trainer(str(tmp_path), **{"steps": kwargs.pop("max_steps", 2), **kwargs})
@@ -283,8 +322,15 @@ def test_sigterm_to_the_whole_process_group_with_workers(tmp_path):
 
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cmd = [sys.executable, "-m", "tests.engine.tiny_run", str(tmp_path), "400", "--workers", "2"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (tmp_path / "last_checkpoint").exists() and time.monotonic() < deadline:
@@ -302,11 +348,13 @@ def test_sigterm_to_the_whole_process_group_with_workers(tmp_path):
 
 def test_batch_hook_gets_a_generator_seeded_by_step(tmp_path):
     """MixUp-style hooks see the same randomness per step in a fresh and in a resumed run."""
+
     def recorder(log):
         def hook(images, targets, generator):
             log.append(torch.rand(1, generator=generator).item())
             soft = torch.nn.functional.one_hot(targets, 10).float()  # soft targets reach the loss
             return images, soft
+
         return hook
 
     full, resumed = [], []

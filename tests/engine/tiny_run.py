@@ -4,6 +4,7 @@
 R14-tiny on 24x24 Fashion-MNIST crops; ``--kill-after K`` SIGKILLs the process right after the
 checkpoint of step K is on disk (an abrupt preemption).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,17 +21,31 @@ from bitdet.data import FashionMNIST
 from bitdet.engine import ClassifierTrainer
 
 # A random crop and flip make the test depend on per-sample augmentation seeds.
-TRANSFORM = T.Compose([
-    T.PILToTensor(), T.RandomCrop(24), T.RandomHorizontalFlip(),
-    T.ToDtype(torch.float32), T.Lambda(lambda x: x / 127.5 - 1),
-])
+TRANSFORM = T.Compose(
+    [
+        T.PILToTensor(),
+        T.RandomCrop(24),
+        T.RandomHorizontalFlip(),
+        T.ToDtype(torch.float32),
+        T.Lambda(lambda x: x / 127.5 - 1),
+    ]
+)
 
 
 def tiny_sets(per_class: int = 8):
     """A small, real training set (Fashion-MNIST, ``per_class`` images per class) and a test set."""
     train = FashionMNIST(split="train", transform=TRANSFORM).subset_per_class(per_class)
-    test = FashionMNIST(split="test", transform=T.Compose([T.PILToTensor(), T.CenterCrop(24), T.ToDtype(torch.float32),
-                                                          T.Lambda(lambda x: x / 127.5 - 1)])).subset_per_class(4)
+    test = FashionMNIST(
+        split="test",
+        transform=T.Compose(
+            [
+                T.PILToTensor(),
+                T.CenterCrop(24),
+                T.ToDtype(torch.float32),
+                T.Lambda(lambda x: x / 127.5 - 1),
+            ]
+        ),
+    ).subset_per_class(4)
     return train, test
 
 
@@ -38,9 +53,18 @@ def tiny_trainer(out: str, steps: int, period: int = 2, **kwargs: Any) -> Classi
     torch.manual_seed(0)
     model = create_model("R14-tiny", num_classes=10)
     train, _ = tiny_sets()
-    options: Dict[str, Any] = dict(output_dir=out, max_steps=steps, global_batch=8, lr_at=lambda s: 0.05,
-                                   weight_decay=1e-4, checkpoint_period=period, keep_last=2, log_period=1,
-                                   seed=3, num_workers=0)
+    options: Dict[str, Any] = dict(
+        output_dir=out,
+        max_steps=steps,
+        global_batch=8,
+        lr_at=lambda s: 0.05,
+        weight_decay=1e-4,
+        checkpoint_period=period,
+        keep_last=2,
+        log_period=1,
+        seed=3,
+        num_workers=0,
+    )
     options.update(kwargs)
     return ClassifierTrainer(model, train, **options)
 
@@ -85,7 +109,9 @@ class FailOnRank(HookBase):
 def ddp_worker(out: str, steps: int, fail_rank: int = -1) -> None:
     """Entry point for ``detectron2.engine.launch``: train, then save this rank's parameters."""
     torch.set_num_threads(1)
-    trainer = tiny_trainer(out, steps, period=100, global_batch=16, lr_at=lambda s: 0.01, log_period=1)
+    trainer = tiny_trainer(
+        out, steps, period=100, global_batch=16, lr_at=lambda s: 0.01, log_period=1
+    )
     if fail_rank >= 0:
         trainer.register_hooks([FailOnRank(fail_rank, 2)])
     trainer.train(resume=False)

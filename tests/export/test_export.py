@@ -5,6 +5,7 @@ Heads are randomised so that outputs carry information: BiT's zero-initialised c
 head gives zero logits, and Detectron2's RetinaNet initialisation scores every anchor at the
 0.01 prior, so detections tie and boxes are barely decoded.
 """
+
 import numpy as np
 import onnx
 import pytest
@@ -15,12 +16,20 @@ from torch import nn
 import bitdet
 from bitdet.detection import get_bit_cfg
 from bitdet.export import (
-    backbone_target, classifier_target, detector_target, export, load_runner, runtime_conv_weights, sample_photos,
+    backbone_target,
+    classifier_target,
+    detector_target,
+    export,
+    load_runner,
+    runtime_conv_weights,
+    sample_photos,
 )
 from bitdet.export.formats import outputs_as_numpy
 from bitdet.export.verify import _match_detections
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning"
+)
 
 TOL = 1e-4
 CONFIG = "configs/quick_schedules/retinanet_bit_instant_test.yaml"
@@ -39,7 +48,11 @@ def _max_diffs(target, runner):
         ref, out = outputs_as_numpy(target.reference(*sample)), runner(*sample)
         if target.detections:
             matching = _match_detections(ref, out, 1e-3, 0.0)
-            assert matching.unexplained == 0 and matching.at_cutoff == 0 and len(matching.pairs) == len(ref[2])
+            assert (
+                matching.unexplained == 0
+                and matching.at_cutoff == 0
+                and len(matching.pairs) == len(ref[2])
+            )
             ref = [r[matching.pairs[:, 1]] for r in ref[:3]] + ref[3:]
             out = [o[matching.pairs[:, 0]] for o in out[:3]] + out[3:]
         for name, r, o in zip(target.output_names, ref, out):
@@ -61,7 +74,9 @@ def retinanet():
     torch.manual_seed(0)
     cfg = get_bit_cfg(CONFIG, ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg).eval()
-    with torch.no_grad():  # a head with realistic spreads: box deltas within about +-0.4, scores 0.05-0.25
+    with (
+        torch.no_grad()
+    ):  # a head with realistic spreads: box deltas within about +-0.4, scores 0.05-0.25
         for name, p in model.head.named_parameters():
             if name.endswith("weight"):
                 p.normal_(0, 0.005 if name.startswith("bbox_pred") else 0.05)
@@ -84,7 +99,9 @@ def test_retinanet_matches_eager(retinanet, fmt, tmp_path):
     cfg, model = retinanet
     target = detector_target(model, cfg, sample_photos(input_format=cfg.INPUT.FORMAT))
     assert target.output_names == ["pred_boxes", "pred_classes", "scores", "image_size"]
-    assert len({s[0].shape for s in target.samples}) == len(target.samples) > 1  # several image sizes
+    assert (
+        len({s[0].shape for s in target.samples}) == len(target.samples) > 1
+    )  # several image sizes
     path = export(target, fmt, tmp_path)
     assert runtime_conv_weights(_graph(path, fmt)) == []
     scores = target.reference(*target.samples[0])[2]
@@ -143,6 +160,8 @@ def test_onnx_refuses_weights_beyond_protobufs_2_gib(classifier):
     from bitdet.export.formats import check_onnx_size
 
     check_onnx_size(classifier)  # R14-tiny: a few MB
-    huge = replace(classifier, module=nn.Linear(40000, 20000, device="meta"))  # 3.0 GiB, never allocated
+    huge = replace(
+        classifier, module=nn.Linear(40000, 20000, device="meta")
+    )  # 3.0 GiB, never allocated
     with pytest.raises(ValueError, match=r"3\.0 GiB.*--format torchscript"):
         check_onnx_size(huge)

@@ -1,4 +1,5 @@
 """Folding weight standardization: same function, plain convs, and graphs without WS ops."""
+
 import io
 
 import onnx
@@ -47,8 +48,12 @@ def _onnx(module, x):
     return onnx.load_from_string(buffer.getvalue())
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning", "ignore::UserWarning",
-                            "ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning",
+    "ignore::FutureWarning",
+    "ignore::UserWarning",
+    "ignore::torch.jit.TracerWarning",
+)
 def test_exported_graphs_of_a_folded_model_have_no_ws_ops(model):
     x = torch.randn(1, 3, 32, 32)
     folded = fold_weight_standardization(model)

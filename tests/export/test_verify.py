@@ -1,5 +1,6 @@
 """compare_outputs: tolerance rules and detection matching (order-free, ties at the cut-off);
 verify: outputs whose agreement proves nothing fail."""
+
 import copy
 
 import numpy as np
@@ -73,7 +74,9 @@ def test_counts_the_detections_compared():
     assert compare_outputs(ref, ref, NAMES, detections=True)[0].matched == 6
     empty = [ref[0][:0], ref[1][:0], ref[2][:0], ref[3]]
     results = compare_outputs(empty, empty, NAMES, detections=True)
-    assert _ok(results) and results[0].matched == 0  # passes, but the tool warns that nothing was compared
+    assert (
+        _ok(results) and results[0].matched == 0
+    )  # passes, but the tool warns that nothing was compared
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +89,9 @@ def tiny_classifier():
 
 def _verify_eagerly(model, new_head=""):
     """``verify`` with the folded module as the exported graph (the same computation as an export)."""
-    target = classifier_target(model, image_size=32, batch_size=2, photos=sample_photos(), new_head=new_head)
+    target = classifier_target(
+        model, image_size=32, batch_size=2, photos=sample_photos(), new_head=new_head
+    )
 
     def runner(x):
         with torch.no_grad():
@@ -101,11 +106,14 @@ def test_informative_logits_pass(tiny_classifier):
     assert all(r.shape[1] == 4 for r in results)
 
 
-@pytest.mark.parametrize("case, note", [
-    ("zero", "zero on every sample"),
-    ("constant", "the same for every input image"),
-    ("nan", "non-finite values"),
-])
+@pytest.mark.parametrize(
+    "case, note",
+    [
+        ("zero", "zero on every sample"),
+        ("constant", "the same for every input image"),
+        ("nan", "non-finite values"),
+    ],
+)
 def test_uninformative_outputs_fail(tiny_classifier, case, note):
     model = copy.deepcopy(tiny_classifier)
     with torch.no_grad():

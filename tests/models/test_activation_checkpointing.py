@@ -3,6 +3,7 @@
 On CPU the recomputed forward runs the same kernels on the same inputs, so results are
 bit-identical to the plain run (fp32 and bf16 autocast alike): the tests assert equality.
 """
+
 import copy
 import socket
 
@@ -66,7 +67,9 @@ def test_classifier_losses_and_gradients_are_identical(classifier, mode, channel
     base, x, y = classifier
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x = x.contiguous(memory_format=memory_format)
-    reference = _classifier_step(copy.deepcopy(base).to(memory_format=memory_format), x, y, precision)
+    reference = _classifier_step(
+        copy.deepcopy(base).to(memory_format=memory_format), x, y, precision
+    )
     model = copy.deepcopy(base).to(memory_format=memory_format).set_grad_checkpointing(mode)
     assert model.grad_checkpointing == mode
     _assert_same(_classifier_step(model, x, y, precision), reference)
@@ -107,16 +110,31 @@ def test_timm_switch_and_unknown_modes():
 @pytest.mark.parametrize("get_cfg", [get_pretrain_cfg, get_finetune_cfg, get_bit_cfg])
 def test_config_key_is_validated_in_every_trainer(get_cfg):
     assert get_cfg(None).MODEL.ACTIVATION_CHECKPOINTING == "none"
-    assert get_cfg(None, ["MODEL.ACTIVATION_CHECKPOINTING", "stage"]).MODEL.ACTIVATION_CHECKPOINTING == "stage"
-    with pytest.raises(ValueError, match=r"^MODEL.ACTIVATION_CHECKPOINTING 'all': expected one of 'none', 'stage', 'unit'$"):
+    assert (
+        get_cfg(None, ["MODEL.ACTIVATION_CHECKPOINTING", "stage"]).MODEL.ACTIVATION_CHECKPOINTING
+        == "stage"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"^MODEL.ACTIVATION_CHECKPOINTING 'all': expected one of 'none', 'stage', 'unit'$",
+    ):
         get_cfg(None, ["MODEL.ACTIVATION_CHECKPOINTING", "all"])
 
 
 def test_pretraining_builder_applies_the_key():
     from bitdet.pretrain.runner import build_model as build_pretrain_model
 
-    cfg = get_pretrain_cfg(None, ["MODEL.NAME", "R14-tiny", "MODEL.NUM_CLASSES", "3",
-                                  "MODEL.ACTIVATION_CHECKPOINTING", "stage"])
+    cfg = get_pretrain_cfg(
+        None,
+        [
+            "MODEL.NAME",
+            "R14-tiny",
+            "MODEL.NUM_CLASSES",
+            "3",
+            "MODEL.ACTIVATION_CHECKPOINTING",
+            "stage",
+        ],
+    )
     assert build_pretrain_model(cfg).grad_checkpointing == "stage"
 
 
@@ -124,16 +142,27 @@ def _sample(generator, num_boxes=2, size=64):
     image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator).float()
     inst = Instances((size, size))
     xy = torch.rand(num_boxes, 2, generator=generator) * size / 2
-    inst.gt_boxes = Boxes(torch.cat([xy, xy + 12 + torch.rand(num_boxes, 2, generator=generator) * size / 3], 1))
+    inst.gt_boxes = Boxes(
+        torch.cat([xy, xy + 12 + torch.rand(num_boxes, 2, generator=generator) * size / 3], 1)
+    )
     inst.gt_classes = torch.randint(0, 10, (num_boxes,), generator=generator)
     return {"image": image, "instances": inst, "height": size, "width": size}
 
 
 def _detector(mode, freeze_at=0, tap="preact"):
-    cfg = get_bit_cfg("quick_schedules/retinanet_bit_instant_test.yaml", [
-        "MODEL.ACTIVATION_CHECKPOINTING", mode, "MODEL.BACKBONE.FREEZE_AT", freeze_at, "MODEL.BIT.FEATURE_TAP", tap,
-        "MODEL.FPN.OUT_CHANNELS", 32,
-    ])
+    cfg = get_bit_cfg(
+        "quick_schedules/retinanet_bit_instant_test.yaml",
+        [
+            "MODEL.ACTIVATION_CHECKPOINTING",
+            mode,
+            "MODEL.BACKBONE.FREEZE_AT",
+            freeze_at,
+            "MODEL.BIT.FEATURE_TAP",
+            tap,
+            "MODEL.FPN.OUT_CHANNELS",
+            32,
+        ],
+    )
     torch.manual_seed(0)
     return build_model(cfg)
 
@@ -150,11 +179,18 @@ def _detector_step(model, precision="fp32"):
     return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("mode,freeze_at,tap,precision", [
-    ("stage", 0, "preact", "fp32"), ("unit", 0, "preact", "fp32"), ("stage", 2, "preact", "fp32"),
-    ("unit", 3, "preact", "fp32"), ("unit", 0, "raw", "fp32"), ("stage", 0, "preact", "bf16"),
-    ("unit", 2, "preact", "bf16"),
-])
+@pytest.mark.parametrize(
+    "mode,freeze_at,tap,precision",
+    [
+        ("stage", 0, "preact", "fp32"),
+        ("unit", 0, "preact", "fp32"),
+        ("stage", 2, "preact", "fp32"),
+        ("unit", 3, "preact", "fp32"),
+        ("unit", 0, "raw", "fp32"),
+        ("stage", 0, "preact", "bf16"),
+        ("unit", 2, "preact", "bf16"),
+    ],
+)
 def test_detector_losses_and_gradients_are_identical(mode, freeze_at, tap, precision):
     reference = _detector_step(_detector("none", freeze_at, tap), precision)
     model = _detector(mode, freeze_at, tap)
@@ -164,19 +200,28 @@ def test_detector_losses_and_gradients_are_identical(mode, freeze_at, tap, preci
         # PyTorch's bf16 CPU weight gradient of RetinaNet's P7 conv (3x3, stride 2, on a 1x1
         # map here) leaves the entries that only meet padding unrepeatable, with or without
         # checkpointing; the trunk, which checkpointing recomputes, is compared bit for bit.
-        result, reference = ((loss, {n: g for n, g in grads.items() if n.startswith("backbone.bottom_up.")})
-                             for loss, grads in (result, reference))
+        result, reference = (
+            (loss, {n: g for n, g in grads.items() if n.startswith("backbone.bottom_up.")})
+            for loss, grads in (result, reference)
+        )
     _assert_same(result, reference)
-    frozen = {f"backbone.bottom_up.{n}" for n, p in model.backbone.bottom_up.named_parameters() if not p.requires_grad}
+    frozen = {
+        f"backbone.bottom_up.{n}"
+        for n, p in model.backbone.bottom_up.named_parameters()
+        if not p.requires_grad
+    }
     assert not frozen & result[1].keys() and bool(frozen) == (freeze_at > 0)
 
 
-@pytest.mark.parametrize("mode,freeze_at,expected", [
-    ("stage", 0, ["block1", "block2", "block3", "block4"]),
-    ("stage", 2, ["block2", "block3", "block4"]),
-    ("unit", 3, ["block3.unit01", "block4.unit01"]),
-    ("unit", 5, []),
-])
+@pytest.mark.parametrize(
+    "mode,freeze_at,expected",
+    [
+        ("stage", 0, ["block1", "block2", "block3", "block4"]),
+        ("stage", 2, ["block2", "block3", "block4"]),
+        ("unit", 3, ["block3.unit01", "block4.unit01"]),
+        ("unit", 5, []),
+    ],
+)
 def test_frozen_stages_are_not_checkpointed(monkeypatch, mode, freeze_at, expected):
     model = _detector(mode, freeze_at)
     names = {m: n for n, m in model.backbone.bottom_up.named_modules()}
@@ -248,8 +293,10 @@ def test_finetuning_applies_the_key(tmp_path, monkeypatch):
         raise Stop
 
     monkeypatch.setattr(bitdet.engine, "ClassifierTrainer", trainer)
-    cfg = get_finetune_cfg("finetune/demo_digits.yaml", ["MODEL.ACTIVATION_CHECKPOINTING", "unit",
-                                                         "OUTPUT_DIR", str(tmp_path)])
+    cfg = get_finetune_cfg(
+        "finetune/demo_digits.yaml",
+        ["MODEL.ACTIVATION_CHECKPOINTING", "unit", "OUTPUT_DIR", str(tmp_path)],
+    )
     with pytest.raises(Stop):
         finetune(cfg)
     assert seen == ["unit"]

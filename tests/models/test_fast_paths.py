@@ -1,4 +1,5 @@
 """Every fast path of bitdet.models.fast matches the eager reference."""
+
 import copy
 import pickle
 
@@ -28,13 +29,17 @@ def test_cached_inference_is_bitwise_equal_and_reuses_the_kernel():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)
-    assert cache_standardized_weights(model) == len(std_convs(model)) == 17  # stem + 4 units x 3 + 4 projections
+    assert (
+        cache_standardized_weights(model) == len(std_convs(model)) == 17
+    )  # stem + 4 units x 3 + 4 projections
     with torch.inference_mode():
         first = model(x)
         kernels = [c._ws_cache[1] for c in std_convs(model)]
         second = model(x)
     assert torch.equal(first, ref) and torch.equal(second, ref)
-    assert all(c._ws_cache[1] is k for c, k in zip(std_convs(model), kernels))  # reused, not recomputed
+    assert all(
+        c._ws_cache[1] is k for c, k in zip(std_convs(model), kernels)
+    )  # reused, not recomputed
     cache_standardized_weights(model, False)
     assert all(c._ws_cache is None for c in std_convs(model))
 
@@ -64,7 +69,10 @@ def test_cache_is_not_used_where_gradients_flow_and_serves_frozen_layers():
     x = torch.randn(2, 3, 32, 32, requires_grad=True)
     model(x).sum().backward()
     assert model.stem.conv._ws_cache is not None
-    assert model.block1.unit01.conv1._ws_cache is None and model.block1.unit01.conv1.weight.grad is not None
+    assert (
+        model.block1.unit01.conv1._ws_cache is None
+        and model.block1.unit01.conv1.weight.grad is not None
+    )
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
@@ -130,7 +138,9 @@ def _accumulated_grads(model, batches, once=None):
 
 def test_standardize_once_per_step_gives_per_use_gradients():
     model = _tiny().double()
-    batches = [(torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.tensor([k, 4 - k])) for k in range(3)]
+    batches = [
+        (torch.randn(2, 3, 32, 32, dtype=torch.float64), torch.tensor([k, 4 - k])) for k in range(3)
+    ]
     ref = _accumulated_grads(model, batches)
     once = StandardizeOncePerStep(model)
     got = _accumulated_grads(model, batches, once)
@@ -161,6 +171,7 @@ def test_compile_falls_back_to_eager_and_reraises_caller_errors(monkeypatch):
     def broken_compile(fn, **kwargs):
         def run(*args, **kw):
             raise RuntimeError("inductor exploded")
+
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
@@ -214,14 +225,19 @@ def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     try:
         torch.manual_seed(0)
         model = create_model("R14-tiny", num_classes=5, zero_head=False).double()
         ddp = DDP(model)
         once = StandardizeOncePerStep(ddp)
         gen = torch.Generator().manual_seed(100 + rank)
-        batches = [(torch.randn(2, 3, 32, 32, generator=gen, dtype=torch.float64), torch.tensor([rank, 2])) for _ in range(2)]
+        batches = [
+            (torch.randn(2, 3, 32, 32, generator=gen, dtype=torch.float64), torch.tensor([rank, 2]))
+            for _ in range(2)
+        ]
         with once.step():
             with ddp.no_sync():
                 (F.cross_entropy(ddp(batches[0][0]), batches[0][1]) / 2).backward()
@@ -257,9 +273,18 @@ def test_standardize_once_per_step_under_ddp_matches_single_process_average():
     total = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
     for rank in range(2):
         gen = torch.Generator().manual_seed(100 + rank)
-        batches = [(torch.randn(2, 3, 32, 32, generator=gen, dtype=torch.float64), torch.tensor([rank, 2])) for _ in range(2)]
+        batches = [
+            (torch.randn(2, 3, 32, 32, generator=gen, dtype=torch.float64), torch.tensor([rank, 2]))
+            for _ in range(2)
+        ]
         for name, g in _accumulated_grads(model, batches).items():
             total[name] += g / 2
     for rank in range(2):
         for name in total:
-            torch.testing.assert_close(torch.from_numpy(grads[rank][name]), total[name], rtol=1e-9, atol=1e-12, msg=f"rank {rank} {name}")
+            torch.testing.assert_close(
+                torch.from_numpy(grads[rank][name]),
+                total[name],
+                rtol=1e-9,
+                atol=1e-12,
+                msg=f"rank {rank} {name}",
+            )

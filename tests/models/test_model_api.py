@@ -1,21 +1,39 @@
 """timm's model API on BiT: list_models patterns, forward_features by name, features_only,
 pretrained_cfg and the preprocessing it drives."""
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import bitdet
-from bitdet.models import FEATURE_NAMES, create_model, create_transform, get_pretrained_cfg, resolve_data_config
+from bitdet.models import (
+    create_model,
+    create_transform,
+    get_pretrained_cfg,
+    resolve_data_config,
+)
 from bitdet.transfer.transforms import ToBiTTensor
 
 
 def test_list_models_patterns_and_pretrained():
     assert bitdet.list_models("*R50*") == [
-        "BiT-S-R50x1", "BiT-S-R50x2", "BiT-S-R50x3", "BiT-S-R50x4",
-        "BiT-M-R50x1", "BiT-M-R50x2", "BiT-M-R50x3", "BiT-M-R50x4",
-        "R50x1", "R50x2", "R50x3", "R50x4"]
-    assert bitdet.list_models("bit-m-r101*", pretrained=True) == [f"BiT-M-R101x{w}" for w in (1, 2, 3, 4)]
+        "BiT-S-R50x1",
+        "BiT-S-R50x2",
+        "BiT-S-R50x3",
+        "BiT-S-R50x4",
+        "BiT-M-R50x1",
+        "BiT-M-R50x2",
+        "BiT-M-R50x3",
+        "BiT-M-R50x4",
+        "R50x1",
+        "R50x2",
+        "R50x3",
+        "R50x4",
+    ]
+    assert bitdet.list_models("bit-m-r101*", pretrained=True) == [
+        f"BiT-M-R101x{w}" for w in (1, 2, 3, 4)
+    ]
     assert bitdet.list_models(["*tiny", "R152x4"]) == ["R152x4", "R14-tiny", "R26-tiny"]
     assert bitdet.list_models("*tiny", pretrained=True) == []
     assert len(bitdet.list_models()) == 38 and len(bitdet.list_models(pretrained=True)) == 24
@@ -40,18 +58,26 @@ def test_the_head_size_comes_from_the_weights_file(tmp_path):
 
     source = create_model("R14-tiny", num_classes=10)
     save_checkpoint(tmp_path / "w10.pth", source)
-    model = create_model("R14-tiny", pretrained=tmp_path / "w10.pth")  # not the name's 1000 classes, zeroed
+    model = create_model(
+        "R14-tiny", pretrained=tmp_path / "w10.pth"
+    )  # not the name's 1000 classes, zeroed
     assert model.fc.out_channels == 10 and torch.equal(model.fc.weight, source.fc.weight)
-    new = create_model("R14-tiny", num_classes=3, pretrained=tmp_path / "w10.pth")  # asked for: a new head
+    new = create_model(
+        "R14-tiny", num_classes=3, pretrained=tmp_path / "w10.pth"
+    )  # asked for: a new head
     assert new.fc.out_channels == 3 and torch.count_nonzero(new.fc.weight) == 0
     save_checkpoint(tmp_path / "trunk.pth", create_model("R14-tiny", num_classes=0))
-    assert create_model("R14-tiny", pretrained=tmp_path / "trunk.pth").fc is None  # a headless file: headless
+    assert (
+        create_model("R14-tiny", pretrained=tmp_path / "trunk.pth").fc is None
+    )  # a headless file: headless
 
 
 def test_features_only_returns_the_list_with_feature_info(tmp_path):
     full = create_model("R14-tiny", num_classes=5).eval()
     torch.save(full.state_dict(), tmp_path / "w.pth")
-    feats_model = create_model("R14-tiny", features_only=True, out_indices=(1, 3, 4), pretrained=tmp_path / "w.pth").eval()
+    feats_model = create_model(
+        "R14-tiny", features_only=True, out_indices=(1, 3, 4), pretrained=tmp_path / "w.pth"
+    ).eval()
     assert feats_model.feature_info.channels() == [128, 512, 1024]
     assert feats_model.feature_info.reduction() == [4, 16, 32]
     assert feats_model.feature_info.module_name() == ["res2", "res4", "res5"]
@@ -79,7 +105,9 @@ def test_features_only_builds_only_the_needed_stages_and_checks_indices():
 def test_pretrained_cfg_says_the_input_range(name):
     cfg = get_pretrained_cfg(name)
     assert cfg.mean == cfg.std == (0.5, 0.5, 0.5)
-    assert cfg.input_size == (3, 224, 224) and cfg.interpolation == "bilinear" and cfg.crop_pct == 1.0
+    assert (
+        cfg.input_size == (3, 224, 224) and cfg.interpolation == "bilinear" and cfg.crop_pct == 1.0
+    )
     assert cfg.num_classes == {"BiT-M-R50x1": 21843, "BiT-S-R101x3": 1000, "R14-tiny": 1000}[name]
     with torch.device("meta"):
         assert create_model(name, num_classes=0).pretrained_cfg == cfg.to_dict()
@@ -92,10 +120,14 @@ def test_create_transform_gives_bit_scaling():
     assert config["input_size"] == (3, 40, 40)
     out = create_transform(**config)(image)
     resized = image.resize((40, 40), Image.BILINEAR)
-    torch.testing.assert_close(out, ToBiTTensor()(resized), atol=2e-2, rtol=0)  # PIL vs tensor resize rounding
+    torch.testing.assert_close(
+        out, ToBiTTensor()(resized), atol=2e-2, rtol=0
+    )  # PIL vs tensor resize rounding
     assert out.min() >= -1 and out.max() <= 1
     exact = create_transform(**resolve_data_config("R14-tiny", input_size=(3, 40, 60)))(image)
-    torch.testing.assert_close(exact, torch.from_numpy(np.asarray(image, np.float32) / 127.5 - 1).permute(2, 0, 1))
+    torch.testing.assert_close(
+        exact, torch.from_numpy(np.asarray(image, np.float32) / 127.5 - 1).permute(2, 0, 1)
+    )
 
 
 def test_create_transform_modes_and_errors():
@@ -113,6 +145,11 @@ def test_create_transform_modes_and_errors():
 
 
 def test_docstrings_state_the_input_range():
-    for obj in (bitdet.create_model, bitdet.models.ResNetV2, bitdet.models.ResNetV2.forward,
-                bitdet.models.ResNetV2.forward_features, bitdet.models.ResNetV2Features):
+    for obj in (
+        bitdet.create_model,
+        bitdet.models.ResNetV2,
+        bitdet.models.ResNetV2.forward,
+        bitdet.models.ResNetV2.forward_features,
+        bitdet.models.ResNetV2Features,
+    ):
         assert "[-1, 1]" in obj.__doc__ and "127.5" in obj.__doc__, obj

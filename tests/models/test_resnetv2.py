@@ -4,11 +4,25 @@ import torch.nn.functional as F
 from torch import nn
 
 import bitdet
-from bitdet.models import ARCHITECTURES, FEATURE_NAMES, StdConv2d, create_model, resolve, standardize_weight
 from bitdet import numerics
+from bitdet.models import (
+    ARCHITECTURES,
+    FEATURE_NAMES,
+    StdConv2d,
+    create_model,
+    resolve,
+    standardize_weight,
+)
 
 # Backbone parameter counts (no head), as the paper and the released models give them, in millions.
-PAPER_PARAMS_M = {"R50x1": 23.5, "R101x1": 42.5, "R50x3": 211.2, "R152x2": 232.2, "R101x3": 381.8, "R152x4": 928.3}
+PAPER_PARAMS_M = {
+    "R50x1": 23.5,
+    "R101x1": 42.5,
+    "R50x3": 211.2,
+    "R152x2": 232.2,
+    "R101x3": 381.8,
+    "R152x4": 928.3,
+}
 
 
 def test_numerics_are_bits():
@@ -25,7 +39,10 @@ def test_every_variant_shapes_and_strides(name):
         feats = model.forward_features(torch.empty(1, 3, 64, 96), FEATURE_NAMES)
     arch = resolve(name)[1]
     for i, key in enumerate(FEATURE_NAMES[1:]):
-        assert model.feature_info[key] == (256 * arch.width * arch.stem_width // 64 * 2**i, 4 * 2**i)
+        assert model.feature_info[key] == (
+            256 * arch.width * arch.stem_width // 64 * 2**i,
+            4 * 2**i,
+        )
     for key, (channels, stride) in model.feature_info.items():
         assert tuple(feats[key].shape) == (1, channels, 64 // stride, 96 // stride), key
 
@@ -65,7 +82,9 @@ def _ws_formula(w):
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_fused_weight_standardization_matches_formula_forward_and_backward(memory_format):
-    w = (torch.randn(6, 5, 3, 3, dtype=torch.float64) * 2 - 1).contiguous(memory_format=memory_format)
+    w = (torch.randn(6, 5, 3, 3, dtype=torch.float64) * 2 - 1).contiguous(
+        memory_format=memory_format
+    )
     a, b = w.clone().requires_grad_(), w.clone().requires_grad_()
     out = standardize_weight(a)
     assert out.is_contiguous(memory_format=memory_format)  # no layout change (no copy for the conv)
@@ -84,16 +103,22 @@ def test_weight_standardization_is_more_accurate_than_the_formula_in_float32(mem
     it is as accurate as the formula."""
     generator = torch.Generator().manual_seed(0)
     for shape in ((64, 64, 3, 3), (256, 64, 1, 1), (32, 3, 7, 7)):
-        w = (0.05 + torch.randn(shape, generator=generator, dtype=torch.float64) * 1e-11 ** 0.5).float()
+        w = (
+            0.05 + torch.randn(shape, generator=generator, dtype=torch.float64) * 1e-11**0.5
+        ).float()
         w = w.contiguous(memory_format=memory_format)
         exact = _ws_formula(w.double())
         official = (_ws_formula(w).double() - exact).abs().max().item()
         ours = (standardize_weight(w).double() - exact).abs().max().item()
         assert official > 1e-5 and ours <= 1e-6 and ours < official / 100, (shape, ours, official)
-        w = (torch.randn(shape, generator=generator) * 0.05).contiguous(memory_format=memory_format)  # a usual kernel
+        w = (torch.randn(shape, generator=generator) * 0.05).contiguous(
+            memory_format=memory_format
+        )  # a usual kernel
         exact = _ws_formula(w.double())
         official = (_ws_formula(w).double() - exact).abs().max().item()
-        assert (standardize_weight(w).double() - exact).abs().max().item() <= max(2 * official, 1e-6)
+        assert (standardize_weight(w).double() - exact).abs().max().item() <= max(
+            2 * official, 1e-6
+        )
 
 
 def test_ws_eps_matters_for_near_constant_kernels():
@@ -124,7 +149,9 @@ def test_stem_pads_with_zeros_before_pooling():
     assert pooled[0, 0, 0, 0] == 0  # the zero border wins against negative values
     assert not torch.equal(pooled, F.max_pool2d(x, 3, 2, padding=1))
     with torch.device("meta"):
-        out = create_model("R50x1", num_classes=0).forward_features(torch.empty(1, 3, 224, 224), ["stem"])
+        out = create_model("R50x1", num_classes=0).forward_features(
+            torch.empty(1, 3, 224, 224), ["stem"]
+        )
     assert out["stem"].shape[-2:] == (56, 56)
 
 
@@ -150,7 +177,10 @@ def test_zero_head_gives_zero_logits_and_headless_gives_features():
     model = create_model("R14-tiny", num_classes=4, zero_head=True)
     assert torch.count_nonzero(model(torch.randn(1, 3, 32, 32))) == 0
     backbone = create_model("R14-tiny", num_classes=0)
-    assert backbone.fc is None and backbone(torch.randn(1, 3, 32, 32)).shape == (1, backbone.num_features)
+    assert backbone.fc is None and backbone(torch.randn(1, 3, 32, 32)).shape == (
+        1,
+        backbone.num_features,
+    )
 
 
 def test_upstream_class_counts_by_name():

@@ -1,4 +1,5 @@
 """Every shipped pretraining config loads; recipes carry the paper's numbers."""
+
 from pathlib import Path
 
 import pytest
@@ -17,19 +18,33 @@ def test_config_loads(path):
         assert cfg.DATASETS.MULTILABEL and cfg.MODEL.HEAD_BIAS == -10.0
 
 
-@pytest.mark.parametrize("name, epochs, decays, classes, loss", [
-    ("bit_s_R50x1.yaml", 90, (30, 60, 80), 1000, "softmax"),
-    ("bit_s_R101x3.yaml", 90, (30, 60, 80), 1000, "softmax"),
-    ("bit_m_R50x1.yaml", 90, (30, 60, 80), 21843, "softmax"),
-    ("bit_m_R101x3.yaml", 90, (30, 60, 80), 21843, "softmax"),
-    ("bit_l_R50x1.yaml", 40, (10, 23, 30, 37), 18291, "sigmoid"),
-    ("bit_l_R101x3.yaml", 40, (10, 23, 30, 37), 18291, "sigmoid"),
-])
+@pytest.mark.parametrize(
+    "name, epochs, decays, classes, loss",
+    [
+        ("bit_s_R50x1.yaml", 90, (30, 60, 80), 1000, "softmax"),
+        ("bit_s_R101x3.yaml", 90, (30, 60, 80), 1000, "softmax"),
+        ("bit_m_R50x1.yaml", 90, (30, 60, 80), 21843, "softmax"),
+        ("bit_m_R101x3.yaml", 90, (30, 60, 80), 21843, "softmax"),
+        ("bit_l_R50x1.yaml", 40, (10, 23, 30, 37), 18291, "sigmoid"),
+        ("bit_l_R101x3.yaml", 40, (10, 23, 30, 37), 18291, "sigmoid"),
+    ],
+)
 def test_recipes(name, epochs, decays, classes, loss):
     cfg = get_pretrain_cfg(f"pretrain/{name}")
     s = cfg.SOLVER
-    assert (s.IMS_PER_BATCH, s.BASE_LR_PER_256, s.WARMUP_ITERS, s.WEIGHT_DECAY, s.MOMENTUM) == (4096, 0.03, 5000, 1e-4, 0.9)
-    assert (s.EPOCHS, tuple(s.DECAY_EPOCHS), cfg.MODEL.NUM_CLASSES, s.LOSS) == (epochs, decays, classes, loss)
+    assert (s.IMS_PER_BATCH, s.BASE_LR_PER_256, s.WARMUP_ITERS, s.WEIGHT_DECAY, s.MOMENTUM) == (
+        4096,
+        0.03,
+        5000,
+        1e-4,
+        0.9,
+    )
+    assert (s.EPOCHS, tuple(s.DECAY_EPOCHS), cfg.MODEL.NUM_CLASSES, s.LOSS) == (
+        epochs,
+        decays,
+        classes,
+        loss,
+    )
     assert cfg.INPUT.CROP_SIZE == 224 and cfg.MODEL.NAME == name.split("_")[2][:-5]
 
 

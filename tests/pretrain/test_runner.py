@@ -4,6 +4,7 @@ The bf16 run uses 32 px crops: at the instant config's 16 px the last stage gets
 on this CPU build bf16 autocast then intermittently gives NaN gradients for a 3x3 stride-2
 convolution with a 1x1 input (about half of the steps; the trainer's loss check stops the run).
 """
+
 import json
 import math
 
@@ -12,8 +13,7 @@ import torch
 import yaml
 
 from bitdet.config import CONFIGS_DIR
-from bitdet.pretrain import get_pretrain_cfg, run_pretraining
-from bitdet.pretrain import runner
+from bitdet.pretrain import get_pretrain_cfg, run_pretraining, runner
 
 INSTANT = "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml"
 SHIPPED = yaml.safe_load((CONFIGS_DIR / "pretrain" / "Base-Pretrain.yaml").read_text())["SOLVER"]
@@ -30,17 +30,33 @@ def test_shipped_precision_settings_run_bf16_on_cpu(tmp_path, monkeypatch):
 
     def recording_build(cfg):
         model = build(cfg)
-        model.stem.conv.register_forward_hook(lambda mod, inp, out: seen.add(out.dtype) if mod.training else None)
+        model.stem.conv.register_forward_hook(
+            lambda mod, inp, out: seen.add(out.dtype) if mod.training else None
+        )
         return model
 
     monkeypatch.setattr(runner, "build_model", recording_build)
-    final = run_pretraining(_cfg(tmp_path, "SOLVER.PRECISION", SHIPPED["PRECISION"],
-                                 "SOLVER.CHANNELS_LAST", True,
-                                 "INPUT.CROP_SIZE", 32, "INPUT.TEST_RESIZE", 32))
+    final = run_pretraining(
+        _cfg(
+            tmp_path,
+            "SOLVER.PRECISION",
+            SHIPPED["PRECISION"],
+            "SOLVER.CHANNELS_LAST",
+            True,
+            "INPUT.CROP_SIZE",
+            32,
+            "INPUT.TEST_RESIZE",
+            32,
+        )
+    )
     assert seen == {torch.bfloat16}
     assert final["steps"] == 3 and math.isfinite(final["final_loss"]) and 0 <= final["top1"] <= 100
     state = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]
-    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert all(
+        v.dtype == torch.float32 and torch.isfinite(v).all()
+        for v in state.values()
+        if v.is_floating_point()
+    )
 
 
 def test_a_finished_run_reports_its_results_and_force_starts_over(tmp_path):
@@ -51,7 +67,8 @@ def test_a_finished_run_reports_its_results_and_force_starts_over(tmp_path):
 
     again = run_pretraining(_cfg(tmp_path))
     assert again == json.loads(stored) and all(
-        not (isinstance(v, float) and math.isnan(v)) for v in again.values()), again
+        not (isinstance(v, float) and math.isnan(v)) for v in again.values()
+    ), again
     assert (tmp_path / "final.json").read_text() == stored
     assert (tmp_path / "final.json").stat().st_mtime_ns == mtime
 
@@ -59,8 +76,14 @@ def test_a_finished_run_reports_its_results_and_force_starts_over(tmp_path):
     torch.manual_seed(0)
     redone = run_pretraining(_cfg(tmp_path), force=True)
     assert (tmp_path / "final.json").stat().st_mtime_ns != mtime
-    assert redone["steps"] == 3 and math.isfinite(redone["img_per_s"]) and math.isfinite(redone["final_loss"])
-    assert redone["final_loss"] == pytest.approx(first["final_loss"], abs=0)  # same seed, from step 0
+    assert (
+        redone["steps"] == 3
+        and math.isfinite(redone["img_per_s"])
+        and math.isfinite(redone["final_loss"])
+    )
+    assert redone["final_loss"] == pytest.approx(
+        first["final_loss"], abs=0
+    )  # same seed, from step 0
     assert torch.load(tmp_path / "model_0000001.pth", weights_only=True)["step"] == 2
 
 
@@ -78,5 +101,7 @@ def test_model_device_places_the_run(tmp_path, monkeypatch):
         return trainer
 
     monkeypatch.setattr(runner, "ClassifierTrainer", recording_trainer)
-    final = run_pretraining(_cfg(tmp_path, "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", 1, "SOLVER.DECAY_STEPS", ()))
+    final = run_pretraining(
+        _cfg(tmp_path, "MODEL.DEVICE", "cpu", "SOLVER.MAX_ITER", 1, "SOLVER.DECAY_STEPS", ())
+    )
     assert devices == [torch.device("cpu")] and final["steps"] == 1

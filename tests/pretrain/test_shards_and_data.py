@@ -1,4 +1,5 @@
 """Shard writer/reader round trip, ImageFolder / label file sources, corrupt files."""
+
 import io
 import tarfile
 
@@ -9,11 +10,16 @@ import webdataset as wds
 from PIL import Image
 from skimage import data as skdata
 
+from bitdet.engine import collate_skip_none
 from bitdet.pretrain import ImageFolderDataset, LabelFileDataset, ShardDataset, write_shards
 from bitdet.pretrain.data import train_transform
-from bitdet.engine import collate_skip_none
 
-PHOTOS = {"astronaut": skdata.astronaut, "chelsea": skdata.chelsea, "coffee": skdata.coffee, "rocket": skdata.rocket}
+PHOTOS = {
+    "astronaut": skdata.astronaut,
+    "chelsea": skdata.chelsea,
+    "coffee": skdata.coffee,
+    "rocket": skdata.rocket,
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +43,9 @@ def test_shard_round_trip_with_webdataset_reader(folder, tmp_path):
     # Our random-access reader and the webdataset library agree on every sample.
     ours = ShardDataset(str(tmp_path / "s-{000000..000002}.tar"), num_classes=4, multilabel=True)
     assert len(ours) == len(samples) == 10
-    theirs = list(wds.WebDataset([str(p) for p in sorted(tmp_path.glob("s-*.tar"))], shardshuffle=False))
+    theirs = list(
+        wds.WebDataset([str(p) for p in sorted(tmp_path.glob("s-*.tar"))], shardshuffle=False)
+    )
     assert len(theirs) == 10
     for i, (path, labels) in enumerate(samples):
         with open(path, "rb") as f:

@@ -1,5 +1,6 @@
 """Shard indexes (start-up without header scans) and streamed shards (``pipe:`` through the
 webdataset library): rank shares, exact resumption, and the webdataset instant config."""
+
 import json
 
 import numpy as np
@@ -46,7 +47,9 @@ def _pipe(root):
 
 def test_index_replaces_the_header_scan(shard_dir, monkeypatch):
     scanned = ShardDataset(_local(shard_dir))
-    assert sorted(p.name for p in shard_dir.glob("*.idx")) == [f"s-00000{i}.tar.idx" for i in range(4)]
+    assert sorted(p.name for p in shard_dir.glob("*.idx")) == [
+        f"s-00000{i}.tar.idx" for i in range(4)
+    ]
 
     def no_scan(path):
         raise AssertionError(f"scanned {path} although its index exists")
@@ -63,12 +66,18 @@ def test_index_of_another_shard_version_is_an_error(shard_dir, tmp_path):
     index = json.loads((shard_dir / "s-000000.tar.idx").read_text())
     index["shard_bytes"] += 512
     (tmp_path / "s-000000.tar.idx").write_text(json.dumps(index))
-    with pytest.raises(ValueError, match=r"s-000000.tar.idx does not describe .*write_shards --index"):
+    with pytest.raises(
+        ValueError, match=r"s-000000.tar.idx does not describe .*write_shards --index"
+    ):
         ShardDataset(str(shard))
 
 
 def test_stream_reads_what_random_access_reads(shard_dir):
-    assert is_stream(_pipe(shard_dir)) and is_stream("https://host/a-{0..9}.tar") and not is_stream(_local(shard_dir))
+    assert (
+        is_stream(_pipe(shard_dir))
+        and is_stream("https://host/a-{0..9}.tar")
+        and not is_stream(_local(shard_dir))
+    )
     local = ShardDataset(_local(shard_dir))
     streamed = list(StreamingShards(_pipe(shard_dir)))
     assert len(streamed) == len(local) == 12
@@ -103,8 +112,19 @@ class _Crash(HookBase):
 def _trainer(out, stream, steps):
     torch.manual_seed(0)
     model = create_model("R14-tiny", num_classes=5)
-    return ClassifierTrainer(model, stream, output_dir=out, max_steps=steps, global_batch=4, lr_at=lambda s: 0.05,
-                             checkpoint_period=2, keep_last=0, log_period=1, seed=3, num_workers=2)
+    return ClassifierTrainer(
+        model,
+        stream,
+        output_dir=out,
+        max_steps=steps,
+        global_batch=4,
+        lr_at=lambda s: 0.05,
+        checkpoint_period=2,
+        keep_last=0,
+        log_period=1,
+        seed=3,
+        num_workers=2,
+    )
 
 
 @pytest.mark.slow
@@ -136,9 +156,20 @@ def test_pipe_pattern_trains_the_webdataset_instant_config(shard_dir, tmp_path):
     from bitdet.tools.pretrain import cli
 
     out = tmp_path / "out"
-    cli(["--config-file", "pretrain/quick_schedules/pretrain_webdataset_multilabel_instant_test.yaml",
-         "DATASETS.TRAIN.PATH", _pipe(shard_dir), "DATASETS.TEST.PATH", _pipe(shard_dir), "DATASETS.TEST.MAX_SAMPLES", "7",
-         "OUTPUT_DIR", str(out)])
+    cli(
+        [
+            "--config-file",
+            "pretrain/quick_schedules/pretrain_webdataset_multilabel_instant_test.yaml",
+            "DATASETS.TRAIN.PATH",
+            _pipe(shard_dir),
+            "DATASETS.TEST.PATH",
+            _pipe(shard_dir),
+            "DATASETS.TEST.MAX_SAMPLES",
+            "7",
+            "OUTPUT_DIR",
+            str(out),
+        ]
+    )
     final = json.loads((out / "final.json").read_text())
     assert final["steps"] == 3 and final["train_images"] is None and final["num_samples"] == 7
     assert "data share of rank 0 of 1: shards [0, 1, 2, 3] of 4" in (out / "log.txt").read_text()
@@ -155,7 +186,10 @@ def test_streamed_training_refuses_another_process_count_on_resume(shard_dir, tm
     assert state["data"] == {"world_size": 1, "num_workers": 0}
     state["data"]["world_size"] = 2  # as a run of 2 processes writes it
     torch.save(state, path)
-    with pytest.raises(ValueError, match=r"model_0000001\.pth was written by a run of 2 process\(es\) x 0 data-loader "
-                                         r"worker\(s\) and this run has 1 x 2: each process and worker streams its "
-                                         r"own shards, .* resume with 2 process\(es\) and DATALOADER\.NUM_WORKERS 0"):
+    with pytest.raises(
+        ValueError,
+        match=r"model_0000001\.pth was written by a run of 2 process\(es\) x 0 data-loader "
+        r"worker\(s\) and this run has 1 x 2: each process and worker streams its "
+        r"own shards, .* resume with 2 process\(es\) and DATALOADER\.NUM_WORKERS 0",
+    ):
         _trainer(tmp_path, stream, 4).resume()

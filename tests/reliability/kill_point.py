@@ -15,6 +15,7 @@ The whole process group dies (every rank and the launcher), as when a machine is
 The patches are applied at import, so the processes that ``--num-gpus`` spawns (which
 import this file as their main module) carry them too. Start it in a new session.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,10 @@ from bitdet.engine.trainer import ClassifierTrainer
 
 KIND, _, ARG = os.environ["BITDET_KILL_AT"].partition(":")
 if KIND not in ("step", "write", "end", "term", "nan"):
-    raise SystemExit(f"BITDET_KILL_AT={os.environ['BITDET_KILL_AT']!r}: expected step:N, write:NAME, end, term:N "
-                     "or nan:N")
+    raise SystemExit(
+        f"BITDET_KILL_AT={os.environ['BITDET_KILL_AT']!r}: expected step:N, write:NAME, end, term:N "
+        "or nan:N"
+    )
 
 
 def _kill() -> None:

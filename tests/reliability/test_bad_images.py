@@ -6,6 +6,7 @@ to 8-bit upright RGB and skips the rest with a logged, counted reason. Detectron
 ones too, but *raises* on an empty, truncated or oversized file; the table below pins that
 behaviour so a change in either is noticed.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,13 +27,23 @@ def _photo(size=(48, 32)) -> Image.Image:
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload))
+    )
 
 
 def _huge_png() -> bytes:
     """A valid PNG header declaring 100000 x 100000 pixels (no need to allocate them)."""
     ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"")) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", zlib.compress(b""))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -130,7 +141,9 @@ def test_detection_mapper_skips_unreadable_images_and_counts(tmp_path):
         path = tmp_path / f"{name}.img"
         path.write_bytes(FILES[name]())
         size = EXPECTED[name][1][:2] if isinstance(EXPECTED[name][1], tuple) else (32, 48)
-        out = mapper({"file_name": str(path), "height": size[0], "width": size[1], "annotations": list(ann)})
+        out = mapper(
+            {"file_name": str(path), "height": size[0], "width": size[1], "annotations": list(ann)}
+        )
         assert (out is None) == isinstance(EXPECTED[name][0], str), name
         if out is not None:
             assert out["image"].shape[0] == 3 and len(out["instances"]) == 1

@@ -1,4 +1,5 @@
 """Config errors name the key and the file: unknown keys, wrong types, missing files, bad YAML."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,9 +7,21 @@ import pytest
 from bitdet.detection import get_bit_cfg
 
 CASES = {
-    "unknown_key": ("SOLVER:\n  NOT_A_KEY: 1\n", ValueError, r"config {path}: .*Non-existent config key: SOLVER.NOT_A_KEY"),
-    "wrong_type": ('SOLVER:\n  MAX_ITER: "abc"\n', ValueError, r"config {path}: Type mismatch .* for config key: SOLVER.MAX_ITER"),
-    "missing_base": ('_BASE_: "no_such_base.yaml"\n', FileNotFoundError, r"config {path}: its _BASE_ chain names a missing file: .*no_such_base.yaml"),
+    "unknown_key": (
+        "SOLVER:\n  NOT_A_KEY: 1\n",
+        ValueError,
+        r"config {path}: .*Non-existent config key: SOLVER.NOT_A_KEY",
+    ),
+    "wrong_type": (
+        'SOLVER:\n  MAX_ITER: "abc"\n',
+        ValueError,
+        r"config {path}: Type mismatch .* for config key: SOLVER.MAX_ITER",
+    ),
+    "missing_base": (
+        '_BASE_: "no_such_base.yaml"\n',
+        FileNotFoundError,
+        r"config {path}: its _BASE_ chain names a missing file: .*no_such_base.yaml",
+    ),
     "bad_yaml": ("SOLVER: [\n", ValueError, r"config {path}: not valid YAML"),
 }
 
@@ -29,9 +42,11 @@ def test_missing_config_file_is_named():
 
 @pytest.mark.parametrize(
     "opts, pattern",
-    [(["MODEL.BIT.NOT_A_KEY", "1"], "Non-existent (config )?key: MODEL.BIT.NOT_A_KEY"),
-     (["SOLVER.MAX_ITER", "abc"], "Type mismatch .* for config key: SOLVER.MAX_ITER"),
-     (["SOLVER.MAX_ITER"], "odd length")],
+    [
+        (["MODEL.BIT.NOT_A_KEY", "1"], "Non-existent (config )?key: MODEL.BIT.NOT_A_KEY"),
+        (["SOLVER.MAX_ITER", "abc"], "Type mismatch .* for config key: SOLVER.MAX_ITER"),
+        (["SOLVER.MAX_ITER"], "odd length"),
+    ],
 )
 def test_bad_overrides_name_the_key(opts, pattern):
     with pytest.raises(ValueError, match=pattern):

@@ -7,6 +7,7 @@ with 1 process, every step reads the same samples; a step's gradient is then com
 process instead of two, so the weights agree to rounding (bf16's here), not bit for bit. One process:
 engine/test_trainer.py::test_resume_after_sigkill_is_bit_identical (fp32 and bf16).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,21 +27,45 @@ pytestmark = pytest.mark.slow
 
 # 32 px crops: at 16 px the last stage gets 1x1 maps, where CPU bf16 convolution intermittently
 # gave NaN gradients (pretrain/test_runner.py).
-OPTIONS = ["SEED", "7", "SOLVER.MAX_ITER", "6", "SOLVER.DECAY_STEPS", "(4,)", "SOLVER.CHECKPOINT_PERIOD", "2",
-           "SOLVER.PRECISION", "bf16", "INPUT.CROP_SIZE", "32", "INPUT.TEST_RESIZE", "32",
-           "DATASETS.TEST.MAX_SAMPLES", "16"]
+OPTIONS = [
+    "SEED",
+    "7",
+    "SOLVER.MAX_ITER",
+    "6",
+    "SOLVER.DECAY_STEPS",
+    "(4,)",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "2",
+    "SOLVER.PRECISION",
+    "bf16",
+    "INPUT.CROP_SIZE",
+    "32",
+    "INPUT.TEST_RESIZE",
+    "32",
+    "DATASETS.TEST.MAX_SAMPLES",
+    "16",
+]
 
 
 def _start(out: Path, num_gpus: int = 1, kill_at: Optional[str] = None) -> subprocess.Popen:
     script = [str(runs.KILL_POINT), "pretrain"] if kill_at else ["tools/pretrain.py"]
-    flags = ["--config-file", "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
-             "--num-gpus", str(num_gpus)]
+    flags = [
+        "--config-file",
+        "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
+        "--num-gpus",
+        str(num_gpus),
+    ]
     if num_gpus > 1:
         flags += ["--dist-url", f"tcp://127.0.0.1:{runs.free_port()}"]
     log = open(f"{out}.log", "ab")
-    return subprocess.Popen([sys.executable, *script, *flags, "OUTPUT_DIR", str(out), *OPTIONS], cwd=runs.REPO,
-                            env=runs.environment(out.parent / "datasets", kill_at), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, *script, *flags, "OUTPUT_DIR", str(out), *OPTIONS],
+        cwd=runs.REPO,
+        env=runs.environment(out.parent / "datasets", kill_at),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def _run(out: Path, num_gpus: int = 1, kill_at: Optional[str] = None, expect: int = 0) -> str:
@@ -51,7 +76,9 @@ def _run(out: Path, num_gpus: int = 1, kill_at: Optional[str] = None, expect: in
 
 
 def _step_samples(log: str, rank: int, world_size: int) -> List[int]:
-    found = re.findall(rf"data share of rank {rank} of {world_size}: step 2 reads samples (\[.*\])", log)
+    found = re.findall(
+        rf"data share of rank {rank} of {world_size}: step 2 reads samples (\[.*\])", log
+    )
     assert found, f"no data-share line of rank {rank} of {world_size} for step 2"
     return json.loads(found[-1])
 
@@ -62,7 +89,9 @@ def _assert_same(a: dict, b: dict, what: str) -> None:
     for key, value in b["model"].items():
         assert torch.equal(a["model"][key], value), f"{what}: {key} differs"
     for key, value in b["optimizer"]["state"].items():
-        assert torch.equal(a["optimizer"]["state"][key]["momentum_buffer"], value["momentum_buffer"]), what
+        assert torch.equal(
+            a["optimizer"]["state"][key]["momentum_buffer"], value["momentum_buffer"]
+        ), what
 
 
 def test_two_process_bf16_pretraining_resumes_exactly_and_on_one_process(tmp_path):
@@ -70,18 +99,29 @@ def test_two_process_bf16_pretraining_resumes_exactly_and_on_one_process(tmp_pat
     _run(ref, num_gpus=2)
     _run(killed, num_gpus=2, kill_at="step:2", expect=-9)
     assert sorted(p.name for p in killed.glob("model_*.pth")) == ["model_0000001.pth"]
-    _assert_same(runs.load(killed / "model_0000001.pth"), runs.load(ref / "model_0000001.pth"), "killed run")
+    _assert_same(
+        runs.load(killed / "model_0000001.pth"), runs.load(ref / "model_0000001.pth"), "killed run"
+    )
     shutil.copytree(killed, tmp_path / "two")
     shutil.copytree(killed, tmp_path / "one")
 
     log = _run(tmp_path / "two", num_gpus=2)  # pretraining resumes by default
     assert re.search(r"resumed from .*model_0000001\.pth at step 2", log)
     for name in ("model_0000003.pth", "model_0000005.pth"):
-        _assert_same(runs.load(tmp_path / "two" / name), runs.load(ref / name), f"resumed with 2 processes: {name}")
-    two = _step_samples(log, 0, 2) + _step_samples((tmp_path / "two" / "log.txt.rank1").read_text(), 1, 2)
+        _assert_same(
+            runs.load(tmp_path / "two" / name),
+            runs.load(ref / name),
+            f"resumed with 2 processes: {name}",
+        )
+    two = _step_samples(log, 0, 2) + _step_samples(
+        (tmp_path / "two" / "log.txt.rank1").read_text(), 1, 2
+    )
 
     log = _run(tmp_path / "one", num_gpus=1)
-    assert "resuming a run of 2 process(es) with 1: every step reads the same samples and augmentations" in log
+    assert (
+        "resuming a run of 2 process(es) with 1: every step reads the same samples and augmentations"
+        in log
+    )
     assert _step_samples(log, 0, 1) == two and len(two) == 16
     one, final = (runs.load(p / "model_0000005.pth")["model"] for p in (tmp_path / "one", ref))
     start = runs.load(killed / "model_0000001.pth")["model"]
@@ -97,10 +137,17 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pat
     out = tmp_path / "run"
     log = _run(out, kill_at="nan:3", expect=2)
     last = log.strip().splitlines()[-1]
-    assert re.fullmatch(r"pretrain: error: loss is nan at step 3 \(lr [0-9.e-]+\): the weights were not updated; last "
-                        rf"good checkpoint: {re.escape(str(out))}/model_0000001\.pth\. Lower the learning rate or "
-                        r"check the data", last), last
+    assert re.fullmatch(
+        r"pretrain: error: loss is nan at step 3 \(lr [0-9.e-]+\): the weights were not updated; last "
+        rf"good checkpoint: {re.escape(str(out))}/model_0000001\.pth\. Lower the learning rate or "
+        r"check the data",
+        last,
+    ), last
     assert sorted(p.name for p in out.glob("model_*.pth")) == ["model_0000001.pth"]
-    assert (out / "last_checkpoint").read_text() == "model_0000001.pth" and not (out / "final.json").exists()
+    assert (out / "last_checkpoint").read_text() == "model_0000001.pth" and not (
+        out / "final.json"
+    ).exists()
     state = runs.load(out / "model_0000001.pth")
-    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert state["step"] == 2 and all(
+        torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+    )

@@ -6,6 +6,7 @@ keys that differ; ``--eval-only`` never writes over the run's ``config.yaml``; `
 starts over. An ``OUTPUT_DIR`` that is a file, unwritable or held by another run is one line
 and exit status 2. Ctrl-C saves the current step and exits 130 without a traceback.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,13 @@ PRETRAIN = ("--config-file", "pretrain/quick_schedules/pretrain_fashion_mnist_in
 
 
 def _env(tmp_path: Path) -> dict:
-    return dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1",
-                DETECTRON2_DATASETS=str(tmp_path / "datasets"))
+    return dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        OMP_NUM_THREADS="1",
+        PYTHONUNBUFFERED="1",
+        DETECTRON2_DATASETS=str(tmp_path / "datasets"),
+    )
 
 
 def _command(tool: str, *args) -> list:
@@ -38,9 +44,17 @@ def _command(tool: str, *args) -> list:
 
 
 def _tool(tmp_path: Path, tool: str, *args, status: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run(_command(tool, *args), cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == status, f"{tool} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-3000:]}"
+    proc = subprocess.run(
+        _command(tool, *args),
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == status, (
+        f"{tool} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-3000:]}"
+    )
     return proc
 
 
@@ -48,7 +62,9 @@ def _one_error_line(proc: subprocess.CompletedProcess, tool: str) -> str:
     """The single ``<tool>: error:`` line, last on stderr, with no traceback anywhere."""
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if f"{tool}: error:" in line]
-    assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr[-3000:]
+    assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr[
+        -3000:
+    ]
     return errors[0]
 
 
@@ -63,49 +79,107 @@ def test_finetune_refuses_other_settings_and_evaluates_beside_the_run(tmp_path):
     before = _files(out)
 
     # Other settings (the report's case): refused, naming the key, nothing written.
-    other = _tool(tmp_path, "finetune", *FINETUNE, "--weights", "scratch", "OUTPUT_DIR", out, "HYPERRULE.STEPS", 6,
-                  status=2)
+    other = _tool(
+        tmp_path,
+        "finetune",
+        *FINETUNE,
+        "--weights",
+        "scratch",
+        "OUTPUT_DIR",
+        out,
+        "HYPERRULE.STEPS",
+        6,
+        status=2,
+    )
     line = _one_error_line(other, "finetune")
-    assert line == (f"finetune: error: {out} holds a run of another config (HYPERRULE.STEPS: 4 -> 6); --force starts "
-                    "over there (deleting its checkpoints and results), or set another OUTPUT_DIR")
+    assert line == (
+        f"finetune: error: {out} holds a run of another config (HYPERRULE.STEPS: 4 -> 6); --force starts "
+        "over there (deleting its checkpoints and results), or set another OUTPUT_DIR"
+    )
     assert _files(out) == before
 
     # --eval-only in the run's folder records its own config beside the run's.
-    _tool(tmp_path, "finetune", *FINETUNE, "--eval-only", "--weights", out / "model_0000003.pth", "OUTPUT_DIR", out,
-          "TEST.BATCH_SIZE", 64)
+    _tool(
+        tmp_path,
+        "finetune",
+        *FINETUNE,
+        "--eval-only",
+        "--weights",
+        out / "model_0000003.pth",
+        "OUTPUT_DIR",
+        out,
+        "TEST.BATCH_SIZE",
+        64,
+    )
     assert (out / "config.yaml").read_bytes() == before["config.yaml"]
     assert yaml.safe_load((out / "config_eval.yaml").read_text())["TEST"]["BATCH_SIZE"] == 64
-    assert json.loads((out / "eval_results.json").read_text())["top1"] == pytest.approx(results["top1"])
+    assert json.loads((out / "eval_results.json").read_text())["top1"] == pytest.approx(
+        results["top1"]
+    )
 
 
-def test_train_net_ctrl_c_saves_then_the_same_command_continues_and_other_settings_are_refused(tmp_path):
+def test_train_net_ctrl_c_saves_then_the_same_command_continues_and_other_settings_are_refused(
+    tmp_path,
+):
     out = tmp_path / "run"
     # the tiny detection run of the fault tests: R14-tiny RetinaNet at 64 px, checkpoints every 2 iterations
-    run = ["--config", detection_runs.CONFIG, "OUTPUT_DIR", out, "SEED", 7, "SOLVER.CHECKPOINT_PERIOD", 2,
-           "DATASETS.TEST", "()", "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", 64]
+    run = [
+        "--config",
+        detection_runs.CONFIG,
+        "OUTPUT_DIR",
+        out,
+        "SEED",
+        7,
+        "SOLVER.CHECKPOINT_PERIOD",
+        2,
+        "DATASETS.TEST",
+        "()",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(64,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        64,
+    ]
     command = _command("train_net", *run, "SOLVER.MAX_ITER", 12)
-    proc = subprocess.Popen(command, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
-        detection_runs.wait_for(out / "model_0000001.pth", proc)  # mid-run: 12 iterations, one every 2 saved
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        detection_runs.wait_for(
+            out / "model_0000001.pth", proc
+        )  # mid-run: 12 iterations, one every 2 saved
+        os.killpg(
+            proc.pid, signal.SIGINT
+        )  # what Ctrl-C in a terminal does: the whole foreground group
         stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, (stdout + stderr)[-3000:]
     assert "Traceback" not in stdout + stderr, stderr[-3000:]
-    stopped = re.findall(r"interrupted \(Ctrl-C\): saved (\S+model_(\d{7})\.pth) after iteration (\d+); exiting with "
-                         r"status 130; re-running the command continues from it", stdout)
+    stopped = re.findall(
+        r"interrupted \(Ctrl-C\): saved (\S+model_(\d{7})\.pth) after iteration (\d+); exiting with "
+        r"status 130; re-running the command continues from it",
+        stdout,
+    )
     assert len(stopped) == 1, stdout[-3000:]
     path, name_iteration, iteration = stopped[0]
-    assert Path(path) == out / f"model_{name_iteration}.pth" and int(name_iteration) == int(iteration)
+    assert Path(path) == out / f"model_{name_iteration}.pth" and int(name_iteration) == int(
+        iteration
+    )
     assert Path(path).is_file() and (out / "last_checkpoint").read_text() == Path(path).name
     assert 1 <= int(iteration) < 11 and not (out / "model_final.pth").exists()
     assert detection_runs.load(Path(path))["iteration"] == int(iteration)
 
     # The same command, without --resume, continues from that checkpoint (no training over it).
-    resumed = subprocess.run(command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        command, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Starting training from iteration {int(iteration) + 1}" in resumed.stdout
     final = json.loads((out / "final.json").read_text())
@@ -116,20 +190,29 @@ def test_train_net_ctrl_c_saves_then_the_same_command_continues_and_other_settin
     before = _files(out)
     again = _tool(tmp_path, "train_net", *run, "SOLVER.MAX_ITER", 12)
     assert "Starting training" not in again.stdout
-    assert f"its results (final.json): iterations 12, total_loss {final['total_loss']:.4g}" in again.stdout
+    assert (
+        f"its results (final.json): iterations 12, total_loss {final['total_loss']:.4g}"
+        in again.stdout
+    )
     assert _files(out) == before
 
     # Another schedule: refused (no training from iteration 0 over the checkpoints).
     other = _tool(tmp_path, "train_net", *run, "SOLVER.MAX_ITER", 8, status=2)
-    assert "train_net: error: " f"{out} holds a run of another config (SOLVER.MAX_ITER: 12 -> 8); --force" in \
-        _one_error_line(other, "train_net")
+    assert (
+        "train_net: error: "
+        f"{out} holds a run of another config (SOLVER.MAX_ITER: 12 -> 8); --force"
+        in _one_error_line(other, "train_net")
+    )
     assert _files(out) == before
 
     # --force starts over: only this run's checkpoints remain, no stale later one.
     forced = _tool(tmp_path, "train_net", "--force", *run, "SOLVER.MAX_ITER", 4)
     assert "Starting training from iteration 0" in forced.stdout
-    assert sorted(p.name for p in out.glob("model_*.pth")) == ["model_0000001.pth", "model_0000003.pth",
-                                                               "model_final.pth"]
+    assert sorted(p.name for p in out.glob("model_*.pth")) == [
+        "model_0000001.pth",
+        "model_0000003.pth",
+        "model_final.pth",
+    ]
     assert yaml.safe_load((out / "config.yaml").read_text())["SOLVER"]["MAX_ITER"] == 4
     assert json.loads((out / "final.json").read_text())["iterations"] == 4
 
@@ -138,12 +221,15 @@ def test_an_output_dir_that_is_a_file_is_one_line_and_status_2(tmp_path):
     afile = tmp_path / "not_a_folder"
     afile.write_text("a file")
     proc = _tool(tmp_path, "pretrain", *PRETRAIN, "OUTPUT_DIR", afile, status=2)
-    assert _one_error_line(proc, "pretrain") == (f"pretrain: error: OUTPUT_DIR {afile} is a file, not a folder: set "
-                                                 "another OUTPUT_DIR")
+    assert _one_error_line(proc, "pretrain") == (
+        f"pretrain: error: OUTPUT_DIR {afile} is a file, not a folder: set another OUTPUT_DIR"
+    )
     assert afile.read_text() == "a file"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders: permissions cannot stop it")
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes into read-only folders: permissions cannot stop it"
+)
 def test_a_read_only_output_dir_is_one_line_and_status_2(tmp_path):
     folder = tmp_path / "read_only"
     folder.mkdir()
@@ -152,16 +238,26 @@ def test_a_read_only_output_dir_is_one_line_and_status_2(tmp_path):
         proc = _tool(tmp_path, "pretrain", *PRETRAIN, "OUTPUT_DIR", folder, status=2)
     finally:
         folder.chmod(0o755)
-    assert _one_error_line(proc, "pretrain").startswith(f"pretrain: error: OUTPUT_DIR {folder} cannot be written "
-                                                        "(Permission denied")
+    assert _one_error_line(proc, "pretrain").startswith(
+        f"pretrain: error: OUTPUT_DIR {folder} cannot be written (Permission denied"
+    )
     assert list(folder.iterdir()) == []
 
 
 def test_two_runs_started_together_on_one_output_dir_one_runs_the_other_names_it(tmp_path):
     out = tmp_path / "run"
     command = _command("finetune", *FINETUNE, "OUTPUT_DIR", out)
-    procs = [subprocess.Popen(command, cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     statuses = sorted(p.returncode for p in procs)
     assert statuses == [0, 2], [o[1][-2000:] for o in outputs]

@@ -8,6 +8,7 @@ tests/checkpoint/ (test_npz.py, test_torch_checkpoints.py, test_safe_pickle.py).
 The only opt-in is ``BITDET_ALLOW_UNSAFE_PICKLE=1`` for Detectron2 ``.pkl`` model-zoo files
 (the ecosystem ships weights that way); ``.npz``, ``.pth`` and YAML have none.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -59,7 +60,9 @@ def _detectron2_load(path):
     BiTCheckpointer(build_model(cfg)).load(str(path))
 
 
-@pytest.mark.parametrize("loader", [_bitdet_load, _detectron2_load], ids=["load_weights", "BiTCheckpointer"])
+@pytest.mark.parametrize(
+    "loader", [_bitdet_load, _detectron2_load], ids=["load_weights", "BiTCheckpointer"]
+)
 @pytest.mark.parametrize("kind", ["npz", "pth", "pkl"])
 def test_weights_carrying_code_are_refused_without_running_it(tmp_path, monkeypatch, kind, loader):
     monkeypatch.delenv("BITDET_ALLOW_UNSAFE_PICKLE", raising=False)
@@ -71,13 +74,19 @@ def test_weights_carrying_code_are_refused_without_running_it(tmp_path, monkeypa
     assert not marker.exists(), f"{kind} payload ran through {loader.__name__}"
     message = str(info.value)
     assert str(path) in message or path.name in message, message
-    assert any(w in message.lower() for w in ("pickle", "refus", "object", "unsafe", "weights_only")), message
+    assert any(
+        w in message.lower() for w in ("pickle", "refus", "object", "unsafe", "weights_only")
+    ), message
 
 
 def test_yaml_with_python_tags_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "marker"
     config = tmp_path / "evil.yaml"
-    config.write_text(f'SOLVER:\n  MAX_ITER: !!python/object/apply:builtins.open ["{marker}", "w"]\n')
-    with pytest.raises(ValueError, match=rf"config {config}: refusing a YAML tag that builds Python objects"):
+    config.write_text(
+        f'SOLVER:\n  MAX_ITER: !!python/object/apply:builtins.open ["{marker}", "w"]\n'
+    )
+    with pytest.raises(
+        ValueError, match=rf"config {config}: refusing a YAML tag that builds Python objects"
+    ):
         get_bit_cfg(str(config))
     assert not marker.exists()

@@ -1,6 +1,7 @@
 """One CLI shape for every tool: --help in every form, flags, required config, override
 examples, one-line user errors (exit 2), the CUDA hint, details in the log file, and `make
 bench`'s CPU preset."""
+
 from __future__ import annotations
 
 import ast
@@ -32,15 +33,26 @@ EXPECTED = {
     "visualize": set(LAUNCH),
     "benchmark": {"--resume"},
 }
-LOADERS = {"train_net": get_bit_cfg, "visualize": get_bit_cfg, "finetune": get_finetune_cfg, "vtab": get_finetune_cfg,
-           "pretrain": get_pretrain_cfg, "benchmark": get_benchmark_cfg}
+LOADERS = {
+    "train_net": get_bit_cfg,
+    "visualize": get_bit_cfg,
+    "finetune": get_finetune_cfg,
+    "vtab": get_finetune_cfg,
+    "pretrain": get_pretrain_cfg,
+    "benchmark": get_benchmark_cfg,
+}
 
 
 def _console_scripts() -> dict:
     """``{script name: module}`` of setup.py's ``console_scripts`` (its ``(name, module)`` pairs)."""
-    scripts = next(node for node in ast.walk(ast.parse((ROOT / "setup.py").read_text()))
-                   if isinstance(node, ast.ListComp) and "bitdet.tools." in ast.unparse(node.elt))
-    return {f"bitdet-{name}": module for name, module in ast.literal_eval(scripts.generators[0].iter)}
+    scripts = next(
+        node
+        for node in ast.walk(ast.parse((ROOT / "setup.py").read_text()))
+        if isinstance(node, ast.ListComp) and "bitdet.tools." in ast.unparse(node.elt)
+    )
+    return {
+        f"bitdet-{name}": module for name, module in ast.literal_eval(scripts.generators[0].iter)
+    }
 
 
 CONSOLE_SCRIPTS = _console_scripts()
@@ -89,15 +101,29 @@ def test_help_works_in_every_form_from_any_folder(form, tmp_path):
     bin_dir = Path(sys.executable).parent
     missing = [script for script in CONSOLE_SCRIPTS if not (bin_dir / script).is_file()]
     assert not missing, f"{missing} not installed: pip install -e {ROOT}"
-    targets = {script: {"tools/*.py": str(ROOT / "tools" / f"{module}.py"), "-m": f"bitdet.tools.{module}",
-                        "console script": str(bin_dir / script)}[form] for script, module in CONSOLE_SCRIPTS.items()}
-    proc = subprocess.run([sys.executable, "-c", _HELP_DRIVER, form, json.dumps(targets)], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"))
+    targets = {
+        script: {
+            "tools/*.py": str(ROOT / "tools" / f"{module}.py"),
+            "-m": f"bitdet.tools.{module}",
+            "console script": str(bin_dir / script),
+        }[form]
+        for script, module in CONSOLE_SCRIPTS.items()
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _HELP_DRIVER, form, json.dumps(targets)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
-    failed = {entry: output[-1500:] for entry, (code, output) in results.items()
-              if code not in (0, None) or not output.startswith("usage: ") or "--help" not in output}
+    failed = {
+        entry: output[-1500:]
+        for entry, (code, output) in results.items()
+        if code not in (0, None) or not output.startswith("usage: ") or "--help" not in output
+    }
     assert set(results) == set(CONSOLE_SCRIPTS) and not failed, failed
 
 
@@ -125,7 +151,10 @@ def test_config_is_required_and_both_spellings_work(tool, capsys):
         module.parse_args(extra)
     assert exit_info.value.code == 2 and "--config-file" in capsys.readouterr().err
     for flag in ("--config", "--config-file"):
-        assert module.parse_args([flag, "some.yaml", *extra, "SOLVER.X", "1"]).config_file == "some.yaml"
+        assert (
+            module.parse_args([flag, "some.yaml", *extra, "SOLVER.X", "1"]).config_file
+            == "some.yaml"
+        )
 
 
 @pytest.mark.parametrize("tool", CONFIG_TOOLS)
@@ -142,12 +171,30 @@ def test_override_example_in_help_names_keys_of_the_tools_config(tool, capsys):
         assert str(cfg[section][name]) == value
 
 
-@pytest.mark.parametrize("tool, argv", [
-    ("train_net", ["--config", "retinanet_bit_m.yaml"]),
-    ("pretrain", ["--config", "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
-                  "MODEL.DEVICE", "cuda"]),
-    ("finetune", ["--config", "finetune/quick_schedules/finetune_instant_test.yaml", "MODEL.DEVICE", "cuda"]),
-])
+@pytest.mark.parametrize(
+    "tool, argv",
+    [
+        ("train_net", ["--config", "retinanet_bit_m.yaml"]),
+        (
+            "pretrain",
+            [
+                "--config",
+                "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
+                "MODEL.DEVICE",
+                "cuda",
+            ],
+        ),
+        (
+            "finetune",
+            [
+                "--config",
+                "finetune/quick_schedules/finetune_instant_test.yaml",
+                "MODEL.DEVICE",
+                "cuda",
+            ],
+        ),
+    ],
+)
 def test_cuda_config_on_a_cpu_machine_is_one_line(tool, argv, monkeypatch, capsys):
     """One device key and rule for every trainer."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -156,7 +203,9 @@ def test_cuda_config_on_a_cpu_machine_is_one_line(tool, argv, monkeypatch, capsy
         module.cli(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"{tool}: error: no CUDA device: add MODEL.DEVICE cpu (the config says MODEL.DEVICE 'cuda')"]
+    assert err == [
+        f"{tool}: error: no CUDA device: add MODEL.DEVICE cpu (the config says MODEL.DEVICE 'cuda')"
+    ]
 
 
 def test_resolve_device_rule(monkeypatch):
@@ -183,16 +232,36 @@ def test_check_device_rule(monkeypatch):
         check_device("cuda:1")
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--config", "no_such.yaml"], "train_net: error: config 'no_such.yaml' not found"),
-    (["--config", "quick_schedules/retinanet_bit_instant_test.yaml", "SOLVER.NOT_A_KEY", "1"],
-     "train_net: error: config override ['SOLVER.NOT_A_KEY', '1']: Non-existent key: SOLVER.NOT_A_KEY"),
-    (["--config", "quick_schedules/retinanet_bit_instant_test.yaml", "MODEL.RETINANET.NUM_CLASSE", "3"],
-     "train_net: error: config override ['MODEL.RETINANET.NUM_CLASSE', '3']: Non-existent key: "
-     "MODEL.RETINANET.NUM_CLASSE (did you mean MODEL.RETINANET.NUM_CLASSES?)"),
-    (["--config", "retinanet_bit_s_R50x1_1.yaml"], "train_net: error: config 'retinanet_bit_s_R50x1_1.yaml' not found here or "
-     f"in {CONFIGS_DIR}; did you mean retinanet_bit_s_R50x1_1x.yaml?"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--config", "no_such.yaml"], "train_net: error: config 'no_such.yaml' not found"),
+        (
+            [
+                "--config",
+                "quick_schedules/retinanet_bit_instant_test.yaml",
+                "SOLVER.NOT_A_KEY",
+                "1",
+            ],
+            "train_net: error: config override ['SOLVER.NOT_A_KEY', '1']: Non-existent key: SOLVER.NOT_A_KEY",
+        ),
+        (
+            [
+                "--config",
+                "quick_schedules/retinanet_bit_instant_test.yaml",
+                "MODEL.RETINANET.NUM_CLASSE",
+                "3",
+            ],
+            "train_net: error: config override ['MODEL.RETINANET.NUM_CLASSE', '3']: Non-existent key: "
+            "MODEL.RETINANET.NUM_CLASSE (did you mean MODEL.RETINANET.NUM_CLASSES?)",
+        ),
+        (
+            ["--config", "retinanet_bit_s_R50x1_1.yaml"],
+            "train_net: error: config 'retinanet_bit_s_R50x1_1.yaml' not found here or "
+            f"in {CONFIGS_DIR}; did you mean retinanet_bit_s_R50x1_1x.yaml?",
+        ),
+    ],
+)
 def test_user_errors_are_one_line_with_exit_2(argv, message, capsys):
     from bitdet.tools import train_net
 
@@ -208,27 +277,54 @@ def test_details_go_to_the_log_file_not_the_console(tmp_path):
     """Bad weights: one line on stderr, no ANSI codes; environment, full config, traceback in log.txt."""
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "bitdet.tools.pretrain", "--config", "pretrain/demo_fashion_mnist.yaml", "--eval-only",
-         "MODEL.WEIGHTS", str(tmp_path / "missing.pth"), "OUTPUT_DIR", str(out)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "bitdet.tools.pretrain",
+            "--config",
+            "pretrain/demo_fashion_mnist.yaml",
+            "--eval-only",
+            "MODEL.WEIGHTS",
+            str(tmp_path / "missing.pth"),
+            "OUTPUT_DIR",
+            str(out),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"pretrain: error: weights '{tmp_path / 'missing.pth'}' not found")
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"pretrain: error: weights '{tmp_path / 'missing.pth'}' not found")
+    )
     console = proc.stdout + proc.stderr
     assert "\x1b[" not in console and "Traceback" not in console
-    assert "environment" not in proc.stdout.replace("environment and full config", "") and "PyTorch" not in console
+    assert (
+        "environment" not in proc.stdout.replace("environment and full config", "")
+        and "PyTorch" not in console
+    )
     assert len(console.strip().splitlines()) <= 4
     log = (out / "log.txt").read_text()
     assert "environment:" in log and "PyTorch" in log  # Detectron2's collect_env_info table
     assert "SOLVER:" in log and "Traceback" in log and "missing.pth' not found" in log
-    assert (out / "config_eval.yaml").is_file() and not (out / "config.yaml").exists()  # --eval-only's own name
+    assert (out / "config_eval.yaml").is_file() and not (
+        out / "config.yaml"
+    ).exists()  # --eval-only's own name
 
 
 def test_make_bench_runs_a_cpu_preset_without_cuda():
     if torch.cuda.is_available():
         pytest.skip("a CUDA machine runs the GPU preset")
-    proc = subprocess.run(["make", "-n", "bench", f"PY={sys.executable}"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        ["make", "-n", "bench", f"PY={sys.executable}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "tools/benchmark.py --config-file benchmark/cpu_levers.yaml" in proc.stdout

@@ -1,4 +1,5 @@
 """tools/export_model.py end to end: exit statuses, files, report, --verify and --benchmark."""
+
 import json
 import os
 import subprocess
@@ -9,21 +10,37 @@ import pytest
 
 from bitdet.tools.export_model import main, parse_args
 
-pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning"
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--model", "R14-tiny", "--num-classes", "10", "--image-size", "64"]
 
 
 def test_classifier_both_formats_verified_and_timed(tmp_path):
-    args = parse_args([*TINY, "--format", "torchscript", "onnx", "--output", str(tmp_path), "--verify",
-                       "--benchmark", "--iters", "1"])
+    args = parse_args(
+        [
+            *TINY,
+            "--format",
+            "torchscript",
+            "onnx",
+            "--output",
+            str(tmp_path),
+            "--verify",
+            "--benchmark",
+            "--iters",
+            "1",
+        ]
+    )
     assert main(args) == 0
     assert (tmp_path / "model.ts").is_file() and (tmp_path / "model.onnx").is_file()
     report = json.loads((tmp_path / "export_report.json").read_text())
     for fmt in ("torchscript", "onnx"):
         comparisons = report["verify"]["comparisons"][fmt]
-        assert len(comparisons) == 2 and all(c["ok"] for c in comparisons)  # two samples, both shapes
+        assert len(comparisons) == 2 and all(
+            c["ok"] for c in comparisons
+        )  # two samples, both shapes
     variants = [row["variant"] for row in report["benchmark"]]
     assert variants == ["eager", "eager, fast path", "TorchScript", "ONNX Runtime"]
     assert all(row["images_per_sec"] > 0 for row in report["benchmark"])
@@ -31,17 +48,39 @@ def test_classifier_both_formats_verified_and_timed(tmp_path):
 
 def test_verification_beyond_tolerance_exits_1(tmp_path, capsys):
     # ONNX Runtime's float32 round-off differs from torch's: with zero tolerance --verify must fail
-    args = parse_args([*TINY, "--format", "onnx", "--output", str(tmp_path), "--verify", "--atol", "0", "--rtol", "0"])
+    args = parse_args(
+        [
+            *TINY,
+            "--format",
+            "onnx",
+            "--output",
+            str(tmp_path),
+            "--verify",
+            "--atol",
+            "0",
+            "--rtol",
+            "0",
+        ]
+    )
     assert main(args) == 1
     assert "verification failed" in capsys.readouterr().err
 
 
 def test_usage_errors_exit_2_with_one_line(tmp_path, capsys):
-    assert main(parse_args(["--model", "R99x9", "--format", "onnx", "--output", str(tmp_path)])) == 2
+    assert (
+        main(parse_args(["--model", "R99x9", "--format", "onnx", "--output", str(tmp_path)])) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.startswith("export_model: error: unknown model 'R99x9'") and "\n" not in err
     missing = tmp_path / "missing.npz"
-    assert main(parse_args([*TINY, "--weights", str(missing), "--format", "onnx", "--output", str(tmp_path)])) == 2
+    assert (
+        main(
+            parse_args(
+                [*TINY, "--weights", str(missing), "--format", "onnx", "--output", str(tmp_path)]
+            )
+        )
+        == 2
+    )
     assert str(missing) in capsys.readouterr().err
     for argv in ([*TINY, "MODEL.WEIGHTS", "x.pth"], ["--config", "x.yaml", "--batch-size", "4"]):
         with pytest.raises(SystemExit) as exit_info:  # flags that the chosen export does not use
@@ -74,29 +113,67 @@ def test_the_head_comes_from_the_weights_file(tmp_path, capsys, console_logging_
     weights = tmp_path / "r14_10.npz"
     write_npz(weights, state_dict_to_npz(source))
     out = tmp_path / "out"
-    base = ["--model", "R14-tiny", "--weights", str(weights), "--image-size", "64", "--format", "onnx", "--verify"]
+    base = [
+        "--model",
+        "R14-tiny",
+        "--weights",
+        str(weights),
+        "--image-size",
+        "64",
+        "--format",
+        "onnx",
+        "--verify",
+    ]
     assert main(parse_args([*base, "--output", str(out)])) == 0
-    comparisons = json.loads((out / "export_report.json").read_text())["verify"]["comparisons"]["onnx"]
-    assert [c["shape"] for c in comparisons] == [[2, 10], [3, 10]] and all(c["ok"] for c in comparisons)
+    comparisons = json.loads((out / "export_report.json").read_text())["verify"]["comparisons"][
+        "onnx"
+    ]
+    assert [c["shape"] for c in comparisons] == [[2, 10], [3, 10]] and all(
+        c["ok"] for c in comparisons
+    )
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
         expected = source(x)
     (logits,) = load_runner(out / "model.onnx", "onnx")(x)
-    assert expected.abs().max() > 1e-3 and torch.allclose(torch.from_numpy(logits), expected, atol=1e-4)
+    assert expected.abs().max() > 1e-3 and torch.allclose(
+        torch.from_numpy(logits), expected, atol=1e-4
+    )
 
     assert main(parse_args([*base, "--num-classes", "1000", "--output", str(tmp_path / "o2")])) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("export_model: error: --num-classes 1000 disagrees with") and "\n" not in err
+    assert (
+        err.startswith("export_model: error: --num-classes 1000 disagrees with") and "\n" not in err
+    )
     assert "10 classes" in err and "--new-head" in err
-    assert main(parse_args([*base, "--num-classes", "1000", "--new-head", "--output", str(tmp_path / "o3")])) == 1
+    assert (
+        main(
+            parse_args(
+                [*base, "--num-classes", "1000", "--new-head", "--output", str(tmp_path / "o3")]
+            )
+        )
+        == 1
+    )
     assert "the head is new, zero-initialised" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("part", ["model", "backbone"])
 def test_instant_retinanet_and_its_backbone_to_onnx(part, tmp_path):
     config = str(ROOT / "configs/quick_schedules/retinanet_bit_instant_test.yaml")
-    args = parse_args(["--config-file", config, "--part", part, "--format", "onnx", "--output", str(tmp_path),
-                       "--verify", "MODEL.DEVICE", "cpu"])
+    args = parse_args(
+        [
+            "--config-file",
+            config,
+            "--part",
+            part,
+            "--format",
+            "onnx",
+            "--output",
+            str(tmp_path),
+            "--verify",
+            "MODEL.DEVICE",
+            "cpu",
+        ]
+    )
     assert main(args) == 0
     report = json.loads((tmp_path / "export_report.json").read_text())
     assert report["kind"] == ("detector" if part == "model" else "backbone")
@@ -105,8 +182,13 @@ def test_instant_retinanet_and_its_backbone_to_onnx(part, tmp_path):
 
 def test_the_wrapper_and_its_help():
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run([sys.executable, str(ROOT / "tools/export_model.py"), "--help"], env=env,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools/export_model.py"), "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     for flag in ("--format", "--verify", "--benchmark", "--part", "--config-file"):
         assert flag in out.stdout

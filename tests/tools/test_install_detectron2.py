@@ -1,4 +1,5 @@
 """tools/install_detectron2.py: the registry wheel is repacked as pure Python, correctly."""
+
 import base64
 import hashlib
 import importlib.util
@@ -6,7 +7,9 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("install_detectron2", ROOT / "tools/install_detectron2.py")
+spec = importlib.util.spec_from_file_location(
+    "install_detectron2", ROOT / "tools/install_detectron2.py"
+)
 install = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(install)
 
@@ -17,8 +20,14 @@ def _fake_registry_wheel(path: Path) -> None:
         z.writestr("detectron2/__init__.py", "__version__ = '0.7.2'\n")
         z.writestr("detectron2/_C.cpython-310-x86_64-linux-gnu.so", b"\x7fELF")
         z.writestr("tools/train_net.py", "print('stray')\n")
-        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: cp310-cp310-linux_x86_64\n")
-        z.writestr(f"{info}/METADATA", "Name: sal-detectron2\nRequires-Dist: numpy<2\nRequires-Dist: yacs\n")
+        z.writestr(
+            f"{info}/WHEEL",
+            "Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: cp310-cp310-linux_x86_64\n",
+        )
+        z.writestr(
+            f"{info}/METADATA",
+            "Name: sal-detectron2\nRequires-Dist: numpy<2\nRequires-Dist: yacs\n",
+        )
         z.writestr(f"{info}/top_level.txt", "detectron2\ntools\n")
         z.writestr(f"{info}/RECORD", "stale\n")
 

@@ -1,4 +1,5 @@
 """Fine-tuning config: every key commented, every shipped YAML loads, HyperRule overrides."""
+
 import ast
 import pathlib
 
@@ -15,14 +16,22 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs" / "finetune"
 def test_every_key_has_a_comment_above_it():
     lines = pathlib.Path(config_module.__file__).read_text().splitlines()
     source = "\n".join(lines)
-    fn = next(n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef) and n.name == "add_finetune_config")
+    fn = next(
+        n
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.FunctionDef) and n.name == "add_finetune_config"
+    )
     for node in fn.body:
         if isinstance(node, ast.Assign) and "CN()" not in ast.unparse(node.value):
             above = lines[node.lineno - 2].strip()
-            assert above.startswith("#"), f"line {node.lineno} ({ast.unparse(node.targets[0])}) has no comment above"
+            assert above.startswith("#"), (
+                f"line {node.lineno} ({ast.unparse(node.targets[0])}) has no comment above"
+            )
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
+@pytest.mark.parametrize(
+    "path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS))
+)
 def test_shipped_configs_load(path):
     cfg = get_finetune_cfg(str(path))
     assert cfg.DATASET.NAME and cfg.MODEL.NAME
@@ -43,12 +52,17 @@ def test_rule_defaults_to_the_hyperrule():
 
 
 def test_overrides_apply_only_when_set():
-    rule = rule_from_config(_cfg("HYPERRULE.STEPS", 50, "HYPERRULE.BATCH_SIZE", 32, "HYPERRULE.CROP", 32), 1000, (8, 8))
+    rule = rule_from_config(
+        _cfg("HYPERRULE.STEPS", 50, "HYPERRULE.BATCH_SIZE", 32, "HYPERRULE.CROP", 32), 1000, (8, 8)
+    )
     # STEPS alone stretches the warm-up and decays; CROP alone keeps the rule's resize ratio.
     assert (rule.steps, rule.warmup_steps, rule.decay_steps) == (50, 10, (20, 30, 40))
     assert (rule.resize, rule.crop, rule.batch_size, rule.base_lr) == (40, 32, 32, 0.003)
-    explicit = rule_from_config(_cfg("HYPERRULE.STEPS", 50, "HYPERRULE.WARMUP_STEPS", 5,
-                                     "HYPERRULE.DECAY_STEPS", [30]), 1000, (8, 8))
+    explicit = rule_from_config(
+        _cfg("HYPERRULE.STEPS", 50, "HYPERRULE.WARMUP_STEPS", 5, "HYPERRULE.DECAY_STEPS", [30]),
+        1000,
+        (8, 8),
+    )
     assert (explicit.warmup_steps, explicit.decay_steps) == (5, (30,))
 
 
@@ -64,7 +78,11 @@ def test_invalid_override_is_reported():
 
 
 def test_tri_state():
-    assert tri_state("", True, "K") is True and tri_state("off", True, "K") is False and tri_state("on", False, "K")
+    assert (
+        tri_state("", True, "K") is True
+        and tri_state("off", True, "K") is False
+        and tri_state("on", False, "K")
+    )
     with pytest.raises(ValueError, match="DATASET.FLIP"):
         tri_state("maybe", True, "DATASET.FLIP")
 
@@ -76,4 +94,7 @@ def test_hyperrule_configs_train_in_fp32_unless_they_opt_in():
     for path in finetune_configs:
         cfg = get_finetune_cfg(str(path))
         assert cfg.SOLVER.PRECISION == "fp32", path.name
-    assert get_finetune_cfg("finetune/cifar10.yaml", ["SOLVER.PRECISION", "bf16"]).SOLVER.PRECISION == "bf16"
+    assert (
+        get_finetune_cfg("finetune/cifar10.yaml", ["SOLVER.PRECISION", "bf16"]).SOLVER.PRECISION
+        == "bf16"
+    )

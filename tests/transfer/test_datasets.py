@@ -1,4 +1,5 @@
 """Readers on small files written in each official on-disk format."""
+
 import gzip
 import inspect
 import pickle
@@ -35,8 +36,18 @@ def _jpeg(path, color, size=(40, 30)):
 
 def test_registry_has_the_issue_datasets():
     names = set(list_datasets())
-    assert {"cifar10", "cifar100", "oxford_pets", "flowers102", "imagenet", "fashion_mnist", "mnist",
-            "digits", "digits_on_photos", "imagefolder"} <= names
+    assert {
+        "cifar10",
+        "cifar100",
+        "oxford_pets",
+        "flowers102",
+        "imagenet",
+        "fashion_mnist",
+        "mnist",
+        "digits",
+        "digits_on_photos",
+        "imagefolder",
+    } <= names
     assert sum(n.startswith("vtab/") for n in names) == 19
     with pytest.raises(KeyError, match="registered: .*cifar10"):
         get_spec("cifar11")
@@ -46,8 +57,13 @@ def test_cifar10_pickle_batches(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     rng = np.random.default_rng(0)
     for i in range(1, 6):
-        _pickle(folder / f"data_batch_{i}", {"data": rng.integers(0, 256, (2, 3072), dtype=np.uint8),
-                                             "labels": [i % 10, (i + 1) % 10]})
+        _pickle(
+            folder / f"data_batch_{i}",
+            {
+                "data": rng.integers(0, 256, (2, 3072), dtype=np.uint8),
+                "labels": [i % 10, (i + 1) % 10],
+            },
+        )
     test_pixels = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
     _pickle(folder / "test_batch", {"data": test_pixels, "labels": [7, 8, 9]})
     _pickle(folder / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
@@ -59,14 +75,26 @@ def test_cifar10_pickle_batches(tmp_path):
     image, label = test[1]
     assert image.size == (32, 32) and label == 8
     # CHW planes in the file -> HWC image: red plane first.
-    assert np.asarray(image)[0, 0, 0] == test_pixels[1, 0] and np.asarray(image)[0, 0, 1] == test_pixels[1, 1024]
+    assert (
+        np.asarray(image)[0, 0, 0] == test_pixels[1, 0]
+        and np.asarray(image)[0, 0, 1] == test_pixels[1, 1024]
+    )
 
 
 def test_cifar100_fine_labels(tmp_path):
     folder = tmp_path / "cifar-100-python"
-    _pickle(folder / "train", {"data": np.zeros((4, 3072), np.uint8), "fine_labels": [0, 99, 5, 5],
-                               "coarse_labels": [0, 1, 2, 2]})
-    _pickle(folder / "test", {"data": np.zeros((1, 3072), np.uint8), "fine_labels": [42], "coarse_labels": [3]})
+    _pickle(
+        folder / "train",
+        {
+            "data": np.zeros((4, 3072), np.uint8),
+            "fine_labels": [0, 99, 5, 5],
+            "coarse_labels": [0, 1, 2, 2],
+        },
+    )
+    _pickle(
+        folder / "test",
+        {"data": np.zeros((1, 3072), np.uint8), "fine_labels": [42], "coarse_labels": [3]},
+    )
     _pickle(folder / "meta", {"fine_label_names": [f"f{i}" for i in range(100)]})
     train = build_dataset("cifar100", str(tmp_path), "train")
     assert dataset_targets(train).tolist() == [0, 99, 5, 5]
@@ -101,8 +129,10 @@ def test_flowers102_layout(tmp_path):
         _jpeg(base / "jpg" / f"image_{i:05d}.jpg", (0, 100, 0))
     # 1-based labels and image ids, as in the release.
     scipy_io.savemat(base / "imagelabels.mat", {"labels": np.array([[1, 2, 102, 1, 2, 102]])})
-    scipy_io.savemat(base / "setid.mat", {"trnid": np.array([[1, 2]]), "valid": np.array([[3, 6]]),
-                                          "tstid": np.array([[4, 5]])})
+    scipy_io.savemat(
+        base / "setid.mat",
+        {"trnid": np.array([[1, 2]]), "valid": np.array([[3, 6]]), "tstid": np.array([[4, 5]])},
+    )
     assert dataset_targets(build_dataset("flowers102", str(tmp_path), "train")).tolist() == [0, 1]
     assert dataset_targets(build_dataset("flowers102", str(tmp_path), "val")).tolist() == [101, 101]
     assert len(build_dataset("flowers102", str(tmp_path), "test")) == 2
@@ -111,7 +141,9 @@ def test_flowers102_layout(tmp_path):
 
 
 def _idx(path, array, gz):
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(struct.pack(">I", d) for d in array.shape)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + b"".join(
+        struct.pack(">I", d) for d in array.shape
+    )
     data = header + array.astype(np.uint8).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gzip.compress(data) if gz else data)
@@ -150,7 +182,9 @@ def test_digits_split_is_deterministic_stratified_and_disjoint():
     assert len(train) + len(test) == 1797
     assert not set(train.indices) & set(test.indices)
     np.testing.assert_array_equal(SklearnDigits("train").indices, train.indices)
-    counts = np.bincount(test.targets, minlength=10) / np.bincount(np.concatenate([train.targets, test.targets]))
+    counts = np.bincount(test.targets, minlength=10) / np.bincount(
+        np.concatenate([train.targets, test.targets])
+    )
     assert np.all(np.abs(counts - 0.25) < 0.01)
     image, label = train[0]
     assert image.size == (8, 8) and image.mode == "L" and np.asarray(image).max() <= 255
@@ -163,17 +197,27 @@ def test_digits_on_photos_are_the_digits_drawn_once_like_upstream_objects():
     image, label = drawn[0]
     assert image.size == (32, 32) and image.mode == "RGB" and label == plain[0][1]
     images = np.stack([np.asarray(drawn[i][0]) for i in range(len(drawn))])
-    grey = np.array([np.array_equal(im[..., 0], im[..., 1]) and np.array_equal(im[..., 1], im[..., 2]) for im in images])
+    grey = np.array(
+        [
+            np.array_equal(im[..., 0], im[..., 1]) and np.array_equal(im[..., 1], im[..., 2])
+            for im in images
+        ]
+    )
     assert 0.15 < grey.mean() < 0.35  # photo_prob 0.75: about 1 in 4 stays grey on black
     for im in images[grey][:20]:  # the digit alone on black, 40-100 % of the canvas
         ys, xs = np.nonzero(im[..., 0] > 0)
-        assert 0.4 * 32 * 0.8 <= max(np.ptp(ys), np.ptp(xs)) + 1 <= 32 and (im[..., 0] == 0).mean() > 0.2
+        assert (
+            0.4 * 32 * 0.8 <= max(np.ptp(ys), np.ptp(xs)) + 1 <= 32
+            and (im[..., 0] == 0).mean() > 0.2
+        )
     assert (images[~grey].min(axis=3) > 0).mean() > 0.8  # a photo behind the tinted ones
     # A fixed dataset: the same drawing every time, another one for another draw seed.
     transfer_datasets._draw_digits.cache_clear()
     np.testing.assert_array_equal(np.asarray(DigitsOnPhotos("test")[5][0]), images[5])
     assert not np.array_equal(np.asarray(DigitsOnPhotos("test", draw_seed=1)[5][0]), images[5])
-    assert get_spec("digits_on_photos").flip is False and build_dataset("digits_on_photos", "", "train")[0][0].size == (32, 32)
+    assert get_spec("digits_on_photos").flip is False and build_dataset(
+        "digits_on_photos", "", "train"
+    )[0][0].size == (32, 32)
 
 
 def test_digits_on_photos_follow_the_demo_upstream_look():

@@ -1,8 +1,16 @@
 """Few-shot sampler: exactly k per class, seed stability, nesting, errors naming the class."""
+
 import numpy as np
 import pytest
 
-from bitdet.transfer.fewshot import FULL, load_indices, mean_std, parse_shots, sample_few_shot, save_indices
+from bitdet.transfer.fewshot import (
+    FULL,
+    load_indices,
+    mean_std,
+    parse_shots,
+    sample_few_shot,
+    save_indices,
+)
 
 TARGETS = np.repeat(np.arange(5), [7, 3, 12, 5, 9])[np.random.default_rng(1).permutation(36)]
 

@@ -1,11 +1,17 @@
 """MixUp batch hook and the HyperRule transforms."""
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from bitdet.transfer.mixup import MixUp
-from bitdet.transfer.transforms import ToBiTTensor, TransformedDataset, eval_transform, train_transform
+from bitdet.transfer.transforms import (
+    ToBiTTensor,
+    TransformedDataset,
+    eval_transform,
+    train_transform,
+)
 
 
 def test_mixup_is_a_convex_mix_of_a_permutation():

@@ -1,4 +1,5 @@
 """Results table, seed summaries, metrics reading and the PNG plots."""
+
 import json
 
 import pytest
@@ -41,13 +42,17 @@ def test_summary_and_table():
 
 def test_read_metrics_tolerates_a_torn_line_and_resumes(tmp_path):
     path = tmp_path / "metrics.json"
-    path.write_text("\n".join([
-        json.dumps({"iteration": 0, "loss": 2.3, "lr": 0.0}),
-        json.dumps({"iteration": 1, "loss": 2.0, "lr": 0.003}),
-        json.dumps({"iteration": 1, "loss": 1.9, "lr": 0.003}),  # repeated after a resume
-        json.dumps({"iteration": 1, "eval/top1": 55.0}),
-        '{"iteration": 2, "lo',
-    ]))
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps({"iteration": 0, "loss": 2.3, "lr": 0.0}),
+                json.dumps({"iteration": 1, "loss": 2.0, "lr": 0.003}),
+                json.dumps({"iteration": 1, "loss": 1.9, "lr": 0.003}),  # repeated after a resume
+                json.dumps({"iteration": 1, "eval/top1": 55.0}),
+                '{"iteration": 2, "lo',
+            ]
+        )
+    )
     records = read_metrics(path)
     assert [r["iteration"] for r in records] == [0, 1]
     assert records[1] == {"iteration": 1, "loss": 1.9, "lr": 0.003, "eval/top1": 55.0}

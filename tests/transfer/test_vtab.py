@@ -1,4 +1,5 @@
 """VTAB-1k protocol: CSV and folder layouts, the union split, the runner's summary."""
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,7 +16,10 @@ def _png(path, value):
 def test_19_tasks_with_label_preserving_augmentation():
     assert len(VTAB_TASKS) == 19
     assert {t.group for t in VTAB_TASKS.values()} == {"natural", "specialized", "structured"}
-    assert VTAB_TASKS["dsprites_location"].flip is False and VTAB_TASKS["clevr_count"].random_crop is False
+    assert (
+        VTAB_TASKS["dsprites_location"].flip is False
+        and VTAB_TASKS["clevr_count"].random_crop is False
+    )
     assert get_spec("vtab/dtd").train_split == "train800val200"
 
 
@@ -80,7 +84,9 @@ def test_check_tasks_reports_every_missing_task_at_once(tmp_path):
     (tmp_path / "dtd.csv").write_text("image,label,split\n")
     found = check_tasks(str(tmp_path), ["svhn", "dtd"])
     assert found == {"svhn": tmp_path / "svhn", "dtd": tmp_path / "dtd.csv"}
-    with pytest.raises(FileNotFoundError, match=r"2 of 4 tasks have no data: eurosat, dmlab \(each needs"):
+    with pytest.raises(
+        FileNotFoundError, match=r"2 of 4 tasks have no data: eurosat, dmlab \(each needs"
+    ):
         check_tasks(str(tmp_path), ["svhn", "eurosat", "dtd", "dmlab"])
     with pytest.raises(FileNotFoundError, match="not a folder"):
         check_tasks(str(tmp_path / "absent"), ["svhn"])

@@ -1,5 +1,6 @@
 """FCOS with a BiT ResNet-v2 + FPN backbone (P3-P7): Detectron2's ``common/models/fcos.py`` with
 the trunk and input replaced. A LazyConfig: run it through ``tools/train_net.py --config *.py``."""
+
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 from detectron2.modeling import FPN
@@ -20,7 +21,9 @@ model.backbone = L(FPN)(
     in_features=["res3", "res4", "res5"],
     out_channels=256,
     # FCOS computes P6 and P7 from P5, not C5 (Tian et al., arXiv 2006.09214, section 2.2).
-    top_block=L(LastLevelP6P7)(in_channels="${..out_channels}", out_channels="${..out_channels}", in_feature="p5"),
+    top_block=L(LastLevelP6P7)(
+        in_channels="${..out_channels}", out_channels="${..out_channels}", in_feature="p5"
+    ),
 )
 # BiT input: RGB scaled to [-1, 1]; the data loader's mapper reads RGB.
 model.pixel_mean = [127.5, 127.5, 127.5]
