@@ -24,6 +24,7 @@ from bitdet.checkpoint.loading import (
     save_checkpoint,
 )
 from bitdet.checkpoint.npz import state_dict_to_npz, write_npz
+from bitdet.errors import ConfigError
 from bitdet.numerics import WS_EPS
 from bitdet.utils.io import PathLike, atomic_write
 
@@ -95,7 +96,7 @@ def convert(
         has no head).
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}: expected one of {FORMATS}")
+        raise ConfigError(f"unknown format {fmt!r}: expected one of {FORMATS}")
     src_text, dst = str(src), Path(dst)
     weights = read_weights(src)
     arch = infer_architecture(weights.source) if weights.arch is None else weights.arch

@@ -22,6 +22,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from bitdet.engine.stop_signals import STOP_SIGNALS, StopSignals, TrainingStopped
+from bitdet.errors import NonFiniteError
 
 __all__ = [
     "LossNormalizerState",
@@ -135,7 +136,7 @@ class NonFiniteLossStop(HookBase):
         last = (
             self._checkpointer.get_checkpoint_file() if self._checkpointer.has_checkpoint() else ""
         )
-        raise FloatingPointError(
+        raise NonFiniteError(
             f"{what}: the weights were not updated; last good checkpoint: "
             f"{last or 'none yet'}. Lower SOLVER.BASE_LR or check the training data"
         )

@@ -36,6 +36,7 @@ from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bitdet.engine.data import SeededDataset, sample_seed
+from bitdet.errors import ConfigError, DataError
 
 __all__ = [
     "DataStreamState",
@@ -78,9 +79,9 @@ class ResumableBatchSampler(Sampler[List[Item]]):
         wide: Optional[Sequence[bool]] = None,
     ) -> None:
         if dataset_size <= 0:
-            raise ValueError("the detection training set is empty (DATASETS.TRAIN)")
+            raise DataError("the detection training set is empty (DATASETS.TRAIN)")
         if batch_size <= 0:
-            raise ValueError(f"batch size per process must be positive, got {batch_size}")
+            raise ConfigError(f"batch size per process must be positive, got {batch_size}")
         if wide is not None and len(wide) != dataset_size:
             raise ValueError(f"{len(wide)} aspect-ratio flags for {dataset_size} images")
         self.n, self.batch_size, self.seed = dataset_size, batch_size, int(seed)
@@ -137,7 +138,7 @@ class ResumableBatchSampler(Sampler[List[Item]]):
         """
         global_batch = self.batch_size * self.world_size
         if stream_world_size <= 0 or global_batch % stream_world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"the checkpoint's data stream was read by {stream_world_size} process(es), which a "
                 f"global batch of {global_batch} images (SOLVER.IMS_PER_BATCH) does not split between; "
                 "resume with the interrupted run's SOLVER.IMS_PER_BATCH"
@@ -215,12 +216,12 @@ def micro_batch_size(ims_per_batch: int, world_size: int, batch_split: int) -> i
         ValueError: ``batch_split`` < 1, or the batch does not divide evenly; names the keys.
     """
     if batch_split < 1:
-        raise ValueError(
+        raise ConfigError(
             f"SOLVER.BATCH_SPLIT must be a positive integer for detection, got {batch_split} (no "
             "automatic value: detection input sizes change from batch to batch)"
         )
     if ims_per_batch <= 0 or ims_per_batch % (world_size * batch_split):
-        raise ValueError(
+        raise ConfigError(
             f"SOLVER.IMS_PER_BATCH={ims_per_batch} is not divisible by {world_size} process(es) x "
             f"SOLVER.BATCH_SPLIT={batch_split}"
         )
@@ -230,7 +231,7 @@ def micro_batch_size(ims_per_batch: int, world_size: int, batch_split: int) -> i
 def split_micro_batches(share: List[Any], batch_split: int) -> List[List[Any]]:
     """This process's batch ``share`` as ``batch_split`` consecutive micro-batches of equal size."""
     if len(share) % batch_split:
-        raise ValueError(
+        raise ConfigError(
             f"a batch of {len(share)} images does not split into SOLVER.BATCH_SPLIT={batch_split} "
             "equal micro-batches"
         )

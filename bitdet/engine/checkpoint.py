@@ -24,6 +24,7 @@ import torch
 
 from bitdet.checkpoint.errors import CheckpointError
 from bitdet.checkpoint.loading import ws_eps_of
+from bitdet.errors import NonFiniteError
 from bitdet.utils.io import PathLike, atomic_write, remove_stale_temporaries
 
 __all__ = [
@@ -93,7 +94,7 @@ def check_finite_weights(state: Dict[str, torch.Tensor], what: str) -> None:
             and value.is_floating_point()
             and not bool(torch.isfinite(value).all())
         ):
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"{what}: the weights hold NaN or inf ({key}); not saved, the previous "
                 "checkpoint stays the last one. Lower the learning rate or check the data"
             )

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from bitdet.errors import ConfigError, DataError
+
 __all__ = ["SeededDataset", "StepBatchSampler", "collate_skip_none", "sample_seed", "step_seed"]
 
 
@@ -64,9 +66,9 @@ class StepBatchSampler(Sampler[List[Tuple[int, int]]]):
         max_steps: int = 0,
     ) -> None:
         if dataset_size <= 0:
-            raise ValueError("the training set is empty")
+            raise DataError("the training set is empty")
         if global_batch % world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"global batch {global_batch} is not divisible by world size {world_size}"
             )
         self.n, self.global_batch, self.seed = dataset_size, global_batch, seed

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bitdet.engine.data import collate_skip_none
+from bitdet.errors import DataError
 from bitdet.models.fast import standardized_weight_cache
 
 __all__ = ["classification_metrics", "evaluate_classifier", "multilabel_metrics", "predict"]
@@ -68,7 +69,7 @@ def predict(
     finally:
         model.train(was_training)
     if not logits:
-        raise ValueError(f"no usable samples in the evaluation set ({skipped} skipped)")
+        raise DataError(f"no usable samples in the evaluation set ({skipped} skipped)")
     return {"logits": torch.cat(logits), "targets": torch.cat(targets), "skipped": skipped}
 
 

@@ -29,6 +29,7 @@ import yaml
 from detectron2.utils import comm
 
 from bitdet.engine.checkpoint import LAST_CHECKPOINT, clear_run
+from bitdet.errors import UserError
 from bitdet.utils.io import PathLike, atomic_write
 
 __all__ = [
@@ -59,7 +60,7 @@ _MAX_LISTED = 6  # differences named in the one-line error
 _MAX_VALUE = 40  # characters of a value in it
 
 
-class RunConfigMismatch(ValueError):
+class RunConfigMismatch(UserError, ValueError):
     """The folder holds checkpoints or results of another config."""
 
 

@@ -35,6 +35,7 @@ from bitdet.engine.checkpoint import TrainingCheckpointer, restore_rng_state
 from bitdet.engine.data import SeededDataset, StepBatchSampler, collate_skip_none, step_seed
 from bitdet.engine.losses import build_loss
 from bitdet.engine.stop_signals import StopSignals
+from bitdet.errors import ConfigError, DataError, NonFiniteError
 from bitdet.utils.precision import precision_dtype
 
 __all__ = ["ClassifierTrainer", "choose_batch_split"]
@@ -214,22 +215,22 @@ class ClassifierTrainer(TrainerBase):
         super().__init__()
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         if max_steps <= 0:
-            raise ValueError(f"max_steps must be positive, got {max_steps}")
+            raise ConfigError(f"max_steps must be positive, got {max_steps}")
         if global_batch % self.world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"global_batch {global_batch} must be divisible by the {self.world_size} processes"
             )
         self.local_batch = global_batch // self.world_size
         if batch_split != "auto" and (
             not isinstance(batch_split, int) or not 1 <= batch_split <= self.local_batch
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"batch_split must be 'auto' or an int in [1, {self.local_batch}] "
                 f"(the per-process batch), got {batch_split!r}"
             )
         precision_dtype(
             precision, "precision", allowed=tuple(_PRECISIONS)
-        )  # SOLVER.PRECISION in configs
+        )  # SOLVER.AMP in configs (bitdet.engine.config.engine_precision)
         # A streamed training set (an IterableDataset with ``for_rank``, e.g. bitdet's
         # StreamingShards) gives each rank its own endless, resumable stream instead.
         self.streaming = isinstance(train_set, IterableDataset)
@@ -240,7 +241,7 @@ class ClassifierTrainer(TrainerBase):
                 "the trainer cannot split or resume it"
             )
         if not self.streaming and len(train_set) == 0:  # type: ignore[arg-type]
-            raise ValueError("the training set is empty")
+            raise DataError("the training set is empty")
         self.loss_fn = build_loss(loss)
 
         if device is None:
@@ -262,7 +263,7 @@ class ClassifierTrainer(TrainerBase):
         )
         self.ddp: Optional[DistributedDataParallel] = None
         if self.world_size > 1:
-            # broadcast_buffers=False: GN has no buffers; BN (ablation) keeps per-rank stats.
+            # broadcast_buffers=False: GroupNorm has no buffers to broadcast.
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
         self._module: torch.nn.Module = self.ddp if self.ddp is not None else self.model
@@ -358,7 +359,7 @@ class ClassifierTrainer(TrainerBase):
                 why = "each process and worker streams its own shards"
             else:
                 why = "the batch hook (e.g. MixUp) mixes samples within each process's batch"
-            raise ValueError(
+            raise ConfigError(
                 f"{path} was written by a run of {was} and this run has {now}: {why}, so the data "
                 f"would differ from the interrupted run's; resume with {world} process(es)"
                 + (f" and DATALOADER.NUM_WORKERS {workers}" if self.streaming else "")
@@ -564,7 +565,7 @@ class ClassifierTrainer(TrainerBase):
         data_time = time.perf_counter() - t0
         lr = float(self.lr_at(step))
         if not math.isfinite(lr) or lr < 0:
-            raise ValueError(f"lr_at({step}) returned {lr}; learning rates must be finite and >= 0")
+            raise ConfigError(f"lr_at({step}) returned {lr}; learning rates must be finite and >= 0")
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -614,7 +615,7 @@ class ClassifierTrainer(TrainerBase):
         mean_loss = loss_sum / max(contributing, 1.0)
         if not math.isfinite(mean_loss):
             last = self.checkpointer.latest()
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"loss is {mean_loss} at step {step} (lr {lr:.4g}): the weights were not updated; last good "
                 f"checkpoint: {last or 'none yet'}. Lower the learning rate or check the data"
             )

@@ -14,6 +14,7 @@ from bitdet.checkpoint.errors import CheckpointError, CheckpointMismatchError, W
 from bitdet.checkpoint.hub import is_hub_id
 from bitdet.checkpoint.loading import WeightsFile, load_weights, read_weights
 from bitdet.checkpoint.npz import npz_key_map, read_npz
+from bitdet.errors import UnknownNameError
 from bitdet.models.resnetv2 import ResNetV2, ResNetV2Features
 from bitdet.models.variants import get_pretrained_cfg, resolve
 from bitdet.utils.io import default_cache_dir
@@ -78,7 +79,7 @@ def pretrained_path(
     """
     _, _, pre = resolve(name)
     if pre is None:
-        raise KeyError(f"{name!r} has no official checkpoint; pass a weights file path instead")
+        raise UnknownNameError(f"{name!r} has no official checkpoint; pass a weights file path instead")
     dest = Path(cache_dir or default_cache_dir()) / f"{name}.npz"
     try:
         return download(
@@ -190,7 +191,7 @@ def _create_from_hub(
     weights = read_weights(name)
     arch = weights.arch
     if arch is None or len(arch.layers) != 4:
-        raise ValueError(f"{name} ({weights.format}) does not hold a complete BiT ResNet-v2")
+        raise CheckpointError(f"{name} ({weights.format}) does not hold a complete BiT ResNet-v2")
     if weights.ws_eps is not None:
         kwargs.setdefault("ws_eps", weights.ws_eps)
     model = ResNetV2(

@@ -21,11 +21,11 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig, OmegaConf
 
-from bitdet.checkpoint.errors import CheckpointError
-from bitdet.config import DeviceError, check_device, resolve_config_file
+from bitdet.config import check_device, resolve_config_file
 from bitdet.engine.launch import launch_main, launch_summary
 from bitdet.engine.output_lock import OutputDirError, acquire_output_lock
 from bitdet.engine.run_folder import EVAL_CONFIG, RUN_CONFIG, record_config
+from bitdet.errors import UserError
 from bitdet.log import FILE_LOGGER
 
 __all__ = [
@@ -40,19 +40,11 @@ __all__ = [
     "user_errors",
 ]
 
-# Errors a user fixes by changing a file, a path, a key or the device (a training loss that
-# became NaN: the learning rate or the data): one line, exit 2. bitdet raises these with a
-# message naming the file, key or value to change.
-USER_ERRORS = (
-    FileNotFoundError,
-    NotADirectoryError,
-    IsADirectoryError,
-    KeyError,
-    ValueError,
-    CheckpointError,
-    DeviceError,
-    FloatingPointError,
-)
+# Errors a user fixes: bitdet's user errors (bitdet.errors: a config key or value, a flag, a
+# file's contents, the device, the output folder, a loss that became NaN), raised with a message
+# naming what to change, and the OS errors about a path the user gave (the message names it).
+# One line, exit 2; any other exception is a bug and keeps its traceback.
+USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
 def argument_parser(

@@ -30,6 +30,7 @@ import sys
 from pathlib import Path
 
 from bitdet.checkpoint.convert import DETECTRON2_PREFIX, FORMATS, convert
+from bitdet.errors import ConfigError
 from bitdet.tools.cli import user_errors
 
 _SUFFIX_FORMAT = {".npz": "npz", ".pth": "torch", ".pt": "torch"}
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     fmt = args.to or _SUFFIX_FORMAT.get(Path(args.dst).suffix)
     if fmt is None:
-        raise ValueError(
+        raise ConfigError(
             f"cannot tell the format of {args.dst} from its suffix; pass --to {{{','.join(FORMATS)}}}"
         )
     written = convert(args.src, args.dst, fmt, prefix=args.prefix)  # read back from dst

@@ -73,11 +73,11 @@ MODES = {
     "smoke": {
         "pretrain": (
             "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
-            ["DATASETS.TRAIN.KIND", "fashion_mnist_photos"],
+            ["DATASETS.TRAIN.NAME", "fashion_mnist_photos"],
         ),
         "transfer": (
             "finetune/quick_schedules/finetune_instant_test.yaml",
-            ["DATASET.NAME", "digits_on_photos"],
+            ["DATASETS.TRAIN.NAME", "digits_on_photos"],
             "1,full",
             2,
         ),
@@ -145,14 +145,15 @@ def build_tasks(
     tasks: List[Task] = []
 
     config, extra = spec["pretrain"]
-    common = [*extra, "MODEL.NAME", DEMO_MODEL, "SEED", str(seed)]
+    common = [*extra, "MODEL.BIT.VARIANT", DEMO_MODEL, "SEED", str(seed)]
     pre_opts = [*common, "OUTPUT_DIR", str(out / "upstream")]
     pre_cfg = get_pretrain_cfg(config, pre_opts)
     # Fashion-MNIST's training split has 60,000 items (or MAX_SAMPLES of them).
     items = pre_cfg.DATASETS.TRAIN.MAX_SAMPLES or 60000
     schedule = build_schedule(pre_cfg, items)
-    # Per initialisation, what finetune's --weights and Detectron2's MODEL.WEIGHTS are given.
-    weights = {"upstream": str(out / "upstream" / "model_final.pth"), "scratch": "scratch"}
+    # Per initialisation, what finetune's --weights and Detectron2's MODEL.WEIGHTS are given
+    # ("" = no weights, in every tool).
+    weights = {"upstream": str(out / "upstream" / "model_final.pth"), "scratch": ""}
     tasks.append(
         Task(
             "pretrain",
@@ -187,7 +188,6 @@ def build_tasks(
 
     # Longest first: the detection runs, then the short transfer sweeps fill the gaps.
     config, extra, n_seeds = spec["detection"]
-    detection_weights = dict(weights, scratch="")
     n_seeds = detection_seeds or n_seeds
     max_iter = get_bit_cfg(config).SOLVER.MAX_ITER
     # A stage that did not finish starts over (no --resume): periodic checkpoints would never be
@@ -207,7 +207,7 @@ def build_tasks(
                         "MODEL.BIT.VARIANT",
                         DEMO_MODEL,
                         "MODEL.WEIGHTS",
-                        detection_weights[init],
+                        weights[init],
                         *once,
                         "SEED",
                         str(seed + k),
@@ -239,7 +239,7 @@ def build_tasks(
                     "--seeds",
                     seeds,
                     *extra,
-                    "MODEL.NAME",
+                    "MODEL.BIT.VARIANT",
                     DEMO_MODEL,
                     # runs start over too (no --resume): the final step's checkpoint only
                     "SOLVER.CHECKPOINT_PERIOD",

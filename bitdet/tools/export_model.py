@@ -36,6 +36,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from bitdet.errors import ConfigError
 from bitdet.export import (
     DEFAULT_OPSET,
     FORMATS,
@@ -80,7 +81,7 @@ def build_classifier_target(args):
         if num_classes is None:
             num_classes = file_head
         elif num_classes not in (0, file_head) and not args.new_head:
-            raise ValueError(
+            raise ConfigError(
                 f"--num-classes {num_classes} disagrees with {source}, whose head has {file_head or 'no'} classes: "
                 f"leave --num-classes out to export the file's head, or pass --new-head for a new {num_classes}-class head"
             )

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from bitdet.data.detection_generate import DATASET_DESCRIPTION, generate_detection_dataset
+from bitdet.errors import UnknownNameError
 from bitdet.tools.cli import user_errors
 
 
@@ -83,7 +84,7 @@ def main(args: argparse.Namespace) -> List[dict]:
 
         unknown = [n for n in args.demo if n not in DEMO_DATASETS]
         if unknown:
-            raise KeyError(f"unknown demo set(s) {unknown}; available: {sorted(DEMO_DATASETS)}")
+            raise UnknownNameError(f"unknown demo set(s) {unknown}; available: {sorted(DEMO_DATASETS)}")
         jobs = [(datasets_root() / name, DEMO_DATASETS[name]) for name in args.demo]
     else:
         spec = dict(

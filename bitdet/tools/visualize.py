@@ -41,6 +41,7 @@ from detectron2.utils.visualizer import Visualizer
 from bitdet.config import check_device
 from bitdet.data.images import DecodeStats, load_image
 from bitdet.detection import BiTCheckpointer, get_bit_cfg, prepare_datasets, resolve_config_file
+from bitdet.errors import ConfigError
 from bitdet.tools.cli import argument_parser, run_launched
 from bitdet.utils.io import atomic_write
 
@@ -199,7 +200,7 @@ def draw_ground_truth(
         wanted = set(image_ids)
         missing = wanted - {d["image_id"] for d in dicts}
         if missing:
-            raise ValueError(f"{name} has no image id(s) {sorted(missing)}")
+            raise ConfigError(f"{name} has no image id(s) {sorted(missing)}")
         dicts = [d for d in dicts if d["image_id"] in wanted]
     dicts = dicts[:max_images]
     metadata = MetadataCatalog.get(name)

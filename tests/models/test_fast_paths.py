@@ -159,7 +159,7 @@ def test_standardize_once_per_step_discards_on_error_and_rejects_plain_models():
             raise RuntimeError("boom")
     assert all(c.step_weight is None and c.weight.grad is None for c in std_convs(model))
     with pytest.raises(ValueError, match="no StdConv2d"):
-        StandardizeOncePerStep(create_model("R14-tiny", weight_std=False))
+        StandardizeOncePerStep(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)))
 
 
 def test_compile_falls_back_to_eager_and_reraises_caller_errors(monkeypatch):

@@ -84,7 +84,7 @@ def test_finetune_refuses_other_settings_and_evaluates_beside_the_run(tmp_path):
         "finetune",
         *FINETUNE,
         "--weights",
-        "scratch",
+        "",
         "OUTPUT_DIR",
         out,
         "HYPERRULE.STEPS",
@@ -108,11 +108,11 @@ def test_finetune_refuses_other_settings_and_evaluates_beside_the_run(tmp_path):
         out / "model_0000003.pth",
         "OUTPUT_DIR",
         out,
-        "TEST.BATCH_SIZE",
+        "TEST.IMS_PER_BATCH",
         64,
     )
     assert (out / "config.yaml").read_bytes() == before["config.yaml"]
-    assert yaml.safe_load((out / "config_eval.yaml").read_text())["TEST"]["BATCH_SIZE"] == 64
+    assert yaml.safe_load((out / "config_eval.yaml").read_text())["TEST"]["IMS_PER_BATCH"] == 64
     assert json.loads((out / "eval_results.json").read_text())["top1"] == pytest.approx(
         results["top1"]
     )

@@ -272,6 +272,55 @@ def test_user_errors_are_one_line_with_exit_2(argv, message, capsys):
     assert len(err) == 1 and err[0].startswith(message)
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["DATASET.NAME", "digits"],
+            "finetune: error: config override ['DATASET.NAME', 'digits']: DATASET.NAME was "
+            "renamed to DATASETS.TRAIN.NAME",
+        ),
+        (
+            ["--weights", "scratch"],
+            "finetune: error: --weights 'scratch': no weights (random initialisation) is ''",
+        ),
+    ],
+)
+def test_old_keys_and_spellings_are_one_line_naming_the_new_ones(argv, message, capsys):
+    from bitdet.tools import finetune
+
+    with pytest.raises(SystemExit) as exit_info:
+        finetune.cli(["--config", "finetune/quick_schedules/finetune_instant_test.yaml", *argv])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [message]
+
+
+@pytest.mark.parametrize("error", [KeyError, ValueError])
+def test_a_bug_keeps_its_traceback_a_user_error_is_one_line(error, monkeypatch, capsys):
+    """Only bitdet's user errors (and OS errors about a path) become the one-line form: a
+    KeyError or ValueError from a bug propagates, so Python prints its traceback."""
+    from bitdet.errors import ConfigError
+    from bitdet.tools import pretrain
+
+    argv = ["--config", "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml"]
+
+    def raising(exception):
+        def setup(args):
+            raise exception
+
+        return setup
+
+    monkeypatch.setattr(pretrain, "setup", raising(error("a bug in the code")))
+    with pytest.raises(error, match="a bug in the code"):
+        pretrain.cli(argv)
+    assert "error:" not in capsys.readouterr().err
+    monkeypatch.setattr(pretrain, "setup", raising(ConfigError("SOLVER.X: fix it")))
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain.cli(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "pretrain: error: SOLVER.X: fix it\n"
+
+
 @pytest.mark.slow
 def test_details_go_to_the_log_file_not_the_console(tmp_path):
     """Bad weights: one line on stderr, no ANSI codes; environment, full config, traceback in log.txt."""
