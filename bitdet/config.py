@@ -234,7 +234,9 @@ def _refuse_renamed(cfg: CfgNode, keys: Sequence[str], where: str) -> None:
     for key in keys:
         if key in renamed:
             new, note = renamed[key] if isinstance(renamed[key], tuple) else (renamed[key], "")
-            raise ConfigError(f"{where}: {key} was renamed to {new}" + (f"; {note}" if note else ""))
+            raise ConfigError(
+                f"{where}: {key} was renamed to {new}" + (f"; {note}" if note else "")
+            )
 
 
 # MODEL.WEIGHTS spellings that name no weights source, and what to write instead.

@@ -194,12 +194,16 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
         if set(variant_levers(v)) - set(LEVERS)
     ]
     if bad:
-        raise ConfigError(f"BENCH.VARIANTS {bad}: use 'eager' or levers from {LEVERS} joined by '+'")
+        raise ConfigError(
+            f"BENCH.VARIANTS {bad}: use 'eager' or levers from {LEVERS} joined by '+'"
+        )
     if cfg.BENCH.CLOCK not in ("wall", "cpu"):
         raise ConfigError(f"BENCH.CLOCK {cfg.BENCH.CLOCK!r}: expected 'wall' or 'cpu'")
     unknown_tasks = set(cfg.BENCH.TASKS) - {"train", "inference", "data"}
     if unknown_tasks:
-        raise ConfigError(f"BENCH.TASKS {sorted(unknown_tasks)}: choose from train, inference, data")
+        raise ConfigError(
+            f"BENCH.TASKS {sorted(unknown_tasks)}: choose from train, inference, data"
+        )
     precision_dtype(cfg.BENCH.PRECISION, "BENCH.PRECISION")
     for task, variant in cfg.BENCH.DEFAULT_VARIANTS.items():
         if set(variant_levers(variant)) - set(LEVERS):

@@ -211,4 +211,6 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return SUITE[name]
     except KeyError:
-        raise UnknownNameError(f"BENCH.MODELS: unknown model {name!r}; known: {', '.join(SUITE)}") from None
+        raise UnknownNameError(
+            f"BENCH.MODELS: unknown model {name!r}; known: {', '.join(SUITE)}"
+        ) from None

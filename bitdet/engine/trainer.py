@@ -565,7 +565,9 @@ class ClassifierTrainer(TrainerBase):
         data_time = time.perf_counter() - t0
         lr = float(self.lr_at(step))
         if not math.isfinite(lr) or lr < 0:
-            raise ConfigError(f"lr_at({step}) returned {lr}; learning rates must be finite and >= 0")
+            raise ConfigError(
+                f"lr_at({step}) returned {lr}; learning rates must be finite and >= 0"
+            )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 

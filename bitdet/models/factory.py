@@ -79,7 +79,9 @@ def pretrained_path(
     """
     _, _, pre = resolve(name)
     if pre is None:
-        raise UnknownNameError(f"{name!r} has no official checkpoint; pass a weights file path instead")
+        raise UnknownNameError(
+            f"{name!r} has no official checkpoint; pass a weights file path instead"
+        )
     dest = Path(cache_dir or default_cache_dir()) / f"{name}.npz"
     try:
         return download(

@@ -98,7 +98,9 @@ def resolve(name: str) -> Tuple[str, Architecture, Optional[Pretrained]]:
     hint = " (BiT-L was never released)" if name.startswith("BiT-L-") else ""
     if _BIT_NAME.match(name) and name[6:] in ARCHITECTURES and not hint:
         hint = f" ({name[6:]} has no official checkpoint)"
-    raise UnknownNameError(f"unknown model {name!r}{hint}; known models: {', '.join(list_models())}")
+    raise UnknownNameError(
+        f"unknown model {name!r}{hint}; known models: {', '.join(list_models())}"
+    )
 
 
 def list_models(pattern: Union[str, Sequence[str], None] = None, pretrained: bool = False) -> list:

@@ -80,9 +80,7 @@ def add_arguments(parser):
         help="upstream weights (MODEL.WEIGHTS): an official name such as BiT-M-R50x1, .npz, "
         ".pth, or '' for none; a comma list compares several",
     )
-    parser.add_argument(
-        "--model", help="architecture, e.g. R50x1, R14-tiny (MODEL.BIT.VARIANT)"
-    )
+    parser.add_argument("--model", help="architecture, e.g. R50x1, R14-tiny (MODEL.BIT.VARIANT)")
     parser.add_argument("--shots", help="examples per class, e.g. 1,5,10,full (FEWSHOT.SHOTS)")
     parser.add_argument("--seeds", help="comma list of seeds, e.g. 0,1,2 (FEWSHOT.SEEDS)")
     parser.add_argument(

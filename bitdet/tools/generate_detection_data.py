@@ -84,7 +84,9 @@ def main(args: argparse.Namespace) -> List[dict]:
 
         unknown = [n for n in args.demo if n not in DEMO_DATASETS]
         if unknown:
-            raise UnknownNameError(f"unknown demo set(s) {unknown}; available: {sorted(DEMO_DATASETS)}")
+            raise UnknownNameError(
+                f"unknown demo set(s) {unknown}; available: {sorted(DEMO_DATASETS)}"
+            )
         jobs = [(datasets_root() / name, DEMO_DATASETS[name]) for name in args.demo]
     else:
         spec = dict(

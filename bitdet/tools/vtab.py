@@ -66,7 +66,9 @@ def main(args):
     cfg = setup(args)
     out = Path(cfg.OUTPUT_DIR)
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(VTAB_TASKS)
-    check_tasks(cfg.DATASETS.TRAIN.ROOT, tasks)  # every missing folder in one message, before any training
+    check_tasks(
+        cfg.DATASETS.TRAIN.ROOT, tasks
+    )  # every missing folder in one message, before any training
 
     def task_config(task):
         task_cfg = cfg.clone()

@@ -175,4 +175,3 @@ def test_old_freeze_key_names_its_replacement(tmp_path):
     path.write_text('_BASE_: "Base-RetinaNet-BiT.yaml"\nMODEL:\n  BIT:\n    FREEZE_AT: 2\n')
     with pytest.raises(ValueError, match=f"config {path}: .*renamed to MODEL.BACKBONE.FREEZE_AT"):
         get_bit_cfg(str(path))
-

@@ -98,5 +98,7 @@ def test_hyperrule_configs_train_in_fp32_unless_they_opt_in():
         assert engine_precision(cfg) == "fp32", path.name
     cfg = get_finetune_cfg("finetune/cifar10.yaml", ["SOLVER.AMP.ENABLED", True])
     assert engine_precision(cfg) == "bf16"
-    with pytest.raises(ValueError, match="SOLVER.AMP.PRECISION 'fp16': pretraining and fine-tuning"):
+    with pytest.raises(
+        ValueError, match="SOLVER.AMP.PRECISION 'fp16': pretraining and fine-tuning"
+    ):
         get_finetune_cfg("finetune/cifar10.yaml", ["SOLVER.AMP.PRECISION", "fp16"])
