@@ -2,7 +2,7 @@
 
 Shipped detectors (``configs/``): RetinaNet (``Base-RetinaNet-BiT.yaml``, P3-P7), Faster / Mask
 R-CNN (``Base-RCNN-FPN-BiT.yaml``, P2-P6) and FCOS as a LazyConfig
-(``fcos_bit_m_R50x1_FPN_1x.py``); ``tools/train_net.py`` runs them all.
+(``COCO-Detection/fcos_bit_m_R50x1_FPN_1x.py``); ``tools/train_net.py`` runs them all.
 
 A custom detector in a yacs config: any Detectron2 meta-architecture with a BiT backbone by
 name, ``build_bit_fpn_backbone`` (P2-P6, P6 max-pooled from P5), ``build_retinanet_bit_fpn_backbone``

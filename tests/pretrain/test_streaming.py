@@ -159,7 +159,7 @@ def test_pipe_pattern_trains_the_webdataset_instant_config(shard_dir, tmp_path):
     cli(
         [
             "--config-file",
-            "pretrain/quick_schedules/pretrain_webdataset_multilabel_instant_test.yaml",
+            "quick_schedules/pretrain_webdataset_multilabel_instant_test.yaml",
             "DATASETS.TRAIN.PATH",
             _pipe(shard_dir),
             "DATASETS.TEST.PATH",
