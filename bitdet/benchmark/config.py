@@ -183,7 +183,8 @@ def add_benchmark_config(cfg: CN) -> None:
 
 
 def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
-    """Benchmark defaults merged with a config file (a path, or a preset in ``configs/benchmark/``) and overrides."""
+    """Benchmark defaults merged with a config file (a path, or a preset in
+    ``configs/benchmark/``) and overrides."""
     cfg = CN()
     add_benchmark_config(cfg)
     merge_config(cfg, config_file, opts, configs_dir=PRESETS_DIR)
@@ -208,18 +209,20 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
     for target in cfg.BENCH.TARGETS:
         if len(target) != 3 or target[1] not in TARGET_METRICS:
             raise ValueError(
-                f"BENCH.TARGETS entry {target!r}: expected [model, metric, value], metric in {TARGET_METRICS}"
+                f"BENCH.TARGETS entry {target!r}: expected [model, metric, value], "
+                f"metric in {TARGET_METRICS}"
             )
     for target in cfg.BENCH.RATIO_TARGETS:
         if len(target) != 6 or target[2] not in ("train", "inference"):
             raise ValueError(
-                f"BENCH.RATIO_TARGETS entry {target!r}: expected [model, variant, task, peer, peer variant, "
-                "minimum ratio] with task 'train' or 'inference'"
+                f"BENCH.RATIO_TARGETS entry {target!r}: expected [model, variant, task, peer, "
+                "peer variant, minimum ratio] with task 'train' or 'inference'"
             )
     for row in cfg.BENCH.MEMORY.ROWS:
         if len(row) != 3 or not all(isinstance(v, int) and v > 0 for v in row[1:]):
             raise ValueError(
-                f"BENCH.MEMORY.ROWS entry {row!r}: expected [model, image side, batch] with positive sizes"
+                f"BENCH.MEMORY.ROWS entry {row!r}: expected [model, image side, batch] "
+                "with positive sizes"
             )
     if cfg.BENCH.MEMORY.ITERS < 1:
         raise ValueError(f"BENCH.MEMORY.ITERS {cfg.BENCH.MEMORY.ITERS}: expected at least 1")
@@ -227,5 +230,6 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
 
 
 def default_variant(cfg: CN, task: str) -> str:
-    """bitdet's default variant for ``task`` ("train" / "inference"), from ``BENCH.DEFAULT_VARIANTS``."""
+    """bitdet's default variant for ``task`` ("train" / "inference"), from
+    ``BENCH.DEFAULT_VARIANTS``."""
     return cfg.BENCH.DEFAULT_VARIANTS[task.upper()]
