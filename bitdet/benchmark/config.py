@@ -205,8 +205,8 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
     for target in cfg.BENCH.TARGETS:
         if len(target) != 3 or target[1] not in TARGET_METRICS:
             raise ValueError(
-                f"BENCH.TARGETS entry {target!r}: expected [model, metric, value], metric in "
-                f"{TARGET_METRICS}"
+                f"BENCH.TARGETS entry {target!r}: expected [model, metric, value], "
+                f"metric in {TARGET_METRICS}"
             )
     for target in cfg.BENCH.RATIO_TARGETS:
         if len(target) != 6 or target[2] not in ("train", "inference"):
@@ -217,8 +217,8 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
     for row in cfg.BENCH.MEMORY.ROWS:
         if len(row) != 3 or not all(isinstance(v, int) and v > 0 for v in row[1:]):
             raise ValueError(
-                f"BENCH.MEMORY.ROWS entry {row!r}: expected [model, image side, batch] with "
-                "positive sizes"
+                f"BENCH.MEMORY.ROWS entry {row!r}: expected [model, image side, batch] "
+                "with positive sizes"
             )
     if cfg.BENCH.MEMORY.ITERS < 1:
         raise ValueError(f"BENCH.MEMORY.ITERS {cfg.BENCH.MEMORY.ITERS}: expected at least 1")

@@ -160,7 +160,8 @@ def load_image(path: Union[str, os.PathLike], **kwargs) -> Optional[Image.Image]
 
 
 class ToBiTTensor:
-    """PIL image (any mode) -> float32 tensor ``(3, H, W)`` in [-1, 1], RGB: ``(x - 127.5) / 127.5``.
+    """PIL image (any mode) -> float32 tensor ``(3, H, W)`` in [-1, 1], RGB:
+    ``(x - 127.5) / 127.5``.
 
     The uint8 pixels are converted to float once and scaled in place: bit-identical values,
     measured per core at 480 px 9x faster than a float NumPy round trip and 3x faster than

@@ -125,8 +125,8 @@ def _ground_truth_as_predictions(dataset_name, shift=0):
 
 
 def test_mask_ap_scores_the_generated_masks(tmp_path):
-    """The trainer's evaluator scores segm from the masks: the ground truth gets 100 mask AP; the same
-    boxes with masks moved by 3 pixels keep 100 box AP and lose mask AP."""
+    """The trainer's evaluator scores segm from the masks: the ground truth gets 100 mask AP; the
+    same boxes with masks moved by 3 pixels keep 100 box AP and lose mask AP."""
     register_demo_datasets(tmp_path / "datasets")
     try:
         cfg = get_bit_cfg(
