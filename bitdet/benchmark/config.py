@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 # fvcore's CfgNode (the base of Detectron2's): _BASE_ inheritance, no Detectron2 VERSION key.
 from fvcore.common.config import CfgNode as CN
 
-from bitdet.config import CONFIGS_DIR, merge_config
+from bitdet.config import merge_config
 from bitdet.utils.precision import precision_dtype
 
 __all__ = [
@@ -16,12 +16,8 @@ __all__ = [
     "get_benchmark_cfg",
     "variant_levers",
     "LEVERS",
-    "PRESETS_DIR",
     "TARGET_METRICS",
 ]
-
-# Benchmark presets: a bare --config-file name is looked up here.
-PRESETS_DIR = CONFIGS_DIR / "benchmark"
 
 # Levers a variant can combine with "+" ("eager" alone means none of them):
 #   cl: channels-last memory format for model and inputs; ws: cached standardized kernels
@@ -184,11 +180,11 @@ def add_benchmark_config(cfg: CN) -> None:
 
 
 def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
-    """Benchmark defaults merged with a config file (a path, or a preset in
-    ``configs/benchmark/``) and overrides."""
+    """Benchmark defaults merged with a config file (a path, or a preset such as
+    ``benchmark/h100.yaml``: :func:`bitdet.config.resolve_config_file`) and overrides."""
     cfg = CN()
     add_benchmark_config(cfg)
-    merge_config(cfg, config_file, opts, configs_dir=PRESETS_DIR)
+    merge_config(cfg, config_file, opts, kind="benchmark")
     bad = [
         v
         for v in cfg.BENCH.VARIANTS + cfg.BENCH.PEER_VARIANTS + cfg.BENCH.MEMORY.VARIANTS
@@ -222,8 +218,8 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
     for row in cfg.BENCH.MEMORY.ROWS:
         if len(row) != 3 or not all(isinstance(v, int) and v > 0 for v in row[1:]):
             raise ValueError(
-                f"BENCH.MEMORY.ROWS entry {row!r}: expected [model, image side, batch] with "
-                "positive sizes"
+                f"BENCH.MEMORY.ROWS entry {row!r}: expected [model, image side, batch] "
+                "with positive sizes"
             )
     if cfg.BENCH.MEMORY.ITERS < 1:
         raise ValueError(f"BENCH.MEMORY.ITERS {cfg.BENCH.MEMORY.ITERS}: expected at least 1")

@@ -79,8 +79,8 @@ import bitdet, bitdet.config
 from bitdet.detection import get_bit_cfg
 assert bitdet.__file__.startswith({site!r}), bitdet.__file__
 cfg = get_bit_cfg("retinanet_bit_m.yaml")  # a bare name, whose _BASE_ chain is package data too
-print(bitdet.config.CONFIGS_DIR, cfg.MODEL.BIT.VARIANT, cfg.MODEL.BACKBONE.NAME,
-      cfg.MODEL.PIXEL_STD)
+print(bitdet.config.CONFIGS_DIR, cfg.MODEL.BIT.VARIANT,
+      cfg.MODEL.BACKBONE.NAME, cfg.MODEL.PIXEL_STD)
 """.format(site=str(site))
     out = subprocess.run(
         [sys.executable, "-c", lookup], capture_output=True, text=True, env=env, cwd=str(elsewhere)
