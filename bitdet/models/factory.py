@@ -144,7 +144,7 @@ def create_model(
         features_only: return a :class:`ResNetV2Features` (a list of feature maps, with
             ``feature_info.channels()`` / ``.reduction()``) instead of the classifier.
         out_indices: with ``features_only``, positions in ``("stem", "res2", ..., "res5")``.
-        **kwargs: passed to :class:`ResNetV2` (``norm``, ``weight_std``, ``ws_eps``, ...).
+        **kwargs: passed to :class:`ResNetV2` (``ws_eps``, ``in_channels``, ...).
 
     Returns:
         The model, in training mode.

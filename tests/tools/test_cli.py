@@ -179,7 +179,7 @@ def test_override_example_in_help_names_keys_of_the_tools_config(tool, capsys):
             "pretrain",
             [
                 "--config",
-                "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
+                "quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
                 "MODEL.DEVICE",
                 "cuda",
             ],
@@ -188,7 +188,7 @@ def test_override_example_in_help_names_keys_of_the_tools_config(tool, capsys):
             "finetune",
             [
                 "--config",
-                "finetune/quick_schedules/finetune_instant_test.yaml",
+                "quick_schedules/finetune_instant_test.yaml",
                 "MODEL.DEVICE",
                 "cuda",
             ],
@@ -258,7 +258,7 @@ def test_check_device_rule(monkeypatch):
         (
             ["--config", "retinanet_bit_s_R50x1_1.yaml"],
             "train_net: error: config 'retinanet_bit_s_R50x1_1.yaml' not found here or "
-            f"in {CONFIGS_DIR}; did you mean retinanet_bit_s_R50x1_1x.yaml?",
+            f"in {CONFIGS_DIR}; did you mean COCO-Detection/retinanet_bit_s_R50x1_1x.yaml?",
         ),
     ],
 )
@@ -290,7 +290,7 @@ def test_old_keys_and_spellings_are_one_line_naming_the_new_ones(argv, message, 
     from bitdet.tools import finetune
 
     with pytest.raises(SystemExit) as exit_info:
-        finetune.cli(["--config", "finetune/quick_schedules/finetune_instant_test.yaml", *argv])
+        finetune.cli(["--config", "quick_schedules/finetune_instant_test.yaml", *argv])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [message]
 
@@ -302,7 +302,7 @@ def test_a_bug_keeps_its_traceback_a_user_error_is_one_line(error, monkeypatch, 
     from bitdet.errors import ConfigError
     from bitdet.tools import pretrain
 
-    argv = ["--config", "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml"]
+    argv = ["--config", "quick_schedules/pretrain_fashion_mnist_instant_test.yaml"]
 
     def raising(exception):
         def setup(args):
