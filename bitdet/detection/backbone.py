@@ -87,8 +87,9 @@ class BiTBackbone(GradCheckpointing, Backbone):
         last = max(FEATURE_NAMES.index(f) for f in out_features)
         if feature_tap == "preact" and last != len(FEATURE_NAMES) - 1:
             raise ConfigError(
-                "MODEL.BIT.FEATURE_TAP 'preact' normalises a stage with the next stage's first norm, "
-                f"so OUT_FEATURES must include res5 (got {list(out_features)}); use 'raw' otherwise"
+                "MODEL.BIT.FEATURE_TAP 'preact' normalises a stage with the next stage's first "
+                f"norm, so OUT_FEATURES must include res5 (got {list(out_features)}); use 'raw' "
+                "otherwise"
             )
         trunk = ResNetV2(
             arch.layers, arch.width, num_classes=0, stem_width=arch.stem_width, **model_kwargs
@@ -126,8 +127,8 @@ class BiTBackbone(GradCheckpointing, Backbone):
         """
         if not 0 <= freeze_at <= len(FEATURE_NAMES):
             raise ConfigError(
-                f"MODEL.BACKBONE.FREEZE_AT {freeze_at}: expected 0 (train all) to {len(FEATURE_NAMES)} "
-                f"(freeze {', '.join(FEATURE_NAMES)})"
+                f"MODEL.BACKBONE.FREEZE_AT {freeze_at}: expected 0 (train all) to "
+                f"{len(FEATURE_NAMES)} (freeze {', '.join(FEATURE_NAMES)})"
             )
         for module in [self.stem, *self.stages][:freeze_at]:
             _frozen(module)

@@ -129,7 +129,8 @@ def fixed_input_size(cfg: CN) -> int:
     family = cfg.INPUT.AUGMENTATION
     if family not in AUGMENTATIONS:
         raise ConfigError(
-            f"INPUT.AUGMENTATION {family!r} is unknown; allowed: {', '.join(map(repr, AUGMENTATIONS))}"
+            f"INPUT.AUGMENTATION {family!r} is unknown; allowed: "
+            f"{', '.join(map(repr, AUGMENTATIONS))}"
         )
     if family == "multiscale":
         return 0
@@ -145,9 +146,9 @@ def fixed_input_size(cfg: CN) -> int:
     test_sizes = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     if test_sizes != (size, size):
         raise ConfigError(
-            f"INPUT.AUGMENTATION 'fixed_size_jitter' evaluates with the long side at INPUT.FIXED_SIZE_JITTER.SIZE"
-            f" {size}: set INPUT.MIN_SIZE_TEST and INPUT.MAX_SIZE_TEST to {size} (they are {test_sizes[0]},"
-            f" {test_sizes[1]})"
+            "INPUT.AUGMENTATION 'fixed_size_jitter' evaluates with the long side at "
+            f"INPUT.FIXED_SIZE_JITTER.SIZE {size}: set INPUT.MIN_SIZE_TEST and INPUT.MAX_SIZE_TEST "
+            f"to {size} (they are {test_sizes[0]}, {test_sizes[1]})"
         )
     if cfg.INPUT.CROP.ENABLED:
         raise ConfigError(
@@ -158,7 +159,8 @@ def fixed_input_size(cfg: CN) -> int:
 
 
 def get_bit_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
-    """Detectron2's default config + BiT keys, merged with a config file and ``KEY VALUE`` overrides."""
+    """Detectron2's default config + BiT keys, merged with a config file and ``KEY VALUE``
+    overrides."""
     cfg = get_cfg()
     add_bit_config(cfg)
     merge_config(cfg, config_file, opts, kind="detection")

@@ -1,4 +1,5 @@
-"""Detectors written as Detectron2 LazyConfigs (``.py`` files naming classes, e.g. ``L(BiTBackbone)(...)``).
+"""Detectors written as Detectron2 LazyConfigs (``.py`` files naming classes, e.g.
+``L(BiTBackbone)(...)``).
 
 The loop is the one of Detectron2's ``tools/lazyconfig_train_net.py`` (``model``, ``dataloader``,
 ``optimizer``, ``lr_multiplier`` and ``train`` sections; ``SimpleTrainer`` and Detectron2's hooks),
@@ -88,7 +89,8 @@ def _check_override(cfg: DictConfig, override: str, path: str) -> None:
     """
     if "=" not in override:
         raise ConfigError(
-            f"override {override!r}: a LazyConfig takes KEY=VALUE overrides, e.g. train.max_iter=100"
+            f"override {override!r}: a LazyConfig takes KEY=VALUE overrides, e.g. "
+            "train.max_iter=100"
         )
     key = override.split("=", 1)[0].lstrip("+~")
     if OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:
@@ -155,7 +157,8 @@ def build_lazy_model(cfg: DictConfig):
 
 
 def lazy_train(cfg: DictConfig, resume: bool = False) -> Optional[Dict]:
-    """Train ``cfg`` for ``train.max_iter`` iterations, evaluating every ``train.eval_period`` and at the end.
+    """Train ``cfg`` for ``train.max_iter`` iterations, evaluating every ``train.eval_period``
+    and at the end.
 
     Args:
         cfg: a config from :func:`load_lazy_config`.

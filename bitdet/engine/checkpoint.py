@@ -1,4 +1,5 @@
-"""Training checkpoints: ``model_{iteration:07d}.pth`` + ``last_checkpoint``, atomic, keep the last N.
+"""Training checkpoints: ``model_{iteration:07d}.pth`` + ``last_checkpoint``, atomic, keep the
+last N.
 
 A file holds ``{"model": state_dict, "optimizer": ..., "step": int, "rng": {...}, "meta": {...}}``
 made only of tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``.
@@ -117,7 +118,8 @@ def damage_of(path: PathLike) -> Optional[str]:
 
 
 def _number(path: Path) -> float:
-    """Iteration in a ``model_{NNNNNNN}.pth`` name; ``model_final.pth`` (Detectron2) after all of them."""
+    """Iteration in a ``model_{NNNNNNN}.pth`` name; ``model_final.pth`` (Detectron2) after all
+    of them."""
     match = _PATTERN.match(path.name)
     return int(match.group(1)) if match else math.inf
 
@@ -125,8 +127,8 @@ def _number(path: Path) -> float:
 def newest_readable(
     pointed: Optional[Path], folder: PathLike
 ) -> Tuple[Optional[Path], List[Tuple[Path, str]]]:
-    """The checkpoint to resume from: ``pointed`` (what ``last_checkpoint`` names) if it reads whole,
-    else the newest older ``model_NNNNNNN.pth`` of ``folder`` that does.
+    """The checkpoint to resume from: ``pointed`` (what ``last_checkpoint`` names) if it reads
+    whole, else the newest older ``model_NNNNNNN.pth`` of ``folder`` that does.
 
     Returns:
         ``(path or None when no file reads whole, [(skipped file, why)] newest first)``.
@@ -155,12 +157,12 @@ def describe_fallback(
     reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped)
     if chosen is None:
         return (
-            f"no readable checkpoint to resume from in {folder} ({reasons}); move the damaged files away "
-            "to train from the start"
+            f"no readable checkpoint to resume from in {folder} ({reasons}); move the damaged "
+            "files away to train from the start"
         )
     return (
-        f"cannot resume from {skipped[0][0].name} ({reasons}): resuming from {chosen.name}, the newest "
-        "readable checkpoint before it"
+        f"cannot resume from {skipped[0][0].name} ({reasons}): resuming from {chosen.name}, the "
+        "newest readable checkpoint before it"
     )
 
 
@@ -198,7 +200,8 @@ class TrainingCheckpointer:
         remove_stale_temporaries(self.output_dir)
 
     def path_for(self, step: int) -> Path:
-        """The file of the state after ``step`` (>= 1) completed steps: ``model_{step - 1:07d}.pth``."""
+        """The file of the state after ``step`` (>= 1) completed steps:
+        ``model_{step - 1:07d}.pth``."""
         if step < 1:
             raise ValueError(f"a checkpoint holds at least one completed step, got step {step}")
         return self.output_dir / f"model_{step - 1:07d}.pth"

@@ -59,7 +59,8 @@ def add_engine_solver_config(
         "SOLVER.AMP.PRECISION bf16",
     )
     # channels_last memory format for model and inputs. Off: what timm's and torchvision's
-    # users get; whether it pays for GroupNorm + WS on a GPU is unmeasured (see docs/performance.md).
+    # users get; whether it pays for GroupNorm + WS on a GPU is unmeasured (see
+    # docs/performance.md).
     cfg.SOLVER.CHANNELS_LAST = False
     # torch.compile the model, falling back to eager (with a log line) if compilation fails.
     # Off: eager, like the peers; compiling takes minutes and its gain on a GPU is unmeasured.

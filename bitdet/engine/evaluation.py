@@ -74,7 +74,8 @@ def predict(
 
 
 def _memory_format(model: torch.nn.Module) -> torch.memory_format:
-    """Channels-last when the model's first conv kernel is (e.g. after ``model.to(memory_format=...)``)."""
+    """Channels-last when the model's first conv kernel is (e.g. after
+    ``model.to(memory_format=...)``)."""
     for p in model.parameters():
         if p.dim() == 4:
             channels_last = (

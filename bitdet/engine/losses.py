@@ -1,4 +1,5 @@
-"""Classification losses: softmax cross-entropy (single label) and sigmoid cross-entropy (multi-label)."""
+"""Classification losses: softmax cross-entropy (single label) and sigmoid cross-entropy
+(multi-label)."""
 
 from __future__ import annotations
 

@@ -109,8 +109,8 @@ def check_onnx_size(target: ExportTarget) -> None:
     size = sum(t.numel() * t.element_size() for t in target.module.state_dict().values())
     if size > _ONNX_MAX_BYTES:
         raise ConfigError(
-            f"the {target.kind}'s weights take {size / 2**30:.1f} GiB; an ONNX file holds under 2 GiB "
-            "(protobuf's limit): export --format torchscript instead"
+            f"the {target.kind}'s weights take {size / 2**30:.1f} GiB; an ONNX file holds under 2 "
+            "GiB (protobuf's limit): export --format torchscript instead"
         )
 
 

@@ -179,8 +179,8 @@ def detector_target(model: nn.Module, cfg, photos: Sequence[np.ndarray]) -> Expo
 
     if not isinstance(model, RetinaNet):
         raise ConfigError(
-            f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE}: whole-model export supports RetinaNet; "
-            "export the BiT + FPN backbone of any meta-architecture with --part backbone"
+            f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE}: whole-model export supports "
+            "RetinaNet; export the BiT + FPN backbone of any meta-architecture with --part backbone"
         )
     model = model.eval()
     samples = [(_test_resize(cfg, p),) for p in photos]

@@ -187,8 +187,8 @@ def _create_from_hub(
     """``create_model`` for an ``hf-hub:`` id: the network is the one its weights file describes."""
     if pretrained not in (None, True, False):
         raise ValueError(
-            f"create_model({name!r}): the hub id names the weights; pass pretrained=None/True/False, "
-            f"not {pretrained!r}"
+            f"create_model({name!r}): the hub id names the weights; pass "
+            f"pretrained=None/True/False, not {pretrained!r}"
         )
     weights = read_weights(name)
     arch = weights.arch

@@ -53,7 +53,8 @@ def standardize_weight(weight: torch.Tensor, eps: float = WS_EPS) -> torch.Tenso
 
 
 def _shifted_rows(flat: torch.Tensor) -> torch.Tensor:
-    """``flat`` minus its first column, which is held constant for autograd (see :func:`standardize_weight`)."""
+    """``flat`` minus its first column, which is held constant for autograd (see
+    :func:`standardize_weight`)."""
     return flat - flat[:, :1].detach()
 
 
@@ -98,7 +99,8 @@ class StdConv2d(nn.Conv2d):
             return self.step_weight
         if (
             self.cache_weight
-            and not torch.compiler.is_compiling()  # compiled graphs fuse WS themselves; no guards on pointers
+            # compiled graphs fuse WS themselves; no guards on pointers
+            and not torch.compiler.is_compiling()
             and not (torch.is_grad_enabled() and self.weight.requires_grad)
         ):
             return self._cached_weight()
@@ -123,7 +125,8 @@ class StdConv2d(nn.Conv2d):
         return cached
 
     def clear_weight_cache(self) -> None:
-        """Drop the cached standardized kernel (needed only after writes through ``weight.data``)."""
+        """Drop the cached standardized kernel (needed only after writes through
+        ``weight.data``)."""
         self._ws_cache = None
 
     def __getstate__(self) -> dict:

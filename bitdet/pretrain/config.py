@@ -134,7 +134,8 @@ def add_pretrain_config(cfg: CN) -> None:
 
 
 def get_pretrain_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
-    """Default pretraining config merged with a YAML file (path, or name under ``configs/``) and overrides.
+    """Default pretraining config merged with a YAML file (path, or name under ``configs/``) and
+    overrides.
 
     Raises:
         ValueError: an unknown key or a value of the wrong type, naming the file or override.

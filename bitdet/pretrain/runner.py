@@ -30,8 +30,8 @@ logger = logging.getLogger(__name__)
 
 
 def build_model(cfg) -> ResNetV2:
-    """The ``MODEL.BIT.VARIANT`` network with ``MODEL.NUM_CLASSES`` outputs, head bias, optional weights and
-    ``MODEL.ACTIVATION_CHECKPOINTING``."""
+    """The ``MODEL.BIT.VARIANT`` network with ``MODEL.NUM_CLASSES`` outputs, head bias, optional
+    weights and ``MODEL.ACTIVATION_CHECKPOINTING``."""
     model = create_model(
         cfg.MODEL.BIT.VARIANT, num_classes=cfg.MODEL.NUM_CLASSES, head_bias=cfg.MODEL.HEAD_BIAS
     )
@@ -72,7 +72,8 @@ def evaluator(cfg, test_set: Dataset):
 
 
 def build_datasets(cfg) -> Tuple[Dataset, Optional[Dataset]]:
-    """``(train_set, test_set)`` from ``DATASETS.TRAIN`` / ``DATASETS.TEST`` (test None when its NAME is "")."""
+    """``(train_set, test_set)`` from ``DATASETS.TRAIN`` / ``DATASETS.TEST`` (test None when its
+    NAME is "")."""
     train_set = build_dataset(cfg.DATASETS.TRAIN, train=True, cfg=cfg)
     test_set = (
         build_dataset(cfg.DATASETS.TEST, train=False, cfg=cfg) if cfg.DATASETS.TEST.NAME else None
@@ -84,7 +85,8 @@ FINAL_FILES = ("final.json", "model_final.pth", "model_final.npz")
 
 
 def run_pretraining(cfg, force: bool = False) -> Dict[str, Any]:
-    """Train per ``cfg``; the main process writes ``model_final.pth``, ``model_final.npz``, ``final.json``.
+    """Train per ``cfg``; the main process writes ``model_final.pth``, ``model_final.npz``,
+    ``final.json``.
 
     ``OUTPUT_DIR`` opens by :func:`bitdet.engine.run_folder.open_run`: a run of this config
     continues from its newest checkpoint, a finished one (``final.json``) is reported as is, a

@@ -14,8 +14,10 @@ Examples::
 Training on a custom folder::
 
     python tools/train_net.py --config demo/retinanet_bit_tiny_demo.yaml DATASETS.COCO_FORMAT \\
-        "[['fd_train','datasets/fashion_det/annotations/instances_train.json','datasets/fashion_det/train'],
-          ['fd_val','datasets/fashion_det/annotations/instances_val.json','datasets/fashion_det/val']]" \\
+        "[['fd_train','datasets/fashion_det/annotations/instances_train.json',
+           'datasets/fashion_det/train'],
+          ['fd_val','datasets/fashion_det/annotations/instances_val.json',
+           'datasets/fashion_det/val']]" \\
         DATASETS.TRAIN "('fd_train',)" DATASETS.TEST "('fd_val',)"
 """
 
@@ -68,7 +70,8 @@ def _summary(paths) -> str:
         with open(paths[f"{split}_json"]) as f:
             data = json.load(f)
         lines.append(
-            f"{split}: {len(data['images'])} images, {len(data['annotations'])} boxes -> {paths[f'{split}_json']}"
+            f"{split}: {len(data['images'])} images, {len(data['annotations'])} boxes -> "
+            f"{paths[f'{split}_json']}"
         )
     return "\n".join(lines)
 

@@ -9,7 +9,8 @@ Examples::
     # ImageFolder root/<class>/<image> -> out/train-000000.tar (+ .idx), ... (1000 images per shard)
     python tools/write_shards.py --image-folder /data/imagenet/train --output "out/train-%06d.tar"
     # label file of "relative/path<TAB>label[,label...]" lines (multi-label allowed)
-    python tools/write_shards.py --label-file /data/jft/labels.tsv --output "out/jft-%06d.tar" --max-count 5000
+    python tools/write_shards.py --label-file /data/jft/labels.tsv --output "out/jft-%06d.tar" \\
+        --max-count 5000
     # index shards written by other tools
     python tools/write_shards.py --index "out/train-{000000..000127}.tar"
 

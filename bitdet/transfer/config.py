@@ -1,8 +1,9 @@
 """Config keys for classification fine-tuning: ``add_finetune_config(cfg)``.
 
 The BiT-HyperRule supplies every training hyperparameter; a ``HYPERRULE.*`` key (or the batch,
-``SOLVER.IMS_PER_BATCH``) overrides one of them only when it is set (``0``, ``""``, ``[]`` or, for MixUp, a negative alpha mean
-"from the rule"), so a config says exactly what departs from the paper.
+``SOLVER.IMS_PER_BATCH``) overrides one of them only when it is set (``0``, ``""``, ``[]`` or,
+for MixUp, a negative alpha mean "from the rule"), so a config says exactly what departs from
+the paper.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def add_finetune_config(cfg: CN) -> None:
     cfg.INPUT.RANDOM_FLIP = ""
 
     cfg.HYPERRULE = CN()
-    # Resolution preset for images of 96x96 and larger: "paper" (448 -> 384) or "public" (512 -> 480).
+    # Resolution preset for images of 96x96 and larger: "paper" (448 -> 384) or "public"
+    # (512 -> 480).
     cfg.HYPERRULE.RESOLUTION = "paper"
     # Training resize side; 0 = from the rule.
     cfg.HYPERRULE.RESIZE = 0
@@ -141,7 +143,8 @@ def add_finetune_config(cfg: CN) -> None:
 
 
 def get_finetune_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
-    """Fine-tuning defaults merged with a config file (``_BASE_`` allowed) and ``KEY VALUE`` overrides.
+    """Fine-tuning defaults merged with a config file (``_BASE_`` allowed) and ``KEY VALUE``
+    overrides.
 
     Raises:
         ValueError: an unknown key or a bad value, naming the file or override.

@@ -378,7 +378,8 @@ def validate_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int]) -> No
                 sample_few_shot(targets, shots, int(seed), classes, len(classes))
             except ValueError as e:
                 raise ConfigError(
-                    f"--shots {shots} (seed {seed}) on {cfg.DATASETS.TRAIN.NAME}: {e}; no run was started"
+                    f"--shots {shots} (seed {seed}) on {cfg.DATASETS.TRAIN.NAME}: {e}; no run was "
+                    "started"
                 ) from None
 
 
@@ -427,7 +428,8 @@ def finetune_sweep(
         label = init_label(init_cfg)
         if label in labels:
             raise ConfigError(
-                f"weights {labels[label]!r} and {weights!r} share the label {label!r}; rename one file"
+                f"weights {labels[label]!r} and {weights!r} share the label {label!r}; rename one "
+                "file"
             )
         labels[label] = weights
         planned += [

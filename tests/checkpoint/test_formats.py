@@ -150,7 +150,8 @@ def _detectron2(tmp: Path) -> Source:
 
 
 def _transformers(tmp: Path) -> Source:
-    """transformers' BitForImageClassification (pre-activation, as google/bit-50), save_pretrained."""
+    """transformers' BitForImageClassification (pre-activation, as google/bit-50),
+    save_pretrained."""
     transformers = pytest.importorskip("transformers")
     config = transformers.BitConfig(
         depths=[1, 1, 1, 1], hidden_sizes=[128, 256, 512, 1024], embedding_size=32, num_labels=6

@@ -130,7 +130,8 @@ def test_a_finished_run_is_reported_and_force_starts_over(tmp_path):
 
 def test_sweep_checks_every_shots_and_seed_before_training(tmp_path):
     cfg = get_finetune_cfg(INSTANT, ["OUTPUT_DIR", str(tmp_path)])
-    # digits has about 135 training images per class, not 200: the sweep fails before its 1-shot runs.
+    # digits has about 135 training images per class, not 200: the sweep fails before its
+    # 1-shot runs.
     with pytest.raises(
         ValueError,
         match=r"--shots 200 \(seed 0\) on digits: 200-shot sampling needs 200 examples "
