@@ -101,13 +101,13 @@ def _by_file_name(name: str, configs_dir: Path, kind: Optional[str]) -> Path | N
     """The one shipped config (of ``kind``, or any) whose file name is ``name``.
 
     Raises:
-        ValueError: two configs share that file name, naming both paths.
+        ConfigError: two configs share that file name, naming both paths.
     """
     if os.path.dirname(name):
         return None
     found = [n for n in shipped_configs(kind, configs_dir) if os.path.basename(n) == name]
     if len(found) > 1:
-        raise ValueError(
+        raise ConfigError(
             f"config {name!r} is ambiguous: {' and '.join(found)} under {configs_dir}; "
             "name one by its path under configs/"
         )
@@ -128,7 +128,7 @@ def resolve_config_file(
 
     Raises:
         FileNotFoundError: naming the places searched and the shipped configs of that kind.
-        ValueError: a bare file name that two shipped configs share, naming both.
+        ConfigError: a bare file name that two shipped configs share, naming both.
     """
     if os.path.isfile(path):
         return path
@@ -198,7 +198,7 @@ def load_yaml_chain(
 
     Raises:
         FileNotFoundError: a ``_BASE_`` names a file that exists nowhere.
-        ValueError: invalid YAML, a file that is not a mapping, or a ``_BASE_`` cycle.
+        ConfigError: invalid YAML, a file that is not a mapping, or a ``_BASE_`` cycle.
     """
     path = Path(path)
     try:
