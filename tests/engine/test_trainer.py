@@ -267,6 +267,32 @@ def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch, caplog):
     assert_identical(params(eager.model), params(compiled.model))
 
 
+def test_compile_failure_in_the_first_backward_falls_back_to_eager(tmp_path, monkeypatch, caplog):
+    """The compiled backward runs in ``loss.backward()``, outside the compiled call: the first
+    step's failure there also ends in eager training, with that step rerun from clean grads."""
+
+    def explode(grad):
+        raise RuntimeError("backward exploded")
+
+    def backward_fails(module, **kwargs):
+        def run(x):
+            out = module(x)
+            out.register_hook(explode)
+            return out
+
+        return run
+
+    eager = tiny_trainer(str(tmp_path / "eager"), steps=2)
+    eager.train()
+    monkeypatch.setattr(torch, "compile", backward_fails)
+    compiled = tiny_trainer(str(tmp_path / "compiled"), steps=2, compile=True)
+    with caplog.at_level(logging.WARNING):
+        compiled.train()
+    assert "torch.compile failed (RuntimeError: backward exploded)" in caplog.text
+    assert compiled._compiled.failed
+    assert_identical(params(eager.model), params(compiled.model))
+
+
 def test_evaluate_hook_logs_metrics(tmp_path):
     calls = []
 
