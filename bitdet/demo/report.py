@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from bitdet.demo import INITS
 from bitdet.demo.stats import Comparison, compare
 from bitdet.transfer.datasets import get_spec
 from bitdet.transfer.fewshot import FULL, mean_std
@@ -42,7 +43,6 @@ _AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # (a short CPU schedule leaves RetinaNet's focal-loss scores low, mostly below 0.6).
 DRAW_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 _DRAW_PRECISION = 0.75
-_INITS = ("upstream", "scratch")
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
@@ -342,7 +342,7 @@ def write_report(
         return path
 
     study = settings.get("study")
-    inits = _INITS + ((study["init"],) if study else ())
+    inits = INITS + ((study["init"],) if study else ())
     pre = _read_json(source(root / "upstream" / "final.json"))
     # transfer/<init>/ holds one initialisation's sweep, whatever its checkpoint was called.
     transfer_runs = [
