@@ -151,11 +151,8 @@ def parse_args(argv=None):
         resume_help="the default for training (a run of the same config continues from its last "
         "checkpoint); with --eval-only, evaluate OUTPUT_DIR's last checkpoint "
         "instead of MODEL.WEIGHTS",
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="start over: delete OUTPUT_DIR's checkpoints and final.json, train from iteration 0",
+        force_help="start over: delete OUTPUT_DIR's checkpoints and final.json, train from "
+        "iteration 0",
     )
     return parser.parse_args(argv)
 

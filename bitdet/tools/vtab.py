@@ -34,7 +34,11 @@ OVERRIDES_EXAMPLE = "HYPERRULE.BATCH_SIZE 256 MODEL.DEVICE cpu"
 
 def parse_args(argv=None):
     parser = argument_parser(
-        __doc__, overrides_example=OVERRIDES_EXAMPLE, eval_only=False, resume_help=RESUME_HELP
+        __doc__,
+        overrides_example=OVERRIDES_EXAMPLE,
+        eval_only=False,
+        resume_help=RESUME_HELP,
+        force_help="start every task over (delete its checkpoints and results)",
     )
     parser.add_argument("--data-root", help="VTAB root (DATASET.ROOT)")
     parser.add_argument(
@@ -42,11 +46,6 @@ def parse_args(argv=None):
     )
     parser.add_argument("--model", help="model name (MODEL.NAME)")
     parser.add_argument("--tasks", help="comma list of tasks (default: all 19)")
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="start every task over (delete its checkpoints and results)",
-    )
     args = parser.parse_args(argv)
     # setup() of tools/finetune.py reads these flags too.
     args.dataset = args.shots = args.seeds = None
@@ -72,13 +71,11 @@ def main(args):
         task_cfg.DATASET.NAME = f"vtab/{task}"
         return task_cfg
 
-    if (
-        not args.force
-    ):  # a task folder of other settings stops VTAB before the first task, not midway
-        check_runs(
-            [(out / t, run_config(task_config(t), FULL, cfg.SEED, str(out / t))) for t in tasks],
-            RESULTS_FILE,
-        )
+    check_runs(
+        [(out / t, run_config(task_config(t), FULL, cfg.SEED, str(out / t))) for t in tasks],
+        RESULTS_FILE,
+        force=args.force,
+    )
 
     def run_task(task):
         return finetune(task_config(task), output_dir=str(out / task), force=args.force)

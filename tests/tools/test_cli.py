@@ -144,6 +144,16 @@ def test_help_lists_only_the_flags_the_tool_uses(tool, capsys):
 
 
 @pytest.mark.parametrize("tool", CONFIG_TOOLS)
+def test_every_trainer_and_only_a_trainer_has_force(tool, capsys):
+    trainers = {"train_net", "finetune", "vtab", "pretrain"}
+    assert ("--force" in _parser_flags(tool, capsys)) == (tool in trainers)
+    if tool in trainers:
+        module = importlib.import_module(f"bitdet.tools.{tool}")
+        assert module.parse_args(["--config", "some.yaml", "--force"]).force
+        assert not module.parse_args(["--config", "some.yaml"]).force
+
+
+@pytest.mark.parametrize("tool", CONFIG_TOOLS)
 def test_config_is_required_and_both_spellings_work(tool, capsys):
     module = importlib.import_module(f"bitdet.tools.{tool}")
     extra = {"visualize": ["--input", "x.jpg", "--output", "out"]}.get(tool, [])
