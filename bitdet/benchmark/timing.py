@@ -124,7 +124,8 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def time_block(step: Callable[[], None], device: str, iters: int, clock: str = "wall") -> float:
-    """Seconds per call of ``step`` over one block of ``iters`` calls (device synchronised at the end)."""
+    """Seconds per call of ``step`` over one block of ``iters`` calls (device synchronised at the
+    end)."""
     now = CLOCKS[clock]
     start = now()
     for _ in range(iters):
@@ -195,7 +196,8 @@ class Prepared:
 
 
 def prepare(spec: ModelSpec, task: str, variant: str, s: RunSettings) -> Prepared:
-    """Build ``spec`` and apply the variant's levers; the returned ``step`` runs one iteration of ``task``."""
+    """Build ``spec`` and apply the variant's levers; the returned ``step`` runs one iteration of
+    ``task``."""
     levers = variant_levers(variant)
     device = s.device
     if not device.startswith("cuda") and s.cpu_threads > 0:

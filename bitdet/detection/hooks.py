@@ -100,7 +100,8 @@ class NonFiniteLossStop(HookBase):
         what = (
             f"loss is {total} at iteration {iteration} ({shown})"
             if not finite
-            else f"loss is not finite on another process at iteration {iteration} (this process: {shown})"
+            else f"loss is not finite on another process at iteration {iteration} "
+            f"(this process: {shown})"
         )
         last = (
             self._checkpointer.get_checkpoint_file() if self._checkpointer.has_checkpoint() else ""
@@ -119,9 +120,9 @@ class LossNormalizerState(HookBase):
     buffer, so Detectron2's checkpoint omits it and a resumed run restarts it at 100: the
     losses, hence the weights, drift from an uninterrupted run. With several processes or
     micro-batches, bitdet's step updates it once per step from the whole step's count
-    (:mod:`bitdet.detection.accumulation`), so every rank holds the same value. Only the main process writes
-    checkpoints, so with several processes every rank's value is gathered after each step
-    (one small all-gather). Register this hook before the checkpointers.
+    (:mod:`bitdet.detection.accumulation`), so every rank holds the same value. Only the main
+    process writes checkpoints, so with several processes every rank's value is gathered after
+    each step (one small all-gather). Register this hook before the checkpointers.
     """
 
     NAME = "loss_normalizer"

@@ -91,7 +91,8 @@ class ResumableBatchSampler(Sampler[List[Item]]):
         self.start_batch = 0
 
     def _positions(self, rank: int, world_size: int) -> Iterator[Tuple[int, int, int, int]]:
-        """The stream of ``rank`` of ``world_size``: ``(index, epoch, position, bucket)`` per position."""
+        """The stream of ``rank`` of ``world_size``: ``(index, epoch, position, bucket)`` per
+        position."""
         epoch, pos, perm = -1, rank, None
         while True:
             e, offset = divmod(pos, self.n)
@@ -127,7 +128,8 @@ class ResumableBatchSampler(Sampler[List[Item]]):
         )
 
     def resume(self, seed: int, batches: int, stream_world_size: int) -> None:
-        """Continue the stream of ``seed`` read by ``stream_world_size`` ranks after ``batches`` batches.
+        """Continue the stream of ``seed`` read by ``stream_world_size`` ranks after ``batches``
+        batches.
 
         Raises:
             ValueError: the global batch does not split between ``stream_world_size`` ranks.
@@ -135,9 +137,9 @@ class ResumableBatchSampler(Sampler[List[Item]]):
         global_batch = self.batch_size * self.world_size
         if stream_world_size <= 0 or global_batch % stream_world_size:
             raise ValueError(
-                f"the checkpoint's data stream was read by {stream_world_size} process(es), which a "
-                f"global batch of {global_batch} images (SOLVER.IMS_PER_BATCH) does not split between; "
-                "resume with the interrupted run's SOLVER.IMS_PER_BATCH"
+                f"the checkpoint's data stream was read by {stream_world_size} process(es), which "
+                f"a global batch of {global_batch} images (SOLVER.IMS_PER_BATCH) does not split "
+                "between; resume with the interrupted run's SOLVER.IMS_PER_BATCH"
             )
         self.seed, self.start_batch, self.stream_world_size = (
             int(seed),
@@ -162,7 +164,8 @@ class ResumableBatchSampler(Sampler[List[Item]]):
 
 
 class SeededMapDataset(Dataset):
-    """``ds[(index, seed)]`` maps ``dataset_dicts[index]`` with every generator seeded from ``seed``.
+    """``ds[(index, seed)]`` maps ``dataset_dicts[index]`` with every generator seeded from
+    ``seed``.
 
     A mapper result of ``None`` (an unreadable image, see
     :class:`~bitdet.detection.mapper.SkippingDatasetMapper`) is replaced by another image
@@ -240,7 +243,8 @@ def _as_list(batch: List[Any]) -> List[Any]:
 
 
 def build_resumable_train_loader(cfg, mapper: Callable[[Dict[str, Any]], Any]) -> Any:
-    """The training loader for ``cfg``: resumable for ``DATALOADER.SAMPLER_TRAIN`` "TrainingSampler".
+    """The training loader for ``cfg``: resumable for ``DATALOADER.SAMPLER_TRAIN``
+    "TrainingSampler".
 
     Other samplers (repeat-factor, subsets) get Detectron2's own loader, whose resume is
     not exact (a warning says so). Either yields this process's whole share of the step

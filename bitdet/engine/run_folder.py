@@ -133,8 +133,8 @@ def check_run(folder: PathLike, cfg, results_file: str) -> Optional[Dict[str, An
     stored = folder / RUN_CONFIG
     if not stored.is_file():
         logger.warning(
-            "%s holds checkpoints or results but no %s: their settings cannot be compared with this "
-            "run's; continuing it (--force starts over)",
+            "%s holds checkpoints or results but no %s: their settings cannot be compared with "
+            "this run's; continuing it (--force starts over)",
             folder,
             RUN_CONFIG,
         )
@@ -165,7 +165,8 @@ def check_run(folder: PathLike, cfg, results_file: str) -> Optional[Dict[str, An
 
 
 def _decided_by_main(decide: Callable[[], Any]) -> Any:
-    """``decide()`` on the main process, its value (or its :class:`RunConfigMismatch`) on every one."""
+    """``decide()`` on the main process, its value (or its :class:`RunConfigMismatch`) on every
+    one."""
     decision: Tuple[str, Any] = ("ok", None)
     if comm.is_main_process():
         try:

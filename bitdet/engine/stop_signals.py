@@ -45,7 +45,8 @@ _NOTICE = b"Ctrl-C: finishing this step to save a checkpoint (Ctrl-C again abort
 
 
 def exit_status(signum: int) -> int:
-    """0 after SIGTERM (preemption is not a failure), else 128 + the signal number (130 for SIGINT)."""
+    """0 after SIGTERM (preemption is not a failure), else 128 + the signal number (130 for
+    SIGINT)."""
     return 0 if signum == signal.SIGTERM else 128 + int(signum)
 
 
@@ -105,7 +106,8 @@ class StopSignals:
             event.clear()
         if threading.current_thread() is not threading.main_thread():
             logger.warning(
-                "training runs outside the main thread: SIGTERM and Ctrl-C will not save a checkpoint"
+                "training runs outside the main thread: SIGTERM and Ctrl-C will not save a "
+                "checkpoint"
             )
             return False
         self._notify = comm.is_main_process()
@@ -144,7 +146,8 @@ class StopSignals:
         return [float(self._received[s].is_set()) for s in self.signals]
 
     def decide(self, counts: Sequence[float]) -> Optional[int]:
-        """The signal that stops every rank, from :meth:`pending` summed over ranks; None: train on."""
+        """The signal that stops every rank, from :meth:`pending` summed over ranks; None: train
+        on."""
         return next((s for s, n in zip(self.signals, counts) if n > 0), None)
 
     def agreed(self) -> Optional[int]:

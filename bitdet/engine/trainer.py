@@ -227,9 +227,9 @@ class ClassifierTrainer(TrainerBase):
         self.streaming = isinstance(train_set, IterableDataset)
         if self.streaming and not hasattr(train_set, "for_rank"):
             raise TypeError(
-                f"{type(train_set).__name__} is an IterableDataset without for_rank(rank, world_size, "
-                "local_batch, start_step, seed) (returning a stream with describe_share(num_workers)): "
-                "the trainer cannot split or resume it"
+                f"{type(train_set).__name__} is an IterableDataset without for_rank(rank, "
+                "world_size, local_batch, start_step, seed) (returning a stream with "
+                "describe_share(num_workers)): the trainer cannot split or resume it"
             )
         if not self.streaming and len(train_set) == 0:  # type: ignore[arg-type]
             raise ValueError("the training set is empty")
@@ -317,7 +317,8 @@ class ClassifierTrainer(TrainerBase):
         return path
 
     def _save_stopped(self, step: int) -> Optional[Path]:
-        """:meth:`save_checkpoint` for a stop: the checkpoint's path (main process), None elsewhere."""
+        """:meth:`save_checkpoint` for a stop: the checkpoint's path (main process), None
+        elsewhere."""
         path = self.save_checkpoint(step)
         return (path or self.checkpointer.path_for(step)) if comm.is_main_process() else None
 
@@ -356,13 +357,15 @@ class ClassifierTrainer(TrainerBase):
             )
         logger.warning(
             "resuming a run of %d process(es) with %d: every step reads the same samples and "
-            "augmentations (the gradient is summed in another order, so the weights differ in rounding)",
+            "augmentations (the gradient is summed in another order, so the weights differ in "
+            "rounding)",
             world,
             self.world_size,
         )
 
     def resume(self) -> int:
-        """Load the newest readable checkpoint of ``output_dir`` if any; returns the step to start at.
+        """Load the newest readable checkpoint of ``output_dir`` if any; returns the step to start
+        at.
 
         Raises:
             CheckpointError: checkpoints exist but none reads whole.
@@ -431,10 +434,12 @@ class ClassifierTrainer(TrainerBase):
             loader = DataLoader(
                 SeededDataset(self.train_set), batch_sampler=sampler, **loader_options
             )
-            share = f"step {start} reads samples {[index for index, _ in sampler.batch(start)] if start < self.max_steps else []}"
+            first = [index for index, _ in sampler.batch(start)] if start < self.max_steps else []
+            share = f"step {start} reads samples {first}"
         self._data_iter = iter(loader)
         logger.info(
-            "training steps %d..%d: global batch %d (%d per process, %s micro-batches), %s, %d process(es)",
+            "training steps %d..%d: global batch %d (%d per process, %s micro-batches), %s, %d "
+            "process(es)",
             start,
             self.max_steps,
             self.global_batch,
@@ -590,8 +595,9 @@ class ClassifierTrainer(TrainerBase):
         if not math.isfinite(mean_loss):
             last = self.checkpointer.latest()
             raise FloatingPointError(
-                f"loss is {mean_loss} at step {step} (lr {lr:.4g}): the weights were not updated; last good "
-                f"checkpoint: {last or 'none yet'}. Lower the learning rate or check the data"
+                f"loss is {mean_loss} at step {step} (lr {lr:.4g}): the weights were not updated; "
+                f"last good checkpoint: {last or 'none yet'}. Lower the learning rate or check "
+                "the data"
             )
         self.optimizer.step()
         self.stop_hook.summed(stops)

@@ -133,7 +133,8 @@ class StandardizeOncePerStep:
         self.convs = std_convs(model)
         if not self.convs:
             raise ValueError(
-                f"{type(model).__name__} has no StdConv2d layers: nothing to standardize once per step"
+                f"{type(model).__name__} has no StdConv2d layers: nothing to standardize once per "
+                "step"
             )
 
     @contextlib.contextmanager

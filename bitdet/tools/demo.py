@@ -96,7 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--seed",
         type=int,
         default=DEFAULT_SEED,
-        help=f"base seed of every stage (default {DEFAULT_SEED}); other seeds check that the gains hold",
+        help=f"base seed of every stage (default {DEFAULT_SEED}); other seeds check that the "
+        "gains hold",
     )
     parser.add_argument(
         "--smoke", action="store_true", help="toy sizes: checks every stage in a few minutes"
@@ -105,8 +106,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--study",
         action="store_true",
-        help=f"also pretrain on {STUDY_FRACTION * 100:.0f}%% of the upstream items (same steps) and "
-        "compare what the two upstream models transfer",
+        help=f"also pretrain on {STUDY_FRACTION * 100:.0f}%% of the upstream items (same steps) "
+        "and compare what the two upstream models transfer",
     )
     parser.add_argument(
         "--detection-seeds",
@@ -258,7 +259,8 @@ def draw_tasks(
     out: Path, mode: str, env: Dict[str, str], detection_dirs: Dict[str, Sequence[Path]]
 ) -> List[Task]:
     """Draw validation detections of the better initialisation's best run (by mean AP, then AP),
-    at the lowest score threshold whose boxes are mostly right, and the same images' ground truth."""
+    at the lowest score threshold whose boxes are mostly right, and the same images' ground
+    truth."""
     from detectron2.data import MetadataCatalog
 
     from bitdet.demo.report import detection_results, draw_threshold

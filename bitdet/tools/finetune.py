@@ -82,7 +82,8 @@ def add_arguments(parser):
         "--collect",
         nargs="+",
         metavar="DIR",
-        help="no training: tabulate every run's results.json under DIR... into OUTPUT_DIR/results_all.md",
+        help="no training: tabulate every run's results.json under DIR... into "
+        "OUTPUT_DIR/results_all.md",
     )
     return parser
 
@@ -131,7 +132,8 @@ def _flag_overrides(args):
 
 
 def setup(args):
-    """Config from file + flags + trailing KEY VALUE overrides, frozen; logging and OUTPUT_DIR set up."""
+    """Config from file + flags + trailing KEY VALUE overrides, frozen; logging and OUTPUT_DIR set
+    up."""
     # config.yaml: each run records its own (bitdet.engine.run_folder); --collect has none
     return setup_cfg(
         args, get_finetune_cfg, _flag_overrides(args), config_name=None, config_kind="finetune"

@@ -11,18 +11,22 @@ Examples::
     # torchrun / SLURM (one task per GPU) / CPU processes (gloo)
     torchrun --standalone --nproc_per_node 8 -m bitdet.tools.train_net --config retinanet_bit_m.yaml
     sbatch --nodes 2 tools/slurm.sbatch train_net --config retinanet_bit_m.yaml
-    python tools/train_net.py --config quick_schedules/retinanet_bit_instant_test.yaml --num-gpus 2 MODEL.DEVICE cpu
+    python tools/train_net.py --config quick_schedules/retinanet_bit_instant_test.yaml \\
+        --num-gpus 2 MODEL.DEVICE cpu
     # re-running a command continues its run from the last checkpoint of OUTPUT_DIR; --force
     # starts over there; evaluate a trained model
     python tools/train_net.py --config retinanet_bit_m.yaml
     python tools/train_net.py --config retinanet_bit_m.yaml --force
-    python tools/train_net.py --config retinanet_bit_m.yaml --eval-only MODEL.WEIGHTS path/model_final.pth
+    python tools/train_net.py --config retinanet_bit_m.yaml --eval-only \\
+        MODEL.WEIGHTS path/model_final.pth
     # a LazyConfig (.py, Detectron2's lazyconfig_train_net.py way), KEY=VALUE overrides
     python tools/train_net.py --config fcos_bit_m_R50x1_FPN_1x.py --num-gpus 8 train.max_iter=1000
-    python tools/train_net.py --config fcos_bit_m_R50x1_FPN_1x.py --eval-only train.init_checkpoint=path/model_final.pth
+    python tools/train_net.py --config fcos_bit_m_R50x1_FPN_1x.py --eval-only \\
+        train.init_checkpoint=path/model_final.pth
     # any COCO-format dataset
     python tools/train_net.py --config retinanet_bit_m_R50x1_1x.yaml \\
-        DATASETS.COCO_FORMAT "[['mine_train','ann/train.json','img/train'],['mine_val','ann/val.json','img/val']]" \\
+        DATASETS.COCO_FORMAT "[['mine_train','ann/train.json','img/train'],\\
+                              ['mine_val','ann/val.json','img/val']]" \\
         DATASETS.TRAIN "('mine_train',)" DATASETS.TEST "('mine_val',)" MODEL.RETINANET.NUM_CLASSES 3
 
 OUTPUT_DIR, as for every bitdet trainer: a run of the same config continues from its last
@@ -82,7 +86,8 @@ def final_results(trainer, results) -> dict:
 
 
 def setup_lazy(args):
-    """A LazyConfig with ``KEY=VALUE`` overrides; logging and output folder set up as :func:`setup`."""
+    """A LazyConfig with ``KEY=VALUE`` overrides; logging and output folder set up as
+    :func:`setup`."""
     args.config_file = resolve_config_file(args.config_file, kind="detection")
     cfg = load_lazy_config(args.config_file, args.opts)
     lock_output_dir(cfg.train.output_dir)
@@ -91,7 +96,8 @@ def setup_lazy(args):
 
 
 def main_lazy(args):
-    """Train or evaluate a LazyConfig detector (``dataloader``, ``model``, ``optimizer``, ``train``)."""
+    """Train or evaluate a LazyConfig detector (``dataloader``, ``model``, ``optimizer``,
+    ``train``)."""
     cfg = setup_lazy(args)
     prepare_datasets(None, dataset_names(cfg, ("test",) if args.eval_only else ("train", "test")))
     if args.eval_only:

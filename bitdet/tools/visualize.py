@@ -115,7 +115,8 @@ def _output_name(source: str, used: Dict[str, int]) -> str:
 
 
 def _read_rgb(path: str, stats: DecodeStats) -> Optional[np.ndarray]:
-    """An upright 8-bit RGB array, or None for an unreadable file (logged and counted in ``stats``)."""
+    """An upright 8-bit RGB array, or None for an unreadable file (logged and counted in
+    ``stats``)."""
     image = load_image(path, stats=stats)
     return None if image is None else np.asarray(image)
 

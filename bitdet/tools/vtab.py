@@ -7,7 +7,8 @@ Data: per task a CSV ``ROOT/<task>.csv`` (image,label,split) or folders
 
 Examples::
 
-    python tools/vtab.py --config-file finetune/vtab.yaml --data-root ~/vtab --weights BiT-M-R50x1.npz
+    python tools/vtab.py --config-file finetune/vtab.yaml --data-root ~/vtab \\
+        --weights BiT-M-R50x1.npz
     # a subset of tasks, model selection on train800 -> val200, 8 GPUs
     python tools/vtab.py --config-file finetune/vtab.yaml --data-root ~/vtab --tasks dtd,svhn \\
         --num-gpus 8 DATASET.TRAIN_SPLIT train800 DATASET.TEST_SPLIT val200

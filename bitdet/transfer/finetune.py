@@ -55,8 +55,8 @@ RESULTS_FILE = "results.json"
 
 
 def resolve_weights(cfg) -> str:
-    """``MODEL.WEIGHTS`` as a weights source ("" for from scratch; "official" -> the cached BiT file;
-    a path, ``hf-hub:`` id or official name is checked to exist)."""
+    """``MODEL.WEIGHTS`` as a weights source ("" for from scratch; "official" -> the cached BiT
+    file; a path, ``hf-hub:`` id or official name is checked to exist)."""
     weights = cfg.MODEL.WEIGHTS.strip()
     if weights == "official":
         return str(pretrained_path(cfg.MODEL.NAME))
@@ -69,7 +69,8 @@ def resolve_weights(cfg) -> str:
 
 def init_label(cfg) -> str:
     """Short name of the initialisation for tables and folders: ``"scratch"``, ``"official"``,
-    the weights file's stem, or its folder's name for generic stems (``model_final``, ``model_0001000``)."""
+    the weights file's stem, or its folder's name for generic stems (``model_final``,
+    ``model_0001000``)."""
     weights = cfg.MODEL.WEIGHTS.strip()
     if not weights:
         return "scratch"
@@ -424,7 +425,8 @@ def finetune_sweep(
         label = init_label(init_cfg)
         if label in labels:
             raise ValueError(
-                f"weights {labels[label]!r} and {weights!r} share the label {label!r}; rename one file"
+                f"weights {labels[label]!r} and {weights!r} share the label {label!r}; rename one "
+                "file"
             )
         labels[label] = weights
         planned += [

@@ -97,8 +97,8 @@ def test_a_run_of_another_config_is_refused_in_one_line_and_left_untouched(tmp_p
     message = str(error.value)
     assert "\n" not in message
     assert (
-        f"{tmp_path} holds a run of another config (MODEL.WEIGHTS: '' -> {'x' * 37}..., SOLVER.MAX_ITER: 4 -> 6, "
-        "SOLVER.STEPS: [2, 3] -> [4, 5]); --force starts over there"
+        f"{tmp_path} holds a run of another config (MODEL.WEIGHTS: '' -> {'x' * 37}..., "
+        "SOLVER.MAX_ITER: 4 -> 6, SOLVER.STEPS: [2, 3] -> [4, 5]); --force starts over there"
     ) in message
     assert "or set another OUTPUT_DIR" in message
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -44,7 +44,8 @@ LOADERS = {
 
 
 def _console_scripts() -> dict:
-    """``{script name: module}`` of setup.py's ``console_scripts`` (its ``(name, module)`` pairs)."""
+    """``{script name: module}`` of setup.py's ``console_scripts`` (its ``(name, module)``
+    pairs)."""
     scripts = next(
         node
         for node in ast.walk(ast.parse((ROOT / "setup.py").read_text()))
@@ -95,8 +96,9 @@ print(json.dumps(results))
 
 @pytest.mark.parametrize("form", ["tools/*.py", "-m", "console script"])
 def test_help_works_in_every_form_from_any_folder(form, tmp_path):
-    """``python tools/<x>.py --help``, ``python -m bitdet.tools.<x> --help`` and ``bitdet-<name> --help``
-    of every console script in setup.py, from a folder outside the checkout: exit 0 and the usage
+    """``python tools/<x>.py --help``, ``python -m bitdet.tools.<x> --help`` and
+    ``bitdet-<name> --help`` of every console script in setup.py, from a folder outside the
+    checkout: exit 0 and the usage
     printed. One process per form runs every tool's help as that form does (one torch import)."""
     bin_dir = Path(sys.executable).parent
     missing = [script for script in CONSOLE_SCRIPTS if not (bin_dir / script).is_file()]
@@ -253,7 +255,8 @@ def test_check_device_rule(monkeypatch):
                 "SOLVER.NOT_A_KEY",
                 "1",
             ],
-            "train_net: error: config override ['SOLVER.NOT_A_KEY', '1']: Non-existent key: SOLVER.NOT_A_KEY",
+            "train_net: error: config override ['SOLVER.NOT_A_KEY', '1']: Non-existent key: "
+            "SOLVER.NOT_A_KEY",
         ),
         (
             [
@@ -262,8 +265,9 @@ def test_check_device_rule(monkeypatch):
                 "MODEL.RETINANET.NUM_CLASSE",
                 "3",
             ],
-            "train_net: error: config override ['MODEL.RETINANET.NUM_CLASSE', '3']: Non-existent key: "
-            "MODEL.RETINANET.NUM_CLASSE (did you mean MODEL.RETINANET.NUM_CLASSES?)",
+            "train_net: error: config override ['MODEL.RETINANET.NUM_CLASSE', '3']: "
+            "Non-existent key: MODEL.RETINANET.NUM_CLASSE (did you mean "
+            "MODEL.RETINANET.NUM_CLASSES?)",
         ),
         (
             ["--config", "retinanet_bit_s_R50x1_1.yaml"],
@@ -284,7 +288,8 @@ def test_user_errors_are_one_line_with_exit_2(argv, message, capsys):
 
 @pytest.mark.slow
 def test_details_go_to_the_log_file_not_the_console(tmp_path):
-    """Bad weights: one line on stderr, no ANSI codes; environment, full config, traceback in log.txt."""
+    """Bad weights: one line on stderr, no ANSI codes; environment, full config, traceback in
+    log.txt."""
     out = tmp_path / "run"
     proc = subprocess.run(
         [
