@@ -3,7 +3,7 @@
 
 Examples::
 
-    # CPU demo: R14-tiny on Fashion-MNIST, a few minutes on 2 cores
+    # CPU demo: R14-tiny on Fashion-MNIST (its time: docs/demo.md)
     python tools/pretrain.py --config-file configs/pretrain/demo_fashion_mnist.yaml
     # BiT-S R50x1 on ILSVRC-2012 (ImageFolder), 8 GPUs; the same command resumes
     python tools/pretrain.py --config-file configs/pretrain/bit_s_R50x1.yaml --num-gpus 8 \\
