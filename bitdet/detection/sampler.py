@@ -35,7 +35,8 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from bitdet.engine.data import SeededDataset, sample_seed
+from bitdet.engine.data import SeededDataset, epoch_permutation, sample_seed
+from bitdet.engine.stop_signals import ignore_stop_signals
 from bitdet.errors import ConfigError, DataError
 
 __all__ = [
@@ -90,10 +91,6 @@ class ResumableBatchSampler(Sampler[List[Item]]):
         self.stream_world_size = world_size
         self.start_batch = 0
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch])))
-        return rng.permutation(self.n)
-
     def _positions(self, rank: int, world_size: int) -> Iterator[Tuple[int, int, int, int]]:
         """The stream of ``rank`` of ``world_size``: ``(index, epoch, position, bucket)`` per
         position."""
@@ -101,7 +98,7 @@ class ResumableBatchSampler(Sampler[List[Item]]):
         while True:
             e, offset = divmod(pos, self.n)
             if e != epoch:
-                epoch, perm = e, self._permutation(e)
+                epoch, perm = e, epoch_permutation(self.seed, e, self.n)
             index = int(perm[offset])
             yield index, epoch, pos, 0 if self.wide is None else int(not self.wide[index])
             pos += world_size
@@ -297,6 +294,7 @@ def build_resumable_train_loader(cfg, mapper: Callable[[Dict[str, Any]], Any]) -
         batch_sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         collate_fn=_as_list,
+        worker_init_fn=ignore_stop_signals,
     )
 
 

@@ -20,7 +20,14 @@ from torch.utils.data import Dataset, Sampler
 
 from bitdet.errors import ConfigError, DataError
 
-__all__ = ["SeededDataset", "StepBatchSampler", "collate_skip_none", "sample_seed", "step_seed"]
+__all__ = [
+    "SeededDataset",
+    "StepBatchSampler",
+    "collate_skip_none",
+    "epoch_permutation",
+    "sample_seed",
+    "step_seed",
+]
 
 
 def _seed63(*entropy: int) -> int:
@@ -28,6 +35,12 @@ def _seed63(*entropy: int) -> int:
     return int(
         np.random.SeedSequence(list(entropy)).generate_state(2, np.uint32).view(np.uint64)[0] >> 1
     )
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The sample order of ``epoch``: a permutation of ``range(n)`` drawn from ``(seed, epoch)``."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch])))
+    return rng.permutation(n)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -82,8 +95,7 @@ class StepBatchSampler(Sampler[List[Tuple[int, int]]]):
         if epoch not in self._perms:
             if len(self._perms) >= 2:
                 self._perms.pop(min(self._perms))
-            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch])))
-            self._perms[epoch] = rng.permutation(self.n)
+            self._perms[epoch] = epoch_permutation(self.seed, epoch, self.n)
         return self._perms[epoch]
 
     def batch(self, step: int) -> List[Tuple[int, int]]:

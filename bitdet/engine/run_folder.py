@@ -182,12 +182,19 @@ def _decided_by_main(decide: Callable[[], Any]) -> Any:
     return payload
 
 
-def check_runs(runs: Sequence[Tuple[PathLike, Any]], results_file: str) -> None:
-    """:func:`check_run` for every ``(folder, cfg)`` of a sweep before its first run starts.
+def check_runs(
+    runs: Sequence[Tuple[PathLike, Any]], results_file: str, force: bool = False
+) -> None:
+    """:func:`check_run` for every ``(folder, cfg)`` of a sweep before its first run starts, so
+    that a folder of another config stops the sweep before its first run, not midway.
+
+    ``force``: nothing to check, every run starts over (:func:`open_run` with ``force``).
 
     Raises:
         RunConfigMismatch: the first folder holding a run of another config.
     """
+    if force:
+        return
 
     def check_all() -> None:
         for folder, cfg in runs:

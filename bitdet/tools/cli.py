@@ -55,6 +55,7 @@ def argument_parser(
     resume: bool = True,
     launcher: bool = True,
     resume_help: Optional[str] = None,
+    force_help: Optional[str] = None,
 ) -> argparse.ArgumentParser:
     """Detectron2's ``default_argument_parser`` flags that a tool uses, plus ``--config``.
 
@@ -66,6 +67,8 @@ def argument_parser(
         eval_only, resume: add ``--eval-only`` / ``--resume``.
         launcher: add ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``.
         resume_help: what ``--resume`` means for this tool.
+        force_help: add ``--force`` (a trainer's run starts over:
+            :func:`bitdet.engine.run_folder.open_run`) with this help: what it deletes.
     """
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -89,6 +92,8 @@ def argument_parser(
         parser.add_argument(
             "--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS only, no training"
         )
+    if force_help:
+        parser.add_argument("--force", action="store_true", help=force_help)
     if launcher:
         d2 = default_argument_parser()  # the same defaults as Detectron2 (its per-user port)
         parser.add_argument("--num-gpus", type=int, default=1, help="processes (GPUs) per machine")

@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+from bitdet.demo import INITS
 from bitdet.demo.estimate import estimate
 from bitdet.demo.progress import Progress, StageFailed, Task, run_tasks
 from bitdet.utils.io import write_json
@@ -56,8 +57,6 @@ from bitdet.utils.io import write_json
 DEMO_MODEL = "R14-tiny"
 # The default base seed: pretraining uses it, transfer and detection seeds S, S+1, S+2.
 DEFAULT_SEED = 0
-# The two initialisations compared at every downstream stage.
-INITS = ("upstream", "scratch")
 # --study: the upstream model trained on this share of the items (same steps), and its name.
 STUDY_FRACTION = 0.1
 STUDY_INIT = "upstream10"

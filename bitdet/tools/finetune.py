@@ -84,12 +84,6 @@ def add_arguments(parser):
     parser.add_argument("--shots", help="examples per class, e.g. 1,5,10,full (FEWSHOT.SHOTS)")
     parser.add_argument("--seeds", help="comma list of seeds, e.g. 0,1,2 (FEWSHOT.SEEDS)")
     parser.add_argument(
-        "--force",
-        action="store_true",
-        help="start over: delete the run's checkpoints and results.json (a finished run is "
-        "otherwise reported, an interrupted one continued, one of other settings refused)",
-    )
-    parser.add_argument(
         "--collect",
         nargs="+",
         metavar="DIR",
@@ -99,15 +93,21 @@ def add_arguments(parser):
     return parser
 
 
-RESUME_HELP = (
-    "the default, kept for older command lines: a run of the same settings continues from its last "
-    "checkpoint"
+RESUME_HELP = "the default: a run of the same settings continues from its last checkpoint"
+FORCE_HELP = (
+    "start over: delete the run's checkpoints and results.json (a finished run is otherwise "
+    "reported, an interrupted one continued, one of other settings refused)"
 )
 
 
 def parse_args(argv=None):
     return add_arguments(
-        argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE, resume_help=RESUME_HELP)
+        argument_parser(
+            __doc__,
+            overrides_example=OVERRIDES_EXAMPLE,
+            resume_help=RESUME_HELP,
+            force_help=FORCE_HELP,
+        )
     ).parse_args(argv)
 
 
@@ -135,8 +135,8 @@ def _flag_overrides(args):
 
 
 def setup(args):
-    """Config from file + flags + trailing KEY VALUE overrides, frozen; logging and OUTPUT_DIR
-    set up."""
+    """Config from file + flags + trailing KEY VALUE overrides, frozen; logging and OUTPUT_DIR set
+    up."""
     # config.yaml: each run records its own (bitdet.engine.run_folder); --collect has none
     return setup_cfg(
         args, get_finetune_cfg, _flag_overrides(args), config_name=None, config_kind="finetune"

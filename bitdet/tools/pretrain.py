@@ -76,13 +76,11 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE, resume=False)
-    parser.add_argument(
-        "--force",
-        "--no-resume",
-        dest="force",
-        action="store_true",
-        help="start over: delete OUTPUT_DIR's checkpoints and final files, train from step 0",
+    parser = argument_parser(
+        __doc__,
+        overrides_example=OVERRIDES_EXAMPLE,
+        resume=False,
+        force_help="start over: delete OUTPUT_DIR's checkpoints and final files, train from step 0",
     )
     return parser.parse_args(argv)
 

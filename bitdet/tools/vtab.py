@@ -7,7 +7,8 @@ Data: per task a CSV ``ROOT/<task>.csv`` (image,label,split) or folders
 
 Examples::
 
-    python tools/vtab.py --config-file finetune/vtab.yaml --data-root ~/vtab --weights BiT-M-R50x1
+    python tools/vtab.py --config-file finetune/vtab.yaml --data-root ~/vtab \\
+        --weights BiT-M-R50x1
     # a subset of tasks, model selection on train800 -> val200, 8 GPUs
     python tools/vtab.py --config-file finetune/vtab.yaml --data-root ~/vtab --tasks dtd,svhn \\
         --num-gpus 8 DATASETS.TRAIN.SPLIT train800 DATASETS.TEST.SPLIT val200
@@ -34,7 +35,11 @@ OVERRIDES_EXAMPLE = "SOLVER.IMS_PER_BATCH 256 MODEL.DEVICE cpu"
 
 def parse_args(argv=None):
     parser = argument_parser(
-        __doc__, overrides_example=OVERRIDES_EXAMPLE, eval_only=False, resume_help=RESUME_HELP
+        __doc__,
+        overrides_example=OVERRIDES_EXAMPLE,
+        eval_only=False,
+        resume_help=RESUME_HELP,
+        force_help="start every task over (delete its checkpoints and results)",
     )
     parser.add_argument("--data-root", help="VTAB root (DATASETS.TRAIN.ROOT)")
     parser.add_argument(
@@ -44,11 +49,6 @@ def parse_args(argv=None):
     )
     parser.add_argument("--model", help="architecture, e.g. R50x1 (MODEL.BIT.VARIANT)")
     parser.add_argument("--tasks", help="comma list of tasks (default: all 19)")
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="start every task over (delete its checkpoints and results)",
-    )
     args = parser.parse_args(argv)
     # setup() of tools/finetune.py reads these flags too.
     args.dataset = args.shots = args.seeds = None
@@ -76,13 +76,11 @@ def main(args):
         task_cfg.DATASETS.TRAIN.NAME = f"vtab/{task}"
         return task_cfg
 
-    if (
-        not args.force
-    ):  # a task folder of other settings stops VTAB before the first task, not midway
-        check_runs(
-            [(out / t, run_config(task_config(t), FULL, cfg.SEED, str(out / t))) for t in tasks],
-            RESULTS_FILE,
-        )
+    check_runs(
+        [(out / t, run_config(task_config(t), FULL, cfg.SEED, str(out / t))) for t in tasks],
+        RESULTS_FILE,
+        force=args.force,
+    )
 
     def run_task(task):
         return finetune(task_config(task), output_dir=str(out / task), force=args.force)

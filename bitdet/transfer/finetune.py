@@ -437,11 +437,11 @@ def finetune_sweep(
             for shots in shots_list
             for seed in seeds
         ]
-    if not force:  # a folder of another config stops the sweep before its first run, not midway
-        check_runs(
-            [(folder, run_config(c, shots, seed, folder)) for c, shots, seed, folder in planned],
-            RESULTS_FILE,
-        )
+    check_runs(
+        [(folder, run_config(c, shots, seed, folder)) for c, shots, seed, folder in planned],
+        RESULTS_FILE,
+        force=force,
+    )
     runs: List[Dict[str, Any]] = []
     for init_cfg, shots, seed, folder in planned:
         result = finetune(init_cfg, shots=shots, seed=seed, output_dir=folder, force=force)

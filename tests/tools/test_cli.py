@@ -98,8 +98,8 @@ print(json.dumps(results))
 def test_help_works_in_every_form_from_any_folder(form, tmp_path):
     """``python tools/<x>.py --help``, ``python -m bitdet.tools.<x> --help`` and
     ``bitdet-<name> --help`` of every console script in setup.py, from a folder outside the
-    checkout: exit 0 and the usage printed. One process per form runs every tool's help as that
-    form does (one torch import)."""
+    checkout: exit 0 and the usage
+    printed. One process per form runs every tool's help as that form does (one torch import)."""
     bin_dir = Path(sys.executable).parent
     missing = [script for script in CONSOLE_SCRIPTS if not (bin_dir / script).is_file()]
     assert not missing, f"{missing} not installed: pip install -e {ROOT}"
@@ -143,6 +143,16 @@ def test_help_lists_only_the_flags_the_tool_uses(tool, capsys):
     assert {"--config-file", "--config"} <= words
     d2_flags = {"--resume", "--eval-only", *LAUNCH}
     assert words & d2_flags == EXPECTED[tool]
+
+
+@pytest.mark.parametrize("tool", CONFIG_TOOLS)
+def test_every_trainer_and_only_a_trainer_has_force(tool, capsys):
+    trainers = {"train_net", "finetune", "vtab", "pretrain"}
+    assert ("--force" in _parser_flags(tool, capsys)) == (tool in trainers)
+    if tool in trainers:
+        module = importlib.import_module(f"bitdet.tools.{tool}")
+        assert module.parse_args(["--config", "some.yaml", "--force"]).force
+        assert not module.parse_args(["--config", "some.yaml"]).force
 
 
 @pytest.mark.parametrize("tool", CONFIG_TOOLS)
@@ -255,8 +265,9 @@ def test_check_device_rule(monkeypatch):
                 "MODEL.RETINANET.NUM_CLASSE",
                 "3",
             ],
-            "train_net: error: config override ['MODEL.RETINANET.NUM_CLASSE', '3']: Non-existent "
-            "key: MODEL.RETINANET.NUM_CLASSE (did you mean MODEL.RETINANET.NUM_CLASSES?)",
+            "train_net: error: config override ['MODEL.RETINANET.NUM_CLASSE', '3']: "
+            "Non-existent key: MODEL.RETINANET.NUM_CLASSE (did you mean "
+            "MODEL.RETINANET.NUM_CLASSES?)",
         ),
         (
             ["--config", "retinanet_bit_s_R50x1_1.yaml"],
