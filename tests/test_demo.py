@@ -1,5 +1,6 @@
 """The demo: verdicts computed from the numbers (synthetic runs), progress parsing, and
-``python -m bitdet.tools.demo`` at smoke size (every stage runs, the report's figures come from the run)."""
+``python -m bitdet.tools.demo`` at smoke size (every stage runs, the report's figures come from
+the run)."""
 
 import io
 import json
@@ -167,7 +168,7 @@ def test_draw_threshold_is_the_lowest_mostly_right_and_picks_images_with_boxes(t
     ]
 
 
-# ----------------------------------------------------------------------------- report from synthetic runs
+# ------------------------------------------------------------------ report from synthetic runs
 
 
 def _write(path: Path, text: str) -> None:
@@ -176,7 +177,7 @@ def _write(path: Path, text: str) -> None:
 
 
 def _synthetic_demo(root: Path, det_ap, top1) -> None:
-    """The files the stages write, with chosen numbers: det_ap[init] per seed, top1[init] per seed."""
+    """The files the stages write, with chosen numbers: det_ap[init] and top1[init] per seed."""
     _write(
         root / "upstream/final.json",
         json.dumps({"top1": 88.4, "top5": 99.7, "steps": 10, "img_per_s": 500.0}),
@@ -324,11 +325,12 @@ def test_study_pretrains_on_a_subset_for_the_same_steps(tmp_path):
 def test_progress_reads_the_tools_console_lines():
     p = Progress(100, runs=4)
     p.feed(
-        "[11/29 15:22:30 bitdet.transfer.finetune]: digits (5 per class, seed 1): 50 training / 450 test images, "
-        "10 classes\n"
+        "[11/29 15:22:30 bitdet.transfer.finetune]: digits (5 per class, seed 1): "
+        "50 training / 450 test images, 10 classes\n"
     )
     p.feed(
-        "[11/29 15:22:37 d2.utils.events]:  eta: 0:07:10  iter: 39  loss: 2.135    time: 0.3897  lr: 0.03\n"
+        "[11/29 15:22:37 d2.utils.events]:  eta: 0:07:10  iter: 39  loss: 2.135    "
+        "time: 0.3897  lr: 0.03\n"
     )
     p.feed("[11/29 15:23:00 bitdet.transfer.finetune]: digits: top-1 61.25%, top-5 90.00% -> x\n")
     assert (
@@ -410,6 +412,17 @@ def test_estimate_schedules_stages_as_run_tasks_does(tmp_path):
     )
     with pytest.raises(KeyError, match="no cost model"):
         estimate([Task("mystery", (), tmp_path / "m", Progress(5))], jobs=1, cores=1)
+
+
+def test_full_demo_estimate_leaves_headroom_in_the_cpu_budget(tmp_path):
+    from bitdet.demo.estimate import CPU_BUDGET_S, CPU_HEADROOM, estimate
+    from bitdet.tools.demo import build_tasks, drawing_placeholders
+
+    tasks = build_tasks(tmp_path, "full", 0)
+    planned = estimate(tasks + drawing_placeholders(tmp_path, tasks), jobs=2, cores=2)
+    # every stage is priced: one pretraining, 3 detection runs per side, 2 sweeps, 2 drawings
+    assert len(planned.cpu_s) == 11 and min(planned.cpu_s.values()) > 0
+    assert sum(planned.cpu_s.values()) <= CPU_HEADROOM * CPU_BUDGET_S
 
 
 # ----------------------------------------------------------------------------- smoke run

@@ -97,7 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--seed",
         type=int,
         default=DEFAULT_SEED,
-        help=f"base seed of every stage (default {DEFAULT_SEED}); other seeds check that the gains hold",
+        help=f"base seed of every stage (default {DEFAULT_SEED}); other seeds check that the "
+        "gains hold",
     )
     parser.add_argument(
         "--smoke", action="store_true", help="toy sizes: checks every stage in a few minutes"
@@ -106,8 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--study",
         action="store_true",
-        help=f"also pretrain on {STUDY_FRACTION * 100:.0f}%% of the upstream items (same steps) and "
-        "compare what the two upstream models transfer",
+        help=f"also pretrain on {STUDY_FRACTION * 100:.0f}%% of the upstream items (same steps) "
+        "and compare what the two upstream models transfer",
     )
     parser.add_argument(
         "--detection-seeds",
@@ -255,11 +256,21 @@ def build_tasks(
     return tasks
 
 
+def drawing_placeholders(out: Path, tasks: Sequence[Task]) -> List[Task]:
+    """The drawing stages as the estimate sees them: their inputs are chosen from the detection
+    results (:func:`draw_tasks`), so here they are commands-less stages after ``tasks``."""
+    return [
+        Task(name, (), out / folder, Progress(0), needs=tuple(t.name for t in tasks))
+        for name, folder in (("visualize", "detections"), ("ground_truth", "ground_truth"))
+    ]
+
+
 def draw_tasks(
     out: Path, mode: str, env: Dict[str, str], detection_dirs: Dict[str, Sequence[Path]]
 ) -> List[Task]:
-    """Draw validation detections of the better initialisation's best run (by mean AP, then AP),
-    at the lowest score threshold whose boxes are mostly right, and the same images' ground truth."""
+    """Draw validation detections of the better initialisation's best run (by mean AP, then
+    AP), at the lowest score threshold whose boxes are mostly right, and the same images' ground
+    truth."""
     from detectron2.data import MetadataCatalog
 
     from bitdet.demo.report import detection_results, draw_threshold
@@ -348,14 +359,8 @@ def main(argv=None) -> int:
         if args.detection_seeds < 0:
             raise SystemExit(f"--detection-seeds {args.detection_seeds}: expected a positive count")
         tasks = build_tasks(out, mode, args.seed, args.detection_seeds, args.study)
-        # The drawing stages are chosen from the detection results: placeholders for the estimate.
-        drawing = [
-            Task(name, (), out / folder, Progress(0), needs=tuple(t.name for t in tasks))
-            for name, folder in (("visualize", "detections"), ("ground_truth", "ground_truth"))
-        ]
-        print(
-            f"[demo] {estimate(tasks + drawing, jobs, os.cpu_count() or 1).describe()}", flush=True
-        )
+        planned = tasks + drawing_placeholders(out, tasks)
+        print(f"[demo] {estimate(planned, jobs, os.cpu_count() or 1).describe()}", flush=True)
         record(run_tasks(tasks, logs, env, jobs))
         dirs = {
             init: [t.done.parent for t in tasks if t.name.startswith(f"detection_{init}_seed")]
