@@ -32,7 +32,8 @@ def _classifier_step(model, x, y, precision="fp32"):
 
 
 def _saved_bytes(step):
-    """Bytes autograd keeps for backward outside checkpointed regions while ``step`` runs forward."""
+    """Bytes autograd keeps for backward outside checkpointed regions while ``step`` runs
+    forward."""
     total = [0]
 
     def pack(t):

@@ -34,8 +34,8 @@ from bitdet.engine.trainer import ClassifierTrainer
 KIND, _, ARG = os.environ["BITDET_KILL_AT"].partition(":")
 if KIND not in ("step", "write", "end", "term", "nan"):
     raise SystemExit(
-        f"BITDET_KILL_AT={os.environ['BITDET_KILL_AT']!r}: expected step:N, write:NAME, end, term:N "
-        "or nan:N"
+        f"BITDET_KILL_AT={os.environ['BITDET_KILL_AT']!r}: expected step:N, write:NAME, end, "
+        "term:N or nan:N"
     )
 
 

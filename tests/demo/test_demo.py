@@ -23,7 +23,7 @@ from bitdet.demo.report import (
 from bitdet.demo.stats import compare
 from bitdet.utils.machine import cpu_name
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Two-sided 95 % Student t quantiles (textbook tables), an independent reference for the intervals.
 T975 = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305}
@@ -168,7 +168,7 @@ def test_draw_threshold_is_the_lowest_mostly_right_and_picks_images_with_boxes(t
     ]
 
 
-# ------------------------------------------------------------------ report from synthetic runs
+# ----------------------------------------------------------------------- report from synthetic runs
 
 
 def _write(path: Path, text: str) -> None:
@@ -177,7 +177,8 @@ def _write(path: Path, text: str) -> None:
 
 
 def _synthetic_demo(root: Path, det_ap, top1) -> None:
-    """The files the stages write, with chosen numbers: det_ap[init] and top1[init] per seed."""
+    """The files the stages write, with chosen numbers: det_ap[init] per seed, top1[init] per
+    seed."""
     _write(
         root / "upstream/final.json",
         json.dumps({"top1": 88.4, "top5": 99.7, "steps": 10, "img_per_s": 500.0}),
