@@ -14,7 +14,20 @@ from typing import Dict, Sequence
 
 from bitdet.demo.progress import Task
 
-__all__ = ["STAGE_COSTS", "Estimate", "StageCost", "estimate", "stage_cpu_s"]
+__all__ = [
+    "CPU_BUDGET_S",
+    "CPU_HEADROOM",
+    "STAGE_COSTS",
+    "Estimate",
+    "StageCost",
+    "estimate",
+    "stage_cpu_s",
+]
+
+# The full demo's budget: CPU seconds of all its stages together on the reference machine.
+CPU_BUDGET_S = 30 * 60.0
+# The share of the budget the full demo's estimate may use: the rest absorbs run-to-run spread.
+CPU_HEADROOM = 0.9
 
 
 @dataclass(frozen=True)
@@ -30,12 +43,12 @@ class StageCost:
 # optimizer step; a transfer sweep also pays per run (data draw, model, evaluation, plots);
 # every stage is one process that imports torch, Detectron2 and bitdet first.
 STAGE_COSTS: Dict[str, StageCost] = {
-    "pretrain": StageCost(step_s=0.26, start_s=15.0),
+    "pretrain": StageCost(step_s=0.26, start_s=5.0),
     "detection": StageCost(step_s=0.29, start_s=10.0),
     "transfer": StageCost(step_s=0.06, run_s=1.5, start_s=10.0),
     # Drawing detections: model start-up and a few images, no training.
-    "visualize": StageCost(step_s=0.0, start_s=10.0),
-    "ground": StageCost(step_s=0.0, start_s=8.0),
+    "visualize": StageCost(step_s=0.0, start_s=6.0),
+    "ground": StageCost(step_s=0.0, start_s=6.0),
 }
 
 
@@ -60,9 +73,10 @@ class Estimate:
         )
         return (
             f"expected: about {self.wall_s / 60:.0f} min wall, {cpu / 60:.0f} CPU-min ({parts}), "
-            f"{self.jobs} stage(s) at a time on {self.cores} core(s); assumes the CPU seconds per step "
-            f"of the docs/demo.md reference machine ({per_step}) and otherwise idle cores: a slower or busy "
-            "machine takes longer (each stage's live line shows its own ETA)"
+            f"{self.jobs} stage(s) at a time on {self.cores} core(s); assumes the CPU seconds "
+            f"per step of the docs/demo.md reference machine ({per_step}) and otherwise idle "
+            "cores: a slower or busy machine takes longer (each stage's live line shows its own "
+            "ETA)"
         )
 
 

@@ -255,6 +255,15 @@ def build_tasks(
     return tasks
 
 
+def drawing_placeholders(out: Path, tasks: Sequence[Task]) -> List[Task]:
+    """The drawing stages as the estimate sees them: their inputs are chosen from the detection
+    results (:func:`draw_tasks`), so here they are commands-less stages after ``tasks``."""
+    return [
+        Task(name, (), out / folder, Progress(0), needs=tuple(t.name for t in tasks))
+        for name, folder in (("visualize", "detections"), ("ground_truth", "ground_truth"))
+    ]
+
+
 def draw_tasks(
     out: Path, mode: str, env: Dict[str, str], detection_dirs: Dict[str, Sequence[Path]]
 ) -> List[Task]:
@@ -349,14 +358,8 @@ def main(argv=None) -> int:
         if args.detection_seeds < 0:
             raise SystemExit(f"--detection-seeds {args.detection_seeds}: expected a positive count")
         tasks = build_tasks(out, mode, args.seed, args.detection_seeds, args.study)
-        # The drawing stages are chosen from the detection results: placeholders for the estimate.
-        drawing = [
-            Task(name, (), out / folder, Progress(0), needs=tuple(t.name for t in tasks))
-            for name, folder in (("visualize", "detections"), ("ground_truth", "ground_truth"))
-        ]
-        print(
-            f"[demo] {estimate(tasks + drawing, jobs, os.cpu_count() or 1).describe()}", flush=True
-        )
+        planned = tasks + drawing_placeholders(out, tasks)
+        print(f"[demo] {estimate(planned, jobs, os.cpu_count() or 1).describe()}", flush=True)
         record(run_tasks(tasks, logs, env, jobs))
         dirs = {
             init: [t.done.parent for t in tasks if t.name.startswith(f"detection_{init}_seed")]

@@ -415,6 +415,17 @@ def test_estimate_schedules_stages_as_run_tasks_does(tmp_path):
         estimate([Task("mystery", (), tmp_path / "m", Progress(5))], jobs=1, cores=1)
 
 
+def test_full_demo_estimate_leaves_headroom_in_the_cpu_budget(tmp_path):
+    from bitdet.demo.estimate import CPU_BUDGET_S, CPU_HEADROOM, estimate
+    from bitdet.tools.demo import build_tasks, drawing_placeholders
+
+    tasks = build_tasks(tmp_path, "full", 0)
+    planned = estimate(tasks + drawing_placeholders(tmp_path, tasks), jobs=2, cores=2)
+    # every stage is priced: one pretraining, 3 detection runs per side, 2 sweeps, 2 drawings
+    assert len(planned.cpu_s) == 11 and min(planned.cpu_s.values()) > 0
+    assert sum(planned.cpu_s.values()) <= CPU_HEADROOM * CPU_BUDGET_S
+
+
 # ----------------------------------------------------------------------------- smoke run
 
 
