@@ -45,7 +45,7 @@ class ModelSpec:
 
 def _bit(arch: str) -> Callable[[int, str], nn.Module]:
     def build(num_classes: int, device: str) -> nn.Module:
-        from bitdet.models import create_model
+        from bitdet.factory import create_model
 
         with torch.device(device):  # initialise on the device: R101x3 has 388M parameters
             return create_model(arch, num_classes=num_classes)

@@ -28,8 +28,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 from detectron2.utils import comm
 
-from bitdet.engine.checkpoint import LAST_CHECKPOINT, clear_run
+from bitdet.engine.checkpoint import clear_run
 from bitdet.utils.io import PathLike, atomic_write
+from bitdet.weights.checkpoint_file import LAST_CHECKPOINT
 
 __all__ = [
     "EVAL_CONFIG",
@@ -133,8 +134,8 @@ def check_run(folder: PathLike, cfg, results_file: str) -> Optional[Dict[str, An
     stored = folder / RUN_CONFIG
     if not stored.is_file():
         logger.warning(
-            "%s holds checkpoints or results but no %s: their settings cannot be compared with this "
-            "run's; continuing it (--force starts over)",
+            "%s holds checkpoints or results but no %s: their settings cannot be compared with "
+            "this run's; continuing it (--force starts over)",
             folder,
             RUN_CONFIG,
         )
@@ -165,7 +166,8 @@ def check_run(folder: PathLike, cfg, results_file: str) -> Optional[Dict[str, An
 
 
 def _decided_by_main(decide: Callable[[], Any]) -> Any:
-    """``decide()`` on the main process, its value (or its :class:`RunConfigMismatch`) on every one."""
+    """``decide()`` on the main process, its value (or its :class:`RunConfigMismatch`) on every
+    one."""
     decision: Tuple[str, Any] = ("ok", None)
     if comm.is_main_process():
         try:

@@ -4,10 +4,11 @@ Kolesnikov et al., "Big Transfer (BiT): General Visual Representation Learning",
 (arXiv 1912.11370). Pre-activation bottlenecks (He et al. 2016, "Identity Mappings in Deep
 Residual Networks"); every conv is weight-standardized and every norm is a 32-group GroupNorm.
 
-Stage names: parameters keep the official checkpoints' names (``block{i}.unit{jj}.{gn,conv}{1,2,3}``,
-``downsample``), so that ``bitdet.checkpoint`` maps the authors' files with a plain table;
-features use Detectron2's names (``FEATURE_NAMES``): the output of ``block{i}`` is ``res{i+1}``.
-Both are external formats; this is the one place that relates them.
+Stage names: parameters keep the official checkpoints' names
+(``block{i}.unit{jj}.{gn,conv}{1,2,3}``, ``downsample``), so that ``bitdet.weights`` maps the
+authors' files with a plain table; features use Detectron2's names (``FEATURE_NAMES``): the
+output of ``block{i}`` is ``res{i+1}``. Both are external formats; this is the one place that
+relates them.
 
 Activation checkpointing (:meth:`ResNetV2.set_grad_checkpointing`, timm's name) keeps only
 each stage's or each unit's input during the forward and recomputes the rest in backward
@@ -100,7 +101,8 @@ class PreActBottleneck(nn.Module):
 
 
 def checkpointing_mode(mode: Union[bool, str], key: str = "activation checkpointing") -> str:
-    """``mode`` as one of :data:`CHECKPOINTING_MODES`; True (timm's switch) means ``"unit"``, False ``"none"``.
+    """``mode`` as one of :data:`CHECKPOINTING_MODES`; True (timm's switch) means ``"unit"``,
+    False ``"none"``.
 
     Raises:
         ValueError: one line naming ``key`` (the config key, for trainers) and the allowed values.
@@ -160,7 +162,8 @@ def run_stage(
 
 
 class GradCheckpointing:
-    """Mixin: the ``grad_checkpointing`` mode of a BiT trunk and timm's ``set_grad_checkpointing``."""
+    """Mixin: the ``grad_checkpointing`` mode of a BiT trunk and timm's
+    ``set_grad_checkpointing``."""
 
     grad_checkpointing: str = "none"
 
@@ -297,7 +300,8 @@ class ResNetV2(GradCheckpointing, nn.Module):
         unknown = wanted - set(FEATURE_NAMES)
         if unknown or not wanted:
             raise KeyError(
-                f"unknown features {sorted(unknown) or 'none requested'}; available: {FEATURE_NAMES}"
+                f"unknown features {sorted(unknown) or 'none requested'}; "
+                f"available: {FEATURE_NAMES}"
             )
         outputs: Dict[str, torch.Tensor] = {}
         x = self.stem(x)
@@ -329,7 +333,8 @@ class ResNetV2(GradCheckpointing, nn.Module):
 
 
 class FeatureInfo(list):
-    """timm's ``feature_info``: one dict per returned feature, ``num_chs``, ``reduction``, ``module``.
+    """timm's ``feature_info``: one dict per returned feature, ``num_chs``, ``reduction``,
+    ``module``.
 
     ``channels()`` / ``reduction()`` / ``module_name()`` list one field; given an index, one value.
     """

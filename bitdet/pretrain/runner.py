@@ -12,15 +12,15 @@ import torch
 from detectron2.utils import comm
 from torch.utils.data import Dataset, IterableDataset
 
-from bitdet.checkpoint import load_weights, save_checkpoint, state_dict_to_npz, write_npz
 from bitdet.config import resolve_device
 from bitdet.engine import ClassifierTrainer, evaluate_classifier
 from bitdet.engine.run_folder import open_run
-from bitdet.models import create_model
+from bitdet.factory import create_model
 from bitdet.models.resnetv2 import ResNetV2
 from bitdet.pretrain.data import build_dataset
 from bitdet.pretrain.schedule import StepSchedule, scaled_lr
 from bitdet.utils.io import write_json
+from bitdet.weights import load_weights, save_checkpoint, state_dict_to_npz, write_npz
 
 __all__ = ["build_datasets", "build_model", "build_schedule", "evaluator", "run_pretraining"]
 
@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 
 
 def build_model(cfg) -> ResNetV2:
-    """The ``MODEL.NAME`` network with ``MODEL.NUM_CLASSES`` outputs, head bias, optional weights and
-    ``MODEL.ACTIVATION_CHECKPOINTING``."""
+    """The ``MODEL.NAME`` network with ``MODEL.NUM_CLASSES`` outputs, head bias, optional weights
+    and ``MODEL.ACTIVATION_CHECKPOINTING``."""
     model = create_model(
         cfg.MODEL.NAME, num_classes=cfg.MODEL.NUM_CLASSES, head_bias=cfg.MODEL.HEAD_BIAS
     )
@@ -70,7 +70,8 @@ def evaluator(cfg, test_set: Dataset):
 
 
 def build_datasets(cfg) -> Tuple[Dataset, Optional[Dataset]]:
-    """``(train_set, test_set)`` from ``DATASETS.TRAIN`` / ``DATASETS.TEST`` (test None when KIND is "")."""
+    """``(train_set, test_set)`` from ``DATASETS.TRAIN`` / ``DATASETS.TEST`` (test None when KIND
+    is "")."""
     train_set = build_dataset(cfg.DATASETS.TRAIN, train=True, cfg=cfg)
     test_set = (
         build_dataset(cfg.DATASETS.TEST, train=False, cfg=cfg) if cfg.DATASETS.TEST.KIND else None
@@ -82,7 +83,8 @@ FINAL_FILES = ("final.json", "model_final.pth", "model_final.npz")
 
 
 def run_pretraining(cfg, force: bool = False) -> Dict[str, Any]:
-    """Train per ``cfg``; the main process writes ``model_final.pth``, ``model_final.npz``, ``final.json``.
+    """Train per ``cfg``; the main process writes ``model_final.pth``, ``model_final.npz``,
+    ``final.json``.
 
     ``OUTPUT_DIR`` opens by :func:`bitdet.engine.run_folder.open_run`: a run of this config
     continues from its newest checkpoint, a finished one (``final.json``) is reported as is, a

@@ -1,8 +1,8 @@
 """What every bitdet entry point in tools/ shares: one argument-parser shape (Detectron2's flags,
 ``--config`` as an alias of ``--config-file``, only the flags a tool uses), config set-up (file +
 ``KEY VALUE`` overrides, device checked, frozen; details to the log file), user errors as one
-line with exit status 2, the output folder locked, and the launch (torchrun, SLURM or ``--num-gpus``:
-:mod:`bitdet.engine.launch`)."""
+line with exit status 2, the output folder locked, and the launch (torchrun, SLURM or
+``--num-gpus``: :mod:`bitdet.engine.launch`)."""
 
 from __future__ import annotations
 
@@ -21,12 +21,12 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig, OmegaConf
 
-from bitdet.checkpoint.errors import CheckpointError
 from bitdet.config import DeviceError, check_device, resolve_config_file
 from bitdet.engine.launch import launch_main, launch_summary
 from bitdet.engine.output_lock import OutputDirError, acquire_output_lock
 from bitdet.engine.run_folder import EVAL_CONFIG, RUN_CONFIG, record_config
 from bitdet.log import FILE_LOGGER
+from bitdet.weights.errors import CheckpointError
 
 __all__ = [
     "FILE_LOGGER",
@@ -84,7 +84,8 @@ def argument_parser(
         dest="config_file",
         metavar="FILE",
         required=True,
-        help="config file: a path, or a name under the shipped configs/ (e.g. retinanet_bit_m.yaml)",
+        help="config file: a path, or a name under the shipped configs/ "
+        "(e.g. retinanet_bit_m.yaml)",
     )
     if resume:
         parser.add_argument(
@@ -234,7 +235,8 @@ CPP_EXTENSION_LOGGER = "torch.utils.cpp_extension"
 
 @contextlib.contextmanager
 def _records_to(name: str, target: logging.Logger) -> Iterator[None]:
-    """Inside the block, logger ``name``'s records go to ``target``'s handlers only (none: dropped)."""
+    """Inside the block, logger ``name``'s records go to ``target``'s handlers only (none:
+    dropped)."""
     source = logging.getLogger(name)
     saved = source.handlers, source.propagate
     source.handlers, source.propagate = list(target.handlers) or [logging.NullHandler()], False
@@ -246,7 +248,8 @@ def _records_to(name: str, target: logging.Logger) -> Iterator[None]:
 
 @contextlib.contextmanager
 def user_errors(tool: str) -> Iterator[None]:
-    """Turn a user error (:data:`USER_ERRORS`) into one line ``<tool>: error: <message>`` and exit 2.
+    """Turn a user error (:data:`USER_ERRORS`) into one line ``<tool>: error: <message>`` and
+    exit 2.
 
     The traceback goes to the log file when logging is set up. ``BITDET_TRACEBACK=1`` re-raises
     instead, for debugging.

@@ -68,9 +68,8 @@ def build_classifier_target(args):
     differs from the file's (0, headless, aside) needs ``--new-head``, and such a head makes
     ``--verify`` fail, as its logits do not come from the weights.
     """
-    from bitdet.checkpoint import is_hub_id, load_weights, read_weights
-    from bitdet.models import create_model
-    from bitdet.models.factory import head_of
+    from bitdet.factory import create_model, head_of
+    from bitdet.weights import is_hub_id, load_weights, read_weights
 
     source = args.weights or (args.model if is_hub_id(args.model) else None)
     weights = read_weights(source) if source else None
@@ -81,8 +80,9 @@ def build_classifier_target(args):
             num_classes = file_head
         elif num_classes not in (0, file_head) and not args.new_head:
             raise ValueError(
-                f"--num-classes {num_classes} disagrees with {source}, whose head has {file_head or 'no'} classes: "
-                f"leave --num-classes out to export the file's head, or pass --new-head for a new {num_classes}-class head"
+                f"--num-classes {num_classes} disagrees with {source}, whose head has "
+                f"{file_head or 'no'} classes: leave --num-classes out to export the file's head, "
+                f"or pass --new-head for a new {num_classes}-class head"
             )
     model = create_model(
         args.model, num_classes=num_classes, pretrained=False if is_hub_id(args.model) else None
@@ -103,7 +103,8 @@ def build_classifier_target(args):
 
 
 def build_detector_target(args):
-    """``--config-file``: a Detectron2 model from the config, ``MODEL.WEIGHTS`` loaded, on the CPU."""
+    """``--config-file``: a Detectron2 model from the config, ``MODEL.WEIGHTS`` loaded, on the
+    CPU."""
     from detectron2.modeling import build_model
 
     from bitdet.detection import BiTCheckpointer, get_bit_cfg, resolve_config_file
@@ -111,7 +112,8 @@ def build_detector_target(args):
     cfg = get_bit_cfg(resolve_config_file(args.config_file, kind="detection"), args.opts)
     if cfg.MODEL.DEVICE != "cpu":
         logger.info(
-            "tracing on the CPU (the config says MODEL.DEVICE %s); the exported graphs run anywhere",
+            "tracing on the CPU (the config says MODEL.DEVICE %s); the exported graphs run "
+            "anywhere",
             cfg.MODEL.DEVICE,
         )
         cfg.MODEL.DEVICE = "cpu"
@@ -177,8 +179,9 @@ def main(args) -> int:
             failed += [f"{fmt} {c}" for c in comparisons if not c.ok]
             if target.detections and not any(c.matched for c in comparisons):
                 logger.warning(
-                    "%s: no sample has a detection above the score threshold (an untrained head?), so no box was "
-                    "compared: pass --sample-image files showing objects, or lower MODEL.RETINANET.SCORE_THRESH_TEST",
+                    "%s: no sample has a detection above the score threshold (an untrained "
+                    "head?), so no box was compared: pass --sample-image files showing objects, "
+                    "or lower MODEL.RETINANET.SCORE_THRESH_TEST",
                     fmt,
                 )
             worst = max(c.max_abs_diff for c in comparisons)
@@ -251,7 +254,8 @@ def argument_parser() -> argparse.ArgumentParser:
         "--num-classes",
         type=int,
         default=None,
-        help="--model: head size (default: the weights file's, else the name's); 0 exports the trunk",
+        help="--model: head size (default: the weights file's, else the name's); "
+        "0 exports the trunk",
     )
     parser.add_argument(
         "--new-head",
@@ -262,7 +266,8 @@ def argument_parser() -> argparse.ArgumentParser:
         "--part",
         choices=("model", "backbone"),
         default="model",
-        help="--config-file: the whole RetinaNet, or the BiT + FPN backbone of any meta-architecture",
+        help="--config-file: the whole RetinaNet, or the BiT + FPN backbone of any "
+        "meta-architecture",
     )
     parser.add_argument(
         "--image-size",
@@ -301,7 +306,8 @@ def argument_parser() -> argparse.ArgumentParser:
         "--rtol",
         type=float,
         default=DEFAULT_RTOL,
-        help=f"--verify: tolerance relative to an output's largest value (default {DEFAULT_RTOL:g})",
+        help="--verify: tolerance relative to an output's largest value "
+        f"(default {DEFAULT_RTOL:g})",
     )
     parser.add_argument(
         "--benchmark",
@@ -315,7 +321,8 @@ def argument_parser() -> argparse.ArgumentParser:
         "--repeats",
         type=int,
         default=3,
-        help="--benchmark: rounds of one block per variant, interleaved; the median is reported (default 3)",
+        help="--benchmark: rounds of one block per variant, interleaved; the median is reported "
+        "(default 3)",
     )
     parser.add_argument(
         "--threads", type=int, default=1, help="CPU threads for torch and ONNX Runtime (default 1)"
@@ -341,14 +348,15 @@ def parse_args(argv: Optional[List[str]] = None):
         parser.error("--part backbone needs --config-file")
     if args.config_file and (args.weights or args.num_classes is not None or args.new_head):
         parser.error(
-            "with --config-file, set MODEL.WEIGHTS / MODEL.RETINANET.NUM_CLASSES as KEY VALUE overrides"
+            "with --config-file, set MODEL.WEIGHTS / MODEL.RETINANET.NUM_CLASSES as KEY VALUE "
+            "overrides"
         )
     if args.new_head and not args.weights:
         parser.error("--new-head replaces the head of --weights: give --weights")
     if args.config_file and args.part == "model" and (args.batch_size or args.image_size):
         parser.error(
-            "a whole detector takes one image per call at its test size: --batch-size and --image-size "
-            "apply to --model and --part backbone"
+            "a whole detector takes one image per call at its test size: --batch-size and "
+            "--image-size apply to --model and --part backbone"
         )
     args.batch_size = 2 if args.batch_size is None else args.batch_size
     if min(args.batch_size, args.threads, args.iters, args.repeats) < 1:

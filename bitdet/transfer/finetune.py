@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Subset
 
 from bitdet.config import resolve_device
-from bitdet.models import create_model, pretrained_path
+from bitdet.factory import create_model
 from bitdet.transfer.config import rule_from_config, tri_state
 from bitdet.transfer.datasets import (
     build_dataset,
@@ -37,6 +37,7 @@ from bitdet.transfer.report import (
     write_json,
 )
 from bitdet.transfer.transforms import TransformedDataset, eval_transform, train_transform
+from bitdet.weights import pretrained_path
 
 __all__ = [
     "evaluate_only",
@@ -55,13 +56,13 @@ RESULTS_FILE = "results.json"
 
 
 def resolve_weights(cfg) -> str:
-    """``MODEL.WEIGHTS`` as a weights source ("" for from scratch; "official" -> the cached BiT file;
-    a path, ``hf-hub:`` id or official name is checked to exist)."""
+    """``MODEL.WEIGHTS`` as a weights source ("" for from scratch; "official" -> the cached BiT
+    file; a path, ``hf-hub:`` id or official name is checked to exist)."""
     weights = cfg.MODEL.WEIGHTS.strip()
     if weights == "official":
         return str(pretrained_path(cfg.MODEL.NAME))
     if weights and not Path(weights).is_file():
-        from bitdet.checkpoint.loading import resolve_source
+        from bitdet.weights.loading import resolve_source
 
         resolve_source(weights)  # an hf-hub: id or official name; else names the accepted forms
     return weights
@@ -69,7 +70,8 @@ def resolve_weights(cfg) -> str:
 
 def init_label(cfg) -> str:
     """Short name of the initialisation for tables and folders: ``"scratch"``, ``"official"``,
-    the weights file's stem, or its folder's name for generic stems (``model_final``, ``model_0001000``)."""
+    the weights file's stem, or its folder's name for generic stems (``model_final``,
+    ``model_0001000``)."""
     weights = cfg.MODEL.WEIGHTS.strip()
     if not weights:
         return "scratch"
@@ -211,7 +213,7 @@ def finetune(
     model.set_grad_checkpointing(cfg.MODEL.ACTIVATION_CHECKPOINTING)
     load_report = None
     if weights:
-        from bitdet.checkpoint import load_weights
+        from bitdet.weights import load_weights
 
         # zero_head=True even when the upstream head has the same size: BiT starts every
         # downstream task from a zero head.
@@ -314,8 +316,8 @@ def evaluate_only(cfg, output_dir: Optional[str] = None) -> Dict[str, Any]:
         :func:`bitdet.engine.evaluate_classifier`'s metrics plus ``crop``; also written to
         ``OUTPUT_DIR/eval_results.json``.
     """
-    from bitdet.checkpoint import load_weights
     from bitdet.engine import evaluate_classifier
+    from bitdet.weights import load_weights
 
     d = cfg.DATASET
     spec = get_spec(d.NAME)
@@ -424,7 +426,8 @@ def finetune_sweep(
         label = init_label(init_cfg)
         if label in labels:
             raise ValueError(
-                f"weights {labels[label]!r} and {weights!r} share the label {label!r}; rename one file"
+                f"weights {labels[label]!r} and {weights!r} share the label {label!r}; "
+                "rename one file"
             )
         labels[label] = weights
         planned += [

@@ -1,6 +1,7 @@
-"""The BiT paper's detection protocol (supplementary E) as shipped configs, and ``INPUT.AUGMENTATION``:
-the configs' numbers, the fixed-size jitter mapper (crop, dropped boxes, jitter range), the
-evaluation size and the model's square padding, and an instant run of the protocol end to end."""
+"""The BiT paper's detection protocol (supplementary E) as shipped configs, and
+``INPUT.AUGMENTATION``: the configs' numbers, the fixed-size jitter mapper (crop, dropped boxes,
+jitter range), the evaluation size and the model's square padding, and an instant run of the
+protocol end to end."""
 
 import json
 import os
@@ -18,10 +19,10 @@ from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
 from PIL import Image
 
-from bitdet.checkpoint.errors import WeightsNotFoundError
 from bitdet.detection import BiTCheckpointer, get_bit_cfg
 from bitdet.detection.config import fixed_input_size
 from bitdet.detection.mapper import BiTDatasetMapper
+from bitdet.weights.errors import WeightsNotFoundError
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER_CONFIGS = {
@@ -260,8 +261,8 @@ def test_instant_paper_protocol_trains_and_evaluates(tmp_path):
         "target_height=128, target_width=128), FixedSizeCrop(crop_size=(128, 128), pad=False)]"
     ) in log
     assert (
-        "Augmentations used in inference: [ResizeShortestEdge(short_edge_length=(128, 128), max_size=128"
-        in log
+        "Augmentations used in inference: "
+        "[ResizeShortestEdge(short_edge_length=(128, 128), max_size=128" in log
     )
     ap = re.search(r"copypaste: AP,AP50,AP75,APs,APm,APl\s*\n.*copypaste: ([-\d.nan]+),", log, re.M)
     assert ap and 0.0 <= float(ap.group(1)) <= 100.0, log[-3000:]

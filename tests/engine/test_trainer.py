@@ -12,8 +12,8 @@ import torch
 from detectron2.engine import HookBase
 
 from bitdet import create_model
-from bitdet.checkpoint import load_weights
 from bitdet.engine import TrainingCheckpointer, choose_batch_split
+from bitdet.weights import load_weights
 from tests.engine.tiny_run import tiny_sets, tiny_trainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -89,7 +89,8 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, precision):
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
-    """The newest checkpoint truncated: resume from the one before, ending as an uninterrupted run."""
+    """The newest checkpoint truncated: resume from the one before, ending as an uninterrupted
+    run."""
     full = tiny_trainer(str(tmp_path / "full"), steps=6)
     full.train()
     out = tmp_path / "damaged"
@@ -105,9 +106,9 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
     with caplog.at_level(logging.WARNING):
         assert resumed.resume() == 4
     assert (
-        "cannot resume from model_0000005.pth (model_0000005.pth: truncated or corrupt (File is not a zip "
-        "file)): resuming from model_0000003.pth, the newest readable checkpoint before it"
-        in caplog.text
+        "cannot resume from model_0000005.pth (model_0000005.pth: truncated or corrupt "
+        "(File is not a zip file)): resuming from model_0000003.pth, the newest readable "
+        "checkpoint before it" in caplog.text
     )
     resumed = tiny_trainer(str(out), steps=6)
     resumed.train(resume=True)
@@ -131,8 +132,8 @@ def test_resume_with_another_process_count_keeps_a_map_style_stream(tmp_path, ca
     with caplog.at_level(logging.WARNING):
         assert tiny_trainer(str(tmp_path), steps=4).resume() == 2
     assert (
-        "resuming a run of 2 process(es) with 1: every step reads the same samples and augmentations"
-        in caplog.text
+        "resuming a run of 2 process(es) with 1: every step reads the same samples and "
+        "augmentations" in caplog.text
     )
 
 

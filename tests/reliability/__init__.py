@@ -38,8 +38,8 @@ Faults
 - Fine-tuning: SIGKILL of tools/finetune.py at a fixed step, then resume (bit-identical):
   transfer/test_finetune.py::test_sigkill_then_resume_continues_exactly
 - Checkpoint write failing midway (ENOSPC simulated) keeps the previous checkpoint:
-  detection/test_retinanet.py::test_checkpoint_save_is_atomic (the writer, bitdet's
-  atomic_write, is shared by the engine)
+  detection/test_retinanet.py::test_checkpoint_save_is_atomic (the writer,
+  bitdet.weights.checkpoint_file, is shared by the engine)
 - A failing DDP rank ends all ranks with its error (gloo):
   engine/test_distributed.py::test_failing_rank_ends_the_job_with_its_error
 - Ctrl-C mid-run (train_net): checkpoint at that iteration, exit 130 without a traceback, the

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from bitdet import create_model
-from bitdet.checkpoint import save_checkpoint
 from bitdet.transfer.config import get_finetune_cfg
 from bitdet.transfer.finetune import evaluate_only, finetune, finetune_sweep
+from bitdet.weights import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTANT = "finetune/quick_schedules/finetune_instant_test.yaml"
@@ -130,7 +130,8 @@ def test_a_finished_run_is_reported_and_force_starts_over(tmp_path):
 
 def test_sweep_checks_every_shots_and_seed_before_training(tmp_path):
     cfg = get_finetune_cfg(INSTANT, ["OUTPUT_DIR", str(tmp_path)])
-    # digits has about 135 training images per class, not 200: the sweep fails before its 1-shot runs.
+    # digits has about 135 training images per class, not 200: the sweep fails before its
+    # 1-shot runs.
     with pytest.raises(
         ValueError,
         match=r"--shots 200 \(seed 0\) on digits: 200-shot sampling needs 200 examples "

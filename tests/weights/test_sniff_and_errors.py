@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bitdet import create_model
-from bitdet.checkpoint import (
+from bitdet.weights import (
     CheckpointError,
     CheckpointMismatchError,
     WeightsNotFoundError,
