@@ -15,7 +15,10 @@ exec((ROOT / "bitdet" / "version.py").read_text(), version)
 setup(
     name="bitdet",
     version=version["__version__"],
-    description="Big Transfer (BiT) ResNet-v2 backbones for classification transfer and Detectron2 detection",
+    description=(
+        "Big Transfer (BiT) ResNet-v2 backbones for classification transfer and "
+        "Detectron2 detection"
+    ),
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     license="Apache-2.0",
@@ -61,7 +64,8 @@ setup(
         "webdataset>=0.2.86",
         # one download or generation per machine while the other processes wait
         "filelock>=3.0",
-        # weights from where users have them: safetensors files, hf-hub: ids (the hub client's cache)
+        # weights from where users have them: safetensors files, hf-hub: ids
+        # (the hub client's cache)
         "safetensors>=0.4",
         "huggingface_hub>=0.24",
         # real data that installs offline: digits (scikit-learn), photos (scikit-image)

@@ -1,4 +1,5 @@
-"""bitdet: Big Transfer (BiT) ResNet-v2 backbones, pretraining, transfer and Detectron2 detection.
+"""bitdet: Big Transfer (BiT) ResNet-v2 backbones, pretraining, transfer and Detectron2
+detection.
 
 The names below are imported on first use, so that importing one subpackage
 (``bitdet.models``, ``bitdet.weights``, ...) does not import the others.

@@ -1,12 +1,13 @@
-"""Loading configs for every bitdet tool: Detectron2's yacs ``CfgNode``, safely and with clear errors.
+"""Loading configs for every bitdet tool: Detectron2's yacs ``CfgNode``, safely, with clear
+errors.
 
 Detection, pretraining, fine-tuning and benchmark configs each define their keys in an
-``add_*_config(cfg)`` function; this module finds a config file (a path, or a name under
-``configs/``) and merges it and ``KEY VALUE`` overrides, so that every failure names the file
-or override to fix.
+``add_*_config(cfg)`` function; this module finds a config file (a path, a path under
+``configs/``, or a shipped config's unique file name: :func:`resolve_config_file`) and merges
+it and ``KEY VALUE`` overrides, so that every failure names the file or override to fix.
 
-A ``_BASE_`` is looked for relative to the file that names it (Detectron2's rule), then by
-name under the shipped configs, so a shipped config copied elsewhere and edited still runs.
+A ``_BASE_`` is looked for relative to the file that names it (Detectron2's rule), then as the
+shipped config of that file name, so a shipped config copied elsewhere and edited still runs.
 
 Devices follow one rule everywhere (:func:`check_device`): a config that asks for CUDA on a
 machine without it stops with one line naming the key to add, instead of torch's driver error.
@@ -37,51 +38,101 @@ __all__ = [
 ]
 
 # Shipped configs: package data (in a checkout, bitdet/configs links to the top-level configs/).
+# Laid out as Detectron2's model zoo: COCO-Detection/, COCO-InstanceSegmentation/, pretrain/,
+# finetune/, benchmark/, demo/, quick_schedules/ (every instant test), common/ (LazyConfig
+# pieces); detection Base-* files at the top, the other kinds' in their folder.
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 BASE_KEY = "_BASE_"
 
-# The kinds of config a tool reads: each has its folder under configs/; detection configs are
-# the rest (the top level, quick_schedules/, demo/).
+# The kinds of config a tool reads. A config's kind is its top folder under configs/ (pretrain/,
+# finetune/, benchmark/), or for one in quick_schedules/ the kind its _BASE_ chain reaches;
+# detection configs are the rest (COCO-Detection/, COCO-InstanceSegmentation/, demo/, ...).
 CONFIG_KINDS = ("detection", "pretrain", "finetune", "benchmark")
 
+# configs/ folders that hold pieces of configs (LazyConfig modules), not configs to run.
+_PIECES = ("common",)
 
-def _shipped(path: str, configs_dir: Path) -> Path | None:
-    """The file ``path`` names under ``configs_dir`` (as a relative path, else by file name)."""
-    for candidate in (configs_dir / path, *sorted(configs_dir.rglob(os.path.basename(path)))):
-        if candidate.is_file():
-            return candidate
-    return None
+
+def _config_files(configs_dir: Path) -> List[str]:
+    """Every config under ``configs_dir`` (YAML, and LazyConfig ``.py`` outside the pieces'
+    folders), as sorted paths relative to it."""
+    names = [p.relative_to(configs_dir).as_posix() for p in configs_dir.rglob("*.yaml")]
+    names += [
+        p.relative_to(configs_dir).as_posix()
+        for p in configs_dir.rglob("*.py")
+        if p.relative_to(configs_dir).parts[0] not in _PIECES and "__pycache__" not in p.parts
+    ]
+    return sorted(names)
+
+
+def _kind_of(name: str, configs_dir: Path) -> str:
+    """The kind (:data:`CONFIG_KINDS`) of the config at ``configs_dir / name``."""
+    folders = set(CONFIG_KINDS) - {"detection"}
+    path = configs_dir / name
+    for _ in range(16):  # a _BASE_ chain is a few files long; a loop stops here
+        top = path.resolve().relative_to(configs_dir.resolve()).parts[0]
+        if top in folders:
+            return top
+        if top != "quick_schedules" or path.suffix != ".yaml":
+            return "detection"
+        base = (yaml.safe_load(path.read_text()) or {}).get(BASE_KEY)
+        if base is None:
+            return "detection"
+        path = path.parent / str(base)
+    return "detection"
 
 
 def shipped_configs(kind: Optional[str] = None, configs_dir: Path = CONFIGS_DIR) -> List[str]:
-    """The shipped configs (paths relative to ``configs_dir``) of one of :data:`CONFIG_KINDS`, or all."""
+    """The shipped configs (paths relative to ``configs_dir``) of one of :data:`CONFIG_KINDS`,
+    or all."""
     if kind is not None and kind not in CONFIG_KINDS:
         raise ValueError(f"config kind {kind!r}: choose one of {CONFIG_KINDS}")
-    folders = set(CONFIG_KINDS) - {"detection"}
-    names = sorted(p.relative_to(configs_dir).as_posix() for p in configs_dir.rglob("*.yaml"))
+    names = _config_files(configs_dir)
     if kind is None:
         return names
-    if kind == "detection":
-        return [n for n in names if n.split("/")[0] not in folders]
-    return [n for n in names if n.split("/")[0] == kind]
+    return [n for n in names if _kind_of(n, configs_dir) == kind]
+
+
+def _by_file_name(name: str, configs_dir: Path, kind: Optional[str]) -> Path | None:
+    """The one shipped config (of ``kind``, or any) whose file name is ``name``.
+
+    Raises:
+        ValueError: two configs share that file name, naming both paths.
+    """
+    if os.path.dirname(name):
+        return None
+    found = [n for n in shipped_configs(kind, configs_dir) if os.path.basename(n) == name]
+    if len(found) > 1:
+        raise ValueError(
+            f"config {name!r} is ambiguous: {' and '.join(found)} under {configs_dir}; "
+            "name one by its path under configs/"
+        )
+    return configs_dir / found[0] if found else None
 
 
 def resolve_config_file(
     path: str, configs_dir: Path = CONFIGS_DIR, kind: Optional[str] = None
 ) -> str:
-    """``path`` itself if it exists, else the file of that name (or relative path) under ``configs/``.
+    """The config file ``path`` names: a path (absolute or from the working directory), else a
+    path under ``configs/`` (e.g. ``COCO-Detection/retinanet_bit_m.yaml``), else the one shipped
+    config of the tool's kind with that file name (a bare name such as ``retinanet_bit_m.yaml``).
 
     Args:
-        kind: the tool's kind of config (:data:`CONFIG_KINDS`): a missing file's message names
-            the closest of those ("did you mean ...?"), else lists them.
+        kind: the tool's kind of config (:data:`CONFIG_KINDS`): a bare file name is looked for
+            among those, and a missing file's message names the closest of those ("did you
+            mean ...?"), else lists them.
 
     Raises:
         FileNotFoundError: naming the places searched and the shipped configs of that kind.
+        ValueError: a bare file name that two shipped configs share, naming both.
     """
     if os.path.isfile(path):
         return path
-    found = _shipped(path, configs_dir)
+    shipped_path = configs_dir / path.removeprefix("configs/")
+    if shipped_path.is_file():
+        return str(shipped_path)
+    found = _by_file_name(path, configs_dir, kind)
     if found is not None:
         return str(found)
     shipped = shipped_configs(kind, configs_dir)
@@ -102,17 +153,21 @@ def resolve_config_file(
 
 
 def _resolve_base(base: str, referrer: Path, configs_dir: Path) -> Path:
-    """The file a ``_BASE_`` in ``referrer`` names: relative to it, else shipped under that name."""
+    """The file a ``_BASE_`` in ``referrer`` names: relative to it, else a path under the shipped
+    configs, else the shipped config of that file name (a shipped config copied elsewhere keeps
+    its bases)."""
     expanded = Path(os.path.expanduser(base))
     local = expanded if expanded.is_absolute() else referrer.parent / expanded
     if local.is_file():
         return local
-    for folder in dict.fromkeys((configs_dir, CONFIGS_DIR)):  # a benchmark preset folder, then all
-        found = _shipped(base.removeprefix("configs/"), folder)
-        if found is not None:
-            return found
+    shipped = configs_dir / base.removeprefix("configs/")
+    if shipped.is_file():
+        return shipped
+    found = _by_file_name(expanded.name, configs_dir, None)
+    if found is not None:
+        return found
     error = FileNotFoundError(
-        f"_BASE_ {base!r} is neither {local} nor a shipped config in {CONFIGS_DIR}"
+        f"_BASE_ {base!r} is neither {local} nor a shipped config in {configs_dir}"
     )
     error.filename = base
     raise error
@@ -173,10 +228,12 @@ def merge_config(
     config_file: str | None = None,
     opts: Sequence[str] = (),
     configs_dir: Path = CONFIGS_DIR,
+    kind: Optional[str] = None,
 ) -> CfgNode:
     """Merge a config file (``_BASE_`` chains allowed) and ``KEY VALUE`` overrides into ``cfg``.
 
-    YAML tags that build Python objects are refused: they can run code.
+    YAML tags that build Python objects are refused: they can run code. ``config_file`` and
+    ``kind``: as :func:`resolve_config_file`.
 
     Raises:
         ValueError: an unknown or renamed key, a value of the wrong type, or invalid YAML,
@@ -184,7 +241,7 @@ def merge_config(
         FileNotFoundError: the file, or a ``_BASE_`` it names, does not exist.
     """
     if config_file:
-        path = resolve_config_file(config_file, configs_dir)
+        path = resolve_config_file(config_file, configs_dir, kind)
         try:
             merged = load_yaml_chain(path, configs_dir)
         except FileNotFoundError as e:

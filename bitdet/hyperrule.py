@@ -123,7 +123,8 @@ class Rule:
         return self.base_lr * 0.1 ** sum(step > boundary for boundary in self.decay_steps)
 
     def with_steps(self, steps: int) -> "Rule":
-        """The same rule stretched to ``steps``: warm-up and decays keep their relative positions."""
+        """The same rule stretched to ``steps``: warm-up and decays keep their relative
+        positions."""
         scale = steps / self.steps
         return dataclasses.replace(
             self,

@@ -1,5 +1,6 @@
-"""Config loading: _BASE_ resolution (relative to the file, then by name under the shipped
-configs), the closest key or config named on a typo, the instant configs' fixed seeds."""
+"""Config loading: the lookup (a path, a path under configs/, a unique file name), _BASE_
+resolution (relative to the file, then under the shipped configs), the closest key or config
+named on a typo, the instant configs' fixed seeds, every shipped config loading."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from detectron2.modeling import build_model
 from bitdet.benchmark import get_benchmark_cfg
 from bitdet.config import CONFIG_KINDS, CONFIGS_DIR, resolve_config_file, shipped_configs
 from bitdet.detection import get_bit_cfg
+from bitdet.detection.lazy import load_lazy_config
 from bitdet.pretrain import get_pretrain_cfg
 from bitdet.transfer.config import get_finetune_cfg
 
@@ -63,15 +65,10 @@ def test_local_base_wins_over_a_shipped_one(tmp_path):
 
 
 def test_nested_chain_of_a_copied_finetune_config(tmp_path):
-    shutil.copy(
-        CONFIGS_DIR / "finetune" / "quick_schedules" / "finetune_fewshot_instant_test.yaml",
-        tmp_path,
-    )
-    shutil.copy(
-        CONFIGS_DIR / "finetune" / "quick_schedules" / "finetune_instant_test.yaml", tmp_path
-    )
+    shutil.copy(CONFIGS_DIR / "quick_schedules" / "finetune_fewshot_instant_test.yaml", tmp_path)
+    shutil.copy(CONFIGS_DIR / "quick_schedules" / "finetune_instant_test.yaml", tmp_path)
     local = get_finetune_cfg(str(tmp_path / "finetune_fewshot_instant_test.yaml"))
-    shipped = get_finetune_cfg("finetune/quick_schedules/finetune_fewshot_instant_test.yaml")
+    shipped = get_finetune_cfg("quick_schedules/finetune_fewshot_instant_test.yaml")
     assert local.dump() == shipped.dump()
 
 
@@ -90,7 +87,8 @@ def test_unsafe_tag_in_a_base_is_refused(tmp_path):
 
 
 def test_every_shipped_config_writes_under_output_by_its_own_name():
-    """One output root: ``configs/<path>.yaml`` writes to ``output/<path>`` (Base-* files set none)."""
+    """One output root: ``configs/<path>.yaml`` writes to ``output/<path>`` (Base-* files set
+    none)."""
     wrong = {}
     for path in sorted(CONFIGS_DIR.rglob("*.yaml")):
         match = re.search(r'^OUTPUT_DIR: "([^"]*)"', path.read_text(), re.M)
@@ -121,7 +119,7 @@ def test_an_unknown_override_key_names_the_closest_key():
 def test_an_unknown_key_in_a_yaml_file_names_the_closest_key(tmp_path):
     path = tmp_path / "typo.yaml"
     path.write_text(
-        '_BASE_: "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml"\n'
+        '_BASE_: "quick_schedules/pretrain_fashion_mnist_instant_test.yaml"\n'
         "SOLVER:\n  BASE_LR_PER256: 0.1\n"
     )
     with pytest.raises(ValueError) as error:
@@ -138,17 +136,25 @@ def test_shipped_configs_are_split_by_kind():
         everything
     )
     assert (
-        "retinanet_bit_m.yaml" in kinds["detection"]
+        "COCO-Detection/retinanet_bit_m.yaml" in kinds["detection"]
         and "demo/retinanet_bit_tiny_demo.yaml" in kinds["detection"]
     )
     for kind in ("pretrain", "finetune", "benchmark"):
-        assert kinds[kind] and all(name.startswith(f"{kind}/") for name in kinds[kind])
+        assert kinds[kind] and all(
+            name.startswith((f"{kind}/", f"quick_schedules/{kind}_")) for name in kinds[kind]
+        )
+    assert "quick_schedules/pretrain_fashion_mnist_instant_test.yaml" in kinds["pretrain"]
+    assert "quick_schedules/finetune_fewshot_instant_test.yaml" in kinds["finetune"]
 
 
 @pytest.mark.parametrize(
     "kind, typo, closest",
     [
-        ("detection", "retinanet_bit_s_R50x1_1.yaml", "retinanet_bit_s_R50x1_1x.yaml"),
+        (
+            "detection",
+            "retinanet_bit_s_R50x1_1.yaml",
+            "COCO-Detection/retinanet_bit_s_R50x1_1x.yaml",
+        ),
         ("pretrain", "bit_s_r50x1.yaml", "pretrain/bit_s_R50x1.yaml"),
         ("finetune", "cifar11.yaml", "finetune/cifar10.yaml"),
         ("benchmark", "h100x.yaml", "benchmark/h100.yaml"),
@@ -172,12 +178,55 @@ def test_a_missing_config_far_from_all_lists_only_its_kind(kind):
     )
 
 
-INSTANT_CONFIGS = sorted(
-    str(p.relative_to(CONFIGS_DIR)) for p in CONFIGS_DIR.glob("**/quick_schedules/*instant*.yaml")
-)
+INSTANT_CONFIGS = [
+    (kind, name)
+    for kind in CONFIG_KINDS
+    for name in shipped_configs(kind)
+    if name.startswith("quick_schedules/") and name.endswith(".yaml")
+]
 
 
-@pytest.mark.parametrize("name", INSTANT_CONFIGS)
-def test_instant_configs_have_a_fixed_seed(name):
-    kind = name.split("/")[0] if name.split("/")[0] in LOADERS else "detection"
+@pytest.mark.parametrize("kind, name", INSTANT_CONFIGS)
+def test_instant_configs_have_a_fixed_seed(kind, name):
     assert LOADERS[kind](name).SEED >= 0
+
+
+def test_every_config_file_name_is_unique():
+    """A bare file name and a "did you mean" name one config."""
+    seen = {}
+    for path in sorted(CONFIGS_DIR.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            seen.setdefault(path.name, []).append(str(path.relative_to(CONFIGS_DIR)))
+    assert {name: paths for name, paths in seen.items() if len(paths) > 1} == {}
+
+
+def test_every_shipped_config_loads_through_its_tools_loader():
+    loaded = 0
+    for kind in CONFIG_KINDS:
+        for name in shipped_configs(kind):
+            if name.endswith(".py"):
+                load_lazy_config(resolve_config_file(name), ["train.device=cpu"])
+            else:
+                LOADERS[kind](name)
+            loaded += 1
+    assert loaded == len(shipped_configs()) > 40
+
+
+def test_a_config_is_a_path_under_configs_or_a_unique_file_name(tmp_path):
+    assert resolve_config_file("COCO-Detection/retinanet_bit_m.yaml") == str(
+        CONFIGS_DIR / "COCO-Detection" / "retinanet_bit_m.yaml"
+    )
+    assert resolve_config_file("retinanet_bit_m.yaml", kind="detection") == str(
+        CONFIGS_DIR / "COCO-Detection" / "retinanet_bit_m.yaml"
+    )
+    # A bare name is looked for among the tool's kind only.
+    with pytest.raises(FileNotFoundError, match="did you mean pretrain/"):
+        resolve_config_file("retinanet_bit_m.yaml", kind="pretrain")
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "same.yaml").write_text("SEED: 1\n")
+    with pytest.raises(ValueError) as error:
+        resolve_config_file("same.yaml", configs_dir=tmp_path)
+    message = str(error.value)
+    assert "\n" not in message and "a/same.yaml and b/same.yaml" in message
+    assert resolve_config_file("a/same.yaml", configs_dir=tmp_path) == str(tmp_path / "a/same.yaml")

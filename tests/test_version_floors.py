@@ -7,7 +7,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# torch APIs that bitdet may use, with the first torch release that has them (torch's release notes).
+# torch APIs that bitdet may use, with the first torch release that has them (torch's release
+# notes).
 TORCH_API_SINCE = {
     r"torch\.get_autocast_dtype\(": (2, 4),
     r"torch\.is_autocast_enabled\(\s*\w": (2, 4),  # with a device-type argument

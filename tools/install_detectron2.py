@@ -8,9 +8,10 @@ Detectron2 has no release on PyPI. This script:
 2. otherwise installs the registry package ``sal-detectron2`` (a republish of detectron2's
    Python code): it downloads the wheel by name, removes its compiled ``_C`` extension
    (built for another Python, torch and CUDA) and its stray top-level ``tools`` package,
-   re-tags it as a pure-Python wheel, lifts its dated ``numpy<2`` pin, and installs that. Detectron2 imports ``_C`` lazily, so
-   model building, RetinaNet, FPN, the engine and pycocotools evaluation work without it;
-   deformable conv, rotated boxes and the fast COCO evaluator need a source build;
+   re-tags it as a pure-Python wheel, lifts its dated ``numpy<2`` pin, and installs that.
+   Detectron2 imports ``_C`` lazily, so model building, RetinaNet, FPN, the engine and
+   pycocotools evaluation work without it; deformable conv, rotated boxes and the fast COCO
+   evaluator need a source build;
 3. checks the result: detectron2's modeling imports and ``torchvision.ops.nms`` runs.
 
 Usage::
@@ -95,11 +96,11 @@ def repack_pure(wheel: Path, out_dir: Path) -> Path:
             if name.endswith(".dist-info/WHEEL"):
                 lines = [
                     "Root-Is-Purelib: true"
-                    if l.startswith("Root-Is-Purelib")
+                    if line.startswith("Root-Is-Purelib")
                     else "Tag: py3-none-any"
-                    if l.startswith("Tag:")
-                    else l
-                    for l in data.decode().splitlines()
+                    if line.startswith("Tag:")
+                    else line
+                    for line in data.decode().splitlines()
                 ]
                 data = ("\n".join(lines) + "\n").encode()
             if name.endswith(".dist-info/top_level.txt"):
@@ -162,8 +163,9 @@ def main(argv=None) -> int:
         location = check_import()
         if not location:
             raise SystemExit(
-                "[install_detectron2] detectron2 still does not import after installation. Build it "
-                "from source instead (pip install 'git+https://github.com/facebookresearch/detectron2.git' "
+                "[install_detectron2] detectron2 still does not import after installation. "
+                "Build it from source instead (pip install "
+                "'git+https://github.com/facebookresearch/detectron2.git' "
                 "where a network is available) and run this script again."
             )
         log(f"installed detectron2 at {location}")

@@ -14,7 +14,8 @@ CONSTRAINTS=${BITDET_CONSTRAINTS:-tools/constraints.txt}
 STAMP="$VENV/.bitdet-setup"
 say() { echo "[setup] $*"; }
 
-inputs_hash=$(cat setup.py "$CONSTRAINTS" tools/setup_env.sh tools/install_detectron2.py | sha256sum | cut -d' ' -f1)
+inputs_hash=$(cat setup.py "$CONSTRAINTS" tools/setup_env.sh tools/install_detectron2.py \
+    tools/fetch_test_fixtures.py | sha256sum | cut -d' ' -f1)
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$inputs_hash" ]] \
     && "$VENV/bin/python" -c "import bitdet, detectron2, torchvision" 2>/dev/null; then
     say "environment $VENV is up to date"
@@ -28,7 +29,8 @@ fi
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --disable-pip-version-check)
 
-# torch's CUDA build alone is ~5.6 GB: say so up front rather than fail half-installed.
+# torch's CUDA build is most of the environment (README.md, Install): say so up front rather
+# than fail half-installed.
 NEED_MB=7000
 if ! "$PY" -c "import torch" 2>/dev/null; then
     free_mb=$(df -Pm "$VENV" | awk 'NR==2 {print $4}')
@@ -64,7 +66,7 @@ fi
 # Real COCO-format annotation fixtures (labelme / sahi sdists) for the data-path tests. Only
 # "cannot be fetched" (status 2) is a warning; a wrong sha256 or a missing file fails the set-up.
 fixtures_status=0
-"$PY" -m tests.fixtures || fixtures_status=$?
+"$PY" tools/fetch_test_fixtures.py || fixtures_status=$?
 if [[ $fixtures_status == 2 ]]; then
     say "WARNING: could not fetch the COCO fixtures; their tests will be skipped with that reason"
 elif [[ $fixtures_status != 0 ]]; then

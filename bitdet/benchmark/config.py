@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 # fvcore's CfgNode (the base of Detectron2's): _BASE_ inheritance, no Detectron2 VERSION key.
 from fvcore.common.config import CfgNode as CN
 
-from bitdet.config import CONFIGS_DIR, merge_config
+from bitdet.config import merge_config
 from bitdet.utils.precision import precision_dtype
 
 __all__ = [
@@ -16,12 +16,8 @@ __all__ = [
     "get_benchmark_cfg",
     "variant_levers",
     "LEVERS",
-    "PRESETS_DIR",
     "TARGET_METRICS",
 ]
-
-# Benchmark presets: a bare --config-file name is looked up here.
-PRESETS_DIR = CONFIGS_DIR / "benchmark"
 
 # Levers a variant can combine with "+" ("eager" alone means none of them):
 #   cl: channels-last memory format for model and inputs; ws: cached standardized kernels
@@ -165,9 +161,10 @@ def add_benchmark_config(cfg: CN) -> None:
     cfg.BENCH.DATA.PRETRAIN_IMAGE_SIZE = [375, 500]
     cfg.BENCH.DATA.DETECTION_IMAGE_SIZE = [480, 640]
     # Images per second one GPU consumes, per loader, each [loader, img/s]: the table states
-    # how many CPU cores at the measured per-core rate keep it fed. Defaults: one H100's
-    # R50x1 training target (4300 img/s at 224 px) for the pretraining loaders, the same
-    # GPU time at HyperRule's 384 px crop (x (224/384)^2), and RetinaNet batch 8 per 0.116 s.
+    # how many CPU cores at the measured per-core rate keep it fed. Defaults from the H100
+    # targets of benchmark/h100.yaml (BENCH.TARGETS): R50x1's training rate at 224 px for the
+    # pretraining loaders, the same GPU time at HyperRule's 384 px crop (x (224/384)^2), and
+    # RetinaNet's batch of 8 per target iteration time for detection.
     cfg.BENCH.DATA.GPU_IMAGES_PER_SEC = [
         ["imagefolder", 4300.0],
         ["shards", 4300.0],
@@ -183,10 +180,11 @@ def add_benchmark_config(cfg: CN) -> None:
 
 
 def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
-    """Benchmark defaults merged with a config file (a path, or a preset in ``configs/benchmark/``) and overrides."""
+    """Benchmark defaults merged with a config file (a path, or a preset such as
+    ``benchmark/h100.yaml``: :func:`bitdet.config.resolve_config_file`) and overrides."""
     cfg = CN()
     add_benchmark_config(cfg)
-    merge_config(cfg, config_file, opts, configs_dir=PRESETS_DIR)
+    merge_config(cfg, config_file, opts, kind="benchmark")
     bad = [
         v
         for v in cfg.BENCH.VARIANTS + cfg.BENCH.PEER_VARIANTS + cfg.BENCH.MEMORY.VARIANTS
@@ -208,18 +206,20 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
     for target in cfg.BENCH.TARGETS:
         if len(target) != 3 or target[1] not in TARGET_METRICS:
             raise ValueError(
-                f"BENCH.TARGETS entry {target!r}: expected [model, metric, value], metric in {TARGET_METRICS}"
+                f"BENCH.TARGETS entry {target!r}: expected [model, metric, value], "
+                f"metric in {TARGET_METRICS}"
             )
     for target in cfg.BENCH.RATIO_TARGETS:
         if len(target) != 6 or target[2] not in ("train", "inference"):
             raise ValueError(
-                f"BENCH.RATIO_TARGETS entry {target!r}: expected [model, variant, task, peer, peer variant, "
-                "minimum ratio] with task 'train' or 'inference'"
+                f"BENCH.RATIO_TARGETS entry {target!r}: expected [model, variant, task, peer, "
+                "peer variant, minimum ratio] with task 'train' or 'inference'"
             )
     for row in cfg.BENCH.MEMORY.ROWS:
         if len(row) != 3 or not all(isinstance(v, int) and v > 0 for v in row[1:]):
             raise ValueError(
-                f"BENCH.MEMORY.ROWS entry {row!r}: expected [model, image side, batch] with positive sizes"
+                f"BENCH.MEMORY.ROWS entry {row!r}: expected [model, image side, batch] "
+                "with positive sizes"
             )
     if cfg.BENCH.MEMORY.ITERS < 1:
         raise ValueError(f"BENCH.MEMORY.ITERS {cfg.BENCH.MEMORY.ITERS}: expected at least 1")
@@ -227,5 +227,6 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
 
 
 def default_variant(cfg: CN, task: str) -> str:
-    """bitdet's default variant for ``task`` ("train" / "inference"), from ``BENCH.DEFAULT_VARIANTS``."""
+    """bitdet's default variant for ``task`` ("train" / "inference"), from
+    ``BENCH.DEFAULT_VARIANTS``."""
     return cfg.BENCH.DEFAULT_VARIANTS[task.upper()]

@@ -96,7 +96,8 @@ def _write_files(jpegs: Sequence[bytes], root: str) -> List[str]:
 def _build_loader(
     loader: str, jpegs: Sequence[bytes], image_size: Sequence[int], tmp: str
 ) -> Tuple[Callable, str]:
-    """``(one(i), description)``: ``one`` decodes and augments image ``i`` (cycled) as ``loader`` does."""
+    """``(one(i), description)``: ``one`` decodes and augments image ``i`` (cycled) as
+    ``loader`` does."""
     if loader == "imagefolder":
         from bitdet.pretrain.data import ImageFolderDataset, train_transform
 

@@ -119,7 +119,8 @@ def format_table(results: Dict) -> str:
     if meta.get("dry_run"):
         return _format_dry_run(results)
     lines = [
-        f"device: {meta.get('device_name')}  precision: {meta.get('precision')}  threads: {meta.get('cpu_threads')}"
+        f"device: {meta.get('device_name')}  precision: {meta.get('precision')}"
+        f"  threads: {meta.get('cpu_threads')}"
         f"  clock: {meta.get('clock', 'wall')}  interleaved: {meta.get('interleaved', False)}"
     ]
     defaults = results.get("defaults") or {}
@@ -129,7 +130,10 @@ def format_table(results: Dict) -> str:
             + ", ".join(f"{task} = {v}" for task, v in defaults.items())
             + "  (marked * below)"
         )
-    header = f"{'model':<28} {'task':<9} {'variant':<24} {'batch':>5} {'img/s':>10} {'s/iter':>9} {'ms/img':>8} {'peak MB':>9}  status"
+    header = (
+        f"{'model':<28} {'task':<9} {'variant':<24} {'batch':>5} {'img/s':>10} {'s/iter':>9} "
+        f"{'ms/img':>8} {'peak MB':>9}  status"
+    )
     lines += ["", header, "-" * len(header)]
     for r in results["rows"]:
         if r.get("task") not in ("train", "inference"):
@@ -138,15 +142,17 @@ def format_table(results: Dict) -> str:
             continue
         if r["status"] != "ok" and "images_per_sec" not in r:
             lines.append(
-                f"{r['model']:<28} {r['task']:<9} {r['variant']:<24} {'':>5} {'':>10} {'':>9} {'':>8} {'':>9}  {r['status']}: {r['reason']}"
+                f"{r['model']:<28} {r['task']:<9} {r['variant']:<24} {'':>5} {'':>10} {'':>9} "
+                f"{'':>8} {'':>9}  {r['status']}: {r['reason']}"
             )
             continue
         marked = r["variant"] + (
             " *" if r.get("role") == "bitdet" and defaults.get(r["task"]) == r["variant"] else ""
         )
         lines.append(
-            f"{r['model']:<28} {r['task']:<9} {marked:<24} {r['batch_size']:>5} {r['images_per_sec']:>10.1f} "
-            f"{r['sec_per_iter']:>9.4f} {r['ms_per_image']:>8.2f} {r['peak_mem_mb']:>9.0f}  {r['status']}"
+            f"{r['model']:<28} {r['task']:<9} {marked:<24} {r['batch_size']:>5} "
+            f"{r['images_per_sec']:>10.1f} {r['sec_per_iter']:>9.4f} {r['ms_per_image']:>8.2f} "
+            f"{r['peak_mem_mb']:>9.0f}  {r['status']}"
             + (f": {r['reason']}" if r.get("reason") else "")
         )
     ratios = results.get("ratios", {})
@@ -158,7 +164,8 @@ def format_table(results: Dict) -> str:
             lines += ["", f"{title}: img/s ratio (>1 = bitdet faster)"]
             for q in ratios[key]:
                 lines.append(
-                    f"  {q['group']:<14} {q['task']:<9} {q['bitdet']:<40} vs {q['peer']:<44} {q['ratio']:6.2f}x"
+                    f"  {q['group']:<14} {q['task']:<9} {q['bitdet']:<40} "
+                    f"vs {q['peer']:<44} {q['ratio']:6.2f}x"
                 )
     if ratios.get("levers"):
         lines += ["", "what each lever buys (vs the same model's eager row)"]
@@ -172,14 +179,16 @@ def format_table(results: Dict) -> str:
             met = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
             ratio = "" if t["ratio"] is None else f"{t['ratio']:.2f}x"
             lines.append(
-                f"  {t['task']:<9} {t['bitdet']:<32} vs {t['peer']:<36} >= {t['target']:<5g} {ratio:>7}  {met}"
+                f"  {t['task']:<9} {t['bitdet']:<32} vs {t['peer']:<36} "
+                f">= {t['target']:<5g} {ratio:>7}  {met}"
             )
     if results.get("targets"):
         lines += ["", "targets (BENCH.TARGETS; judged on CUDA)"]
         for t in results["targets"]:
             met = {True: "met", False: "NOT met", None: "n/a here"}[t["met"]]
             lines.append(
-                f"  {t['model']:<28} {t['metric']:<24} target {t['target']:<8g} measured {t['measured']:<10.4g} {met}"
+                f"  {t['model']:<28} {t['metric']:<24} target {t['target']:<8g} "
+                f"measured {t['measured']:<10.4g} {met}"
             )
     memory = [r for r in results["rows"] if r.get("task") == "memory" and r["status"] != "skipped"]
     if memory:
@@ -196,7 +205,8 @@ def format_table(results: Dict) -> str:
             side, batch = r["entry"]
             if r["status"] != "ok":
                 lines.append(
-                    f"  {r['model']:<28} {side:>4}x{side:<4} {batch:>5} {r['variant']:<12} {r['status']}: {r['reason']}"
+                    f"  {r['model']:<28} {side:>4}x{side:<4} {batch:>5} {r['variant']:<12} "
+                    f"{r['status']}: {r['reason']}"
                 )
                 continue
             own_mb = (
@@ -205,14 +215,16 @@ def format_table(results: Dict) -> str:
                 else (" " * 10 if own else "")
             )
             lines.append(
-                f"  {r['model']:<28} {side:>4}x{side:<4} {batch:>5} {r['variant']:<12} {r['peak_mem_mb']:>9.0f}"
+                f"  {r['model']:<28} {side:>4}x{side:<4} {batch:>5} {r['variant']:<12} "
+                f"{r['peak_mem_mb']:>9.0f}"
                 f"{own_mb} {r['sec_per_iter']:>9.3f}"
             )
         for q in ratios.get("memory", []):
             side, batch = q["entry"]
             own_text = f", own memory {q['own_ratio']:.2f}x" if "own_ratio" in q else ""
             lines.append(
-                f"  {q['model']} {side}x{side} batch {batch}: {q['variant']} / eager: peak {q['peak_ratio']:.2f}x"
+                f"  {q['model']} {side}x{side} batch {batch}: {q['variant']} / eager: "
+                f"peak {q['peak_ratio']:.2f}x"
                 f"{own_text}, time {q['time_ratio']:.2f}x"
             )
     data = [r for r in results["rows"] if r.get("task") == "data" and r["status"] == "ok"]
@@ -239,7 +251,8 @@ def format_table(results: Dict) -> str:
 def _format_dry_run(results: Dict) -> str:
     """What a dry run checked: each row built (as its stand-in) and stepped, or why not."""
     lines = [
-        "dry run: every row built at tiny size and stepped once on this CPU; no timing or memory claims",
+        "dry run: every row built at tiny size and stepped once on this CPU; "
+        "no timing or memory claims",
         "",
     ]
     for r in results["rows"]:

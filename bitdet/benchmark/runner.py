@@ -58,7 +58,8 @@ def resolve_device(name: str) -> str:
 
 
 def output_path(cfg, dry_run: bool = False) -> str:
-    """The results file; a dry run writes ``<name>.dry-run.json`` beside it (never over real results)."""
+    """The results file; a dry run writes ``<name>.dry-run.json`` beside it (never over real
+    results)."""
     path = cfg.BENCH.OUTPUT
     path = path if os.path.isabs(path) else os.path.join(cfg.OUTPUT_DIR, path)
     return f"{os.path.splitext(path)[0]}.dry-run.json" if dry_run else path
@@ -79,7 +80,8 @@ def _dry_run_settings(s: RunSettings) -> RunSettings:
 
 
 def _memory_settings(cfg, s: RunSettings, side: int, batch: int) -> RunSettings:
-    """A ``BENCH.MEMORY.ROWS`` entry's settings: its size and batch, one untimed then ITERS timed steps."""
+    """A ``BENCH.MEMORY.ROWS`` entry's settings: its size and batch, one untimed then ITERS timed
+    steps."""
     return dataclasses.replace(
         s,
         cls_image_size=side,
@@ -134,7 +136,8 @@ def _meta(cfg, device: str) -> Dict:
 
 
 def _targets(cfg, rows: List[Dict], device: str) -> List[Dict]:
-    """``BENCH.TARGETS`` judged on each model's best variant (on CUDA only: they are GPU targets)."""
+    """``BENCH.TARGETS`` judged on each model's best variant (on CUDA only: they are GPU
+    targets)."""
     out = []
     for name, metric, target in cfg.BENCH.TARGETS:
         task, _, field = metric.partition("_")
@@ -225,7 +228,8 @@ def _measure_interleaved(jobs: List[tuple], s: RunSettings, log) -> Dict[tuple, 
 
 
 def _run_row(function, name: str, task: str, variant: str, s: RunSettings) -> Dict:
-    """``function(name, task, variant, s)``: in a fresh process on CPU (its own peak memory), else here."""
+    """``function(name, task, variant, s)``: in a fresh process on CPU (its own peak memory),
+    else here."""
     if s.device == "cpu":
         return run_isolated(function, name, task, variant, s)
     return function(name, task, variant, s)
@@ -254,7 +258,8 @@ def _measure_job(spec: ModelSpec, task: str, variant: str, s: RunSettings, dry_r
 
 
 def run_benchmark(cfg, resume: bool = False, log=print, dry_run_for: Optional[str] = None) -> Dict:
-    """Run every (model, task, variant), memory row and data loader of ``cfg.BENCH``; write the JSON.
+    """Run every (model, task, variant), memory row and data loader of ``cfg.BENCH``; write
+    the JSON.
 
     Args:
         cfg: a config from :func:`bitdet.benchmark.get_benchmark_cfg`.
@@ -313,16 +318,19 @@ def run_benchmark(cfg, resume: bool = False, log=print, dry_run_for: Optional[st
         save()
         if row["status"] == "ok" and row.get("dry_run"):
             log(
-                f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} built ({row['built']}) and stepped"
+                f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} "
+                f"built ({row['built']}) and stepped"
             )
         elif row["status"] == "ok" and row["task"] == "memory":
             log(
-                f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} {row['sec_per_iter']:10.2f} s/iter"
+                f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} "
+                f"{row['sec_per_iter']:10.2f} s/iter"
                 f" {row['peak_mem_mb']:10.0f} MB peak"
             )
         elif row["status"] == "ok" and "sec_per_iter" in row:
             log(
-                f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} {row['images_per_sec']:10.1f} img/s"
+                f"{row['model']:<28} {row['task']:<9} {row['variant']:<24} "
+                f"{row['images_per_sec']:10.1f} img/s"
                 f" {row['peak_mem_mb']:10.0f} MB peak"
             )
         elif row["status"] != "ok":
@@ -451,7 +459,8 @@ def run_benchmark(cfg, resume: bool = False, log=print, dry_run_for: Optional[st
 
 
 def _guarded(function, *args, device: str) -> Dict:
-    """``function(*args)``, or a "failed" row naming the error (one failing row must not lose the run)."""
+    """``function(*args)``, or a "failed" row naming the error (one failing row must not lose
+    the run)."""
     try:
         return function(*args)
     except Exception as e:  # noqa: BLE001

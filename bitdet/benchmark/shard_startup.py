@@ -24,7 +24,8 @@ __all__ = ["measure_startup"]
 def measure_startup(
     folder: Path, shards: int = 100, samples: int = 1000, repeats: int = 3
 ) -> Dict[str, float]:
-    """Seconds to open ``shards`` shards of ``samples`` samples: ``{"with_index", "without_index"}``."""
+    """Seconds to open ``shards`` shards of ``samples`` samples:
+    ``{"with_index", "without_index"}``."""
     folder.mkdir(parents=True, exist_ok=True)
     image = folder / "image.jpg"
     Image.fromarray(skdata.astronaut()).resize((32, 32)).save(image)
@@ -64,7 +65,8 @@ def main(argv=None) -> None:
     result = measure_startup(args.folder, args.shards, args.samples)
     for key, seconds in result.items():
         print(
-            f"{key.replace('_', ' ')}: {seconds:.3f} s to open {args.shards} shards x {args.samples} samples"
+            f"{key.replace('_', ' ')}: {seconds:.3f} s to open {args.shards} shards "
+            f"x {args.samples} samples"
         )
 
 

@@ -108,10 +108,10 @@ scans) composited at random positions and scales (12-50 % of the image side, 1-6
 limited overlap) onto random crops of the real photographs that ship with scikit-image
 (astronaut, chelsea, coffee, rocket, ...). The images are real; the layout is generated. Items in
 the validation split come from the Fashion-MNIST test file, so no item is shared with training.
-Boxes are tight around each item's opaque pixels, which are its instance mask; annotations are COCO json. Generated
-deterministically from a seed in seconds (`python tools/generate_detection_data.py`), it is small
-enough to train a tiny RetinaNet on a CPU. Its AP checks the detection pipeline; it is not
-comparable to COCO AP.
+Boxes are tight around each item's opaque pixels, which are its instance mask; annotations are
+COCO json. Generated deterministically from a seed in seconds
+(`python tools/generate_detection_data.py`), it is small enough to train a tiny RetinaNet on a
+CPU. Its AP checks the detection pipeline; it is not comparable to COCO AP.
 """
 
 
@@ -186,7 +186,8 @@ def _item_layer(
         return np.zeros((0, 0, 3), np.float32), np.zeros((0, 0), np.float32)
     alpha = alpha[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     intensity = intensity[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
-    # A bright random tint keeps the item's texture (its intensity) and separates it from grey photos.
+    # A bright random tint keeps the item's texture (its intensity) and separates it from grey
+    # photos.
     colour = rng.uniform(0.35, 1.0, size=3).astype(np.float32) if tint else np.ones(3, np.float32)
     colour /= colour.max()
     rgb = (intensity / 255.0)[:, :, None] * colour[None, None, :] * 255.0
@@ -262,7 +263,8 @@ def item_on_canvas(
     scale_range: Tuple[float, float],
     photo: bool,
 ) -> np.ndarray:
-    """One item as a classification sample drawn like a detection object (uint8 ``size``x``size``x3).
+    """One item as a classification sample drawn like a detection object (uint8
+    ``size``x``size``x3).
 
     The item is resized to a side of ``scale_range`` x ``size`` (with the detection set's aspect
     jitter) and placed at a random position; with ``photo`` it is tinted and pasted on a random
@@ -273,7 +275,8 @@ def item_on_canvas(
     low, high = scale_range
     if not 0 < low <= high <= 1:
         raise ValueError(
-            f"scale_range {tuple(scale_range)}: expected 0 < low <= high <= 1 (item side / canvas side)"
+            f"scale_range {tuple(scale_range)}: expected 0 < low <= high <= 1 "
+            "(item side / canvas side)"
         )
     if photo:
         # A detection image is ~8x the canvas (items of 12-50 % of 256 px vs 40-100 % of the

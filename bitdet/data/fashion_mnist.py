@@ -94,7 +94,8 @@ class FashionMNIST(Dataset):
     Args:
         root: folder holding the idx files (``.gz`` or not).
         split: ``"train"`` (60k) or ``"test"`` (10k).
-        transform: callable on an RGB ``PIL.Image``; default: a ``(3, 28, 28)`` float tensor in [-1, 1].
+        transform: callable on an RGB ``PIL.Image``; default: a ``(3, 28, 28)`` float tensor in
+            [-1, 1].
         indices: optional subset of sample indices (e.g. a few per class for tests).
     """
 

@@ -77,7 +77,8 @@ class Progress:
             self._ap_next = True
 
     def line(self) -> str:
-        """A short status, e.g. ``run 2/12 (1 per class, seed 1) iter 40/100 eta 0:00:12 loss 1.21 top-1 53.0 %``."""
+        """A short status, e.g.
+        ``run 2/12 (1 per class, seed 1) iter 40/100 eta 0:00:12 loss 1.21 top-1 53.0 %``."""
         if self.iters_per_run <= 0:
             return "running"
         parts = []

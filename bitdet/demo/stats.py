@@ -52,7 +52,8 @@ class Comparison:
         return self.diff > max(self.treated["std"], self.control["std"])
 
     def verdict(self, digits: int = 1) -> str:
-        """One line computed from the numbers, e.g. ``pretraining helps: +4.2 AP (95 % CI +1.3 to +7.1)``."""
+        """One line computed from the numbers, e.g.
+        ``pretraining helps: +4.2 AP (95 % CI +1.3 to +7.1)``."""
         treated, control = self.sides
         f = f"{{:+.{digits}f}}"
         gain = f"{f.format(self.diff)} {self.metric}"
@@ -62,7 +63,10 @@ class Comparison:
                 f"(run more seeds before concluding anything)"
             )
         level = f"{self.confidence * 100:.0f} %"
-        interval = f"{level} CI {f.format(self.ci[0])} to {f.format(self.ci[1])}, {self.method}, n={self.treated['n']}"
+        interval = (
+            f"{level} CI {f.format(self.ci[0])} to {f.format(self.ci[1])}, {self.method}, "
+            f"n={self.treated['n']}"
+        )
         if self.ci[0] > 0:
             return f"{treated} helps: {gain} ({interval})"
         if self.ci[1] < 0:
@@ -112,7 +116,8 @@ def compare(
     treated, control = [float(v) for v in treated], [float(v) for v in control]
     if not treated or not control:
         raise ValueError(
-            f"compare {metric}: both sides need at least one value (got {len(treated)} and {len(control)})"
+            f"compare {metric}: both sides need at least one value "
+            f"(got {len(treated)} and {len(control)})"
         )
     if not all(math.isfinite(v) for v in treated + control):
         raise ValueError(f"compare {metric}: non-finite values in {treated} / {control}")
@@ -120,7 +125,8 @@ def compare(
         raise ValueError(f"confidence {confidence}: expected a level in (0, 1)")
     if paired and len(treated) != len(control):
         raise ValueError(
-            f"compare {metric}: paired runs need equal counts (got {len(treated)} and {len(control)})"
+            f"compare {metric}: paired runs need equal counts "
+            f"(got {len(treated)} and {len(control)})"
         )
     t_sum, c_sum = _summary(treated), _summary(control)
     alpha = 1.0 - confidence

@@ -49,14 +49,16 @@ _RELIED_ON = {
 
 
 def _has_step_normalizer(cls: type) -> bool:
-    """Whether ``cls`` is RetinaNet, or a subclass keeping the methods the step normalizer patches."""
+    """Whether ``cls`` is RetinaNet, or a subclass keeping the methods the step normalizer
+    patches."""
     return issubclass(cls, RetinaNet) and all(
         getattr(cls, name) is getattr(owner, name) for name, owner in _RELIED_ON.items()
     )
 
 
 def check_accumulation(meta_architecture: str, batch_split: int) -> None:
-    """Refuse ``SOLVER.BATCH_SPLIT`` > 1 for a meta-architecture whose micro-batch steps are not exact.
+    """Refuse ``SOLVER.BATCH_SPLIT`` > 1 for a meta-architecture whose micro-batch steps are
+    not exact.
 
     Raises:
         ValueError: one line naming ``MODEL.META_ARCHITECTURE`` and ``SOLVER.BATCH_SPLIT``.
@@ -64,8 +66,8 @@ def check_accumulation(meta_architecture: str, batch_split: int) -> None:
     if batch_split > 1 and not _has_step_normalizer(META_ARCH_REGISTRY.get(meta_architecture)):
         raise ValueError(
             f"SOLVER.BATCH_SPLIT={batch_split} needs MODEL.META_ARCHITECTURE 'RetinaNet' (got "
-            f"{meta_architecture!r}, whose loss over micro-batches is not its loss over the whole batch): "
-            "set SOLVER.BATCH_SPLIT 1"
+            f"{meta_architecture!r}, whose loss over micro-batches is not its loss over the whole "
+            "batch): set SOLVER.BATCH_SPLIT 1"
         )
 
 
@@ -92,7 +94,8 @@ def _instance_attributes(obj: nn.Module, **values: Any) -> Iterator[None]:
 
 
 def _padded_size(detector: DenseDetector, images: Batch) -> Tuple[int, int]:
-    """The (height, width) that ``detector.preprocess_image(images)`` pads to, computed on shapes only."""
+    """The (height, width) that ``detector.preprocess_image(images)`` pads to, computed on
+    shapes only."""
     shapes = [torch.empty(x["image"].shape, device="meta") for x in images]
     padded = ImageList.from_tensors(
         shapes,
@@ -159,7 +162,8 @@ class _RetinaNetStep:
         target_h, target_w = self.padded
         if height > target_h or width > target_w:
             raise RuntimeError(
-                f"micro-batch padded to {height}x{width}, larger than its share's {target_h}x{target_w}"
+                f"micro-batch padded to {height}x{width}, larger than its share's "
+                f"{target_h}x{target_w}"
             )
         if (height, width) == (target_h, target_w):
             return images

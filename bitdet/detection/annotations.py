@@ -66,9 +66,11 @@ class AnnotationStats:
 
     def __str__(self) -> str:
         return (
-            f"{self.images} images ({self.images_without_boxes} without boxes, kept), {self.boxes} boxes kept; "
+            f"{self.images} images ({self.images_without_boxes} without boxes, kept), "
+            f"{self.boxes} boxes kept; "
             f"dropped {self.dropped_degenerate} degenerate (w or h <= 0 or not finite) and "
-            f"{self.dropped_outside} entirely outside their image; clipped {self.clipped} to the image"
+            f"{self.dropped_outside} entirely outside their image; "
+            f"clipped {self.clipped} to the image"
         )
 
 
@@ -107,7 +109,8 @@ def check_coco_json(json_file: os.PathLike) -> Dict[str, Any]:
             ]
             if lacking:
                 raise AnnotationError(
-                    f"{json_file}: {section}: key {key!r} missing in {_describe(lacking, section[:-1])}"
+                    f"{json_file}: {section}: key {key!r} missing in "
+                    f"{_describe(lacking, section[:-1])}"
                 )
     anns = data.get("annotations", [])
     bad_box = [
@@ -121,7 +124,8 @@ def check_coco_json(json_file: os.PathLike) -> Dict[str, Any]:
     ]
     if bad_box:
         raise AnnotationError(
-            f"{json_file}: key 'bbox' is not [x, y, w, h] numbers in {_describe(bad_box, 'annotation')}"
+            f"{json_file}: key 'bbox' is not [x, y, w, h] numbers in "
+            f"{_describe(bad_box, 'annotation')}"
         )
     categories = {c["id"] for c in data["categories"]}
     unknown = [a["id"] for a in anns if a["category_id"] not in categories]
@@ -130,7 +134,8 @@ def check_coco_json(json_file: os.PathLike) -> Dict[str, Any]:
             {a["category_id"] for a in anns if a["category_id"] not in categories}, key=str
         )
         raise AnnotationError(
-            f"{json_file}: key 'category_id' has values {found} not in 'categories' {sorted(categories, key=str)} "
+            f"{json_file}: key 'category_id' has values {found} not in 'categories' "
+            f"{sorted(categories, key=str)} "
             f"in {_describe(unknown, 'annotation')}; fix the file or add the categories"
         )
     return data
@@ -165,7 +170,8 @@ def clean_records(records: List[Dict[str, Any]], source: str = "<records>") -> A
                 x, y, w, h = (float(v) for v in obj["bbox"])
             except (TypeError, ValueError) as e:
                 raise AnnotationError(
-                    f"{source}: key 'bbox' is not [x, y, w, h] numbers in annotation id {obj.get('id', '?')!r}: {obj['bbox']!r}"
+                    f"{source}: key 'bbox' is not [x, y, w, h] numbers in annotation id "
+                    f"{obj.get('id', '?')!r}: {obj['bbox']!r}"
                 ) from e
             if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
                 stats.dropped_degenerate += 1

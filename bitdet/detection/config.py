@@ -165,6 +165,6 @@ def get_bit_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
     """Detectron2's default config + BiT keys, merged with a config file and ``KEY VALUE`` overrides."""
     cfg = get_cfg()
     add_bit_config(cfg)
-    merge_config(cfg, config_file, opts)
+    merge_config(cfg, config_file, opts, kind="detection")
     checkpointing_mode(cfg.MODEL.ACTIVATION_CHECKPOINTING, "MODEL.ACTIVATION_CHECKPOINTING")
     return cfg

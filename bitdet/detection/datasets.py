@@ -135,7 +135,8 @@ def prepare_datasets(cfg, names: Iterable[str] | None = None) -> None:
     for name in names:
         if name not in DatasetCatalog.list():
             raise KeyError(
-                f"dataset {name!r} is not registered. Use a Detectron2 built-in (e.g. coco_2017_train), "
+                f"dataset {name!r} is not registered. Use a Detectron2 built-in "
+                "(e.g. coco_2017_train), "
                 "a bitdet_demo_* set, or add [name, json_file, image_root] to DATASETS.COCO_FORMAT"
             )
     if (

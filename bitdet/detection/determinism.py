@@ -32,7 +32,8 @@ def configure_determinism(cfg) -> None:
         return
     if cfg.CUDNN_BENCHMARK:
         raise ValueError(
-            "SOLVER.DETERMINISTIC True needs CUDNN_BENCHMARK False (benchmarking picks kernels by timing)"
+            "SOLVER.DETERMINISTIC True needs CUDNN_BENCHMARK False "
+            "(benchmarking picks kernels by timing)"
         )
     # cuBLAS is deterministic only with a fixed workspace; read when CUDA first initialises.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

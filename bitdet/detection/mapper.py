@@ -38,7 +38,8 @@ def fixed_size_jitter(cfg) -> List[T.Augmentation]:
     (``INPUT.MIN_SIZE_TEST = MAX_SIZE_TEST = SIZE``: the long side at ``SIZE``).
 
     Raises:
-        ValueError: an unknown ``INPUT.AUGMENTATION`` or inconsistent keys (:func:`fixed_input_size`).
+        ValueError: an unknown ``INPUT.AUGMENTATION`` or inconsistent keys
+            (:func:`fixed_input_size`).
     """
     size = fixed_input_size(cfg)
     if not size:
@@ -69,7 +70,8 @@ class BiTDatasetMapper(DatasetMapper):
     instances are recomputed from their masks, as Detectron2 does after its own crop.
 
     Raises:
-        ValueError: an unknown ``INPUT.AUGMENTATION`` or inconsistent keys (:func:`fixed_input_size`).
+        ValueError: an unknown ``INPUT.AUGMENTATION`` or inconsistent keys
+            (:func:`fixed_input_size`).
     """
 
     @classmethod
@@ -82,15 +84,15 @@ class BiTDatasetMapper(DatasetMapper):
 
 
 class SkippingDatasetMapper(BiTDatasetMapper):
-    """:class:`BiTDatasetMapper` that returns ``None`` (skip) for an image it cannot read (training only:
-    evaluation must see every image)."""
+    """:class:`BiTDatasetMapper` that returns ``None`` (skip) for an image it cannot read
+    (training only: evaluation must see every image)."""
 
     def __call__(self, dataset_dict: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         try:
             return super().__call__(dataset_dict)
         except (OSError, SyntaxError, Image.DecompressionBombError) as e:
-            # PIL reports empty / truncated / malformed files as OSError (incl. UnidentifiedImageError)
-            # or SyntaxError; an oversized one as DecompressionBombError.
+            # PIL reports empty / truncated / malformed files as OSError (incl.
+            # UnidentifiedImageError) or SyntaxError; an oversized one as DecompressionBombError.
             decode_stats.record_skip(
                 "unreadable", dataset_dict.get("file_name", "?"), f"{type(e).__name__}: {e}"
             )

@@ -1,4 +1,5 @@
-"""Detectron2's training step on any device, in mixed precision and over micro-batches: ``AutocastTrainer``.
+"""Detectron2's training step on any device, in mixed precision and over micro-batches:
+``AutocastTrainer``.
 
 Detectron2's ``AMPTrainer`` requires CUDA and picks its autocast through
 ``torch.cuda.amp``. ``AutocastTrainer`` keeps its checkpoint format (``grad_scaler`` next to
@@ -35,7 +36,8 @@ def autocast_dtype(precision: str) -> torch.dtype:
 
 
 class AutocastTrainer(AMPTrainer):
-    """``AMPTrainer`` with ``torch.autocast`` on ``device_type`` (``"cuda"`` or ``"cpu"``) and micro-batches.
+    """``AMPTrainer`` with ``torch.autocast`` on ``device_type`` (``"cuda"`` or ``"cpu"``) and
+    micro-batches.
 
     Each iteration reads this process's batch, runs it as ``batch_split`` micro-batches
     (gradients accumulate; DDP synchronises only on the last), writes one set of losses (the

@@ -8,7 +8,9 @@ reads works and a file that does not fit the BiT trunk is an error::
     import cv2
     from bitdet.detection import BiTPredictor, get_bit_cfg
 
-    cfg = get_bit_cfg("retinanet_bit_m_R50x1_1x.yaml", ["MODEL.WEIGHTS", "output/model_final.pth"])
+    cfg = get_bit_cfg(
+        "COCO-Detection/retinanet_bit_m_R50x1_1x.yaml", ["MODEL.WEIGHTS", "output/model_final.pth"]
+    )
     predictor = BiTPredictor(cfg)
     outputs = predictor(cv2.imread("input.jpg"))   # BGR, as DefaultPredictor takes
     print(outputs["instances"].pred_boxes)

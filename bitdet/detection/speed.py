@@ -11,7 +11,8 @@ __all__ = ["apply_speed_levers"]
 
 
 def apply_speed_levers(model: nn.Module, cfg) -> nn.Module:
-    """Apply ``SOLVER.CHANNELS_LAST``, ``SOLVER.COMPILE`` and ``MODEL.BIT.CACHE_WS`` to a built detector.
+    """Apply ``SOLVER.CHANNELS_LAST``, ``SOLVER.COMPILE`` and ``MODEL.BIT.CACHE_WS`` to a built
+    detector.
 
     Module names and state-dict keys are unchanged. Compilation covers the dense parts
     (``backbone``, and ``head`` when the detector has one: RetinaNet); box matching, losses

@@ -65,7 +65,8 @@ def _int_var(env: Mapping[str, str], name: str, launcher: str) -> int:
     if value is None:
         raise SystemExit(
             f"{launcher} launch: the environment variable {name} is not set "
-            f"(a {launcher} job sets {', '.join(_TORCHRUN_VARS if launcher == 'torchrun' else _SLURM_VARS)})"
+            f"(a {launcher} job sets "
+            f"{', '.join(_TORCHRUN_VARS if launcher == 'torchrun' else _SLURM_VARS)})"
         )
     try:
         return int(value)
@@ -123,8 +124,8 @@ def detect_launcher(environ: Optional[Mapping[str, str]] = None) -> Optional[Lau
 
     Returns:
         A :class:`LaunchInfo` for torchrun (``WORLD_SIZE`` set) or for an srun task of more than
-        one (``SLURM_STEP_ID`` set, ``SLURM_NTASKS`` > 1); None otherwise (a plain process, or a one-task SLURM job
-        that spawns its processes with ``--num-gpus``).
+        one (``SLURM_STEP_ID`` set, ``SLURM_NTASKS`` > 1); None otherwise (a plain process, or a
+        one-task SLURM job that spawns its processes with ``--num-gpus``).
 
     Raises:
         SystemExit: a variable that the launcher sets is missing or inconsistent.
@@ -147,8 +148,8 @@ def detect_launcher(environ: Optional[Mapping[str, str]] = None) -> Optional[Lau
     elif "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1 and "SLURM_STEP_ID" not in env:
         # The batch script or an salloc shell of a multi-task allocation, not an srun task.
         logger.warning(
-            "SLURM_NTASKS=%s but this process is no srun task (SLURM_STEP_ID unset): running as a plain "
-            "process; start one task per GPU through srun (tools/slurm.sbatch)",
+            "SLURM_NTASKS=%s but this process is no srun task (SLURM_STEP_ID unset): running as a "
+            "plain process; start one task per GPU through srun (tools/slurm.sbatch)",
             env["SLURM_NTASKS"],
         )
         return None
@@ -171,8 +172,8 @@ def detect_launcher(environ: Optional[Mapping[str, str]] = None) -> Optional[Lau
             port = 20000 + int(_int_var(env, "SLURM_JOB_ID", "SLURM")) % 20000
         if "SLURM_NODEID" in env and rank // max(local_world, 1) != int(env["SLURM_NODEID"]):
             raise SystemExit(
-                f"SLURM launch: task {rank} runs on node {env['SLURM_NODEID']} but a block layout of "
-                f"{local_world} tasks per node puts it on node {rank // local_world}; "
+                f"SLURM launch: task {rank} runs on node {env['SLURM_NODEID']} but a block "
+                f"layout of {local_world} tasks per node puts it on node {rank // local_world}; "
                 "use srun --distribution=block"
             )
         info = LaunchInfo("slurm", rank, world, local_rank, local_world, addr, port)
@@ -185,8 +186,8 @@ def detect_launcher(environ: Optional[Mapping[str, str]] = None) -> Optional[Lau
         and info.world_size % info.local_world_size == 0
     ):
         raise SystemExit(
-            f"{info.launcher} launch: inconsistent rank {info.rank} / world size {info.world_size} / "
-            f"local rank {info.local_rank} / processes per machine {info.local_world_size}"
+            f"{info.launcher} launch: inconsistent rank {info.rank} / world size {info.world_size} "
+            f"/ local rank {info.local_rank} / processes per machine {info.local_world_size}"
         )
     return info
 
@@ -214,8 +215,9 @@ def _set_summary(launcher: str, detail: str = "") -> None:
     global _SUMMARY
     backend = dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
     _SUMMARY = (
-        f"launcher: {launcher}{detail}; rank {comm.get_rank()} of world size {comm.get_world_size()} "
-        f"(local rank {comm.get_local_rank()} of {comm.get_local_size()}), backend {backend}"
+        f"launcher: {launcher}{detail}; rank {comm.get_rank()} of world size "
+        f"{comm.get_world_size()} (local rank {comm.get_local_rank()} of "
+        f"{comm.get_local_size()}), backend {backend}"
     )
 
 
@@ -256,9 +258,10 @@ def _init_from_env(info: LaunchInfo) -> None:
     except (RuntimeError, ValueError, OSError) as e:  # DistNetworkError, DistStoreError, ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SystemExit(
-            f"{info.launcher} launch: rank {info.rank} could not join the process group of {info.world_size} "
-            f"processes at {where} within {timeout.total_seconds():.0f} s ({type(e).__name__}: {first}). Check that "
-            f"every process was started (SLURM: through srun, one task per GPU) and that {where} is reachable"
+            f"{info.launcher} launch: rank {info.rank} could not join the process group of "
+            f"{info.world_size} processes at {where} within {timeout.total_seconds():.0f} s "
+            f"({type(e).__name__}: {first}). Check that every process was started (SLURM: "
+            f"through srun, one task per GPU) and that {where} is reachable"
         ) from None
 
 

@@ -170,9 +170,10 @@ class OutputDirLock:
                 reason = self._stale_reason(holder)
                 if reason is None:
                     raise OutputDirLocked(
-                        f"OUTPUT_DIR {self.folder} is in use by another run (host {holder.get('host', '?')}, "
-                        f"pid {holder.get('pid', '?')}, started {holder.get('started', '?')}: "
-                        f"{holder.get('command', '?')}). Wait for it to finish, set another OUTPUT_DIR, or delete "
+                        f"OUTPUT_DIR {self.folder} is in use by another run "
+                        f"(host {holder.get('host', '?')}, pid {holder.get('pid', '?')}, "
+                        f"started {holder.get('started', '?')}: {holder.get('command', '?')}). "
+                        "Wait for it to finish, set another OUTPUT_DIR, or delete "
                         f"{self.path} if that run is gone"
                     ) from None
                 if reason != "this process":

@@ -5,10 +5,10 @@ Kolesnikov et al., "Big Transfer (BiT): General Visual Representation Learning",
 Residual Networks"); every conv is weight-standardized and every norm is a 32-group GroupNorm.
 
 Stage names: parameters keep the official checkpoints' names
-(``block{i}.unit{jj}.{gn,conv}{1,2,3}``, ``downsample``), so that ``bitdet.weights`` maps the
-authors' files with a plain table; features use Detectron2's names (``FEATURE_NAMES``): the
-output of ``block{i}`` is ``res{i+1}``. Both are external formats; this is the one place that
-relates them.
+(``block{i}.unit{jj}.{gn,conv}{1,2,3}``, ``downsample``), so that ``bitdet.weights`` maps
+the authors' files with a plain table; features use Detectron2's names (``FEATURE_NAMES``):
+the output of ``block{i}`` is ``res{i+1}``.
+Both are external formats; this is the one place that relates them.
 
 Activation checkpointing (:meth:`ResNetV2.set_grad_checkpointing`, timm's name) keeps only
 each stage's or each unit's input during the forward and recomputes the rest in backward
@@ -51,8 +51,8 @@ CHECKPOINTING_MODES = ("none", "stage", "unit")
 class StemMaxPool2d(nn.MaxPool2d):
     """``nn.MaxPool2d`` that pools an NCHW CPU tensor through a channels-last copy.
 
-    PyTorch's channels-last CPU max-pool kernel is several times faster than its NCHW one,
-    copies included; the maximum is exact, so the output is identical and stays NCHW.
+    PyTorch's channels-last CPU max-pool kernel is faster than its NCHW one, copies included
+    (docs/performance.md); the maximum is exact, so the output is identical and stays NCHW.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

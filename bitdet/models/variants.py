@@ -65,7 +65,8 @@ ARCHITECTURES: Dict[str, Architecture] = {
     for depth, layers in _DEPTHS.items()
     for width in (1, 2, 3, 4)
 }
-# Small variants for CPU demos and tests: NOT paper models (one unit per stage, half width).
+# Small variants for CPU demos and tests: NOT paper models (fewer units per stage and a
+# narrower stem than R50x1, as their rows say).
 ARCHITECTURES["R14-tiny"] = Architecture((1, 1, 1, 1), width=1, stem_width=32, paper_model=False)
 ARCHITECTURES["R26-tiny"] = Architecture((2, 2, 2, 2), width=1, stem_width=32, paper_model=False)
 

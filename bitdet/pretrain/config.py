@@ -141,7 +141,7 @@ def get_pretrain_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -
     """
     cfg = CN(new_allowed=False)
     add_pretrain_config(cfg)
-    merge_config(cfg, config_file, opts)
+    merge_config(cfg, config_file, opts, kind="pretrain")
     for split in ("TRAIN", "TEST"):
         kind = cfg.DATASETS[split].KIND
         if kind and kind not in DATASET_KINDS:

@@ -125,7 +125,8 @@ def read_label_file(path: Union[str, os.PathLike]) -> List[Tuple[str, List[int]]
             labels = [int(v) for v in parts[1].split(",") if v != ""]
         except (IndexError, ValueError):
             raise ValueError(
-                f"{path}:{n}: expected 'path<TAB>label[,label...]' with integer labels, got {line!r}"
+                f"{path}:{n}: expected 'path<TAB>label[,label...]' with integer labels, "
+                f"got {line!r}"
             ) from None
         out.append((str(path.parent / parts[0]), labels))
     if not out:
@@ -144,13 +145,15 @@ class LabelFileDataset(_FileDataset):
         transform: Optional[Callable] = None,
     ) -> None:
         samples = read_label_file(label_file)
-        bad = [(p, l) for p, l in samples if any(not 0 <= v < num_classes for v in l)]
+        bad = [
+            (p, labels) for p, labels in samples if any(not 0 <= v < num_classes for v in labels)
+        ]
         if bad:
             raise ValueError(
                 f"{label_file}: {len(bad)} sample(s) have labels outside [0, {num_classes}), "
                 f"e.g. {bad[0]} (MODEL.NUM_CLASSES = {num_classes})"
             )
-        if not multilabel and any(len(l) != 1 for _, l in samples):
+        if not multilabel and any(len(labels) != 1 for _, labels in samples):
             raise ValueError(
                 f"{label_file} has samples with several labels; set DATASETS.MULTILABEL True"
             )
@@ -180,7 +183,8 @@ def build_dataset(spec, *, train: bool, cfg) -> Dataset:
     if kind in ("fashion_mnist", "fashion_mnist_photos"):
         if num_classes != 10 or multilabel:
             raise ValueError(
-                "Fashion-MNIST has 10 classes, one per image: set MODEL.NUM_CLASSES 10, DATASETS.MULTILABEL False"
+                "Fashion-MNIST has 10 classes, one per image: set MODEL.NUM_CLASSES 10, "
+                "DATASETS.MULTILABEL False"
             )
         if kind == "fashion_mnist":
             dataset: Dataset = FashionMNIST(path or FASHION_MNIST_ROOT, spec.SPLIT, transform)

@@ -63,7 +63,8 @@ IndexEntry = Tuple[int, int, str, str]
 
 
 def is_stream(pattern: str) -> bool:
-    """Whether ``pattern`` names streamed shards (``pipe:``, ``file:`` or a URL) rather than local files."""
+    """Whether ``pattern`` names streamed shards (``pipe:``, ``file:`` or a URL) rather than
+    local files."""
     return bool(_STREAM.match(pattern.strip()))
 
 
@@ -108,7 +109,8 @@ def write_shards(
             ext = Path(path).suffix.lower().lstrip(".") or "jpg"
             if ext not in IMAGE_EXTENSIONS:
                 raise ValueError(
-                    f"{path}: unsupported image extension {ext!r} (expected one of {IMAGE_EXTENSIONS})"
+                    f"{path}: unsupported image extension {ext!r} "
+                    f"(expected one of {IMAGE_EXTENSIONS})"
                 )
             with open(path, "rb") as f:
                 sample = {"__key__": f"{i:09d}", ext: f.read()}
@@ -198,8 +200,9 @@ def _read_index(shard: str) -> Optional[List[IndexEntry]]:
     size = os.path.getsize(shard)
     if index.get("format") != _INDEX_FORMAT or index.get("shard_bytes") != size:
         raise ValueError(
-            f"{path} does not describe {shard} (index for {index.get('shard_bytes')} bytes, shard has "
-            f"{size}); rewrite it with python -m bitdet.tools.write_shards --index PATTERN"
+            f"{path} does not describe {shard} (index for {index.get('shard_bytes')} bytes, "
+            f"shard has {size}); rewrite it with python -m bitdet.tools.write_shards --index "
+            "PATTERN"
         )
     return [tuple(entry) for entry in index["samples"]]  # type: ignore[misc]
 
@@ -347,7 +350,8 @@ class StreamingShards(_LabelledSamples, IterableDataset):
     def for_rank(
         self, rank: int, world_size: int, local_batch: int, start_step: int, seed: int
     ) -> "StreamingShards":
-        """The endless training stream of ``rank`` from ``start_step`` on (see the class docstring)."""
+        """The endless training stream of ``rank`` from ``start_step`` on (see the class
+        docstring)."""
         stream = StreamingShards(
             self.pattern, self.num_classes, self.multilabel, self.transform, self.num_samples
         )
@@ -361,10 +365,14 @@ class StreamingShards(_LabelledSamples, IterableDataset):
         first = [
             self.shards_of(0, seed, rank * workers + w, world * workers) for w in range(workers)
         ]
-        return f"shards {sorted(k for ks in first for k in ks)} of {len(self.urls)} in epoch 0, from step {start_step}"
+        return (
+            f"shards {sorted(k for ks in first for k in ks)} of {len(self.urls)} in epoch 0, "
+            f"from step {start_step}"
+        )
 
     def shards_of(self, epoch: int, seed: int, unit: int, units: int) -> List[int]:
-        """Shard numbers read in ``epoch`` by stream ``unit`` of ``units`` (rank-major, then worker)."""
+        """Shard numbers read in ``epoch`` by stream ``unit`` of ``units`` (rank-major, then
+        worker)."""
         order = np.random.Generator(
             np.random.PCG64(np.random.SeedSequence([seed, 4, epoch]))
         ).permutation(len(self.urls))
@@ -413,10 +421,11 @@ class StreamingShards(_LabelledSamples, IterableDataset):
         if units > len(self.urls):
             raise ValueError(
                 f"{len(self.urls)} shards in {self.pattern!r} cannot feed {world} process(es) x "
-                f"{workers} data-loader worker(s): each needs a shard (write more, smaller shards or "
-                "lower DATALOADER.NUM_WORKERS)"
+                f"{workers} data-loader worker(s): each needs a shard (write more, smaller "
+                "shards or lower DATALOADER.NUM_WORKERS)"
             )
-        # Steps before start_step that this worker served: s < start_step with s % workers == worker.
+        # Steps before start_step that this worker served: s < start_step with
+        # s % workers == worker.
         skip = max(0, math.ceil((start_step - worker) / workers)) * batch
         unit = rank * workers + worker
         epoch = 0
@@ -431,6 +440,7 @@ class StreamingShards(_LabelledSamples, IterableDataset):
                     yield self._decode(sample, sample_seed(seed, epoch, (shard << 32) | i))
             if not read:
                 raise ValueError(
-                    f"the shards of {self.pattern!r} that rank {rank} (worker {worker}) reads hold no samples"
+                    f"the shards of {self.pattern!r} that rank {rank} (worker {worker}) reads "
+                    "hold no samples"
                 )
             epoch += 1

@@ -84,8 +84,8 @@ def argument_parser(
         dest="config_file",
         metavar="FILE",
         required=True,
-        help="config file: a path, or a name under the shipped configs/ "
-        "(e.g. retinanet_bit_m.yaml)",
+        help="config file: a path, or one under the shipped configs/ (e.g. "
+        "COCO-Detection/retinanet_bit_m.yaml; a unique file name alone also works)",
     )
     if resume:
         parser.add_argument(

@@ -72,11 +72,11 @@ MODES = {
     },
     "smoke": {
         "pretrain": (
-            "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
+            "quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
             ["DATASETS.TRAIN.KIND", "fashion_mnist_photos"],
         ),
         "transfer": (
-            "finetune/quick_schedules/finetune_instant_test.yaml",
+            "quick_schedules/finetune_instant_test.yaml",
             ["DATASET.NAME", "digits_on_photos"],
             "1,full",
             2,

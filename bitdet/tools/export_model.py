@@ -13,8 +13,8 @@ plus classifiers. Examples::
         --format onnx --output output/export/retinanet --verify --benchmark \\
         MODEL.WEIGHTS output/quick_schedules/retinanet_bit_instant_test/model_final.pth
     # only the BiT + FPN backbone of any meta-architecture
-    python tools/export_model.py --config-file retinanet_bit_m_R50x1_1x.yaml --part backbone \\
-        --format onnx --output output/export/fpn MODEL.WEIGHTS BiT-M-R50x1.npz
+    python tools/export_model.py --config-file COCO-Detection/retinanet_bit_m_R50x1_1x.yaml \\
+        --part backbone --format onnx --output output/export/fpn MODEL.WEIGHTS BiT-M-R50x1.npz
 
 Writes ``model.ts`` / ``model.onnx`` and ``export_report.json`` (comparisons, timings) into
 ``--output``. The head size comes from the weights file (``--num-classes`` that disagrees

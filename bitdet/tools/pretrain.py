@@ -3,7 +3,7 @@
 
 Examples::
 
-    # CPU demo: R14-tiny on Fashion-MNIST, a few minutes on 2 cores
+    # CPU demo: R14-tiny on Fashion-MNIST (its time: docs/demo.md)
     python tools/pretrain.py --config-file configs/pretrain/demo_fashion_mnist.yaml
     # BiT-S R50x1 on ILSVRC-2012 (ImageFolder), 8 GPUs; the same command resumes
     python tools/pretrain.py --config-file configs/pretrain/bit_s_R50x1.yaml --num-gpus 8 \\
@@ -12,10 +12,12 @@ Examples::
     python tools/pretrain.py --config-file configs/pretrain/bit_m_R101x3.yaml --num-gpus 8 \\
         --num-machines 2 --machine-rank 0 --dist-url tcp://HOST:PORT
     # the same under torchrun, or SLURM with one task per GPU (see tools/slurm.sbatch)
-    torchrun --standalone --nproc_per_node 8 -m bitdet.tools.pretrain --config-file pretrain/bit_s_R50x1.yaml
+    torchrun --standalone --nproc_per_node 8 -m bitdet.tools.pretrain \\
+        --config-file pretrain/bit_s_R50x1.yaml
     sbatch --nodes 2 tools/slurm.sbatch pretrain --config-file pretrain/bit_m_R101x3.yaml
     # evaluate a trained model on DATASETS.TEST
-    python tools/pretrain.py --config-file ... --eval-only MODEL.WEIGHTS output/pretrain/model_final.pth
+    python tools/pretrain.py --config-file ... --eval-only \\
+        MODEL.WEIGHTS output/pretrain/model_final.pth
 
 Writes to OUTPUT_DIR: model_*.pth checkpoints, metrics.json, TensorBoard events, and at the end
 model_final.pth (bitdet), model_final.npz (official BiT layout) and final.json. SIGTERM saves a

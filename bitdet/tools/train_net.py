@@ -4,25 +4,31 @@
 Examples::
 
     # the paper's setting (BiT-M-R101x3), 8 GPUs
-    python tools/train_net.py --config retinanet_bit_m.yaml --num-gpus 8
+    python tools/train_net.py --config COCO-Detection/retinanet_bit_m.yaml --num-gpus 8
     # two machines
-    python tools/train_net.py --config retinanet_bit_m.yaml --num-gpus 8 --num-machines 2 \\
-        --machine-rank 0 --dist-url tcp://HOST:PORT
+    python tools/train_net.py --config COCO-Detection/retinanet_bit_m.yaml --num-gpus 8 \\
+        --num-machines 2 --machine-rank 0 --dist-url tcp://HOST:PORT
     # torchrun / SLURM (one task per GPU) / CPU processes (gloo)
-    torchrun --standalone --nproc_per_node 8 -m bitdet.tools.train_net --config retinanet_bit_m.yaml
-    sbatch --nodes 2 tools/slurm.sbatch train_net --config retinanet_bit_m.yaml
-    python tools/train_net.py --config quick_schedules/retinanet_bit_instant_test.yaml --num-gpus 2 MODEL.DEVICE cpu
+    torchrun --standalone --nproc_per_node 8 -m bitdet.tools.train_net \\
+        --config COCO-Detection/retinanet_bit_m.yaml
+    sbatch --nodes 2 tools/slurm.sbatch train_net --config COCO-Detection/retinanet_bit_m.yaml
+    python tools/train_net.py --config quick_schedules/retinanet_bit_instant_test.yaml \\
+        --num-gpus 2 MODEL.DEVICE cpu
     # re-running a command continues its run from the last checkpoint of OUTPUT_DIR; --force
     # starts over there; evaluate a trained model
-    python tools/train_net.py --config retinanet_bit_m.yaml
-    python tools/train_net.py --config retinanet_bit_m.yaml --force
-    python tools/train_net.py --config retinanet_bit_m.yaml --eval-only MODEL.WEIGHTS path/model_final.pth
+    python tools/train_net.py --config COCO-Detection/retinanet_bit_m.yaml
+    python tools/train_net.py --config COCO-Detection/retinanet_bit_m.yaml --force
+    python tools/train_net.py --config COCO-Detection/retinanet_bit_m.yaml --eval-only \\
+        MODEL.WEIGHTS path/model_final.pth
     # a LazyConfig (.py, Detectron2's lazyconfig_train_net.py way), KEY=VALUE overrides
-    python tools/train_net.py --config fcos_bit_m_R50x1_FPN_1x.py --num-gpus 8 train.max_iter=1000
-    python tools/train_net.py --config fcos_bit_m_R50x1_FPN_1x.py --eval-only train.init_checkpoint=path/model_final.pth
+    python tools/train_net.py --config COCO-Detection/fcos_bit_m_R50x1_FPN_1x.py --num-gpus 8 \\
+        train.max_iter=1000
+    python tools/train_net.py --config COCO-Detection/fcos_bit_m_R50x1_FPN_1x.py --eval-only \\
+        train.init_checkpoint=path/model_final.pth
     # any COCO-format dataset
-    python tools/train_net.py --config retinanet_bit_m_R50x1_1x.yaml \\
-        DATASETS.COCO_FORMAT "[['mine_train','ann/train.json','img/train'],['mine_val','ann/val.json','img/val']]" \\
+    python tools/train_net.py --config COCO-Detection/retinanet_bit_m_R50x1_1x.yaml \\
+        DATASETS.COCO_FORMAT \\
+        "[['mine_train','ann/train.json','img/train'],['mine_val','ann/val.json','img/val']]" \\
         DATASETS.TRAIN "('mine_train',)" DATASETS.TEST "('mine_val',)" MODEL.RETINANET.NUM_CLASSES 3
 
 OUTPUT_DIR, as for every bitdet trainer: a run of the same config continues from its last

@@ -120,7 +120,7 @@ def get_finetune_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
     """
     cfg = CN()
     add_finetune_config(cfg)
-    merge_config(cfg, config_file, opts)
+    merge_config(cfg, config_file, opts, kind="finetune")
     checkpointing_mode(cfg.MODEL.ACTIVATION_CHECKPOINTING, "MODEL.ACTIVATION_CHECKPOINTING")
     return cfg
 

@@ -363,7 +363,8 @@ class DigitsOnPhotos(SklearnDigits):
 def _draw_digits(
     split: str, size: int, scale_range: Tuple[float, float], photo_prob: float, draw_seed: int
 ) -> np.ndarray:
-    """The drawn images of a :class:`DigitsOnPhotos` split (cached: a few-shot sweep reuses them)."""
+    """The drawn images of a :class:`DigitsOnPhotos` split (cached: a few-shot sweep reuses
+    them)."""
     from bitdet.data.detection_generate import item_on_canvas
 
     drawn = []

@@ -44,7 +44,8 @@ def eval_transform(crop: int) -> Callable:
 
 
 class TransformedDataset(Dataset):
-    """``(transform(image), label)`` over a dataset of ``(PIL.Image, int)``; keeps ``targets``/``classes``.
+    """``(transform(image), label)`` over a dataset of ``(PIL.Image, int)``; keeps
+    ``targets``/``classes``.
 
     A sample whose image is None (unreadable file) stays None, for ``collate_skip_none``.
     """

@@ -160,8 +160,9 @@ def check_tasks(root: Union[str, Path], tasks: Sequence[str]) -> Dict[str, Path]
             missing.append(task)
     if missing:
         raise FileNotFoundError(
-            f"VTAB data root {root}: {len(missing)} of {len(tasks)} tasks have no data: {', '.join(missing)} "
-            f"(each needs ROOT/<task>.csv, ROOT/<task>/<task>.csv or ROOT/<task>/<{'|'.join(SPLITS)}>/)"
+            f"VTAB data root {root}: {len(missing)} of {len(tasks)} tasks have no data: "
+            f"{', '.join(missing)} (each needs ROOT/<task>.csv, ROOT/<task>/<task>.csv or "
+            f"ROOT/<task>/<{'|'.join(SPLITS)}>/)"
         )
     return found
 
@@ -236,7 +237,10 @@ def load_split(root: Path, task: str, split: str, strict: bool = False) -> VTABT
         )
     expected = _SPLIT_SIZES.get(split)
     if expected and len(items) != expected:
-        message = f"VTAB task {task!r}: split {split!r} has {len(items)} examples, the protocol has {expected}"
+        message = (
+            f"VTAB task {task!r}: split {split!r} has {len(items)} examples, "
+            f"the protocol has {expected}"
+        )
         if strict:
             raise ValueError(message)
         logger.warning("%s", message)
@@ -248,7 +252,8 @@ def _register(task: VTABTask) -> None:
     def build(root: str, split: str, download: bool) -> Dataset:
         if download:
             raise ValueError(
-                "VTAB-1k cannot be downloaded here; prepare the CSV or folders (see bitdet.transfer.vtab)"
+                "VTAB-1k cannot be downloaded here; prepare the CSV or folders "
+                "(see bitdet.transfer.vtab)"
             )
         return load_split(Path(root), task.name, split)
 

@@ -1,1 +1,2 @@
-"""Helpers that every part of bitdet shares: atomic file writes, the cache folder, the CPU's name."""
+"""Helpers that every part of bitdet shares: atomic file writes, the cache folder, the CPU's
+name."""

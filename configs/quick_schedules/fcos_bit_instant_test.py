@@ -1,11 +1,19 @@
 """A few CPU iterations of the FCOS LazyConfig on the small generated dataset: exercises training,
 checkpointing and COCO evaluation end to end. R14-tiny is not a paper model."""
 
+import os
+
 from detectron2.config import LazyCall as L
+from detectron2.config import LazyConfig
 from detectron2.data import transforms as T
 from detectron2.layers import ShapeSpec
 
-from ..fcos_bit_m_R50x1_FPN_1x import dataloader, model, optimizer, train
+# The full config, by path: "COCO-Detection" is not a Python name for a relative import.
+_full = LazyConfig.load(
+    os.path.join(os.path.dirname(__file__), "..", "COCO-Detection", "fcos_bit_m_R50x1_FPN_1x.py")
+)
+dataloader, lr_multiplier, model = _full.dataloader, _full.lr_multiplier, _full.model
+optimizer, train = _full.optimizer, _full.train
 
 model.backbone.bottom_up.variant = "R14-tiny"
 model.backbone.out_channels = 32

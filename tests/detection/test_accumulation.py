@@ -1,4 +1,5 @@
-"""Gradient accumulation in detection (``SOLVER.BATCH_SPLIT``): micro-batch steps equal whole-batch steps.
+"""Gradient accumulation in detection (``SOLVER.BATCH_SPLIT``): micro-batch steps equal
+whole-batch steps.
 
 Tiny RetinaNet (the instant config, R14-tiny) in float32 on the CPU. The in-process runs
 draw each image's short edge from (64, 96, 128), so micro-batches differ in size and must be

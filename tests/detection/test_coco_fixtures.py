@@ -1,4 +1,5 @@
-"""Real COCO-format annotations (labelme, sahi sdists) through Detectron2's data path and COCOEvaluator."""
+"""Real COCO-format annotations (labelme, sahi sdists) through Detectron2's data path and
+COCOEvaluator."""
 
 import json
 import os
@@ -118,7 +119,8 @@ def test_ground_truth_as_predictions_scores_ap_100(fixture, tmp_path):
 
 
 def test_the_id_fix_is_needed_for_pycocotools():
-    """Without normalize_coco, labelme's annotation id 0 is never matched: GT-as-predictions AP < 100."""
+    """Without normalize_coco, labelme's annotation id 0 is never matched: GT-as-predictions
+    AP < 100."""
     try:
         fetched = fetch_fixture("labelme_voc")
     except FixtureUnavailableError as e:

@@ -1,4 +1,5 @@
-"""The Python API of docs/detection.md: a stock Faster R-CNN config with the plain BiT-FPN backbone (P2-P6)."""
+"""The Python API of docs/detection.md: a stock Faster R-CNN config with the plain BiT-FPN
+backbone (P2-P6)."""
 
 import pytest
 import torch

@@ -1,5 +1,6 @@
-"""A LazyConfig detector (FCOS with L(BiTBackbone) in L(FPN)) through tools/train_net.py: overrides are
-checked, the instant config trains, checkpoints and evaluates, and --eval-only reproduces the AP."""
+"""A LazyConfig detector (FCOS with L(BiTBackbone) in L(FPN)) through tools/train_net.py:
+overrides are checked, the instant config trains, checkpoints and evaluates, and --eval-only
+reproduces the AP."""
 
 import json
 import math
@@ -20,7 +21,9 @@ INSTANT = "quick_schedules/fcos_bit_instant_test.py"
 
 
 def test_shipped_fcos_config_builds_a_bit_trunk_in_an_fpn():
-    cfg = load_lazy_config(resolve_config_file("fcos_bit_m_R50x1_FPN_1x.py"), ["train.device=cpu"])
+    cfg = load_lazy_config(
+        resolve_config_file("COCO-Detection/fcos_bit_m_R50x1_FPN_1x.py"), ["train.device=cpu"]
+    )
     model = instantiate(cfg.model)
     trunk = model.backbone.bottom_up
     assert (
@@ -36,10 +39,14 @@ def test_shipped_fcos_config_builds_a_bit_trunk_in_an_fpn():
     assert model.backbone.top_block.in_feature == "p5" and all(
         p.requires_grad for p in trunk.parameters()
     )
-    assert cfg.train.output_dir == "output/fcos_bit_m_R50x1_FPN_1x" and dataset_names(cfg) == [
-        "coco_2017_train",
-        "coco_2017_val",
-    ]
+    assert (
+        cfg.train.output_dir == "output/COCO-Detection/fcos_bit_m_R50x1_FPN_1x"
+        and dataset_names(cfg)
+        == [
+            "coco_2017_train",
+            "coco_2017_val",
+        ]
+    )
     assert is_lazy_config("x.py") and not is_lazy_config("x.yaml")
 
 

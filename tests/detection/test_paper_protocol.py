@@ -26,17 +26,17 @@ from bitdet.weights.errors import WeightsNotFoundError
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER_CONFIGS = {
-    "retinanet_bit_s.yaml": "BiT-S-R101x3",
-    "retinanet_bit_m.yaml": "BiT-M-R101x3",
-    "retinanet_bit_l.yaml": "YOUR-BiT-L-R101x3-WEIGHTS",
+    "COCO-Detection/retinanet_bit_s.yaml": "BiT-S-R101x3",
+    "COCO-Detection/retinanet_bit_m.yaml": "BiT-M-R101x3",
+    "COCO-Detection/retinanet_bit_l.yaml": "YOUR-BiT-L-R101x3-WEIGHTS",
 }
 DETECTRON2_PROTOCOL = [
-    "retinanet_bit_m_R101x3_1x.yaml",
-    "retinanet_bit_m_R101x3_3x.yaml",
-    "retinanet_bit_s_R101x3_1x.yaml",
-    "retinanet_bit_m_R50x1_1x.yaml",
-    "retinanet_bit_m_R50x1_3x.yaml",
-    "retinanet_bit_s_R50x1_1x.yaml",
+    "COCO-Detection/retinanet_bit_m_R101x3_1x.yaml",
+    "COCO-Detection/retinanet_bit_m_R101x3_3x.yaml",
+    "COCO-Detection/retinanet_bit_s_R101x3_1x.yaml",
+    "COCO-Detection/retinanet_bit_m_R50x1_1x.yaml",
+    "COCO-Detection/retinanet_bit_m_R50x1_3x.yaml",
+    "COCO-Detection/retinanet_bit_s_R50x1_1x.yaml",
 ]
 INSTANT = "quick_schedules/retinanet_bit_instant_test.yaml"
 PAPER_INSTANT = "quick_schedules/retinanet_bit_paper_instant_test.yaml"
@@ -119,7 +119,7 @@ def test_paper_configs_follow_supplementary_e(name):
 def test_detectron2_protocol_configs_say_their_schedule_and_trunk(name):
     cfg = get_bit_cfg(name)
     upstream, variant, schedule = re.fullmatch(
-        r"retinanet_bit_([ms])_(R\w+)_(\dx)\.yaml", name
+        r"COCO-Detection/retinanet_bit_([ms])_(R\w+)_(\dx)\.yaml", name
     ).groups()
     assert (
         cfg.MODEL.BIT.VARIANT == variant
@@ -132,7 +132,8 @@ def test_detectron2_protocol_configs_say_their_schedule_and_trunk(name):
 
 def test_bit_l_placeholder_weights_stop_the_run():
     cfg = get_bit_cfg(
-        "retinanet_bit_l.yaml", ["MODEL.DEVICE", "cpu", "MODEL.BIT.VARIANT", "R14-tiny"]
+        "COCO-Detection/retinanet_bit_l.yaml",
+        ["MODEL.DEVICE", "cpu", "MODEL.BIT.VARIANT", "R14-tiny"],
     )
     model = build_model(cfg)
     with pytest.raises(WeightsNotFoundError, match="weights 'YOUR-BiT-L-R101x3-WEIGHTS' not found"):
@@ -172,7 +173,9 @@ def test_multiscale_mapper_is_detectron2s_with_its_crop():
 
 
 def test_paper_config_trains_with_flip_resize_scale_and_fixed_size_crop():
-    augs = BiTDatasetMapper(get_bit_cfg("retinanet_bit_m.yaml"), is_train=True).augmentations.augs
+    augs = BiTDatasetMapper(
+        get_bit_cfg("COCO-Detection/retinanet_bit_m.yaml"), is_train=True
+    ).augmentations.augs
     assert [type(a) for a in augs] == [T.RandomFlip, T.ResizeScale, T.FixedSizeCrop]
     assert (augs[1].min_scale, augs[1].max_scale) == (0.8, 1.2) and augs[2].crop_size == (
         1024,
@@ -261,8 +264,8 @@ def test_instant_paper_protocol_trains_and_evaluates(tmp_path):
         "target_height=128, target_width=128), FixedSizeCrop(crop_size=(128, 128), pad=False)]"
     ) in log
     assert (
-        "Augmentations used in inference: "
-        "[ResizeShortestEdge(short_edge_length=(128, 128), max_size=128" in log
+        "Augmentations used in inference: [ResizeShortestEdge(short_edge_length=(128, 128), "
+        "max_size=128" in log
     )
     ap = re.search(r"copypaste: AP,AP50,AP75,APs,APm,APl\s*\n.*copypaste: ([-\d.nan]+),", log, re.M)
     assert ap and 0.0 <= float(ap.group(1)) <= 100.0, log[-3000:]

@@ -22,7 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
-    "config", ["faster_rcnn_bit_m_R50x1_FPN_1x.yaml", "mask_rcnn_bit_m_R50x1_FPN_1x.yaml"]
+    "config",
+    [
+        "COCO-Detection/faster_rcnn_bit_m_R50x1_FPN_1x.yaml",
+        "COCO-InstanceSegmentation/mask_rcnn_bit_m_R50x1_FPN_1x.yaml",
+    ],
 )
 def test_coco_configs_build_bit_r50x1_with_p2_to_p6_and_gn_heads(config):
     cfg = get_bit_cfg(config, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""])
@@ -37,7 +41,7 @@ def test_coco_configs_build_bit_r50x1_with_p2_to_p6_and_gn_heads(config):
     assert type(model.backbone.top_block).__name__ == "LastLevelMaxPool"
     assert cfg.MODEL.BIT.VARIANT == "R50x1" and cfg.MODEL.BACKBONE.FREEZE_AT == 0
     assert isinstance(model.roi_heads.box_head.conv1.norm, torch.nn.GroupNorm)
-    assert model.roi_heads.mask_on == config.startswith("mask")
+    assert model.roi_heads.mask_on == ("mask_rcnn" in config)
     assert cfg.OUTPUT_DIR == f"output/{config[:-5]}"
 
 
@@ -121,8 +125,8 @@ def _ground_truth_as_predictions(dataset_name, shift=0):
 
 
 def test_mask_ap_scores_the_generated_masks(tmp_path):
-    """The trainer's evaluator scores segm from the masks: the ground truth gets 100 mask AP; the same
-    boxes with masks moved by 3 pixels keep 100 box AP and lose mask AP."""
+    """The trainer's evaluator scores segm from the masks: the ground truth gets 100 mask AP; the
+    same boxes with masks moved by 3 pixels keep 100 box AP and lose mask AP."""
     register_demo_datasets(tmp_path / "datasets")
     try:
         cfg = get_bit_cfg(

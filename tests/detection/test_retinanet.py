@@ -7,7 +7,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from bitdet.config import CONFIGS_DIR
+from bitdet.config import CONFIGS_DIR, shipped_configs
 from bitdet.detection import BiTCheckpointer, get_bit_cfg
 from bitdet.weights import CheckpointMismatchError
 from tests.official_npz import write_official_npz
@@ -130,13 +130,10 @@ def test_checkpoint_save_is_atomic(cfg, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "model_0000001.pth"]
 
 
-# Detection configs: the top level, quick_schedules/ and demo/ (pretrain/, finetune/ and
-# benchmark/ hold other config systems, tested with their tools).
-DETECTION_CONFIGS = sorted(
-    p
-    for pattern in ("*.yaml", "quick_schedules/*.yaml", "demo/*.yaml")
-    for p in CONFIGS_DIR.glob(pattern)
-)
+# Detection YAML configs (the other kinds hold other config systems, tested with their tools).
+DETECTION_CONFIGS = [
+    CONFIGS_DIR / name for name in shipped_configs("detection") if name.endswith(".yaml")
+]
 
 
 @pytest.mark.parametrize("path", DETECTION_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS_DIR)))
@@ -151,7 +148,9 @@ def test_every_shipped_yaml_loads_and_builds(path):
 def test_config_name_resolution_and_errors():
     from bitdet.detection import resolve_config_file
 
-    assert resolve_config_file("retinanet_bit_m.yaml") == str(CONFIGS_DIR / "retinanet_bit_m.yaml")
+    assert resolve_config_file("retinanet_bit_m.yaml") == str(
+        CONFIGS_DIR / "COCO-Detection" / "retinanet_bit_m.yaml"
+    )
     assert resolve_config_file("retinanet_bit_instant_test.yaml").endswith(
         "quick_schedules/retinanet_bit_instant_test.yaml"
     )

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FAKE_SRUN = ROOT / "tests" / "engine" / "fake_srun.py"
 PRETRAIN = [
     "--config-file",
-    "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
+    "quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
     "SOLVER.MAX_ITER",
     "2",
     "SOLVER.CHECKPOINT_PERIOD",

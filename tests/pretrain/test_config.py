@@ -1,13 +1,12 @@
 """Every shipped pretraining config loads; recipes carry the paper's numbers."""
 
-from pathlib import Path
-
 import pytest
 
+from bitdet.config import CONFIGS_DIR, shipped_configs
 from bitdet.models import resolve
 from bitdet.pretrain import get_pretrain_cfg
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "pretrain").rglob("*.yaml"))
+CONFIGS = [CONFIGS_DIR / name for name in shipped_configs("pretrain")]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -15,7 +15,7 @@ import yaml
 from bitdet.config import CONFIGS_DIR
 from bitdet.pretrain import get_pretrain_cfg, run_pretraining, runner
 
-INSTANT = "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml"
+INSTANT = "quick_schedules/pretrain_fashion_mnist_instant_test.yaml"
 SHIPPED = yaml.safe_load((CONFIGS_DIR / "pretrain" / "Base-Pretrain.yaml").read_text())["SOLVER"]
 
 

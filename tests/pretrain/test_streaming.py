@@ -159,7 +159,7 @@ def test_pipe_pattern_trains_the_webdataset_instant_config(shard_dir, tmp_path):
     cli(
         [
             "--config-file",
-            "pretrain/quick_schedules/pretrain_webdataset_multilabel_instant_test.yaml",
+            "quick_schedules/pretrain_webdataset_multilabel_instant_test.yaml",
             "DATASETS.TRAIN.PATH",
             _pipe(shard_dir),
             "DATASETS.TEST.PATH",
@@ -176,7 +176,8 @@ def test_pipe_pattern_trains_the_webdataset_instant_config(shard_dir, tmp_path):
 
 
 def test_streamed_training_refuses_another_process_count_on_resume(shard_dir, tmp_path):
-    """Each (process, worker) streams its own shards: a resume with other counts would read other data."""
+    """Each (process, worker) streams its own shards: a resume with other counts would read
+    other data."""
     stream = StreamingShards(_pipe(shard_dir), transform=train_transform(16))
     first = _trainer(tmp_path, stream, 2)
     first.num_workers = 0

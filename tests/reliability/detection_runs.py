@@ -150,7 +150,8 @@ def run_killed(
     timeout: float = 300,
     extra: Sequence[str] = (),
 ) -> str:
-    """Run until ``kill_point.py`` SIGKILLs it at ``kill_at``; returns the log. Fails unless it was killed."""
+    """Run until ``kill_point.py`` SIGKILLs it at ``kill_at``; returns the log. Fails unless it
+    was killed."""
     proc = start(output_dir, datasets, resume, num_gpus, kill_at, extra)
     rc = proc.wait(timeout)
     log = Path(f"{output_dir}.log").read_text()

@@ -100,7 +100,10 @@ def test_unknown_category_is_an_error_with_ids_and_count(tmp_path):
     path = _write(tmp_path, _coco(annotations=anns))
     with pytest.raises(
         AnnotationError,
-        match=r"'category_id' has values \[99\] not in 'categories' \[3, 7\] in annotation id 11 \(and 1 more\)",
+        match=(
+            r"'category_id' has values \[99\] not in 'categories' \[3, 7\] "
+            r"in annotation id 11 \(and 1 more\)"
+        ),
     ):
         load_coco_format(path, tmp_path, tmp_path.name)
 

@@ -51,7 +51,7 @@ def _start(out: Path, num_gpus: int = 1, kill_at: Optional[str] = None) -> subpr
     script = [str(runs.KILL_POINT), "pretrain"] if kill_at else ["tools/pretrain.py"]
     flags = [
         "--config-file",
-        "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
+        "quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
         "--num-gpus",
         str(num_gpus),
     ]

@@ -25,8 +25,8 @@ from tests.reliability import detection_runs
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-FINETUNE = ("--config-file", "finetune/quick_schedules/finetune_instant_test.yaml")
-PRETRAIN = ("--config-file", "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml")
+FINETUNE = ("--config-file", "quick_schedules/finetune_instant_test.yaml")
+PRETRAIN = ("--config-file", "quick_schedules/pretrain_fashion_mnist_instant_test.yaml")
 
 
 def _env(tmp_path: Path) -> dict:

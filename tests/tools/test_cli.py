@@ -179,7 +179,7 @@ def test_override_example_in_help_names_keys_of_the_tools_config(tool, capsys):
             "pretrain",
             [
                 "--config",
-                "pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
+                "quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
                 "MODEL.DEVICE",
                 "cuda",
             ],
@@ -188,7 +188,7 @@ def test_override_example_in_help_names_keys_of_the_tools_config(tool, capsys):
             "finetune",
             [
                 "--config",
-                "finetune/quick_schedules/finetune_instant_test.yaml",
+                "quick_schedules/finetune_instant_test.yaml",
                 "MODEL.DEVICE",
                 "cuda",
             ],
@@ -258,7 +258,7 @@ def test_check_device_rule(monkeypatch):
         (
             ["--config", "retinanet_bit_s_R50x1_1.yaml"],
             "train_net: error: config 'retinanet_bit_s_R50x1_1.yaml' not found here or "
-            f"in {CONFIGS_DIR}; did you mean retinanet_bit_s_R50x1_1x.yaml?",
+            f"in {CONFIGS_DIR}; did you mean COCO-Detection/retinanet_bit_s_R50x1_1x.yaml?",
         ),
     ],
 )

@@ -2,7 +2,7 @@
 into a temporary target, and from another folder look up a config (with a ``_BASE_`` chain)
 and make an instant training run with the installed console script.
 
-Slow (about a minute on 2 CPU cores): it builds a wheel and trains for one iteration.
+Slow (its time: docs/testing.md): it builds a wheel and trains for one iteration.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ import bitdet, bitdet.config
 from bitdet.detection import get_bit_cfg
 assert bitdet.__file__.startswith({site!r}), bitdet.__file__
 cfg = get_bit_cfg("retinanet_bit_m.yaml")  # a bare name, whose _BASE_ chain is package data too
-print(bitdet.config.CONFIGS_DIR, cfg.MODEL.BIT.VARIANT, cfg.MODEL.BACKBONE.NAME, cfg.MODEL.PIXEL_STD)
+print(bitdet.config.CONFIGS_DIR, cfg.MODEL.BIT.VARIANT,
+      cfg.MODEL.BACKBONE.NAME, cfg.MODEL.PIXEL_STD)
 """.format(site=str(site))
     out = subprocess.run(
         [sys.executable, "-c", lookup], capture_output=True, text=True, env=env, cwd=str(elsewhere)

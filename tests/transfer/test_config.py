@@ -6,11 +6,9 @@ import pathlib
 import pytest
 
 import bitdet.transfer.config as config_module
-from bitdet.config import CONFIGS_DIR
+from bitdet.config import CONFIGS_DIR, shipped_configs
 from bitdet.hyperrule import get_rule
 from bitdet.transfer.config import get_finetune_cfg, rule_from_config, tri_state
-
-CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs" / "finetune"
 
 
 def test_every_key_has_a_comment_above_it():
@@ -30,7 +28,9 @@ def test_every_key_has_a_comment_above_it():
 
 
 @pytest.mark.parametrize(
-    "path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS))
+    "path",
+    [CONFIGS_DIR / name for name in shipped_configs("finetune")],
+    ids=lambda p: str(p.relative_to(CONFIGS_DIR)),
 )
 def test_shipped_configs_load(path):
     cfg = get_finetune_cfg(str(path))
@@ -89,7 +89,7 @@ def test_tri_state():
 
 def test_hyperrule_configs_train_in_fp32_unless_they_opt_in():
     """The authors' fine-tuning code trains in float32; only an explicit PRECISION opts in to bf16."""
-    finetune_configs = sorted((CONFIGS_DIR / "finetune").rglob("*.yaml"))
+    finetune_configs = [CONFIGS_DIR / name for name in shipped_configs("finetune")]
     assert finetune_configs
     for path in finetune_configs:
         cfg = get_finetune_cfg(str(path))

@@ -16,7 +16,7 @@ from bitdet.transfer.finetune import evaluate_only, finetune, finetune_sweep
 from bitdet.weights import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-INSTANT = "finetune/quick_schedules/finetune_instant_test.yaml"
+INSTANT = "quick_schedules/finetune_instant_test.yaml"
 
 
 @pytest.mark.slow
@@ -159,7 +159,7 @@ def test_tool_sweeps_upstream_vs_scratch_with_fewshot(tmp_path):
         sys.executable,
         str(ROOT / "tools" / "finetune.py"),
         "--config-file",
-        "finetune/quick_schedules/finetune_fewshot_instant_test.yaml",
+        "quick_schedules/finetune_fewshot_instant_test.yaml",
         "--shots",
         "1",
         "--seeds",

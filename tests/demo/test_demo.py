@@ -1,5 +1,6 @@
 """The demo: verdicts computed from the numbers (synthetic runs), progress parsing, and
-``python -m bitdet.tools.demo`` at smoke size (every stage runs, the report's figures come from the run)."""
+``python -m bitdet.tools.demo`` at smoke size (every stage runs, the report's figures come from
+the run)."""
 
 import io
 import json
@@ -22,7 +23,7 @@ from bitdet.demo.report import (
 from bitdet.demo.stats import compare
 from bitdet.utils.machine import cpu_name
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # Two-sided 95 % Student t quantiles (textbook tables), an independent reference for the intervals.
 T975 = {1: 12.706204736, 2: 4.302652730, 3: 3.182446305}
@@ -167,7 +168,7 @@ def test_draw_threshold_is_the_lowest_mostly_right_and_picks_images_with_boxes(t
     ]
 
 
-# ----------------------------------------------------------------------------- report from synthetic runs
+# ----------------------------------------------------------------------- report from synthetic runs
 
 
 def _write(path: Path, text: str) -> None:
@@ -176,7 +177,8 @@ def _write(path: Path, text: str) -> None:
 
 
 def _synthetic_demo(root: Path, det_ap, top1) -> None:
-    """The files the stages write, with chosen numbers: det_ap[init] per seed, top1[init] per seed."""
+    """The files the stages write, with chosen numbers: det_ap[init] per seed, top1[init] per
+    seed."""
     _write(
         root / "upstream/final.json",
         json.dumps({"top1": 88.4, "top5": 99.7, "steps": 10, "img_per_s": 500.0}),
@@ -324,11 +326,12 @@ def test_study_pretrains_on_a_subset_for_the_same_steps(tmp_path):
 def test_progress_reads_the_tools_console_lines():
     p = Progress(100, runs=4)
     p.feed(
-        "[11/29 15:22:30 bitdet.transfer.finetune]: digits (5 per class, seed 1): 50 training / 450 test images, "
-        "10 classes\n"
+        "[11/29 15:22:30 bitdet.transfer.finetune]: digits (5 per class, seed 1): "
+        "50 training / 450 test images, 10 classes\n"
     )
     p.feed(
-        "[11/29 15:22:37 d2.utils.events]:  eta: 0:07:10  iter: 39  loss: 2.135    time: 0.3897  lr: 0.03\n"
+        "[11/29 15:22:37 d2.utils.events]:  eta: 0:07:10  iter: 39  loss: 2.135    "
+        "time: 0.3897  lr: 0.03\n"
     )
     p.feed("[11/29 15:23:00 bitdet.transfer.finetune]: digits: top-1 61.25%, top-5 90.00% -> x\n")
     assert (

@@ -1,4 +1,5 @@
-"""Fixture fetching: only "cannot be fetched" may become a skip; a corrupted archive is an error.
+"""tools/fetch_test_fixtures.py: only "cannot be fetched" may become a skip; a corrupted archive
+is an error; the set-up runs it without the test package.
 
 Runs offline: a small sdist-shaped archive is written into the cache and a fixture source
 pinned to it is put in :data:`FIXTURES` for the test.
@@ -7,18 +8,21 @@ pinned to it is put in :data:`FIXTURES` for the test.
 import hashlib
 import io
 import json
+import os
 import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
-from tests import fixtures
-from tests.fixtures import (
-    FixtureIntegrityError,
-    FixtureSource,
-    FixtureUnavailableError,
-    fetch_fixture,
-)
+from tests.fixtures import fetch_test_fixtures as fixtures
+
+FixtureIntegrityError = fixtures.FixtureIntegrityError
+FixtureSource = fixtures.FixtureSource
+FixtureUnavailableError = fixtures.FixtureUnavailableError
+fetch_fixture = fixtures.fetch_fixture
+ROOT = Path(__file__).resolve().parents[2]
 
 COCO = {
     "images": [{"id": 1, "file_name": "a.jpg", "width": 4, "height": 4}],
@@ -96,5 +100,34 @@ def test_setup_exit_status(monkeypatch, capsys, error, status):
         raise error
 
     monkeypatch.setattr(fixtures, "fetch_fixtures", fail)
-    assert fixtures.main() == status
+    assert fixtures.main([]) == status
     assert str(error) in capsys.readouterr().err
+
+
+# Runs the tool as tools/setup_env.sh does, from another folder, with ``tests`` made unimportable.
+_WITHOUT_TESTS = """
+import runpy, sys
+class NoTests:
+    def find_spec(self, name, path=None, target=None):
+        if name == "tests" or name.startswith("tests."):
+            raise ImportError(f"the set-up imported {name}")
+sys.meta_path.insert(0, NoTests())
+sys.argv = [sys.argv[1], "--help"]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_the_setup_runs_the_tool_without_the_test_package(tmp_path):
+    setup = (ROOT / "tools" / "setup_env.sh").read_text()
+    assert '"$PY" tools/fetch_test_fixtures.py' in setup and "-m tests" not in setup
+    tool = ROOT / "tools" / "fetch_test_fixtures.py"
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TESTS, str(tool)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("usage: fetch_test_fixtures.py") and "--cache-dir" in proc.stdout

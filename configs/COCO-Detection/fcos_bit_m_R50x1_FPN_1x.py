@@ -1,13 +1,16 @@
-"""FCOS, BiT-M-R50x1 + FPN (P3-P7), COCO-2017, 1x schedule (90k iterations at batch 16): Detectron2's
-``COCO-Detection/fcos_R_50_FPN_1x.py`` with the BiT trunk, BiT's input and bf16 autocast.
+"""FCOS, BiT-M-R50x1 + FPN (P3-P7), COCO-2017, 1x schedule (90k iterations at batch 16):
+Detectron2's ``COCO-Detection/fcos_R_50_FPN_1x.py`` with the BiT trunk, BiT's input
+and bf16 autocast.
 
-    python tools/train_net.py --config fcos_bit_m_R50x1_FPN_1x.py --num-gpus 8
+    python tools/train_net.py --config COCO-Detection/fcos_bit_m_R50x1_FPN_1x.py --num-gpus 8
 """
 
 from detectron2 import model_zoo
 
 from bitdet.detection.mapper import SkippingDatasetMapper
 from bitdet.detection.trainer import has_compiled_ops
+
+from ..common.models.fcos_bit import model  # noqa: F401 (a LazyConfig's entries are its names)
 
 dataloader = model_zoo.get_config("common/data/coco.py").dataloader
 dataloader.train.mapper._target_ = (
@@ -28,4 +31,4 @@ train.init_checkpoint = "BiT-M-R50x1"  # any BiT weights bitdet reads (MODEL.WEI
 train.amp = dict(enabled=True, precision="bf16")
 train.eval_period = 0  # evaluate once, at the end
 train.seed = 0
-train.output_dir = "output/fcos_bit_m_R50x1_FPN_1x"
+train.output_dir = "output/COCO-Detection/fcos_bit_m_R50x1_FPN_1x"

@@ -1,4 +1,5 @@
-"""The generated detection dataset: COCO structure, tight boxes, determinism, idempotence, loading."""
+"""bitdet/data/detection_generate.py: COCO structure, tight boxes, determinism, idempotence,
+loading."""
 
 import json
 import os

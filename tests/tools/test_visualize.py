@@ -1,4 +1,5 @@
-"""tools/visualize.py: predictions of a (here untrained) detector and dataset ground truth as PNGs."""
+"""tools/visualize.py: predictions of a (here untrained) detector and dataset ground truth as
+PNGs."""
 
 import importlib
 import json

@@ -35,7 +35,7 @@ def test_pretrain_instant_fashion_mnist(tmp_path):
     run_tool(
         "tools/pretrain.py",
         "--config-file",
-        "configs/pretrain/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
+        "configs/quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
         "OUTPUT_DIR",
         str(tmp_path),
     )
@@ -88,7 +88,7 @@ def test_write_shards_then_pretrain_multilabel(tmp_path):
     run_tool(
         "tools/pretrain.py",
         "--config-file",
-        "configs/pretrain/quick_schedules/pretrain_webdataset_multilabel_instant_test.yaml",
+        "configs/quick_schedules/pretrain_webdataset_multilabel_instant_test.yaml",
         "DATASETS.TRAIN.PATH",
         pattern,
         "DATASETS.TEST.PATH",
