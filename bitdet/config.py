@@ -25,11 +25,14 @@ from typing import List, Optional, Sequence, Tuple
 import yaml
 from detectron2.config import CfgNode
 
+from bitdet.errors import ConfigError, UserError
+
 __all__ = [
     "CONFIG_KINDS",
     "CONFIGS_DIR",
     "DeviceError",
     "check_device",
+    "check_weights",
     "load_yaml_chain",
     "merge_config",
     "resolve_config_file",
@@ -98,13 +101,13 @@ def _by_file_name(name: str, configs_dir: Path, kind: Optional[str]) -> Path | N
     """The one shipped config (of ``kind``, or any) whose file name is ``name``.
 
     Raises:
-        ValueError: two configs share that file name, naming both paths.
+        ConfigError: two configs share that file name, naming both paths.
     """
     if os.path.dirname(name):
         return None
     found = [n for n in shipped_configs(kind, configs_dir) if os.path.basename(n) == name]
     if len(found) > 1:
-        raise ValueError(
+        raise ConfigError(
             f"config {name!r} is ambiguous: {' and '.join(found)} under {configs_dir}; "
             "name one by its path under configs/"
         )
@@ -125,7 +128,7 @@ def resolve_config_file(
 
     Raises:
         FileNotFoundError: naming the places searched and the shipped configs of that kind.
-        ValueError: a bare file name that two shipped configs share, naming both.
+        ConfigError: a bare file name that two shipped configs share, naming both.
     """
     if os.path.isfile(path):
         return path
@@ -178,7 +181,7 @@ def _merge_dicts(child: dict, base: dict, file: Path) -> None:
     for key, value in child.items():
         if isinstance(value, dict) and key in base:
             if not isinstance(base[key], dict):
-                raise ValueError(
+                raise ConfigError(
                     f"config {file}: {key} is a section here but a value in its _BASE_"
                 )
             _merge_dicts(value, base[key], file)
@@ -195,21 +198,21 @@ def load_yaml_chain(
 
     Raises:
         FileNotFoundError: a ``_BASE_`` names a file that exists nowhere.
-        ValueError: invalid YAML, a file that is not a mapping, or a ``_BASE_`` cycle.
+        ConfigError: invalid YAML, a file that is not a mapping, or a ``_BASE_`` cycle.
     """
     path = Path(path)
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
     except yaml.constructor.ConstructorError as e:
-        raise ValueError(
+        raise ConfigError(
             f"config {path}: refusing a YAML tag that builds Python objects (configs must be plain "
             f"YAML; such tags can run code when loaded): {e}"
         ) from e
     except yaml.YAMLError as e:
-        raise ValueError(f"config {path}: not valid YAML: {e}") from e
+        raise ConfigError(f"config {path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
-        raise ValueError(
+        raise ConfigError(
             f"config {path}: expected KEY: value mappings, found a {type(data).__name__}"
         )
     base = data.pop(BASE_KEY, None)
@@ -217,7 +220,7 @@ def load_yaml_chain(
         return data
     base_path = _resolve_base(str(base), path, configs_dir).resolve()
     if base_path in _seen or base_path == path.resolve():
-        raise ValueError(f"config {path}: _BASE_ chain loops back to {base_path}")
+        raise ConfigError(f"config {path}: _BASE_ chain loops back to {base_path}")
     merged = load_yaml_chain(base_path, configs_dir, (*_seen, path.resolve()))
     _merge_dicts(data, merged, path)
     return merged
@@ -235,8 +238,11 @@ def merge_config(
     YAML tags that build Python objects are refused: they can run code. ``config_file`` and
     ``kind``: as :func:`resolve_config_file`.
 
+    A key that ``cfg`` registers as renamed (``cfg.register_renamed_key``) is refused, in the
+    file (its ``_BASE_`` chain included) and in the overrides, naming the new key.
+
     Raises:
-        ValueError: an unknown or renamed key, a value of the wrong type, or invalid YAML,
+        ConfigError: an unknown or renamed key, a value of the wrong type, or invalid YAML,
             naming the file or the override.
         FileNotFoundError: the file, or a ``_BASE_`` it names, does not exist.
     """
@@ -251,6 +257,7 @@ def merge_config(
         # The merged chain goes through the config class's own merge_from_file (Detectron2
         # upgrades old config versions there), from a file without _BASE_. bitdet's configs
         # without a VERSION are of the current one (else Detectron2 guesses, naming the copy).
+        _refuse_renamed(cfg, _dotted_keys(merged), f"config {path}")
         if "VERSION" in cfg and "VERSION" not in merged:
             merged["VERSION"] = cfg.VERSION
         with tempfile.TemporaryDirectory(prefix="bitdet_cfg_") as tmp:
@@ -259,15 +266,59 @@ def merge_config(
             try:
                 cfg.merge_from_file(str(flat), allow_unsafe=False)
             except (AssertionError, KeyError, ValueError) as e:  # yacs reports bad keys as asserts
-                raise ValueError(f"config {path}: {_message(e, cfg)}") from e
+                raise ConfigError(f"config {path}: {_message(e, cfg)}") from e
+    _refuse_renamed(cfg, [str(k) for k in list(opts)[::2]], f"config override {list(opts)}")
     try:
         cfg.merge_from_list(list(opts))
     except (AssertionError, KeyError, ValueError) as e:
-        raise ValueError(f"config override {list(opts)}: {_message(e, cfg)}") from e
+        raise ConfigError(f"config override {list(opts)}: {_message(e, cfg)}") from e
     return cfg
 
 
-class DeviceError(RuntimeError):
+def _dotted_keys(mapping: dict, prefix: str = "") -> List[str]:
+    """The full keys (``A.B.C``) of a nested mapping's values."""
+    keys = []
+    for name, value in mapping.items():
+        full = f"{prefix}{name}"
+        keys += _dotted_keys(value, f"{full}.") if isinstance(value, dict) and value else [full]
+    return keys
+
+
+def _refuse_renamed(cfg: CfgNode, keys: Sequence[str], where: str) -> None:
+    """Raise a one-line :class:`ConfigError` for the first of ``keys`` that ``cfg`` registers as
+    renamed, naming the new key (and the note registered with it)."""
+    renamed = cfg.__dict__.get(CfgNode.RENAMED_KEYS, {})
+    for key in keys:
+        if key in renamed:
+            new, note = renamed[key] if isinstance(renamed[key], tuple) else (renamed[key], "")
+            raise ConfigError(
+                f"{where}: {key} was renamed to {new}" + (f"; {note}" if note else "")
+            )
+
+
+# MODEL.WEIGHTS spellings that name no weights source, and what to write instead.
+_NOT_WEIGHTS = {
+    "scratch": "no weights (random initialisation) is ''",
+    "official": "name the official checkpoint, e.g. BiT-M-R50x1",
+}
+
+
+def check_weights(value: str, key: str = "MODEL.WEIGHTS") -> str:
+    """``value`` stripped, for a weights setting: a file, an official name (``BiT-M-R50x1``), an
+    ``hf-hub:`` id, or ``""`` for no weights (random initialisation), in every tool.
+
+    Raises:
+        ConfigError: ``"scratch"`` or ``"official"`` (no weights is ``""``; an official
+            checkpoint goes by its name), naming ``key``.
+    """
+    text = str(value).strip()
+    hint = _NOT_WEIGHTS.get(text.lower())
+    if hint:
+        raise ConfigError(f"{key} {value!r}: {hint}")
+    return text
+
+
+class DeviceError(UserError, RuntimeError):
     """A config names a device this machine does not have."""
 
 

@@ -11,6 +11,7 @@ from typing import Optional, Sequence, Union
 
 from bitdet.models.resnetv2 import ResNetV2, ResNetV2Features
 from bitdet.models.variants import get_pretrained_cfg, resolve
+from bitdet.weights.errors import CheckpointError
 from bitdet.weights.hub import is_hub_id
 from bitdet.weights.loading import WeightsFile, load_weights, read_weights
 from bitdet.weights.official import pretrained_path
@@ -62,7 +63,7 @@ def create_model(
         features_only: return a :class:`ResNetV2Features` (a list of feature maps, with
             ``feature_info.channels()`` / ``.reduction()``) instead of the classifier.
         out_indices: with ``features_only``, positions in ``("stem", "res2", ..., "res5")``.
-        **kwargs: passed to :class:`ResNetV2` (``norm``, ``weight_std``, ``ws_eps``, ...).
+        **kwargs: passed to :class:`ResNetV2` (``ws_eps``, ``in_channels``, ...).
 
     Returns:
         The model, in training mode.
@@ -109,7 +110,7 @@ def _create_from_hub(
     weights = read_weights(name)
     arch = weights.arch
     if arch is None or len(arch.layers) != 4:
-        raise ValueError(f"{name} ({weights.format}) does not hold a complete BiT ResNet-v2")
+        raise CheckpointError(f"{name} ({weights.format}) does not hold a complete BiT ResNet-v2")
     if weights.ws_eps is not None:
         kwargs.setdefault("ws_eps", weights.ws_eps)
     model = ResNetV2(

@@ -19,6 +19,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Sequence, Tuple, Union
 
+from bitdet.errors import ConfigError, DataError
+
 __all__ = [
     "BASE_LR",
     "BATCH_SIZE",
@@ -103,7 +105,7 @@ class Rule:
                 f"base_lr and batch_size must be positive, got {self.base_lr}, {self.batch_size}"
             )
         if problems:
-            raise ValueError("invalid HyperRule: " + "; ".join(problems))
+            raise ConfigError("invalid HyperRule: " + "; ".join(problems))
 
     def lr_at(self, step: int) -> float:
         """Learning rate for optimizer step ``step`` (0-based).
@@ -167,14 +169,14 @@ def get_resolution(image_size: ImageSize, resolution: str = "paper") -> Tuple[in
         resolution: ``"paper"`` (448 / 384 for large images) or ``"public"`` (512 / 480).
     """
     if resolution not in RESOLUTIONS:
-        raise ValueError(f"resolution must be one of {sorted(RESOLUTIONS)}, got {resolution!r}")
+        raise ConfigError(f"resolution must be one of {sorted(RESOLUTIONS)}, got {resolution!r}")
     return SMALL_RESOLUTION if _area(image_size) < SMALL_IMAGE_AREA else RESOLUTIONS[resolution]
 
 
 def get_schedule(dataset_size: int) -> Tuple[int, int, Tuple[int, ...]]:
     """(steps, warmup_steps, decay_steps) for a training set of ``dataset_size`` examples."""
     if dataset_size <= 0:
-        raise ValueError(f"dataset_size must be positive, got {dataset_size}")
+        raise DataError(f"dataset_size must be positive, got {dataset_size}")
     for bound, (warmup, *decays, end) in SCHEDULES:
         if dataset_size < bound:
             return end, warmup, tuple(decays)

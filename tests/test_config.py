@@ -14,6 +14,7 @@ from bitdet.benchmark import get_benchmark_cfg
 from bitdet.config import CONFIG_KINDS, CONFIGS_DIR, resolve_config_file, shipped_configs
 from bitdet.detection import get_bit_cfg
 from bitdet.detection.lazy import load_lazy_config
+from bitdet.errors import ConfigError
 from bitdet.pretrain import get_pretrain_cfg
 from bitdet.transfer.config import get_finetune_cfg
 
@@ -230,3 +231,98 @@ def test_a_config_is_a_path_under_configs_or_a_unique_file_name(tmp_path):
     message = str(error.value)
     assert "\n" not in message and "a/same.yaml and b/same.yaml" in message
     assert resolve_config_file("a/same.yaml", configs_dir=tmp_path) == str(tmp_path / "a/same.yaml")
+
+
+# Keys of earlier versions, per trainer: (old key, a value, the new key the error names).
+RENAMED = {
+    "pretrain": [
+        ("MODEL.NAME", "R14-tiny", "MODEL.BIT.VARIANT"),
+        ("DATASETS.TRAIN.KIND", "imagefolder", "DATASETS.TRAIN.NAME"),
+        ("DATASETS.TRAIN.PATH", "data/train", "DATASETS.TRAIN.ROOT"),
+        ("DATASETS.TEST.KIND", "imagefolder", "DATASETS.TEST.NAME"),
+        ("DATASETS.TEST.PATH", "data/val", "DATASETS.TEST.ROOT"),
+        ("SOLVER.PRECISION", "bf16", "SOLVER.AMP.ENABLED"),
+    ],
+    "finetune": [
+        ("MODEL.NAME", "BiT-M-R50x1", "MODEL.BIT.VARIANT"),
+        ("DATASET.NAME", "digits", "DATASETS.TRAIN.NAME"),
+        ("DATASET.ROOT", "data", "DATASETS.TRAIN.ROOT"),
+        ("DATASET.TRAIN_SPLIT", "train", "DATASETS.TRAIN.SPLIT"),
+        ("DATASET.TEST_SPLIT", "test", "DATASETS.TEST.SPLIT"),
+        ("DATASET.DOWNLOAD", "True", "DATASETS.DOWNLOAD"),
+        ("DATASET.RANDOM_CROP", "off", "INPUT.RANDOM_CROP"),
+        ("DATASET.FLIP", "off", "INPUT.RANDOM_FLIP"),
+        ("HYPERRULE.BATCH_SIZE", "32", "SOLVER.IMS_PER_BATCH"),
+        ("TEST.BATCH_SIZE", "64", "TEST.IMS_PER_BATCH"),
+        ("SOLVER.PRECISION", "fp32", "SOLVER.AMP.ENABLED"),
+    ],
+    "detection": [("MODEL.BIT.FREEZE_AT", "2", "MODEL.BACKBONE.FREEZE_AT")],
+}
+RENAMED_CASES = [(kind, *case) for kind, cases in RENAMED.items() for case in cases]
+
+
+def _nested_yaml(key: str, value: str) -> str:
+    *sections, name = key.split(".")
+    lines = [f"{'  ' * depth}{section}:" for depth, section in enumerate(sections)]
+    return "\n".join([*lines, f"{'  ' * len(sections)}{name}: {value!r}"]) + "\n"
+
+
+@pytest.mark.parametrize("kind, old, value, new", RENAMED_CASES)
+def test_an_old_key_in_a_file_is_one_line_naming_the_new_key(kind, old, value, new, tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(_nested_yaml(old, value))
+    with pytest.raises(ConfigError) as error:
+        LOADERS[kind](str(path))
+    message = str(error.value)
+    assert message.startswith(f"config {path}: {old} was renamed to {new}")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("kind, old, value, new", RENAMED_CASES)
+def test_an_old_key_in_an_override_is_one_line_naming_the_new_key(kind, old, value, new):
+    with pytest.raises(ConfigError) as error:
+        LOADERS[kind](None, [old, value])
+    message = str(error.value)
+    assert message.startswith(f"config override {[old, value]}: {old} was renamed to {new}")
+    assert "\n" not in message
+
+
+def test_notes_of_renamed_keys_say_what_the_values_become():
+    with pytest.raises(ConfigError, match="an official checkpoint such as BiT-M-R50x1 goes in "):
+        get_finetune_cfg(None, ["MODEL.NAME", "BiT-M-R50x1"])
+    with pytest.raises(ConfigError, match="'bf16' is SOLVER.AMP.ENABLED True with SOLVER.AMP"):
+        get_pretrain_cfg(None, ["SOLVER.PRECISION", "bf16"])
+
+
+@pytest.mark.parametrize("kind", ["detection", "pretrain", "finetune"])
+@pytest.mark.parametrize("spelling", ["scratch", "official"])
+def test_no_weights_is_the_empty_string_in_every_trainer(kind, spelling):
+    assert LOADERS[kind](None, ["MODEL.WEIGHTS", ""]).MODEL.WEIGHTS == ""
+    hint = {
+        "scratch": "no weights (random initialisation) is ''",
+        "official": "name the official checkpoint, e.g. BiT-M-R50x1",
+    }[spelling]
+    with pytest.raises(ConfigError, match=re.escape(f"MODEL.WEIGHTS '{spelling}': {hint}")):
+        LOADERS[kind](None, ["MODEL.WEIGHTS", spelling])
+
+
+@pytest.mark.parametrize("kind", ["detection", "pretrain", "finetune"])
+def test_one_vocabulary_across_the_trainers(kind):
+    cfg = LOADERS[kind](None)
+    for key in ("MODEL.BIT.VARIANT", "MODEL.WEIGHTS", "MODEL.DEVICE", "OUTPUT_DIR", "SEED"):
+        node = cfg
+        for part in key.split("."):
+            assert part in node, f"{kind}: no {key}"
+            node = node[part]
+    assert isinstance(cfg.SOLVER.IMS_PER_BATCH, int)
+    assert set(cfg.SOLVER.AMP) == {"ENABLED", "PRECISION"}
+    if kind != "detection":  # Detectron2's DATASETS.TRAIN is a tuple of registered names
+        assert {"NAME", "ROOT", "SPLIT"} <= set(cfg.DATASETS.TRAIN) <= set(cfg.DATASETS.TEST)
+        assert isinstance(cfg.TEST.IMS_PER_BATCH, int)
+
+
+def test_finetuning_evaluates_on_its_training_dataset():
+    cfg = get_finetune_cfg("finetune/demo_digits.yaml", ["DATASETS.TEST.NAME", "digits"])
+    assert cfg.DATASETS.TEST.NAME == "digits"
+    with pytest.raises(ConfigError, match="DATASETS.TEST.NAME 'mnist': fine-tuning evaluates on"):
+        get_finetune_cfg("finetune/demo_digits.yaml", ["DATASETS.TEST.NAME", "mnist"])

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 from fvcore.common.config import CfgNode as CN
 
 from bitdet.config import merge_config
+from bitdet.errors import ConfigError
 from bitdet.utils.precision import precision_dtype
 
 __all__ = [
@@ -191,38 +192,42 @@ def get_benchmark_cfg(config_file: Optional[str] = None, opts: Sequence[str] = (
         if set(variant_levers(v)) - set(LEVERS)
     ]
     if bad:
-        raise ValueError(f"BENCH.VARIANTS {bad}: use 'eager' or levers from {LEVERS} joined by '+'")
+        raise ConfigError(
+            f"BENCH.VARIANTS {bad}: use 'eager' or levers from {LEVERS} joined by '+'"
+        )
     if cfg.BENCH.CLOCK not in ("wall", "cpu"):
-        raise ValueError(f"BENCH.CLOCK {cfg.BENCH.CLOCK!r}: expected 'wall' or 'cpu'")
+        raise ConfigError(f"BENCH.CLOCK {cfg.BENCH.CLOCK!r}: expected 'wall' or 'cpu'")
     unknown_tasks = set(cfg.BENCH.TASKS) - {"train", "inference", "data"}
     if unknown_tasks:
-        raise ValueError(f"BENCH.TASKS {sorted(unknown_tasks)}: choose from train, inference, data")
+        raise ConfigError(
+            f"BENCH.TASKS {sorted(unknown_tasks)}: choose from train, inference, data"
+        )
     precision_dtype(cfg.BENCH.PRECISION, "BENCH.PRECISION")
     for task, variant in cfg.BENCH.DEFAULT_VARIANTS.items():
         if set(variant_levers(variant)) - set(LEVERS):
-            raise ValueError(
+            raise ConfigError(
                 f"BENCH.DEFAULT_VARIANTS.{task} {variant!r}: use 'eager' or levers from {LEVERS}"
             )
     for target in cfg.BENCH.TARGETS:
         if len(target) != 3 or target[1] not in TARGET_METRICS:
-            raise ValueError(
+            raise ConfigError(
                 f"BENCH.TARGETS entry {target!r}: expected [model, metric, value], "
                 f"metric in {TARGET_METRICS}"
             )
     for target in cfg.BENCH.RATIO_TARGETS:
         if len(target) != 6 or target[2] not in ("train", "inference"):
-            raise ValueError(
+            raise ConfigError(
                 f"BENCH.RATIO_TARGETS entry {target!r}: expected [model, variant, task, peer, "
                 "peer variant, minimum ratio] with task 'train' or 'inference'"
             )
     for row in cfg.BENCH.MEMORY.ROWS:
         if len(row) != 3 or not all(isinstance(v, int) and v > 0 for v in row[1:]):
-            raise ValueError(
+            raise ConfigError(
                 f"BENCH.MEMORY.ROWS entry {row!r}: expected [model, image side, batch] "
                 "with positive sizes"
             )
     if cfg.BENCH.MEMORY.ITERS < 1:
-        raise ValueError(f"BENCH.MEMORY.ITERS {cfg.BENCH.MEMORY.ITERS}: expected at least 1")
+        raise ConfigError(f"BENCH.MEMORY.ITERS {cfg.BENCH.MEMORY.ITERS}: expected at least 1")
     return cfg
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from bitdet.benchmark.timing import CLOCKS
+from bitdet.errors import ConfigError
 
 __all__ = ["LOADERS", "make_jpegs", "measure_loader", "measure_gpu_decode"]
 
@@ -160,7 +161,7 @@ def _build_loader(
         return (
             lambda i: mapper(dict(dicts[i % len(dicts)]))
         ), "Detectron2 DatasetMapper (PIL), BiT RetinaNet augs"
-    raise ValueError(f"BENCH.DATA.LOADERS: unknown loader {loader!r}; expected one of {LOADERS}")
+    raise ConfigError(f"BENCH.DATA.LOADERS: unknown loader {loader!r}; expected one of {LOADERS}")
 
 
 def _detection_mapper(config_file: str = "Base-RetinaNet-BiT.yaml"):

@@ -29,6 +29,7 @@ from bitdet.benchmark.timing import (
     time_block,
 )
 from bitdet.config import check_device
+from bitdet.errors import ConfigError
 from bitdet.utils.io import write_json
 from bitdet.utils.machine import cpu_name
 
@@ -53,7 +54,7 @@ def resolve_device(name: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     check_device(name, "BENCH.DEVICE")
     if name != "cpu" and not name.startswith("cuda"):
-        raise ValueError(f"BENCH.DEVICE {name!r}: expected 'auto', 'cpu' or 'cuda[:N]'")
+        raise ConfigError(f"BENCH.DEVICE {name!r}: expected 'auto', 'cpu' or 'cuda[:N]'")
     return name
 
 
@@ -278,7 +279,7 @@ def run_benchmark(cfg, resume: bool = False, log=print, dry_run_for: Optional[st
     device = "cpu" if dry_run else resolve_device(cfg.BENCH.DEVICE)
     target_device = dry_run_for or device
     if cfg.BENCH.CLOCK == "cpu" and device != "cpu":
-        raise ValueError(
+        raise ConfigError(
             f"BENCH.CLOCK 'cpu' (process CPU time) cannot time device {device!r}; use 'wall'"
         )
     settings = _settings(cfg, device)
@@ -433,7 +434,7 @@ def run_benchmark(cfg, resume: bool = False, log=print, dry_run_for: Optional[st
         consumed = {name: float(rate) for name, rate in d.GPU_IMAGES_PER_SEC}
         for loader in d.LOADERS:
             if loader not in LOADERS:
-                raise ValueError(
+                raise ConfigError(
                     f"BENCH.DATA.LOADERS: unknown loader {loader!r}; expected one of {LOADERS}"
                 )
             size = d.DETECTION_IMAGE_SIZE if loader == "detection" else d.PRETRAIN_IMAGE_SIZE

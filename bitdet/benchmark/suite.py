@@ -14,6 +14,8 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 
+from bitdet.errors import UnknownNameError
+
 __all__ = ["ModelSpec", "SUITE", "get_spec"]
 
 
@@ -209,4 +211,6 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return SUITE[name]
     except KeyError:
-        raise KeyError(f"BENCH.MODELS: unknown model {name!r}; known: {', '.join(SUITE)}") from None
+        raise UnknownNameError(
+            f"BENCH.MODELS: unknown model {name!r}; known: {', '.join(SUITE)}"
+        ) from None

@@ -22,6 +22,7 @@ from torch import nn
 
 from bitdet.benchmark.config import variant_levers
 from bitdet.benchmark.suite import ModelSpec
+from bitdet.export.fold import fold_weight_standardization
 from bitdet.models.fast import (
     StandardizeOncePerStep,
     cache_standardized_weights,
@@ -29,7 +30,6 @@ from bitdet.models.fast import (
     is_compiled,
     std_convs,
 )
-from bitdet.models.layers import StdConv2d, standardize_weight
 from bitdet.utils.precision import PRECISIONS
 
 __all__ = [
@@ -124,7 +124,8 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def time_block(step: Callable[[], None], device: str, iters: int, clock: str = "wall") -> float:
-    """Seconds per call of ``step`` over one block of ``iters`` calls (device synchronised at the end)."""
+    """Seconds per call of ``step`` over one block of ``iters`` calls (device synchronised at the
+    end)."""
     now = CLOCKS[clock]
     start = now()
     for _ in range(iters):
@@ -137,34 +138,6 @@ def _autocast(device: str, precision: str):
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.split(":")[0], dtype=PRECISIONS[precision])
-
-
-def _fold_weight_standardization(model: nn.Module) -> None:
-    """Replace every :class:`StdConv2d` with a plain ``nn.Conv2d`` holding its standardized kernel.
-
-    The deployment form of a BiT model (identical outputs, no WS at run time); the
-    benchmark's "fold" lever, for inference only.
-    """
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if not isinstance(child, StdConv2d):
-                continue
-            conv = nn.Conv2d(
-                child.in_channels,
-                child.out_channels,
-                child.kernel_size,
-                child.stride,
-                child.padding,
-                child.dilation,
-                child.groups,
-                bias=child.bias is not None,
-                device=child.weight.device,
-            )
-            with torch.no_grad():
-                conv.weight.copy_(standardize_weight(child.weight, child.eps))
-                if child.bias is not None:
-                    conv.bias.copy_(child.bias)
-            setattr(parent, name, conv)
 
 
 def _detector_inputs(n: int, s: RunSettings, train: bool, device: str) -> List[Dict]:
@@ -223,7 +196,8 @@ class Prepared:
 
 
 def prepare(spec: ModelSpec, task: str, variant: str, s: RunSettings) -> Prepared:
-    """Build ``spec`` and apply the variant's levers; the returned ``step`` runs one iteration of ``task``."""
+    """Build ``spec`` and apply the variant's levers; the returned ``step`` runs one iteration of
+    ``task``."""
     levers = variant_levers(variant)
     device = s.device
     if not device.startswith("cuda") and s.cpu_threads > 0:
@@ -233,8 +207,8 @@ def prepare(spec: ModelSpec, task: str, variant: str, s: RunSettings) -> Prepare
     model = spec.build(num_classes, device)
     train = task == "train"
     model.train(train)
-    if "fold" in levers:
-        _fold_weight_standardization(model)
+    if "fold" in levers:  # the deployment form: plain convs holding the standardized kernels
+        fold_weight_standardization(model, inplace=True)
     channels_last = "cl" in levers
     if channels_last:
         model.to(memory_format=torch.channels_last)

@@ -54,6 +54,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from bitdet.data.fashion_mnist import DEFAULT_ROOT, FASHION_MNIST_CLASSES, FashionMNIST
+from bitdet.errors import ConfigError
 from bitdet.utils.io import atomic_write
 
 __all__ = [
@@ -274,7 +275,7 @@ def item_on_canvas(
     """
     low, high = scale_range
     if not 0 < low <= high <= 1:
-        raise ValueError(
+        raise ConfigError(
             f"scale_range {tuple(scale_range)}: expected 0 < low <= high <= 1 "
             "(item side / canvas side)"
         )
@@ -443,11 +444,11 @@ def generate_detection_dataset(
     """
     folder = Path(folder)
     if image_format not in ("jpg", "png"):
-        raise ValueError(f"image_format {image_format!r}: expected 'jpg' or 'png'")
+        raise ConfigError(f"image_format {image_format!r}: expected 'jpg' or 'png'")
     if len(image_size) != 2 or min(image_size) < 32:
-        raise ValueError(f"image_size {tuple(image_size)}: expected (height, width), each >= 32")
+        raise ConfigError(f"image_size {tuple(image_size)}: expected (height, width), each >= 32")
     if num_train < 0 or num_val < 0:
-        raise ValueError(f"num_train={num_train}, num_val={num_val}: expected >= 0")
+        raise ConfigError(f"num_train={num_train}, num_val={num_val}: expected >= 0")
     size = (int(image_size[0]), int(image_size[1]))
     root = str(fashion_mnist_root) if fashion_mnist_root else None
     paths: Dict[str, Path] = {}

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from bitdet.errors import ConfigError, DataError
 from bitdet.numerics import PIXEL_MEAN, PIXEL_STD
 
 __all__ = ["DEFAULT_ROOT", "FASHION_MNIST_CLASSES", "FashionMNIST", "read_idx"]
@@ -54,12 +55,12 @@ def read_idx(path: Union[str, os.PathLike]) -> np.ndarray:
     with opener(path, "rb") as f:
         data = f.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != _IDX_UBYTE:
-        raise ValueError(f"{path} is not an unsigned-byte idx file (header {data[:4]!r})")
+        raise DataError(f"{path} is not an unsigned-byte idx file (header {data[:4]!r})")
     ndim = data[3]
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     offset = 4 + 4 * ndim
     if len(data) - offset != int(np.prod(dims)):
-        raise ValueError(f"{path}: header says shape {dims} but holds {len(data) - offset} bytes")
+        raise DataError(f"{path}: header says shape {dims} but holds {len(data) - offset} bytes")
     return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
 
 
@@ -82,7 +83,7 @@ def _load_split(root: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
         )
     images, labels = read_idx(paths[0]), read_idx(paths[1])
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(
+        raise DataError(
             f"{paths[0]} / {paths[1]}: shapes {images.shape} and {labels.shape} do not pair up"
         )
     return images, labels
@@ -109,7 +110,7 @@ class FashionMNIST(Dataset):
         indices: Optional[Sequence[int]] = None,
     ) -> None:
         if split not in _FILES:
-            raise ValueError(f"split must be one of {sorted(_FILES)}, got {split!r}")
+            raise ConfigError(f"split must be one of {sorted(_FILES)}, got {split!r}")
         images, labels = _load_split(str(root), split)
         if indices is not None:
             idx = np.asarray(indices, dtype=np.int64)

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from bitdet.data.detection_generate import item_on_canvas
 from bitdet.data.fashion_mnist import DEFAULT_ROOT, FASHION_MNIST_CLASSES, FashionMNIST
+from bitdet.errors import ConfigError
 
 __all__ = ["FashionMNISTOnPhotos"]
 
@@ -60,9 +61,9 @@ class FashionMNISTOnPhotos(Dataset):
     ) -> None:
         for name, p in (("photo_prob", photo_prob), ("plain_prob", plain_prob)):
             if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} {p}: expected a probability in [0, 1]")
+                raise ConfigError(f"{name} {p}: expected a probability in [0, 1]")
         if size < 8:
-            raise ValueError(f"canvas size {size}: expected >= 8 pixels")
+            raise ConfigError(f"canvas size {size}: expected >= 8 pixels")
         self.items = FashionMNIST(root, split)
         self.targets = self.items.targets
         self.size, self.scale_range, self.photo_prob = (

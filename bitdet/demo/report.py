@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 
+from bitdet.demo import INITS
 from bitdet.demo.stats import Comparison, compare
 from bitdet.transfer.datasets import get_spec
 from bitdet.transfer.fewshot import FULL, mean_std
@@ -42,7 +43,6 @@ _AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 # (a short CPU schedule leaves RetinaNet's focal-loss scores low, mostly below 0.6).
 DRAW_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
 _DRAW_PRECISION = 0.75
-_INITS = ("upstream", "scratch")
 
 
 def _read_json(path: Path) -> Dict[str, Any]:
@@ -190,7 +190,8 @@ def transfer_comparisons(
     control: str = "scratch",
     sides: Tuple[str, str] = ("pretraining", "scratch"),
 ) -> List[Tuple[Any, Comparison]]:
-    """Per shots setting, ``treated`` vs ``control`` top-1, paired by seed (a seed fixes the few-shot draw).
+    """Per shots setting, ``treated`` vs ``control`` top-1, paired by seed (a seed fixes the
+    few-shot draw).
 
     Args:
         runs: single-run results (``init``, ``shots``, ``seed``, ``top1``).
@@ -272,8 +273,9 @@ def _study_section(
     det: Mapping[str, Sequence[Mapping[str, Any]]],
     det_full: Comparison,
 ) -> Tuple[List[str], List[str], Dict[str, Any]]:
-    """``--study``: the upstream model on all items vs the one on ``study["fraction"]`` of them (same
-    steps), each against scratch and against each other. Returns (report lines, verdicts, summary)."""
+    """``--study``: the upstream model on all items vs the one on ``study["fraction"]`` of them
+    (same steps), each against scratch and against each other. Returns (report lines, verdicts,
+    summary)."""
     init, share = study["init"], f"{study['fraction'] * 100:.0f} %"
     sides = ("more upstream data", f"{share} of the items")
     small_pre = _read_json(source(root / init / "final.json"))
@@ -285,13 +287,17 @@ def _study_section(
     verdicts = [f"study, detection: {det_versus.verdict()}"]
     verdicts += [f"study, digits {_shots_label(s)}: {c.verdict()}" for s, c in versus]
     lines = [
-        f"## 4. Does more upstream data transfer better? (`--study`): 100 % vs {share} of the items",
+        f"## 4. Does more upstream data transfer better? (`--study`): 100 % vs {share} of the "
+        "items",
         "",
-        "The paper finds that larger upstream data transfers better (BiT-M, ImageNet-21k, over BiT-S,",
+        "The paper finds that larger upstream data transfers better (BiT-M, ImageNet-21k, over "
+        "BiT-S,",
         "ILSVRC-2012). Here a second",
         f"upstream model is trained on a fixed random {share} of the Fashion-MNIST training items",
-        "for the same number of steps (the same compute, each item seen more often), then transferred",
-        "and detected with the same recipes and seeds. Each gain is against scratch; the last columns",
+        "for the same number of steps (the same compute, each item seen more often), then "
+        "transferred",
+        "and detected with the same recipes and seeds. Each gain is against scratch; the last "
+        "columns",
         "compare the two upstream models directly (paired t for digits, Welch for detection).",
         "",
         "| upstream items | held-out top-1 (%) | steps |",
@@ -302,8 +308,8 @@ def _study_section(
         f"| stage | gain, 100 % | gain, {share} | 100 % minus {share} | 95 % CI | verdict |",
         "|---|---|---|---|---|---|",
         *[
-            f"| digits {_shots_label(s)} | {gains[s].diff:+.1f} | {small_gains[s].diff:+.1f} | {c.diff:+.1f} | "
-            f"{_ci(c)} | {c.verdict()} |"
+            f"| digits {_shots_label(s)} | {gains[s].diff:+.1f} | {small_gains[s].diff:+.1f} | "
+            f"{c.diff:+.1f} | {_ci(c)} | {c.verdict()} |"
             for s, c in versus
         ],
         f"| detection AP | {det_full.diff:+.1f} | {det_small.diff:+.1f} | {det_versus.diff:+.1f} | "
@@ -342,7 +348,7 @@ def write_report(
         return path
 
     study = settings.get("study")
-    inits = _INITS + ((study["init"],) if study else ())
+    inits = INITS + ((study["init"],) if study else ())
     pre = _read_json(source(root / "upstream" / "final.json"))
     # transfer/<init>/ holds one initialisation's sweep, whatever its checkpoint was called.
     transfer_runs = [
@@ -419,11 +425,13 @@ def write_report(
         f"{settings.get('jobs', '?')} stage(s) at a time.",
         f"Wall time {total_wall / 60:.1f} min; CPU time of all stages {total_cpu / 60:.1f} min "
         "(on a machine shared with other work the wall time is longer than the CPU time / cores).",
-        f"Model: {settings.get('model', '?')} (a small BiT-style ResNet-v2 with GN+WS, not a paper model).",
+        f"Model: {settings.get('model', '?')} (a small BiT-style ResNet-v2 with GN+WS, not a "
+        "paper model).",
         "",
         "## Verdicts",
         "",
-        "Each gain is upstream-pretrained minus from scratch, with a 95 % t-interval; a verdict says",
+        "Each gain is upstream-pretrained minus from scratch, with a 95 % t-interval; a verdict "
+        "says",
         '"helps" only when the whole interval is above 0 and "hurts" only when it is below.',
         "",
         *[f"- {v}" for v in verdicts],
@@ -434,27 +442,31 @@ def write_report(
         "",
         "## 1. Upstream pretraining on Fashion-MNIST",
         "",
-        "Training items keep the plain look (`INPUT.PLAIN_PROB` of them) or are drawn like the detection",
-        "set's objects (several scales and positions, some tinted on photo crops); the test split is the",
+        "Training items keep the plain look (`INPUT.PLAIN_PROB` of them) or are drawn like the "
+        "detection",
+        "set's objects (several scales and positions, some tinted on photo crops); the test "
+        "split is the",
         "standard Fashion-MNIST test set.",
         "",
         "| held-out top-1 (%) | top-5 (%) | steps | img/s |",
         "|---|---|---|---|",
-        f"| {_fmt(pre.get('top1'))} | {_fmt(pre.get('top5'))} | {pre.get('steps', '?')} | {_fmt(pre.get('img_per_s'))} |",
+        f"| {_fmt(pre.get('top1'))} | {_fmt(pre.get('top5'))} | {pre.get('steps', '?')} | "
+        f"{_fmt(pre.get('img_per_s'))} |",
         "",
         "![pretraining curve](plots/pretrain_curve.png)",
         "",
         f"## 2. BiT-HyperRule transfer to `{dataset}`: upstream vs from scratch",
         "",
-        f"{get_spec(dataset).description or dataset}. Top-1 (%) on its test split, mean ± std over seeds",
+        f"{get_spec(dataset).description or dataset}. Top-1 (%) on its test split, mean ± std "
+        "over seeds",
         "(a seed fixes the few-shot draw and the training order; the gain's interval is a paired",
         "t-interval over seeds).",
         "",
         "| shots | upstream | scratch | gain | 95 % CI | gain > larger std | verdict |",
         "|---|---|---|---|---|---|---|",
         *[
-            f"| {_shots_label(s)} | {_ms(c.treated)} | {_ms(c.control)} | {c.diff:+.1f} | {_ci(c)} | "
-            f"{'yes' if c.beyond_spread else 'no'} | {c.verdict()} |"
+            f"| {_shots_label(s)} | {_ms(c.treated)} | {_ms(c.control)} | {c.diff:+.1f} | "
+            f"{_ci(c)} | {'yes' if c.beyond_spread else 'no'} | {c.verdict()} |"
             for s, c in transfer
         ],
         "",
@@ -462,7 +474,8 @@ def write_report(
         "",
         "## 3. RetinaNet on the generated detection dataset (COCO box AP, val split)",
         "",
-        f"Mean ± std over {det_cmp.treated['n']} seeds per initialisation; the gain's interval is Welch's.",
+        f"Mean ± std over {det_cmp.treated['n']} seeds per initialisation; the gain's interval "
+        "is Welch's.",
         "",
         "| backbone init | " + " | ".join(_AP_KEYS) + " |",
         "|---|" + "---|" * len(_AP_KEYS),
@@ -475,8 +488,8 @@ def write_report(
             for init in inits
         ],
         "",
-        f"Gain {det_cmp.diff:+.1f} AP (95 % CI {_ci(det_cmp)}), upstream/scratch ratio {ratio_text}: "
-        f"{det_cmp.verdict()}.",
+        f"Gain {det_cmp.diff:+.1f} AP (95 % CI {_ci(det_cmp)}), upstream/scratch ratio "
+        f"{ratio_text}: {det_cmp.verdict()}.",
         "",
         "| run | " + " | ".join(_AP_KEYS) + " | iterations | final loss |",
         "|---|" + "---|" * (len(_AP_KEYS) + 2),
@@ -493,13 +506,18 @@ def write_report(
         *study_lines,
         "### Drawn detections",
         "",
-        f"Predictions of the better detector ({drawn['init']}, run `{drawn['run']}`) on the first validation",
-        f"images (never seen in training) {'with a' if drawn['drawn'] else 'and no'} box at score >= "
-        f"{drawn['threshold']:.2f}: the lowest threshold at which at least 3 in 4 boxes are right, if any.",
+        f"Predictions of the better detector ({drawn['init']}, run `{drawn['run']}`) on the "
+        "first validation",
+        f"images (never seen in training) {'with a' if drawn['drawn'] else 'and no'} box at "
+        f"score >= {drawn['threshold']:.2f}: the lowest threshold at which at least 3 in 4 boxes "
+        "are right, if any.",
         "Over the whole validation",
-        f"split {drawn['precision'] * 100:.0f} % of the boxes at this threshold are right (same class,",
-        f"IoU >= 0.5; {drawn['right']} of {drawn['drawn']}) and they find {drawn['recall'] * 100:.0f} % of the objects.",
-        "Each label gives the predicted class and its score in percent; box colours only tell boxes",
+        f"split {drawn['precision'] * 100:.0f} % of the boxes at this threshold are right (same "
+        "class,",
+        f"IoU >= 0.5; {drawn['right']} of {drawn['drawn']}) and they find "
+        f"{drawn['recall'] * 100:.0f} % of the objects.",
+        "Each label gives the predicted class and its score in percent; box colours only tell "
+        "boxes",
         "apart. The ground truth of the same images is on the right.",
         "",
         "| prediction | ground truth |",

@@ -34,6 +34,8 @@ from detectron2.structures import ImageList
 from detectron2.utils.events import EventStorage, get_event_storage
 from torch import nn
 
+from bitdet.errors import ConfigError
+
 __all__ = ["accumulation_step", "check_accumulation", "one_scalar_set_per_step"]
 
 Batch = List[Dict[str, Any]]
@@ -64,7 +66,7 @@ def check_accumulation(meta_architecture: str, batch_split: int) -> None:
         ValueError: one line naming ``MODEL.META_ARCHITECTURE`` and ``SOLVER.BATCH_SPLIT``.
     """
     if batch_split > 1 and not _has_step_normalizer(META_ARCH_REGISTRY.get(meta_architecture)):
-        raise ValueError(
+        raise ConfigError(
             f"SOLVER.BATCH_SPLIT={batch_split} needs MODEL.META_ARCHITECTURE 'RetinaNet' (got "
             f"{meta_architecture!r}, whose loss over micro-batches is not its loss over the whole "
             "batch): set SOLVER.BATCH_SPLIT 1"
@@ -203,7 +205,7 @@ def accumulation_step(
             yield weight
         return
     if len(micro_batches) > 1:
-        raise ValueError(
+        raise ConfigError(
             f"{len(micro_batches)} micro-batches per step need a RetinaNet, got "
             f"{type(detector).__name__}: set SOLVER.BATCH_SPLIT 1"
         )

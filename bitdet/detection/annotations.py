@@ -32,6 +32,8 @@ from typing import Any, Dict, List, Optional
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
 
+from bitdet.errors import DataError
+
 __all__ = [
     "AnnotationError",
     "AnnotationStats",
@@ -49,7 +51,7 @@ REQUIRED_KEYS: Dict[str, tuple] = {
 }
 
 
-class AnnotationError(ValueError):
+class AnnotationError(DataError):
     """A COCO-format annotation file that cannot be used; the message names file, key and id."""
 
 

@@ -10,12 +10,13 @@ import logging
 from typing import Dict, Sequence
 
 import torch
-from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone
 from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 
 from bitdet.config import check_device
 from bitdet.detection.config import fixed_input_size
+from bitdet.errors import ConfigError
 from bitdet.log import ignore_third_party_warnings
 from bitdet.models.resnetv2 import (
     FEATURE_NAMES,
@@ -52,8 +53,7 @@ class BiTBackbone(GradCheckpointing, Backbone):
         activation_checkpointing: ``"none"``, ``"stage"`` or ``"unit"``
             (``MODEL.ACTIVATION_CHECKPOINTING``; :meth:`set_grad_checkpointing`). Frozen
             stages are not checkpointed: they keep no activations.
-        **model_kwargs: :class:`ResNetV2` options (``norm``, ``weight_std``, ``ws_eps``,
-            ``gn_groups``, ``in_channels``).
+        **model_kwargs: :class:`ResNetV2` options (``ws_eps``, ``in_channels``).
 
     ``square_pad`` (set by :func:`build_bit_backbone` from ``INPUT.AUGMENTATION``; 0: none) is the
     square side the detector pads its inputs to (Detectron2's ``padding_constraints``).
@@ -77,18 +77,19 @@ class BiTBackbone(GradCheckpointing, Backbone):
         )
         unknown = [f for f in out_features if f not in FEATURE_NAMES]
         if unknown or not out_features:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.BIT.OUT_FEATURES {list(out_features)}: choose from {FEATURE_NAMES}"
             )
         if feature_tap not in FEATURE_TAPS:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.BIT.FEATURE_TAP {feature_tap!r}: expected one of {FEATURE_TAPS}"
             )
         last = max(FEATURE_NAMES.index(f) for f in out_features)
         if feature_tap == "preact" and last != len(FEATURE_NAMES) - 1:
-            raise ValueError(
-                "MODEL.BIT.FEATURE_TAP 'preact' normalises a stage with the next stage's first norm, "
-                f"so OUT_FEATURES must include res5 (got {list(out_features)}); use 'raw' otherwise"
+            raise ConfigError(
+                "MODEL.BIT.FEATURE_TAP 'preact' normalises a stage with the next stage's first "
+                f"norm, so OUT_FEATURES must include res5 (got {list(out_features)}); use 'raw' "
+                "otherwise"
             )
         trunk = ResNetV2(
             arch.layers, arch.width, num_classes=0, stem_width=arch.stem_width, **model_kwargs
@@ -116,27 +117,24 @@ class BiTBackbone(GradCheckpointing, Backbone):
 
         Detectron2's ``MODEL.BACKBONE.FREEZE_AT``: 0 trains everything, 1 freezes the stem, 2
         the stem and res2, ... 5 the whole trunk. Frozen parameters get ``requires_grad =
-        False``; BatchNorm (ablation) becomes :class:`FrozenBatchNorm2d`; GroupNorm has no
-        running statistics to freeze. With the ``"preact"`` tap a frozen stage's feature is
-        ``relu(norm(x))`` through the next stage's ``gn1`` (res5: the final ``norm``): that
-        norm is frozen too, so a frozen stage's feature is fixed. Logs what is trainable.
+        False`` (GroupNorm has no running statistics to freeze). With the ``"preact"`` tap a
+        frozen stage's feature is ``relu(norm(x))`` through the next stage's ``gn1`` (res5: the
+        final ``norm``): that norm is frozen too, so a frozen stage's feature is fixed. Logs what
+        is trainable.
 
         Raises:
             ValueError: ``freeze_at`` outside 0..5.
         """
         if not 0 <= freeze_at <= len(FEATURE_NAMES):
-            raise ValueError(
-                f"MODEL.BACKBONE.FREEZE_AT {freeze_at}: expected 0 (train all) to {len(FEATURE_NAMES)} "
-                f"(freeze {', '.join(FEATURE_NAMES)})"
+            raise ConfigError(
+                f"MODEL.BACKBONE.FREEZE_AT {freeze_at}: expected 0 (train all) to "
+                f"{len(FEATURE_NAMES)} (freeze {', '.join(FEATURE_NAMES)})"
             )
         for module in [self.stem, *self.stages][:freeze_at]:
             _frozen(module)
         if self.feature_tap == "preact":  # the tap norms of stem, res2, ..., res5
             for i in range(freeze_at):
-                if i < len(self.stages):
-                    self.stages[i][0].gn1 = _frozen(self.stages[i][0].gn1)
-                else:
-                    self.norm = _frozen(self.norm)
+                _frozen(self.stages[i][0].gn1 if i < len(self.stages) else self.norm)
         total = sum(p.numel() for p in self.parameters())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         frozen = ", ".join(FEATURE_NAMES[:freeze_at]) or "nothing"
@@ -181,11 +179,10 @@ class BiTBackbone(GradCheckpointing, Backbone):
         return {"square_size": self.square_pad}
 
 
-def _frozen(module: torch.nn.Module) -> torch.nn.Module:
-    """``module`` with no trainable parameters and BatchNorm made frozen (a new module if it is one)."""
+def _frozen(module: torch.nn.Module) -> None:
+    """Make ``module``'s parameters untrainable."""
     for p in module.parameters():
         p.requires_grad_(False)
-    return FrozenBatchNorm2d.convert_frozen_batchnorm(module)
 
 
 @BACKBONE_REGISTRY.register()
@@ -206,10 +203,7 @@ def build_bit_backbone(cfg, input_shape: ShapeSpec) -> BiTBackbone:
         feature_tap=bit.FEATURE_TAP,
         freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         activation_checkpointing=cfg.MODEL.ACTIVATION_CHECKPOINTING,
-        norm=bit.NORM,
-        weight_std=bit.WEIGHT_STD,
         ws_eps=bit.WS_EPS,
-        gn_groups=bit.GN_GROUPS,
         in_channels=input_shape.channels,
     )
     backbone.square_pad = fixed_input_size(
@@ -221,7 +215,7 @@ def build_bit_backbone(cfg, input_shape: ShapeSpec) -> BiTBackbone:
 def _check_fpn_inputs(cfg, bottom_up: BiTBackbone) -> None:
     missing = [f for f in cfg.MODEL.FPN.IN_FEATURES if f not in bottom_up.output_shape()]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"MODEL.FPN.IN_FEATURES {list(cfg.MODEL.FPN.IN_FEATURES)} asks for {missing}, which "
             f"MODEL.BIT.OUT_FEATURES {list(cfg.MODEL.BIT.OUT_FEATURES)} does not provide"
         )
@@ -233,7 +227,7 @@ def build_retinanet_bit_fpn_backbone(cfg, input_shape: ShapeSpec) -> FPN:
     bottom_up = build_bit_backbone(cfg, input_shape)
     _check_fpn_inputs(cfg, bottom_up)
     if "res5" not in bottom_up.output_shape():
-        raise ValueError(
+        raise ConfigError(
             "RetinaNet's P6/P7 are computed from res5: add it to MODEL.BIT.OUT_FEATURES"
         )
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS

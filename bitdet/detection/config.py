@@ -16,9 +16,10 @@ from typing import Sequence
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from bitdet.config import CONFIGS_DIR, merge_config, resolve_config_file
+from bitdet.config import CONFIGS_DIR, check_weights, merge_config, resolve_config_file
+from bitdet.errors import ConfigError
 from bitdet.models.resnetv2 import checkpointing_mode
-from bitdet.numerics import GN_GROUPS, WS_EPS
+from bitdet.numerics import WS_EPS
 
 __all__ = [
     "AUGMENTATIONS",
@@ -42,18 +43,13 @@ def add_bit_config(cfg: CN) -> None:
     registered as renamed to it, so a config that sets it is refused with the new name.
     """
     cfg.MODEL.BIT = CN()
-    # Architecture name from bitdet.list_models(): "R50x1" ... "R152x4", or a CPU
-    # variant such as "R14-tiny" (not a paper model). A "BiT-S-"/"BiT-M-" prefix is allowed.
+    # Architecture from bitdet.list_models(): "R50x1" ... "R152x4", or a CPU variant such as
+    # "R14-tiny" (not a paper model); the weights are MODEL.WEIGHTS. A "BiT-S-"/"BiT-M-" prefix
+    # is allowed.
     cfg.MODEL.BIT.VARIANT = "R50x1"
     # Epsilon of Weight Standardization; 1e-10 reproduces the official checkpoints. Loading
     # timm or transformers weights (which compute with 1e-8) sets theirs on the model, and says so.
     cfg.MODEL.BIT.WS_EPS = WS_EPS
-    # Weight-standardize every conv (BiT). False gives plain convs, for ablations only.
-    cfg.MODEL.BIT.WEIGHT_STD = True
-    # Backbone norm: "GN" (BiT) or "BN" (ablation; frozen as FrozenBatchNorm when frozen).
-    cfg.MODEL.BIT.NORM = "GN"
-    # GroupNorm groups in the backbone.
-    cfg.MODEL.BIT.GN_GROUPS = GN_GROUPS
     # Stage outputs the backbone returns, any of "stem", "res2" ... "res5".
     cfg.MODEL.BIT.OUT_FEATURES = ["res3", "res4", "res5"]
     # What the backbone returns for each stage. BiT is pre-activation: a raw stage output is
@@ -132,29 +128,30 @@ def fixed_input_size(cfg: CN) -> int:
     """
     family = cfg.INPUT.AUGMENTATION
     if family not in AUGMENTATIONS:
-        raise ValueError(
-            f"INPUT.AUGMENTATION {family!r} is unknown; allowed: {', '.join(map(repr, AUGMENTATIONS))}"
+        raise ConfigError(
+            f"INPUT.AUGMENTATION {family!r} is unknown; allowed: "
+            f"{', '.join(map(repr, AUGMENTATIONS))}"
         )
     if family == "multiscale":
         return 0
     size, scales = cfg.INPUT.FIXED_SIZE_JITTER.SIZE, tuple(cfg.INPUT.FIXED_SIZE_JITTER.SCALE_RANGE)
     if not (isinstance(size, int) and size > 0):
-        raise ValueError(
+        raise ConfigError(
             f"INPUT.FIXED_SIZE_JITTER.SIZE {size!r}: expected a positive number of pixels"
         )
     if len(scales) != 2 or not 0 < scales[0] <= scales[1]:
-        raise ValueError(
+        raise ConfigError(
             f"INPUT.FIXED_SIZE_JITTER.SCALE_RANGE {scales}: expected (min, max) with 0 < min <= max"
         )
     test_sizes = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
     if test_sizes != (size, size):
-        raise ValueError(
-            f"INPUT.AUGMENTATION 'fixed_size_jitter' evaluates with the long side at INPUT.FIXED_SIZE_JITTER.SIZE"
-            f" {size}: set INPUT.MIN_SIZE_TEST and INPUT.MAX_SIZE_TEST to {size} (they are {test_sizes[0]},"
-            f" {test_sizes[1]})"
+        raise ConfigError(
+            "INPUT.AUGMENTATION 'fixed_size_jitter' evaluates with the long side at "
+            f"INPUT.FIXED_SIZE_JITTER.SIZE {size}: set INPUT.MIN_SIZE_TEST and INPUT.MAX_SIZE_TEST "
+            f"to {size} (they are {test_sizes[0]}, {test_sizes[1]})"
         )
     if cfg.INPUT.CROP.ENABLED:
-        raise ValueError(
+        raise ConfigError(
             "INPUT.CROP.ENABLED adds a second crop to INPUT.AUGMENTATION 'fixed_size_jitter' "
             "(whose FixedSizeCrop crops): set it False"
         )
@@ -162,9 +159,11 @@ def fixed_input_size(cfg: CN) -> int:
 
 
 def get_bit_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
-    """Detectron2's default config + BiT keys, merged with a config file and ``KEY VALUE`` overrides."""
+    """Detectron2's default config + BiT keys, merged with a config file and ``KEY VALUE``
+    overrides."""
     cfg = get_cfg()
     add_bit_config(cfg)
     merge_config(cfg, config_file, opts, kind="detection")
     checkpointing_mode(cfg.MODEL.ACTIVATION_CHECKPOINTING, "MODEL.ACTIVATION_CHECKPOINTING")
+    check_weights(cfg.MODEL.WEIGHTS)
     return cfg

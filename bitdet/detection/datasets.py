@@ -24,6 +24,7 @@ from detectron2.utils import comm
 from filelock import FileLock
 
 from bitdet.detection.annotations import load_coco_format
+from bitdet.errors import ConfigError, UnknownNameError
 
 __all__ = [
     "DEMO_DATASETS",
@@ -56,7 +57,7 @@ def register_coco_format(name: str, json_file: os.PathLike, image_root: os.PathL
         meta = MetadataCatalog.get(name)
         if (meta.get("json_file"), meta.get("image_root")) == (str(json_file), str(image_root)):
             return
-        raise ValueError(
+        raise ConfigError(
             f"dataset {name!r} is already registered with other files ({meta.get('json_file')})"
         )
     json_file, image_root = str(json_file), str(image_root)
@@ -134,7 +135,7 @@ def prepare_datasets(cfg, names: Iterable[str] | None = None) -> None:
     names = list(names if names is not None else (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST))
     for name in names:
         if name not in DatasetCatalog.list():
-            raise KeyError(
+            raise UnknownNameError(
                 f"dataset {name!r} is not registered. Use a Detectron2 built-in "
                 "(e.g. coco_2017_train), "
                 "a bitdet_demo_* set, or add [name, json_file, image_root] to DATASETS.COCO_FORMAT"

@@ -21,6 +21,8 @@ from typing import Iterator
 
 import torch
 
+from bitdet.errors import ConfigError
+
 __all__ = ["configure_determinism", "repeatable_execution"]
 
 logger = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ def configure_determinism(cfg) -> None:
     if not cfg.SOLVER.DETERMINISTIC:
         return
     if cfg.CUDNN_BENCHMARK:
-        raise ValueError(
+        raise ConfigError(
             "SOLVER.DETERMINISTIC True needs CUDNN_BENCHMARK False "
             "(benchmarking picks kernels by timing)"
         )

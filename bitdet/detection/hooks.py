@@ -5,7 +5,7 @@ parameters (RetinaNet's loss normalizer).
 Schedulers (SLURM, Kubernetes, spot instances) send SIGTERM some seconds before they kill a
 job; a user presses Ctrl-C. :class:`PreemptionCheckpointer` turns either into "finish the
 current iteration, write a checkpoint atomically, exit" (status 0 after SIGTERM, 130 after
-Ctrl-C; :mod:`bitdet.engine.stop_signals`, shared with the classification trainer), so the
+Ctrl-C: :class:`bitdet.engine.stop_signals.CheckpointOnStop`, the classifier's hook too), so the
 next run continues from the iteration that was running instead of the last periodic checkpoint.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 from typing import Any, Optional, Sequence
 
 import torch
@@ -21,29 +20,24 @@ import torch.distributed as dist
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from bitdet.engine.stop_signals import STOP_SIGNALS, StopSignals, TrainingStopped
+from bitdet.engine.stop_signals import STOP_SIGNALS, CheckpointOnStop
+from bitdet.errors import NonFiniteError
 
 __all__ = [
     "LossNormalizerState",
     "NonFiniteLossStop",
     "PreemptionCheckpointer",
-    "TrainingPreempted",
 ]
 
 logger = logging.getLogger(__name__)
 
-TrainingPreempted = TrainingStopped  # the name this module exported before Ctrl-C was handled too
 
-
-class PreemptionCheckpointer(HookBase):
+class PreemptionCheckpointer(CheckpointOnStop):
     """On SIGTERM or Ctrl-C, checkpoint after the current iteration and stop all ranks.
 
-    After each step the ranks agree on the signal (:meth:`StopSignals.agreed`, one scalar
-    all-reduce per signal), so every rank stops at the same iteration even when the signal
-    reaches them at different times; the checkpoint goes through the trainer's checkpointer,
-    which writes only on the main process and atomically. DataLoader workers forked after
-    ``before_train`` inherit the handler, so a signal sent to the whole process group does not
-    kill them mid-batch.
+    :class:`CheckpointOnStop` with the checkpoint written through the trainer's checkpointer
+    (main process only, atomically), under the name and ``iteration`` of Detectron2's
+    ``PeriodicCheckpointer``: ``--resume`` starts at the next iteration.
 
     Args:
         checkpointer: the trainer's checkpointer (``save(name, iteration=...)``).
@@ -52,35 +46,12 @@ class PreemptionCheckpointer(HookBase):
 
     def __init__(self, checkpointer: Any, signals: Sequence[int] = STOP_SIGNALS) -> None:
         self._checkpointer = checkpointer
-        self._stop = StopSignals(signals)
+        super().__init__(self._save_iteration, lambda done: f"iteration {done - 1}", signals)
 
-    @property
-    def requested(self) -> bool:
-        """Whether this process has received one of the signals."""
-        return self._stop.requested
-
-    def request(self, signum: int = signal.SIGTERM) -> None:
-        """Ask for a checkpoint-and-exit after the current step (what the signal does)."""
-        self._stop.request(signum)
-
-    def before_train(self) -> None:
-        self._stop.install()
-
-    def after_train(self) -> None:
-        self._stop.restore()
-
-    def after_step(self) -> None:
-        signum = self._stop.agreed()
-        if signum is None:
-            return
-        iteration = self.trainer.iter
-        name = f"model_{iteration:07d}"
-        # Same naming and "iteration" as Detectron2's PeriodicCheckpointer: --resume starts
-        # at iteration + 1.
-        self._checkpointer.save(name, iteration=iteration)
-        comm.synchronize()  # no rank leaves (tearing down the process group) mid-write
-        path = f"{self._checkpointer.save_dir}/{name}.pth" if comm.is_main_process() else None
-        self._stop.stop(signum, iteration + 1, path, f"iteration {iteration}")
+    def _save_iteration(self, done: int) -> str:
+        name = f"model_{done - 1:07d}"
+        self._checkpointer.save(name, iteration=done - 1)
+        return f"{self._checkpointer.save_dir}/{name}.pth"
 
 
 class NonFiniteLossStop(HookBase):
@@ -130,12 +101,13 @@ class NonFiniteLossStop(HookBase):
         what = (
             f"loss is {total} at iteration {iteration} ({shown})"
             if not finite
-            else f"loss is not finite on another process at iteration {iteration} (this process: {shown})"
+            else f"loss is not finite on another process at iteration {iteration} "
+            f"(this process: {shown})"
         )
         last = (
             self._checkpointer.get_checkpoint_file() if self._checkpointer.has_checkpoint() else ""
         )
-        raise FloatingPointError(
+        raise NonFiniteError(
             f"{what}: the weights were not updated; last good checkpoint: "
             f"{last or 'none yet'}. Lower SOLVER.BASE_LR or check the training data"
         )
@@ -149,9 +121,9 @@ class LossNormalizerState(HookBase):
     buffer, so Detectron2's checkpoint omits it and a resumed run restarts it at 100: the
     losses, hence the weights, drift from an uninterrupted run. With several processes or
     micro-batches, bitdet's step updates it once per step from the whole step's count
-    (:mod:`bitdet.detection.accumulation`), so every rank holds the same value. Only the main process writes
-    checkpoints, so with several processes every rank's value is gathered after each step
-    (one small all-gather). Register this hook before the checkpointers.
+    (:mod:`bitdet.detection.accumulation`), so every rank holds the same value. Only the main
+    process writes checkpoints, so with several processes every rank's value is gathered after
+    each step (one small all-gather). Register this hook before the checkpointers.
     """
 
     NAME = "loss_normalizer"

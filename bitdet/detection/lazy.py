@@ -1,4 +1,5 @@
-"""Detectors written as Detectron2 LazyConfigs (``.py`` files naming classes, e.g. ``L(BiTBackbone)(...)``).
+"""Detectors written as Detectron2 LazyConfigs (``.py`` files naming classes, e.g.
+``L(BiTBackbone)(...)``).
 
 The loop is the one of Detectron2's ``tools/lazyconfig_train_net.py`` (``model``, ``dataloader``,
 ``optimizer``, ``lr_multiplier`` and ``train`` sections; ``SimpleTrainer`` and Detectron2's hooks),
@@ -29,6 +30,7 @@ from bitdet.detection.checkpointer import BiTCheckpointer
 from bitdet.detection.hooks import PreemptionCheckpointer
 from bitdet.detection.precision import AutocastTrainer
 from bitdet.detection.trainer import _create_ddp_model_any_device
+from bitdet.errors import ConfigError
 from bitdet.log import FILE_LOGGER, ignore_third_party_warnings
 from bitdet.utils.precision import precision_dtype
 
@@ -86,15 +88,16 @@ def _check_override(cfg: DictConfig, override: str, path: str) -> None:
     ``LazyCall`` (``_target_``), whose constructor then checks it.
     """
     if "=" not in override:
-        raise ValueError(
-            f"override {override!r}: a LazyConfig takes KEY=VALUE overrides, e.g. train.max_iter=100"
+        raise ConfigError(
+            f"override {override!r}: a LazyConfig takes KEY=VALUE overrides, e.g. "
+            "train.max_iter=100"
         )
     key = override.split("=", 1)[0].lstrip("+~")
     if OmegaConf.select(cfg, key, default=_MISSING) is not _MISSING:
         return
     parent = OmegaConf.select(cfg, key.rpartition(".")[0], default=None) if "." in key else cfg
     if not (isinstance(parent, DictConfig) and "_target_" in parent):
-        raise ValueError(f"override {override!r}: {path} has no key {key!r}")
+        raise ConfigError(f"override {override!r}: {path} has no key {key!r}")
 
 
 def load_lazy_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -113,7 +116,7 @@ def load_lazy_config(path: str, overrides: Sequence[str] = ()) -> DictConfig:
     missing = [s for s in SECTIONS if OmegaConf.select(cfg, s, default=None) is None]
     missing += [f"train.{k}" for k in TRAIN_KEYS if "train" not in missing and k not in cfg.train]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"LazyConfig {path}: missing {missing}; a detector config defines {list(SECTIONS)} "
             f"and train.{{{', '.join(TRAIN_KEYS)}}} (Detectron2's model zoo common/train.py)"
         )
@@ -138,7 +141,7 @@ def lazy_test(cfg: DictConfig, model) -> Dict:
         ValueError: the config has no ``dataloader.evaluator``.
     """
     if "evaluator" not in cfg.dataloader:
-        raise ValueError("the LazyConfig has no dataloader.evaluator: nothing to evaluate with")
+        raise ConfigError("the LazyConfig has no dataloader.evaluator: nothing to evaluate with")
     results = inference_on_dataset(
         model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator)
     )
@@ -154,7 +157,8 @@ def build_lazy_model(cfg: DictConfig):
 
 
 def lazy_train(cfg: DictConfig, resume: bool = False) -> Optional[Dict]:
-    """Train ``cfg`` for ``train.max_iter`` iterations, evaluating every ``train.eval_period`` and at the end.
+    """Train ``cfg`` for ``train.max_iter`` iterations, evaluating every ``train.eval_period``
+    and at the end.
 
     Args:
         cfg: a config from :func:`load_lazy_config`.

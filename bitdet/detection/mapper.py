@@ -23,6 +23,7 @@ from PIL import Image
 
 from bitdet.data.images import decode_stats
 from bitdet.detection.config import fixed_input_size
+from bitdet.errors import ConfigError
 
 __all__ = ["BiTDatasetMapper", "SkippingDatasetMapper", "fixed_size_jitter"]
 
@@ -43,7 +44,7 @@ def fixed_size_jitter(cfg) -> List[T.Augmentation]:
     """
     size = fixed_input_size(cfg)
     if not size:
-        raise ValueError(
+        raise ConfigError(
             f"INPUT.AUGMENTATION is {cfg.INPUT.AUGMENTATION!r}, not 'fixed_size_jitter'"
         )
     low, high = cfg.INPUT.FIXED_SIZE_JITTER.SCALE_RANGE

@@ -35,7 +35,9 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from bitdet.engine.data import SeededDataset, sample_seed
+from bitdet.engine.data import SeededDataset, epoch_permutation, sample_seed
+from bitdet.engine.stop_signals import ignore_stop_signals
+from bitdet.errors import ConfigError, DataError
 
 __all__ = [
     "DataStreamState",
@@ -78,9 +80,9 @@ class ResumableBatchSampler(Sampler[List[Item]]):
         wide: Optional[Sequence[bool]] = None,
     ) -> None:
         if dataset_size <= 0:
-            raise ValueError("the detection training set is empty (DATASETS.TRAIN)")
+            raise DataError("the detection training set is empty (DATASETS.TRAIN)")
         if batch_size <= 0:
-            raise ValueError(f"batch size per process must be positive, got {batch_size}")
+            raise ConfigError(f"batch size per process must be positive, got {batch_size}")
         if wide is not None and len(wide) != dataset_size:
             raise ValueError(f"{len(wide)} aspect-ratio flags for {dataset_size} images")
         self.n, self.batch_size, self.seed = dataset_size, batch_size, int(seed)
@@ -89,10 +91,6 @@ class ResumableBatchSampler(Sampler[List[Item]]):
         self.stream_world_size = world_size
         self.start_batch = 0
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch])))
-        return rng.permutation(self.n)
-
     def _positions(self, rank: int, world_size: int) -> Iterator[Tuple[int, int, int, int]]:
         """The stream of ``rank`` of ``world_size``: ``(index, epoch, position, bucket)`` per
         position."""
@@ -100,7 +98,7 @@ class ResumableBatchSampler(Sampler[List[Item]]):
         while True:
             e, offset = divmod(pos, self.n)
             if e != epoch:
-                epoch, perm = e, self._permutation(e)
+                epoch, perm = e, epoch_permutation(self.seed, e, self.n)
             index = int(perm[offset])
             yield index, epoch, pos, 0 if self.wide is None else int(not self.wide[index])
             pos += world_size
@@ -139,7 +137,7 @@ class ResumableBatchSampler(Sampler[List[Item]]):
         """
         global_batch = self.batch_size * self.world_size
         if stream_world_size <= 0 or global_batch % stream_world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"the checkpoint's data stream was read by {stream_world_size} process(es), "
                 f"which a global batch of {global_batch} images (SOLVER.IMS_PER_BATCH) does not "
                 "split between; "
@@ -219,12 +217,12 @@ def micro_batch_size(ims_per_batch: int, world_size: int, batch_split: int) -> i
         ValueError: ``batch_split`` < 1, or the batch does not divide evenly; names the keys.
     """
     if batch_split < 1:
-        raise ValueError(
+        raise ConfigError(
             f"SOLVER.BATCH_SPLIT must be a positive integer for detection, got {batch_split} (no "
             "automatic value: detection input sizes change from batch to batch)"
         )
     if ims_per_batch <= 0 or ims_per_batch % (world_size * batch_split):
-        raise ValueError(
+        raise ConfigError(
             f"SOLVER.IMS_PER_BATCH={ims_per_batch} is not divisible by {world_size} process(es) x "
             f"SOLVER.BATCH_SPLIT={batch_split}"
         )
@@ -234,7 +232,7 @@ def micro_batch_size(ims_per_batch: int, world_size: int, batch_split: int) -> i
 def split_micro_batches(share: List[Any], batch_split: int) -> List[List[Any]]:
     """This process's batch ``share`` as ``batch_split`` consecutive micro-batches of equal size."""
     if len(share) % batch_split:
-        raise ValueError(
+        raise ConfigError(
             f"a batch of {len(share)} images does not split into SOLVER.BATCH_SPLIT={batch_split} "
             "equal micro-batches"
         )
@@ -296,6 +294,7 @@ def build_resumable_train_loader(cfg, mapper: Callable[[Dict[str, Any]], Any]) -
         batch_sampler=sampler,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         collate_fn=_as_list,
+        worker_init_fn=ignore_stop_signals,
     )
 
 

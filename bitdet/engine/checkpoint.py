@@ -142,7 +142,7 @@ class TrainingCheckpointer:
             The path written.
 
         Raises:
-            FloatingPointError: the weights hold NaN or inf (nothing is written).
+            NonFiniteError: the weights hold NaN or inf (nothing is written).
         """
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         extra: Dict[str, Any] = {"step": int(step), "rng": capture_rng_state()}

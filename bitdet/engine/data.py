@@ -18,7 +18,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-__all__ = ["SeededDataset", "StepBatchSampler", "collate_skip_none", "sample_seed", "step_seed"]
+from bitdet.errors import ConfigError, DataError
+
+__all__ = [
+    "SeededDataset",
+    "StepBatchSampler",
+    "collate_skip_none",
+    "epoch_permutation",
+    "sample_seed",
+    "step_seed",
+]
 
 
 def _seed63(*entropy: int) -> int:
@@ -26,6 +35,12 @@ def _seed63(*entropy: int) -> int:
     return int(
         np.random.SeedSequence(list(entropy)).generate_state(2, np.uint32).view(np.uint64)[0] >> 1
     )
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The sample order of ``epoch``: a permutation of ``range(n)`` drawn from ``(seed, epoch)``."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch])))
+    return rng.permutation(n)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -64,9 +79,9 @@ class StepBatchSampler(Sampler[List[Tuple[int, int]]]):
         max_steps: int = 0,
     ) -> None:
         if dataset_size <= 0:
-            raise ValueError("the training set is empty")
+            raise DataError("the training set is empty")
         if global_batch % world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"global batch {global_batch} is not divisible by world size {world_size}"
             )
         self.n, self.global_batch, self.seed = dataset_size, global_batch, seed
@@ -80,8 +95,7 @@ class StepBatchSampler(Sampler[List[Tuple[int, int]]]):
         if epoch not in self._perms:
             if len(self._perms) >= 2:
                 self._perms.pop(min(self._perms))
-            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch])))
-            self._perms[epoch] = rng.permutation(self.n)
+            self._perms[epoch] = epoch_permutation(self.seed, epoch, self.n)
         return self._perms[epoch]
 
     def batch(self, step: int) -> List[Tuple[int, int]]:

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bitdet.engine.data import collate_skip_none
+from bitdet.errors import DataError
 from bitdet.models.fast import standardized_weight_cache
 
 __all__ = ["classification_metrics", "evaluate_classifier", "multilabel_metrics", "predict"]
@@ -68,12 +69,13 @@ def predict(
     finally:
         model.train(was_training)
     if not logits:
-        raise ValueError(f"no usable samples in the evaluation set ({skipped} skipped)")
+        raise DataError(f"no usable samples in the evaluation set ({skipped} skipped)")
     return {"logits": torch.cat(logits), "targets": torch.cat(targets), "skipped": skipped}
 
 
 def _memory_format(model: torch.nn.Module) -> torch.memory_format:
-    """Channels-last when the model's first conv kernel is (e.g. after ``model.to(memory_format=...)``)."""
+    """Channels-last when the model's first conv kernel is (e.g. after
+    ``model.to(memory_format=...)``)."""
     for p in model.parameters():
         if p.dim() == 4:
             channels_last = (

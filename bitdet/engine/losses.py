@@ -1,4 +1,5 @@
-"""Classification losses: softmax cross-entropy (single label) and sigmoid cross-entropy (multi-label)."""
+"""Classification losses: softmax cross-entropy (single label) and sigmoid cross-entropy
+(multi-label)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from bitdet.errors import ConfigError
 
 __all__ = ["LOSSES", "build_loss", "sigmoid_cross_entropy", "softmax_cross_entropy"]
 
@@ -55,4 +58,4 @@ def build_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor
     try:
         return LOSSES[name]
     except KeyError:
-        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}") from None
+        raise ConfigError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}") from None

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Union
 
+from bitdet.errors import UserError
+
 __all__ = [
     "LOCK_NAME",
     "OutputDirError",
@@ -42,7 +44,7 @@ _SETTLE_S = 5.0  # how long a new lock file may stay empty while its owner write
 _HELD: List["OutputDirLock"] = []
 
 
-class OutputDirError(ValueError):
+class OutputDirError(UserError, ValueError):
     """``OUTPUT_DIR`` cannot hold this run: a file, not writable, or locked by another run."""
 
 

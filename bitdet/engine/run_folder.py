@@ -29,6 +29,7 @@ import yaml
 from detectron2.utils import comm
 
 from bitdet.engine.checkpoint import clear_run
+from bitdet.errors import UserError
 from bitdet.utils.io import PathLike, atomic_write
 from bitdet.weights.checkpoint_file import LAST_CHECKPOINT
 
@@ -60,7 +61,7 @@ _MAX_LISTED = 6  # differences named in the one-line error
 _MAX_VALUE = 40  # characters of a value in it
 
 
-class RunConfigMismatch(ValueError):
+class RunConfigMismatch(UserError, ValueError):
     """The folder holds checkpoints or results of another config."""
 
 
@@ -182,12 +183,19 @@ def _decided_by_main(decide: Callable[[], Any]) -> Any:
     return payload
 
 
-def check_runs(runs: Sequence[Tuple[PathLike, Any]], results_file: str) -> None:
-    """:func:`check_run` for every ``(folder, cfg)`` of a sweep before its first run starts.
+def check_runs(
+    runs: Sequence[Tuple[PathLike, Any]], results_file: str, force: bool = False
+) -> None:
+    """:func:`check_run` for every ``(folder, cfg)`` of a sweep before its first run starts, so
+    that a folder of another config stops the sweep before its first run, not midway.
+
+    ``force``: nothing to check, every run starts over (:func:`open_run` with ``force``).
 
     Raises:
         RunConfigMismatch: the first folder holding a run of another config.
     """
+    if force:
+        return
 
     def check_all() -> None:
         for folder, cfg in runs:

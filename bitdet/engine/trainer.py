@@ -14,7 +14,6 @@ import importlib
 import logging
 import math
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple, Union
@@ -34,7 +33,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from bitdet.engine.checkpoint import TrainingCheckpointer, restore_rng_state
 from bitdet.engine.data import SeededDataset, StepBatchSampler, collate_skip_none, step_seed
 from bitdet.engine.losses import build_loss
-from bitdet.engine.stop_signals import StopSignals
+from bitdet.engine.stop_signals import CheckpointOnStop, ignore_stop_signals
+from bitdet.errors import ConfigError, DataError, NonFiniteError
+from bitdet.models.fast import CompiledWithFallback
 from bitdet.utils.precision import precision_dtype
 
 __all__ = ["ClassifierTrainer", "choose_batch_split"]
@@ -86,15 +87,6 @@ def choose_batch_split(
                 math.ceil(local_batch / (split * 2)),
             )
             split *= 2
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers ignore SIGTERM and SIGINT: schedulers signal every process of a job,
-    Ctrl-C the terminal's whole process group, and a worker dying first would crash the main
-    process before it can save its checkpoint. Workers still exit when the main process does
-    (DataLoader's parent watchdog)."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _CheckpointHook(HookBase):
@@ -169,8 +161,9 @@ class ClassifierTrainer(TrainerBase):
             smallest power-of-two split that fits in CUDA memory before training (1 on CPU).
         precision: ``"fp32"`` or ``"bf16"`` (autocast; loss and optimizer in fp32).
         channels_last: NHWC memory format for the model and its inputs.
-        compile: wrap the model in ``torch.compile``; on a compile error the trainer logs it
-            and continues in eager mode.
+        compile: wrap the model in ``torch.compile``; on a compile error (forward or the
+            first step's backward) the trainer logs it and continues in eager mode
+            (:class:`bitdet.models.fast.CompiledWithFallback`).
         batch_hook: ``(images, targets, generator) -> (images, targets)`` on each CPU batch,
             e.g. MixUp; ``generator`` is seeded from (seed, step, rank).
         evaluate: ``evaluate(model) -> dict``, run on the main process every ``eval_period``
@@ -214,33 +207,33 @@ class ClassifierTrainer(TrainerBase):
         super().__init__()
         self.rank, self.world_size = comm.get_rank(), comm.get_world_size()
         if max_steps <= 0:
-            raise ValueError(f"max_steps must be positive, got {max_steps}")
+            raise ConfigError(f"max_steps must be positive, got {max_steps}")
         if global_batch % self.world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"global_batch {global_batch} must be divisible by the {self.world_size} processes"
             )
         self.local_batch = global_batch // self.world_size
         if batch_split != "auto" and (
             not isinstance(batch_split, int) or not 1 <= batch_split <= self.local_batch
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"batch_split must be 'auto' or an int in [1, {self.local_batch}] "
                 f"(the per-process batch), got {batch_split!r}"
             )
         precision_dtype(
             precision, "precision", allowed=tuple(_PRECISIONS)
-        )  # SOLVER.PRECISION in configs
+        )  # SOLVER.AMP in configs (bitdet.engine.config.engine_precision)
         # A streamed training set (an IterableDataset with ``for_rank``, e.g. bitdet's
         # StreamingShards) gives each rank its own endless, resumable stream instead.
         self.streaming = isinstance(train_set, IterableDataset)
         if self.streaming and not hasattr(train_set, "for_rank"):
             raise TypeError(
-                f"{type(train_set).__name__} is an IterableDataset without for_rank(rank, world_size, "
-                "local_batch, start_step, seed) (returning a stream with describe_share(num_workers)): "
-                "the trainer cannot split or resume it"
+                f"{type(train_set).__name__} is an IterableDataset without for_rank(rank, "
+                "world_size, local_batch, start_step, seed) (returning a stream with "
+                "describe_share(num_workers)): the trainer cannot split or resume it"
             )
         if not self.streaming and len(train_set) == 0:  # type: ignore[arg-type]
-            raise ValueError("the training set is empty")
+            raise DataError("the training set is empty")
         self.loss_fn = build_loss(loss)
 
         if device is None:
@@ -262,21 +255,14 @@ class ClassifierTrainer(TrainerBase):
         )
         self.ddp: Optional[DistributedDataParallel] = None
         if self.world_size > 1:
-            # broadcast_buffers=False: GN has no buffers; BN (ablation) keeps per-rank stats.
+            # broadcast_buffers=False: GroupNorm has no buffers to broadcast.
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
         self._module: torch.nn.Module = self.ddp if self.ddp is not None else self.model
-        self._compiled: Optional[Callable] = None
+        self._compiled: Optional[CompiledWithFallback] = None
+        if compile:  # dynamic=None: torch.compile's default (dynamic shapes after a size change)
+            self._compiled = CompiledWithFallback(self._module, type(model).__name__, dynamic=None)
         self._compile_verified = False
-        if compile:
-            try:
-                self._compiled = torch.compile(self._module)
-            except Exception as e:  # e.g. unsupported Python version
-                logger.warning(
-                    "torch.compile unavailable (%s: %s); training in eager mode",
-                    type(e).__name__,
-                    e,
-                )
 
         self.train_set = train_set
         self.output_dir = Path(output_dir)
@@ -290,8 +276,7 @@ class ClassifierTrainer(TrainerBase):
         self.checkpointer = TrainingCheckpointer(self.output_dir, keep_last)
         self.last_eval: Dict[str, Any] = {}
         self.finished = False
-        self.stop_signals = StopSignals()
-        self._stop_agreed: Optional[int] = None  # the signal that stops every rank after this step
+        self.stop_hook = CheckpointOnStop(self._save_stopped, lambda done: f"step {done}")
         self._last_saved_step = -1
         self._skipped_total = 0
         self._image_shape: Optional[torch.Size] = None
@@ -317,6 +302,7 @@ class ClassifierTrainer(TrainerBase):
                 _CheckpointHook(checkpoint_period),
                 _EvalHook(eval_period, evaluate) if evaluate is not None else None,
                 hooks.PeriodicWriter(writers, period=log_period) if writers else None,
+                self.stop_hook,  # last: a stop step's checkpoint follows its evaluation and logs
             ]
         )
 
@@ -330,6 +316,12 @@ class ClassifierTrainer(TrainerBase):
             )
         self._last_saved_step = step
         return path
+
+    def _save_stopped(self, step: int) -> Optional[Path]:
+        """:meth:`save_checkpoint` for a stop: the checkpoint's path (main process), None
+        elsewhere."""
+        path = self.save_checkpoint(step)
+        return (path or self.checkpointer.path_for(step)) if comm.is_main_process() else None
 
     def _data_layout(self) -> Dict[str, int]:
         """What the data stream depends on besides (seed, step), stored in each checkpoint."""
@@ -358,7 +350,7 @@ class ClassifierTrainer(TrainerBase):
                 why = "each process and worker streams its own shards"
             else:
                 why = "the batch hook (e.g. MixUp) mixes samples within each process's batch"
-            raise ValueError(
+            raise ConfigError(
                 f"{path} was written by a run of {was} and this run has {now}: {why}, so the data "
                 f"would differ from the interrupted run's; resume with {world} process(es)"
                 + (f" and DATALOADER.NUM_WORKERS {workers}" if self.streaming else "")
@@ -366,13 +358,15 @@ class ClassifierTrainer(TrainerBase):
             )
         logger.warning(
             "resuming a run of %d process(es) with %d: every step reads the same samples and "
-            "augmentations (the gradient is summed in another order, so the weights differ in rounding)",
+            "augmentations (the gradient is summed in another order, so the weights differ in "
+            "rounding)",
             world,
             self.world_size,
         )
 
     def resume(self) -> int:
-        """Load the newest readable checkpoint of ``output_dir`` if any; returns the step to start at.
+        """Load the newest readable checkpoint of ``output_dir`` if any; returns the step to start
+        at.
 
         Raises:
             CheckpointError: checkpoints exist but none reads whole.
@@ -417,7 +411,7 @@ class ClassifierTrainer(TrainerBase):
             num_workers=self.num_workers,
             collate_fn=collate_skip_none,
             pin_memory=self.device.type == "cuda",
-            worker_init_fn=_ignore_stop_signals,
+            worker_init_fn=ignore_stop_signals,
         )
         if self.streaming:
             stream = self.train_set.for_rank(
@@ -441,10 +435,12 @@ class ClassifierTrainer(TrainerBase):
             loader = DataLoader(
                 SeededDataset(self.train_set), batch_sampler=sampler, **loader_options
             )
-            share = f"step {start} reads samples {[index for index, _ in sampler.batch(start)] if start < self.max_steps else []}"
+            first = [index for index, _ in sampler.batch(start)] if start < self.max_steps else []
+            share = f"step {start} reads samples {first}"
         self._data_iter = iter(loader)
         logger.info(
-            "training steps %d..%d: global batch %d (%d per process, %s micro-batches), %s, %d process(es)",
+            "training steps %d..%d: global batch %d (%d per process, %s micro-batches), %s, %d "
+            "process(es)",
             start,
             self.max_steps,
             self.global_batch,
@@ -456,36 +452,21 @@ class ClassifierTrainer(TrainerBase):
         # each rank logs (log.txt.rank<r>) which data it reads
         logger.info("data share of rank %d of %d: %s", self.rank, self.world_size, share)
         t_start = time.perf_counter()
-        self._stop_agreed = None
-        self.stop_signals.install()
-        try:
-            with EventStorage(start) as self.storage:
-                try:
-                    self.before_train()
-                    for self.iter in range(start, self.max_steps):
-                        self.before_step()
-                        self.run_step()
-                        self.after_step()
-                        if self._stop_agreed is not None:
-                            path = self.save_checkpoint(self.iter + 1)
-                            if comm.is_main_process():
-                                path = path or self.checkpointer.path_for(self.iter + 1)
-                            self.stop_signals.stop(
-                                self._stop_agreed,
-                                self.iter + 1,
-                                path and str(path),
-                                f"step {self.iter + 1}",
-                            )
-                    self.iter = self.max_steps
-                    self.finished = True
-                except Exception:
-                    logger.exception("training failed at step %d", self.iter)
-                    raise
-                finally:
-                    self.after_train()
-                    del self._data_iter
-        finally:
-            self.stop_signals.restore()
+        with EventStorage(start) as self.storage:
+            try:
+                self.before_train()
+                for self.iter in range(start, self.max_steps):
+                    self.before_step()
+                    self.run_step()
+                    self.after_step()
+                self.iter = self.max_steps
+                self.finished = True
+            except Exception:
+                logger.exception("training failed at step %d", self.iter)
+                raise
+            finally:
+                self.after_train()
+                del self._data_iter
         elapsed = time.perf_counter() - t_start
         latest = self.storage.latest()
         return {
@@ -564,7 +545,9 @@ class ClassifierTrainer(TrainerBase):
         data_time = time.perf_counter() - t0
         lr = float(self.lr_at(step))
         if not math.isfinite(lr) or lr < 0:
-            raise ValueError(f"lr_at({step}) returned {lr}; learning rates must be finite and >= 0")
+            raise ConfigError(
+                f"lr_at({step}) returned {lr}; learning rates must be finite and >= 0"
+            )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -603,7 +586,7 @@ class ClassifierTrainer(TrainerBase):
                 0.0 if empty else loss,
                 float(skipped),
                 float(not empty),
-                *self.stop_signals.pending(),
+                *self.stop_hook.signals.pending(),
             ],
             dtype=torch.float64,
             device=self.device,
@@ -614,12 +597,13 @@ class ClassifierTrainer(TrainerBase):
         mean_loss = loss_sum / max(contributing, 1.0)
         if not math.isfinite(mean_loss):
             last = self.checkpointer.latest()
-            raise FloatingPointError(
-                f"loss is {mean_loss} at step {step} (lr {lr:.4g}): the weights were not updated; last good "
-                f"checkpoint: {last or 'none yet'}. Lower the learning rate or check the data"
+            raise NonFiniteError(
+                f"loss is {mean_loss} at step {step} (lr {lr:.4g}): the weights were not updated; "
+                f"last good checkpoint: {last or 'none yet'}. Lower the learning rate or check "
+                "the data"
             )
         self.optimizer.step()
-        self._stop_agreed = self.stop_signals.decide(stops)
+        self.stop_hook.summed(stops)
         self._skipped_total += int(skipped_all)
         if skipped_all:
             logger.warning(
@@ -651,20 +635,15 @@ class ClassifierTrainer(TrainerBase):
                 out = self._module(images)
             (self.loss_fn(out, targets) * 0.0).backward()
             return 0.0
-        if self._compiled is None or self._compile_verified:
+        if self._compiled is None or self._compiled.failed or self._compile_verified:
             return self._forward_backward(images, targets)
-        try:
+        try:  # the first compiled step: the compiled backward can fail too
             loss = self._forward_backward(images, targets)
             self._compile_verified = True
             return loss
         except torch.cuda.OutOfMemoryError:
             raise
         except Exception as e:
-            logger.warning(
-                "torch.compile failed (%s: %s); continuing in eager mode",
-                type(e).__name__,
-                str(e).splitlines()[0] if str(e) else "",
-            )
-            self._compiled = None
+            self._compiled.fall_back(e)
             self.optimizer.zero_grad(set_to_none=True)
             return self._forward_backward(images, targets)

@@ -47,7 +47,7 @@ def _plain_conv(conv: StdConv2d) -> nn.Conv2d:
     return plain
 
 
-def fold_weight_standardization(model: nn.Module) -> nn.Module:
+def fold_weight_standardization(model: nn.Module, inplace: bool = False) -> nn.Module:
     """A copy of ``model`` with every :class:`StdConv2d` replaced by a plain ``nn.Conv2d``
     holding the standardized kernel (``(W - mean) / sqrt(var + eps)``, per output channel).
 
@@ -56,11 +56,13 @@ def fold_weight_standardization(model: nn.Module) -> nn.Module:
 
     Args:
         model: any module; one without ``StdConv2d`` layers is copied unchanged.
+        inplace: fold ``model`` itself instead of a copy (no second set of weights in memory;
+            the benchmark's "fold" lever).
 
     Returns:
-        The folded copy, in the same train/eval mode as ``model``.
+        The folded copy (``model`` when ``inplace``), in the same train/eval mode as ``model``.
     """
-    folded = copy.deepcopy(model)
+    folded = model if inplace else copy.deepcopy(model)
     for parent in list(folded.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, StdConv2d):

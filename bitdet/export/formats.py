@@ -27,6 +27,7 @@ from typing import Callable, Iterator, List, Sequence, Union
 import numpy as np
 import torch
 
+from bitdet.errors import ConfigError
 from bitdet.export.fold import runtime_conv_weights
 from bitdet.export.targets import ExportTarget
 from bitdet.utils.io import atomic_write
@@ -107,9 +108,9 @@ def check_onnx_size(target: ExportTarget) -> None:
     """Raise a ``ValueError`` if the weights alone exceed what one ONNX file can hold."""
     size = sum(t.numel() * t.element_size() for t in target.module.state_dict().values())
     if size > _ONNX_MAX_BYTES:
-        raise ValueError(
-            f"the {target.kind}'s weights take {size / 2**30:.1f} GiB; an ONNX file holds under 2 GiB "
-            "(protobuf's limit): export --format torchscript instead"
+        raise ConfigError(
+            f"the {target.kind}'s weights take {size / 2**30:.1f} GiB; an ONNX file holds under 2 "
+            "GiB (protobuf's limit): export --format torchscript instead"
         )
 
 
@@ -148,7 +149,7 @@ def export(
         RuntimeError: the graph still computes a conv kernel at run time.
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}: expected one of {FORMATS}")
+        raise ConfigError(f"unknown export format {fmt!r}: expected one of {FORMATS}")
     path = Path(folder) / FILE_NAMES[fmt]
     path.parent.mkdir(parents=True, exist_ok=True)
     # Inference graphs: torch.onnx.export restores the mode the module had, and a wrapper
@@ -197,7 +198,7 @@ def load_runner(path: Union[str, Path], fmt: str, threads: int = 0) -> Runner:
             return session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})
 
         return run_onnx
-    raise ValueError(f"unknown export format {fmt!r}: expected one of {FORMATS}")
+    raise ConfigError(f"unknown export format {fmt!r}: expected one of {FORMATS}")
 
 
 def outputs_as_numpy(outputs: Sequence[torch.Tensor]) -> List[np.ndarray]:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bitdet.errors import ConfigError
 from bitdet.export.fold import fold_weight_standardization
 from bitdet.numerics import PIXEL_MEAN, PIXEL_STD
 
@@ -177,9 +178,9 @@ def detector_target(model: nn.Module, cfg, photos: Sequence[np.ndarray]) -> Expo
     from detectron2.modeling import RetinaNet
 
     if not isinstance(model, RetinaNet):
-        raise ValueError(
-            f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE}: whole-model export supports RetinaNet; "
-            "export the BiT + FPN backbone of any meta-architecture with --part backbone"
+        raise ConfigError(
+            f"MODEL.META_ARCHITECTURE {cfg.MODEL.META_ARCHITECTURE}: whole-model export supports "
+            "RetinaNet; export the BiT + FPN backbone of any meta-architecture with --part backbone"
         )
     model = model.eval()
     samples = [(_test_resize(cfg, p),) for p in photos]

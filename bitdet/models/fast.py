@@ -11,8 +11,9 @@ here remove that overhead without changing module names, state-dict keys or resu
   step instead of once per micro-batch, and back-propagate through WS once per step.
 * :func:`compile_model`: ``torch.compile`` (Inductor fuses WS into one kernel per conv and
   GroupNorm + ReLU into channels-last reductions; ``mode="reduce-overhead"`` adds CUDA
-  graphs) with a clean fall-back to eager when compilation fails.
-* :func:`optimize_for_training` / :func:`optimize_for_inference` combine them.
+  graphs) with a clean fall-back to eager when compilation fails
+  (:class:`CompiledWithFallback`, also the classification trainer's).
+* :func:`optimize_for_inference` combines them for inference.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import torch
 from torch import nn
@@ -28,13 +29,13 @@ from torch import nn
 from bitdet.models.layers import StdConv2d, standardize_weight
 
 __all__ = [
+    "CompiledWithFallback",
     "StandardizeOncePerStep",
     "cache_standardized_weights",
     "clear_weight_cache",
     "compile_model",
     "is_compiled",
     "optimize_for_inference",
-    "optimize_for_training",
     "standardized_weight_cache",
     "std_convs",
 ]
@@ -132,7 +133,8 @@ class StandardizeOncePerStep:
         self.convs = std_convs(model)
         if not self.convs:
             raise ValueError(
-                f"{type(model).__name__} has no StdConv2d layers: nothing to standardize once per step"
+                f"{type(model).__name__} has no StdConv2d layers: nothing to standardize once per "
+                "step"
             )
 
     @contextlib.contextmanager
@@ -170,10 +172,71 @@ class StandardizeOncePerStep:
             conv.step_weight = None
 
 
+class CompiledWithFallback:
+    """``torch.compile(fn)`` that falls back to ``fn`` itself, for good, when compiling fails.
+
+    Compilation is lazy: it happens at the first call. If ``torch.compile`` itself or a compiled
+    call raises, ``fn`` runs on the same inputs: if it succeeds, the compile error is logged
+    once and every later call is eager; if it fails too, its own error is raised (it is the
+    caller's error, not the compiler's). A failure the call cannot see (in the compiled
+    backward, raised by ``loss.backward()``) is handed to :meth:`fall_back` by the caller.
+
+    Args:
+        fn: the eager callable (a module or its ``forward``).
+        name: what the log line calls it.
+        mode, dynamic, backend: as for ``torch.compile``; ``mode`` "default" is None, and
+            modes apply to the "inductor" backend only.
+        fallback: False: no eager safety net, compile errors propagate.
+    """
+
+    def __init__(
+        self,
+        fn: Callable,
+        name: str,
+        mode: Optional[str] = None,
+        dynamic: Optional[bool] = False,
+        backend: str = "inductor",
+        fallback: bool = True,
+    ) -> None:
+        self.eager, self.name, self.fallback, self.failed = fn, name, fallback, False
+        if backend != "inductor" or mode == "default":
+            mode = None
+        self.compiled: Optional[Callable] = None
+        try:
+            self.compiled = torch.compile(fn, mode=mode, dynamic=dynamic, backend=backend)
+        except Exception as e:  # e.g. a Python version Dynamo does not support
+            if not fallback:
+                raise
+            self.fall_back(e)
+
+    def fall_back(self, error: BaseException) -> None:
+        """Run eagerly from now on; logs ``error`` (the first line of its message)."""
+        self.failed = True
+        first_line = str(error).splitlines()[0] if str(error) else ""
+        logger.warning(
+            "torch.compile failed (%s: %s); running %s eagerly from now on",
+            type(error).__name__,
+            first_line,
+            self.name,
+        )
+
+    def __call__(self, *args, **kwargs):
+        if self.failed:
+            return self.eager(*args, **kwargs)
+        if not self.fallback:
+            return self.compiled(*args, **kwargs)
+        try:
+            return self.compiled(*args, **kwargs)
+        except Exception as compile_error:  # noqa: BLE001 - decided below by re-running eagerly
+            out = self.eager(*args, **kwargs)  # raises the caller's own error, if it is one
+            self.fall_back(compile_error)
+            return out
+
+
 def is_compiled(module: nn.Module) -> bool:
     """Whether :func:`compile_model` compiled ``module`` and compilation has not failed."""
     state = getattr(module, "_bitdet_compile", None)
-    return bool(state) and not state["failed"]
+    return state is not None and not state.failed
 
 
 def compile_model(
@@ -186,10 +249,7 @@ def compile_model(
     """``torch.compile`` ``module`` in place, falling back to eager if compilation fails.
 
     The module object, its parameter names and state-dict keys stay as they were (only its
-    ``forward`` is replaced). Compilation is lazy: it happens at the first call. If the
-    compiled call raises, the eager forward runs on the same inputs; if eager succeeds, the
-    compile error is logged once and the module stays eager from then on; if eager fails
-    too, eager's error is raised (it is the caller's error, not the compiler's).
+    ``forward`` is replaced, by a :class:`CompiledWithFallback` of it).
 
     Args:
         module: the module to compile.
@@ -204,61 +264,14 @@ def compile_model(
     Returns:
         ``module`` itself.
     """
-    if getattr(module, "_bitdet_compile", None):
+    if getattr(module, "_bitdet_compile", None) is not None:
         return module
-    eager_forward = module.forward
-    if backend != "inductor":
-        mode = None
-    compiled_forward = torch.compile(
-        eager_forward, mode=None if mode == "default" else mode, dynamic=dynamic, backend=backend
+    compiled = CompiledWithFallback(
+        module.forward, type(module).__name__, mode, dynamic, backend, fallback
     )
-    if not fallback:
-        module.forward = compiled_forward
-        module._bitdet_compile = {"failed": False, "mode": mode}
-        return module
-    state = {"failed": False, "mode": mode}
-
-    @functools.wraps(eager_forward)
-    def forward(*args, **kwargs):
-        if state["failed"]:
-            return eager_forward(*args, **kwargs)
-        try:
-            return compiled_forward(*args, **kwargs)
-        except Exception as compile_error:  # noqa: BLE001 - decided below by re-running eagerly
-            out = eager_forward(*args, **kwargs)  # raises the caller's own error, if it is one
-            state["failed"] = True
-            logger.warning(
-                "torch.compile of %s failed, running eagerly from now on: %s: %s",
-                type(module).__name__,
-                type(compile_error).__name__,
-                compile_error,
-            )
-            return out
-
-    module.forward = forward
-    module._bitdet_compile = state
+    module.forward = functools.update_wrapper(compiled, compiled.eager)
+    module._bitdet_compile = compiled
     return module
-
-
-def optimize_for_training(
-    model: nn.Module,
-    channels_last: bool = True,
-    compile: bool = True,
-    compile_mode: Optional[str] = None,
-) -> nn.Module:
-    """Channels-last memory format and ``torch.compile`` (with eager fall-back) for training.
-
-    Feed channels-last inputs too (``x.to(memory_format=torch.channels_last)``). For gradient
-    accumulation, add :class:`StandardizeOncePerStep`.
-
-    Returns:
-        ``model``, modified in place.
-    """
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if compile:
-        compile_model(model, mode=compile_mode)
-    return model
 
 
 def optimize_for_inference(

@@ -53,7 +53,8 @@ def standardize_weight(weight: torch.Tensor, eps: float = WS_EPS) -> torch.Tenso
 
 
 def _shifted_rows(flat: torch.Tensor) -> torch.Tensor:
-    """``flat`` minus its first column, which is held constant for autograd (see :func:`standardize_weight`)."""
+    """``flat`` minus its first column, which is held constant for autograd (see
+    :func:`standardize_weight`)."""
     return flat - flat[:, :1].detach()
 
 
@@ -98,7 +99,8 @@ class StdConv2d(nn.Conv2d):
             return self.step_weight
         if (
             self.cache_weight
-            and not torch.compiler.is_compiling()  # compiled graphs fuse WS themselves; no guards on pointers
+            # compiled graphs fuse WS themselves; no guards on pointers
+            and not torch.compiler.is_compiling()
             and not (torch.is_grad_enabled() and self.weight.requires_grad)
         ):
             return self._cached_weight()
@@ -123,7 +125,8 @@ class StdConv2d(nn.Conv2d):
         return cached
 
     def clear_weight_cache(self) -> None:
-        """Drop the cached standardized kernel (needed only after writes through ``weight.data``)."""
+        """Drop the cached standardized kernel (needed only after writes through
+        ``weight.data``)."""
         self._ws_cache = None
 
     def __getstate__(self) -> dict:
@@ -137,32 +140,20 @@ class StdConv2d(nn.Conv2d):
         return f"{super().extra_repr()}, eps={self.eps:g}"
 
 
-def make_conv_layer(weight_std: bool = True, ws_eps: float = WS_EPS) -> Callable[..., nn.Conv2d]:
-    """Return a bias-free conv constructor: weight-standardized (BiT) or plain (ablation)."""
-    if weight_std:
-        return functools.partial(StdConv2d, eps=ws_eps, bias=False)
-    return functools.partial(nn.Conv2d, bias=False)
+def make_conv_layer(ws_eps: float = WS_EPS) -> Callable[..., nn.Conv2d]:
+    """Return a bias-free weight-standardized conv constructor (BiT)."""
+    return functools.partial(StdConv2d, eps=ws_eps, bias=False)
 
 
-def make_norm_layer(norm: str = "GN", num_groups: int = GN_GROUPS) -> Callable[[int], nn.Module]:
-    """Return a constructor ``f(channels) -> norm module``.
+def make_norm_layer() -> Callable[[int], nn.Module]:
+    """Return a constructor ``f(channels) -> GroupNorm`` with BiT's groups and epsilon."""
 
-    Args:
-        norm: ``"GN"`` (BiT), or ``"BN"`` for BatchNorm ablations.
-        num_groups: groups for GroupNorm; must divide every channel count of the model.
-    """
-    norm = norm.upper()
-    if norm == "GN":
+    def group_norm(channels: int) -> nn.GroupNorm:
+        if channels % GN_GROUPS:
+            raise ValueError(
+                f"GroupNorm with {GN_GROUPS} groups cannot split {channels} channels; "
+                "choose a width whose channel counts are multiples of the group count"
+            )
+        return nn.GroupNorm(GN_GROUPS, channels, eps=GN_EPS)
 
-        def group_norm(channels: int) -> nn.GroupNorm:
-            if channels % num_groups:
-                raise ValueError(
-                    f"GroupNorm with {num_groups} groups cannot split {channels} channels; "
-                    "choose a width whose channel counts are multiples of the group count"
-                )
-            return nn.GroupNorm(num_groups, channels, eps=GN_EPS)
-
-        return group_norm
-    if norm == "BN":
-        return nn.BatchNorm2d
-    raise ValueError(f"unknown norm {norm!r}: expected 'GN' or 'BN'")
+    return group_norm

@@ -24,8 +24,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from bitdet.errors import ConfigError
 from bitdet.models.layers import make_conv_layer, make_norm_layer
-from bitdet.numerics import GN_GROUPS, STEM_POOL_PAD, WS_EPS
+from bitdet.numerics import STEM_POOL_PAD, WS_EPS
 
 __all__ = [
     "CHECKPOINTING_MODES",
@@ -110,7 +111,7 @@ def checkpointing_mode(mode: Union[bool, str], key: str = "activation checkpoint
     if isinstance(mode, bool):
         return "unit" if mode else "none"
     if mode not in CHECKPOINTING_MODES:
-        raise ValueError(
+        raise ConfigError(
             f"{key} {mode!r}: expected one of {', '.join(repr(m) for m in CHECKPOINTING_MODES)}"
         )
     return mode
@@ -193,10 +194,7 @@ class ResNetV2(GradCheckpointing, nn.Module):
         num_classes: size of the 1x1-conv head; 0 builds a headless backbone (the final
             GroupNorm is kept: it belongs to the pretrained trunk).
         stem_width: stem channels before the width multiplier.
-        norm: ``"GN"`` (BiT) or ``"BN"`` (ablation).
-        weight_std: weight-standardize every conv (BiT) or use plain convs (ablation).
         ws_eps: weight-standardization epsilon.
-        gn_groups: GroupNorm groups.
         zero_head: initialise the head's weight and bias to zero (BiT fine-tuning).
         head_bias: initial value of the head bias when not zero-initialised (e.g. -10 for
             sigmoid cross-entropy over many classes).
@@ -210,10 +208,7 @@ class ResNetV2(GradCheckpointing, nn.Module):
         width: int = 1,
         num_classes: int = 1000,
         stem_width: int = 64,
-        norm: str = "GN",
-        weight_std: bool = True,
         ws_eps: float = WS_EPS,
-        gn_groups: int = GN_GROUPS,
         zero_head: bool = False,
         head_bias: float = 0.0,
         in_channels: int = 3,
@@ -221,8 +216,8 @@ class ResNetV2(GradCheckpointing, nn.Module):
         super().__init__()
         if len(layers) != 4:
             raise ValueError(f"layers must list 4 stages, got {tuple(layers)}")
-        conv = make_conv_layer(weight_std, ws_eps)
-        norm_layer = make_norm_layer(norm, gn_groups)
+        conv = make_conv_layer(ws_eps)
+        norm_layer = make_norm_layer()
         self.num_classes = num_classes
 
         stem_channels = stem_width * width
@@ -264,7 +259,7 @@ class ResNetV2(GradCheckpointing, nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m is not self.fc:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.GroupNorm, nn.BatchNorm2d)):
+            elif isinstance(m, nn.GroupNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         if self.fc is not None:

@@ -12,6 +12,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Dict, Optional, Sequence, Tuple, Union
 
+from bitdet.errors import UnknownNameError
+
 __all__ = [
     "ARCHITECTURES",
     "PRETRAINED",
@@ -97,7 +99,9 @@ def resolve(name: str) -> Tuple[str, Architecture, Optional[Pretrained]]:
     hint = " (BiT-L was never released)" if name.startswith("BiT-L-") else ""
     if _BIT_NAME.match(name) and name[6:] in ARCHITECTURES and not hint:
         hint = f" ({name[6:]} has no official checkpoint)"
-    raise KeyError(f"unknown model {name!r}{hint}; known models: {', '.join(list_models())}")
+    raise UnknownNameError(
+        f"unknown model {name!r}{hint}; known models: {', '.join(list_models())}"
+    )
 
 
 def list_models(pattern: Union[str, Sequence[str], None] = None, pretrained: bool = False) -> list:

@@ -4,7 +4,7 @@ Run it with ``tools/pretrain.py --config-file configs/pretrain/<recipe>.yaml``; 
 loop is :class:`bitdet.engine.ClassifierTrainer`, the losses :mod:`bitdet.engine.losses`.
 """
 
-from bitdet.pretrain.config import DATASET_KINDS, add_pretrain_config, get_pretrain_cfg
+from bitdet.pretrain.config import DATASET_NAMES, add_pretrain_config, get_pretrain_cfg
 from bitdet.pretrain.data import (
     ImageFolderDataset,
     LabelFileDataset,
@@ -24,7 +24,7 @@ from bitdet.pretrain.schedule import StepSchedule, epochs_to_steps, scaled_lr
 from bitdet.pretrain.shards import ShardDataset, StreamingShards, expand_shards, write_shards
 
 __all__ = [
-    "DATASET_KINDS",
+    "DATASET_NAMES",
     "ImageFolderDataset",
     "LabelFileDataset",
     "ShardDataset",

@@ -12,28 +12,34 @@ from typing import Sequence
 
 from detectron2.config import CfgNode as CN
 
-from bitdet.config import merge_config
-from bitdet.engine.config import add_engine_solver_config, add_engine_test_config
+from bitdet.config import check_weights, merge_config
+from bitdet.engine.config import (
+    add_engine_model_config,
+    add_engine_solver_config,
+    add_engine_test_config,
+    engine_precision,
+)
 from bitdet.engine.losses import LOSSES
+from bitdet.errors import ConfigError
 from bitdet.models.resnetv2 import checkpointing_mode
 
-__all__ = ["DATASET_KINDS", "add_pretrain_config", "get_pretrain_cfg"]
+__all__ = ["DATASET_NAMES", "add_pretrain_config", "get_pretrain_cfg"]
 
-DATASET_KINDS = ("fashion_mnist", "fashion_mnist_photos", "imagefolder", "labelfile", "webdataset")
+DATASET_NAMES = ("fashion_mnist", "fashion_mnist_photos", "imagefolder", "labelfile", "webdataset")
 
 
-def _dataset_node(kind: str, path: str, split: str) -> CN:
+def _dataset_node(name: str, root: str, split: str) -> CN:
     node = CN()
     # Source format: "fashion_mnist" (idx files), "fashion_mnist_photos" (the same items drawn
     # like the demo detection set's objects: random scale and position, tinted on photo crops;
     # see INPUT.ITEM_SCALE, INPUT.PHOTO_PROB), "imagefolder" (root/<class>/<image>),
-    # "labelfile" (a text file of "relative/path<TAB>label[,label...]" lines, PATH is the
-    # file and images are relative to its folder), "webdataset" (tar shards, PATH a brace
-    # pattern such as "/data/shards/train-{000000..000127}.tar"), or "" for none.
-    node.KIND = kind
-    # Folder, file or shard pattern (see KIND). For fashion_mnist(_photos), the idx folder ("" =
+    # "labelfile" (a text file of "relative/path<TAB>label[,label...]" lines, ROOT is the
+    # file and images are relative to its folder), "webdataset" (tar shards, ROOT a brace
+    # pattern such as "/data/shards/train-{000000..000127}.tar").
+    node.NAME = name
+    # Folder, file or shard pattern (see NAME). For fashion_mnist(_photos), the idx folder ("" =
     # /usr/share/datasets/fashion-mnist).
-    node.PATH = path
+    node.ROOT = root
     # Split name for sources that hold several (fashion_mnist: "train" / "test").
     node.SPLIT = split
     # Use a fixed random subset of N samples (0 = all): quick runs, cheaper held-out evaluation.
@@ -46,28 +52,24 @@ def add_pretrain_config(cfg: CN) -> None:
     # Detectron2's config version: its CfgNode.merge_from_file requires the current one.
     cfg.VERSION = 2
     cfg.MODEL = CN()
-    # Architecture from bitdet.list_models(): "R50x1" ... "R152x4", or "R14-tiny" / "R26-tiny" (CPU).
-    cfg.MODEL.NAME = "R50x1"
+    add_engine_model_config(cfg, "R50x1")
     # Upstream classes: 1000 (ILSVRC-2012), 21843 (ImageNet-21k), 18291 (JFT-300M).
     cfg.MODEL.NUM_CLASSES = 1000
     # Initial head bias. -10 with SOLVER.LOSS "sigmoid" over many classes keeps the first
     # steps stable (each class starts at p = 4.5e-5); 0 for softmax.
     cfg.MODEL.HEAD_BIAS = 0.0
-    # Optional initial weights (bitdet .pth, official .npz or a BiT name such as "BiT-S-R50x1");
-    # "" = random init. Resuming from OUTPUT_DIR takes precedence.
+    # Initial weights (bitdet .pth, official .npz or a BiT name such as "BiT-S-R50x1");
+    # "" = none (random initialisation). Resuming from OUTPUT_DIR takes precedence.
     cfg.MODEL.WEIGHTS = ""
-    # "cuda" (each process on its local GPU), "cpu", or "" for CUDA when available.
-    cfg.MODEL.DEVICE = ""
-    # Activation checkpointing of the BiT trunk in training: "none", "stage" (keep each stage's
-    # input, recompute the stage in backward) or "unit" (the same per bottleneck unit). Same
-    # losses and gradients, less activation memory, about one more forward per step.
-    cfg.MODEL.ACTIVATION_CHECKPOINTING = "none"
 
     cfg.DATASETS = CN()
-    # Training data (see KIND for the formats).
+    # Training data (see NAME for the formats).
     cfg.DATASETS.TRAIN = _dataset_node("imagefolder", "", "train")
-    # Held-out data for evaluation during and after training; KIND "" disables it.
+    # Held-out data for evaluation during and after training; NAME "" = no held-out evaluation.
     cfg.DATASETS.TEST = _dataset_node("", "", "test")
+    for split in ("TRAIN", "TEST"):
+        cfg.register_renamed_key(f"DATASETS.{split}.KIND", f"DATASETS.{split}.NAME")
+        cfg.register_renamed_key(f"DATASETS.{split}.PATH", f"DATASETS.{split}.ROOT")
     # Targets are multi-hot vectors (several labels per image): use SOLVER.LOSS "sigmoid";
     # evaluation reports precision@1 and mAP instead of top-1/top-5.
     cfg.DATASETS.MULTILABEL = False
@@ -81,13 +83,13 @@ def add_pretrain_config(cfg: CN) -> None:
     cfg.INPUT.RANDOM_FLIP = True
     # Evaluation: resize the shorter side to this, then centre-crop INPUT.CROP_SIZE.
     cfg.INPUT.TEST_RESIZE = 256
-    # KIND "fashion_mnist_photos": the item's side as a fraction of the INPUT.CROP_SIZE canvas
+    # NAME "fashion_mnist_photos": the item's side as a fraction of the INPUT.CROP_SIZE canvas
     # (replaces the Inception crop for that source).
     cfg.INPUT.ITEM_SCALE = (0.4, 1.0)
-    # KIND "fashion_mnist_photos": probability that an item keeps the plain Fashion-MNIST look
+    # NAME "fashion_mnist_photos": probability that an item keeps the plain Fashion-MNIST look
     # (the whole frame, grey on black, as in the test split); the others are drawn at ITEM_SCALE.
     cfg.INPUT.PLAIN_PROB = 0.0
-    # KIND "fashion_mnist_photos": probability that an item drawn at ITEM_SCALE is tinted and
+    # NAME "fashion_mnist_photos": probability that an item drawn at ITEM_SCALE is tinted and
     # pasted on a photo crop (else grey on black).
     cfg.INPUT.PHOTO_PROB = 0.75
 
@@ -119,8 +121,6 @@ def add_pretrain_config(cfg: CN) -> None:
     cfg.TEST = CN()
     # Steps between held-out evaluations (0 = only at the end).
     cfg.TEST.EVAL_PERIOD = 0
-    # Evaluation batch size per process.
-    cfg.TEST.IMS_PER_BATCH = 256
     add_engine_test_config(cfg)
 
     cfg.DATALOADER = CN()
@@ -134,7 +134,8 @@ def add_pretrain_config(cfg: CN) -> None:
 
 
 def get_pretrain_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
-    """Default pretraining config merged with a YAML file (path, or name under ``configs/``) and overrides.
+    """Default pretraining config merged with a YAML file (path, or name under ``configs/``) and
+    overrides.
 
     Raises:
         ValueError: an unknown key or a value of the wrong type, naming the file or override.
@@ -143,12 +144,15 @@ def get_pretrain_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -
     add_pretrain_config(cfg)
     merge_config(cfg, config_file, opts, kind="pretrain")
     for split in ("TRAIN", "TEST"):
-        kind = cfg.DATASETS[split].KIND
-        if kind and kind not in DATASET_KINDS:
-            raise ValueError(
-                f"DATASETS.{split}.KIND is {kind!r}; choose one of {DATASET_KINDS} (or '' for none)"
+        name = cfg.DATASETS[split].NAME
+        if (name or split == "TRAIN") and name not in DATASET_NAMES:
+            none = " (or '' for none)" if split == "TEST" else ""
+            raise ConfigError(
+                f"DATASETS.{split}.NAME is {name!r}; choose one of {DATASET_NAMES}{none}"
             )
     if cfg.SOLVER.LOSS not in LOSSES:
-        raise ValueError(f"SOLVER.LOSS must be one of {sorted(LOSSES)}, got {cfg.SOLVER.LOSS!r}")
+        raise ConfigError(f"SOLVER.LOSS must be one of {sorted(LOSSES)}, got {cfg.SOLVER.LOSS!r}")
     checkpointing_mode(cfg.MODEL.ACTIVATION_CHECKPOINTING, "MODEL.ACTIVATION_CHECKPOINTING")
+    check_weights(cfg.MODEL.WEIGHTS)
+    engine_precision(cfg)
     return cfg

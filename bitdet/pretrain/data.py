@@ -1,4 +1,4 @@
-"""Pretraining data: BiT's transforms and the dataset sources named by ``DATASETS.*.KIND``.
+"""Pretraining data: BiT's transforms and the dataset sources named by ``DATASETS.*.NAME``.
 
 Every source returns ``(CHW float tensor in [-1, 1], target)`` or ``None`` for an unusable
 image; the trainer skips and counts those.
@@ -18,6 +18,7 @@ from bitdet.data.fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
 from bitdet.data.fashion_mnist import FashionMNIST
 from bitdet.data.fashion_photos import FashionMNISTOnPhotos
 from bitdet.data.images import ToBiTTensor, load_image
+from bitdet.errors import ConfigError, DataError
 from bitdet.pretrain.shards import IMAGE_EXTENSIONS, ShardDataset, StreamingShards, is_stream
 
 __all__ = [
@@ -95,17 +96,17 @@ class ImageFolderDataset(_FileDataset):
     ) -> None:
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"image folder {root} does not exist (DATASETS.*.PATH)")
+            raise FileNotFoundError(f"image folder {root} does not exist (DATASETS.*.ROOT)")
         self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
         if not self.classes:
-            raise ValueError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
+            raise DataError(f"{root} has no class sub-folders (expected root/<class>/<image>)")
         samples = []
         for label, name in enumerate(self.classes):
             for path in sorted((root / name).rglob("*")):
                 if path.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS:
                     samples.append((str(path), label))
         if not samples:
-            raise ValueError(f"no images with extensions {IMAGE_EXTENSIONS} under {root}")
+            raise DataError(f"no images with extensions {IMAGE_EXTENSIONS} under {root}")
         super().__init__(samples, num_classes or len(self.classes), multilabel, transform)
 
 
@@ -124,13 +125,13 @@ def read_label_file(path: Union[str, os.PathLike]) -> List[Tuple[str, List[int]]
         try:
             labels = [int(v) for v in parts[1].split(",") if v != ""]
         except (IndexError, ValueError):
-            raise ValueError(
+            raise DataError(
                 f"{path}:{n}: expected 'path<TAB>label[,label...]' with integer labels, "
                 f"got {line!r}"
             ) from None
         out.append((str(path.parent / parts[0]), labels))
     if not out:
-        raise ValueError(f"{path} lists no samples")
+        raise DataError(f"{path} lists no samples")
     return out
 
 
@@ -149,12 +150,12 @@ class LabelFileDataset(_FileDataset):
             (p, labels) for p, labels in samples if any(not 0 <= v < num_classes for v in labels)
         ]
         if bad:
-            raise ValueError(
+            raise DataError(
                 f"{label_file}: {len(bad)} sample(s) have labels outside [0, {num_classes}), "
                 f"e.g. {bad[0]} (MODEL.NUM_CLASSES = {num_classes})"
             )
         if not multilabel and any(len(labels) != 1 for _, labels in samples):
-            raise ValueError(
+            raise DataError(
                 f"{label_file} has samples with several labels; set DATASETS.MULTILABEL True"
             )
         super().__init__(samples, num_classes, multilabel, transform)
@@ -164,7 +165,7 @@ def build_dataset(spec, *, train: bool, cfg) -> Dataset:
     """The dataset that a ``DATASETS.TRAIN`` / ``DATASETS.TEST`` node describes.
 
     Args:
-        spec: the node (KIND, PATH, SPLIT, MAX_SAMPLES).
+        spec: the node (NAME, ROOT, SPLIT, MAX_SAMPLES).
         train: training transforms (random crop, flip) or evaluation ones.
         cfg: the full config (INPUT.*, MODEL.NUM_CLASSES, DATASETS.MULTILABEL).
 
@@ -178,20 +179,20 @@ def build_dataset(spec, *, train: bool, cfg) -> Dataset:
         if train
         else eval_transform(cfg.INPUT.TEST_RESIZE, size)
     )
-    kind, path = spec.KIND, spec.PATH
+    name, root = spec.NAME, spec.ROOT
     num_classes, multilabel = cfg.MODEL.NUM_CLASSES, cfg.DATASETS.MULTILABEL
-    if kind in ("fashion_mnist", "fashion_mnist_photos"):
+    if name in ("fashion_mnist", "fashion_mnist_photos"):
         if num_classes != 10 or multilabel:
-            raise ValueError(
+            raise ConfigError(
                 "Fashion-MNIST has 10 classes, one per image: set MODEL.NUM_CLASSES 10, "
                 "DATASETS.MULTILABEL False"
             )
-        if kind == "fashion_mnist":
-            dataset: Dataset = FashionMNIST(path or FASHION_MNIST_ROOT, spec.SPLIT, transform)
+        if name == "fashion_mnist":
+            dataset: Dataset = FashionMNIST(root or FASHION_MNIST_ROOT, spec.SPLIT, transform)
         else:  # the canvas is drawn at CROP_SIZE: no resize or crop, only the flip and [-1, 1]
             ops = [T.RandomHorizontalFlip()] if train and cfg.INPUT.RANDOM_FLIP else []
             dataset = FashionMNISTOnPhotos(
-                path or FASHION_MNIST_ROOT,
+                root or FASHION_MNIST_ROOT,
                 spec.SPLIT,
                 size,
                 cfg.INPUT.ITEM_SCALE,
@@ -200,28 +201,28 @@ def build_dataset(spec, *, train: bool, cfg) -> Dataset:
                 seed=None if train else cfg.SEED,
                 plain_prob=cfg.INPUT.PLAIN_PROB,
             )
-    elif kind == "imagefolder":
-        dataset = ImageFolderDataset(path, transform, num_classes, multilabel)
+    elif name == "imagefolder":
+        dataset = ImageFolderDataset(root, transform, num_classes, multilabel)
         if len(dataset.classes) > num_classes:
-            raise ValueError(
-                f"{path} has {len(dataset.classes)} classes but MODEL.NUM_CLASSES is {num_classes}"
+            raise ConfigError(
+                f"{root} has {len(dataset.classes)} classes but MODEL.NUM_CLASSES is {num_classes}"
             )
-    elif kind == "labelfile":
-        dataset = LabelFileDataset(path, num_classes, multilabel, transform)
-    elif kind == "webdataset" and is_stream(path):
+    elif name == "labelfile":
+        dataset = LabelFileDataset(root, num_classes, multilabel, transform)
+    elif name == "webdataset" and is_stream(root):
         if spec.MAX_SAMPLES and train:
-            raise ValueError(
-                f"MAX_SAMPLES cannot subset the streamed training shards {path!r}: set it to 0 and "
+            raise ConfigError(
+                f"MAX_SAMPLES cannot subset the streamed training shards {root!r}: set it to 0 and "
                 "list fewer shards"
             )
         # held-out: the first MAX_SAMPLES samples in shard order (a stream has no random subset)
         return StreamingShards(
-            path, num_classes, multilabel, transform, max_samples=spec.MAX_SAMPLES or None
+            root, num_classes, multilabel, transform, max_samples=spec.MAX_SAMPLES or None
         )
-    elif kind == "webdataset":
-        dataset = ShardDataset(path, num_classes, multilabel, transform)
+    elif name == "webdataset":
+        dataset = ShardDataset(root, num_classes, multilabel, transform)
     else:
-        raise ValueError(f"unknown dataset KIND {kind!r}")
+        raise ConfigError(f"unknown dataset NAME {name!r}")
     if spec.MAX_SAMPLES and spec.MAX_SAMPLES < len(dataset):
         # A fixed random subset: the first N of a class-sorted folder would miss classes.
         keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[

@@ -14,7 +14,9 @@ from torch.utils.data import Dataset, IterableDataset
 
 from bitdet.config import resolve_device
 from bitdet.engine import ClassifierTrainer, evaluate_classifier
+from bitdet.engine.config import engine_precision
 from bitdet.engine.run_folder import open_run
+from bitdet.errors import ConfigError
 from bitdet.factory import create_model
 from bitdet.models.resnetv2 import ResNetV2
 from bitdet.pretrain.data import build_dataset
@@ -28,14 +30,14 @@ logger = logging.getLogger(__name__)
 
 
 def build_model(cfg) -> ResNetV2:
-    """The ``MODEL.NAME`` network with ``MODEL.NUM_CLASSES`` outputs, head bias, optional weights
-    and ``MODEL.ACTIVATION_CHECKPOINTING``."""
+    """The ``MODEL.BIT.VARIANT`` network with ``MODEL.NUM_CLASSES`` outputs, head bias, optional
+    weights and ``MODEL.ACTIVATION_CHECKPOINTING``."""
     model = create_model(
-        cfg.MODEL.NAME, num_classes=cfg.MODEL.NUM_CLASSES, head_bias=cfg.MODEL.HEAD_BIAS
+        cfg.MODEL.BIT.VARIANT, num_classes=cfg.MODEL.NUM_CLASSES, head_bias=cfg.MODEL.HEAD_BIAS
     )
     model.set_grad_checkpointing(cfg.MODEL.ACTIVATION_CHECKPOINTING)
     if cfg.MODEL.WEIGHTS:  # any format, an hf-hub: id or an official name (BiT-M-R50x1)
-        load_weights(model, cfg.MODEL.WEIGHTS, variant_option="MODEL.NAME")
+        load_weights(model, cfg.MODEL.WEIGHTS, variant_option="MODEL.BIT.VARIANT")
     return model
 
 
@@ -62,7 +64,7 @@ def evaluator(cfg, test_set: Dataset):
             batch_size=cfg.TEST.IMS_PER_BATCH,
             multilabel=cfg.DATASETS.MULTILABEL,
             num_workers=min(cfg.DATALOADER.NUM_WORKERS, 4),
-            precision=cfg.SOLVER.PRECISION,
+            precision=engine_precision(cfg),
             cache_ws=cfg.TEST.CACHE_WS,
         )
 
@@ -70,11 +72,11 @@ def evaluator(cfg, test_set: Dataset):
 
 
 def build_datasets(cfg) -> Tuple[Dataset, Optional[Dataset]]:
-    """``(train_set, test_set)`` from ``DATASETS.TRAIN`` / ``DATASETS.TEST`` (test None when KIND
-    is "")."""
+    """``(train_set, test_set)`` from ``DATASETS.TRAIN`` / ``DATASETS.TEST`` (test None when its
+    NAME is "")."""
     train_set = build_dataset(cfg.DATASETS.TRAIN, train=True, cfg=cfg)
     test_set = (
-        build_dataset(cfg.DATASETS.TEST, train=False, cfg=cfg) if cfg.DATASETS.TEST.KIND else None
+        build_dataset(cfg.DATASETS.TEST, train=False, cfg=cfg) if cfg.DATASETS.TEST.NAME else None
     )
     return train_set, test_set
 
@@ -105,16 +107,16 @@ def run_pretraining(cfg, force: bool = False) -> Dict[str, Any]:
     train_set, test_set = build_datasets(cfg)
     size = len(train_set) if not isinstance(train_set, IterableDataset) else None
     if size is None and cfg.SOLVER.MAX_ITER <= 0:
-        raise ValueError(
-            f"the streamed shards {cfg.DATASETS.TRAIN.PATH!r} have no known size to turn "
+        raise ConfigError(
+            f"the streamed shards {cfg.DATASETS.TRAIN.ROOT!r} have no known size to turn "
             "SOLVER.EPOCHS into steps: set SOLVER.MAX_ITER"
         )
     schedule = build_schedule(cfg, size or 0)
     logger.info(
         "pretraining %s on %s images (%s): %s",
-        cfg.MODEL.NAME,
+        cfg.MODEL.BIT.VARIANT,
         size if size is not None else "streamed",
-        cfg.DATASETS.TRAIN.KIND,
+        cfg.DATASETS.TRAIN.NAME,
         schedule.describe(),
     )
     model = build_model(cfg)
@@ -130,7 +132,7 @@ def run_pretraining(cfg, force: bool = False) -> Dict[str, Any]:
         momentum=cfg.SOLVER.MOMENTUM,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         batch_split="auto" if split == 0 else split,
-        precision=cfg.SOLVER.PRECISION,
+        precision=engine_precision(cfg),
         channels_last=cfg.SOLVER.CHANNELS_LAST,
         compile=cfg.SOLVER.COMPILE,
         evaluate=evaluator(cfg, test_set) if test_set is not None else None,
@@ -141,12 +143,12 @@ def run_pretraining(cfg, force: bool = False) -> Dict[str, Any]:
         seed=cfg.SEED,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         device=resolve_device(cfg.MODEL.DEVICE),
-        meta={"arch": cfg.MODEL.NAME, "num_classes": cfg.MODEL.NUM_CLASSES},
+        meta={"arch": cfg.MODEL.BIT.VARIANT, "num_classes": cfg.MODEL.NUM_CLASSES},
     )
     result = trainer.train(resume=True)
     final = {k: v for k, v in result["eval"].items() if isinstance(v, (int, float))}
     final.update(
-        arch=cfg.MODEL.NAME,
+        arch=cfg.MODEL.BIT.VARIANT,
         steps=result["step"],
         train_images=size,
         global_batch=cfg.SOLVER.IMS_PER_BATCH,
@@ -162,7 +164,7 @@ def run_pretraining(cfg, force: bool = False) -> Dict[str, Any]:
         save_checkpoint(
             out / "model_final.pth",
             model,
-            arch=cfg.MODEL.NAME,
+            arch=cfg.MODEL.BIT.VARIANT,
             num_classes=cfg.MODEL.NUM_CLASSES,
             steps=result["step"],
         )

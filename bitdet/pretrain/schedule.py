@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Sequence, Tuple
 
+from bitdet.errors import ConfigError
+
 __all__ = ["StepSchedule", "epochs_to_steps", "scaled_lr"]
 
 
@@ -16,7 +18,7 @@ def epochs_to_steps(epochs: float, dataset_size: int, global_batch: int) -> int:
     Example: 90 epochs of ILSVRC-2012 (1,281,167 images) at batch 4096 -> 28,151 steps.
     """
     if dataset_size <= 0 or global_batch <= 0:
-        raise ValueError(
+        raise ConfigError(
             f"dataset size ({dataset_size}) and batch ({global_batch}) must be positive"
         )
     return math.ceil(epochs * dataset_size / global_batch)
@@ -51,7 +53,7 @@ class StepSchedule:
 
     def __post_init__(self) -> None:
         if list(self.boundaries) != sorted(self.boundaries):
-            raise ValueError(f"decay boundaries must increase, got {self.boundaries}")
+            raise ConfigError(f"decay boundaries must increase, got {self.boundaries}")
 
     def __call__(self, step: int) -> float:
         lr = self.base_lr * self.factor ** bisect.bisect_right(self.boundaries, step)
@@ -73,7 +75,7 @@ class StepSchedule:
         """The schedule of an epoch-based recipe (e.g. 90 epochs, decays at 30/60/80)."""
         bad = [e for e in decay_epochs if not 0 < e < epochs]
         if bad:
-            raise ValueError(f"decay epochs {bad} are outside (0, {epochs})")
+            raise ConfigError(f"decay epochs {bad} are outside (0, {epochs})")
         total = epochs_to_steps(epochs, dataset_size, global_batch)
         bounds = tuple(epochs_to_steps(e, dataset_size, global_batch) for e in decay_epochs)
         return cls(base_lr, warmup_steps, bounds, factor, total)

@@ -6,7 +6,7 @@ Sample layout (WebDataset convention: members grouped by key, the part before th
     <key>.cls                             one class index, e.g. "3"
     <key>.labels                          several class indices, e.g. "3,17,42" (multi-label)
 
-Two readers, chosen by ``DATASETS.*.PATH`` (:func:`is_stream`):
+Two readers, chosen by ``DATASETS.*.ROOT`` (:func:`is_stream`):
 
 * Local paths (brace pattern or comma list): :class:`ShardDataset`, random access. Each
   sample is read by seeking to its offset, taken from the index ``<shard>.idx`` that
@@ -37,6 +37,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from bitdet.data.images import decode_image
 from bitdet.engine.data import sample_seed
+from bitdet.errors import ConfigError, DataError
 from bitdet.utils.io import write_json
 
 __all__ = [
@@ -108,7 +109,7 @@ def write_shards(
         for i, (path, labels) in enumerate(samples):
             ext = Path(path).suffix.lower().lstrip(".") or "jpg"
             if ext not in IMAGE_EXTENSIONS:
-                raise ValueError(
+                raise DataError(
                     f"{path}: unsupported image extension {ext!r} "
                     f"(expected one of {IMAGE_EXTENSIONS})"
                 )
@@ -150,7 +151,7 @@ def index_shard(path: str) -> List[IndexEntry]:
                 elif ext.lower() in IMAGE_EXTENSIONS:
                     groups[key]["image"] = (member.offset_data, member.size, member.name)
     except tarfile.TarError as e:
-        raise ValueError(f"{path} is not a readable uncompressed tar shard: {e}") from e
+        raise DataError(f"{path} is not a readable uncompressed tar shard: {e}") from e
     out = []
     for key in order:
         g = groups[key]
@@ -193,13 +194,13 @@ def _read_index(shard: str) -> Optional[List[IndexEntry]]:
     except FileNotFoundError:
         return None
     except ValueError as e:
-        raise ValueError(
+        raise DataError(
             f"{path}: unreadable shard index ({e}); delete it or rewrite it with "
             "python -m bitdet.tools.write_shards --index PATTERN"
         ) from None
     size = os.path.getsize(shard)
     if index.get("format") != _INDEX_FORMAT or index.get("shard_bytes") != size:
-        raise ValueError(
+        raise DataError(
             f"{path} does not describe {shard} (index for {index.get('shard_bytes')} bytes, "
             f"shard has {size}); rewrite it with python -m bitdet.tools.write_shards --index "
             "PATTERN"
@@ -212,7 +213,7 @@ class _LabelledSamples:
 
     def __init__(self, num_classes: int, multilabel: bool, transform: Optional[Callable]) -> None:
         if multilabel and num_classes <= 0:
-            raise ValueError("multi-label shards need num_classes > 0 (MODEL.NUM_CLASSES)")
+            raise ConfigError("multi-label shards need num_classes > 0 (MODEL.NUM_CLASSES)")
         self.num_classes, self.multilabel, self.transform = num_classes, multilabel, transform
 
     def parse_target(self, text: str, where: str) -> Union[int, torch.Tensor]:
@@ -220,7 +221,7 @@ class _LabelledSamples:
         labels = [int(v) for v in text.replace(" ", ",").split(",") if v]
         if not self.multilabel:
             if len(labels) != 1:
-                raise ValueError(
+                raise DataError(
                     f"{where}: sample has labels {labels}; "
                     "set DATASETS.MULTILABEL True for several labels per image"
                 )
@@ -228,7 +229,7 @@ class _LabelledSamples:
         vec = torch.zeros(self.num_classes)
         bad = [v for v in labels if not 0 <= v < self.num_classes]
         if bad:
-            raise ValueError(f"labels {bad} outside [0, {self.num_classes}) in {where}")
+            raise DataError(f"labels {bad} outside [0, {self.num_classes}) in {where}")
         vec[labels] = 1.0
         return vec
 
@@ -273,7 +274,7 @@ class ShardDataset(_LabelledSamples, Dataset):
                 INDEX_SUFFIX,
             )
         if not self.index:
-            raise ValueError(f"no samples with an image and a .cls/.labels member in {pattern!r}")
+            raise DataError(f"no samples with an image and a .cls/.labels member in {pattern!r}")
 
     def __len__(self) -> int:
         return len(self.index)
@@ -341,7 +342,7 @@ class StreamingShards(_LabelledSamples, IterableDataset):
         super().__init__(num_classes, multilabel, transform)
         self.urls = expand_urls(pattern)
         if not self.urls:
-            raise ValueError(f"no shards in {pattern!r}")
+            raise DataError(f"no shards in {pattern!r}")
         self.pattern, self.num_samples, self.max_samples = pattern, num_samples, max_samples
         self._share: Optional[Tuple[int, int, int, int, int]] = (
             None  # rank, world, batch, start step, seed
@@ -419,7 +420,7 @@ class StreamingShards(_LabelledSamples, IterableDataset):
         rank, world, batch, start_step, seed = self._share
         units = world * workers
         if units > len(self.urls):
-            raise ValueError(
+            raise ConfigError(
                 f"{len(self.urls)} shards in {self.pattern!r} cannot feed {world} process(es) x "
                 f"{workers} data-loader worker(s): each needs a shard (write more, smaller "
                 "shards or lower DATALOADER.NUM_WORKERS)"
@@ -439,7 +440,7 @@ class StreamingShards(_LabelledSamples, IterableDataset):
                         continue
                     yield self._decode(sample, sample_seed(seed, epoch, (shard << 32) | i))
             if not read:
-                raise ValueError(
+                raise DataError(
                     f"the shards of {self.pattern!r} that rank {rank} (worker {worker}) reads "
                     "hold no samples"
                 )

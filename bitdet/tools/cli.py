@@ -21,12 +21,12 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from omegaconf import DictConfig, OmegaConf
 
-from bitdet.config import DeviceError, check_device, resolve_config_file
+from bitdet.config import check_device, resolve_config_file
 from bitdet.engine.launch import launch_main, launch_summary
 from bitdet.engine.output_lock import OutputDirError, acquire_output_lock
 from bitdet.engine.run_folder import EVAL_CONFIG, RUN_CONFIG, record_config
+from bitdet.errors import UserError
 from bitdet.log import FILE_LOGGER
-from bitdet.weights.errors import CheckpointError
 
 __all__ = [
     "FILE_LOGGER",
@@ -40,19 +40,11 @@ __all__ = [
     "user_errors",
 ]
 
-# Errors a user fixes by changing a file, a path, a key or the device (a training loss that
-# became NaN: the learning rate or the data): one line, exit 2. bitdet raises these with a
-# message naming the file, key or value to change.
-USER_ERRORS = (
-    FileNotFoundError,
-    NotADirectoryError,
-    IsADirectoryError,
-    KeyError,
-    ValueError,
-    CheckpointError,
-    DeviceError,
-    FloatingPointError,
-)
+# Errors a user fixes: bitdet's user errors (bitdet.errors: a config key or value, a flag, a
+# file's contents, the device, the output folder, a loss that became NaN), raised with a message
+# naming what to change, and the OS errors about a path the user gave (the message names it).
+# One line, exit 2; any other exception is a bug and keeps its traceback.
+USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError)
 
 
 def argument_parser(
@@ -63,6 +55,7 @@ def argument_parser(
     resume: bool = True,
     launcher: bool = True,
     resume_help: Optional[str] = None,
+    force_help: Optional[str] = None,
 ) -> argparse.ArgumentParser:
     """Detectron2's ``default_argument_parser`` flags that a tool uses, plus ``--config``.
 
@@ -74,6 +67,8 @@ def argument_parser(
         eval_only, resume: add ``--eval-only`` / ``--resume``.
         launcher: add ``--num-gpus``, ``--num-machines``, ``--machine-rank``, ``--dist-url``.
         resume_help: what ``--resume`` means for this tool.
+        force_help: add ``--force`` (a trainer's run starts over:
+            :func:`bitdet.engine.run_folder.open_run`) with this help: what it deletes.
     """
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -97,6 +92,8 @@ def argument_parser(
         parser.add_argument(
             "--eval-only", action="store_true", help="evaluate MODEL.WEIGHTS only, no training"
         )
+    if force_help:
+        parser.add_argument("--force", action="store_true", help=force_help)
     if launcher:
         d2 = default_argument_parser()  # the same defaults as Detectron2 (its per-user port)
         parser.add_argument("--num-gpus", type=int, default=1, help="processes (GPUs) per machine")
@@ -249,7 +246,7 @@ def _records_to(name: str, target: logging.Logger) -> Iterator[None]:
 @contextlib.contextmanager
 def user_errors(tool: str) -> Iterator[None]:
     """Turn a user error (:data:`USER_ERRORS`) into one line ``<tool>: error: <message>`` and
-    exit 2.
+    exit 2; any other exception propagates with its traceback.
 
     The traceback goes to the log file when logging is set up. ``BITDET_TRACEBACK=1`` re-raises
     instead, for debugging.

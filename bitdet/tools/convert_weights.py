@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Convert BiT weights between formats: official ``.npz``, bitdet, Detectron2, timm, the authors'
-bit_pytorch.
+"""Convert BiT weights between formats: official ``.npz``, bitdet, Detectron2, timm, the
+authors' bit_pytorch.
 
 The input may be any format bitdet reads (the format is sniffed from the content): an
 official ``.npz``, a bitdet / Detectron2 checkpoint, a timm ``resnetv2_*_bit`` state dict
@@ -30,6 +30,7 @@ import logging
 import sys
 from pathlib import Path
 
+from bitdet.errors import ConfigError
 from bitdet.tools.cli import user_errors
 from bitdet.weights.convert import DETECTRON2_PREFIX, FORMATS, convert
 
@@ -56,14 +57,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     fmt = args.to or _SUFFIX_FORMAT.get(Path(args.dst).suffix)
     if fmt is None:
-        raise ValueError(
-            f"cannot tell the format of {args.dst} from its suffix; "
-            f"pass --to {{{','.join(FORMATS)}}}"
+        raise ConfigError(
+            f"cannot tell the format of {args.dst} from its suffix; pass --to "
+            f"{{{','.join(FORMATS)}}}"
         )
     written = convert(args.src, args.dst, fmt, prefix=args.prefix)  # read back from dst
     print(
-        f"{args.src} -> {args.dst} ({fmt}): units {list(written.layers)}, "
-        f"stem {written.stem_channels} channels, head {written.num_classes or 'none'}"
+        f"{args.src} -> {args.dst} ({fmt}): units {list(written.layers)}, stem "
+        f"{written.stem_channels} channels, head {written.num_classes or 'none'}"
     )
     return 0
 

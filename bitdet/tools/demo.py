@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
+from bitdet.demo import INITS
 from bitdet.demo.estimate import estimate
 from bitdet.demo.progress import Progress, StageFailed, Task, run_tasks
 from bitdet.utils.io import write_json
@@ -56,8 +57,6 @@ from bitdet.utils.io import write_json
 DEMO_MODEL = "R14-tiny"
 # The default base seed: pretraining uses it, transfer and detection seeds S, S+1, S+2.
 DEFAULT_SEED = 0
-# The two initialisations compared at every downstream stage.
-INITS = ("upstream", "scratch")
 # --study: the upstream model trained on this share of the items (same steps), and its name.
 STUDY_FRACTION = 0.1
 STUDY_INIT = "upstream10"
@@ -73,11 +72,11 @@ MODES = {
     "smoke": {
         "pretrain": (
             "quick_schedules/pretrain_fashion_mnist_instant_test.yaml",
-            ["DATASETS.TRAIN.KIND", "fashion_mnist_photos"],
+            ["DATASETS.TRAIN.NAME", "fashion_mnist_photos"],
         ),
         "transfer": (
             "quick_schedules/finetune_instant_test.yaml",
-            ["DATASET.NAME", "digits_on_photos"],
+            ["DATASETS.TRAIN.NAME", "digits_on_photos"],
             "1,full",
             2,
         ),
@@ -97,7 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--seed",
         type=int,
         default=DEFAULT_SEED,
-        help=f"base seed of every stage (default {DEFAULT_SEED}); other seeds check that the gains hold",
+        help=f"base seed of every stage (default {DEFAULT_SEED}); other seeds check that the "
+        "gains hold",
     )
     parser.add_argument(
         "--smoke", action="store_true", help="toy sizes: checks every stage in a few minutes"
@@ -106,8 +106,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--study",
         action="store_true",
-        help=f"also pretrain on {STUDY_FRACTION * 100:.0f}%% of the upstream items (same steps) and "
-        "compare what the two upstream models transfer",
+        help=f"also pretrain on {STUDY_FRACTION * 100:.0f}%% of the upstream items (same steps) "
+        "and compare what the two upstream models transfer",
     )
     parser.add_argument(
         "--detection-seeds",
@@ -145,14 +145,15 @@ def build_tasks(
     tasks: List[Task] = []
 
     config, extra = spec["pretrain"]
-    common = [*extra, "MODEL.NAME", DEMO_MODEL, "SEED", str(seed)]
+    common = [*extra, "MODEL.BIT.VARIANT", DEMO_MODEL, "SEED", str(seed)]
     pre_opts = [*common, "OUTPUT_DIR", str(out / "upstream")]
     pre_cfg = get_pretrain_cfg(config, pre_opts)
     # Fashion-MNIST's training split has 60,000 items (or MAX_SAMPLES of them).
     items = pre_cfg.DATASETS.TRAIN.MAX_SAMPLES or 60000
     schedule = build_schedule(pre_cfg, items)
-    # Per initialisation, what finetune's --weights and Detectron2's MODEL.WEIGHTS are given.
-    weights = {"upstream": str(out / "upstream" / "model_final.pth"), "scratch": "scratch"}
+    # Per initialisation, what finetune's --weights and Detectron2's MODEL.WEIGHTS are given
+    # ("" = no weights, in every tool).
+    weights = {"upstream": str(out / "upstream" / "model_final.pth"), "scratch": ""}
     tasks.append(
         Task(
             "pretrain",
@@ -187,7 +188,6 @@ def build_tasks(
 
     # Longest first: the detection runs, then the short transfer sweeps fill the gaps.
     config, extra, n_seeds = spec["detection"]
-    detection_weights = dict(weights, scratch="")
     n_seeds = detection_seeds or n_seeds
     max_iter = get_bit_cfg(config).SOLVER.MAX_ITER
     # A stage that did not finish starts over (no --resume): periodic checkpoints would never be
@@ -207,7 +207,7 @@ def build_tasks(
                         "MODEL.BIT.VARIANT",
                         DEMO_MODEL,
                         "MODEL.WEIGHTS",
-                        detection_weights[init],
+                        weights[init],
                         *once,
                         "SEED",
                         str(seed + k),
@@ -239,7 +239,7 @@ def build_tasks(
                     "--seeds",
                     seeds,
                     *extra,
-                    "MODEL.NAME",
+                    "MODEL.BIT.VARIANT",
                     DEMO_MODEL,
                     # runs start over too (no --resume): the final step's checkpoint only
                     "SOLVER.CHECKPOINT_PERIOD",
@@ -259,7 +259,8 @@ def draw_tasks(
     out: Path, mode: str, env: Dict[str, str], detection_dirs: Dict[str, Sequence[Path]]
 ) -> List[Task]:
     """Draw validation detections of the better initialisation's best run (by mean AP, then AP),
-    at the lowest score threshold whose boxes are mostly right, and the same images' ground truth."""
+    at the lowest score threshold whose boxes are mostly right, and the same images' ground
+    truth."""
     from detectron2.data import MetadataCatalog
 
     from bitdet.demo.report import detection_results, draw_threshold

@@ -36,6 +36,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from bitdet.errors import ConfigError
 from bitdet.export import (
     DEFAULT_OPSET,
     FORMATS,
@@ -79,7 +80,7 @@ def build_classifier_target(args):
         if num_classes is None:
             num_classes = file_head
         elif num_classes not in (0, file_head) and not args.new_head:
-            raise ValueError(
+            raise ConfigError(
                 f"--num-classes {num_classes} disagrees with {source}, whose head has "
                 f"{file_head or 'no'} classes: leave --num-classes out to export the file's head, "
                 f"or pass --new-head for a new {num_classes}-class head"
@@ -179,9 +180,9 @@ def main(args) -> int:
             failed += [f"{fmt} {c}" for c in comparisons if not c.ok]
             if target.detections and not any(c.matched for c in comparisons):
                 logger.warning(
-                    "%s: no sample has a detection above the score threshold (an untrained "
-                    "head?), so no box was compared: pass --sample-image files showing objects, "
-                    "or lower MODEL.RETINANET.SCORE_THRESH_TEST",
+                    "%s: no sample has a detection above the score threshold (an untrained head?), "
+                    "so no box was compared: pass --sample-image files showing objects, or lower "
+                    "MODEL.RETINANET.SCORE_THRESH_TEST",
                     fmt,
                 )
             worst = max(c.max_abs_diff for c in comparisons)
@@ -254,8 +255,8 @@ def argument_parser() -> argparse.ArgumentParser:
         "--num-classes",
         type=int,
         default=None,
-        help="--model: head size (default: the weights file's, else the name's); "
-        "0 exports the trunk",
+        help="--model: head size (default: the weights file's, else the name's); 0 exports the "
+        "trunk",
     )
     parser.add_argument(
         "--new-head",

@@ -14,8 +14,10 @@ Examples::
 Training on a custom folder::
 
     python tools/train_net.py --config demo/retinanet_bit_tiny_demo.yaml DATASETS.COCO_FORMAT \\
-        "[['fd_train','datasets/fashion_det/annotations/instances_train.json','datasets/fashion_det/train'],
-          ['fd_val','datasets/fashion_det/annotations/instances_val.json','datasets/fashion_det/val']]" \\
+        "[['fd_train','datasets/fashion_det/annotations/instances_train.json',
+           'datasets/fashion_det/train'],
+          ['fd_val','datasets/fashion_det/annotations/instances_val.json',
+           'datasets/fashion_det/val']]" \\
         DATASETS.TRAIN "('fd_train',)" DATASETS.TEST "('fd_val',)"
 """
 
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from bitdet.data.detection_generate import DATASET_DESCRIPTION, generate_detection_dataset
+from bitdet.errors import UnknownNameError
 from bitdet.tools.cli import user_errors
 
 
@@ -67,7 +70,8 @@ def _summary(paths) -> str:
         with open(paths[f"{split}_json"]) as f:
             data = json.load(f)
         lines.append(
-            f"{split}: {len(data['images'])} images, {len(data['annotations'])} boxes -> {paths[f'{split}_json']}"
+            f"{split}: {len(data['images'])} images, {len(data['annotations'])} boxes -> "
+            f"{paths[f'{split}_json']}"
         )
     return "\n".join(lines)
 
@@ -83,7 +87,9 @@ def main(args: argparse.Namespace) -> List[dict]:
 
         unknown = [n for n in args.demo if n not in DEMO_DATASETS]
         if unknown:
-            raise KeyError(f"unknown demo set(s) {unknown}; available: {sorted(DEMO_DATASETS)}")
+            raise UnknownNameError(
+                f"unknown demo set(s) {unknown}; available: {sorted(DEMO_DATASETS)}"
+            )
         jobs = [(datasets_root() / name, DEMO_DATASETS[name]) for name in args.demo]
     else:
         spec = dict(

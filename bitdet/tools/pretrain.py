@@ -7,7 +7,7 @@ Examples::
     python tools/pretrain.py --config-file configs/pretrain/demo_fashion_mnist.yaml
     # BiT-S R50x1 on ILSVRC-2012 (ImageFolder), 8 GPUs; the same command resumes
     python tools/pretrain.py --config-file configs/pretrain/bit_s_R50x1.yaml --num-gpus 8 \\
-        DATASETS.TRAIN.PATH /data/imagenet/train DATASETS.TEST.PATH /data/imagenet/val
+        DATASETS.TRAIN.ROOT /data/imagenet/train DATASETS.TEST.ROOT /data/imagenet/val
     # two machines of 8 GPUs
     python tools/pretrain.py --config-file configs/pretrain/bit_m_R101x3.yaml --num-gpus 8 \\
         --num-machines 2 --machine-rank 0 --dist-url tcp://HOST:PORT
@@ -31,6 +31,7 @@ import json
 from detectron2.utils import comm
 
 from bitdet.config import resolve_device
+from bitdet.errors import ConfigError
 from bitdet.pretrain import (
     build_datasets,
     build_model,
@@ -56,8 +57,8 @@ def main(args):
     if args.eval_only:
         _, test_set = build_datasets(cfg)
         if test_set is None:
-            raise ValueError(
-                "--eval-only needs DATASETS.TEST.KIND and DATASETS.TEST.PATH in the config"
+            raise ConfigError(
+                "--eval-only needs DATASETS.TEST.NAME and DATASETS.TEST.ROOT in the config"
             )
         model = (
             build_model(cfg).to(resolve_device(cfg.MODEL.DEVICE)).eval()
@@ -75,13 +76,11 @@ def main(args):
 
 
 def parse_args(argv=None):
-    parser = argument_parser(__doc__, overrides_example=OVERRIDES_EXAMPLE, resume=False)
-    parser.add_argument(
-        "--force",
-        "--no-resume",
-        dest="force",
-        action="store_true",
-        help="start over: delete OUTPUT_DIR's checkpoints and final files, train from step 0",
+    parser = argument_parser(
+        __doc__,
+        overrides_example=OVERRIDES_EXAMPLE,
+        resume=False,
+        force_help="start over: delete OUTPUT_DIR's checkpoints and final files, train from step 0",
     )
     return parser.parse_args(argv)
 

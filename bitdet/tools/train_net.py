@@ -88,7 +88,8 @@ def final_results(trainer, results) -> dict:
 
 
 def setup_lazy(args):
-    """A LazyConfig with ``KEY=VALUE`` overrides; logging and output folder set up as :func:`setup`."""
+    """A LazyConfig with ``KEY=VALUE`` overrides; logging and output folder set up as
+    :func:`setup`."""
     args.config_file = resolve_config_file(args.config_file, kind="detection")
     cfg = load_lazy_config(args.config_file, args.opts)
     lock_output_dir(cfg.train.output_dir)
@@ -97,7 +98,8 @@ def setup_lazy(args):
 
 
 def main_lazy(args):
-    """Train or evaluate a LazyConfig detector (``dataloader``, ``model``, ``optimizer``, ``train``)."""
+    """Train or evaluate a LazyConfig detector (``dataloader``, ``model``, ``optimizer``,
+    ``train``)."""
     cfg = setup_lazy(args)
     prepare_datasets(None, dataset_names(cfg, ("test",) if args.eval_only else ("train", "test")))
     if args.eval_only:
@@ -157,11 +159,8 @@ def parse_args(argv=None):
         resume_help="the default for training (a run of the same config continues from its last "
         "checkpoint); with --eval-only, evaluate OUTPUT_DIR's last checkpoint "
         "instead of MODEL.WEIGHTS",
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="start over: delete OUTPUT_DIR's checkpoints and final.json, train from iteration 0",
+        force_help="start over: delete OUTPUT_DIR's checkpoints and final.json, train from "
+        "iteration 0",
     )
     return parser.parse_args(argv)
 

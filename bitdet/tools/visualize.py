@@ -30,17 +30,15 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 import cv2
 import numpy as np
-import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data import transforms as T
-from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
 from bitdet.config import check_device
 from bitdet.data.images import DecodeStats, load_image
-from bitdet.detection import BiTCheckpointer, get_bit_cfg, prepare_datasets, resolve_config_file
+from bitdet.detection import BiTPredictor, get_bit_cfg, prepare_datasets, resolve_config_file
+from bitdet.errors import ConfigError
 from bitdet.tools.cli import argument_parser, run_launched
 from bitdet.utils.io import atomic_write
 
@@ -117,35 +115,9 @@ def _output_name(source: str, used: Dict[str, int]) -> str:
     return f"{stem}.png" if count == 0 else f"{stem}_{count}.png"
 
 
-class Predictor:
-    """A model in eval mode with Detectron2's test-time resize; ``predictor(rgb) -> Instances``.
-
-    Args:
-        cfg: a frozen config; ``MODEL.WEIGHTS`` is loaded with :class:`BiTCheckpointer`.
-    """
-
-    def __init__(self, cfg) -> None:
-        self.model = build_model(cfg).eval()
-        if not cfg.MODEL.WEIGHTS:
-            logger.warning("MODEL.WEIGHTS is empty: drawing the predictions of an untrained model")
-        else:
-            BiTCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
-        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-        self.input_format = cfg.INPUT.FORMAT
-
-    @torch.no_grad()
-    def __call__(self, rgb: np.ndarray):
-        image = rgb if self.input_format == "RGB" else rgb[:, :, ::-1]
-        height, width = image.shape[:2]
-        resized = self.resize.get_transform(image).apply_image(image)
-        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)).astype("float32"))
-        return self.model([{"image": tensor, "height": height, "width": width}])[0]["instances"].to(
-            "cpu"
-        )
-
-
 def _read_rgb(path: str, stats: DecodeStats) -> Optional[np.ndarray]:
-    """An upright 8-bit RGB array, or None for an unreadable file (logged and counted in ``stats``)."""
+    """An upright 8-bit RGB array, or None for an unreadable file (logged and counted in
+    ``stats``)."""
     image = load_image(path, stats=stats)
     return None if image is None else np.asarray(image)
 
@@ -168,7 +140,7 @@ def draw_predictions(
 
     Unreadable files are skipped, logged and counted; the rest are drawn.
     """
-    predictor = Predictor(cfg)
+    predictor = BiTPredictor(cfg)
     used: Dict[str, int] = {}
     names = [_output_name(str(f), used) for f in files]
     written = []
@@ -177,7 +149,7 @@ def draw_predictions(
         rgb = _read_rgb(str(path), stats)
         if rgb is None:
             continue
-        instances = predictor(rgb)
+        instances = predictor(rgb[:, :, ::-1])["instances"].to("cpu")  # it takes BGR
         instances = instances[instances.scores >= threshold]
         vis = Visualizer(rgb, metadata).draw_instance_predictions(instances)
         _write_png(output / name, vis.get_image())
@@ -199,7 +171,7 @@ def draw_ground_truth(
         wanted = set(image_ids)
         missing = wanted - {d["image_id"] for d in dicts}
         if missing:
-            raise ValueError(f"{name} has no image id(s) {sorted(missing)}")
+            raise ConfigError(f"{name} has no image id(s) {sorted(missing)}")
         dicts = [d for d in dicts if d["image_id"] in wanted]
     dicts = dicts[:max_images]
     metadata = MetadataCatalog.get(name)

@@ -7,10 +7,11 @@ Data: per task a CSV ``ROOT/<task>.csv`` (image,label,split) or folders
 
 Examples::
 
-    python tools/vtab.py --config-file finetune/vtab.yaml --data-root ~/vtab --weights BiT-M-R50x1.npz
+    python tools/vtab.py --config-file finetune/vtab.yaml --data-root ~/vtab \\
+        --weights BiT-M-R50x1
     # a subset of tasks, model selection on train800 -> val200, 8 GPUs
     python tools/vtab.py --config-file finetune/vtab.yaml --data-root ~/vtab --tasks dtd,svhn \\
-        --num-gpus 8 DATASET.TRAIN_SPLIT train800 DATASET.TEST_SPLIT val200
+        --num-gpus 8 DATASETS.TRAIN.SPLIT train800 DATASETS.TEST.SPLIT val200
 
 Writes ``OUTPUT_DIR/<task>/results.json`` per task, ``OUTPUT_DIR/vtab_results.json`` and
 ``OUTPUT_DIR/vtab_results.md``. Finished tasks are reported, not repeated; an interrupted one
@@ -29,24 +30,25 @@ from bitdet.tools.finetune import (
 )  # same config, flags and logging as fine-tuning
 
 # KEY VALUE overrides shown in --help (keys of the fine-tuning config).
-OVERRIDES_EXAMPLE = "HYPERRULE.BATCH_SIZE 256 MODEL.DEVICE cpu"
+OVERRIDES_EXAMPLE = "SOLVER.IMS_PER_BATCH 256 MODEL.DEVICE cpu"
 
 
 def parse_args(argv=None):
     parser = argument_parser(
-        __doc__, overrides_example=OVERRIDES_EXAMPLE, eval_only=False, resume_help=RESUME_HELP
+        __doc__,
+        overrides_example=OVERRIDES_EXAMPLE,
+        eval_only=False,
+        resume_help=RESUME_HELP,
+        force_help="start every task over (delete its checkpoints and results)",
     )
-    parser.add_argument("--data-root", help="VTAB root (DATASET.ROOT)")
+    parser.add_argument("--data-root", help="VTAB root (DATASETS.TRAIN.ROOT)")
     parser.add_argument(
-        "--weights", help="upstream weights: .npz, .pth, 'official' or 'scratch' (MODEL.WEIGHTS)"
+        "--weights",
+        help="upstream weights (MODEL.WEIGHTS): an official name such as BiT-M-R50x1, .npz, "
+        ".pth, or '' for none",
     )
-    parser.add_argument("--model", help="model name (MODEL.NAME)")
+    parser.add_argument("--model", help="architecture, e.g. R50x1 (MODEL.BIT.VARIANT)")
     parser.add_argument("--tasks", help="comma list of tasks (default: all 19)")
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="start every task over (delete its checkpoints and results)",
-    )
     args = parser.parse_args(argv)
     # setup() of tools/finetune.py reads these flags too.
     args.dataset = args.shots = args.seeds = None
@@ -64,21 +66,21 @@ def main(args):
     cfg = setup(args)
     out = Path(cfg.OUTPUT_DIR)
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(VTAB_TASKS)
-    check_tasks(cfg.DATASET.ROOT, tasks)  # every missing folder in one message, before any training
+    check_tasks(
+        cfg.DATASETS.TRAIN.ROOT, tasks
+    )  # every missing folder in one message, before any training
 
     def task_config(task):
         task_cfg = cfg.clone()
         task_cfg.defrost()
-        task_cfg.DATASET.NAME = f"vtab/{task}"
+        task_cfg.DATASETS.TRAIN.NAME = f"vtab/{task}"
         return task_cfg
 
-    if (
-        not args.force
-    ):  # a task folder of other settings stops VTAB before the first task, not midway
-        check_runs(
-            [(out / t, run_config(task_config(t), FULL, cfg.SEED, str(out / t))) for t in tasks],
-            RESULTS_FILE,
-        )
+    check_runs(
+        [(out / t, run_config(task_config(t), FULL, cfg.SEED, str(out / t))) for t in tasks],
+        RESULTS_FILE,
+        force=args.force,
+    )
 
     def run_task(task):
         return finetune(task_config(task), output_dir=str(out / task), force=args.force)

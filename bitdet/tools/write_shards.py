@@ -9,12 +9,13 @@ Examples::
     # ImageFolder root/<class>/<image> -> out/train-000000.tar (+ .idx), ... (1000 images per shard)
     python tools/write_shards.py --image-folder /data/imagenet/train --output "out/train-%06d.tar"
     # label file of "relative/path<TAB>label[,label...]" lines (multi-label allowed)
-    python tools/write_shards.py --label-file /data/jft/labels.tsv --output "out/jft-%06d.tar" --max-count 5000
+    python tools/write_shards.py --label-file /data/jft/labels.tsv --output "out/jft-%06d.tar" \\
+        --max-count 5000
     # index shards written by other tools
     python tools/write_shards.py --index "out/train-{000000..000127}.tar"
 
-Read them back with DATASETS.TRAIN.KIND webdataset and PATH "out/train-{000000..000127}.tar"
-(random access), or stream them: PATH "pipe:cat out/train-{000000..000127}.tar", a URL pattern,
+Read them back with DATASETS.TRAIN.NAME webdataset and ROOT "out/train-{000000..000127}.tar"
+(random access), or stream them: ROOT "pipe:cat out/train-{000000..000127}.tar", a URL pattern,
 or "pipe:aws s3 cp s3://bucket/train-{000000..000127}.tar -".
 Samples are shuffled into shards with --seed, so each shard holds a mix of classes.
 """
@@ -25,6 +26,7 @@ import logging
 import random
 from pathlib import Path
 
+from bitdet.errors import ConfigError
 from bitdet.pretrain import ImageFolderDataset, expand_shards, read_label_file, write_shards
 from bitdet.pretrain.shards import write_index
 from bitdet.tools.cli import user_errors
@@ -57,7 +59,7 @@ def main(args) -> list:
         print(f"indexed {len(shards)} shards: {shards[0]} ... {shards[-1]}")
         return shards
     if not args.output:
-        raise ValueError("pass --output PATTERN (e.g. out/train-%06d.tar)")
+        raise ConfigError("pass --output PATTERN (e.g. out/train-%06d.tar)")
     if args.image_folder:
         folder = ImageFolderDataset(args.image_folder)
         samples = list(folder.samples)
@@ -69,7 +71,7 @@ def main(args) -> list:
         ]
         classes = None
     if "%" not in args.output:
-        raise ValueError(
+        raise ConfigError(
             f"--output {args.output!r} needs a % field such as %06d for the shard number"
         )
     if args.seed >= 0:

@@ -1,8 +1,9 @@
 """Config keys for classification fine-tuning: ``add_finetune_config(cfg)``.
 
-The BiT-HyperRule supplies every training hyperparameter; a ``HYPERRULE.*`` key overrides
-one of them only when it is set (``0``, ``""``, ``[]`` or, for MixUp, a negative alpha mean
-"from the rule"), so a config says exactly what departs from the paper.
+The BiT-HyperRule supplies every training hyperparameter; a ``HYPERRULE.*`` key (or the batch,
+``SOLVER.IMS_PER_BATCH``) overrides one of them only when it is set (``0``, ``""``, ``[]`` or,
+for MixUp, a negative alpha mean "from the rule"), so a config says exactly what departs from
+the paper.
 """
 
 from __future__ import annotations
@@ -12,50 +13,78 @@ from typing import Sequence, Tuple
 
 from detectron2.config import CfgNode as CN
 
-from bitdet.config import merge_config
-from bitdet.engine.config import add_engine_solver_config, add_engine_test_config
+from bitdet.config import check_weights, merge_config
+from bitdet.engine.config import (
+    add_engine_model_config,
+    add_engine_solver_config,
+    add_engine_test_config,
+    engine_precision,
+)
+from bitdet.errors import ConfigError
 from bitdet.hyperrule import Rule, get_rule
 from bitdet.models.resnetv2 import checkpointing_mode
 
 __all__ = ["add_finetune_config", "get_finetune_cfg", "rule_from_config", "tri_state"]
 
 
-def add_finetune_config(cfg: CN) -> None:
-    """Add the ``MODEL``, ``DATASET``, ``HYPERRULE``, ``SOLVER``, ``FEWSHOT``, ``DATALOADER``,
-    ``TEST`` sections and the top-level keys used by ``tools/finetune.py`` and ``tools/vtab.py``."""
-    cfg.MODEL = CN()
-    # Model name from bitdet.list_models(): "BiT-M-R50x1", "R101x3", or a CPU variant
-    # such as "R14-tiny" / "R26-tiny" (not paper models).
-    cfg.MODEL.NAME = "BiT-M-R50x1"
-    # Upstream weights: an official BiT .npz, a bitdet / Detectron2 .pth, "official" for the
-    # named BiT checkpoint (downloaded into the cache), or "" to train from scratch.
-    cfg.MODEL.WEIGHTS = ""
-    # "cuda", "cpu", or "" for CUDA when available.
-    cfg.MODEL.DEVICE = ""
-    # Activation checkpointing of the BiT trunk in training: "none", "stage" (keep each stage's
-    # input, recompute the stage in backward) or "unit" (the same per bottleneck unit). Same
-    # losses and gradients, less activation memory, about one more forward per step.
-    cfg.MODEL.ACTIVATION_CHECKPOINTING = "none"
+# Keys of earlier versions, each refused with its new name.
+_RENAMED_DATASET_KEYS = {
+    "DATASET.NAME": "DATASETS.TRAIN.NAME",
+    "DATASET.ROOT": "DATASETS.TRAIN.ROOT",
+    "DATASET.TRAIN_SPLIT": "DATASETS.TRAIN.SPLIT",
+    "DATASET.TEST_SPLIT": "DATASETS.TEST.SPLIT",
+    "DATASET.DOWNLOAD": "DATASETS.DOWNLOAD",
+    "DATASET.RANDOM_CROP": "INPUT.RANDOM_CROP",
+    "DATASET.FLIP": "INPUT.RANDOM_FLIP",
+}
 
-    cfg.DATASET = CN()
+
+def add_finetune_config(cfg: CN) -> None:
+    """Add the ``MODEL``, ``DATASETS``, ``INPUT``, ``HYPERRULE``, ``SOLVER``, ``FEWSHOT``,
+    ``DATALOADER``, ``TEST`` sections and the top-level keys used by ``tools/finetune.py`` and
+    ``tools/vtab.py``."""
+    cfg.MODEL = CN()
+    add_engine_model_config(
+        cfg,
+        "R50x1",
+        "the architecture, e.g. R50x1; an official checkpoint such as BiT-M-R50x1 goes in "
+        "MODEL.WEIGHTS",
+    )
+    # Upstream weights: an official BiT name (e.g. "BiT-M-R50x1", downloaded into the cache) or
+    # .npz, a bitdet / Detectron2 .pth, an hf-hub: id; "" = none (random initialisation).
+    cfg.MODEL.WEIGHTS = ""
+
+    cfg.DATASETS = CN()
+    cfg.DATASETS.TRAIN = CN()
     # A name from bitdet.transfer.list_datasets() (e.g. "cifar10", "digits", "vtab/dtd").
-    cfg.DATASET.NAME = "cifar10"
+    cfg.DATASETS.TRAIN.NAME = "cifar10"
     # Data folder in the dataset's official layout; "" uses the dataset's default, if any.
-    cfg.DATASET.ROOT = ""
-    # Let torchvision download a missing dataset (needs the network; off on clusters).
-    cfg.DATASET.DOWNLOAD = False
+    cfg.DATASETS.TRAIN.ROOT = ""
     # Training split; "" uses the dataset's default (e.g. "train", VTAB: "train800val200").
-    cfg.DATASET.TRAIN_SPLIT = ""
+    cfg.DATASETS.TRAIN.SPLIT = ""
+    cfg.DATASETS.TEST = CN()
+    # "" = the training dataset (DATASETS.TRAIN.NAME), evaluated on its test split: fine-tuning
+    # evaluates where it trains, so another name is refused.
+    cfg.DATASETS.TEST.NAME = ""
+    # Data folder of the test split; "" = DATASETS.TRAIN.ROOT.
+    cfg.DATASETS.TEST.ROOT = ""
     # Evaluation split; "" uses the dataset's default (e.g. "test", ImageNet: "val").
-    cfg.DATASET.TEST_SPLIT = ""
+    cfg.DATASETS.TEST.SPLIT = ""
+    # Let torchvision download a missing dataset (needs the network; off on clusters).
+    cfg.DATASETS.DOWNLOAD = False
+    for old, new in _RENAMED_DATASET_KEYS.items():
+        cfg.register_renamed_key(old, new)
+
+    cfg.INPUT = CN()
     # Random crop during training: "" = the dataset's default (off where it changes the
     # label, e.g. counting), "on" or "off".
-    cfg.DATASET.RANDOM_CROP = ""
+    cfg.INPUT.RANDOM_CROP = ""
     # Random horizontal flip during training: "" = the dataset's default, "on" or "off".
-    cfg.DATASET.FLIP = ""
+    cfg.INPUT.RANDOM_FLIP = ""
 
     cfg.HYPERRULE = CN()
-    # Resolution preset for images of 96x96 and larger: "paper" (448 -> 384) or "public" (512 -> 480).
+    # Resolution preset for images of 96x96 and larger: "paper" (448 -> 384) or "public"
+    # (512 -> 480).
     cfg.HYPERRULE.RESOLUTION = "paper"
     # Training resize side; 0 = from the rule.
     cfg.HYPERRULE.RESIZE = 0
@@ -72,10 +101,12 @@ def add_finetune_config(cfg: CN) -> None:
     cfg.HYPERRULE.MIXUP_ALPHA = -1.0
     # Peak learning rate; 0 = from the rule (0.003).
     cfg.HYPERRULE.BASE_LR = 0.0
-    # Global batch size; 0 = from the rule (512). Gradient accumulation keeps it whatever the memory.
-    cfg.HYPERRULE.BATCH_SIZE = 0
 
     cfg.SOLVER = CN()
+    # Global batch over all processes; 0 = from the rule (512). Gradient accumulation
+    # (SOLVER.BATCH_SPLIT) keeps it whatever the memory.
+    cfg.SOLVER.IMS_PER_BATCH = 0
+    cfg.register_renamed_key("HYPERRULE.BATCH_SIZE", "SOLVER.IMS_PER_BATCH")
     # SGD momentum (BiT: 0.9).
     cfg.SOLVER.MOMENTUM = 0.9
     # Weight decay on conv weights (BiT fine-tuning: none).
@@ -96,8 +127,7 @@ def add_finetune_config(cfg: CN) -> None:
     cfg.DATALOADER.NUM_WORKERS = 4
 
     cfg.TEST = CN()
-    # Evaluation batch size.
-    cfg.TEST.BATCH_SIZE = 256
+    cfg.register_renamed_key("TEST.BATCH_SIZE", "TEST.IMS_PER_BATCH")
     # Steps between evaluations on the test split during training (0: only at the end).
     cfg.TEST.EVAL_PERIOD = 0
     add_engine_test_config(cfg)
@@ -113,7 +143,8 @@ def add_finetune_config(cfg: CN) -> None:
 
 
 def get_finetune_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
-    """Fine-tuning defaults merged with a config file (``_BASE_`` allowed) and ``KEY VALUE`` overrides.
+    """Fine-tuning defaults merged with a config file (``_BASE_`` allowed) and ``KEY VALUE``
+    overrides.
 
     Raises:
         ValueError: an unknown key or a bad value, naming the file or override.
@@ -122,6 +153,15 @@ def get_finetune_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
     add_finetune_config(cfg)
     merge_config(cfg, config_file, opts, kind="finetune")
     checkpointing_mode(cfg.MODEL.ACTIVATION_CHECKPOINTING, "MODEL.ACTIVATION_CHECKPOINTING")
+    check_weights(cfg.MODEL.WEIGHTS)
+    engine_precision(cfg)
+    test_name = cfg.DATASETS.TEST.NAME
+    if test_name and test_name != cfg.DATASETS.TRAIN.NAME:
+        raise ConfigError(
+            f"DATASETS.TEST.NAME {test_name!r}: fine-tuning evaluates on the test split of its "
+            f"training dataset ({cfg.DATASETS.TRAIN.NAME!r}); leave it '' and choose the split "
+            "with DATASETS.TEST.SPLIT"
+        )
     return cfg
 
 
@@ -138,7 +178,7 @@ def tri_state(value: str, default: bool, key: str) -> bool:
         return True
     if text in ("off", "false", "no", "0"):
         return False
-    raise ValueError(f"{key} must be '', 'on' or 'off', got {value!r}")
+    raise ConfigError(f"{key} must be '', 'on' or 'off', got {value!r}")
 
 
 def rule_from_config(cfg: CN, dataset_size: int, image_size: Tuple[int, int]) -> Rule:
@@ -163,10 +203,11 @@ def rule_from_config(cfg: CN, dataset_size: int, image_size: Tuple[int, int]) ->
         ("steps", "STEPS"),
         ("warmup_steps", "WARMUP_STEPS"),
         ("base_lr", "BASE_LR"),
-        ("batch_size", "BATCH_SIZE"),
     ):
         if h[key]:
             changes[field] = h[key]
+    if cfg.SOLVER.IMS_PER_BATCH:
+        changes["batch_size"] = cfg.SOLVER.IMS_PER_BATCH
     if h.DECAY_STEPS:
         changes["decay_steps"] = tuple(h.DECAY_STEPS)
     if h.MIXUP_ALPHA >= 0:
@@ -177,4 +218,6 @@ def rule_from_config(cfg: CN, dataset_size: int, image_size: Tuple[int, int]) ->
     try:
         return dataclasses.replace(rule, **changes)
     except ValueError as e:
-        raise ValueError(f"HYPERRULE overrides {changes} give an invalid rule: {e}") from e
+        raise ConfigError(
+            f"HYPERRULE / SOLVER.IMS_PER_BATCH overrides {changes} give an invalid rule: {e}"
+        ) from e

@@ -25,6 +25,8 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
 
+from bitdet.errors import ConfigError, DataError, UnknownNameError
+
 __all__ = [
     "DatasetSpec",
     "DATASETS",
@@ -88,7 +90,7 @@ def get_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise KeyError(
+        raise UnknownNameError(
             f"unknown dataset {name!r}; registered: {', '.join(list_datasets())}"
         ) from None
 
@@ -108,10 +110,10 @@ def build_dataset(name: str, root: str = "", split: str = "", download: bool = F
     spec = get_spec(name)
     split = split or spec.train_split
     if split not in spec.splits:
-        raise ValueError(f"dataset {name!r} has splits {spec.splits}, not {split!r}")
+        raise ConfigError(f"dataset {name!r} has splits {spec.splits}, not {split!r}")
     root = root or spec.default_root
     if not root:
-        raise ValueError(f"dataset {name!r} needs a data root (--data-root / DATASET.ROOT)")
+        raise ConfigError(f"dataset {name!r} needs a data root (--data-root / DATASETS.TRAIN.ROOT)")
     return spec.build(os.path.expanduser(root), split, download)
 
 
@@ -151,7 +153,7 @@ def dataset_image_size(spec: DatasetSpec, dataset: Dataset) -> Tuple[int, int]:
     if spec.image_size is not None:
         return spec.image_size
     if len(dataset) == 0:
-        raise ValueError(f"dataset {spec.name!r} is empty: cannot measure its image size")
+        raise DataError(f"dataset {spec.name!r} is empty: cannot measure its image size")
     width, height = dataset[0][0].size
     return height, width
 
@@ -236,7 +238,7 @@ def _pets(root: str, split: str, download: bool) -> Dataset:
 
 def _image_folder(root: str, split: str, download: bool) -> Dataset:
     if download:
-        raise ValueError(
+        raise ConfigError(
             "an image folder cannot be downloaded; arrange it as ROOT/SPLIT/CLASS/IMAGE"
         )
     folder = Path(root) / split
@@ -307,7 +309,7 @@ class SklearnDigits(Dataset):
         from sklearn.datasets import load_digits
 
         if split not in ("train", "test"):
-            raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
+            raise ConfigError(f"digits split must be 'train' or 'test', got {split!r}")
         bunch = load_digits()
         # Pixel values are 0..16 (counts of set pixels in 4x4 blocks): stretch to 0..255.
         images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)

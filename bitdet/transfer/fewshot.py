@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from bitdet.errors import ConfigError, DataError
 from bitdet.utils.io import PathLike, atomic_write
 
 __all__ = [
@@ -49,11 +50,11 @@ def parse_shots(spec: Union[str, Sequence[Union[int, str]]]) -> List[Shots]:
         try:
             k = int(text)
         except ValueError:
-            raise ValueError(
+            raise ConfigError(
                 f"shots entry {item!r} is neither a positive integer nor 'full'"
             ) from None
         if k <= 0:
-            raise ValueError(f"shots entry {item!r} must be positive (use 'full' for all data)")
+            raise ConfigError(f"shots entry {item!r} must be positive (use 'full' for all data)")
         out.append(k)
     return out
 
@@ -83,9 +84,9 @@ def sample_few_shot(
     """
     targets = np.asarray(targets, dtype=np.int64)
     if shots <= 0:
-        raise ValueError(f"shots must be positive, got {shots}")
+        raise ConfigError(f"shots must be positive, got {shots}")
     if targets.size == 0:
-        raise ValueError("cannot sample a few-shot subset of an empty dataset")
+        raise DataError("cannot sample a few-shot subset of an empty dataset")
     num_classes = int(num_classes if num_classes is not None else targets.max() + 1)
     counts = np.bincount(targets, minlength=num_classes)
     short = [c for c in range(num_classes) if counts[c] < shots]
@@ -96,7 +97,7 @@ def sample_few_shot(
             else (lambda c: f"label {c}")
         )
         detail = ", ".join(f"{name(c)} has {counts[c]}" for c in short)
-        raise ValueError(f"{shots}-shot sampling needs {shots} examples of every class: {detail}")
+        raise ConfigError(f"{shots}-shot sampling needs {shots} examples of every class: {detail}")
     chosen = []
     for c in range(num_classes):
         members = np.flatnonzero(targets == c)  # ascending, so the draw depends only on the seed
@@ -116,7 +117,7 @@ def load_indices(path: PathLike) -> np.ndarray:
     with open(path) as f:
         payload = json.load(f)
     if "indices" not in payload:
-        raise ValueError(f"{path}: no 'indices' key (not written by save_indices?)")
+        raise DataError(f"{path}: no 'indices' key (not written by save_indices?)")
     return np.asarray(payload["indices"], dtype=np.int64)
 
 

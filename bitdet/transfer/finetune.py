@@ -16,7 +16,9 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch.utils.data import Subset
 
-from bitdet.config import resolve_device
+from bitdet.config import check_weights, resolve_device
+from bitdet.engine.config import engine_precision
+from bitdet.errors import ConfigError
 from bitdet.factory import create_model
 from bitdet.transfer.config import rule_from_config, tri_state
 from bitdet.transfer.datasets import (
@@ -37,7 +39,6 @@ from bitdet.transfer.report import (
     write_json,
 )
 from bitdet.transfer.transforms import TransformedDataset, eval_transform, train_transform
-from bitdet.weights import pretrained_path
 
 __all__ = [
     "evaluate_only",
@@ -56,11 +57,9 @@ RESULTS_FILE = "results.json"
 
 
 def resolve_weights(cfg) -> str:
-    """``MODEL.WEIGHTS`` as a weights source ("" for from scratch; "official" -> the cached BiT
-    file; a path, ``hf-hub:`` id or official name is checked to exist)."""
-    weights = cfg.MODEL.WEIGHTS.strip()
-    if weights == "official":
-        return str(pretrained_path(cfg.MODEL.NAME))
+    """``MODEL.WEIGHTS`` as a weights source ("" for none; a path, ``hf-hub:`` id or official
+    name such as ``BiT-M-R50x1`` is checked to exist, an official file downloaded if absent)."""
+    weights = check_weights(cfg.MODEL.WEIGHTS)
     if weights and not Path(weights).is_file():
         from bitdet.weights.loading import resolve_source
 
@@ -69,14 +68,12 @@ def resolve_weights(cfg) -> str:
 
 
 def init_label(cfg) -> str:
-    """Short name of the initialisation for tables and folders: ``"scratch"``, ``"official"``,
-    the weights file's stem, or its folder's name for generic stems (``model_final``,
-    ``model_0001000``)."""
-    weights = cfg.MODEL.WEIGHTS.strip()
+    """Short name of the initialisation for tables and folders: ``"scratch"`` for no weights,
+    the weights file's stem (an official name: itself), or its folder's name for generic stems
+    (``model_final``, ``model_0001000``)."""
+    weights = check_weights(cfg.MODEL.WEIGHTS)
     if not weights:
         return "scratch"
-    if weights == "official":
-        return "official"
     path = Path(weights)
     generic = re.fullmatch(r"model_(final|\d+)", path.stem) is not None
     return path.parent.name if generic and path.parent.name else path.stem
@@ -89,27 +86,31 @@ def run_dir_name(shots: Shots, seed: int) -> str:
 
 def _batch_split(value: int):
     if value < 0:
-        raise ValueError(
+        raise ConfigError(
             f"SOLVER.BATCH_SPLIT must be 0 (automatic) or a positive integer, got {value}"
         )
     return "auto" if value == 0 else int(value)
 
 
 def _open_splits(cfg):
-    """(train, test) raw datasets; with DATASET.DOWNLOAD, only the main process downloads."""
+    """(train, test) raw datasets of ``DATASETS.TRAIN.NAME``; with ``DATASETS.DOWNLOAD``, only
+    the main process downloads."""
     from detectron2.utils import comm
 
-    d = cfg.DATASET
-    spec = get_spec(d.NAME)
-    splits = (d.TRAIN_SPLIT or spec.train_split, d.TEST_SPLIT or spec.test_split)
+    d = cfg.DATASETS
+    name, spec = d.TRAIN.NAME, get_spec(d.TRAIN.NAME)
+    splits = (
+        (d.TRAIN.ROOT, d.TRAIN.SPLIT or spec.train_split),
+        (d.TEST.ROOT or d.TRAIN.ROOT, d.TEST.SPLIT or spec.test_split),
+    )
     if d.DOWNLOAD and comm.get_world_size() > 1:
         if comm.is_main_process():
-            for split in splits:
-                build_dataset(d.NAME, d.ROOT, split, download=True)
+            for root, split in splits:
+                build_dataset(name, root, split, download=True)
         comm.synchronize()  # the others then find the files in place
     return tuple(
-        build_dataset(d.NAME, d.ROOT, split, d.DOWNLOAD and comm.is_main_process())
-        for split in splits
+        build_dataset(name, root, split, d.DOWNLOAD and comm.is_main_process())
+        for root, split in splits
     )
 
 
@@ -164,7 +165,7 @@ def finetune(
     if finished is not None:
         return finished
 
-    d = cfg.DATASET
+    d = cfg.DATASETS.TRAIN
     spec = get_spec(d.NAME)
     train_raw, test_raw = _open_splits(cfg)
     classes = dataset_classes(train_raw)
@@ -178,15 +179,15 @@ def finetune(
                 out / "fewshot_indices.json",
                 indices,
                 dataset=d.NAME,
-                split=d.TRAIN_SPLIT or spec.train_split,
+                split=d.SPLIT or spec.train_split,
                 shots=int(shots),
                 seed=seed,
             )
         train_raw = Subset(train_raw, indices.tolist())
 
     rule = rule_from_config(cfg, len(train_raw), dataset_image_size(spec, train_raw))
-    random_crop = tri_state(d.RANDOM_CROP, spec.random_crop, "DATASET.RANDOM_CROP")
-    flip = tri_state(d.FLIP, spec.flip, "DATASET.FLIP")
+    random_crop = tri_state(cfg.INPUT.RANDOM_CROP, spec.random_crop, "INPUT.RANDOM_CROP")
+    flip = tri_state(cfg.INPUT.RANDOM_FLIP, spec.flip, "INPUT.RANDOM_FLIP")
     setting = "all training images" if shots == FULL else f"{shots} per class"
     logger.info(
         "%s (%s, seed %d): %d training / %d test images, %d classes",
@@ -209,7 +210,7 @@ def finetune(
     weights = resolve_weights(cfg)
     # Seeded so that a from-scratch run is reproducible (and a resumed one matches it).
     torch.manual_seed(seed)
-    model = create_model(cfg.MODEL.NAME, num_classes=num_classes, zero_head=True)
+    model = create_model(cfg.MODEL.BIT.VARIANT, num_classes=num_classes, zero_head=True)
     model.set_grad_checkpointing(cfg.MODEL.ACTIVATION_CHECKPOINTING)
     load_report = None
     if weights:
@@ -217,7 +218,9 @@ def finetune(
 
         # zero_head=True even when the upstream head has the same size: BiT starts every
         # downstream task from a zero head.
-        load_report = str(load_weights(model, weights, zero_head=True, variant_option="MODEL.NAME"))
+        load_report = str(
+            load_weights(model, weights, zero_head=True, variant_option="MODEL.BIT.VARIANT")
+        )
 
     s = cfg.SOLVER
     trainer = ClassifierTrainer(
@@ -231,16 +234,16 @@ def finetune(
         momentum=s.MOMENTUM,
         weight_decay=s.WEIGHT_DECAY,
         batch_split=_batch_split(s.BATCH_SPLIT),
-        precision=s.PRECISION,
+        precision=engine_precision(cfg),
         channels_last=s.CHANNELS_LAST,
         compile=s.COMPILE,
         batch_hook=MixUp(rule.mixup_alpha, num_classes) if rule.mixup_alpha > 0 else None,
         evaluate=lambda m: evaluate_classifier(
             m,
             test_set,
-            batch_size=cfg.TEST.BATCH_SIZE,
+            batch_size=cfg.TEST.IMS_PER_BATCH,
             num_workers=cfg.DATALOADER.NUM_WORKERS,
-            precision=s.PRECISION,
+            precision=engine_precision(cfg),
             cache_ws=cfg.TEST.CACHE_WS,
         ),
         eval_period=cfg.TEST.EVAL_PERIOD,
@@ -251,7 +254,7 @@ def finetune(
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         device=resolve_device(cfg.MODEL.DEVICE),
         meta={
-            "model": cfg.MODEL.NAME,
+            "model": cfg.MODEL.BIT.VARIANT,
             "dataset": d.NAME,
             "num_classes": num_classes,
             "shots": shots,
@@ -264,7 +267,7 @@ def finetune(
     metrics = dict(summary.pop("eval"))
     results = {
         "dataset": d.NAME,
-        "model": cfg.MODEL.NAME,
+        "model": cfg.MODEL.BIT.VARIANT,
         "weights": weights,
         "init": init_label(cfg),
         "weights_load": load_report,
@@ -319,18 +322,18 @@ def evaluate_only(cfg, output_dir: Optional[str] = None) -> Dict[str, Any]:
     from bitdet.engine import evaluate_classifier
     from bitdet.weights import load_weights
 
-    d = cfg.DATASET
+    d = cfg.DATASETS.TRAIN
     spec = get_spec(d.NAME)
     weights = resolve_weights(cfg)
     if not weights:
-        raise ValueError("evaluation needs MODEL.WEIGHTS / --weights (a fine-tuned checkpoint)")
+        raise ConfigError("evaluation needs MODEL.WEIGHTS / --weights (a fine-tuned checkpoint)")
     train_raw, test_raw = _open_splits(cfg)
     classes = dataset_classes(train_raw)
     rule = rule_from_config(cfg, len(train_raw), dataset_image_size(spec, train_raw))
-    model = create_model(cfg.MODEL.NAME, num_classes=len(classes))
-    report = load_weights(model, weights, variant_option="MODEL.NAME")
+    model = create_model(cfg.MODEL.BIT.VARIANT, num_classes=len(classes))
+    report = load_weights(model, weights, variant_option="MODEL.BIT.VARIANT")
     if not report.head.startswith("loaded"):
-        raise ValueError(
+        raise ConfigError(
             f"{weights}: the head was not loaded ({report.head}); evaluate a fine-tuned checkpoint"
         )
     device = resolve_device(cfg.MODEL.DEVICE)
@@ -338,7 +341,7 @@ def evaluate_only(cfg, output_dir: Optional[str] = None) -> Dict[str, Any]:
     metrics = evaluate_classifier(
         model.to(device, memory_format=memory_format),
         TransformedDataset(test_raw, eval_transform(rule.crop)),
-        batch_size=cfg.TEST.BATCH_SIZE,
+        batch_size=cfg.TEST.IMS_PER_BATCH,
         num_workers=cfg.DATALOADER.NUM_WORKERS,
         cache_ws=cfg.TEST.CACHE_WS,
     )
@@ -355,14 +358,14 @@ def validate_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int]) -> No
             some class cannot supply (the class and its count named, as with the run itself).
     """
     if not seeds:
-        raise ValueError("FEWSHOT.SEEDS / --seeds: no seed given")
+        raise ConfigError("FEWSHOT.SEEDS / --seeds: no seed given")
     for seed in seeds:
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"FEWSHOT.SEEDS / --seeds: {seed!r} is not a non-negative integer")
+            raise ConfigError(f"FEWSHOT.SEEDS / --seeds: {seed!r} is not a non-negative integer")
     for name, values in (("seeds", list(seeds)), ("shots", list(shots_list))):
         repeated = sorted({str(v) for v in values if values.count(v) > 1})
         if repeated:
-            raise ValueError(f"--{name}: {', '.join(repeated)} given more than once")
+            raise ConfigError(f"--{name}: {', '.join(repeated)} given more than once")
     counts = [int(s) for s in shots_list if s != FULL]
     if not counts:
         return
@@ -374,8 +377,9 @@ def validate_sweep(cfg, shots_list: Sequence[Shots], seeds: Sequence[int]) -> No
             try:
                 sample_few_shot(targets, shots, int(seed), classes, len(classes))
             except ValueError as e:
-                raise ValueError(
-                    f"--shots {shots} (seed {seed}) on {cfg.DATASET.NAME}: {e}; no run was started"
+                raise ConfigError(
+                    f"--shots {shots} (seed {seed}) on {cfg.DATASETS.TRAIN.NAME}: {e}; no run was "
+                    "started"
                 ) from None
 
 
@@ -398,8 +402,8 @@ def finetune_sweep(
         cfg: the fine-tuning config (not modified).
         shots_list: e.g. ``[1, 5, 10, "full"]``.
         seeds: few-shot draw / training seeds.
-        weights_list: initialisations to compare (weights paths, ``"official"``, or
-            ``"scratch"`` / ``""``); default: ``cfg.MODEL.WEIGHTS`` alone.
+        weights_list: initialisations to compare (weights paths, official names such as
+            ``BiT-M-R50x1``, ``""`` for none); default: ``cfg.MODEL.WEIGHTS`` alone.
         force: start every run over.
 
     Returns:
@@ -413,10 +417,8 @@ def finetune_sweep(
     out = Path(cfg.OUTPUT_DIR)
     shots_list = parse_shots(list(shots_list))
     validate_sweep(cfg, shots_list, list(seeds))
-    inits = [
-        ("" if w.strip().lower() == "scratch" else w.strip())
-        for w in (weights_list or [cfg.MODEL.WEIGHTS])
-    ]
+    key = "--weights" if weights_list else "MODEL.WEIGHTS"
+    inits = [check_weights(w, key) for w in (weights_list or [cfg.MODEL.WEIGHTS])]
     planned = []  # (weights config, shots, seed, folder) of every run
     labels: Dict[str, str] = {}
     for weights in inits:
@@ -425,9 +427,9 @@ def finetune_sweep(
         init_cfg.MODEL.WEIGHTS = weights
         label = init_label(init_cfg)
         if label in labels:
-            raise ValueError(
-                f"weights {labels[label]!r} and {weights!r} share the label {label!r}; "
-                "rename one file"
+            raise ConfigError(
+                f"weights {labels[label]!r} and {weights!r} share the label {label!r}; rename one "
+                "file"
             )
         labels[label] = weights
         planned += [
@@ -435,11 +437,11 @@ def finetune_sweep(
             for shots in shots_list
             for seed in seeds
         ]
-    if not force:  # a folder of another config stops the sweep before its first run, not midway
-        check_runs(
-            [(folder, run_config(c, shots, seed, folder)) for c, shots, seed, folder in planned],
-            RESULTS_FILE,
-        )
+    check_runs(
+        [(folder, run_config(c, shots, seed, folder)) for c, shots, seed, folder in planned],
+        RESULTS_FILE,
+        force=force,
+    )
     runs: List[Dict[str, Any]] = []
     for init_cfg, shots, seed, folder in planned:
         result = finetune(init_cfg, shots=shots, seed=seed, output_dir=folder, force=force)
@@ -468,12 +470,14 @@ def finetune_sweep(
     record_config(out, cfg)  # the sweep's own settings, beside its table
     write_json(
         out / "results.json",
-        {"model": cfg.MODEL.NAME, "weights": inits, "runs": runs, "summary": summary},
+        {"model": cfg.MODEL.BIT.VARIANT, "weights": inits, "runs": runs, "summary": summary},
     )
     with atomic_write(out / "results.md", "w") as f:
         f.write(table)
     accuracy_vs_shots_plot(
-        summary, out / "accuracy_vs_shots.png", title=f"{cfg.DATASET.NAME}: {cfg.MODEL.NAME}"
+        summary,
+        out / "accuracy_vs_shots.png",
+        title=f"{cfg.DATASETS.TRAIN.NAME}: {cfg.MODEL.BIT.VARIANT}",
     )
     print(table, flush=True)
     return {"runs": runs, "summary": summary, "table": table}

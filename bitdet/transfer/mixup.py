@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bitdet.errors import DataError
+
 __all__ = ["MixUp"]
 
 Generator = Union[None, torch.Generator, np.random.Generator]
@@ -31,7 +33,7 @@ class MixUp:
         if alpha <= 0:
             raise ValueError(f"MixUp alpha must be > 0 (0 means: do not use MixUp), got {alpha}")
         if num_classes < 2:
-            raise ValueError(f"MixUp needs num_classes >= 2, got {num_classes}")
+            raise DataError(f"MixUp needs num_classes >= 2, got {num_classes}")
         self.alpha, self.num_classes = float(alpha), int(num_classes)
 
     def sample(self, batch_size: int, generator: Generator = None) -> Tuple[float, torch.Tensor]:

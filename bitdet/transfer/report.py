@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Mapping, Sequence
 
 import numpy as np
 
+from bitdet.errors import DataError
 from bitdet.transfer.fewshot import FULL, mean_std
 from bitdet.utils.io import PathLike, atomic_write, write_json
 
@@ -79,7 +80,7 @@ def training_curve_plot(metrics_path: PathLike, out_png: PathLike, title: str = 
     """
     records = read_metrics(metrics_path)
     if not records:
-        raise ValueError(f"{metrics_path} holds no metrics records")
+        raise DataError(f"{metrics_path} holds no metrics records")
     fig = _new_figure()
     ax = fig.add_subplot(1, 1, 1)
     steps = [r["iteration"] + 1 for r in records if "loss" in r]
@@ -197,7 +198,7 @@ def collect_runs(folders: Sequence[PathLike]) -> List[Dict[str, Any]]:
             try:
                 record = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as e:
-                raise ValueError(f"{path}: unreadable results file ({e})") from e
+                raise DataError(f"{path}: unreadable results file ({e})") from e
             if "runs" not in record and record.get("top1") is not None:
                 runs.append(dict(record, path=str(path)))
     return runs
@@ -217,7 +218,7 @@ def results_table(rows: Sequence[Mapping[str, Any]], metric_name: str = "top-1 (
         The table; a cell reads ``mean ± std (n)`` (just ``mean`` for a single seed).
     """
     if not rows:
-        raise ValueError("no results to tabulate")
+        raise DataError("no results to tabulate")
     shots = sorted({r["shots"] for r in rows}, key=_shots_key)
     cells: Dict[tuple, Dict[Any, str]] = defaultdict(dict)
     for r in rows:
@@ -250,7 +251,7 @@ def accuracy_vs_shots_plot(
         ``out_png``.
     """
     if not rows:
-        raise ValueError("no results to plot")
+        raise DataError("no results to plot")
     numeric = sorted({r["shots"] for r in rows if r["shots"] != FULL})
     full_x = max(numeric) * 3 if numeric else 1
     fig = _new_figure()

@@ -27,6 +27,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from bitdet.data.images import load_image
+from bitdet.errors import ConfigError, DataError, UnknownNameError
 from bitdet.transfer.datasets import DatasetSpec, register_dataset
 from bitdet.transfer.fewshot import mean_std
 
@@ -144,13 +145,13 @@ def check_tasks(root: Union[str, Path], tasks: Sequence[str]) -> Dict[str, Path]
     """
     unknown = [t for t in tasks if t not in VTAB_TASKS]
     if unknown:
-        raise KeyError(f"unknown VTAB tasks {unknown}; tasks: {', '.join(VTAB_TASKS)}")
+        raise UnknownNameError(f"unknown VTAB tasks {unknown}; tasks: {', '.join(VTAB_TASKS)}")
     if not str(root).strip():
-        raise FileNotFoundError("VTAB data root not set: pass --data-root (DATASET.ROOT)")
+        raise FileNotFoundError("VTAB data root not set: pass --data-root (DATASETS.TRAIN.ROOT)")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(
-            f"VTAB data root {root} is not a folder: check --data-root (DATASET.ROOT)"
+            f"VTAB data root {root} is not a folder: check --data-root (DATASETS.TRAIN.ROOT)"
         )
     found, missing = {}, []
     for task in tasks:
@@ -173,17 +174,17 @@ def _read_csv(path: Path) -> Dict[str, List[Tuple[Path, int]]]:
         reader = csv.DictReader(f)
         missing = {"image", "label", "split"} - set(reader.fieldnames or ())
         if missing:
-            raise ValueError(
+            raise DataError(
                 f"{path}: header must have image,label,split; missing {sorted(missing)}"
             )
         for line, row in enumerate(reader, start=2):
             split = row["split"].strip()
             if split not in SPLITS:
-                raise ValueError(f"{path}:{line}: split {split!r} is not one of {SPLITS}")
+                raise DataError(f"{path}:{line}: split {split!r} is not one of {SPLITS}")
             try:
                 label = int(row["label"])
             except ValueError:
-                raise ValueError(
+                raise DataError(
                     f"{path}:{line}: label {row['label']!r} is not an integer"
                 ) from None
             rows.setdefault(split, []).append((path.parent / row["image"].strip(), label))
@@ -196,7 +197,7 @@ def _read_folder(folder: Path, split: str) -> List[Tuple[Path, int]]:
         try:
             label = int(label_dir.name)
         except ValueError:
-            raise ValueError(
+            raise DataError(
                 f"{label_dir}: VTAB class folders are integer labels, found {label_dir.name!r}"
             ) from None
         out += [(f, label) for f in sorted(label_dir.iterdir()) if f.suffix.lower() in _IMAGE_EXTS]
@@ -213,9 +214,9 @@ def load_split(root: Path, task: str, split: str, strict: bool = False) -> VTABT
         strict: require exactly 800 / 200 / 1000 training examples (else only a warning).
     """
     if task not in VTAB_TASKS:
-        raise KeyError(f"unknown VTAB task {task!r}; tasks: {', '.join(VTAB_TASKS)}")
+        raise UnknownNameError(f"unknown VTAB task {task!r}; tasks: {', '.join(VTAB_TASKS)}")
     if split not in SPLITS:
-        raise ValueError(f"VTAB split must be one of {SPLITS}, got {split!r}")
+        raise ConfigError(f"VTAB split must be one of {SPLITS}, got {split!r}")
     spec, source = VTAB_TASKS[task], find_task(Path(root), task)
 
     csv_rows = _read_csv(source) if source.is_file() else None  # parsed once for every split
@@ -232,7 +233,7 @@ def load_split(root: Path, task: str, split: str, strict: bool = False) -> VTABT
         raise FileNotFoundError(f"VTAB task {task!r}: split {split!r} has no examples in {source}")
     bad = sorted({label for _, label in items if not 0 <= label < spec.num_classes})
     if bad:
-        raise ValueError(
+        raise DataError(
             f"VTAB task {task!r} ({source}): labels {bad} outside [0, {spec.num_classes})"
         )
     expected = _SPLIT_SIZES.get(split)
@@ -242,7 +243,7 @@ def load_split(root: Path, task: str, split: str, strict: bool = False) -> VTABT
             f"the protocol has {expected}"
         )
         if strict:
-            raise ValueError(message)
+            raise DataError(message)
         logger.warning("%s", message)
     files, labels = zip(*items)
     return VTABTaskDataset(files, labels, spec.num_classes)
@@ -251,7 +252,7 @@ def load_split(root: Path, task: str, split: str, strict: bool = False) -> VTABT
 def _register(task: VTABTask) -> None:
     def build(root: str, split: str, download: bool) -> Dataset:
         if download:
-            raise ValueError(
+            raise ConfigError(
                 "VTAB-1k cannot be downloaded here; prepare the CSV or folders "
                 "(see bitdet.transfer.vtab)"
             )
@@ -297,7 +298,7 @@ def run_vtab(
     tasks = list(tasks or VTAB_TASKS)
     unknown = [t for t in tasks if t not in VTAB_TASKS]
     if unknown:
-        raise KeyError(f"unknown VTAB tasks {unknown}; tasks: {', '.join(VTAB_TASKS)}")
+        raise UnknownNameError(f"unknown VTAB tasks {unknown}; tasks: {', '.join(VTAB_TASKS)}")
     results: Dict[str, Dict] = {}
     for task in tasks:
         try:

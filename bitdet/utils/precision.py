@@ -6,6 +6,8 @@ from typing import Sequence
 
 import torch
 
+from bitdet.errors import ConfigError
+
 __all__ = ["PRECISIONS", "precision_dtype"]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -31,4 +33,4 @@ def precision_dtype(name: str, key: str, allowed: Sequence[str] = tuple(PRECISIO
         if _TORCH_NAMES.get(name) in allowed
         else ""
     )
-    raise ValueError(f"{key} {name!r}: expected one of {list(allowed)}{hint}")
+    raise ConfigError(f"{key} {name!r}: expected one of {list(allowed)}{hint}")

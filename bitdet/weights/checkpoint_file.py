@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
+from bitdet.errors import NonFiniteError
 from bitdet.utils.io import PathLike, atomic_write
 from bitdet.weights.errors import CheckpointError
 from bitdet.weights.safe_pickle import safe_pickle_load, unsafe_pickle_allowed
@@ -75,7 +76,7 @@ def check_finite_weights(state: Mapping[str, Any], what: str) -> None:
     """Refuse to write weights holding NaN or inf (the file would replace a good one).
 
     Raises:
-        FloatingPointError: naming ``what`` and the first non-finite tensor.
+        NonFiniteError: naming ``what`` and the first non-finite tensor.
     """
     for key, value in state.items():
         if isinstance(value, np.ndarray):
@@ -85,7 +86,7 @@ def check_finite_weights(state: Mapping[str, Any], what: str) -> None:
                 torch.isfinite(value).all()
             )
         if not finite:
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"{what}: the weights hold NaN or inf ({key}); not saved, the previous "
                 "checkpoint stays the last one. Lower the learning rate or check the data"
             )
@@ -116,7 +117,7 @@ def write_checkpoint(
         what: names the checkpoint in the NaN error (default: ``path``).
 
     Raises:
-        FloatingPointError: the weights hold NaN or inf (nothing is written).
+        NonFiniteError: the weights hold NaN or inf (nothing is written).
     """
     check_finite_weights(weights, what or str(path))
     payload: Dict[str, Any] = {"model": weights}
@@ -140,7 +141,7 @@ def write_state_dict(path: PathLike, tensors: Mapping[str, torch.Tensor]) -> Non
     """Write a bare state dict atomically: safetensors when ``path`` ends so, else ``torch.save``.
 
     Raises:
-        FloatingPointError: the tensors hold NaN or inf (nothing is written).
+        NonFiniteError: the tensors hold NaN or inf (nothing is written).
     """
     check_finite_weights(tensors, str(path))
     if Path(path).suffix == ".safetensors":
@@ -156,7 +157,7 @@ def write_npz(path: PathLike, arrays: Mapping[str, np.ndarray]) -> None:
     """Write ``arrays`` as an (uncompressed) npz, atomically.
 
     Raises:
-        FloatingPointError: the arrays hold NaN or inf (nothing is written).
+        NonFiniteError: the arrays hold NaN or inf (nothing is written).
     """
     check_finite_weights(arrays, str(path))
     with atomic_write(path) as f:

@@ -15,6 +15,7 @@ from typing import Dict
 
 import torch
 
+from bitdet.errors import ConfigError
 from bitdet.numerics import WS_EPS
 from bitdet.utils.io import PathLike
 from bitdet.weights.architecture import FileArchitecture
@@ -88,7 +89,7 @@ def convert(
         has no head).
     """
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}: expected one of {FORMATS}")
+        raise ConfigError(f"unknown format {fmt!r}: expected one of {FORMATS}")
     src_text, dst = str(src), Path(dst)
     weights = read_weights(src)
     arch = infer_architecture(weights.source) if weights.arch is None else weights.arch

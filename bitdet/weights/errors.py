@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Optional
 
+from bitdet.errors import UserError
+
 _EXAMPLES = 5
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file cannot be used (unreadable, unsafe, or not for this model)."""
 
 

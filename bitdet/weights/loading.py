@@ -532,7 +532,7 @@ def load_weights(
         source: a path, ``hf-hub:`` id, official BiT name, or an already read :class:`WeightsFile`.
         zero_head: zero-initialise the head even when the file's fits.
         variant_option: the setting that picks the architecture, named in a mismatch error
-            (e.g. ``"MODEL.NAME"``).
+            (e.g. ``"MODEL.BIT.VARIANT"``).
     """
     weights = source if isinstance(source, WeightsFile) else read_weights(source)
     return apply_weights(model, weights, zero_head=zero_head, variant_option=variant_option)

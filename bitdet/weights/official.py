@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 
+from bitdet.errors import UnknownNameError
 from bitdet.utils.io import default_cache_dir
 from bitdet.weights.download import download, mirrored
 from bitdet.weights.errors import CheckpointError, CheckpointMismatchError, WeightsNotFoundError
@@ -126,7 +127,9 @@ def pretrained_path(
 
     _, _, pre = resolve(name)
     if pre is None:
-        raise KeyError(f"{name!r} has no official checkpoint; pass a weights file path instead")
+        raise UnknownNameError(
+            f"{name!r} has no official checkpoint; pass a weights file path instead"
+        )
     dest = Path(cache_dir or default_cache_dir()) / f"{name}.npz"
     try:
         return download(

@@ -219,7 +219,7 @@ def test_fold_gives_the_eager_outputs():
     import torch
 
     from bitdet import create_model
-    from bitdet.benchmark.timing import _fold_weight_standardization
+    from bitdet.export.fold import fold_weight_standardization
 
     torch.manual_seed(0)
     model = create_model("R14-tiny", num_classes=5).eval()
@@ -227,7 +227,7 @@ def test_fold_gives_the_eager_outputs():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = model(x)
-        _fold_weight_standardization(model)
+        fold_weight_standardization(model, inplace=True)
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
     assert all(
         type(m) is torch.nn.Conv2d for m in model.modules() if isinstance(m, torch.nn.Conv2d)

@@ -53,7 +53,7 @@ def test_plain_share_keeps_the_test_split_look():
     cfg = get_pretrain_cfg(
         "pretrain/demo_fashion_mnist.yaml",
         [
-            "DATASETS.TRAIN.KIND",
+            "DATASETS.TRAIN.NAME",
             "fashion_mnist_photos",
             "DATASETS.TRAIN.SPLIT",
             "test",
@@ -66,7 +66,7 @@ def test_plain_share_keeps_the_test_split_look():
     plain = SeededDataset(build_dataset(cfg.DATASETS.TRAIN, train=True, cfg=cfg))
     reference = build_dataset(
         cfg.DATASETS.TEST, train=False, cfg=cfg
-    )  # KIND fashion_mnist, TEST_RESIZE 32
+    )  # NAME fashion_mnist, TEST_RESIZE 32
     for i in range(3):
         drawn, label = plain[(i, 5)]
         assert label == reference[i][1] and (drawn - reference[i][0]).abs().max() < 0.1
@@ -90,11 +90,11 @@ def test_training_samples_follow_the_trainer_seed_and_eval_samples_are_fixed():
     cfg = get_pretrain_cfg(
         "pretrain/demo_fashion_mnist.yaml",
         [
-            "DATASETS.TRAIN.KIND",
+            "DATASETS.TRAIN.NAME",
             "fashion_mnist_photos",
             "DATASETS.TRAIN.SPLIT",
             "test",
-            "DATASETS.TEST.KIND",
+            "DATASETS.TEST.NAME",
             "fashion_mnist_photos",
             "INPUT.CROP_SIZE",
             "24",

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import signal
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -13,11 +14,17 @@ from bitdet.engine.run_folder import (
     RUN_CONFIG,
     RunConfigMismatch,
     check_run,
+    check_runs,
     config_differences,
     open_run,
     record_config,
 )
-from bitdet.engine.stop_signals import StopSignals, TrainingStopped, exit_status
+from bitdet.engine.stop_signals import (
+    StopSignals,
+    TrainingStopped,
+    exit_status,
+    ignore_stop_signals,
+)
 
 
 def _cfg(**solver):
@@ -90,8 +97,8 @@ def test_a_run_of_another_config_is_refused_in_one_line_and_left_untouched(tmp_p
     message = str(error.value)
     assert "\n" not in message
     assert (
-        f"{tmp_path} holds a run of another config (MODEL.WEIGHTS: '' -> {'x' * 37}..., SOLVER.MAX_ITER: 4 -> 6, "
-        "SOLVER.STEPS: [2, 3] -> [4, 5]); --force starts over there"
+        f"{tmp_path} holds a run of another config (MODEL.WEIGHTS: '' -> {'x' * 37}..., "
+        "SOLVER.MAX_ITER: 4 -> 6, SOLVER.STEPS: [2, 3] -> [4, 5]); --force starts over there"
     ) in message
     assert "or set another OUTPUT_DIR" in message
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
@@ -178,3 +185,57 @@ def test_only_sigint_and_sigterm_stop_training():
         ValueError, match=r"signals \['SIGUSR1'\]: only SIGINT and SIGTERM stop training"
     ):
         StopSignals([signal.SIGINT, signal.SIGUSR1])
+
+
+def test_a_sweep_checks_every_folder_first_unless_forced(tmp_path):
+    _finished_run(tmp_path, _cfg(), {"top1": 50.0})
+    with pytest.raises(RunConfigMismatch, match="SOLVER.MAX_ITER: 4 -> 6"):
+        check_runs([(tmp_path / "new", _cfg()), (tmp_path, _cfg(MAX_ITER=6))], "results.json")
+    check_runs([(tmp_path, _cfg(MAX_ITER=6))], "results.json", force=True)  # starts over instead
+
+
+def test_workers_ignore_the_stop_signals_installed_or_inherited():
+    """A DataLoader worker neither dies of a stop signal nor records or announces it: its
+    ``worker_init_fn`` ignores the signals, and a handler it inherits by fork does nothing."""
+    read, write = os.pipe()
+    stop = StopSignals()
+    assert stop.install()
+    try:
+        pid = os.fork()
+        if pid == 0:  # the "worker": the parent's handler, inherited
+            os.close(read)
+            os.kill(os.getpid(), signal.SIGINT)
+            inherited_ignores = not stop.requested
+            ignore_stop_signals(0)
+            os.kill(os.getpid(), signal.SIGTERM)  # SIG_IGN: the worker lives on
+            os.write(write, b"ok" if inherited_ignores else b"recorded")
+            os._exit(0)
+        os.close(write)
+        _, status = os.waitpid(pid, 0)
+        assert os.read(read, 16) == b"ok" and os.waitstatus_to_exitcode(status) == 0
+        assert not stop.requested  # nothing reached the parent
+    finally:
+        os.close(read)
+        stop.restore()
+
+
+def test_the_detection_hook_saves_the_iteration_under_detectron2s_name(tmp_path, caplog):
+    from bitdet.detection.hooks import PreemptionCheckpointer
+
+    saved = []
+    checkpointer = SimpleNamespace(
+        save_dir=str(tmp_path), save=lambda name, iteration: saved.append((name, iteration))
+    )
+    hook = PreemptionCheckpointer(checkpointer)
+    hook.trainer = SimpleNamespace(iter=4)
+    hook.after_step()  # no signal: trains on
+    assert saved == []
+    hook.request(signal.SIGINT)
+    with caplog.at_level(logging.WARNING), pytest.raises(TrainingStopped) as stopped:
+        hook.after_step()
+    assert saved == [("model_0000004", 4)]  # --resume starts at iteration 5
+    assert (stopped.value.code, stopped.value.done) == (130, 5)
+    assert stopped.value.path == f"{tmp_path}/model_0000004.pth"
+    assert f"saved {tmp_path}/model_0000004.pth after iteration 4; exiting with status 130" in (
+        caplog.text
+    )

@@ -106,9 +106,9 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, capl
     with caplog.at_level(logging.WARNING):
         assert resumed.resume() == 4
     assert (
-        "cannot resume from model_0000005.pth (model_0000005.pth: truncated or corrupt "
-        "(File is not a zip file)): resuming from model_0000003.pth, the newest readable "
-        "checkpoint before it" in caplog.text
+        "cannot resume from model_0000005.pth (model_0000005.pth: truncated or corrupt (File is "
+        "not a zip file)): resuming from model_0000003.pth, the newest readable checkpoint "
+        "before it" in caplog.text
     )
     resumed = tiny_trainer(str(out), steps=6)
     resumed.train(resume=True)
@@ -265,6 +265,32 @@ def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.WARNING):
         compiled.train()
     assert "torch.compile failed (RuntimeError: backend exploded)" in caplog.text
+    assert_identical(params(eager.model), params(compiled.model))
+
+
+def test_compile_failure_in_the_first_backward_falls_back_to_eager(tmp_path, monkeypatch, caplog):
+    """The compiled backward runs in ``loss.backward()``, outside the compiled call: the first
+    step's failure there also ends in eager training, with that step rerun from clean grads."""
+
+    def explode(grad):
+        raise RuntimeError("backward exploded")
+
+    def backward_fails(module, **kwargs):
+        def run(x):
+            out = module(x)
+            out.register_hook(explode)
+            return out
+
+        return run
+
+    eager = tiny_trainer(str(tmp_path / "eager"), steps=2)
+    eager.train()
+    monkeypatch.setattr(torch, "compile", backward_fails)
+    compiled = tiny_trainer(str(tmp_path / "compiled"), steps=2, compile=True)
+    with caplog.at_level(logging.WARNING):
+        compiled.train()
+    assert "torch.compile failed (RuntimeError: backward exploded)" in caplog.text
+    assert compiled._compiled.failed
     assert_identical(params(eager.model), params(compiled.model))
 
 

@@ -128,7 +128,7 @@ def test_pretraining_builder_applies_the_key():
     cfg = get_pretrain_cfg(
         None,
         [
-            "MODEL.NAME",
+            "MODEL.BIT.VARIANT",
             "R14-tiny",
             "MODEL.NUM_CLASSES",
             "3",

@@ -1,6 +1,7 @@
 """Every fast path of bitdet.models.fast matches the eager reference."""
 
 import copy
+import logging
 import pickle
 
 import pytest
@@ -160,7 +161,7 @@ def test_standardize_once_per_step_discards_on_error_and_rejects_plain_models():
             raise RuntimeError("boom")
     assert all(c.step_weight is None and c.weight.grad is None for c in std_convs(model))
     with pytest.raises(ValueError, match="no StdConv2d"):
-        StandardizeOncePerStep(create_model("R14-tiny", weight_std=False))
+        StandardizeOncePerStep(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)))
 
 
 def test_compile_falls_back_to_eager_and_reraises_caller_errors(monkeypatch):
@@ -186,6 +187,27 @@ def test_compile_falls_back_to_eager_and_reraises_caller_errors(monkeypatch):
     with pytest.raises(RuntimeError, match="channels"):  # eager's own error, not the compiler's
         other(torch.randn(1, 4, 32, 32))
     assert is_compiled(other)
+
+
+def test_compile_that_cannot_start_runs_eagerly_with_one_warning(monkeypatch, caplog):
+    """``torch.compile`` itself raising (e.g. a Python version Dynamo does not support)."""
+    model = _tiny().eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+
+    def unsupported(fn, **kwargs):
+        raise RuntimeError("Dynamo is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", unsupported)
+    with caplog.at_level(logging.WARNING, logger="bitdet.models.fast"):
+        compile_model(model)
+    assert not is_compiled(model)
+    assert "torch.compile failed (RuntimeError: Dynamo is not supported" in caplog.text
+    with torch.no_grad():
+        assert torch.equal(model(x), ref)
+    with pytest.raises(RuntimeError, match="not supported"):  # no safety net asked for
+        compile_model(_tiny(), fallback=False)
 
 
 @pytest.mark.slow

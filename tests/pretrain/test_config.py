@@ -12,7 +12,7 @@ CONFIGS = [CONFIGS_DIR / name for name in shipped_configs("pretrain")]
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_config_loads(path):
     cfg = get_pretrain_cfg(str(path))
-    resolve(cfg.MODEL.NAME)  # a known architecture
+    resolve(cfg.MODEL.BIT.VARIANT)  # a known architecture
     if cfg.SOLVER.LOSS == "sigmoid":
         assert cfg.DATASETS.MULTILABEL and cfg.MODEL.HEAD_BIAS == -10.0
 
@@ -44,7 +44,7 @@ def test_recipes(name, epochs, decays, classes, loss):
         classes,
         loss,
     )
-    assert cfg.INPUT.CROP_SIZE == 224 and cfg.MODEL.NAME == name.split("_")[2][:-5]
+    assert cfg.INPUT.CROP_SIZE == 224 and cfg.MODEL.BIT.VARIANT == name.split("_")[2][:-5]
 
 
 def test_overrides_and_errors():
@@ -52,7 +52,7 @@ def test_overrides_and_errors():
     assert cfg.SOLVER.IMS_PER_BATCH == 64
     with pytest.raises(ValueError, match="SOLVER.NOPE"):
         get_pretrain_cfg(None, ["SOLVER.NOPE", "1"])
-    with pytest.raises(ValueError, match="DATASETS.TRAIN.KIND"):
-        get_pretrain_cfg(None, ["DATASETS.TRAIN.KIND", "tfrecord"])
+    with pytest.raises(ValueError, match="DATASETS.TRAIN.NAME"):
+        get_pretrain_cfg(None, ["DATASETS.TRAIN.NAME", "tfrecord"])
     with pytest.raises(FileNotFoundError, match="'pretrain/missing.yaml' not found"):
         get_pretrain_cfg("pretrain/missing.yaml")

@@ -24,7 +24,7 @@ def _cfg(out, *opts):
 
 
 def test_shipped_precision_settings_run_bf16_on_cpu(tmp_path, monkeypatch):
-    assert SHIPPED["PRECISION"] == "bf16"
+    assert SHIPPED["AMP"] == {"ENABLED": True, "PRECISION": "bf16"}
     seen = set()
     build = runner.build_model
 
@@ -39,8 +39,10 @@ def test_shipped_precision_settings_run_bf16_on_cpu(tmp_path, monkeypatch):
     final = run_pretraining(
         _cfg(
             tmp_path,
-            "SOLVER.PRECISION",
-            SHIPPED["PRECISION"],
+            "SOLVER.AMP.ENABLED",
+            SHIPPED["AMP"]["ENABLED"],
+            "SOLVER.AMP.PRECISION",
+            SHIPPED["AMP"]["PRECISION"],
             "SOLVER.CHANNELS_LAST",
             True,
             "INPUT.CROP_SIZE",

@@ -160,9 +160,9 @@ def test_pipe_pattern_trains_the_webdataset_instant_config(shard_dir, tmp_path):
         [
             "--config-file",
             "quick_schedules/pretrain_webdataset_multilabel_instant_test.yaml",
-            "DATASETS.TRAIN.PATH",
+            "DATASETS.TRAIN.ROOT",
             _pipe(shard_dir),
-            "DATASETS.TEST.PATH",
+            "DATASETS.TEST.ROOT",
             _pipe(shard_dir),
             "DATASETS.TEST.MAX_SAMPLES",
             "7",

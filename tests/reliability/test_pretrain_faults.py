@@ -4,8 +4,8 @@ a change of the process count and a NaN loss: tiny runs of the instant config.
 The kill is fixed (``kill_point.py step:2``: after step index 2, with the checkpoint of 2 steps
 on disk). Resumed with 2 processes, the run ends bit-identical to an uninterrupted one. Resumed
 with 1 process, every step reads the same samples; a step's gradient is then computed in one
-process instead of two, so the weights agree to rounding (bf16's here), not bit for bit. One process:
-engine/test_trainer.py::test_resume_after_sigkill_is_bit_identical (fp32 and bf16).
+process instead of two, so the weights agree to rounding (bf16's here), not bit for bit. One
+process: engine/test_trainer.py::test_resume_after_sigkill_is_bit_identical (fp32 and bf16).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ OPTIONS = [
     "(4,)",
     "SOLVER.CHECKPOINT_PERIOD",
     "2",
-    "SOLVER.PRECISION",
-    "bf16",
+    "SOLVER.AMP.ENABLED",
+    "True",
     "INPUT.CROP_SIZE",
     "32",
     "INPUT.TEST_RESIZE",
@@ -119,14 +119,14 @@ def test_two_process_bf16_pretraining_resumes_exactly_and_on_one_process(tmp_pat
 
     log = _run(tmp_path / "one", num_gpus=1)
     assert (
-        "resuming a run of 2 process(es) with 1: every step reads the same samples and augmentations"
-        in log
+        "resuming a run of 2 process(es) with 1: every step reads the same samples and "
+        "augmentations" in log
     )
     assert _step_samples(log, 0, 1) == two and len(two) == 16
     one, final = (runs.load(p / "model_0000005.pth")["model"] for p in (tmp_path / "one", ref))
     start = runs.load(killed / "model_0000001.pth")["model"]
-    # The 1-process steps follow the 2-process ones up to bf16 rounding, which depends on the batch a
-    # process computes: far closer than the update itself.
+    # The 1-process steps follow the 2-process ones up to bf16 rounding, which depends on the
+    # batch a process computes: far closer than the update itself.
     apart = sum(float((one[k] - final[k]).square().sum()) for k in final) ** 0.5
     moved = sum(float((final[k] - start[k]).square().sum()) for k in final) ** 0.5
     assert apart < 0.2 * moved, (apart, moved)
@@ -138,9 +138,9 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pat
     log = _run(out, kill_at="nan:3", expect=2)
     last = log.strip().splitlines()[-1]
     assert re.fullmatch(
-        r"pretrain: error: loss is nan at step 3 \(lr [0-9.e-]+\): the weights were not updated; last "
-        rf"good checkpoint: {re.escape(str(out))}/model_0000001\.pth\. Lower the learning rate or "
-        r"check the data",
+        r"pretrain: error: loss is nan at step 3 \(lr [0-9.e-]+\): the weights were not updated; "
+        rf"last good checkpoint: {re.escape(str(out))}/model_0000001\.pth\. Lower the learning "
+        r"rate or check the data",
         last,
     ), last
     assert sorted(p.name for p in out.glob("model_*.pth")) == ["model_0000001.pth"]

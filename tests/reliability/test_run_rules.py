@@ -84,7 +84,7 @@ def test_finetune_refuses_other_settings_and_evaluates_beside_the_run(tmp_path):
         "finetune",
         *FINETUNE,
         "--weights",
-        "scratch",
+        "",
         "OUTPUT_DIR",
         out,
         "HYPERRULE.STEPS",
@@ -93,8 +93,8 @@ def test_finetune_refuses_other_settings_and_evaluates_beside_the_run(tmp_path):
     )
     line = _one_error_line(other, "finetune")
     assert line == (
-        f"finetune: error: {out} holds a run of another config (HYPERRULE.STEPS: 4 -> 6); --force starts "
-        "over there (deleting its checkpoints and results), or set another OUTPUT_DIR"
+        f"finetune: error: {out} holds a run of another config (HYPERRULE.STEPS: 4 -> 6); --force "
+        "starts over there (deleting its checkpoints and results), or set another OUTPUT_DIR"
     )
     assert _files(out) == before
 
@@ -108,11 +108,11 @@ def test_finetune_refuses_other_settings_and_evaluates_beside_the_run(tmp_path):
         out / "model_0000003.pth",
         "OUTPUT_DIR",
         out,
-        "TEST.BATCH_SIZE",
+        "TEST.IMS_PER_BATCH",
         64,
     )
     assert (out / "config.yaml").read_bytes() == before["config.yaml"]
-    assert yaml.safe_load((out / "config_eval.yaml").read_text())["TEST"]["BATCH_SIZE"] == 64
+    assert yaml.safe_load((out / "config_eval.yaml").read_text())["TEST"]["IMS_PER_BATCH"] == 64
     assert json.loads((out / "eval_results.json").read_text())["top1"] == pytest.approx(
         results["top1"]
     )
@@ -122,7 +122,8 @@ def test_train_net_ctrl_c_saves_then_the_same_command_continues_and_other_settin
     tmp_path,
 ):
     out = tmp_path / "run"
-    # the tiny detection run of the fault tests: R14-tiny RetinaNet at 64 px, checkpoints every 2 iterations
+    # the tiny detection run of the fault tests: R14-tiny RetinaNet at 64 px, checkpoints every 2
+    # iterations
     run = [
         "--config",
         detection_runs.CONFIG,
@@ -163,8 +164,8 @@ def test_train_net_ctrl_c_saves_then_the_same_command_continues_and_other_settin
     assert proc.returncode == 130, (stdout + stderr)[-3000:]
     assert "Traceback" not in stdout + stderr, stderr[-3000:]
     stopped = re.findall(
-        r"interrupted \(Ctrl-C\): saved (\S+model_(\d{7})\.pth) after iteration (\d+); exiting with "
-        r"status 130; re-running the command continues from it",
+        r"interrupted \(Ctrl-C\): saved (\S+model_(\d{7})\.pth) after iteration (\d+); exiting "
+        r"with status 130; re-running the command continues from it",
         stdout,
     )
     assert len(stopped) == 1, stdout[-3000:]

@@ -44,7 +44,8 @@ LOADERS = {
 
 
 def _console_scripts() -> dict:
-    """``{script name: module}`` of setup.py's ``console_scripts`` (its ``(name, module)`` pairs)."""
+    """``{script name: module}`` of setup.py's ``console_scripts`` (its ``(name, module)``
+    pairs)."""
     scripts = next(
         node
         for node in ast.walk(ast.parse((ROOT / "setup.py").read_text()))
@@ -95,8 +96,9 @@ print(json.dumps(results))
 
 @pytest.mark.parametrize("form", ["tools/*.py", "-m", "console script"])
 def test_help_works_in_every_form_from_any_folder(form, tmp_path):
-    """``python tools/<x>.py --help``, ``python -m bitdet.tools.<x> --help`` and ``bitdet-<name> --help``
-    of every console script in setup.py, from a folder outside the checkout: exit 0 and the usage
+    """``python tools/<x>.py --help``, ``python -m bitdet.tools.<x> --help`` and
+    ``bitdet-<name> --help`` of every console script in setup.py, from a folder outside the
+    checkout: exit 0 and the usage
     printed. One process per form runs every tool's help as that form does (one torch import)."""
     bin_dir = Path(sys.executable).parent
     missing = [script for script in CONSOLE_SCRIPTS if not (bin_dir / script).is_file()]
@@ -141,6 +143,16 @@ def test_help_lists_only_the_flags_the_tool_uses(tool, capsys):
     assert {"--config-file", "--config"} <= words
     d2_flags = {"--resume", "--eval-only", *LAUNCH}
     assert words & d2_flags == EXPECTED[tool]
+
+
+@pytest.mark.parametrize("tool", CONFIG_TOOLS)
+def test_every_trainer_and_only_a_trainer_has_force(tool, capsys):
+    trainers = {"train_net", "finetune", "vtab", "pretrain"}
+    assert ("--force" in _parser_flags(tool, capsys)) == (tool in trainers)
+    if tool in trainers:
+        module = importlib.import_module(f"bitdet.tools.{tool}")
+        assert module.parse_args(["--config", "some.yaml", "--force"]).force
+        assert not module.parse_args(["--config", "some.yaml"]).force
 
 
 @pytest.mark.parametrize("tool", CONFIG_TOOLS)
@@ -243,7 +255,8 @@ def test_check_device_rule(monkeypatch):
                 "SOLVER.NOT_A_KEY",
                 "1",
             ],
-            "train_net: error: config override ['SOLVER.NOT_A_KEY', '1']: Non-existent key: SOLVER.NOT_A_KEY",
+            "train_net: error: config override ['SOLVER.NOT_A_KEY', '1']: Non-existent key: "
+            "SOLVER.NOT_A_KEY",
         ),
         (
             [
@@ -252,8 +265,9 @@ def test_check_device_rule(monkeypatch):
                 "MODEL.RETINANET.NUM_CLASSE",
                 "3",
             ],
-            "train_net: error: config override ['MODEL.RETINANET.NUM_CLASSE', '3']: Non-existent key: "
-            "MODEL.RETINANET.NUM_CLASSE (did you mean MODEL.RETINANET.NUM_CLASSES?)",
+            "train_net: error: config override ['MODEL.RETINANET.NUM_CLASSE', '3']: "
+            "Non-existent key: MODEL.RETINANET.NUM_CLASSE (did you mean "
+            "MODEL.RETINANET.NUM_CLASSES?)",
         ),
         (
             ["--config", "retinanet_bit_s_R50x1_1.yaml"],
@@ -272,9 +286,59 @@ def test_user_errors_are_one_line_with_exit_2(argv, message, capsys):
     assert len(err) == 1 and err[0].startswith(message)
 
 
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["DATASET.NAME", "digits"],
+            "finetune: error: config override ['DATASET.NAME', 'digits']: DATASET.NAME was "
+            "renamed to DATASETS.TRAIN.NAME",
+        ),
+        (
+            ["--weights", "scratch"],
+            "finetune: error: --weights 'scratch': no weights (random initialisation) is ''",
+        ),
+    ],
+)
+def test_old_keys_and_spellings_are_one_line_naming_the_new_ones(argv, message, capsys):
+    from bitdet.tools import finetune
+
+    with pytest.raises(SystemExit) as exit_info:
+        finetune.cli(["--config", "quick_schedules/finetune_instant_test.yaml", *argv])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [message]
+
+
+@pytest.mark.parametrize("error", [KeyError, ValueError])
+def test_a_bug_keeps_its_traceback_a_user_error_is_one_line(error, monkeypatch, capsys):
+    """Only bitdet's user errors (and OS errors about a path) become the one-line form: a
+    KeyError or ValueError from a bug propagates, so Python prints its traceback."""
+    from bitdet.errors import ConfigError
+    from bitdet.tools import pretrain
+
+    argv = ["--config", "quick_schedules/pretrain_fashion_mnist_instant_test.yaml"]
+
+    def raising(exception):
+        def setup(args):
+            raise exception
+
+        return setup
+
+    monkeypatch.setattr(pretrain, "setup", raising(error("a bug in the code")))
+    with pytest.raises(error, match="a bug in the code"):
+        pretrain.cli(argv)
+    assert "error:" not in capsys.readouterr().err
+    monkeypatch.setattr(pretrain, "setup", raising(ConfigError("SOLVER.X: fix it")))
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain.cli(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "pretrain: error: SOLVER.X: fix it\n"
+
+
 @pytest.mark.slow
 def test_details_go_to_the_log_file_not_the_console(tmp_path):
-    """Bad weights: one line on stderr, no ANSI codes; environment, full config, traceback in log.txt."""
+    """Bad weights: one line on stderr, no ANSI codes; environment, full config, traceback in
+    log.txt."""
     out = tmp_path / "run"
     proc = subprocess.run(
         [

@@ -7,6 +7,7 @@ import pytest
 
 import bitdet.transfer.config as config_module
 from bitdet.config import CONFIGS_DIR, shipped_configs
+from bitdet.engine.config import engine_precision
 from bitdet.hyperrule import get_rule
 from bitdet.transfer.config import get_finetune_cfg, rule_from_config, tri_state
 
@@ -34,7 +35,7 @@ def test_every_key_has_a_comment_above_it():
 )
 def test_shipped_configs_load(path):
     cfg = get_finetune_cfg(str(path))
-    assert cfg.DATASET.NAME and cfg.MODEL.NAME
+    assert cfg.DATASETS.TRAIN.NAME and cfg.MODEL.BIT.VARIANT
 
 
 def test_bad_keys_name_the_source():
@@ -53,7 +54,7 @@ def test_rule_defaults_to_the_hyperrule():
 
 def test_overrides_apply_only_when_set():
     rule = rule_from_config(
-        _cfg("HYPERRULE.STEPS", 50, "HYPERRULE.BATCH_SIZE", 32, "HYPERRULE.CROP", 32), 1000, (8, 8)
+        _cfg("HYPERRULE.STEPS", 50, "SOLVER.IMS_PER_BATCH", 32, "HYPERRULE.CROP", 32), 1000, (8, 8)
     )
     # STEPS alone stretches the warm-up and decays; CROP alone keeps the rule's resize ratio.
     assert (rule.steps, rule.warmup_steps, rule.decay_steps) == (50, 10, (20, 30, 40))
@@ -73,7 +74,7 @@ def test_mixup_override_distinguishes_rule_and_off():
 
 
 def test_invalid_override_is_reported():
-    with pytest.raises(ValueError, match="HYPERRULE overrides"):
+    with pytest.raises(ValueError, match="HYPERRULE / SOLVER.IMS_PER_BATCH overrides"):
         rule_from_config(_cfg("HYPERRULE.RESIZE", 100, "HYPERRULE.CROP", 128), 100, (32, 32))
 
 
@@ -83,18 +84,21 @@ def test_tri_state():
         and tri_state("off", True, "K") is False
         and tri_state("on", False, "K")
     )
-    with pytest.raises(ValueError, match="DATASET.FLIP"):
-        tri_state("maybe", True, "DATASET.FLIP")
+    with pytest.raises(ValueError, match="INPUT.RANDOM_FLIP"):
+        tri_state("maybe", True, "INPUT.RANDOM_FLIP")
 
 
 def test_hyperrule_configs_train_in_fp32_unless_they_opt_in():
-    """The authors' fine-tuning code trains in float32; only an explicit PRECISION opts in to bf16."""
+    """The authors' fine-tuning code trains in float32; only an explicit SOLVER.AMP.ENABLED opts
+    in to bf16."""
     finetune_configs = [CONFIGS_DIR / name for name in shipped_configs("finetune")]
     assert finetune_configs
     for path in finetune_configs:
         cfg = get_finetune_cfg(str(path))
-        assert cfg.SOLVER.PRECISION == "fp32", path.name
-    assert (
-        get_finetune_cfg("finetune/cifar10.yaml", ["SOLVER.PRECISION", "bf16"]).SOLVER.PRECISION
-        == "bf16"
-    )
+        assert engine_precision(cfg) == "fp32", path.name
+    cfg = get_finetune_cfg("finetune/cifar10.yaml", ["SOLVER.AMP.ENABLED", True])
+    assert engine_precision(cfg) == "bf16"
+    with pytest.raises(
+        ValueError, match="SOLVER.AMP.PRECISION 'fp16': pretraining and fine-tuning"
+    ):
+        get_finetune_cfg("finetune/cifar10.yaml", ["SOLVER.AMP.PRECISION", "fp16"])

@@ -30,7 +30,7 @@ def test_finetune_beats_chance_on_digits(tmp_path, caplog):
             16,
             "HYPERRULE.STEPS",
             30,
-            "HYPERRULE.BATCH_SIZE",
+            "SOLVER.IMS_PER_BATCH",
             16,
             "HYPERRULE.BASE_LR",
             0.03,
@@ -63,7 +63,7 @@ def test_finetune_beats_chance_on_digits(tmp_path, caplog):
 @pytest.mark.slow
 def test_sigkill_then_resume_continues_exactly(tmp_path):
     def run(out, **kw):
-        cfg = get_finetune_cfg(INSTANT, ["OUTPUT_DIR", str(out), "HYPERRULE.BATCH_SIZE", 4])
+        cfg = get_finetune_cfg(INSTANT, ["OUTPUT_DIR", str(out), "SOLVER.IMS_PER_BATCH", 4])
         return finetune(cfg, **kw)
 
     full = run(tmp_path / "a")
@@ -77,7 +77,7 @@ def test_sigkill_then_resume_continues_exactly(tmp_path):
         INSTANT,
         "OUTPUT_DIR",
         str(interrupted),
-        "HYPERRULE.BATCH_SIZE",
+        "SOLVER.IMS_PER_BATCH",
         "4",
     ]
     proc = subprocess.run(
@@ -113,7 +113,7 @@ def test_sigkill_then_resume_continues_exactly(tmp_path):
 
 @pytest.mark.slow
 def test_a_finished_run_is_reported_and_force_starts_over(tmp_path):
-    cfg = get_finetune_cfg(INSTANT, ["OUTPUT_DIR", str(tmp_path), "HYPERRULE.BATCH_SIZE", 4])
+    cfg = get_finetune_cfg(INSTANT, ["OUTPUT_DIR", str(tmp_path), "SOLVER.IMS_PER_BATCH", 4])
     first = finetune(cfg)
     stored, mtime = (
         (tmp_path / "results.json").read_text(),
@@ -165,7 +165,7 @@ def test_tool_sweeps_upstream_vs_scratch_with_fewshot(tmp_path):
         "--seeds",
         "1",
         "--weights",
-        f"{upstream},scratch",
+        f"{upstream},",  # an empty entry: no weights
         "OUTPUT_DIR",
         str(out),
         "HYPERRULE.STEPS",

@@ -261,7 +261,7 @@ def test_pretraining_weights_reproduce_the_source(sources, name, kind):
     cfg = get_pretrain_cfg(
         None,
         [
-            "MODEL.NAME",
+            "MODEL.BIT.VARIANT",
             source.arch,
             "MODEL.NUM_CLASSES",
             str(source.num_classes or 3),

@@ -63,15 +63,6 @@ def test_state_dict_of_other_model_is_a_mismatch(tmp_path):
         load_weights(create_model("R14-tiny", num_classes=0), path)
 
 
-def test_bn_running_stats_are_optional_and_reported(tmp_path):
-    from tests.official_npz import write_official_npz
-
-    path = tmp_path / "tiny.npz"
-    write_official_npz(path, num_classes=5)
-    report = load_weights(create_model("R14-tiny", num_classes=5, norm="BN"), path)
-    assert any(k.endswith("running_mean") for k in report.not_in_file)
-
-
 def test_stale_temporaries_of_killed_writes_are_removed_fresh_ones_kept(tmp_path):
     import os
     import time
