@@ -47,7 +47,7 @@ class ModelSpec:
 
 def _bit(arch: str) -> Callable[[int, str], nn.Module]:
     def build(num_classes: int, device: str) -> nn.Module:
-        from bitdet.models import create_model
+        from bitdet.factory import create_model
 
         with torch.device(device):  # initialise on the device: R101x3 is large
             return create_model(arch, num_classes=num_classes)

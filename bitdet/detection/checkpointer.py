@@ -1,6 +1,7 @@
-"""Detectron2 checkpointer that reads BiT weights of every format, and writes checkpoints atomically.
+"""Detectron2 checkpointer that reads BiT weights of every format, and writes checkpoints
+atomically.
 
-``MODEL.WEIGHTS`` may be anything :func:`bitdet.checkpoint.read_weights` reads:
+``MODEL.WEIGHTS`` may be anything :func:`bitdet.weights.read_weights` reads:
 
 - an official BiT ``.npz``, or its name (``BiT-M-R101x3``: from the bitdet cache, downloaded
   there if absent),
@@ -10,7 +11,7 @@
 - a Detectron2 checkpoint of a bitdet detector (resuming, evaluating, fine-tuning),
 
 and, for a model without a BiT backbone, anything Detectron2 itself reads (``.pkl`` files are
-unpickled with numpy arrays as the only allowed objects, :mod:`bitdet.checkpoint.safe_pickle`).
+unpickled with numpy arrays as the only allowed objects, :mod:`bitdet.weights.safe_pickle`).
 
 For a BiT detector every tensor of the trunk must come from the file: a file of another
 layout or architecture is an error that names both (the FPN and heads may keep their
@@ -33,27 +34,29 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from bitdet.checkpoint.architecture import FileArchitecture, architecture_of
-from bitdet.checkpoint.errors import CheckpointError
-from bitdet.checkpoint.loading import (
-    check_trunk,
-    read_weights,
-    resolve_source,
-    set_ws_eps,
+from bitdet.detection.backbone import BiTBackbone
+from bitdet.utils.io import remove_stale_temporaries
+from bitdet.weights.architecture import FileArchitecture, architecture_of
+from bitdet.weights.checkpoint_file import (
+    RUNNING_STATS,
+    caffe2_weights,
+    last_checkpoint,
+    load_pickle,
+    point_last_checkpoint,
+    resume_file,
     torch_load_safely,
+    write_checkpoint,
     ws_eps_of,
 )
-from bitdet.checkpoint.safe_pickle import safe_pickle_load, unsafe_pickle_allowed
-from bitdet.detection.backbone import BiTBackbone
-from bitdet.engine.checkpoint import check_finite_weights, describe_fallback, newest_readable
-from bitdet.utils.io import atomic_write, remove_stale_temporaries
+from bitdet.weights.errors import CheckpointError
+from bitdet.weights.loading import check_trunk, read_weights, resolve_source, set_ws_eps
+from bitdet.weights.safe_pickle import unsafe_pickle_allowed
 
 __all__ = ["BiTCheckpointer"]
 
 logger = logging.getLogger(__name__)
 
 _BLOCK = re.compile(r"^block(\d+)\.")
-_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def _unbuilt_part(trunk: BiTBackbone, name: str) -> bool:
@@ -99,7 +102,8 @@ class BiTCheckpointer(DetectionCheckpointer):
             remove_stale_temporaries(self.save_dir)
 
     def load(self, path: str, *args, **kwargs) -> Dict[str, Any]:
-        """Load ``path`` (a file, an official BiT name, an ``hf-hub:`` id, or a URL Detectron2 reads).
+        """Load ``path``: a file, an official BiT name, an ``hf-hub:`` id, or a URL Detectron2
+        reads.
 
         Raises:
             WeightsNotFoundError: nothing exists at ``path`` (instead of Detectron2's bare assert).
@@ -120,12 +124,7 @@ class BiTCheckpointer(DetectionCheckpointer):
         if not (resume and self.has_checkpoint()):
             return super().resume_or_load(path, resume=resume)
         pointed = self.get_checkpoint_file()
-        chosen, skipped = newest_readable(Path(pointed) if pointed else None, self.save_dir)
-        if chosen is None:
-            raise CheckpointError(describe_fallback(None, skipped, self.save_dir))
-        if skipped:
-            logger.warning(describe_fallback(chosen, skipped, self.save_dir))
-        return self.load(str(chosen))
+        return self.load(str(resume_file(Path(pointed) if pointed else None, self.save_dir)))
 
     def _bit_trunk(self) -> Optional[Tuple[str, BiTBackbone]]:
         """The detector's BiT trunk and the prefix of its parameter names (None without one)."""
@@ -156,7 +155,7 @@ class BiTCheckpointer(DetectionCheckpointer):
             allow_other=weights.detectron2,
         )
         set_ws_eps(trunk, weights.ws_eps, source, weights.layout.name)
-        loaded = sum(1 for k in shapes if not k.endswith(_STATS))
+        loaded = sum(1 for k in shapes if not k.endswith(RUNNING_STATS))
         if weights.detectron2 and weights.prefix == prefix:
             # A checkpoint of a detector like this one: Detectron2 loads all of it (FPN, heads,
             # optimizer and iteration when resuming); its trunk was checked above.
@@ -173,8 +172,8 @@ class BiTCheckpointer(DetectionCheckpointer):
             )
         mapped = {prefix + k: v for k, v in weights.state.items() if k in shapes}
         logger.info(
-            "BiT weights (%s): %d of %d trunk tensors loaded into %s from %s; the rest of the detector keeps "
-            "its initialisation",
+            "BiT weights (%s): %d of %d trunk tensors loaded into %s from %s; the rest of the "
+            "detector keeps its initialisation",
             weights.format,
             loaded,
             loaded,
@@ -188,35 +187,39 @@ class BiTCheckpointer(DetectionCheckpointer):
 
     def _load_pkl_safely(self, filename: str) -> Dict[str, Any]:
         """Detectron2's ``.pkl`` handling, with an unpickler that only rebuilds numpy arrays."""
-        data = safe_pickle_load(filename)
+        data = load_pickle(filename)
         if not isinstance(data, dict):
             raise CheckpointError(f"{filename} holds a {type(data).__name__}, not a dict of arrays")
         if "model" in data and "__author__" in data:  # Detectron2 model-zoo format
             return data
-        data = data.get("blobs", data)  # Caffe2 detection models keep weights under "blobs"
-        data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
-        return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
+        return {"model": caffe2_weights(data), "__author__": "Caffe2", "matching_heuristics": True}
 
     def save(self, name: str, **kwargs: Any) -> None:
-        """As Detectron2's save, but written to a temporary file and renamed into place."""
+        """As Detectron2's save, through :func:`bitdet.weights.checkpoint_file.write_checkpoint`:
+        atomic, never NaN / inf weights, the trunk's weight-standardization epsilon in ``meta``."""
         if not self.save_dir or not self.save_to_disk:
             return
-        data = {"model": self.model.state_dict()}
-        check_finite_weights(data["model"], f"checkpoint {name}")
         found = self._bit_trunk()
-        eps = ws_eps_of(found[1]) if found else None
-        if eps is not None:  # restored on load (timm-sourced trunks compute with 1e-8)
-            data["meta"] = {"ws_eps": eps}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
+        extra = {key: obj.state_dict() for key, obj in self.checkpointables.items()}
+        extra.update(kwargs)
         basename = f"{name}.pth"
         save_file = os.path.join(self.save_dir, basename)
         self.logger.info("Saving checkpoint to %s", save_file)
-        with atomic_write(save_file) as f:
-            torch.save(data, f)
+        write_checkpoint(
+            save_file,
+            self.model.state_dict(),
+            ws_eps=ws_eps_of(found[1]) if found else None,
+            extra=extra,
+            what=f"checkpoint {name}",
+        )
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        with atomic_write(os.path.join(self.save_dir, "last_checkpoint"), "w") as f:
-            f.write(last_filename_basename)
+        point_last_checkpoint(self.save_dir, last_filename_basename)
+
+    def has_checkpoint(self) -> bool:
+        return last_checkpoint(self.save_dir) is not None
+
+    def get_checkpoint_file(self) -> str:
+        named = last_checkpoint(self.save_dir)
+        return "" if named is None else str(named)

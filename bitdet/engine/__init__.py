@@ -23,7 +23,7 @@ Example::
 Conventions: ``lr_at(step)`` gives the lr of the 0-based optimizer step ``step``;
 ``model_{step - 1:07d}.pth`` holds the state after ``step`` completed steps (Detectron2's
 naming), with a plain bitdet state dict under ``"model"`` (readable by
-:func:`bitdet.checkpoint.load_weights`). Data order and augmentation are functions of
+:func:`bitdet.weights.load_weights`). Data order and augmentation are functions of
 ``(seed, step)`` (:mod:`bitdet.engine.data`), so a resumed run reproduces an uninterrupted one
 exactly. Accuracies are percentages.
 """

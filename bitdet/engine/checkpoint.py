@@ -1,10 +1,10 @@
 """Training checkpoints: ``model_{iteration:07d}.pth`` + ``last_checkpoint``, atomic, keep the
-last N.
+last N (written and read by :mod:`bitdet.weights.checkpoint_file`).
 
 A file holds ``{"model": state_dict, "optimizer": ..., "step": int, "rng": {...}, "meta": {...}}``
 made only of tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``.
 ``"model"`` uses bitdet's own parameter names (no ``module.`` prefix): the file is also a valid
-weights file for :func:`bitdet.checkpoint.load_weights`, ``create_model(pretrained=...)`` and
+weights file for :func:`bitdet.weights.load_weights`, ``create_model(pretrained=...)`` and
 Detectron2's ``BiTCheckpointer``. ``step`` counts completed optimizer steps; the file is named as
 Detectron2 names its own: after the 0-based index of the last iteration it holds
 (``model_0000099.pth`` after 100 steps), so both trainers' folders read the same way.
@@ -13,36 +13,34 @@ Detectron2 names its own: after the 0-based index of the last iteration it holds
 from __future__ import annotations
 
 import logging
-import math
 import random
-import re
-import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-from bitdet.checkpoint.errors import CheckpointError
-from bitdet.checkpoint.loading import ws_eps_of
-from bitdet.errors import NonFiniteError
-from bitdet.utils.io import PathLike, atomic_write, remove_stale_temporaries
+from bitdet.utils.io import PathLike, remove_stale_temporaries
+from bitdet.weights.checkpoint_file import (
+    LAST_CHECKPOINT,
+    last_checkpoint,
+    periodic_checkpoints,
+    point_last_checkpoint,
+    resume_file,
+    torch_load_safely,
+    write_checkpoint,
+    ws_eps_of,
+)
+from bitdet.weights.errors import CheckpointError
 
 __all__ = [
     "TrainingCheckpointer",
     "capture_rng_state",
-    "check_finite_weights",
     "clear_run",
-    "damage_of",
-    "describe_fallback",
-    "newest_readable",
     "restore_rng_state",
 ]
 
 logger = logging.getLogger(__name__)
-
-_PATTERN = re.compile(r"^model_(\d{7})\.pth$")
-LAST_CHECKPOINT = "last_checkpoint"
 
 
 def capture_rng_state() -> Dict[str, Any]:
@@ -83,89 +81,6 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def check_finite_weights(state: Dict[str, torch.Tensor], what: str) -> None:
-    """Refuse to write weights holding NaN or inf (the checkpoint would overwrite a good one).
-
-    Raises:
-        FloatingPointError: naming ``what`` and the first non-finite tensor.
-    """
-    for key, value in state.items():
-        if (
-            torch.is_tensor(value)
-            and value.is_floating_point()
-            and not bool(torch.isfinite(value).all())
-        ):
-            raise NonFiniteError(
-                f"{what}: the weights hold NaN or inf ({key}); not saved, the previous "
-                "checkpoint stays the last one. Lower the learning rate or check the data"
-            )
-
-
-def damage_of(path: PathLike) -> Optional[str]:
-    """Why the checkpoint file ``path`` cannot be read whole (missing, empty, truncated, a failed
-    checksum), or None when every member of its zip archive reads back with the right CRC."""
-    path = Path(path)
-    if not path.is_file():
-        return "it does not exist"
-    if path.stat().st_size == 0:
-        return "it is empty (0 bytes)"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:  # no central directory: truncated
-        return f"truncated or corrupt ({e})"
-    return f"corrupt member {bad} (checksum mismatch)" if bad else None
-
-
-def _number(path: Path) -> float:
-    """Iteration in a ``model_{NNNNNNN}.pth`` name; ``model_final.pth`` (Detectron2) after all
-    of them."""
-    match = _PATTERN.match(path.name)
-    return int(match.group(1)) if match else math.inf
-
-
-def newest_readable(
-    pointed: Optional[Path], folder: PathLike
-) -> Tuple[Optional[Path], List[Tuple[Path, str]]]:
-    """The checkpoint to resume from: ``pointed`` (what ``last_checkpoint`` names) if it reads
-    whole, else the newest older ``model_NNNNNNN.pth`` of ``folder`` that does.
-
-    Returns:
-        ``(path or None when no file reads whole, [(skipped file, why)] newest first)``.
-    """
-    folder = Path(folder)
-    numbered = sorted(
-        (p for p in folder.glob("model_*.pth") if _PATTERN.match(p.name)), key=_number, reverse=True
-    )
-    if pointed is None:
-        candidates = numbered
-    else:
-        candidates = [pointed, *(p for p in numbered if _number(p) < _number(pointed))]
-    skipped = []
-    for path in candidates:
-        why = damage_of(path)
-        if why is None:
-            return path, skipped
-        skipped.append((path, why))
-    return None, skipped
-
-
-def describe_fallback(
-    chosen: Optional[Path], skipped: List[Tuple[Path, str]], folder: PathLike
-) -> str:
-    """The warning (a file was chosen) or the error (none was) after :func:`newest_readable`."""
-    reasons = "; ".join(f"{p.name}: {why}" for p, why in skipped)
-    if chosen is None:
-        return (
-            f"no readable checkpoint to resume from in {folder} ({reasons}); move the damaged "
-            "files away to train from the start"
-        )
-    return (
-        f"cannot resume from {skipped[0][0].name} ({reasons}): resuming from {chosen.name}, the "
-        "newest readable checkpoint before it"
-    )
-
-
 def clear_run(output_dir: PathLike, results: Sequence[str] = ()) -> List[Path]:
     """Delete a run's checkpoints, ``last_checkpoint`` and its ``results`` files (``--force``).
 
@@ -174,7 +89,7 @@ def clear_run(output_dir: PathLike, results: Sequence[str] = ()) -> List[Path]:
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
-    doomed = [p for p in folder.iterdir() if _PATTERN.match(p.name)]
+    doomed = periodic_checkpoints(folder)
     doomed += [folder / name for name in (LAST_CHECKPOINT, *results) if (folder / name).is_file()]
     for path in doomed:
         path.unlink(missing_ok=True)
@@ -227,30 +142,23 @@ class TrainingCheckpointer:
             The path written.
 
         Raises:
-            FloatingPointError: the weights hold NaN or inf (nothing is written).
+            NonFiniteError: the weights hold NaN or inf (nothing is written).
         """
         weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        check_finite_weights(weights, f"checkpoint after step {step}")
-        state = {
-            "model": weights,
-            "step": int(step),
-            "rng": capture_rng_state(),
-            "meta": dict(meta or {}),
-        }
-        eps = ws_eps_of(model)
-        if eps is not None:  # loading restores it (weights from timm compute with 1e-8)
-            state["meta"].setdefault("ws_eps", eps)
+        extra: Dict[str, Any] = {"step": int(step), "rng": capture_rng_state()}
         if optimizer is not None:
-            state["optimizer"] = optimizer.state_dict()
+            extra["optimizer"] = optimizer.state_dict()
         if data is not None:
-            state["data"] = dict(data)
-        path = self.path_for(step)
-        with atomic_write(path) as f:
-            torch.save(state, f)
-        # The pointer moves only after the file is complete: a crash in between leaves the
-        # previous pointer, which still names an intact file.
-        with atomic_write(self.output_dir / LAST_CHECKPOINT, "w") as f:
-            f.write(path.name)
+            extra["data"] = dict(data)
+        path = write_checkpoint(
+            self.path_for(step),
+            weights,
+            ws_eps=ws_eps_of(model),
+            meta=dict(meta or {}),
+            extra=extra,
+            what=f"checkpoint after step {step}",
+        )
+        point_last_checkpoint(self.output_dir, path.name)
         self._prune(keep=path)
         logger.info("saved checkpoint %s", path)
         return path
@@ -265,19 +173,18 @@ class TrainingCheckpointer:
 
     def list(self) -> List[Path]:
         """Periodic checkpoint files, oldest first."""
-        if not self.output_dir.is_dir():
-            return []
-        return sorted(p for p in self.output_dir.iterdir() if _PATTERN.match(p.name))
+        return periodic_checkpoints(self.output_dir)
 
     def latest(self) -> Optional[Path]:
         """The file ``last_checkpoint`` names, else the newest ``model_*.pth``, else None."""
-        pointer = self.output_dir / LAST_CHECKPOINT
-        if pointer.is_file():
-            name = pointer.read_text().strip()
-            if (self.output_dir / name).is_file():
-                return self.output_dir / name
+        named = last_checkpoint(self.output_dir)
+        if named is not None:
+            if named.is_file():
+                return named
             logger.warning(
-                "%s names %s, which does not exist; using the newest file", pointer, name
+                "%s names %s, which does not exist; using the newest file",
+                self.output_dir / LAST_CHECKPOINT,
+                named.name,
             )
         files = self.list()
         return files[-1] if files else None
@@ -290,14 +197,7 @@ class TrainingCheckpointer:
             CheckpointError: checkpoints exist but none reads whole.
         """
         latest = self.latest()
-        if latest is None:
-            return None
-        chosen, skipped = newest_readable(latest, self.output_dir)
-        if chosen is None:
-            raise CheckpointError(describe_fallback(None, skipped, self.output_dir))
-        if skipped:
-            logger.warning(describe_fallback(chosen, skipped, self.output_dir))
-        return chosen
+        return None if latest is None else resume_file(latest, self.output_dir)
 
     @staticmethod
     def load(path: PathLike) -> Dict[str, Any]:
@@ -307,9 +207,9 @@ class TrainingCheckpointer:
             CheckpointError: unreadable, or not a training checkpoint (no ``model``/``step``).
         """
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch_load_safely(path)
         except Exception as e:  # corrupt zip, unsafe pickle, truncated file ...
-            raise CheckpointError(f"cannot resume from {path}: {type(e).__name__}: {e}") from e
+            raise CheckpointError(f"cannot resume from {path}: {e}") from e
         if not isinstance(state, dict) or "model" not in state or "step" not in state:
             raise CheckpointError(
                 f"{path} is not a bitdet training checkpoint (needs 'model' and 'step')"

@@ -28,9 +28,10 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 from detectron2.utils import comm
 
-from bitdet.engine.checkpoint import LAST_CHECKPOINT, clear_run
+from bitdet.engine.checkpoint import clear_run
 from bitdet.errors import UserError
 from bitdet.utils.io import PathLike, atomic_write
+from bitdet.weights.checkpoint_file import LAST_CHECKPOINT
 
 __all__ = [
     "EVAL_CONFIG",

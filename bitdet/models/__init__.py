@@ -1,9 +1,9 @@
-"""BiT ResNet-v2 models (plain ``torch.nn``; no Detectron2 import), with timm's model API.
+"""BiT ResNet-v2 models (plain ``torch.nn``; no Detectron2 import, no weights files: those are
+:mod:`bitdet.weights`, and :func:`bitdet.create_model` builds a model with them).
 
 Inputs are RGB images scaled to [-1, 1] (``x / 127.5 - 1``; ``mean = std = 0.5`` on [0, 1]).
 """
 
-from bitdet.models.factory import create_model, pretrained_path
 from bitdet.models.layers import StdConv2d, standardize_weight
 from bitdet.models.preprocess import create_transform, resolve_data_config
 from bitdet.models.resnetv2 import (
@@ -32,11 +32,9 @@ __all__ = [
     "ResNetV2",
     "ResNetV2Features",
     "StdConv2d",
-    "create_model",
     "create_transform",
     "get_pretrained_cfg",
     "list_models",
-    "pretrained_path",
     "resolve",
     "resolve_data_config",
     "standardize_weight",

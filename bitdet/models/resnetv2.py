@@ -5,7 +5,7 @@ Kolesnikov et al., "Big Transfer (BiT): General Visual Representation Learning",
 Residual Networks"); every conv is weight-standardized and every norm is a 32-group GroupNorm.
 
 Stage names: parameters keep the official checkpoints' names
-(``block{i}.unit{jj}.{gn,conv}{1,2,3}``, ``downsample``), so that ``bitdet.checkpoint`` maps
+(``block{i}.unit{jj}.{gn,conv}{1,2,3}``, ``downsample``), so that ``bitdet.weights`` maps
 the authors' files with a plain table; features use Detectron2's names (``FEATURE_NAMES``):
 the output of ``block{i}`` is ``res{i+1}``.
 Both are external formats; this is the one place that relates them.

@@ -51,7 +51,7 @@ class Pretrained:
     the files could not be fetched where this table was written to record them. A download
     is verified instead by its transfer length (``Content-Length``), by reading every array,
     and by matching every parameter name and shape of the architecture, head included
-    (:func:`bitdet.models.factory.check_npz_architecture`). Set ``sha256`` to pin a file.
+    (:func:`bitdet.weights.official.check_npz_architecture`). Set ``sha256`` to pin a file.
     """
 
     arch: str

@@ -12,17 +12,17 @@ import torch
 from detectron2.utils import comm
 from torch.utils.data import Dataset, IterableDataset
 
-from bitdet.checkpoint import load_weights, save_checkpoint, state_dict_to_npz, write_npz
 from bitdet.config import resolve_device
 from bitdet.engine import ClassifierTrainer, evaluate_classifier
 from bitdet.engine.config import engine_precision
 from bitdet.engine.run_folder import open_run
 from bitdet.errors import ConfigError
-from bitdet.models import create_model
+from bitdet.factory import create_model
 from bitdet.models.resnetv2 import ResNetV2
 from bitdet.pretrain.data import build_dataset
 from bitdet.pretrain.schedule import StepSchedule, scaled_lr
 from bitdet.utils.io import write_json
+from bitdet.weights import load_weights, save_checkpoint, state_dict_to_npz, write_npz
 
 __all__ = ["build_datasets", "build_model", "build_schedule", "evaluator", "run_pretraining"]
 

@@ -30,9 +30,9 @@ import logging
 import sys
 from pathlib import Path
 
-from bitdet.checkpoint.convert import DETECTRON2_PREFIX, FORMATS, convert
 from bitdet.errors import ConfigError
 from bitdet.tools.cli import user_errors
+from bitdet.weights.convert import DETECTRON2_PREFIX, FORMATS, convert
 
 _SUFFIX_FORMAT = {".npz": "npz", ".pth": "torch", ".pt": "torch"}
 

@@ -69,9 +69,8 @@ def build_classifier_target(args):
     differs from the file's (0, headless, aside) needs ``--new-head``, and such a head makes
     ``--verify`` fail, as its logits do not come from the weights.
     """
-    from bitdet.checkpoint import is_hub_id, load_weights, read_weights
-    from bitdet.models import create_model
-    from bitdet.models.factory import head_of
+    from bitdet.factory import create_model, head_of
+    from bitdet.weights import is_hub_id, load_weights, read_weights
 
     source = args.weights or (args.model if is_hub_id(args.model) else None)
     weights = read_weights(source) if source else None

@@ -19,7 +19,7 @@ from torch.utils.data import Subset
 from bitdet.config import check_weights, resolve_device
 from bitdet.engine.config import engine_precision
 from bitdet.errors import ConfigError
-from bitdet.models import create_model
+from bitdet.factory import create_model
 from bitdet.transfer.config import rule_from_config, tri_state
 from bitdet.transfer.datasets import (
     build_dataset,
@@ -61,7 +61,7 @@ def resolve_weights(cfg) -> str:
     name such as ``BiT-M-R50x1`` is checked to exist, an official file downloaded if absent)."""
     weights = check_weights(cfg.MODEL.WEIGHTS)
     if weights and not Path(weights).is_file():
-        from bitdet.checkpoint.loading import resolve_source
+        from bitdet.weights.loading import resolve_source
 
         resolve_source(weights)  # an hf-hub: id or official name; else names the accepted forms
     return weights
@@ -214,7 +214,7 @@ def finetune(
     model.set_grad_checkpointing(cfg.MODEL.ACTIVATION_CHECKPOINTING)
     load_report = None
     if weights:
-        from bitdet.checkpoint import load_weights
+        from bitdet.weights import load_weights
 
         # zero_head=True even when the upstream head has the same size: BiT starts every
         # downstream task from a zero head.
@@ -319,8 +319,8 @@ def evaluate_only(cfg, output_dir: Optional[str] = None) -> Dict[str, Any]:
         :func:`bitdet.engine.evaluate_classifier`'s metrics plus ``crop``; also written to
         ``OUTPUT_DIR/eval_results.json``.
     """
-    from bitdet.checkpoint import load_weights
     from bitdet.engine import evaluate_classifier
+    from bitdet.weights import load_weights
 
     d = cfg.DATASETS.TRAIN
     spec = get_spec(d.NAME)

@@ -218,8 +218,8 @@ def test_interleaved_rows_keep_order_and_fold_matches_eager(tmp_path):
 def test_fold_gives_the_eager_outputs():
     import torch
 
+    from bitdet import create_model
     from bitdet.export.fold import fold_weight_standardization
-    from bitdet.models import create_model
 
     torch.manual_seed(0)
     model = create_model("R14-tiny", num_classes=5).eval()

@@ -6,8 +6,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
 import bitdet
+from bitdet import create_model
 from bitdet.detection import BiTBackbone, get_bit_cfg
-from bitdet.models import create_model
 
 
 def _cfg(backbone="build_retinanet_bit_fpn_backbone", **bit):

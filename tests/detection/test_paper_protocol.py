@@ -19,10 +19,10 @@ from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
 from PIL import Image
 
-from bitdet.checkpoint.errors import WeightsNotFoundError
 from bitdet.detection import BiTCheckpointer, get_bit_cfg
 from bitdet.detection.config import fixed_input_size
 from bitdet.detection.mapper import BiTDatasetMapper
+from bitdet.weights.errors import WeightsNotFoundError
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER_CONFIGS = {

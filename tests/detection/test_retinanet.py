@@ -7,9 +7,9 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from bitdet.checkpoint import CheckpointMismatchError
 from bitdet.config import CONFIGS_DIR, shipped_configs
 from bitdet.detection import BiTCheckpointer, get_bit_cfg
+from bitdet.weights import CheckpointMismatchError
 from tests.official_npz import write_official_npz
 
 
@@ -73,8 +73,8 @@ def test_official_npz_loads_into_the_detector_trunk(cfg, tmp_path, caplog):
 
 
 def test_bitdet_checkpoint_and_named_weights_load(cfg, tmp_path, monkeypatch):
-    from bitdet.checkpoint import save_checkpoint
-    from bitdet.models import create_model
+    from bitdet import create_model
+    from bitdet.weights import save_checkpoint
 
     source = create_model("R14-tiny", num_classes=7)
     save_checkpoint(tmp_path / "pretrained.pth", source)

@@ -14,13 +14,13 @@ import torch
 from detectron2.modeling import build_model
 
 from bitdet import create_model
-from bitdet.checkpoint import (
+from bitdet.detection import BiTCheckpointer, BiTPredictor, get_bit_cfg
+from bitdet.weights import (
     CheckpointError,
     CheckpointMismatchError,
     WeightsNotFoundError,
     save_checkpoint,
 )
-from bitdet.detection import BiTCheckpointer, BiTPredictor, get_bit_cfg
 from tests.official_npz import write_official_npz
 
 ROOT = Path(__file__).resolve().parents[2]

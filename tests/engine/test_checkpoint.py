@@ -5,14 +5,10 @@ import pytest
 import torch
 
 from bitdet import create_model
-from bitdet.checkpoint import CheckpointError
 from bitdet.engine import TrainingCheckpointer
-from bitdet.engine.checkpoint import (
-    capture_rng_state,
-    damage_of,
-    newest_readable,
-    restore_rng_state,
-)
+from bitdet.engine.checkpoint import capture_rng_state, restore_rng_state
+from bitdet.weights import CheckpointError
+from bitdet.weights.checkpoint_file import damage_of, newest_readable
 
 
 def test_keep_last_pointer_and_weights_only(tmp_path):

@@ -64,7 +64,7 @@ def test_evaluate_classifier_end_to_end_restores_mode():
 
 
 def test_channels_last_and_cached_ws_evaluation_match_plain():
-    from bitdet.models import create_model
+    from bitdet import create_model
     from bitdet.models.fast import std_convs
 
     class Images(torch.utils.data.Dataset):

@@ -12,8 +12,8 @@ import torch
 from detectron2.engine import HookBase
 
 from bitdet import create_model
-from bitdet.checkpoint import load_weights
 from bitdet.engine import TrainingCheckpointer, choose_batch_split
+from bitdet.weights import load_weights
 from tests.engine.tiny_run import tiny_sets, tiny_trainer
 
 REPO = Path(__file__).resolve().parents[2]

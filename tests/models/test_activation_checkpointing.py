@@ -15,9 +15,9 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import bitdet.models.resnetv2 as resnetv2
+from bitdet import create_model
 from bitdet.detection import get_bit_cfg
 from bitdet.detection.determinism import repeatable_execution
-from bitdet.models import create_model
 from bitdet.pretrain.config import get_pretrain_cfg
 from bitdet.transfer.config import get_finetune_cfg
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bitdet.models import StdConv2d, create_model
+from bitdet import create_model
+from bitdet.models import StdConv2d
 from bitdet.models.fast import (
     StandardizeOncePerStep,
     cache_standardized_weights,

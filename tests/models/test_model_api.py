@@ -7,12 +7,8 @@ import torch
 from PIL import Image
 
 import bitdet
-from bitdet.models import (
-    create_model,
-    create_transform,
-    get_pretrained_cfg,
-    resolve_data_config,
-)
+from bitdet import create_model
+from bitdet.models import create_transform, get_pretrained_cfg, resolve_data_config
 from bitdet.transfer.transforms import ToBiTTensor
 
 
@@ -54,7 +50,7 @@ def test_forward_features_takes_a_name_or_a_list():
 
 
 def test_the_head_size_comes_from_the_weights_file(tmp_path):
-    from bitdet.checkpoint import save_checkpoint
+    from bitdet.weights import save_checkpoint
 
     source = create_model("R14-tiny", num_classes=10)
     save_checkpoint(tmp_path / "w10.pth", source)

@@ -4,15 +4,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import bitdet
-from bitdet import numerics
-from bitdet.models import (
-    ARCHITECTURES,
-    FEATURE_NAMES,
-    StdConv2d,
-    create_model,
-    resolve,
-    standardize_weight,
-)
+from bitdet import create_model, numerics
+from bitdet.models import ARCHITECTURES, FEATURE_NAMES, StdConv2d, resolve, standardize_weight
 from bitdet.models.layers import make_norm_layer
 
 # Backbone parameter counts (no head), as the paper and the released models give them, in millions.

@@ -27,7 +27,7 @@ import sys
 import torch
 from detectron2.engine import HookBase
 
-import bitdet.detection.checkpointer as checkpointer_module
+import bitdet.weights.checkpoint_file as checkpoint_file_module
 from bitdet.detection.trainer import BiTTrainer
 from bitdet.engine.trainer import ClassifierTrainer
 
@@ -70,7 +70,7 @@ class _KillHook(HookBase):
 _build_hooks = BiTTrainer.build_hooks
 BiTTrainer.build_hooks = lambda self: [*_build_hooks(self), _KillHook()]
 
-_atomic_write = checkpointer_module.atomic_write
+_atomic_write = checkpoint_file_module.atomic_write
 
 
 @contextlib.contextmanager
@@ -84,7 +84,7 @@ def _dying_atomic_write(path, *args, **kwargs):
             _kill()
 
 
-checkpointer_module.atomic_write = _dying_atomic_write
+checkpoint_file_module.atomic_write = _dying_atomic_write
 
 _classifier_after_step = ClassifierTrainer.after_step
 

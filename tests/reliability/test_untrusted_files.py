@@ -2,9 +2,9 @@
 
 Each payload would create a marker file when deserialised; each case asserts a clear
 refusal AND that the marker does not exist. Loaders: bitdet's classification loader
-(``bitdet.checkpoint.load_weights``) and Detectron2's path (``BiTCheckpointer`` for
+(``bitdet.weights.load_weights``) and Detectron2's path (``BiTCheckpointer`` for
 ``MODEL.WEIGHTS``, ``get_bit_cfg`` for configs). The single-loader unit tests live in
-tests/checkpoint/ (test_npz.py, test_torch_checkpoints.py, test_safe_pickle.py).
+tests/weights/ (test_npz.py, test_torch_checkpoints.py, test_safe_pickle.py).
 The only opt-in is ``BITDET_ALLOW_UNSAFE_PICKLE=1`` for Detectron2 ``.pkl`` model-zoo files
 (the ecosystem ships weights that way); ``.npz``, ``.pth`` and YAML have none.
 """
@@ -18,9 +18,9 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from bitdet.checkpoint import CheckpointError, load_weights
+from bitdet import create_model
 from bitdet.detection import BiTCheckpointer, get_bit_cfg
-from bitdet.models import create_model
+from bitdet.weights import CheckpointError, load_weights
 
 
 class Payload:

@@ -106,8 +106,8 @@ def test_the_head_comes_from_the_weights_file(tmp_path, capsys, console_logging_
     import torch
 
     from bitdet import create_model
-    from bitdet.checkpoint import state_dict_to_npz, write_npz
     from bitdet.export import load_runner
+    from bitdet.weights import state_dict_to_npz, write_npz
 
     source = create_model("R14-tiny", num_classes=10).eval()  # a trained-like head: not zero
     weights = tmp_path / "r14_10.npz"

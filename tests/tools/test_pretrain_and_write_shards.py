@@ -12,7 +12,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from bitdet import create_model
-from bitdet.checkpoint import load_weights
+from bitdet.weights import load_weights
 
 REPO = Path(__file__).resolve().parents[2]
 

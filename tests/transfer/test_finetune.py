@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from bitdet import create_model
-from bitdet.checkpoint import save_checkpoint
 from bitdet.transfer.config import get_finetune_cfg
 from bitdet.transfer.finetune import evaluate_only, finetune, finetune_sweep
+from bitdet.weights import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 INSTANT = "quick_schedules/finetune_instant_test.yaml"

@@ -26,8 +26,8 @@ from typing import Callable, Optional
 
 from filelock import FileLock
 
-from bitdet.checkpoint.errors import CheckpointError
 from bitdet.utils.io import atomic_write
+from bitdet.weights.errors import CheckpointError
 
 __all__ = ["download", "mirrored"]
 
@@ -105,7 +105,8 @@ def _fetch(
                     )
                 if sha256 and digest.hexdigest() != sha256.lower():
                     raise CheckpointError(
-                        f"checksum mismatch for {url}: expected sha256 {sha256}, got {digest.hexdigest()}"
+                        f"checksum mismatch for {url}: expected sha256 {sha256}, "
+                        f"got {digest.hexdigest()}"
                     )
                 if validate is not None:
                     f.flush()
@@ -113,8 +114,8 @@ def _fetch(
     except (urllib.error.URLError, OSError) as e:
         raise CheckpointError(
             f"could not download {url}: {e}. Without network access, download the file "
-            f"elsewhere and place it at {dest} (or pass its path as the weights, or set BITDET_WEIGHTS_URL "
-            "to a mirror)."
+            f"elsewhere and place it at {dest} (or pass its path as the weights, or set "
+            "BITDET_WEIGHTS_URL to a mirror)."
         ) from e
 
 

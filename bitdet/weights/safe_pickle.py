@@ -11,8 +11,8 @@ import os
 import pickle
 from typing import Any
 
-from bitdet.checkpoint.errors import CheckpointError
 from bitdet.utils.io import PathLike
+from bitdet.weights.errors import CheckpointError
 
 __all__ = ["safe_pickle_load", "unsafe_pickle_allowed"]
 

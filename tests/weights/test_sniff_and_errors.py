@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bitdet import create_model
-from bitdet.checkpoint import (
+from bitdet.weights import (
     CheckpointError,
     CheckpointMismatchError,
     WeightsNotFoundError,
@@ -84,12 +84,14 @@ def test_other_architecture_is_named_with_the_setting_to_change(tmp_path):
     path = tmp_path / "r26.npz"
     write_official_npz(path, layers=(2, 2, 2, 2), num_classes=5)
     with pytest.raises(CheckpointMismatchError) as err:
-        load_weights(create_model("R14-tiny", num_classes=5), path, variant_option="MODEL.NAME")
+        load_weights(
+            create_model("R14-tiny", num_classes=5), path, variant_option="MODEL.BIT.VARIANT"
+        )
     text = str(err.value)
     assert (
         "this file is R26-tiny (" in text
         and "the model is R14-tiny (" in text
-        and "set MODEL.NAME R26-tiny" in text
+        and "set MODEL.BIT.VARIANT R26-tiny" in text
     )
     assert "official BiT .npz" in text and "\n" not in text  # one line
     assert (
@@ -131,8 +133,8 @@ def test_a_tool_given_another_architecture_prints_one_line_and_logs_the_keys(tmp
     assert len(err) == 1, proc.stderr
     assert err[0].startswith(f"finetune: error: weights {tmp_path / 'r26.pth'} (bitdet")
     assert (
-        "this file is R26-tiny (3.5M); the model is R14-tiny (2.0M): set MODEL.NAME R26-tiny; "
-        in err[0]
+        "this file is R26-tiny (3.5M); the model is R14-tiny (2.0M): "
+        "set MODEL.BIT.VARIANT R26-tiny; " in err[0]
     )
     assert err[0].endswith(
         "36 keys differ (36 unexpected), first: block1.unit02.conv1.weight not in the model"

@@ -4,10 +4,10 @@
 
 A weights source is a file path, an ``hf-hub:`` id, or an official BiT name
 (``BiT-M-R50x1``). The container is sniffed from the file's bytes
-(:mod:`bitdet.checkpoint.sniff`), the key layout from its names
-(:mod:`bitdet.checkpoint.layouts`: official npz, bitdet, Detectron2, timm, the authors'
+(:mod:`bitdet.weights.sniff`), the key layout from its names
+(:mod:`bitdet.weights.layouts`: official npz, bitdet, Detectron2, timm, the authors'
 bit_pytorch, transformers), and the architecture from its shapes
-(:mod:`bitdet.checkpoint.architecture`). Loading then checks every trunk tensor of the model
+(:mod:`bitdet.weights.architecture`). Loading then checks every trunk tensor of the model
 against the file before changing anything: fewer than all of them is an error that names the
 format, both architectures and what to set.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -24,36 +23,38 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from bitdet.checkpoint.architecture import FileArchitecture, architecture_of
-from bitdet.checkpoint.errors import CheckpointError, CheckpointMismatchError, WeightsNotFoundError
-from bitdet.checkpoint.hub import hub_weights, is_hub_id
-from bitdet.checkpoint.layouts import LAYOUTS, Layout, detect_layout, layout_keys
-from bitdet.checkpoint.sniff import CONTAINERS, sniff_container
 from bitdet.numerics import WS_EPS
-from bitdet.utils.io import PathLike, atomic_write
+from bitdet.utils.io import PathLike
+from bitdet.weights.architecture import FileArchitecture, architecture_of
+from bitdet.weights.checkpoint_file import (
+    RUNNING_STATS,
+    caffe2_weights,
+    load_pickle,
+    torch_load_safely,
+)
+from bitdet.weights.errors import CheckpointError, CheckpointMismatchError, WeightsNotFoundError
+from bitdet.weights.hub import hub_weights, is_hub_id
+from bitdet.weights.layouts import LAYOUTS, Layout, detect_layout, layout_keys
+from bitdet.weights.npz import read_npz
+from bitdet.weights.official import check_official, official_name, pretrained_path
+from bitdet.weights.sniff import CONTAINERS, sniff_container
 
 __all__ = [
     "LoadReport",
     "WeightsFile",
-    "apply_state_dict",
     "apply_weights",
-    "check_official",
+    "check_trunk",
     "load_weights",
-    "official_name",
     "read_state_dict",
     "read_weights",
     "read_weights_file",
     "resolve_source",
-    "save_checkpoint",
     "set_ws_eps",
-    "torch_load_safely",
-    "ws_eps_of",
 ]
 
 logger = logging.getLogger(__name__)
 
 _HEAD = ("fc.weight", "fc.bias")
-_STATS = ("running_mean", "running_var", "num_batches_tracked")
 _EXAMPLES = 5
 WeightsSource = Union[str, os.PathLike]
 
@@ -91,12 +92,13 @@ class WeightsFile:
     Attributes:
         source: what was asked for (a path, an ``hf-hub:`` id, a BiT name).
         path: the local file.
-        container: see :data:`bitdet.checkpoint.sniff.CONTAINERS`.
+        container: see :data:`bitdet.weights.sniff.CONTAINERS`.
         layout: the key layout found.
         prefix: the prefix every BiT key carried (``module.``, ``backbone.bottom_up.``, ...).
         state: tensors under bitdet's names (trunk and head).
         file_keys: bitdet name -> the key in the file.
-        unmapped: keys under ``prefix`` that are no BiT tensor (an error unless a caller allows them).
+        unmapped: keys under ``prefix`` that are no BiT tensor (an error unless a caller allows
+            them).
         other: keys outside ``prefix`` (a detector's FPN and head, for example).
         arch: the architecture read from the shapes.
         ws_eps: the weight-standardization epsilon that reproduces the source model, when the
@@ -126,36 +128,14 @@ class WeightsFile:
 
     @property
     def format(self) -> str:
-        """The detected format in words, e.g. ``"timm resnetv2_*_bit state dict, safetensors file"``."""
+        """The detected format in words, e.g. ``"timm resnetv2_*_bit state dict, safetensors
+        file"``."""
         what = self.layout.description
         if self.detectron2:
             what = f"Detectron2 checkpoint with a {what.split(' (')[0]} trunk under {self.prefix!r}"
         elif self.prefix:
             what += f" under {self.prefix!r}"
         return f"{what}; {CONTAINERS[self.container]}"
-
-
-def official_name(source: WeightsSource) -> Optional[str]:
-    """The official checkpoint ``source`` names, or None.
-
-    That is an official name (``BiT-M-R50x1``), its bare file name (``BiT-M-R50x1.npz``), or
-    that file in the bitdet cache (where ``pretrained=True`` puts it).
-    """
-    from bitdet.models.variants import PRETRAINED
-    from bitdet.utils.io import default_cache_dir
-
-    text = str(source)
-    name = text[: -len(".npz")] if text.endswith(".npz") else text
-    if name in PRETRAINED:
-        return name
-    path = Path(text).expanduser()
-    if (
-        path.suffix == ".npz"
-        and path.stem in PRETRAINED
-        and path.parent.resolve() == Path(default_cache_dir()).resolve()
-    ):
-        return path.stem
-    return None
 
 
 def resolve_source(source: WeightsSource) -> Tuple[Path, Optional[Dict[str, Any]]]:
@@ -179,63 +159,23 @@ def resolve_source(source: WeightsSource) -> Tuple[Path, Optional[Dict[str, Any]
         return path, None
     official = official_name(text)
     if official is not None:
-        from bitdet.models.factory import pretrained_path
-
         return pretrained_path(official, looked_at=[path]), None
     from bitdet.models.variants import PRETRAINED
 
     hint = ""
     if text.startswith("BiT-"):
-        hint = f" ({text} is no official BiT checkpoint; those are {', '.join(list(PRETRAINED)[:3])}, ...)"
+        names = ", ".join(list(PRETRAINED)[:3])
+        hint = f" ({text} is no official BiT checkpoint; those are {names}, ...)"
     raise WeightsNotFoundError(
-        f"weights {text!r} not found: no such file{hint}. Give a weights file (official .npz, bitdet / "
-        "Detectron2 / timm / bit_pytorch / transformers checkpoint), an official name such as BiT-M-R50x1, "
-        "or a hub id such as hf-hub:timm/resnetv2_50x1_bit.goog_in21k"
+        f"weights {text!r} not found: no such file{hint}. Give a weights file (official .npz, "
+        "bitdet / Detectron2 / timm / bit_pytorch / transformers checkpoint), an official name "
+        "such as BiT-M-R50x1, or a hub id such as hf-hub:timm/resnetv2_50x1_bit.goog_in21k"
     )
-
-
-def check_official(weights: "WeightsFile", name: str) -> None:
-    """Check that ``weights`` hold the architecture and head of the official checkpoint ``name``.
-
-    Raises:
-        CheckpointError: one line naming the file, what ``name`` holds and what was found.
-    """
-    from bitdet.models.variants import PRETRAINED
-
-    pre = PRETRAINED[name]
-    arch = weights.arch
-    found_arch = "no ResNet-v2" if arch is None else arch.name or arch.describe()
-    classes = arch.num_classes if arch is not None else 0
-    if (found_arch, classes) != (pre.arch, pre.num_classes):
-        found_head = f"a {classes}-class head" if classes else "no head"
-        raise CheckpointError(
-            f"{weights.path} is not the official {name}: expected {pre.arch} with a {pre.num_classes}-class head, "
-            f"found {found_arch} with {found_head}"
-        )
-
-
-def torch_load_safely(path: PathLike) -> Any:
-    """``torch.load`` with ``weights_only=True`` stated explicitly (an environment variable can flip
-    torch's default) and errors that name the file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"refusing to load {path}: it contains Python objects beyond tensors and plain "
-            f"containers, which could run code when unpickled ({str(e).splitlines()[-1]}). Re-save it "
-            "as a state dict, or convert it with bitdet-convert after reviewing its source."
-        ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (truncated?): {e}"
-        ) from e
 
 
 def _read_container(path: Path, container: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """``(arrays by key, the wrapper's other entries)`` of a weights file."""
     if container == "npz":
-        from bitdet.checkpoint.npz import read_npz
-
         return read_npz(path), {}
     if container == "safetensors":
         from safetensors import SafetensorError
@@ -248,15 +188,9 @@ def _read_container(path: Path, container: str) -> Tuple[Dict[str, Any], Dict[st
                 f"{path} is not a readable safetensors file (truncated?): {e}"
             ) from e
     if container == "pickle":
-        from bitdet.checkpoint.safe_pickle import safe_pickle_load, unsafe_pickle_allowed
-
-        if unsafe_pickle_allowed():  # the user trusts this file (BITDET_ALLOW_UNSAFE_PICKLE=1)
-            with open(path, "rb") as f:
-                obj = pickle.load(f, encoding="latin1")
-        else:
-            obj = safe_pickle_load(path)
-        if isinstance(obj, dict) and isinstance(obj.get("blobs"), dict):  # Caffe2 detection models
-            obj = {k: v for k, v in obj["blobs"].items() if not k.endswith("_momentum")}
+        obj = load_pickle(path)
+        if isinstance(obj, dict):
+            obj = caffe2_weights(obj)
     else:
         obj = torch_load_safely(path)
     wrapper: Dict[str, Any] = {}
@@ -292,15 +226,16 @@ def _check_transformers(path: Path, keys: Sequence[str], config: Optional[Dict[s
     output stride 32) is BiT's network; its ViT-hybrid ``bottleneck`` variant is not."""
     if any(k.endswith("bit.embedder.norm.weight") or ".downsample.norm." in k for k in keys):
         raise CheckpointError(
-            f"{path}: a transformers BiT checkpoint with layer_type 'bottleneck' (the ViT-hybrid backbone): "
-            "not BiT's pre-activation ResNet-v2, so bitdet does not load it"
+            f"{path}: a transformers BiT checkpoint with layer_type 'bottleneck' (the ViT-hybrid "
+            "backbone): not BiT's pre-activation ResNet-v2, so bitdet does not load it"
         )
     if config is None:
         sibling = path.parent / "config.json"
         if not sibling.is_file():
             raise CheckpointError(
-                f"{path}: a transformers BiT checkpoint needs its config.json beside it (save_pretrained "
-                "writes both) to tell whether it is BiT's network (layer_type, global_padding)"
+                f"{path}: a transformers BiT checkpoint needs its config.json beside it "
+                "(save_pretrained writes both) to tell whether it is BiT's network "
+                "(layer_type, global_padding)"
             )
         import json
 
@@ -315,8 +250,8 @@ def _check_transformers(path: Path, keys: Sequence[str], config: Optional[Dict[s
     if bad:
         raise CheckpointError(
             f"{path}: transformers BiT config {bad} is not BiT's network (bitdet reads layer_type "
-            "'preactivation', global_padding null, embedding_dynamic_padding false, output_stride 32: "
-            "the configs of the google/bit-* checkpoints)"
+            "'preactivation', global_padding null, embedding_dynamic_padding false, "
+            "output_stride 32: the configs of the google/bit-* checkpoints)"
         )
 
 
@@ -364,10 +299,11 @@ def _as_weights(
     found = detect_layout(arrays)
     if found is None:
         raise CheckpointError(
-            f"{source}: no BiT key layout recognised in {CONTAINERS[container]} of {len(arrays)} tensors "
-            f"(keys: {_examples(sorted(arrays))}). bitdet reads: "
+            f"{source}: no BiT key layout recognised in {CONTAINERS[container]} of "
+            f"{len(arrays)} tensors (keys: {_examples(sorted(arrays))}). bitdet reads: "
             + "; ".join(layout.description for layout in LAYOUTS.values())
-            + "; and Detectron2 checkpoints of bitdet detectors. Convert other files to one of these."
+            + "; and Detectron2 checkpoints of bitdet detectors. "
+            "Convert other files to one of these."
         )
     layout, prefix = found
     if layout.name == "transformers":
@@ -445,7 +381,7 @@ def check_trunk(
     state = weights.state
     if allow_other is None:
         allow_other = weights.detectron2
-    required = [k for k in own if not k.endswith(_STATS)]
+    required = [k for k in own if not k.endswith(RUNNING_STATS)]
     missing = sorted(k for k in required if k not in state)
     mismatched = [
         (k, own[k], state[k].shape)
@@ -472,8 +408,8 @@ def check_trunk(
                 advice += f": {_fix_hint(file_arch.name, variant_option)}"
         elif missing and not mismatched and not unexpected:
             advice = (
-                f"the file lacks {len(missing)} of the model's {len(required)} trunk tensors: it is "
-                "incomplete (a partial export?); nothing was loaded"
+                f"the file lacks {len(missing)} of the model's {len(required)} trunk tensors: "
+                "it is incomplete (a partial export?); nothing was loaded"
             )
         raise CheckpointMismatchError(
             weights.source,
@@ -488,7 +424,8 @@ def check_trunk(
 
 
 def set_ws_eps(model: torch.nn.Module, eps: Optional[float], source: str, layout: str) -> int:
-    """Set the weight-standardization epsilon of every :class:`StdConv2d` in ``model``; log a change.
+    """Set the weight-standardization epsilon of every :class:`StdConv2d` in ``model``; log a
+    change.
 
     ``eps`` None (the format does not say) leaves the model as it is.
     """
@@ -503,8 +440,9 @@ def set_ws_eps(model: torch.nn.Module, eps: Optional[float], source: str, layout
         conv.clear_weight_cache()
     if changed:
         logger.warning(
-            "%s: weights in the %s layout were computed with weight-standardization eps %g (the official "
-            "BiT checkpoints use %g); set it on %d convs so that the model reproduces the source's logits",
+            "%s: weights in the %s layout were computed with weight-standardization eps %g (the "
+            "official BiT checkpoints use %g); set it on %d convs so that the model reproduces "
+            "the source's logits",
             source,
             layout,
             eps,
@@ -553,7 +491,10 @@ def apply_weights(
     elif file_head[0] is None:
         head = "zero-initialised (the file has no head)"
     elif any(v is None or v.shape != own_state[k].shape for k, v in zip(_HEAD, file_head)):
-        head = f"zero-initialised (the file's head has {file_head[0].shape[0]} classes, the model {model.fc.out_channels})"
+        head = (
+            f"zero-initialised (the file's head has {file_head[0].shape[0]} classes, "
+            f"the model {model.fc.out_channels})"
+        )
     else:
         head = f"loaded ({model.fc.out_channels} classes)"
         body.update(zip(_HEAD, file_head))
@@ -564,7 +505,7 @@ def apply_weights(
     if head.startswith("zero"):
         model.reset_head(zero=True)
     set_ws_eps(model, weights.ws_eps, weights.source, weights.layout.name)
-    not_in_file = sorted(k for k in trunk if k.endswith(_STATS[:2]) and k not in body)
+    not_in_file = sorted(k for k in trunk if k.endswith(RUNNING_STATS[:2]) and k not in body)
     report = LoadReport(
         weights.source,
         len(body),
@@ -576,17 +517,6 @@ def apply_weights(
     )
     logger.info("%s", report)
     return report
-
-
-def apply_state_dict(
-    model: torch.nn.Module,
-    state: Dict[str, torch.Tensor],
-    path: PathLike = "<state dict>",
-    zero_head: bool = False,
-) -> LoadReport:
-    """:func:`apply_weights` for an in-memory state dict in any supported layout."""
-    weights = _as_weights(str(path), Path(str(path)), "torch", dict(state), {})
-    return apply_weights(model, weights, zero_head=zero_head)
 
 
 def load_weights(
@@ -606,23 +536,3 @@ def load_weights(
     """
     weights = source if isinstance(source, WeightsFile) else read_weights(source)
     return apply_weights(model, weights, zero_head=zero_head, variant_option=variant_option)
-
-
-def ws_eps_of(model: torch.nn.Module) -> Optional[float]:
-    """The weight-standardization epsilon of ``model``'s convs (None without any), for checkpoint metadata."""
-    from bitdet.models.layers import StdConv2d
-
-    return next((float(m.eps) for m in model.modules() if isinstance(m, StdConv2d)), None)
-
-
-def save_checkpoint(path: PathLike, model: torch.nn.Module, **meta: Any) -> None:
-    """Save ``{"model": state_dict, "meta": meta}`` atomically (loadable with weights_only).
-
-    ``meta["ws_eps"]`` records the model's weight-standardization epsilon, which loading restores.
-    """
-    eps = ws_eps_of(model)
-    if eps is not None:
-        meta.setdefault("ws_eps", eps)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_write(path) as f:
-        torch.save({"model": state, "meta": meta}, f)

@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bitdet.checkpoint import CheckpointError, download, read_npz
-from bitdet.checkpoint.download import mirrored
-from bitdet.models import pretrained_path
+from bitdet.weights import CheckpointError, download, pretrained_path, read_npz
+from bitdet.weights.download import mirrored
 
 
 @pytest.fixture
@@ -97,16 +96,17 @@ def test_named_model_uses_the_cache(tmp_path, monkeypatch, npz_file):
 
 def _official_layout_npz(path, arch, num_classes):
     from bitdet import create_model
-    from bitdet.checkpoint import state_dict_to_npz, write_npz
+    from bitdet.weights import state_dict_to_npz, write_npz
 
     write_npz(path, state_dict_to_npz(create_model(arch, num_classes=num_classes)))
     return path
 
 
 def test_official_download_is_checked_against_the_architecture(tmp_path, monkeypatch):
-    """With no published sha256, a wrong or truncated-by-content file must still not enter the cache."""
-    from bitdet.checkpoint import CheckpointMismatchError
+    """With no published sha256, a wrong or truncated-by-content file must still not enter the
+    cache."""
     from bitdet.models import variants
+    from bitdet.weights import CheckpointMismatchError
 
     right = _official_layout_npz(tmp_path / "right.npz", "R14-tiny", 21843)
     wrong = _official_layout_npz(tmp_path / "wrong.npz", "R26-tiny", 21843)
@@ -214,7 +214,8 @@ def test_mirror_url_keeps_the_file_name(monkeypatch):
 
 @pytest.fixture
 def official_tiny(tmp_path, monkeypatch):
-    """A small official entry, ``BiT-M-R14-tiny`` (R14-tiny, 7 classes), with an empty cache and no download."""
+    """A small official entry, ``BiT-M-R14-tiny`` (R14-tiny, 7 classes), with an empty cache and
+    no download."""
     from bitdet.models import variants
 
     cache = tmp_path / "cache"
@@ -248,7 +249,10 @@ def test_an_official_name_must_hold_the_official_architecture_and_head(
 
     cached = official_tiny / "BiT-M-R14-tiny.npz"
     write_official_npz(cached, layers=layers, num_classes=classes)
-    expected = f"{cached} is not the official BiT-M-R14-tiny: expected R14-tiny with a 7-class head, {found}"
+    expected = (
+        f"{cached} is not the official BiT-M-R14-tiny: expected R14-tiny with a 7-class head, "
+        f"{found}"
+    )
     for call in (
         lambda: create_model("BiT-M-R14-tiny", pretrained=True),
         lambda: create_model("R14-tiny", pretrained="BiT-M-R14-tiny"),
@@ -281,14 +285,15 @@ def test_an_official_file_name_is_found_here_then_in_the_cache(official_tiny, tm
     import torch
 
     from bitdet import create_model
-    from bitdet.checkpoint import WeightsNotFoundError
+    from bitdet.weights import WeightsNotFoundError
     from tests.official_npz import write_official_npz
 
     with pytest.raises(WeightsNotFoundError) as err:
         create_model("R14-tiny", pretrained="BiT-M-R14-tiny.npz")
     text = str(err.value)
     assert "\n" not in text and text.startswith(
-        f"BiT-M-R14-tiny is not at {tmp_path / 'BiT-M-R14-tiny.npz'}, {official_tiny / 'BiT-M-R14-tiny.npz'}; "
+        f"BiT-M-R14-tiny is not at {tmp_path / 'BiT-M-R14-tiny.npz'}, "
+        f"{official_tiny / 'BiT-M-R14-tiny.npz'}; "
         f"could not download {(tmp_path / 'no-mirror').as_uri()}/BiT-M-R14-tiny.npz"
     )
     cached = write_official_npz(official_tiny / "BiT-M-R14-tiny.npz", num_classes=7, seed=1)

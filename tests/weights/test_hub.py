@@ -1,5 +1,9 @@
-"""``hf-hub:`` ids through huggingface_hub, offline, against a cache laid out as the hub client lays it out:
-``models--<org>--<name>/{blobs/<hash>, refs/<branch or tag>, snapshots/<commit>/<file> -> ../../blobs/<hash>}``
+"""``hf-hub:`` ids through huggingface_hub, offline, against a cache laid out as the hub client
+lays it out::
+
+    models--<org>--<name>/{blobs/<hash>, refs/<branch or tag>,
+                           snapshots/<commit>/<file> -> ../../blobs/<hash>}
+
 (LFS files are named by their sha256, regular files by their git blob sha1)."""
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import pytest
 import torch
 
 from bitdet import create_model
-from bitdet.checkpoint import CheckpointError, read_weights
-from tests.checkpoint.sources import max_rel_diff, randomise
+from bitdet.weights import CheckpointError, read_weights
+from tests.weights.sources import max_rel_diff, randomise
 
 REPO = "timm/resnetv2_50x1_bit.goog_in21k_ft_in1k"
 HUB_ID = f"hf-hub:{REPO}"
@@ -23,7 +27,8 @@ X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(3), dtype=
 
 
 def add_snapshot(cache: Path, repo: str, commit: str, files: dict, refs=("main",)) -> None:
-    """Write ``files`` ({name: bytes}) as one snapshot of ``repo``, as ``hf_hub_download`` stores them."""
+    """Write ``files`` ({name: bytes}) as one snapshot of ``repo``, as ``hf_hub_download`` stores
+    them."""
     root = cache / f"models--{repo.replace('/', '--')}"
     (root / "blobs").mkdir(parents=True, exist_ok=True)
     (root / "refs").mkdir(exist_ok=True)

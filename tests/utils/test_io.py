@@ -1,4 +1,5 @@
-"""Atomic writes: the umask decides the mode (like ``open()``), a failed write leaves the old file."""
+"""Atomic writes: the umask decides the mode (like ``open()``), a failed write leaves the old
+file."""
 
 import os
 import stat

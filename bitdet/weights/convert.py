@@ -1,4 +1,5 @@
-"""Convert BiT weights between formats: any format bitdet reads -> npz, bitdet, Detectron2, timm, bit_pytorch.
+"""Convert BiT weights between formats: any format bitdet reads -> npz, bitdet, Detectron2, timm,
+bit_pytorch.
 
 The architecture is read from the file itself (units per stage, stem width, head size), so a
 conversion needs no model name. Every tensor is checked on the way (the same loader as
@@ -14,19 +15,20 @@ from typing import Dict
 
 import torch
 
-from bitdet.checkpoint.architecture import FileArchitecture
-from bitdet.checkpoint.errors import CheckpointError
-from bitdet.checkpoint.layouts import LAYOUTS
-from bitdet.checkpoint.loading import (
-    apply_weights,
-    read_weights,
-    read_weights_file,
-    save_checkpoint,
-)
-from bitdet.checkpoint.npz import state_dict_to_npz, write_npz
 from bitdet.errors import ConfigError
 from bitdet.numerics import WS_EPS
-from bitdet.utils.io import PathLike, atomic_write
+from bitdet.utils.io import PathLike
+from bitdet.weights.architecture import FileArchitecture
+from bitdet.weights.checkpoint_file import (
+    save_checkpoint,
+    write_checkpoint,
+    write_npz,
+    write_state_dict,
+)
+from bitdet.weights.errors import CheckpointError
+from bitdet.weights.layouts import LAYOUTS
+from bitdet.weights.loading import apply_weights, read_weights, read_weights_file
+from bitdet.weights.npz import state_dict_to_npz
 
 __all__ = [
     "FORMATS",
@@ -55,29 +57,20 @@ def infer_architecture(source: PathLike) -> FileArchitecture:
     weights = read_weights(source)
     if weights.arch is None or len(weights.arch.layers) != 4:
         raise CheckpointError(
-            f"{source} is not a complete BiT ResNet-v2 checkpoint ({weights.format}): expected a stem conv and "
-            f"units in 4 stages, found stages {list(weights.arch.layers) if weights.arch else []}"
+            f"{source} is not a complete BiT ResNet-v2 checkpoint ({weights.format}): expected a "
+            "stem conv and units in 4 stages, found stages "
+            f"{list(weights.arch.layers) if weights.arch else []}"
         )
     return weights.arch
 
 
 def export_state_dict(model: torch.nn.Module, layout: str) -> Dict[str, torch.Tensor]:
-    """``model``'s parameters renamed to a layout of :data:`bitdet.checkpoint.layouts.LAYOUTS`."""
+    """``model``'s parameters renamed to a layout of :data:`bitdet.weights.layouts.LAYOUTS`."""
     target = LAYOUTS[layout]
     return {
         target.from_bitdet_key(name): target.from_bitdet_tensor(name, value)
         for name, value in model.state_dict().items()
     }
-
-
-def _save_tensors(dst: Path, tensors: Dict[str, torch.Tensor]) -> None:
-    with atomic_write(dst) as f:
-        if dst.suffix == ".safetensors":
-            from safetensors.torch import save
-
-            f.write(save({k: v.contiguous() for k, v in tensors.items()}))
-        else:
-            torch.save(tensors, f)
 
 
 def convert(
@@ -102,7 +95,8 @@ def convert(
     arch = infer_architecture(weights.source) if weights.arch is None else weights.arch
     if len(arch.layers) != 4:
         raise CheckpointError(
-            f"{src_text} ({weights.format}) holds stages {list(arch.layers)}, not 4: not convertible"
+            f"{src_text} ({weights.format}) holds stages {list(arch.layers)}, not 4: "
+            "not convertible"
         )
     source_eps = weights.ws_eps or WS_EPS
     model = arch.build(ws_eps=source_eps)
@@ -110,8 +104,8 @@ def convert(
     target_eps = LAYOUTS[fmt].ws_eps or WS_EPS if fmt in LAYOUTS else None
     if target_eps is not None and target_eps != source_eps:
         logger.warning(
-            "%s was made with weight-standardization eps %g, %s code uses %g: its logits will differ "
-            "by about 1e-5 relative",
+            "%s was made with weight-standardization eps %g, %s code uses %g: its logits will "
+            "differ by about 1e-5 relative",
             src_text,
             source_eps,
             fmt,
@@ -134,18 +128,15 @@ def convert(
             for k, v in model.state_dict().items()
             if not k.startswith("fc.")
         }
-        with atomic_write(dst) as f:
-            torch.save(
-                {
-                    "model": state,
-                    "__author__": "bitdet",
-                    "matching_heuristics": False,
-                    "meta": {"ws_eps": source_eps, "source": src_text},
-                },
-                f,
-            )
+        write_checkpoint(
+            dst,
+            state,
+            ws_eps=source_eps,
+            meta={"source": src_text},
+            extra={"__author__": "bitdet", "matching_heuristics": False},
+        )
     else:
-        _save_tensors(dst, export_state_dict(model, fmt))
+        write_state_dict(dst, export_state_dict(model, fmt))
     return _written_architecture(dst)
 
 

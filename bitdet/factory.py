@@ -1,103 +1,22 @@
-"""``create_model``: a BiT model by name, optionally with weights."""
+"""``create_model``: a BiT model by name, optionally with weights.
+
+It sits above :mod:`bitdet.models` (the networks) and :mod:`bitdet.weights` (the files):
+weights may build a model, but ``bitdet.models`` never imports ``bitdet.weights``.
+"""
 
 from __future__ import annotations
 
-import logging
 import os
-from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import torch
-
-from bitdet.checkpoint.download import download, mirrored
-from bitdet.checkpoint.errors import CheckpointError, CheckpointMismatchError, WeightsNotFoundError
-from bitdet.checkpoint.hub import is_hub_id
-from bitdet.checkpoint.loading import WeightsFile, load_weights, read_weights
-from bitdet.checkpoint.npz import npz_key_map, read_npz
-from bitdet.errors import UnknownNameError
 from bitdet.models.resnetv2 import ResNetV2, ResNetV2Features
 from bitdet.models.variants import get_pretrained_cfg, resolve
-from bitdet.utils.io import default_cache_dir
+from bitdet.weights.errors import CheckpointError
+from bitdet.weights.hub import is_hub_id
+from bitdet.weights.loading import WeightsFile, load_weights, read_weights
+from bitdet.weights.official import pretrained_path
 
-__all__ = ["check_npz_architecture", "create_model", "head_of", "pretrained_path"]
-
-logger = logging.getLogger(__name__)
-
-
-def check_npz_architecture(path: os.PathLike, name: str) -> None:
-    """Check that an official-layout npz holds exactly the parameters of model ``name``.
-
-    Every array must be readable and every parameter of the architecture (head of the
-    upstream class count included) present with its shape; nothing else may be there.
-
-    Raises:
-        CheckpointMismatchError: naming the missing, unexpected and misshapen keys.
-    """
-    arch_name, _, pre = resolve(name)
-    arrays = read_npz(path)
-    with torch.device("meta"):  # shapes only: no memory for the weights
-        model = create_model(arch_name, num_classes=pre.num_classes if pre else 1000)
-    params = dict(model.named_parameters())
-    expected = {key: tuple(params[param].shape) for param, key in npz_key_map(model).items()}
-    found = {
-        key: (a.shape[3], a.shape[2], a.shape[0], a.shape[1]) if a.ndim == 4 else tuple(a.shape)
-        for key, a in arrays.items()
-    }  # HWIO kernels -> OIHW
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    mismatched = [
-        (k, expected[k], found[k])
-        for k in sorted(set(expected) & set(found))
-        if expected[k] != found[k]
-    ]
-    if missing or unexpected or mismatched:
-        raise CheckpointMismatchError(path, missing, unexpected, mismatched)
-
-
-def pretrained_path(
-    name: str,
-    cache_dir: Optional[os.PathLike] = None,
-    progress: bool = True,
-    looked_at: Sequence[os.PathLike] = (),
-) -> Path:
-    """Local path of a named official checkpoint, downloading it into the cache if absent.
-
-    A download enters the cache only when it is complete (its ``Content-Length``), matches
-    the recorded sha256 when there is one, and :func:`check_npz_architecture` accepts it.
-
-    Args:
-        name: e.g. ``"BiT-M-R50x1"``.
-        cache_dir: defaults to :func:`bitdet.utils.io.default_cache_dir`.
-        progress: show a download progress bar.
-        looked_at: other places already searched, named (with the cache) when the file can
-            be neither found nor downloaded.
-
-    ``$BITDET_WEIGHTS_URL`` serves the file from a mirror; concurrent callers download once.
-
-    Raises:
-        WeightsNotFoundError: not in the cache and the download failed (names every place).
-    """
-    _, _, pre = resolve(name)
-    if pre is None:
-        raise UnknownNameError(
-            f"{name!r} has no official checkpoint; pass a weights file path instead"
-        )
-    dest = Path(cache_dir or default_cache_dir()) / f"{name}.npz"
-    try:
-        return download(
-            mirrored(pre.url),
-            dest,
-            sha256=pre.sha256,
-            validate=lambda p: check_npz_architecture(p, name),
-            progress=progress,
-        )
-    except CheckpointError as e:
-        if not isinstance(
-            e.__cause__, OSError
-        ):  # the downloaded file failed a check: not a missing file
-            raise
-        places = ", ".join(str(Path(p).resolve()) for p in (*looked_at, dest))
-        raise WeightsNotFoundError(f"{name} is not at {places}; {e}") from e
+__all__ = ["create_model", "head_of"]
 
 
 def head_of(weights: WeightsFile) -> int:
@@ -136,9 +55,9 @@ def create_model(
             ``.npz``, bitdet, Detectron2, timm, bit_pytorch or transformers file), an
             ``hf-hub:`` id, an official name or file name (``"BiT-M-R50x1"``,
             ``"BiT-M-R50x1.npz"``: the current folder, then the cache), or a
-            :class:`~bitdet.checkpoint.WeightsFile` already read (see
-            :func:`bitdet.checkpoint.load_weights`). An official checkpoint must hold the
-            official architecture and head, else :class:`~bitdet.checkpoint.CheckpointError`.
+            :class:`~bitdet.weights.WeightsFile` already read (see
+            :func:`bitdet.weights.load_weights`). An official checkpoint must hold the
+            official architecture and head, else :class:`~bitdet.weights.CheckpointError`.
         zero_head: zero-initialise the head (BiT fine-tuning). Default: True when the head is
             new (``num_classes`` differs from the checkpoint's), which loading does anyway.
         features_only: return a :class:`ResNetV2Features` (a list of feature maps, with
@@ -155,10 +74,8 @@ def create_model(
         )
         return ResNetV2Features(model, out_indices) if features_only else model
     arch_name, arch, pre = resolve(name)
-    if pretrained is True:
-        pretrained = pretrained_path(
-            name
-        )  # the cache's file: read_weights checks its architecture and head
+    if pretrained is True:  # the cache's file: read_weights checks its architecture and head
+        pretrained = pretrained_path(name)
     weights = None
     if pretrained:
         weights = pretrained if isinstance(pretrained, WeightsFile) else read_weights(pretrained)

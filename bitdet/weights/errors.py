@@ -76,7 +76,8 @@ class CheckpointMismatchError(CheckpointError):
         if self.missing:
             total = f"; the model's trunk has {trunk_total} tensors" if trunk_total else ""
             lines.append(
-                f"  missing keys ({len(self.missing)} not in the file{total}): {_listing(self.missing)}"
+                f"  missing keys ({len(self.missing)} not in the file{total}): "
+                f"{_listing(self.missing)}"
             )
         if self.unexpected:
             lines.append(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from bitdet.checkpoint.errors import CheckpointError
+from bitdet.weights.errors import CheckpointError
 
 __all__ = ["HUB_PREFIX", "HubWeights", "is_hub_id", "parse_hub_id", "hub_weights"]
 
@@ -124,8 +124,9 @@ def hub_weights(source: str) -> HubWeights:
             else f"the hub could not be reached ({unreachable})"
         )
         raise CheckpointError(
-            f"{source}: none of {', '.join(WEIGHT_FILES)} is in the hub cache {where}{at} and {why}. Where there "
-            f"is network, run `hf download {repo_id}` (or load the model once), then copy that cache folder here."
+            f"{source}: none of {', '.join(WEIGHT_FILES)} is in the hub cache {where}{at} and "
+            f"{why}. Where there is network, run `hf download {repo_id}` (or load the model once), "
+            "then copy that cache folder here."
         )
     config_path = fetch("config.json")
     config = None

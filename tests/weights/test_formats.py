@@ -1,7 +1,7 @@
 """Every weights format through every entry point: logits equal to the source model's, and
 conversion back to the source format is lossless.
 
-Sources (see tests/checkpoint/sources.py): timm's own ``resnetv2_50x1_bit``, the authors'
+Sources (see tests/weights/sources.py): timm's own ``resnetv2_50x1_bit``, the authors'
 ``bit_pytorch`` layout (as ``train.py`` saves it: ``{"step", "model", "optim"}`` with
 ``module.`` keys; and plain), transformers' ``BitForImageClassification``, a Detectron2
 checkpoint of a bitdet detector, and bitdet's own checkpoint. Entry points:
@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from bitdet import create_model
-from bitdet.checkpoint import load_weights, read_weights, save_checkpoint
-from bitdet.checkpoint.convert import FORMATS
 from bitdet.tools.convert_weights import main as convert_main
-from tests.checkpoint.sources import AuthorsResNetV2, max_rel_diff, randomise
+from bitdet.weights import load_weights, read_weights, save_checkpoint
+from bitdet.weights.convert import FORMATS
+from tests.weights.sources import AuthorsResNetV2, max_rel_diff, randomise
 
 TOL = 1e-5
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -362,7 +362,7 @@ def test_timm_weights_go_back_to_timm(sources, tmp_path):
 def test_hub_style_transformers_file_without_config_is_refused(sources, tmp_path):
     import shutil
 
-    from bitdet.checkpoint import CheckpointError
+    from bitdet.weights import CheckpointError
 
     lone = tmp_path / "model.safetensors"
     shutil.copy(sources["transformers"].files["safetensors"], lone)
@@ -381,7 +381,7 @@ def test_transformers_bottleneck_variant_is_not_bit(tmp_path):
         num_labels=3,
     )
     transformers.BitForImageClassification(config).save_pretrained(tmp_path)
-    from bitdet.checkpoint import CheckpointError
+    from bitdet.weights import CheckpointError
 
     with pytest.raises(CheckpointError, match="layer_type 'bottleneck'"):
         create_model("R14-tiny", num_classes=3, pretrained=tmp_path / "model.safetensors")

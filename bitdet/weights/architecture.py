@@ -1,4 +1,5 @@
-"""The ResNet-v2 a set of weights describes, read from tensor shapes, and named as bitdet names it."""
+"""The ResNet-v2 a set of weights describes, read from tensor shapes, and named as bitdet names
+it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 from bitdet.numerics import WS_EPS
+from bitdet.weights.checkpoint_file import RUNNING_STATS
 
 __all__ = ["FileArchitecture", "architecture_of"]
 
@@ -22,7 +24,8 @@ class FileArchitecture:
 
     Attributes:
         layers: units per stage.
-        stem_channels: output channels of the stem conv (64 x the width multiplier for paper models).
+        stem_channels: output channels of the stem conv (64 x the width multiplier for paper
+            models).
         num_classes: rows of the head (0: no head).
         trunk_params: parameters outside the head.
         name: the bitdet architecture name of this shape (``"R50x1"``), or None.
@@ -35,12 +38,13 @@ class FileArchitecture:
     name: Optional[str] = None
 
     def describe(self) -> str:
-        """E.g. ``"BiT R50x1 (23.5M)"``, ``"R14-tiny (0.9M)"``, or the unit counts when unnamed."""
+        """The bitdet name with the trunk's parameter count in millions (``BiT `` before a paper
+        model), or the unit counts when unnamed."""
         size = f"{self.trunk_params / 1e6:.1f}M"
         if self.name is None:
             return (
-                f"a ResNet-v2 with units {list(self.layers)} and a {self.stem_channels}-channel stem ({size}), "
-                "which no bitdet model name describes"
+                f"a ResNet-v2 with units {list(self.layers)} and a {self.stem_channels}-channel "
+                f"stem ({size}), which no bitdet model name describes"
             )
         from bitdet.models.variants import ARCHITECTURES
 
@@ -75,7 +79,11 @@ def architecture_of(state: Mapping[str, torch.Tensor]) -> Optional[FileArchitect
             units[int(match.group(1))].add(int(match.group(2)))
     layers = tuple(len(units[i]) for i in sorted(units))
     head = state.get("fc.weight")
-    trunk = sum(v.numel() for k, v in state.items() if not k.startswith("fc.") and not _is_stat(k))
+    trunk = sum(
+        v.numel()
+        for k, v in state.items()
+        if not k.startswith("fc.") and not k.endswith(RUNNING_STATS)
+    )
     stem_channels = int(stem.shape[0])
     return FileArchitecture(
         layers,
@@ -84,10 +92,6 @@ def architecture_of(state: Mapping[str, torch.Tensor]) -> Optional[FileArchitect
         trunk,
         _name_of(layers, stem_channels),
     )
-
-
-def _is_stat(key: str) -> bool:
-    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
 
 
 def _name_of(layers: Tuple[int, ...], stem_channels: int) -> Optional[str]:

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from bitdet.checkpoint import (
+from bitdet import create_model
+from bitdet.weights import (
     CheckpointError,
     CheckpointMismatchError,
     load_weights,
@@ -10,7 +11,6 @@ from bitdet.checkpoint import (
     state_dict_to_npz,
     write_npz,
 )
-from bitdet.models import create_model
 from tests.official_npz import reference_forward, write_official_npz
 
 

@@ -1,4 +1,5 @@
-"""The official BiT ``.npz`` checkpoint format: read, write, and map to module names.
+"""The official BiT ``.npz`` checkpoint format: read, and map to module names (written by
+:func:`bitdet.weights.checkpoint_file.write_npz`).
 
 Layout (a flat npz of float32 arrays; conv kernels are HWIO)::
 
@@ -21,11 +22,11 @@ from typing import Dict
 import numpy as np
 import torch
 
-from bitdet.checkpoint.errors import CheckpointError
-from bitdet.checkpoint.layouts import LAYOUTS
-from bitdet.utils.io import PathLike, atomic_write
+from bitdet.utils.io import PathLike
+from bitdet.weights.errors import CheckpointError
+from bitdet.weights.layouts import LAYOUTS
 
-__all__ = ["npz_key_map", "read_npz", "write_npz", "npz_to_state_dict", "state_dict_to_npz"]
+__all__ = ["npz_key_map", "read_npz", "state_dict_to_npz"]
 
 _NUMBERED_CONV = re.compile(r"/standardized_conv2d_\d+/")
 
@@ -66,28 +67,6 @@ def read_npz(path: PathLike) -> Dict[str, np.ndarray]:
         raise CheckpointError(
             f"{path} is not a readable .npz file (truncated or corrupt download?): {e}"
         ) from e
-
-
-def write_npz(path: PathLike, arrays: Dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` as an (uncompressed) npz, atomically."""
-    with atomic_write(path) as f:
-        np.savez(f, **arrays)
-
-
-def npz_to_state_dict(
-    arrays: Dict[str, np.ndarray], model: torch.nn.Module = None
-) -> Dict[str, torch.Tensor]:
-    """Rename and transpose npz arrays into bitdet's state-dict naming.
-
-    Arrays whose key is not part of the layout keep their npz key, so that callers can report
-    them as unexpected. ``model`` is not needed (kept for callers that pass it).
-    """
-    npz = LAYOUTS["npz"]
-    out = {}
-    for key, value in arrays.items():
-        name = npz.to_bitdet_key(key)
-        out[name or key] = npz.to_bitdet_tensor(name or key, value)
-    return out
 
 
 def state_dict_to_npz(model: torch.nn.Module) -> Dict[str, np.ndarray]:

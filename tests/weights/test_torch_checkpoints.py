@@ -3,14 +3,14 @@ import pickle
 import pytest
 import torch
 
-from bitdet.checkpoint import (
+from bitdet import create_model
+from bitdet.weights import (
     CheckpointError,
     CheckpointMismatchError,
     load_weights,
     read_state_dict,
     save_checkpoint,
 )
-from bitdet.models import create_model
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -14,8 +14,8 @@ import struct
 import zipfile
 from pathlib import Path
 
-from bitdet.checkpoint.errors import CheckpointError
 from bitdet.utils.io import PathLike
+from bitdet.weights.errors import CheckpointError
 
 __all__ = ["CONTAINERS", "sniff_container"]
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from bitdet.checkpoint import CheckpointError, read_npz
-from bitdet.checkpoint.convert import convert, infer_architecture
-from bitdet.models import create_model
+from bitdet import create_model
+from bitdet.weights import CheckpointError, read_npz
+from bitdet.weights.convert import convert, infer_architecture
 from tests.official_npz import write_official_npz
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,8 +6,8 @@ import pickle
 import numpy as np
 import pytest
 
-from bitdet.checkpoint import CheckpointError
-from bitdet.checkpoint.safe_pickle import safe_pickle_load
+from bitdet.weights import CheckpointError
+from bitdet.weights.safe_pickle import safe_pickle_load
 
 
 class _RunsCode:
