@@ -1,7 +1,7 @@
 # The README's commands. Each (re)creates .venv idempotently before running.
 PY := .venv/bin/python
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test lint bench clean
 setup:
 	bash tools/setup_env.sh
 
@@ -10,6 +10,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q --durations=25
+
+# The lint gate (ruff.toml): the same checks CI runs before the tests.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # The benchmark preset: the full table where CUDA is present, else what the levers buy on this
 # CPU (R50x1 and peers at 128 px, one thread). Override with BENCH_CONFIG=benchmark/cpu_tiny.yaml.

@@ -22,7 +22,8 @@ def _prose(text: str) -> str:
 
 
 def _anchors(page: Path) -> set[str]:
-    """GitHub's heading ids: lower case, punctuation dropped, spaces as hyphens, repeats numbered."""
+    """GitHub's heading ids: lower case, punctuation dropped, spaces as hyphens, repeats
+    numbered."""
     seen: dict[str, int] = {}
     anchors = set()
     for heading in re.findall(r"^#{1,6} +(.+?) *$", FENCE.sub("", page.read_text()), re.M):

@@ -1,4 +1,5 @@
-"""``BiTPredictor``: Detectron2's ``DefaultPredictor`` whose ``MODEL.WEIGHTS`` may be BiT weights of any format.
+"""``BiTPredictor``: Detectron2's ``DefaultPredictor`` whose ``MODEL.WEIGHTS`` may be BiT weights
+of any format.
 
 Detectron2's own predictor loads ``MODEL.WEIGHTS`` with its stock checkpointer, which does not
 read an official ``.npz`` and skips keys it does not know (a bitdet or timm file then loads
@@ -30,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 
 class BiTPredictor(DefaultPredictor):
-    """``DefaultPredictor`` (same arguments, call and attributes) loading weights with :class:`BiTCheckpointer`.
+    """``DefaultPredictor`` (same arguments, call and attributes) loading weights with
+    :class:`BiTCheckpointer`.
 
     Args:
         cfg: a config with bitdet's keys (:func:`bitdet.detection.get_bit_cfg`); ``MODEL.WEIGHTS``

@@ -1,4 +1,5 @@
-"""``BiTTrainer``: Detectron2's DefaultTrainer with BiT checkpoints, bf16 AMP and COCO evaluation."""
+"""``BiTTrainer``: Detectron2's DefaultTrainer with BiT checkpoints, bf16 AMP and COCO
+evaluation."""
 
 from __future__ import annotations
 

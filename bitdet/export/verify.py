@@ -147,8 +147,9 @@ def compare_outputs(
                     (counts[1],),
                     float("inf"),
                     False,
-                    f"{matching.unexplained} detections above the lowest kept score have no partner of "
-                    f"the same class, score and box (exported {counts[1]}, eager {counts[0]})",
+                    f"{matching.unexplained} detections above the lowest kept score have no "
+                    "partner of the same class, score and box "
+                    f"(exported {counts[1]}, eager {counts[0]})",
                 )
             ]
         out_idx, ref_idx = matching.pairs[:, 0], matching.pairs[:, 1]
@@ -201,7 +202,8 @@ def uninformative_outputs(
 
     Args:
         target: the export target (its samples, output names, batch axes and head).
-        references, exported: per sample, the eager and the exported outputs in ``output_names`` order.
+        references, exported: per sample, the eager and the exported outputs in ``output_names``
+        order.
     """
     failures = []
     inputs = [np.asarray(sample[0]) for sample in target.samples]
@@ -246,8 +248,8 @@ def uninformative_outputs(
                 shape,
                 0.0,
                 False,
-                f"the head is new, {target.new_head}: its {name} do not come from the weights; export the file's head, "
-                "or the headless trunk (num_classes 0)",
+                f"the head is new, {target.new_head}: its {name} do not come from the weights; "
+                "export the file's head, or the headless trunk (num_classes 0)",
             )
         )
     return failures

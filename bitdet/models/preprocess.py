@@ -1,4 +1,5 @@
-"""Preprocessing from a model's ``pretrained_cfg``: timm's ``resolve_data_config`` / ``create_transform``.
+"""Preprocessing from a model's ``pretrained_cfg``: timm's ``resolve_data_config`` /
+``create_transform``.
 
 BiT models take RGB scaled to [-1, 1]; the transforms here produce exactly that from a PIL
 image (``ToTensor`` then ``Normalize(mean=0.5, std=0.5)``, i.e. ``x / 127.5 - 1``) with
@@ -73,7 +74,8 @@ def create_transform(
     crop_mode: str = "squash",
     is_training: bool = False,
 ) -> T.Compose:
-    """A torchvision transform PIL image -> float tensor ``(3, H, W)``; call it with ``**data_config``.
+    """A torchvision transform PIL image -> float tensor ``(3, H, W)``; call it with
+    ``**data_config``.
 
     Evaluation: "squash" resizes to ``(H / crop_pct, W / crop_pct)`` ignoring the aspect ratio
     (BiT's test-time resize when ``crop_pct`` is 1), "center" resizes the shorter side to

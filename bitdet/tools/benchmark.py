@@ -48,8 +48,8 @@ def setup(args):
 def main(args):
     if comm.get_world_size() > 1:
         raise SystemExit(
-            f"benchmark.py measures one device but was started as {comm.get_world_size()} processes: "
-            "run it as one process (no torchrun or srun tasks)"
+            f"benchmark.py measures one device but was started as {comm.get_world_size()} "
+            "processes: run it as one process (no torchrun or srun tasks)"
         )
     dry_run_for = None
     if args.dry_run:  # judge the rows as on the preset's device

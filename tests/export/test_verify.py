@@ -88,7 +88,8 @@ def tiny_classifier():
 
 
 def _verify_eagerly(model, new_head=""):
-    """``verify`` with the folded module as the exported graph (the same computation as an export)."""
+    """``verify`` with the folded module as the exported graph (the same computation as an
+    export)."""
     target = classifier_target(
         model, image_size=32, batch_size=2, photos=sample_photos(), new_head=new_head
     )

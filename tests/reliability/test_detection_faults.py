@@ -84,7 +84,8 @@ def _assert_same_state(state: dict, ref: dict, what: str) -> None:
 
 
 def _assert_checkpoints_whole(out, ref_dir, expected) -> None:
-    """Exactly ``expected`` checkpoint files, each equal to the reference's; last_checkpoint names the newest."""
+    """Exactly ``expected`` checkpoint files, each equal to the reference's; last_checkpoint names
+    the newest."""
     names = sorted(p.name for p in runs.checkpoints(out))
     assert names == sorted(expected)
     for name in names:
@@ -170,9 +171,10 @@ def _first_batch_ids(log: str, rank: int, world_size: int) -> list:
 def test_two_process_bf16_run_resumes_exactly_and_continues_its_stream_on_one_process(
     tmp_path, datasets, references
 ):
-    """Killed with 2 processes after iteration 2 (checkpoint of iteration 1 on disk), in bf16. Resumed
-    with 2: bit-identical to the uninterrupted 2-process run. Resumed with 1: the same images,
-    both processes' share of each iteration in one batch (the data stream of the interrupted run)."""
+    """Killed with 2 processes after iteration 2 (checkpoint of iteration 1 on disk), in bf16.
+    Resumed with 2: bit-identical to the uninterrupted 2-process run. Resumed with 1: the same
+    images, both processes' share of each iteration in one batch (the data stream of the
+    interrupted run)."""
     extra = runs.PRECISION["bf16"]
     ref = references(2, "bf16")
     killed = tmp_path / "killed"
@@ -194,8 +196,8 @@ def test_two_process_bf16_run_resumes_exactly_and_continues_its_stream_on_one_pr
 
     log = runs.run(tmp_path / "one", datasets, resume=True, num_gpus=1, extra=extra)
     assert (
-        "resuming a run of 2 process(es) with 1: each iteration reads the images and augmentations the 2 "
-        "process(es) would have read, 2 per process" in log
+        "resuming a run of 2 process(es) with 1: each iteration reads the images and "
+        "augmentations the 2 process(es) would have read, 2 per process" in log
     )
     assert "Starting training from iteration 2" in log and "data stream resumes at batch 2" in log
     assert _first_batch_ids(log, 0, 1) == two and len(two) == 2
@@ -240,8 +242,9 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, data
     shutil.copy(ref / "model_0000001.pth", out / "model_0000001.pth")
     log = runs.run(out, datasets, resume=True)
     assert (
-        "cannot resume from model_0000003.pth (model_0000003.pth: truncated or corrupt (File is not a zip "
-        "file)): resuming from model_0000001.pth, the newest readable checkpoint before it"
+        "cannot resume from model_0000003.pth (model_0000003.pth: truncated or corrupt "
+        "(File is not a zip file)): resuming from model_0000001.pth, the newest readable "
+        "checkpoint before it"
     ) in log
     assert "Starting training from iteration 2" in log
     for name in ("model_0000003.pth", "model_0000005.pth", "model_final.pth"):
@@ -260,7 +263,8 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pat
     assert rc == 2, log[-3000:]
     assert re.fullmatch(
         r"train_net: error: loss is nan at iteration 3 \(loss_cls nan, loss_box_reg nan\): the "
-        rf"weights were not updated; last good checkpoint: {re.escape(str(out))}/model_0000001\.pth\. "
+        r"weights were not updated; last good checkpoint: "
+        rf"{re.escape(str(out))}/model_0000001\.pth\. "
         r"Lower SOLVER\.BASE_LR or check the training data",
         last,
     ), last

@@ -13,7 +13,8 @@ model.backbone = L(FPN)(
     bottom_up=L(BiTBackbone)(
         variant="R50x1",
         out_features=["res3", "res4", "res5"],
-        # relu(GN(x)) with the pretrained norm that comes next in the network (MODEL.BIT.FEATURE_TAP).
+        # relu(GN(x)) with the pretrained norm that comes next in the network
+        # (MODEL.BIT.FEATURE_TAP).
         feature_tap="preact",
         # BiT fine-tunes every layer (Detectron2's R-50 configs freeze the stem and res2).
         freeze_at=0,
