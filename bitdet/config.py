@@ -128,31 +128,77 @@ def resolve_config_file(
 
     Raises:
         FileNotFoundError: naming the places searched and the shipped configs of that kind.
-        ConfigError: a bare file name that two shipped configs share, naming both.
+        ConfigError: a bare file name that two shipped configs share, naming both; a shipped
+            config of another kind than ``kind``, naming its kind.
     """
     if os.path.isfile(path):
+        _check_kind(path, Path(path), configs_dir, kind)  # configs/... from a checkout
         return path
     shipped_path = configs_dir / path.removeprefix("configs/")
     if shipped_path.is_file():
+        _check_kind(path, shipped_path, configs_dir, kind)
         return str(shipped_path)
     found = _by_file_name(path, configs_dir, kind)
     if found is not None:
         return str(found)
     shipped = shipped_configs(kind, configs_dir)
-    by_name = {os.path.basename(n): n for n in shipped}
-    close = difflib.get_close_matches(path.removeprefix("configs/"), shipped, n=1, cutoff=0.6) or [
-        by_name[n]
-        for n in difflib.get_close_matches(os.path.basename(path), list(by_name), n=1, cutoff=0.6)
-    ]
     where = f"config {path!r} not found here or in {configs_dir}"
+    other = _of_another_kind(path, configs_dir, kind)
+    if other:
+        where += f"; {other}"
+    close = _closest(path.removeprefix("configs/"), shipped)
     if close:
-        raise FileNotFoundError(f"{where}; did you mean {close[0]}?")
+        raise FileNotFoundError(f"{where}; did you mean {close}?")
     runnable = [
         n for n in shipped if not os.path.basename(n).startswith("Base-")
     ]  # bases only hold defaults
     raise FileNotFoundError(
         f"{where}; shipped {kind + ' ' if kind else ''}configs: {', '.join(runnable)}"
     )
+
+
+def _closest(path: str, shipped: Sequence[str], cutoff: float = 0.6) -> Optional[str]:
+    """The shipped config closest to ``path``, comparing both whole paths and file names (a bare
+    name is judged against file names, not against the folder names of the others)."""
+    scores = []
+    for name in shipped:
+        by_path = difflib.SequenceMatcher(None, path, name).ratio()
+        by_file = difflib.SequenceMatcher(
+            None, os.path.basename(path), os.path.basename(name)
+        ).ratio()
+        scores.append((max(by_path, by_file), name))
+    best = max(scores, key=lambda s: s[0], default=(0.0, None))
+    return best[1] if best[0] >= cutoff else None
+
+
+def _check_kind(path: str, file: Path, configs_dir: Path, kind: Optional[str]) -> None:
+    """Refuse ``file`` (given as ``path``) if it is a shipped config of a kind other than
+    ``kind``: its keys are another tool's."""
+    try:
+        name = file.resolve().relative_to(configs_dir.resolve()).as_posix()
+    except ValueError:  # not a shipped config
+        return
+    other = _of_another_kind(name, configs_dir, kind)
+    if other:
+        raise ConfigError(f"config {path!r}: {other}" if name != path else f"config {other}")
+
+
+def _of_another_kind(path: str, configs_dir: Path, kind: Optional[str]) -> str:
+    """For a shipped config of a kind other than ``kind`` (by path under ``configs/`` or unique
+    file name): a note naming its path and kind; else ``""``."""
+    if kind is None:
+        return ""
+    name = path.removeprefix("configs/")
+    if not (configs_dir / name).is_file():
+        try:
+            found = _by_file_name(name, configs_dir, None)
+        except ConfigError:  # a file name two configs share: no single one to name
+            return ""
+        if found is None:
+            return ""
+        name = found.relative_to(configs_dir).as_posix()
+    other = _kind_of(name, configs_dir)
+    return f"{name} is a {other} config, not a {kind} one" if other != kind else ""
 
 
 def _resolve_base(base: str, referrer: Path, configs_dir: Path) -> Path:

@@ -3,12 +3,19 @@ flag, a file or a path. Each message names what to change. The tools print a use
 line and exit with status 2; any other exception is a bug and keeps its traceback.
 
 Each class also derives from the built-in exception that callers of the library catch
-(``ValueError``, ``KeyError``, ``FloatingPointError``).
+(``ValueError``, ``KeyError``, ``FloatingPointError``, ``ImportError``).
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DataError", "NonFiniteError", "UnknownNameError", "UserError"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "MissingPackageError",
+    "NonFiniteError",
+    "UnknownNameError",
+    "UserError",
+]
 
 
 class UserError(Exception):
@@ -34,3 +41,8 @@ class DataError(UserError, ValueError):
 class NonFiniteError(UserError, FloatingPointError):
     """Training produced NaN or inf (a loss, or weights about to be saved): the learning rate or
     the data."""
+
+
+class MissingPackageError(UserError, ImportError):
+    """An optional package that a feature needs is not installed; the message names the install
+    command."""

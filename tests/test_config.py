@@ -168,6 +168,33 @@ def test_a_missing_config_names_the_closest_of_its_kind(kind, typo, closest):
     assert message.endswith(f"; did you mean {closest}?") and len(message) < 200
 
 
+def test_a_bare_name_typo_is_compared_with_file_names_not_folders():
+    with pytest.raises(FileNotFoundError) as error:
+        resolve_config_file("retinanet_bit_mm.yaml", kind="detection")
+    assert str(error.value).endswith("; did you mean COCO-Detection/retinanet_bit_m.yaml?")
+
+
+@pytest.mark.parametrize(
+    "path, kind, other",
+    [
+        ("finetune/cifar10.yaml", "detection", "finetune"),
+        ("configs/COCO-Detection/retinanet_bit_m.yaml", "finetune", "detection"),
+        ("quick_schedules/finetune_instant_test.yaml", "pretrain", "finetune"),
+    ],
+)
+def test_a_shipped_config_of_another_kind_is_refused_naming_its_kind(path, kind, other):
+    with pytest.raises(ConfigError) as error:
+        resolve_config_file(path, kind=kind)
+    message = str(error.value)
+    assert f"is a {other} config, not a {kind} one" in message and "\n" not in message
+
+
+def test_a_missing_bare_name_of_another_kind_names_that_config():
+    with pytest.raises(FileNotFoundError) as error:
+        resolve_config_file("cifar10.yaml", kind="detection")
+    assert "finetune/cifar10.yaml is a finetune config, not a detection one" in str(error.value)
+
+
 @pytest.mark.parametrize("kind", CONFIG_KINDS)
 def test_a_missing_config_far_from_all_lists_only_its_kind(kind):
     with pytest.raises(FileNotFoundError) as error:

@@ -166,4 +166,9 @@ def get_bit_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -> CN:
     merge_config(cfg, config_file, opts, kind="detection")
     checkpointing_mode(cfg.MODEL.ACTIVATION_CHECKPOINTING, "MODEL.ACTIVATION_CHECKPOINTING")
     check_weights(cfg.MODEL.WEIGHTS)
+    if cfg.SOLVER.MAX_ITER < 1:  # Detectron2's lr schedule fails on it with a bare ValueError
+        raise ConfigError(
+            f"SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}: expected at least 1 iteration "
+            "(--eval-only evaluates MODEL.WEIGHTS without training)"
+        )
     return cfg

@@ -27,7 +27,7 @@ from typing import Callable, Iterator, List, Sequence, Union
 import numpy as np
 import torch
 
-from bitdet.errors import ConfigError
+from bitdet.errors import ConfigError, MissingPackageError
 from bitdet.export.fold import runtime_conv_weights
 from bitdet.export.targets import ExportTarget
 from bitdet.utils.io import atomic_write
@@ -86,7 +86,8 @@ def export_torchscript(target: ExportTarget, path: Path) -> torch.jit.ScriptModu
 
 
 def require_onnx(runtime: bool = False) -> None:
-    """Raise an ``ImportError`` naming the install command if ONNX (or ONNX Runtime) is missing."""
+    """Raise a :class:`~bitdet.errors.MissingPackageError` (an ``ImportError``) naming the
+    install command if ONNX (or ONNX Runtime) is missing."""
     import importlib.util
 
     missing = [
@@ -95,7 +96,7 @@ def require_onnx(runtime: bool = False) -> None:
         if importlib.util.find_spec(m) is None
     ]
     if missing:
-        raise ImportError(
+        raise MissingPackageError(
             f"ONNX export needs {' and '.join(missing)}: pip install 'bitdet[export]'"
         )
 

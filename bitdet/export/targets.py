@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bitdet.errors import ConfigError
+from bitdet.errors import ConfigError, DataError
 from bitdet.export.fold import fold_weight_standardization
 from bitdet.numerics import PIXEL_MEAN, PIXEL_STD
 
@@ -86,11 +86,22 @@ class ExportTarget:
 
 def sample_photos(paths: Sequence[str] = (), input_format: str = "RGB") -> List[np.ndarray]:
     """HWC uint8 images in ``input_format`` ("RGB" / "BGR"): the files at ``paths``, or
-    scikit-image's bundled photographs when none are given."""
+    scikit-image's bundled photographs when none are given.
+
+    Raises:
+        DataError: a file at ``paths`` that is not an image, naming it.
+    """
     if paths:
         from detectron2.data.detection_utils import read_image
+        from PIL import UnidentifiedImageError
 
-        return [read_image(str(p), format=input_format) for p in paths]
+        photos = []
+        for path in paths:
+            try:
+                photos.append(read_image(str(path), format=input_format))
+            except UnidentifiedImageError as e:
+                raise DataError(f"sample image {path}: not an image PIL can read") from e
+        return photos
     import skimage.data
 
     photos = [getattr(skimage.data, name)()[:, :, :3] for name in SAMPLE_PHOTOS]

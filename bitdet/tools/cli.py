@@ -37,6 +37,7 @@ __all__ = [
     "setup_cfg",
     "run_launched",
     "setup_output",
+    "user_error_message",
     "user_errors",
 ]
 
@@ -259,11 +260,18 @@ def user_errors(tool: str) -> Iterator[None]:
         details = logging.getLogger(FILE_LOGGER)
         if details.handlers:
             details.error("%s failed", tool, exc_info=True)
-        message = str(e.args[0]) if len(e.args) == 1 and not isinstance(e, OSError) else str(e)
-        if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
-            message = f"{message}: {e.filename}"
-        print(f"{tool}: error: {message}", file=sys.stderr, flush=True)
+        print(f"{tool}: error: {user_error_message(e)}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def user_error_message(error: BaseException) -> str:
+    """The one-line text of a user error (:data:`USER_ERRORS`): its message without the quotes
+    ``KeyError`` adds; an OS error's with the path it names."""
+    e = error
+    message = str(e.args[0]) if len(e.args) == 1 and not isinstance(e, OSError) else str(e)
+    if isinstance(e, OSError) and e.filename and str(e.filename) not in message:
+        message = f"{message}: {e.filename}"
+    return message
 
 
 def run_launched(tool: str, main: Callable, args) -> None:

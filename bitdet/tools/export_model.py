@@ -50,6 +50,7 @@ from bitdet.export import (
 )
 from bitdet.export.formats import check_onnx_size, require_onnx
 from bitdet.export.verify import ALL_SAMPLES, DEFAULT_ATOL, DEFAULT_RTOL
+from bitdet.tools.cli import USER_ERRORS, user_error_message
 from bitdet.utils.io import write_json
 
 logger = logging.getLogger("bitdet.export")
@@ -143,11 +144,8 @@ def main(args) -> int:
         target = build_classifier_target(args) if args.model else build_detector_target(args)
         if "onnx" in args.format:
             check_onnx_size(target)
-    except (FileNotFoundError, ImportError, KeyError, ValueError) as e:
-        message = (
-            e.args[0] if isinstance(e, KeyError) and e.args else e
-        )  # KeyError's str() adds quotes
-        print(f"export_model: error: {message}", file=sys.stderr)
+    except USER_ERRORS as e:  # any other exception is a bug: it keeps its traceback
+        print(f"export_model: error: {user_error_message(e)}", file=sys.stderr)
         return 2
     output = Path(args.output)
     files = {fmt: export(target, fmt, output, opset=args.opset) for fmt in args.format}

@@ -165,3 +165,12 @@ def test_onnx_refuses_weights_beyond_protobufs_2_gib(classifier):
     )  # 3.0 GiB, never allocated
     with pytest.raises(ValueError, match=r"3\.0 GiB.*--format torchscript"):
         check_onnx_size(huge)
+
+
+def test_a_sample_image_that_is_not_an_image_is_a_data_error_naming_it(tmp_path):
+    from bitdet.errors import DataError
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    with pytest.raises(DataError, match=f"sample image {bad}: not an image"):
+        sample_photos([str(bad)])

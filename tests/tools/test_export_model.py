@@ -193,3 +193,26 @@ def test_the_wrapper_and_its_help():
     for flag in ("--format", "--verify", "--benchmark", "--part", "--config-file"):
         assert flag in out.stdout
     assert "--num-gpus" not in out.stdout and "--resume" not in out.stdout  # only this tool's flags
+
+
+def test_a_bug_keeps_its_traceback_and_a_missing_package_is_one_line(tmp_path, capsys, monkeypatch):
+    import bitdet.tools.export_model as tool
+    from bitdet.errors import MissingPackageError
+
+    def bug(args):
+        raise KeyError("internal")
+
+    monkeypatch.setattr(tool, "build_classifier_target", bug)
+    args = parse_args([*TINY, "--format", "torchscript", "--output", str(tmp_path)])
+    with pytest.raises(KeyError, match="internal"):  # not turned into "error: internal", exit 2
+        main(args)
+
+    def missing(runtime=False):
+        raise MissingPackageError("ONNX export needs onnx: pip install 'bitdet[export]'")
+
+    monkeypatch.setattr(tool, "require_onnx", missing)
+    args = parse_args([*TINY, "--format", "onnx", "--output", str(tmp_path)])
+    assert main(args) == 2
+    assert capsys.readouterr().err.strip() == (
+        "export_model: error: ONNX export needs onnx: pip install 'bitdet[export]'"
+    )
