@@ -1,4 +1,5 @@
-"""One way the tests run a script of ``tools/`` in a subprocess, and read what a run wrote."""
+"""One way the tests run Python (a script of ``tools/``) in a subprocess, and read what a run
+wrote."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_tool(tool, *args, cwd, datasets=None, threads=1, timeout=600):
-    """Run ``tools/<tool>`` with ``args`` in ``cwd``, the repository on ``PYTHONPATH`` and
-    ``DETECTRON2_DATASETS`` at ``datasets`` (default ``cwd/datasets``); assert that it exits 0 and
-    return the finished process (its ``stdout`` and ``stderr``)."""
+def run_python(*args, cwd, status=0, datasets=None, threads=1, timeout=600):
+    """Run this Python with ``args`` in ``cwd``, the repository on ``PYTHONPATH`` and
+    ``DETECTRON2_DATASETS`` at ``datasets`` (default ``cwd/datasets``); assert that it exits with
+    ``status`` and return the finished process (its ``stdout`` and ``stderr``)."""
     env = dict(
         os.environ,
         DETECTRON2_DATASETS=str(datasets or Path(cwd) / "datasets"),
@@ -22,15 +23,22 @@ def run_tool(tool, *args, cwd, datasets=None, threads=1, timeout=600):
         OMP_NUM_THREADS=str(threads),
     )
     out = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / tool), *map(str, args)],
+        [sys.executable, *map(str, args)],
         capture_output=True,
         text=True,
         env=env,
         timeout=timeout,
         cwd=str(cwd),
     )
-    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert out.returncode == status, (
+        f"exit status {out.returncode}, not {status}:\n{(out.stdout + out.stderr)[-4000:]}"
+    )
     return out
+
+
+def run_tool(tool, *args, **kwargs):
+    """Run ``tools/<tool>`` with ``args``; :func:`run_python` for the keyword arguments."""
+    return run_python(ROOT / "tools" / tool, *args, **kwargs)
 
 
 def read_metrics(output_dir):
