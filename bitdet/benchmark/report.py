@@ -113,6 +113,36 @@ def _ratio(key: tuple, ours: Dict, peer: Dict) -> Dict:
     }
 
 
+def _section(lines: List[str], title: str, rows, row_line) -> None:
+    """Append a blank line, ``title`` and one ``row_line(row)`` per row; nothing when no rows."""
+    if rows:
+        lines += ["", title]
+        lines.extend(row_line(row) for row in rows)
+
+
+def _ratio_line(q: Dict) -> str:
+    return (
+        f"  {q['group']:<14} {q['task']:<9} {q['bitdet']:<40} vs {q['peer']:<44} {q['ratio']:6.2f}x"
+    )
+
+
+def _ratio_target_line(t: Dict) -> str:
+    met = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
+    ratio = "" if t["ratio"] is None else f"{t['ratio']:.2f}x"
+    return (
+        f"  {t['task']:<9} {t['bitdet']:<32} vs {t['peer']:<36} "
+        f">= {t['target']:<5g} {ratio:>7}  {met}"
+    )
+
+
+def _target_line(t: Dict) -> str:
+    met = {True: "met", False: "NOT met", None: "n/a here"}[t["met"]]
+    return (
+        f"  {t['model']:<28} {t['metric']:<24} target {t['target']:<8g} "
+        f"measured {t['measured']:<10.4g} {met}"
+    )
+
+
 def format_table(results: Dict) -> str:
     """Human-readable tables: rows, ratios vs peers, lever speed-ups, targets, data path."""
     meta = results["meta"]
@@ -160,36 +190,20 @@ def format_table(results: Dict) -> str:
         ("default_vs_peers", "bitdet default vs peers' eager (their default)"),
         ("vs_peers", "bitdet (fastest variant) vs peers"),
     ):
-        if ratios.get(key):
-            lines += ["", f"{title}: img/s ratio (>1 = bitdet faster)"]
-            for q in ratios[key]:
-                lines.append(
-                    f"  {q['group']:<14} {q['task']:<9} {q['bitdet']:<40} "
-                    f"vs {q['peer']:<44} {q['ratio']:6.2f}x"
-                )
-    if ratios.get("levers"):
-        lines += ["", "what each lever buys (vs the same model's eager row)"]
-        for q in ratios["levers"]:
-            lines.append(
-                f"  {q['model']:<28} {q['task']:<9} {q['variant']:<24} {q['speedup']:6.2f}x"
-            )
-    if results.get("ratio_targets"):
-        lines += ["", "ratio targets (BENCH.RATIO_TARGETS)"]
-        for t in results["ratio_targets"]:
-            met = {True: "met", False: "NOT met", None: "not measured"}[t["met"]]
-            ratio = "" if t["ratio"] is None else f"{t['ratio']:.2f}x"
-            lines.append(
-                f"  {t['task']:<9} {t['bitdet']:<32} vs {t['peer']:<36} "
-                f">= {t['target']:<5g} {ratio:>7}  {met}"
-            )
-    if results.get("targets"):
-        lines += ["", "targets (BENCH.TARGETS; judged on CUDA)"]
-        for t in results["targets"]:
-            met = {True: "met", False: "NOT met", None: "n/a here"}[t["met"]]
-            lines.append(
-                f"  {t['model']:<28} {t['metric']:<24} target {t['target']:<8g} "
-                f"measured {t['measured']:<10.4g} {met}"
-            )
+        _section(lines, f"{title}: img/s ratio (>1 = bitdet faster)", ratios.get(key), _ratio_line)
+    _section(
+        lines,
+        "what each lever buys (vs the same model's eager row)",
+        ratios.get("levers"),
+        lambda q: f"  {q['model']:<28} {q['task']:<9} {q['variant']:<24} {q['speedup']:6.2f}x",
+    )
+    _section(
+        lines,
+        "ratio targets (BENCH.RATIO_TARGETS)",
+        results.get("ratio_targets"),
+        _ratio_target_line,
+    )
+    _section(lines, "targets (BENCH.TARGETS; judged on CUDA)", results.get("targets"), _target_line)
     memory = [r for r in results["rows"] if r.get("task") == "memory" and r["status"] != "skipped"]
     if memory:
         own = any("base_mem_mb" in r for r in memory)

@@ -236,6 +236,20 @@ def _run_row(function, name: str, task: str, variant: str, s: RunSettings) -> Di
     return function(name, task, variant, s)
 
 
+def _base_row(spec, task: str, variant: str, device: str, **extra) -> Dict:
+    """The fields that name a row of one model: what it is, what ran, where."""
+    return {
+        "model": spec.name,
+        "group": spec.group,
+        "role": spec.role,
+        "kind": spec.kind,
+        "task": task,
+        "variant": variant,
+        "device": device,
+        **extra,
+    }
+
+
 def _row_key(row: Dict) -> tuple:
     return (
         row.get("model") or row.get("loader"),
@@ -355,15 +369,7 @@ def run_benchmark(cfg, resume: bool = False, log=print, dry_run_for: Optional[st
                 else cfg.BENCH.PEER_VARIANTS or cfg.BENCH.VARIANTS
             )
             for variant in variants:
-                base = {
-                    "model": name,
-                    "group": spec.group,
-                    "role": spec.role,
-                    "kind": spec.kind,
-                    "task": task,
-                    "variant": variant,
-                    "device": device,
-                }
+                base = _base_row(spec, task, variant, device)
                 ordered.append(base)
                 if _row_key(base) in done:
                     continue
@@ -397,16 +403,7 @@ def run_benchmark(cfg, resume: bool = False, log=print, dry_run_for: Optional[st
         if dry_run:
             row_settings = _dry_run_settings(row_settings)
         for variant in variants:
-            base = {
-                "model": name,
-                "group": spec.group,
-                "role": spec.role,
-                "kind": spec.kind,
-                "task": "memory",
-                "variant": variant,
-                "device": device,
-                "entry": [side, batch],
-            }
+            base = _base_row(spec, "memory", variant, device, entry=[side, batch])
             if _row_key(base) in done:
                 add(done[_row_key(base)])
                 continue

@@ -22,6 +22,14 @@ def _extent(canvas):
     return ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
 
 
+def _photos_on_test_split(*overrides):
+    """The demo pretraining config, training on Fashion-MNIST items on photos (test split)."""
+    return get_pretrain_cfg(
+        "pretrain/demo_fashion_mnist.yaml",
+        ["DATASETS.TRAIN.NAME", "fashion_mnist_photos", "DATASETS.TRAIN.SPLIT", "test", *overrides],
+    )
+
+
 def test_plain_canvas_is_the_grey_item_on_black_at_the_drawn_scale(items):
     trouser = items.images[int(np.flatnonzero(items.targets == 1)[0])]
     small = [
@@ -50,19 +58,7 @@ def test_photo_canvas_is_tinted_clutter(items):
 def test_plain_share_keeps_the_test_split_look():
     """PLAIN_PROB 1: every sample is the item's whole frame, as the plain Fashion-MNIST
     evaluation draws it; PLAIN_PROB 0: none is (items are cropped to their extent and placed)."""
-    cfg = get_pretrain_cfg(
-        "pretrain/demo_fashion_mnist.yaml",
-        [
-            "DATASETS.TRAIN.NAME",
-            "fashion_mnist_photos",
-            "DATASETS.TRAIN.SPLIT",
-            "test",
-            "INPUT.RANDOM_FLIP",
-            "False",
-            "INPUT.PLAIN_PROB",
-            "1.0",
-        ],
-    )
+    cfg = _photos_on_test_split("INPUT.RANDOM_FLIP", "False", "INPUT.PLAIN_PROB", "1.0")
     plain = SeededDataset(build_dataset(cfg.DATASETS.TRAIN, train=True, cfg=cfg))
     reference = build_dataset(
         cfg.DATASETS.TEST, train=False, cfg=cfg
@@ -87,18 +83,8 @@ def test_scale_range_is_checked(items):
 
 
 def test_training_samples_follow_the_trainer_seed_and_eval_samples_are_fixed():
-    cfg = get_pretrain_cfg(
-        "pretrain/demo_fashion_mnist.yaml",
-        [
-            "DATASETS.TRAIN.NAME",
-            "fashion_mnist_photos",
-            "DATASETS.TRAIN.SPLIT",
-            "test",
-            "DATASETS.TEST.NAME",
-            "fashion_mnist_photos",
-            "INPUT.CROP_SIZE",
-            "24",
-        ],
+    cfg = _photos_on_test_split(
+        "DATASETS.TEST.NAME", "fashion_mnist_photos", "INPUT.CROP_SIZE", "24"
     )
     train = SeededDataset(build_dataset(cfg.DATASETS.TRAIN, train=True, cfg=cfg))
     (a, label), (b, _), (c, _) = train[(7, 11)], train[(7, 11)], train[(7, 12)]

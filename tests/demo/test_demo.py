@@ -227,15 +227,21 @@ def _synthetic_demo(root: Path, det_ap, top1) -> None:
     )
 
 
+def _test_mode_report(root, timings, det_ap, top1):
+    """``write_report`` of a synthetic test-mode demo (seed 0) with these scores."""
+    _synthetic_demo(root, det_ap, top1)
+    return write_report(root, timings, {"mode": "test", "seed": 0})
+
+
 def test_report_verdicts_follow_the_numbers(tmp_path):
     timings = {"pretrain": {"wall_s": 10.0, "cpu_s": 9.0}}
     scratch_wins = tmp_path / "a"
-    _synthetic_demo(
+    report, verdicts = _test_mode_report(
         scratch_wins,
+        timings,
         {"upstream": [4.0, 4.5], "scratch": [9.0, 9.5]},
         {"upstream": [40.0, 41.0, 42.0], "scratch": [50.0, 52.0, 51.0]},
     )
-    report, verdicts = write_report(scratch_wins, timings, {"mode": "test", "seed": 0})
     text = report.read_text()
     assert verdicts[0].startswith("detection: pretraining hurts (scratch wins): -5.0 AP")
     assert verdicts[1].startswith(
@@ -252,13 +258,12 @@ def test_report_verdicts_follow_the_numbers(tmp_path):
         and summary["detection_comparison"]["diff"] < 0
     )
 
-    upstream_wins = tmp_path / "b"
-    _synthetic_demo(
-        upstream_wins,
+    _, verdicts = _test_mode_report(
+        tmp_path / "b",
+        timings,
         {"upstream": [15.0, 16.0], "scratch": [9.0, 9.4]},
         {"upstream": [60.0, 58.0, 65.0], "scratch": [50.0, 51.0, 52.0]},
     )
-    _, verdicts = write_report(upstream_wins, timings, {"mode": "test", "seed": 0})
     assert (
         verdicts[0].startswith("detection: pretraining helps: +6.3 AP")
         and "ratio 1.68" in verdicts[0]

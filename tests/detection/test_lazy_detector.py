@@ -2,12 +2,7 @@
 overrides are checked, the instant config trains, checkpoints and evaluates, and --eval-only
 reproduces the AP."""
 
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from detectron2.config import instantiate
@@ -15,8 +10,8 @@ from detectron2.config import instantiate
 from bitdet.config import resolve_config_file
 from bitdet.detection import BiTBackbone
 from bitdet.detection.lazy import dataset_names, is_lazy_config, load_lazy_config
+from tests.tools.tool_run import read_metrics, run_tool
 
-ROOT = Path(__file__).resolve().parents[2]
 INSTANT = "quick_schedules/fcos_bit_instant_test.py"
 
 
@@ -77,22 +72,8 @@ def test_overrides_that_nothing_reads_are_refused():
 
 
 def _run(tmp_path, *args):
-    env = dict(
-        os.environ,
-        DETECTRON2_DATASETS=str(tmp_path / "datasets"),
-        PYTHONPATH=str(ROOT),
-        OMP_NUM_THREADS="1",
-    )
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config", INSTANT, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=str(tmp_path),
-    )
-    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    return out.stdout + out.stderr
+    run = run_tool("train_net.py", "--config", INSTANT, *args, cwd=tmp_path)
+    return run.stdout + run.stderr
 
 
 @pytest.mark.slow
@@ -102,7 +83,7 @@ def test_instant_lazy_config_trains_evaluates_and_eval_only_reproduces(tmp_path)
     assert (
         "Warning:" not in console
     )  # Detectron2's meshgrid and pkg_resources warnings are not the user's
-    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    metrics = read_metrics(out)
     losses = [m for m in metrics if "total_loss" in m]
     assert [m["iteration"] for m in losses] == [0, 1, 2, 3] and all(
         math.isfinite(m["total_loss"]) for m in losses

@@ -3,12 +3,7 @@
 jitter range), the evaluation size and the model's square padding, and an instant run of the
 protocol end to end."""
 
-import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +18,8 @@ from bitdet.detection import BiTCheckpointer, get_bit_cfg
 from bitdet.detection.config import fixed_input_size
 from bitdet.detection.mapper import BiTDatasetMapper
 from bitdet.weights.errors import WeightsNotFoundError
+from tests.tools.tool_run import read_metrics, run_tool
 
-ROOT = Path(__file__).resolve().parents[2]
 PAPER_CONFIGS = {
     "COCO-Detection/retinanet_bit_s.yaml": "BiT-S-R101x3",
     "COCO-Detection/retinanet_bit_m.yaml": "BiT-M-R101x3",
@@ -236,29 +231,10 @@ def test_evaluation_resizes_the_long_side_and_the_model_pads_to_a_square(tmp_pat
 
 @pytest.mark.slow
 def test_instant_paper_protocol_trains_and_evaluates(tmp_path):
-    env = dict(
-        os.environ,
-        DETECTRON2_DATASETS=str(tmp_path / "datasets"),
-        PYTHONPATH=str(ROOT),
-        OMP_NUM_THREADS="1",
-    )
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tools" / "train_net.py"),
-            "--config-file",
-            PAPER_INSTANT,
-            "OUTPUT_DIR",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=str(tmp_path),
+    run = run_tool(
+        "train_net.py", "--config-file", PAPER_INSTANT, "OUTPUT_DIR", tmp_path / "out", cwd=tmp_path
     )
     log = run.stdout + run.stderr
-    assert run.returncode == 0, log[-4000:]
     assert (
         "Augmentations used in training: [RandomFlip(), ResizeScale(min_scale=0.8, max_scale=1.2, "
         "target_height=128, target_width=128), FixedSizeCrop(crop_size=(128, 128), pad=False)]"
@@ -270,9 +246,7 @@ def test_instant_paper_protocol_trains_and_evaluates(tmp_path):
     ap = re.search(r"copypaste: AP,AP50,AP75,APs,APm,APl\s*\n.*copypaste: ([-\d.nan]+),", log, re.M)
     assert ap and 0.0 <= float(ap.group(1)) <= 100.0, log[-3000:]
     cfg = get_bit_cfg(PAPER_INSTANT)
-    metrics = [
-        json.loads(line) for line in (tmp_path / "out" / "metrics.json").read_text().splitlines()
-    ]
+    metrics = read_metrics(tmp_path / "out")
     last = [m for m in metrics if "lr" in m][-1]
     # The last iteration is after both drops (STEPS), at lr / 100.
     assert (

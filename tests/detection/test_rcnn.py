@@ -3,10 +3,6 @@ configs train and evaluate through tools/train_net.py, and mask AP really scores
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -17,8 +13,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, BoxMode, Instances
 
 from bitdet.detection import BiTTrainer, get_bit_cfg, register_demo_datasets
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.tools.tool_run import read_metrics, run_tool
 
 
 @pytest.mark.parametrize(
@@ -46,32 +41,8 @@ def test_coco_configs_build_bit_r50x1_with_p2_to_p6_and_gn_heads(config):
 
 
 def _train_net(tmp_path, config):
-    env = dict(
-        os.environ,
-        DETECTRON2_DATASETS=str(tmp_path / "datasets"),
-        PYTHONPATH=str(ROOT),
-        OMP_NUM_THREADS="1",
-    )
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tools" / "train_net.py"),
-            "--config",
-            config,
-            "OUTPUT_DIR",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=str(tmp_path),
-    )
-    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    metrics = [
-        json.loads(line) for line in (tmp_path / "out" / "metrics.json").read_text().splitlines()
-    ]
-    return metrics
+    run_tool("train_net.py", "--config", config, "OUTPUT_DIR", tmp_path / "out", cwd=tmp_path)
+    return read_metrics(tmp_path / "out")
 
 
 @pytest.mark.slow

@@ -251,6 +251,18 @@ def test_bf16_channels_last_and_sigmoid_run(tmp_path):
     assert torch.isfinite(torch.tensor(final["loss"]))
 
 
+def _eager_and_compiled(tmp_path, monkeypatch, caplog, fake_compile):
+    """Two tiny runs of 2 steps: eager, then with ``torch.compile`` replaced by
+    ``fake_compile`` (warnings captured in ``caplog``)."""
+    eager = tiny_trainer(str(tmp_path / "eager"), steps=2)
+    eager.train()
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    compiled = tiny_trainer(str(tmp_path / "compiled"), steps=2, compile=True)
+    with caplog.at_level(logging.WARNING):
+        compiled.train()
+    return eager, compiled
+
+
 def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch, caplog):
     def broken_compile(module, **kwargs):
         def run(*args, **kw):
@@ -258,12 +270,7 @@ def test_compile_failure_falls_back_to_eager(tmp_path, monkeypatch, caplog):
 
         return run
 
-    eager = tiny_trainer(str(tmp_path / "eager"), steps=2)
-    eager.train()
-    monkeypatch.setattr(torch, "compile", broken_compile)
-    compiled = tiny_trainer(str(tmp_path / "compiled"), steps=2, compile=True)
-    with caplog.at_level(logging.WARNING):
-        compiled.train()
+    eager, compiled = _eager_and_compiled(tmp_path, monkeypatch, caplog, broken_compile)
     assert "torch.compile failed (RuntimeError: backend exploded)" in caplog.text
     assert_identical(params(eager.model), params(compiled.model))
 
@@ -283,12 +290,7 @@ def test_compile_failure_in_the_first_backward_falls_back_to_eager(tmp_path, mon
 
         return run
 
-    eager = tiny_trainer(str(tmp_path / "eager"), steps=2)
-    eager.train()
-    monkeypatch.setattr(torch, "compile", backward_fails)
-    compiled = tiny_trainer(str(tmp_path / "compiled"), steps=2, compile=True)
-    with caplog.at_level(logging.WARNING):
-        compiled.train()
+    eager, compiled = _eager_and_compiled(tmp_path, monkeypatch, caplog, backward_fails)
     assert "torch.compile failed (RuntimeError: backward exploded)" in caplog.text
     assert compiled._compiled.failed
     assert_identical(params(eager.model), params(compiled.model))

@@ -10,6 +10,7 @@ job at a chosen point (see there). ``PRECISION`` holds the overrides of each pre
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -139,6 +140,16 @@ def run_failing(
     proc = start(output_dir, datasets, resume, kill_at=kill_at, extra=extra)
     rc = proc.wait(timeout)
     return rc, Path(f"{output_dir}.log").read_text()
+
+
+def run_user_error(output_dir: Path, datasets: Path, pattern: str, **kwargs) -> str:
+    """Run a job expected to stop with a user error (:func:`run_failing`'s arguments): assert exit
+    status 2 and a last line that matches ``pattern`` whole; returns the log."""
+    rc, log = run_failing(output_dir, datasets, **kwargs)
+    last = log.strip().splitlines()[-1]
+    assert rc == 2, log[-3000:]
+    assert re.fullmatch(pattern, last), last
+    return log
 
 
 def run_killed(

@@ -39,6 +39,19 @@ def _env(tmp_path: Path) -> dict:
     )
 
 
+def _start(tmp_path: Path, command: list, **kwargs) -> subprocess.Popen:
+    """``command`` started in ``tmp_path`` with :func:`_env`, its output piped as text."""
+    return subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
 def _command(tool: str, *args) -> list:
     return [sys.executable, "-m", f"bitdet.tools.{tool}", *map(str, args)]
 
@@ -141,15 +154,7 @@ def test_train_net_ctrl_c_saves_then_the_same_command_continues_and_other_settin
         64,
     ]
     command = _command("train_net", *run, "SOLVER.MAX_ITER", 12)
-    proc = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _start(tmp_path, command, start_new_session=True)
     try:
         detection_runs.wait_for(
             out / "model_0000001.pth", proc
@@ -248,17 +253,7 @@ def test_a_read_only_output_dir_is_one_line_and_status_2(tmp_path):
 def test_two_runs_started_together_on_one_output_dir_one_runs_the_other_names_it(tmp_path):
     out = tmp_path / "run"
     command = _command("finetune", *FINETUNE, "OUTPUT_DIR", out)
-    procs = [
-        subprocess.Popen(
-            command,
-            cwd=tmp_path,
-            env=_env(tmp_path),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    procs = [_start(tmp_path, command) for _ in range(2)]
     outputs = [p.communicate(timeout=300) for p in procs]
     statuses = sorted(p.returncode for p in procs)
     assert statuses == [0, 2], [o[1][-2000:] for o in outputs]

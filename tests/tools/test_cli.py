@@ -7,7 +7,6 @@ from __future__ import annotations
 import ast
 import importlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from bitdet.config import CONFIGS_DIR, DeviceError, check_device, resolve_device
 from bitdet.detection import get_bit_cfg
 from bitdet.pretrain import get_pretrain_cfg
 from bitdet.transfer.config import get_finetune_cfg
+from tests.tools.tool_run import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_TOOLS = ("train_net", "visualize", "finetune", "vtab", "pretrain", "benchmark")
@@ -111,15 +111,7 @@ def test_help_works_in_every_form_from_any_folder(form, tmp_path):
         }[form]
         for script, module in CONSOLE_SCRIPTS.items()
     }
-    proc = subprocess.run(
-        [sys.executable, "-c", _HELP_DRIVER, form, json.dumps(targets)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_python("-c", _HELP_DRIVER, form, json.dumps(targets), cwd=tmp_path, timeout=300)
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     failed = {
         entry: output[-1500:]
@@ -340,26 +332,20 @@ def test_details_go_to_the_log_file_not_the_console(tmp_path):
     """Bad weights: one line on stderr, no ANSI codes; environment, full config, traceback in
     log.txt."""
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bitdet.tools.pretrain",
-            "--config",
-            "pretrain/demo_fashion_mnist.yaml",
-            "--eval-only",
-            "MODEL.WEIGHTS",
-            str(tmp_path / "missing.pth"),
-            "OUTPUT_DIR",
-            str(out),
-        ],
+    proc = run_python(
+        "-m",
+        "bitdet.tools.pretrain",
+        "--config",
+        "pretrain/demo_fashion_mnist.yaml",
+        "--eval-only",
+        "MODEL.WEIGHTS",
+        tmp_path / "missing.pth",
+        "OUTPUT_DIR",
+        out,
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
+        status=2,
         timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
     )
-    assert proc.returncode == 2, proc.stderr[-2000:]
     assert (
         proc.stderr.strip()
         .splitlines()[-1]

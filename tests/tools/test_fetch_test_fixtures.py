@@ -8,15 +8,14 @@ pinned to it is put in :data:`FIXTURES` for the test.
 import hashlib
 import io
 import json
-import os
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures import fetch_test_fixtures as fixtures
+from tests.tools.tool_run import run_python
 
 FixtureIntegrityError = fixtures.FixtureIntegrityError
 FixtureSource = fixtures.FixtureSource
@@ -121,13 +120,5 @@ def test_the_setup_runs_the_tool_without_the_test_package(tmp_path):
     setup = (ROOT / "tools" / "setup_env.sh").read_text()
     assert '"$PY" tools/fetch_test_fixtures.py' in setup and "-m tests" not in setup
     tool = ROOT / "tools" / "fetch_test_fixtures.py"
-    proc = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_TESTS, str(tool)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_python("-c", _WITHOUT_TESTS, tool, cwd=tmp_path, timeout=120)
     assert proc.stdout.startswith("usage: fetch_test_fixtures.py") and "--cache-dir" in proc.stdout

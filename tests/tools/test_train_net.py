@@ -1,16 +1,13 @@
 """tools/train_net.py end to end: train + COCO evaluation, --eval-only, resume (subprocesses)."""
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.tools.tool_run import read_metrics, run_tool
+
 CONFIG = "quick_schedules/retinanet_bit_instant_test.yaml"
 # An untrained RetinaNet scores about its prior (0.01), below the default 0.05 test threshold;
 # with no detections COCOEvaluator reports NaN, so keep every detection.
@@ -29,23 +26,10 @@ NOT_ON_CONSOLE = (
 
 
 def _run(tmp_path, *args, timeout=900):
-    env = dict(
-        os.environ,
-        DETECTRON2_DATASETS=str(tmp_path / "datasets"),
-        PYTHONPATH=str(ROOT),
-        OMP_NUM_THREADS="2",
+    run = run_tool(
+        "train_net.py", "--config", CONFIG, *args, cwd=tmp_path, threads=2, timeout=timeout
     )
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config", CONFIG, *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        cwd=str(tmp_path),
-    )
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log[-4000:]
-    return log
+    return run.stdout + run.stderr
 
 
 def _ap(log):
@@ -73,7 +57,7 @@ def test_trains_checkpoints_and_evaluates(trained):
         out / "last_checkpoint"
     ).read_text() == "model_final.pth"
     assert (out / "model_0000001.pth").is_file()  # CHECKPOINT_PERIOD 2 -> after iteration index 1
-    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    metrics = read_metrics(out)
     assert max(m["iteration"] for m in metrics if "total_loss" in m) == 3
     assert (out / "inference" / "bitdet_demo_mini_val" / "coco_instances_results.json").is_file()
     assert (

@@ -3,9 +3,6 @@ PNGs."""
 
 import importlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -15,8 +12,8 @@ from detectron2.modeling import build_model
 
 from bitdet.data.detection_generate import generate_detection_dataset
 from bitdet.detection import BiTCheckpointer, get_bit_cfg
+from tests.tools.tool_run import run_tool
 
-ROOT = Path(__file__).resolve().parents[2]
 CONFIG = "quick_schedules/retinanet_bit_instant_test.yaml"
 
 
@@ -43,34 +40,28 @@ def test_predictions_on_a_folder_and_a_file(data, tmp_path):
     cv2.imwrite(str(extra), np.full((70, 90, 3), 127, np.uint8))
     broken = tmp_path / "broken.jpg"  # unreadable: skipped and counted, the rest still drawn
     broken.write_bytes(b"not an image")
-    env = dict(os.environ, DETECTRON2_DATASETS=str(root / "datasets"), PYTHONPATH=str(ROOT))
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tools" / "visualize.py"),
-            "--config",
-            CONFIG,
-            "--input",
-            str(paths["val_images"]),
-            str(broken),
-            str(extra),
-            "--output",
-            str(tmp_path / "vis"),
-            "--confidence-threshold",
-            "0.0",
-            "--metadata-from",
-            "",
-            "MODEL.WEIGHTS",
-            str(root / "untrained.pth"),
-            "TEST.DETECTIONS_PER_IMAGE",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
+    out = run_tool(
+        "visualize.py",
+        "--config",
+        CONFIG,
+        "--input",
+        paths["val_images"],
+        broken,
+        extra,
+        "--output",
+        tmp_path / "vis",
+        "--confidence-threshold",
+        "0.0",
+        "--metadata-from",
+        "",
+        "MODEL.WEIGHTS",
+        root / "untrained.pth",
+        "TEST.DETECTIONS_PER_IMAGE",
+        "3",
+        cwd=tmp_path,
+        datasets=root / "datasets",
         timeout=300,
     )
-    assert out.returncode == 0, out.stderr[-3000:]
     written = sorted(p.name for p in (tmp_path / "vis").iterdir())
     assert written == ["000000.png", "000001.png", "000002.png", "photo.png"]
     for name in written[:3]:

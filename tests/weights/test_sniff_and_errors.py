@@ -1,12 +1,8 @@
 """The container is read from the bytes, not the name; no weights load silently or half-load."""
 
 import gzip
-import os
 import pickle
-import subprocess
-import sys
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +18,7 @@ from bitdet.weights import (
     sniff_container,
 )
 from tests.official_npz import write_official_npz
+from tests.tools.tool_run import run_tool
 
 
 def test_containers_are_recognised_whatever_the_name(tmp_path):
@@ -108,26 +105,19 @@ def test_other_architecture_is_named_with_the_setting_to_change(tmp_path):
 @pytest.mark.slow
 def test_a_tool_given_another_architecture_prints_one_line_and_logs_the_keys(tmp_path):
     save_checkpoint(tmp_path / "r26.pth", create_model("R26-tiny", num_classes=0))
-    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(root / "tools/finetune.py"),
-            "--config-file",
-            "finetune/demo_digits.yaml",
-            "--weights",
-            str(tmp_path / "r26.pth"),
-            "OUTPUT_DIR",
-            str(out),
-        ],
+    proc = run_tool(
+        "finetune.py",
+        "--config-file",
+        "finetune/demo_digits.yaml",
+        "--weights",
+        tmp_path / "r26.pth",
+        "OUTPUT_DIR",
+        out,
         cwd=tmp_path,
-        capture_output=True,
-        text=True,
+        status=2,
         timeout=300,
-        env=dict(os.environ, PYTHONPATH=str(root)),
     )
-    assert proc.returncode == 2, proc.stderr[-2000:]
     # torch's notice on a machine with a CUDA toolkit and no GPU is not the tool's
     err = [line for line in proc.stderr.splitlines() if "No CUDA runtime is found" not in line]
     assert len(err) == 1, proc.stderr
