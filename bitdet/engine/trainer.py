@@ -395,7 +395,8 @@ class ClassifierTrainer(TrainerBase):
 
         Returns:
             ``{"step", "loss", "lr", "img_per_s", "train_time_s", "skipped_images", "eval"}``
-            (``eval``: the last ``evaluate`` result, ``{}`` without one).
+            (``eval``: the last ``evaluate`` result, ``{}`` without one; ``loss``, ``lr`` and
+            ``img_per_s`` are None when no step ran in this call, e.g. resuming a finished run).
 
         Raises:
             FloatingPointError: non-finite loss (names the step; parameters are not updated
@@ -471,9 +472,9 @@ class ClassifierTrainer(TrainerBase):
         latest = self.storage.latest()
         return {
             "step": self.max_steps,
-            "loss": latest["loss"][0] if "loss" in latest else float("nan"),
-            "lr": latest["lr"][0] if "lr" in latest else float("nan"),
-            "img_per_s": self._timing[1] / self._timing[0] if self._timing[0] > 0 else float("nan"),
+            "loss": latest["loss"][0] if "loss" in latest else None,
+            "lr": latest["lr"][0] if "lr" in latest else None,
+            "img_per_s": self._timing[1] / self._timing[0] if self._timing[0] > 0 else None,
             "train_time_s": elapsed,
             "skipped_images": self._skipped_total,
             "eval": self.last_eval,

@@ -49,6 +49,18 @@ def build_schedule(cfg, dataset_size: int) -> StepSchedule:
         return StepSchedule(
             lr, s.WARMUP_ITERS, tuple(int(b) for b in s.DECAY_STEPS), s.DECAY_FACTOR, s.MAX_ITER
         )
+    if s.EPOCHS <= 0:
+        raise ConfigError(
+            f"SOLVER.EPOCHS is {s.EPOCHS} and SOLVER.MAX_ITER is {s.MAX_ITER}: no training length; "
+            "set SOLVER.EPOCHS > 0 (decays at SOLVER.DECAY_EPOCHS) or SOLVER.MAX_ITER > 0 "
+            "(decays at SOLVER.DECAY_STEPS)"
+        )
+    bad = [e for e in s.DECAY_EPOCHS if not 0 < e < s.EPOCHS]
+    if bad:
+        raise ConfigError(
+            f"SOLVER.DECAY_EPOCHS {bad} are outside (0, SOLVER.EPOCHS = {s.EPOCHS}): "
+            "list the epochs at which the lr decays, each below SOLVER.EPOCHS"
+        )
     return StepSchedule.from_epochs(
         lr, s.WARMUP_ITERS, s.EPOCHS, s.DECAY_EPOCHS, dataset_size, s.IMS_PER_BATCH, s.DECAY_FACTOR
     )

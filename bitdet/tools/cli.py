@@ -37,6 +37,7 @@ __all__ = [
     "setup_cfg",
     "run_launched",
     "setup_output",
+    "program_name",
     "user_error_message",
     "user_errors",
 ]
@@ -244,10 +245,19 @@ def _records_to(name: str, target: logging.Logger) -> Iterator[None]:
         source.handlers, source.propagate = saved
 
 
+def program_name(tool: str) -> str:
+    """The name a message of ``tool`` (its module's name) starts with: the console script when
+    one was run (``bitdet-convert``, argparse's usage shows the same), else ``tool`` (for
+    ``python tools/<tool>.py`` and ``python -m bitdet.tools.<tool>``)."""
+    invoked = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return invoked if invoked.startswith("bitdet-") else tool
+
+
 @contextlib.contextmanager
 def user_errors(tool: str) -> Iterator[None]:
-    """Turn a user error (:data:`USER_ERRORS`) into one line ``<tool>: error: <message>`` and
-    exit 2; any other exception propagates with its traceback.
+    """Turn a user error (:data:`USER_ERRORS`) into one line ``<tool>: error: <message>``
+    (``<tool>``: :func:`program_name`) and exit 2; any other exception propagates with its
+    traceback.
 
     The traceback goes to the log file when logging is set up. ``BITDET_TRACEBACK=1`` re-raises
     instead, for debugging.
@@ -257,6 +267,7 @@ def user_errors(tool: str) -> Iterator[None]:
     except USER_ERRORS as e:
         if os.environ.get("BITDET_TRACEBACK") == "1":
             raise
+        tool = program_name(tool)
         details = logging.getLogger(FILE_LOGGER)
         if details.handlers:
             details.error("%s failed", tool, exc_info=True)
@@ -283,7 +294,7 @@ def run_launched(tool: str, main: Callable, args) -> None:
             launch_main(main, args)
     except KeyboardInterrupt:  # outside a training loop, or a second Ctrl-C while one saves
         print(
-            f"{tool}: interrupted (Ctrl-C): nothing saved since the last checkpoint",
+            f"{program_name(tool)}: interrupted (Ctrl-C): nothing saved since the last checkpoint",
             file=sys.stderr,
             flush=True,
         )

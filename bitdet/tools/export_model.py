@@ -50,7 +50,7 @@ from bitdet.export import (
 )
 from bitdet.export.formats import check_onnx_size, require_onnx
 from bitdet.export.verify import ALL_SAMPLES, DEFAULT_ATOL, DEFAULT_RTOL
-from bitdet.tools.cli import USER_ERRORS, user_error_message
+from bitdet.tools.cli import USER_ERRORS, program_name, user_error_message
 from bitdet.utils.io import write_json
 
 logger = logging.getLogger("bitdet.export")
@@ -91,7 +91,7 @@ def build_classifier_target(args):
     )
     new_head = ""
     if weights is not None:
-        report = load_weights(model, weights, zero_head=args.new_head)
+        report = load_weights(model, weights, zero_head=args.new_head, variant_option="--model")
         new_head = report.head if report.new_head else ""
     else:
         logger.warning("--weights not given: exporting the randomly initialised %s", args.model)
@@ -145,7 +145,7 @@ def main(args) -> int:
         if "onnx" in args.format:
             check_onnx_size(target)
     except USER_ERRORS as e:  # any other exception is a bug: it keeps its traceback
-        print(f"export_model: error: {user_error_message(e)}", file=sys.stderr)
+        print(f"{program_name('export_model')}: error: {user_error_message(e)}", file=sys.stderr)
         return 2
     output = Path(args.output)
     files = {fmt: export(target, fmt, output, opset=args.opset) for fmt in args.format}

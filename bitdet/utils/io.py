@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import secrets
 import time
@@ -85,17 +86,29 @@ def remove_stale_temporaries(folder: PathLike, older_than_s: float = 3600.0) -> 
     return removed
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):  # NumPy scalars and arrays, torch tensors
-        return value.tolist()
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON types: NumPy / torch values as lists or numbers, paths as strings,
+    NaN and inf as None (JSON has no such numbers; ``null`` marks the value undefined)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, Path):
         return str(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+    if hasattr(value, "tolist"):  # NumPy scalars and arrays, torch tensors
+        return _plain(value.tolist())
+    return value
 
 
 def write_json(path: PathLike, payload: Any) -> None:
-    """Write ``payload`` as indented JSON, atomically (NumPy / torch values converted)."""
-    text = json.dumps(payload, indent=2, default=_json_default, allow_nan=True)
+    """Write ``payload`` as indented JSON, atomically (NumPy / torch values converted; NaN and
+    inf written as ``null``, never as the invalid JSON tokens ``NaN`` / ``Infinity``)."""
+    try:
+        text = json.dumps(_plain(payload), indent=2, allow_nan=False)
+    except TypeError as e:
+        raise TypeError(f"{path}: {e}") from None
     with atomic_write(path, "w") as f:
         f.write(text + "\n")
 

@@ -346,6 +346,8 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
 
 
 def _fix_hint(arch: Optional[str], variant_option: Optional[str]) -> str:
+    if variant_option and variant_option.startswith("-"):  # a command-line flag
+        return f"pass {variant_option} {arch}"
     if variant_option:
         return f"set {variant_option} {arch}"
     return f"build the model as {arch!r} (bitdet.create_model({arch!r}, ...))"
@@ -366,8 +368,8 @@ def check_trunk(
         own: the model's trunk parameter names (bitdet naming, head excluded) and shapes.
         model_arch: the model's architecture, for the message.
         ignorable: file tensors the model lacks on purpose (stages a detector does not build).
-        variant_option: the setting that picks the architecture (``MODEL.BIT.VARIANT``), for
-            the message; None: "build the model as ...".
+        variant_option: the setting that picks the architecture (``MODEL.BIT.VARIANT``, or a
+            tool's flag such as ``--model``), for the message; None: "build the model as ...".
         allow_other: keys outside the BiT prefix may exist (a detector's FPN and head);
             default: when the file is a Detectron2 checkpoint.
 

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from bitdet.config import CONFIGS_DIR
+from bitdet.errors import ConfigError
 from bitdet.pretrain import get_pretrain_cfg, run_pretraining, runner
 
 INSTANT = "quick_schedules/pretrain_fashion_mnist_instant_test.yaml"
@@ -87,6 +88,38 @@ def test_a_finished_run_reports_its_results_and_force_starts_over(tmp_path):
         first["final_loss"], abs=0
     )  # same seed, from step 0
     assert torch.load(tmp_path / "model_0000001.pth", weights_only=True)["step"] == 2
+
+
+def _no_nan(token):
+    raise ValueError(f"invalid JSON number {token}")
+
+
+def test_a_rerun_without_training_steps_writes_valid_json(tmp_path):
+    """All steps done in an earlier process, final.json gone: no step runs, so the throughput
+    (and the last loss) are undefined: null, not the invalid JSON token NaN."""
+    run_pretraining(_cfg(tmp_path))
+    (tmp_path / "final.json").unlink()
+    final = run_pretraining(_cfg(tmp_path))
+    stored = json.loads((tmp_path / "final.json").read_text(), parse_constant=_no_nan)
+    assert stored == final and final["steps"] == 3 and final["img_per_s"] is None
+
+
+@pytest.mark.parametrize(
+    "opts, named",
+    [
+        (("SOLVER.EPOCHS", "0.0", "SOLVER.MAX_ITER", "0"), ("SOLVER.EPOCHS", "SOLVER.MAX_ITER")),
+        (
+            ("SOLVER.EPOCHS", "2.0", "SOLVER.MAX_ITER", "0"),
+            ("SOLVER.DECAY_EPOCHS", "SOLVER.EPOCHS"),
+        ),
+    ],
+)
+def test_a_schedule_without_length_names_the_keys(tmp_path, opts, named):
+    cfg = _cfg(tmp_path, *opts, "SOLVER.DECAY_EPOCHS", "(1.0, 3.0)")
+    with pytest.raises(ConfigError) as err:
+        runner.build_schedule(cfg, 100)
+    text = str(err.value)
+    assert all(key in text for key in named) and "\n" not in text, text
 
 
 def test_model_device_places_the_run(tmp_path, monkeypatch):

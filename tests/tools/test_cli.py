@@ -301,6 +301,25 @@ def test_old_keys_and_spellings_are_one_line_naming_the_new_ones(argv, message, 
     assert capsys.readouterr().err.strip().splitlines() == [message]
 
 
+@pytest.mark.parametrize(
+    "argv0, prefix",
+    [
+        ("/venv/bin/bitdet-convert", "bitdet-convert"),  # the console script
+        ("tools/convert_weights.py", "convert_weights"),
+        ("/checkout/bitdet/tools/convert_weights.py", "convert_weights"),  # python -m
+    ],
+)
+def test_a_user_error_names_the_program_that_was_run(argv0, prefix, tmp_path, monkeypatch, capsys):
+    from bitdet.tools import convert_weights
+
+    monkeypatch.setattr(sys, "argv", [argv0])
+    with pytest.raises(SystemExit) as exit_info:
+        convert_weights.cli([str(tmp_path / "a.npz"), str(tmp_path / "b.bin")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"{prefix}: error: cannot tell the format of ") and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("error", [KeyError, ValueError])
 def test_a_bug_keeps_its_traceback_a_user_error_is_one_line(error, monkeypatch, capsys):
     """Only bitdet's user errors (and OS errors about a path) become the one-line form: a

@@ -156,6 +156,19 @@ def test_the_head_comes_from_the_weights_file(tmp_path, capsys, console_logging_
     assert "the head is new, zero-initialised" in capsys.readouterr().err
 
 
+def test_weights_of_another_architecture_name_the_model_flag(tmp_path, capsys):
+    from bitdet import create_model
+    from bitdet.weights import state_dict_to_npz, write_npz
+
+    weights = tmp_path / "r26.npz"
+    write_npz(weights, state_dict_to_npz(create_model("R26-tiny", num_classes=10)))
+    argv = [*TINY, "--weights", str(weights), "--format", "onnx", "--output", str(tmp_path)]
+    assert main(parse_args(argv)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("export_model: error: ") and "\n" not in err
+    assert "pass --model R26-tiny" in err and "create_model" not in err
+
+
 @pytest.mark.parametrize("part", ["model", "backbone"])
 def test_instant_retinanet_and_its_backbone_to_onnx(part, tmp_path):
     config = str(ROOT / "configs/quick_schedules/retinanet_bit_instant_test.yaml")

@@ -1,9 +1,12 @@
 """Atomic writes: the umask decides the mode (like ``open()``), a failed write leaves the old
 file."""
 
+import json
+import math
 import os
 import stat
 
+import numpy as np
 import pytest
 
 from bitdet.utils.io import atomic_write, write_json
@@ -41,3 +44,16 @@ def test_failed_write_keeps_the_previous_file_and_no_temporary(tmp_path):
             raise RuntimeError("disk full")
     assert target.read_text() == "model_0000002.pth"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint"]
+
+
+def test_write_json_writes_non_finite_numbers_as_null(tmp_path):
+    def no_nan(token):
+        raise ValueError(f"invalid JSON number {token}")
+
+    payload = {"a": math.nan, "b": [1.5, -math.inf], "c": np.float32("nan"), "d": np.arange(2)}
+    write_json(tmp_path / "r.json", payload)
+    stored = json.loads((tmp_path / "r.json").read_text(), parse_constant=no_nan)
+    assert stored == {"a": None, "b": [1.5, None], "c": None, "d": [0, 1]}
+    with pytest.raises(TypeError, match="r2.json"):
+        write_json(tmp_path / "r2.json", {"x": object()})
+    assert not (tmp_path / "r2.json").exists()
