@@ -3,6 +3,8 @@ and the authors' code (bit_hyperrule.py)."""
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -105,6 +107,16 @@ def test_hyperrule_imports_no_framework():
         a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
     }
     imported |= {
-        n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
+        n.module if n.module.startswith("bitdet.") else n.module.split(".")[0]
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module
     }
-    assert imported <= {"__future__", "dataclasses", "typing"}
+    # bitdet.errors: the user-error classes, themselves free of imports
+    assert imported <= {"__future__", "dataclasses", "typing", "bitdet.errors"}
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, bitdet.hyperrule; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert not {"torch", "numpy", "detectron2", "fvcore"} & set(ast.literal_eval(loaded))
