@@ -6,12 +6,15 @@ from typing import Optional
 
 from detectron2.config import CfgNode as CN
 
+from bitdet.config import check_weights
 from bitdet.errors import ConfigError
+from bitdet.models.resnetv2 import checkpointing_mode
 
 __all__ = [
     "add_engine_model_config",
     "add_engine_solver_config",
     "add_engine_test_config",
+    "check_engine_config",
     "engine_precision",
 ]
 
@@ -87,6 +90,14 @@ def engine_precision(cfg: CN) -> str:
             "only (no loss scaling); set 'bf16', or SOLVER.AMP.ENABLED False for fp32"
         )
     return "bf16" if cfg.SOLVER.AMP.ENABLED else "fp32"
+
+
+def check_engine_config(cfg: CN) -> None:
+    """Check the merged engine keys both trainers share (``MODEL.ACTIVATION_CHECKPOINTING``,
+    ``MODEL.WEIGHTS``, ``SOLVER.AMP``), raising a one-line :class:`ConfigError` naming the key."""
+    checkpointing_mode(cfg.MODEL.ACTIVATION_CHECKPOINTING, "MODEL.ACTIVATION_CHECKPOINTING")
+    check_weights(cfg.MODEL.WEIGHTS)
+    engine_precision(cfg)
 
 
 def add_engine_test_config(cfg: CN) -> None:

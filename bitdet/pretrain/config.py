@@ -12,16 +12,15 @@ from typing import Sequence
 
 from detectron2.config import CfgNode as CN
 
-from bitdet.config import check_weights, merge_config
+from bitdet.config import merge_config
 from bitdet.engine.config import (
     add_engine_model_config,
     add_engine_solver_config,
     add_engine_test_config,
-    engine_precision,
+    check_engine_config,
 )
 from bitdet.engine.losses import LOSSES
 from bitdet.errors import ConfigError
-from bitdet.models.resnetv2 import checkpointing_mode
 
 __all__ = ["DATASET_NAMES", "add_pretrain_config", "get_pretrain_cfg"]
 
@@ -152,7 +151,5 @@ def get_pretrain_cfg(config_file: str | None = None, opts: Sequence[str] = ()) -
             )
     if cfg.SOLVER.LOSS not in LOSSES:
         raise ConfigError(f"SOLVER.LOSS must be one of {sorted(LOSSES)}, got {cfg.SOLVER.LOSS!r}")
-    checkpointing_mode(cfg.MODEL.ACTIVATION_CHECKPOINTING, "MODEL.ACTIVATION_CHECKPOINTING")
-    check_weights(cfg.MODEL.WEIGHTS)
-    engine_precision(cfg)
+    check_engine_config(cfg)
     return cfg

@@ -13,16 +13,15 @@ from typing import Sequence, Tuple
 
 from detectron2.config import CfgNode as CN
 
-from bitdet.config import check_weights, merge_config
+from bitdet.config import merge_config
 from bitdet.engine.config import (
     add_engine_model_config,
     add_engine_solver_config,
     add_engine_test_config,
-    engine_precision,
+    check_engine_config,
 )
 from bitdet.errors import ConfigError
 from bitdet.hyperrule import Rule, get_rule
-from bitdet.models.resnetv2 import checkpointing_mode
 
 __all__ = ["add_finetune_config", "get_finetune_cfg", "rule_from_config", "tri_state"]
 
@@ -152,9 +151,7 @@ def get_finetune_cfg(config_file: str = "", opts: Sequence[str] = ()) -> CN:
     cfg = CN()
     add_finetune_config(cfg)
     merge_config(cfg, config_file, opts, kind="finetune")
-    checkpointing_mode(cfg.MODEL.ACTIVATION_CHECKPOINTING, "MODEL.ACTIVATION_CHECKPOINTING")
-    check_weights(cfg.MODEL.WEIGHTS)
-    engine_precision(cfg)
+    check_engine_config(cfg)
     test_name = cfg.DATASETS.TEST.NAME
     if test_name and test_name != cfg.DATASETS.TRAIN.NAME:
         raise ConfigError(
