@@ -223,6 +223,7 @@ def finetune(
         )
 
     s = cfg.SOLVER
+    precision = engine_precision(cfg)
     trainer = ClassifierTrainer(
         model,
         train_set,
@@ -234,7 +235,7 @@ def finetune(
         momentum=s.MOMENTUM,
         weight_decay=s.WEIGHT_DECAY,
         batch_split=_batch_split(s.BATCH_SPLIT),
-        precision=engine_precision(cfg),
+        precision=precision,
         channels_last=s.CHANNELS_LAST,
         compile=s.COMPILE,
         batch_hook=MixUp(rule.mixup_alpha, num_classes) if rule.mixup_alpha > 0 else None,
@@ -243,7 +244,7 @@ def finetune(
             test_set,
             batch_size=cfg.TEST.IMS_PER_BATCH,
             num_workers=cfg.DATALOADER.NUM_WORKERS,
-            precision=engine_precision(cfg),
+            precision=precision,
             cache_ws=cfg.TEST.CACHE_WS,
         ),
         eval_period=cfg.TEST.EVAL_PERIOD,
