@@ -170,9 +170,7 @@ def main(args):
         return collect(args.collect, Path(cfg.OUTPUT_DIR))
     if args.eval_only:
         return evaluate_only(cfg)
-    weights_list = (
-        [w for w in (args.weights or "").split(",")] if args.weights and "," in args.weights else []
-    )
+    weights_list = args.weights.split(",") if args.weights and "," in args.weights else []
     if cfg.FEWSHOT.SHOTS or weights_list or len(cfg.FEWSHOT.SEEDS) > 1:
         shots = parse_shots(cfg.FEWSHOT.SHOTS) if cfg.FEWSHOT.SHOTS else ["full"]
         return finetune_sweep(cfg, shots, cfg.FEWSHOT.SEEDS, weights_list, force=args.force)
