@@ -47,9 +47,8 @@ OVERRIDES_EXAMPLE = "SOLVER.BASE_LR_PER_256 0.01 MODEL.DEVICE cpu"
 
 def setup(args):
     """Config from file + overrides, frozen; logging and output folder set up."""
-    return setup_cfg(
-        args, get_pretrain_cfg, config_name=None, config_kind="pretrain"
-    )  # run_pretraining records it
+    # config.yaml: run_pretraining records it
+    return setup_cfg(args, get_pretrain_cfg, config_name=None, config_kind="pretrain")
 
 
 def main(args):

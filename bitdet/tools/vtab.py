@@ -24,10 +24,7 @@ from pathlib import Path
 from detectron2.utils import comm
 
 from bitdet.tools.cli import argument_parser, run_launched
-from bitdet.tools.finetune import (
-    RESUME_HELP,
-    setup,
-)  # same config, flags and logging as fine-tuning
+from bitdet.tools.finetune import RESUME_HELP, setup  # fine-tuning's config, flags, logging
 
 # KEY VALUE overrides shown in --help (keys of the fine-tuning config).
 OVERRIDES_EXAMPLE = "SOLVER.IMS_PER_BATCH 256 MODEL.DEVICE cpu"
@@ -66,9 +63,8 @@ def main(args):
     cfg = setup(args)
     out = Path(cfg.OUTPUT_DIR)
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else list(VTAB_TASKS)
-    check_tasks(
-        cfg.DATASETS.TRAIN.ROOT, tasks
-    )  # every missing folder in one message, before any training
+    # every missing folder in one message, before any training
+    check_tasks(cfg.DATASETS.TRAIN.ROOT, tasks)
 
     def task_config(task):
         task_cfg = cfg.clone()
