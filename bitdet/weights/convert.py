@@ -27,7 +27,7 @@ from bitdet.weights.checkpoint_file import (
 )
 from bitdet.weights.errors import CheckpointError
 from bitdet.weights.layouts import LAYOUTS
-from bitdet.weights.loading import apply_weights, read_weights, read_weights_file
+from bitdet.weights.loading import WeightsFile, apply_weights, read_weights, read_weights_file
 from bitdet.weights.npz import state_dict_to_npz
 
 __all__ = [
@@ -54,7 +54,15 @@ def infer_architecture(source: PathLike) -> FileArchitecture:
     Raises:
         CheckpointError: the file does not describe a BiT ResNet-v2 (names what it holds).
     """
-    weights = read_weights(source)
+    return _complete_architecture(read_weights(source), source)
+
+
+def _complete_architecture(weights: WeightsFile, source: PathLike) -> FileArchitecture:
+    """The architecture of ``weights`` read from ``source``, if a stem and 4 stages.
+
+    Raises:
+        CheckpointError: see :func:`infer_architecture`.
+    """
     if weights.arch is None or len(weights.arch.layers) != 4:
         raise CheckpointError(
             f"{source} is not a complete BiT ResNet-v2 checkpoint ({weights.format}): expected a "
@@ -92,7 +100,9 @@ def convert(
         raise ConfigError(f"unknown format {fmt!r}: expected one of {FORMATS}")
     src_text, dst = str(src), Path(dst)
     weights = read_weights(src)
-    arch = infer_architecture(weights.source) if weights.arch is None else weights.arch
+    if weights.arch is None:  # no stem conv: the error of infer_architecture
+        _complete_architecture(weights, weights.source)
+    arch = weights.arch
     if len(arch.layers) != 4:
         raise CheckpointError(
             f"{src_text} ({weights.format}) holds stages {list(arch.layers)}, not 4: "
