@@ -3,13 +3,12 @@ and the authors' code (bit_hyperrule.py)."""
 
 import ast
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
 import bitdet.hyperrule as hr
 from bitdet.hyperrule import Rule, get_rule
+from tests.tools.tool_run import ROOT, run_python
 
 
 @pytest.mark.parametrize(
@@ -113,10 +112,6 @@ def test_hyperrule_imports_no_framework():
     }
     # bitdet.errors: the user-error classes, themselves free of imports
     assert imported <= {"__future__", "dataclasses", "typing", "bitdet.errors"}
-    loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, bitdet.hyperrule; print(sorted(sys.modules))"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    code = "import sys, bitdet.hyperrule; print(sorted(sys.modules))"
+    loaded = run_python("-c", code, cwd=ROOT).stdout
     assert not {"torch", "numpy", "detectron2", "fvcore"} & set(ast.literal_eval(loaded))

@@ -2,10 +2,6 @@
 loading."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -19,8 +15,8 @@ from bitdet.data.detection_generate import (
     is_complete,
 )
 from bitdet.detection import register_coco_format
+from tests.tools.tool_run import run_tool
 
-ROOT = Path(__file__).resolve().parents[2]
 SPEC = dict(num_train=6, num_val=3, image_size=(64, 80), seed=3)
 
 
@@ -198,28 +194,21 @@ def test_detectron2_loads_the_generated_set(generated):
 
 @pytest.mark.slow
 def test_command_line(tmp_path):
-    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "ds"), PYTHONPATH=str(ROOT))
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tools" / "generate_detection_data.py"),
-            "--output",
-            str(tmp_path / "cli"),
-            "--num-train",
-            "2",
-            "--num-val",
-            "1",
-            "--image-size",
-            "48",
-            "64",
-            "--format",
-            "png",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
+    out = run_tool(
+        "generate_detection_data.py",
+        "--output",
+        tmp_path / "cli",
+        "--num-train",
+        "2",
+        "--num-val",
+        "1",
+        "--image-size",
+        "48",
+        "64",
+        "--format",
+        "png",
+        cwd=tmp_path,
+        datasets=tmp_path / "ds",
     )
-    assert out.returncode == 0, out.stderr
     assert "train: 2 images" in out.stdout and "val: 1 images" in out.stdout
     assert cv2.imread(str(tmp_path / "cli" / "val" / "000000.png")).shape == (48, 64, 3)

@@ -3,11 +3,6 @@ train_net, and the demo datasets found by the stock DatasetCatalog / DefaultTrai
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -22,18 +17,9 @@ from bitdet.weights import (
     save_checkpoint,
 )
 from tests.official_npz import write_official_npz
+from tests.tools.tool_run import run_python
 
-ROOT = Path(__file__).resolve().parents[2]
 INSTANT = "quick_schedules/retinanet_bit_instant_test.yaml"
-
-
-def _env(tmp_path):
-    return dict(
-        os.environ,
-        DETECTRON2_DATASETS=str(tmp_path / "datasets"),
-        PYTHONPATH=str(ROOT),
-        OMP_NUM_THREADS="1",
-    )
 
 
 def _predict(cfg):
@@ -109,25 +95,18 @@ def test_weights_errors_name_the_problem(tmp_path):
 
 def test_train_net_exits_with_the_loaders_message_for_an_unknown_layout(tmp_path):
     torch.save({"model": {"encoder.layer1.weight": torch.zeros(4)}}, tmp_path / "unknown.pth")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bitdet.tools.train_net",
-            "--config",
-            INSTANT,
-            "MODEL.WEIGHTS",
-            str(tmp_path / "unknown.pth"),
-            "OUTPUT_DIR",
-            str(tmp_path / "out"),
-        ],
-        capture_output=True,
-        text=True,
-        env=_env(tmp_path),
-        cwd=str(tmp_path),
-        timeout=600,
+    out = run_python(
+        "-m",
+        "bitdet.tools.train_net",
+        "--config",
+        INSTANT,
+        "MODEL.WEIGHTS",
+        tmp_path / "unknown.pth",
+        "OUTPUT_DIR",
+        tmp_path / "out",
+        cwd=tmp_path,
+        status=2,  # a user error: one line, exit status 2
     )
-    assert out.returncode == 2  # a user error: one line, exit status 2
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("train_net: error: ") and "no BiT key layout recognised" in last, (
         out.stderr[-2000:]
@@ -147,15 +126,7 @@ trainer = DefaultTrainer(cfg)
 trainer.train()
 print("iterations", trainer.iter)
 """
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=_env(tmp_path),
-        cwd=str(tmp_path),
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = run_python("-c", script, cwd=tmp_path)
     assert "iterations 1" in out.stdout
     assert (
         tmp_path / "datasets" / "bitdet_demo_mini" / "annotations" / "instances_train.json"

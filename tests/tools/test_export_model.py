@@ -1,14 +1,12 @@
 """tools/export_model.py end to end: exit statuses, files, report, --verify and --benchmark."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bitdet.tools.export_model import main, parse_args
+from tests.tools.tool_run import run_tool
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore::FutureWarning", "ignore::UserWarning", "ignore::DeprecationWarning"
@@ -193,16 +191,8 @@ def test_instant_retinanet_and_its_backbone_to_onnx(part, tmp_path):
     assert all(c["ok"] for c in report["verify"]["comparisons"]["onnx"])
 
 
-def test_the_wrapper_and_its_help():
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "tools/export_model.py"), "--help"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
+def test_the_wrapper_and_its_help(tmp_path):
+    out = run_tool("export_model.py", "--help", cwd=tmp_path)
     for flag in ("--format", "--verify", "--benchmark", "--part", "--config-file"):
         assert flag in out.stdout
     assert "--num-gpus" not in out.stdout and "--resume" not in out.stdout  # only this tool's flags

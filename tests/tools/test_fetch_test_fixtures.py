@@ -10,18 +10,16 @@ import io
 import json
 import subprocess
 import tarfile
-from pathlib import Path
 
 import pytest
 
 from tests.fixtures import fetch_test_fixtures as fixtures
-from tests.tools.tool_run import run_python
+from tests.tools.tool_run import ROOT, run_python
 
 FixtureIntegrityError = fixtures.FixtureIntegrityError
 FixtureSource = fixtures.FixtureSource
 FixtureUnavailableError = fixtures.FixtureUnavailableError
 fetch_fixture = fixtures.fetch_fixture
-ROOT = Path(__file__).resolve().parents[2]
 
 COCO = {
     "images": [{"id": 1, "file_name": "a.jpg", "width": 4, "height": 4}],

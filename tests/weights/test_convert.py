@@ -1,9 +1,5 @@
 """tools/convert_weights.py: npz <-> PyTorch <-> Detectron2, architecture read from the file."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,8 +8,7 @@ from bitdet import create_model
 from bitdet.weights import CheckpointError, read_npz
 from bitdet.weights.convert import convert, infer_architecture
 from tests.official_npz import write_official_npz
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.tools.tool_run import run_tool
 
 
 def test_architecture_is_read_from_npz_and_torch_files(tmp_path):
@@ -49,18 +44,13 @@ def test_detectron2_file_loads_with_the_stock_checkpointer(tmp_path):
     from bitdet.detection import get_bit_cfg
 
     arrays = write_official_npz(tmp_path / "src.npz", num_classes=5)
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "tools/convert_weights.py"),
-            str(tmp_path / "src.npz"),
-            str(tmp_path / "d2.pth"),
-            "--to",
-            "detectron2",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
+    out = run_tool(
+        "convert_weights.py",
+        tmp_path / "src.npz",
+        tmp_path / "d2.pth",
+        "--to",
+        "detectron2",
+        cwd=tmp_path,
     )
     assert out.stdout.strip().endswith("stem 32 channels, head none")  # what the written file holds
     model = build_model(get_bit_cfg("quick_schedules/retinanet_bit_instant_test.yaml"))

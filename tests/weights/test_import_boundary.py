@@ -1,16 +1,13 @@
 """bitdet.models never imports bitdet.weights; bitdet.weights builds models only when asked."""
 
-import subprocess
-import sys
-
 import pytest
+
+from tests.tools.tool_run import ROOT, run_python
 
 
 def _modules_after(statement: str) -> set:
     code = f"import sys\n{statement}\nprint(' '.join(sorted(sys.modules)))"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    out = run_python("-c", code, cwd=ROOT).stdout
     return set(out.split())
 
 
