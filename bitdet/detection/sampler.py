@@ -263,9 +263,8 @@ def build_resumable_train_loader(cfg, mapper: Callable[[Dict[str, Any]], Any]) -
         Detectron2's loader.
     """
     world_size = comm.get_world_size()
-    micro_batch_size(
-        cfg.SOLVER.IMS_PER_BATCH, world_size, cfg.SOLVER.BATCH_SPLIT
-    )  # an uneven split fails here
+    # an uneven split fails here
+    micro_batch_size(cfg.SOLVER.IMS_PER_BATCH, world_size, cfg.SOLVER.BATCH_SPLIT)
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         logger.warning(
             "DATALOADER.SAMPLER_TRAIN=%s: Detectron2's loader; a resumed run will see other images "
