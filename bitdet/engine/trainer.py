@@ -369,7 +369,7 @@ class ClassifierTrainer(TrainerBase):
 
         Raises:
             CheckpointError: checkpoints exist but none reads whole.
-            ValueError: the checkpoint's data stream cannot continue with this process count.
+            ConfigError: the checkpoint's data stream cannot continue with this process count.
         """
         path = self.checkpointer.resume_file()
         if path is None:
