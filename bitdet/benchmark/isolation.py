@@ -66,9 +66,8 @@ def run_isolated(function: Callable[..., Dict], *args) -> Dict:
         MemoryError: the process died (e.g. killed for memory) before returning its row.
         Whatever ``function`` raised, re-raised here.
     """
-    context = multiprocessing.get_context(
-        "spawn"
-    )  # not fork: a fork starts with this process's pages
+    # not fork: a fork starts with this process's pages
+    context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         try:
             return pool.submit(_in_child, function, *args).result()

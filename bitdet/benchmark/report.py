@@ -95,9 +95,8 @@ def memory_ratios(rows: List[Dict]) -> List[Dict]:
             "time_ratio": r["sec_per_iter"] / base["sec_per_iter"],
         }
         base_own = base["peak_mem_mb"] - base.get("base_mem_mb", base["peak_mem_mb"])
-        if (
-            "base_mem_mb" in r and base_own > 0
-        ):  # a tiny row can stay below the process's start-up peak
+        # a tiny row can stay below the process's start-up peak
+        if "base_mem_mb" in r and base_own > 0:
             ratio["own_ratio"] = (r["peak_mem_mb"] - r["base_mem_mb"]) / base_own
         out.append(ratio)
     return out

@@ -133,15 +133,14 @@ class ResumableBatchSampler(Sampler[List[Item]]):
         batches.
 
         Raises:
-            ValueError: the global batch does not split between ``stream_world_size`` ranks.
+            ConfigError: the global batch does not split between ``stream_world_size`` ranks.
         """
         global_batch = self.batch_size * self.world_size
         if stream_world_size <= 0 or global_batch % stream_world_size:
             raise ConfigError(
                 f"the checkpoint's data stream was read by {stream_world_size} process(es), "
                 f"which a global batch of {global_batch} images (SOLVER.IMS_PER_BATCH) does not "
-                "split between; "
-                "resume with the interrupted run's SOLVER.IMS_PER_BATCH"
+                "split between; resume with the interrupted run's SOLVER.IMS_PER_BATCH"
             )
         self.seed, self.start_batch, self.stream_world_size = (
             int(seed),
@@ -214,7 +213,7 @@ def micro_batch_size(ims_per_batch: int, world_size: int, batch_split: int) -> i
     processes, each running its share as ``SOLVER.BATCH_SPLIT`` micro-batches.
 
     Raises:
-        ValueError: ``batch_split`` < 1, or the batch does not divide evenly; names the keys.
+        ConfigError: ``batch_split`` < 1, or the batch does not divide evenly; names the keys.
     """
     if batch_split < 1:
         raise ConfigError(
@@ -263,9 +262,8 @@ def build_resumable_train_loader(cfg, mapper: Callable[[Dict[str, Any]], Any]) -
         Detectron2's loader.
     """
     world_size = comm.get_world_size()
-    micro_batch_size(
-        cfg.SOLVER.IMS_PER_BATCH, world_size, cfg.SOLVER.BATCH_SPLIT
-    )  # an uneven split fails here
+    # an uneven split fails here
+    micro_batch_size(cfg.SOLVER.IMS_PER_BATCH, world_size, cfg.SOLVER.BATCH_SPLIT)
     if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
         logger.warning(
             "DATALOADER.SAMPLER_TRAIN=%s: Detectron2's loader; a resumed run will see other images "

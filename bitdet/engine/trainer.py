@@ -220,9 +220,8 @@ class ClassifierTrainer(TrainerBase):
                 f"batch_split must be 'auto' or an int in [1, {self.local_batch}] "
                 f"(the per-process batch), got {batch_split!r}"
             )
-        precision_dtype(
-            precision, "precision", allowed=tuple(_PRECISIONS)
-        )  # SOLVER.AMP in configs (bitdet.engine.config.engine_precision)
+        # SOLVER.AMP in configs (bitdet.engine.config.engine_precision)
+        precision_dtype(precision, "precision", allowed=tuple(_PRECISIONS))
         # A streamed training set (an IterableDataset with ``for_rank``, e.g. bitdet's
         # StreamingShards) gives each rank its own endless, resumable stream instead.
         self.streaming = isinstance(train_set, IterableDataset)
@@ -370,7 +369,7 @@ class ClassifierTrainer(TrainerBase):
 
         Raises:
             CheckpointError: checkpoints exist but none reads whole.
-            ValueError: the checkpoint's data stream cannot continue with this process count.
+            ConfigError: the checkpoint's data stream cannot continue with this process count.
         """
         path = self.checkpointer.resume_file()
         if path is None:

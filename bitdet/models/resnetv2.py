@@ -106,7 +106,7 @@ def checkpointing_mode(mode: Union[bool, str], key: str = "activation checkpoint
     False ``"none"``.
 
     Raises:
-        ValueError: one line naming ``key`` (the config key, for trainers) and the allowed values.
+        ConfigError: one line naming ``key`` (the config key, for trainers) and the allowed values.
     """
     if isinstance(mode, bool):
         return "unit" if mode else "none"

@@ -340,9 +340,8 @@ def main(argv=None) -> int:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env.setdefault(
-        "DETECTRON2_DATASETS", str(Path("datasets").resolve())
-    )  # Detectron2's default root
+    # Detectron2's default root
+    env.setdefault("DETECTRON2_DATASETS", str(Path("datasets").resolve()))
     jobs = args.jobs or min(2, os.cpu_count() or 1)
     timings_file = out / "timings.json"
     timings: Dict[str, Dict[str, float]] = (
